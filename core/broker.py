@@ -1,0 +1,160 @@
+"""The broker interface: one contract for simulated, paper and live (ccxt) brokers.
+
+The engine and strategies are synchronous; brokers may not be. The contract is built so that a
+live broker can do its I/O on an asyncio loop while the engine stays synchronous:
+
+* **Requests do not block and return nothing.** :meth:`Broker.submit` and :meth:`Broker.cancel`
+  hand the request over (a simulated broker acts at once; a live broker queues it for its asyncio
+  task, which sends it with the order's ``client_id`` so that a retry after a timeout can be looked
+  up instead of duplicated).
+* **Outcomes come back as events.** Acknowledgements, rejections, cancels, expiries and fills are
+  queued as :class:`OrderEvent` / :class:`FillEvent` and drained by the engine with
+  :meth:`Broker.events`, in the order they happened. A fill event arrives after the account
+  already reflects it. An order that the broker refuses (post-only that would cross, margin
+  short) is an ``OrderEvent`` whose order has status REJECTED or EXPIRED and a ``reason``.
+* **State is the broker's view.** :meth:`open_orders`, :meth:`position`, :meth:`account`,
+  :meth:`equity` describe what the broker believes; for a live broker that is its mirror of the
+  exchange, refreshed by websocket updates and reconciliation.
+
+A broker that can run a backtest is a :class:`SimulatedBroker`: it is given all bars up front and
+the engine moves it forward with :meth:`SimulatedBroker.advance`, which may skip many bars at once
+in compiled code when nothing can happen on them.
+
+Live brokers (issue: live trading) implement the same methods; their ``start`` connects, loads
+markets and reconciles, and the live driver calls :meth:`Broker.poll` on every loop turn so the
+broker can move data between its asyncio task and the engine's queue.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from .config import QuantModel
+from .model import Account, Fill, Order, Position
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data import BarArrays
+    from .runtime import Runtime
+
+
+class BrokerConfig(QuantModel):
+    """Base of broker configs."""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderEvent:
+    """An order's new state (accepted, rejected, canceled, expired, partially filled, filled)."""
+
+    order: Order
+
+
+@dataclass(frozen=True, slots=True)
+class FillEvent:
+    """A fill and the order's state after it."""
+
+    fill: Fill
+    order: Order
+
+
+BrokerEvent = OrderEvent | FillEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """Where :meth:`SimulatedBroker.advance` stopped.
+
+    ``index`` is the bar; ``closed`` is True when that bar is complete (its close is known and
+    the engine may call ``on_bar``) and False when the broker stopped inside the bar because
+    something happened (a fill, a liquidation): the next ``advance`` continues the same bar.
+    ``index == len(bars)`` means the run is over.
+    """
+
+    index: int
+    closed: bool
+
+
+class Broker(ABC):
+    """Where orders go and where fills come from. See the module docstring for the contract."""
+
+    Config: ClassVar[type[BrokerConfig]] = BrokerConfig
+
+    def __init__(self, config: BrokerConfig, runtime: "Runtime") -> None:
+        self.config = config
+        self.runtime = runtime
+        self.instrument = runtime.instrument
+
+    def start(self) -> None:
+        """Connect and load state before the first bar (live: markets, balances, reconcile)."""
+
+    def stop(self) -> None:
+        """Release resources after the run (live: close sockets; open orders stay as they are)."""
+
+    def poll(self) -> None:
+        """Live brokers: move pending I/O results into the event queue. Simulated: nothing."""
+
+    @abstractmethod
+    def submit(self, order: Order) -> None:
+        """Send a new order (status PENDING, already risk-checked). The outcome arrives as events."""
+
+    @abstractmethod
+    def cancel(self, client_id: str) -> None:
+        """Ask to cancel an open order; a CANCELED event follows (or a fill, if it came first)."""
+
+    @abstractmethod
+    def events(self) -> list[BrokerEvent]:
+        """Drain and return the events that happened since the last call, oldest first."""
+
+    @abstractmethod
+    def open_orders(self) -> list[Order]:
+        """Orders the broker believes are open, oldest first."""
+
+    @abstractmethod
+    def account(self) -> Account:
+        """Wallet balance and positions (the broker's object; do not modify it)."""
+
+    def position(self) -> Position:
+        """The position in the run's instrument."""
+        return self.account().position(self.instrument.symbol)
+
+    @abstractmethod
+    def equity(self) -> float:
+        """Wallet balance plus unrealised PnL at the broker's current mark price."""
+
+    @property
+    @abstractmethod
+    def now_ms(self) -> int:
+        """The broker's clock: the current bar's open time in a backtest, wall time live."""
+
+    @property
+    @abstractmethod
+    def last_price(self) -> float:
+        """The last traded or mark price the broker knows."""
+
+
+class SimulatedBroker(Broker):
+    """A broker that replays bars: the engine drives it with :meth:`advance`."""
+
+    @abstractmethod
+    def load(self, bars: "BarArrays") -> None:
+        """Take the bars of the run; called once before ``start``."""
+
+    @abstractmethod
+    def advance(self, wake: np.ndarray | None) -> Step:
+        """Process bars from where the last call stopped; stop at the first event or wake bar.
+
+        ``wake`` (from the strategy's ``wake_bars``, None = every bar) marks bars whose close the
+        engine must see. Bars with no possible fill, nothing due (funding, liquidation) and no
+        wake may be processed in bulk without returning.
+        """
+
+    @abstractmethod
+    def equity_curve(self) -> np.ndarray:
+        """Equity at every bar's close, for the whole run (called after the last ``advance``)."""
+
+    @abstractmethod
+    def fill_bar_indices(self) -> np.ndarray:
+        """For each fill of the run, in order, the index of the bar it happened on."""

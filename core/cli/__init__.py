@@ -1,0 +1,82 @@
+"""The ``quant`` command line: parses, builds a config, calls the library, prints.
+
+User errors (:class:`~btc_quant.core.errors.QuantError`) print one line plus a hint and exit with
+code 2; ``--debug`` anywhere on the line (or ``QUANT_DEBUG=1``) shows the traceback instead.
+Each command group lives in its own module here and is added in :func:`build_app`; plugins can add
+more through the ``quant_register_commands`` hook.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from ..errors import QuantError
+from ..plugins import PluginManager, load_plugins
+
+err_console = Console(stderr=True)
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("QUANT_DEBUG", "").lower() in ("1", "true", "yes")
+
+
+def setup_logging(debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO
+    handler = RichHandler(console=err_console, show_time=False, show_path=debug, markup=False, rich_tracebacks=debug)
+    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+    for noisy in ("numba", "urllib3", "asyncio", "matplotlib", "distributed", "bokeh", "tornado", "ccxt"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def build_app(plugins: PluginManager) -> typer.Typer:
+    from . import config_cmd, plugins_cmd, run_cmd
+
+    app = typer.Typer(
+        name="quant",
+        help="btc-quant: BTC market data, backtests and live trading. Settings are key=value pairs "
+        "(strategy=maker_vol broker=sim data.start=2022-01-10); --debug shows tracebacks.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    for module in (run_cmd, plugins_cmd, config_cmd):
+        module.register(app, plugins)
+    plugins.hook.quant_register_commands(cli=app)
+    return app
+
+
+def report_error(exc: QuantError) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    if exc.hint:
+        err_console.print(f"[dim]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(argv)
+    argv = [a for a in argv if a != "--debug"]
+    setup_logging(debug)
+    try:
+        plugins = load_plugins()
+        app = build_app(plugins)
+        app(args=argv, prog_name="quant", standalone_mode=True)
+    except QuantError as exc:
+        if debug:
+            traceback.print_exc()
+        report_error(exc)
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+def run() -> None:  # pragma: no cover - console entry point wrapper
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""The engine: one loop that connects a strategy, the risk checks and a broker.
+
+The engine owns no I/O. It routes every order from the strategy through the configured risk
+checks to the broker, and every broker event (accepted, rejected, canceled, filled) back to the
+strategy and to the observer hooks. A backtest, a paper run and a live run differ only in who
+moves time forward:
+
+* backtest: :meth:`Engine.run_backtest` drives a :class:`~btc_quant.core.broker.SimulatedBroker`
+  over bar arrays with ``advance``, which skips bars on which nothing can happen;
+* paper and live: a driver calls :meth:`Engine.on_bar_closed` as bars arrive and
+  :meth:`Engine.pump` whenever the broker may have news (see the live broker plugin).
+
+Strategies see the market only up to the last closed bar: ``ctx.bars()`` never includes a bar
+whose close lies in the future of the event being handled.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .broker import Broker, FillEvent, OrderEvent, SimulatedBroker
+from .config import RunConfig
+from .data import BarArrays
+from .errors import OrderError, StrategyError
+from .model import Bar, Fill, Instrument, Order, OrderStatus, Position, Side
+from .plugins import PluginManager
+from .risk import RiskCheck, RiskState
+from .strategy import Strategy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Identifies a run for observer hooks."""
+
+    run_id: str
+    mode: str
+    strategy: str
+    broker: str
+    instrument: Instrument
+    config: RunConfig | None
+
+
+class BarHistory:
+    """Closed bars as arrays: a window over preloaded bars (backtest) or a growing buffer (live)."""
+
+    def __init__(self, bars: BarArrays | None = None) -> None:
+        self._arrays = bars if bars is not None else BarArrays(*(np.empty(0, dtype=t) for t in (np.int64,) + (np.float64,) * 5))
+        self._fixed = bars is not None
+        self.closed = -1  # index of the last closed bar
+
+    def close_through(self, index: int) -> None:
+        self.closed = index
+
+    def append(self, bar: Bar) -> None:
+        """Live: add a newly closed bar (amortised growth)."""
+        if self._fixed:
+            raise StrategyError("cannot append to a backtest's bar history")
+        n = self.closed + 1
+        if n == len(self._arrays):
+            grown = max(256, 2 * n)
+            self._arrays = BarArrays(*(np.resize(getattr(self._arrays, c), grown) for c in ("ts", "open", "high", "low", "close", "volume")))
+        for name, value in zip(("ts", "open", "high", "low", "close", "volume"), (bar.ts_ms, bar.open, bar.high, bar.low, bar.close, bar.volume)):
+            getattr(self._arrays, name)[n] = value
+        self.closed = n
+
+    def window(self, n: int | None = None) -> BarArrays:
+        stop = self.closed + 1
+        start = 0 if n is None else max(0, stop - n)
+        return self._arrays[start:stop]
+
+    def last(self) -> Bar | None:
+        return None if self.closed < 0 else self._arrays.bar(self.closed)
+
+
+class Context:
+    """What a strategy acts through. Reads reflect the broker's view; orders go through risk checks."""
+
+    def __init__(self, engine: "Engine") -> None:
+        self._engine = engine
+
+    # --- market ---------------------------------------------------------------------------
+    @property
+    def instrument(self) -> Instrument:
+        return self._engine.instrument
+
+    @property
+    def now_ms(self) -> int:
+        return self._engine.broker.now_ms
+
+    @property
+    def price(self) -> float:
+        """Last known price: the last close, or the fill price while handling a fill."""
+        return self._engine.broker.last_price
+
+    @property
+    def bar(self) -> Bar | None:
+        """The last closed bar (None before the first)."""
+        return self._engine.history.last()
+
+    def bars(self, n: int | None = None) -> BarArrays:
+        """The last ``n`` closed bars (all when None), oldest first."""
+        return self._engine.history.window(n)
+
+    # --- account --------------------------------------------------------------------------
+    @property
+    def position(self) -> Position:
+        return self._engine.broker.position()
+
+    @property
+    def equity(self) -> float:
+        return self._engine.broker.equity()
+
+    @property
+    def wallet_balance(self) -> float:
+        return self._engine.broker.account().wallet_balance
+
+    @property
+    def open_orders(self) -> list[Order]:
+        return self._engine.broker.open_orders()
+
+    def order(self, client_id: str) -> Order | None:
+        """The latest known state of one of this run's orders."""
+        return self._engine.orders.get(client_id)
+
+    # --- actions --------------------------------------------------------------------------
+    def buy(self, quantity: float, price: float | None = None, **kwargs: Any) -> Order:
+        """Buy ``quantity`` (rounded down to the lot) at market, or a limit at ``price`` (rounded down to the tick)."""
+        return self._order(Side.BUY, quantity, price, **kwargs)
+
+    def sell(self, quantity: float, price: float | None = None, **kwargs: Any) -> Order:
+        """Sell ``quantity`` (rounded down to the lot) at market, or a limit at ``price`` (rounded up to the tick)."""
+        return self._order(Side.SELL, quantity, price, **kwargs)
+
+    def _order(
+        self,
+        side: Side,
+        quantity: float,
+        price: float | None,
+        *,
+        post_only: bool = False,
+        reduce_only: bool = False,
+        client_id: str | None = None,
+        tag: str | None = None,
+    ) -> Order:
+        inst = self.instrument
+        qty = inst.round_qty(quantity)
+        if qty <= 0:
+            raise OrderError(f"{side.value} quantity {quantity!r} rounds to 0 at lot size {inst.lot_size}")
+        if price is not None:
+            price = inst.round_price(price, "down" if side is Side.BUY else "up")
+        ref = price if price is not None else self.price
+        notional_ok = reduce_only or ref * qty >= inst.min_notional
+        if not notional_ok:
+            raise OrderError(f"{side.value} {qty} at {ref:.2f} is below the minimum notional {inst.min_notional:g}")
+        order = Order.create(
+            inst,
+            client_id or self._engine.next_client_id(),
+            side,
+            qty,
+            price,
+            post_only=post_only,
+            reduce_only=reduce_only,
+            ts_ms=self.now_ms,
+            tag=tag,
+            check_notional=False,
+        )
+        return self._engine.submit(order)
+
+    def submit(self, order: Order) -> Order:
+        """Send a prepared :class:`Order` (status PENDING)."""
+        return self._engine.submit(order)
+
+    def cancel(self, client_id: str) -> None:
+        self._engine.broker.cancel(client_id)
+
+    def cancel_all(self) -> None:
+        for order in self.open_orders:
+            self._engine.broker.cancel(order.client_id)
+
+    def order_target(self, quantity: float, **kwargs: Any) -> Order | None:
+        """Market order for the difference between the position and ``quantity`` (signed)."""
+        delta = quantity - self.position.quantity
+        if abs(delta) < self.instrument.lot_size / 2:
+            return None
+        reduce_only = abs(quantity) < abs(self.position.quantity) and quantity * self.position.quantity >= 0
+        side = Side.BUY if delta > 0 else Side.SELL
+        return self._order(side, abs(delta), None, reduce_only=reduce_only or kwargs.pop("reduce_only", False), **kwargs)
+
+    def log(self, message: str, *args: Any) -> None:
+        log.info("[%s] " + message, self._engine.info.strategy, *args)
+
+
+@dataclass
+class RunResult:
+    """Everything a run produced. ``summary()`` is what ``quant run --json`` prints."""
+
+    info: RunInfo
+    bars: int
+    start_ms: int
+    end_ms: int
+    equity: pd.Series
+    fills: pd.DataFrame
+    orders: pd.DataFrame
+    trades: pd.DataFrame
+    metrics: dict[str, Any]
+    initial_equity: float
+    elapsed_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        def iso(ms: int) -> str:
+            return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+        out: dict[str, Any] = {
+            "run_id": self.info.run_id,
+            "strategy": self.info.strategy,
+            "broker": self.info.broker,
+            "exchange": self.info.instrument.exchange,
+            "symbol": self.info.instrument.symbol,
+            "bars": self.bars,
+            "start": iso(self.start_ms),
+            "end": iso(self.end_ms),
+            "initial_equity": self.initial_equity,
+        }
+        out.update(self.metrics)
+        out["elapsed_s"] = round(self.elapsed_s, 3)
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+class Engine:
+    """Routes orders strategy -> risk checks -> broker and events broker -> strategy."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        broker: Broker,
+        *,
+        plugins: PluginManager,
+        instrument: Instrument,
+        risk_checks: list[tuple[str, RiskCheck]] | None = None,
+        info: RunInfo | None = None,
+        client_id_prefix: str | None = None,
+    ) -> None:
+        self.strategy = strategy
+        self.broker = broker
+        self.plugins = plugins
+        self.instrument = instrument
+        self.risk_checks = list(risk_checks or [])
+        self.info = info or RunInfo(uuid.uuid4().hex[:12], "backtest", type(strategy).__name__, type(broker).__name__, instrument, None)
+        self.ctx = Context(self)
+        self.history = BarHistory()
+        self.orders: dict[str, Order] = {}
+        self.fills: list[Fill] = []
+        self.rejections: list[Order] = []
+        self._local: deque = deque()
+        prefix = client_id_prefix or (self.info.strategy[:10] + "-" + self.info.run_id[:6])
+        self._ids = (f"{prefix}-{n}" for n in itertools.count(1))
+        self._hook_fill = plugins.has_impls("quant_on_fill")
+        self._hook_order = plugins.has_impls("quant_on_order")
+
+    # --- orders ---------------------------------------------------------------------------
+    def next_client_id(self) -> str:
+        return next(self._ids)
+
+    def submit(self, order: Order) -> Order:
+        if order.status is not OrderStatus.PENDING:
+            raise OrderError(f"order {order.client_id}: only new (pending) orders can be submitted, got {order.status.value}")
+        if order.client_id in self.orders:
+            raise OrderError(f"order {order.client_id}: client id already used in this run")
+        if order.symbol != self.instrument.symbol:
+            raise OrderError(f"order {order.client_id}: symbol {order.symbol} is not the run's {self.instrument.symbol}")
+        self.orders[order.client_id] = order
+        if self.risk_checks:
+            state = RiskState(
+                self.instrument,
+                self.broker.position(),
+                self.broker.equity(),
+                tuple(self.broker.open_orders()),
+                self.broker.last_price,
+                self.broker.now_ms,
+            )
+            for name, check in self.risk_checks:
+                reason = check.check(order, state)
+                if reason:
+                    rejected = order.transition(OrderStatus.REJECTED, reason=f"risk {name}: {reason}", updated_ms=state.now_ms)
+                    log.warning("order %s rejected by risk check %s: %s", order.client_id, name, reason)
+                    self.orders[order.client_id] = rejected
+                    self.rejections.append(rejected)
+                    self._local.append(OrderEvent(rejected))
+                    return rejected
+        self.broker.submit(order)
+        return order
+
+    # --- events ---------------------------------------------------------------------------
+    def pump(self) -> int:
+        """Deliver every pending event to the strategy and the hooks; returns how many."""
+        handled = 0
+        while True:
+            if self._local:
+                events = list(self._local)
+                self._local.clear()
+            else:
+                events = self.broker.events()
+                if not events:
+                    return handled
+            for event in events:
+                handled += 1
+                if isinstance(event, FillEvent):
+                    self.orders[event.order.client_id] = event.order
+                    self.fills.append(event.fill)
+                    self.strategy.on_fill(self.ctx, event.fill)
+                    if self._hook_fill:
+                        self.plugins.hook.quant_on_fill(fill=event.fill, run=self.info)
+                else:
+                    order = event.order
+                    self.orders[order.client_id] = order
+                    if order.status is OrderStatus.REJECTED and order not in self.rejections:
+                        self.rejections.append(order)
+                    self.strategy.on_order(self.ctx, order)
+                    if self._hook_order:
+                        self.plugins.hook.quant_on_order(order=order, run=self.info)
+
+    def on_bar_closed(self, bar: Bar) -> None:
+        """Live/paper driver: a new bar closed; record it and call ``on_bar``."""
+        self.history.append(bar)
+        self.strategy.on_bar(self.ctx, bar)
+        self.pump()
+
+    def start(self) -> None:
+        self.broker.start()
+        self.strategy.on_start(self.ctx)
+        self.pump()
+        self.plugins.call_optional("quant_on_run_start", run=self.info)
+
+    def stop(self) -> None:
+        self.strategy.on_stop(self.ctx)
+        self.pump()
+        self.broker.stop()
+
+    # --- backtest -------------------------------------------------------------------------
+    def run_backtest(self, bars: BarArrays) -> RunResult:
+        from .metrics import build_result  # metrics imports pandas-heavy helpers
+
+        if not isinstance(self.broker, SimulatedBroker):
+            raise StrategyError(f"broker {self.info.broker!r} cannot run a backtest; use broker=sim")
+        if len(bars) == 0:
+            raise StrategyError("no bars to run on")
+        started = time.perf_counter()
+        broker = self.broker
+        broker.load(bars)
+        self.history = BarHistory(bars)
+        wake = None if self.strategy.needs_every_bar else np.asarray(self.strategy.wake_bars(bars), dtype=bool)
+        if wake is not None and len(wake) != len(bars):
+            raise StrategyError(f"wake_bars returned {len(wake)} flags for {len(bars)} bars")
+        self.start()
+        strategy, ctx, history, n = self.strategy, self.ctx, self.history, len(bars)
+        while True:
+            step = broker.advance(wake)
+            if step.index >= n:
+                break
+            history.close_through(step.index if step.closed else step.index - 1)
+            self.pump()
+            if step.closed and (wake is None or wake[step.index]):
+                strategy.on_bar(ctx, bars.bar(step.index))
+                self.pump()
+        history.close_through(n - 1)
+        self.stop()
+        result = build_result(self, bars, broker)
+        result.elapsed_s = time.perf_counter() - started
+        self.plugins.call_optional("quant_on_run_end", result=result)
+        return result
+

@@ -1,0 +1,69 @@
+"""Instrument definitions for backtests: exchange filters and fees of the markets we know.
+
+A live broker reads these from the exchange (ccxt ``load_markets``); a backtest uses this table,
+overridden key by key by the ``instrument.*`` config. Figures are the exchanges' published
+defaults (lowest fee tier) as of 2024-2026:
+
+- Binance spot BTCUSDT: PRICE_FILTER tickSize 0.01, LOT_SIZE stepSize 0.00001, NOTIONAL
+  minNotional 5; fees 0.1% maker and taker (binance.com/en/fee/schedule).
+- Binance USD-M BTCUSDT perpetual: tickSize 0.10, stepSize 0.001, MIN_NOTIONAL 100; fees 0.02%
+  maker, 0.05% taker (binance.com/en/fee/futureFee). Maintenance-margin brackets are loaded from
+  ``plugins/exchanges/data`` when that file is installed (see :func:`register_brackets`).
+- Coinbase BTC-USD: quote_increment 0.01, base_increment 0.00000001, min market funds 1 USD;
+  Advanced Trade lowest tier 0.40% maker / 0.60% taker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .config import InstrumentConfig
+from .model import Instrument, MarginBracket, MarketKind
+
+_KNOWN: dict[tuple[str, str], Instrument] = {
+    ("binance", "BTC/USDT"): Instrument(
+        "binance", "BTC/USDT", MarketKind.SPOT, tick_size=0.01, lot_size=0.00001, min_notional=5.0,
+        maker_fee=0.001, taker_fee=0.001,
+    ),
+    ("binanceusdm", "BTC/USDT:USDT"): Instrument(
+        "binanceusdm", "BTC/USDT:USDT", MarketKind.PERPETUAL, tick_size=0.1, lot_size=0.001,
+        min_notional=100.0, maker_fee=0.0002, taker_fee=0.0005,
+    ),
+    ("coinbase", "BTC/USD"): Instrument(
+        "coinbase", "BTC/USD", MarketKind.SPOT, tick_size=0.01, lot_size=0.00000001, min_notional=1.0,
+        maker_fee=0.004, taker_fee=0.006,
+    ),
+}
+
+_BRACKETS: dict[tuple[str, str], tuple[MarginBracket, ...]] = {}
+
+
+def register_brackets(exchange: str, symbol: str, brackets: tuple[MarginBracket, ...]) -> None:
+    """Attach maintenance-margin brackets to a known perpetual (called by the exchange plugin)."""
+    _BRACKETS[(exchange, symbol)] = tuple(sorted(brackets, key=lambda b: b.notional_floor))
+
+
+def known_instruments() -> list[Instrument]:
+    return [instrument_for(e, s) for e, s in sorted(_KNOWN)]
+
+
+def instrument_for(exchange: str, symbol: str, overrides: InstrumentConfig | None = None) -> Instrument:
+    """The instrument for a market: the table's entry (or a generic one) with config overrides.
+
+    A market not in the table gets a generic definition (perpetual if the symbol has a ``:settle``
+    part, as in ccxt notation; tick 0.01, lot 0.00001, no fees) so that any bars can be backtested;
+    set ``instrument.*`` to make it realistic.
+    """
+    base = _KNOWN.get((exchange, symbol))
+    if base is None:
+        kind = MarketKind.PERPETUAL if ":" in symbol else MarketKind.SPOT
+        base = Instrument(exchange, symbol, kind)
+    brackets = _BRACKETS.get((exchange, symbol))
+    if brackets:
+        base = replace(base, margin_brackets=brackets)
+    if overrides is not None:
+        changes = {k: v for k, v in overrides.model_dump().items() if v is not None}
+        if "kind" in changes:
+            changes["kind"] = MarketKind(changes["kind"])
+        base = replace(base, **changes)
+    return base

@@ -1,0 +1,226 @@
+"""Run results as pandas objects, and the performance metrics computed from them.
+
+Conventions (stated because 24/7 markets have no trading-day calendar):
+
+* Returns for Sharpe and Sortino are **daily** returns of the equity curve sampled at 00:00 UTC
+  (last equity of each UTC day), annualised with sqrt(365). A run shorter than two days has
+  too few returns and gets ``None``. Risk-free rate 0.
+* Sortino uses the downside deviation ``sqrt(mean(min(r, 0)^2))`` over all daily returns.
+* CAGR compounds over calendar time: ``(final / initial) ** (365.25 days / span) - 1``.
+* Max drawdown is the largest fall from a running peak of the per-bar equity, as a positive
+  fraction; its duration is the longest time from a peak to the bar that regained it (or to the
+  end, if never regained).
+* A trade is a round trip of the net position from flat back to flat (as Backtrader counts
+  trades); its PnL includes the fees of its fills. Win rate and profit factor are over trades.
+* Exposure is the fraction of bars that end with a non-zero position.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .data import BarArrays
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .broker import SimulatedBroker
+    from .engine import Engine, RunResult
+
+DAYS_PER_YEAR = 365
+
+
+def _clean(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def fills_frame(fills: list, bar_index: np.ndarray | None = None) -> pd.DataFrame:
+    columns = ["ts", "trade_id", "client_id", "side", "price", "quantity", "fee", "is_maker", "is_liquidation", "tag"]
+    frame = pd.DataFrame(
+        [(f.ts_ms, f.trade_id, f.client_id, f.side.value, f.price, f.quantity, f.fee, f.is_maker, f.is_liquidation, f.tag) for f in fills],
+        columns=columns,
+    )
+    frame["ts"] = pd.to_datetime(frame["ts"].astype("int64"), unit="ms", utc=True)
+    if bar_index is not None:
+        frame["bar"] = np.asarray(bar_index, dtype=np.int64)[: len(frame)]
+    return frame
+
+
+def orders_frame(orders: dict) -> pd.DataFrame:
+    rows = [
+        (o.client_id, o.side.value, o.type.value, o.price, o.quantity, o.filled_qty, o.avg_fill_price, o.post_only, o.reduce_only, o.status.value, o.reason, o.created_ms, o.updated_ms, o.tag)
+        for o in orders.values()
+    ]
+    columns = ["client_id", "side", "type", "price", "quantity", "filled_qty", "avg_fill_price", "post_only", "reduce_only", "status", "reason", "created", "updated", "tag"]
+    frame = pd.DataFrame(rows, columns=columns)
+    for col in ("created", "updated"):
+        frame[col] = pd.to_datetime(frame[col].astype("int64"), unit="ms", utc=True)
+    return frame
+
+
+def trades_frame(fills: pd.DataFrame) -> pd.DataFrame:
+    """Flat-to-flat round trips of the net position, with PnL net of their fills' fees."""
+    columns = ["entry_time", "exit_time", "side", "max_quantity", "entry_price", "exit_price", "pnl", "fees"]
+    if fills.empty:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    pos = 0.0
+    entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
+    start = None
+    side = None
+    signs = np.where(fills["side"].to_numpy() == "buy", 1.0, -1.0)
+    for ts, sign, price, qty, fee in zip(fills["ts"], signs, fills["price"].to_numpy(), fills["quantity"].to_numpy(), fills["fee"].to_numpy()):
+        if abs(pos) < 1e-12:
+            start, side = ts, ("long" if sign > 0 else "short")
+            entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
+        # Split a fill that flips the position: the closing part ends this trade.
+        remaining = qty
+        while remaining > 1e-12:
+            if abs(pos) > 1e-12 and np.sign(pos) != sign:
+                part = min(remaining, abs(pos))
+            else:
+                part = remaining
+            share = part / qty
+            if sign > 0:
+                bought += part
+                entry_cost += part * price
+            else:
+                sold += part
+                exit_value += part * price
+            fees += fee * share
+            pos += sign * part
+            max_qty = max(max_qty, abs(pos))
+            remaining -= part
+            if abs(pos) < 1e-9:
+                pos = 0.0
+                long = side == "long"
+                buy_px = entry_cost / bought if bought else float("nan")
+                sell_px = exit_value / sold if sold else float("nan")
+                pnl = (exit_value - entry_cost) - fees
+                rows.append((start, ts, side, max_qty, buy_px if long else sell_px, sell_px if long else buy_px, pnl, fees))
+                if remaining > 1e-12:  # the rest opens a new trade in the other direction
+                    start, side = ts, ("long" if sign > 0 else "short")
+                    entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
+    return pd.DataFrame(rows, columns=columns)
+
+
+def drawdown(equity: pd.Series) -> pd.Series:
+    """Fall from the running peak, as a positive fraction, at every point."""
+    peak = equity.cummax()
+    return 1.0 - equity / peak
+
+
+def max_drawdown_duration(equity: pd.Series) -> pd.Timedelta:
+    """Longest time from a peak to the point that regained it (or to the end)."""
+    if equity.empty:
+        return pd.Timedelta(0)
+    values = equity.to_numpy()
+    times = equity.index
+    peak = values[0]
+    peak_time = times[0]
+    longest = pd.Timedelta(0)
+    underwater = False
+    for t, v in zip(times, values):
+        if v >= peak:
+            if underwater:
+                longest = max(longest, t - peak_time)
+            peak, peak_time, underwater = v, t, False
+        else:
+            underwater = True
+    if underwater:
+        longest = max(longest, times[-1] - peak_time)
+    return longest
+
+
+def daily_returns(equity: pd.Series) -> pd.Series:
+    daily = equity.resample("1D").last().dropna()
+    return daily.pct_change().dropna()
+
+
+def compute_metrics(
+    equity: pd.Series,
+    fills: pd.DataFrame,
+    trades: pd.DataFrame,
+    *,
+    initial_equity: float,
+    position: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The standard metrics of a run; see the module docstring for conventions."""
+    final = float(equity.iloc[-1]) if len(equity) else initial_equity
+    total_return = final / initial_equity - 1.0
+    span_days = (equity.index[-1] - equity.index[0]).total_seconds() / 86400 if len(equity) > 1 else 0.0
+    cagr = (final / initial_equity) ** (365.25 / span_days) - 1.0 if span_days > 0 and final > 0 else None
+    dd = drawdown(equity)
+    max_dd = float(dd.max()) if len(dd) else 0.0
+    rets = daily_returns(equity)
+    sharpe = sortino = None
+    if len(rets) >= 2:
+        std = rets.std(ddof=1)
+        sharpe = rets.mean() / std * math.sqrt(DAYS_PER_YEAR) if std > 0 else None
+        downside = math.sqrt(float((np.minimum(rets.to_numpy(), 0.0) ** 2).mean()))
+        sortino = rets.mean() / downside * math.sqrt(DAYS_PER_YEAR) if downside > 0 else None
+    calmar = cagr / max_dd if cagr is not None and max_dd > 0 else None
+    pnl = trades["pnl"] if len(trades) else pd.Series(dtype=float)
+    wins, losses = pnl[pnl > 0], pnl[pnl <= 0]
+    gross_loss = -losses.sum()
+    liquidations = int(fills["is_liquidation"].sum()) if len(fills) else 0
+    return {
+        "final_equity": _clean(final),
+        "total_return": _clean(total_return),
+        "cagr": _clean(cagr),
+        "sharpe": _clean(sharpe),
+        "sortino": _clean(sortino),
+        "calmar": _clean(calmar),
+        "max_drawdown": _clean(max_dd),
+        "max_drawdown_days": _clean(max_drawdown_duration(equity).total_seconds() / 86400),
+        "trades": int(len(trades)),
+        "fills": int(len(fills)),
+        "win_rate": _clean(len(wins) / len(pnl)) if len(pnl) else None,
+        "profit_factor": _clean(wins.sum() / gross_loss) if gross_loss > 0 else None,
+        "exposure": _clean(float(np.mean(np.abs(position) > 1e-12))) if position is not None and len(position) else 0.0,
+        "fees": _clean(float(fills["fee"].sum()) if len(fills) else 0.0),
+        "liquidations": liquidations,
+    }
+
+
+def position_per_bar(n_bars: int, fills: pd.DataFrame) -> np.ndarray:
+    """Net position at each bar's close, from the fills and the bars they happened on."""
+    delta = np.zeros(n_bars)
+    if len(fills):
+        signed = np.where(fills["side"].to_numpy() == "buy", 1.0, -1.0) * fills["quantity"].to_numpy()
+        np.add.at(delta, fills["bar"].to_numpy(), signed)
+    position = np.cumsum(delta)
+    position[np.abs(position) < 1e-12] = 0.0
+    return position
+
+
+def build_result(engine: "Engine", bars: BarArrays, broker: "SimulatedBroker") -> "RunResult":
+    from .engine import RunResult
+
+    index = pd.to_datetime(bars.ts, unit="ms", utc=True)
+    equity = pd.Series(broker.equity_curve(), index=index, name="equity")
+    fills = fills_frame(engine.fills, broker.fill_bar_indices())
+    trades = trades_frame(fills)
+    position = position_per_bar(len(bars), fills)
+    initial = float(getattr(broker.config, "initial_cash", equity.iloc[0]))
+    metrics = compute_metrics(equity, fills, trades, initial_equity=initial, position=position)
+    result = RunResult(
+        info=engine.info,
+        bars=len(bars),
+        start_ms=bars.start_ms,
+        end_ms=bars.end_ms,
+        equity=equity,
+        fills=fills,
+        orders=orders_frame(engine.orders),
+        trades=trades,
+        metrics=metrics,
+        initial_equity=initial,
+    )
+    result.extra["position"] = pd.Series(position, index=index, name="position")
+    result.extra["rejections"] = len(engine.rejections)
+    return result

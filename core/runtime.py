@@ -1,0 +1,40 @@
+"""What a run's plugins get besides their own config: instrument, settings, registry, paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+from .errors import ConfigError
+from .model import Instrument
+from .plugins import PluginManager, Registry
+
+
+@dataclass
+class Runtime:
+    config: RunConfig
+    plugins: PluginManager
+    instrument: Instrument
+    data_dir: Path
+    mode: str = "backtest"  # backtest | paper | live
+    _store: Any = field(default=None, repr=False)
+
+    @property
+    def registry(self) -> Registry:
+        return self.plugins.registry
+
+    def store(self) -> Any:
+        """The configured market-data store, built on first use."""
+        if self._store is None:
+            choice = self.config.store
+            if choice.name not in self.registry.names("store"):
+                raise ConfigError(
+                    f"store: no store plugin named {choice.name!r} is installed; "
+                    f"available: {', '.join(self.registry.names('store')) or 'none'}"
+                )
+            reg = self.registry.get("store", choice.name, key="store")
+            config = choice.config if choice.config is not None else reg.config_model()
+            self._store = reg.factory(config, self)
+        return self._store

@@ -1,0 +1,1 @@
+"""Broker plugins: simulated, paper, Backtrader adapter."""

@@ -1,0 +1,1 @@
+"""Exchange plugins: ccxt data sources and live brokers."""

@@ -1,0 +1,1 @@
+"""Market-data store plugins (ClickHouse server, embedded chDB)."""

@@ -1,0 +1,1 @@
+"""Strategy plugins shipped with btc-quant (examples of the SDK)."""

@@ -1,0 +1,62 @@
+"""The stable surface for strategy and plugin authors: import from here, not from ``core``.
+
+    from btc_quant.sdk import Strategy, StrategyConfig, Field, hookimpl
+
+    class Breakout(Strategy):
+        class Config(StrategyConfig):
+            period: int = Field(20, gt=1, description="channel length in bars")
+
+        def on_bar(self, ctx, bar):
+            ...
+
+    @hookimpl
+    def quant_register_strategies(register):
+        register("breakout", Breakout)
+"""
+
+from pydantic import Field
+
+from ..core.broker import Broker, BrokerConfig, BrokerEvent, FillEvent, OrderEvent, SimulatedBroker, Step
+from ..core.config import Duration, QuantModel, Timestamp, parse_duration, registered
+from ..core.data import BarArrays, timeframe_ms
+from ..core.engine import Context, RunResult
+from ..core.errors import (
+    ConfigError,
+    DataError,
+    ExchangeError,
+    OrderError,
+    PluginError,
+    QuantError,
+    RiskError,
+    StoreError,
+    StrategyError,
+)
+from ..core.fills import THROUGH, TOUCH, FillModel
+from ..core.hookspecs import hookimpl
+from ..core.model import (
+    Account,
+    Bar,
+    Fill,
+    Instrument,
+    MarginBracket,
+    MarketKind,
+    Order,
+    OrderStatus,
+    OrderType,
+    Position,
+    Side,
+)
+from ..core.risk import RiskCheck, RiskCheckConfig, RiskState
+from ..core.runtime import Runtime
+from ..core.store import Store, StoreConfig
+from ..core.strategy import Strategy, StrategyConfig
+
+__all__ = [
+    "Account", "Bar", "BarArrays", "Broker", "BrokerConfig", "BrokerEvent", "ConfigError", "Context",
+    "DataError", "Duration", "ExchangeError", "Field", "Fill", "FillEvent", "FillModel", "Instrument",
+    "MarginBracket", "MarketKind", "Order", "OrderError", "OrderEvent", "OrderStatus", "OrderType",
+    "PluginError", "Position", "QuantError", "QuantModel", "RiskCheck", "RiskCheckConfig", "RiskError",
+    "RiskState", "RunResult", "Runtime", "Side", "SimulatedBroker", "Step", "Store", "StoreConfig",
+    "StoreError", "Strategy", "StrategyConfig", "StrategyError", "THROUGH", "TOUCH", "Timestamp",
+    "hookimpl", "parse_duration", "registered", "timeframe_ms",
+]

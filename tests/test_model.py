@@ -1,0 +1,98 @@
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from btc_quant.core.errors import OrderError
+from btc_quant.core.instruments import instrument_for
+from btc_quant.core.model import Account, Fill, Order, OrderStatus, Position, Side
+
+PERP = instrument_for("binanceusdm", "BTC/USDT:USDT")
+
+
+def fill(trade_id, side, price, qty, fee=0.0, symbol="BTC/USDT:USDT"):
+    return Fill(trade_id, "c1", symbol, Side(side), price, qty, fee, 0)
+
+
+@pytest.mark.parametrize(
+    "qty, price, message",
+    [
+        (0.0, 40000.0, "quantity must be positive"),
+        (-0.01, 40000.0, "quantity must be positive"),
+        (math.nan, 40000.0, "quantity must be a finite number"),
+        (0.01, math.inf, "price must be a finite number"),
+        (0.01, -5.0, "price must be positive"),
+        (0.01, 40000.05, "not a multiple of the tick size 0.1"),
+        (0.0105, 40000.0, "not a multiple of the lot size 0.001"),
+        (0.001, 40000.0, "below the minimum 100 of BTC/USDT:USDT"),
+    ],
+)
+def test_order_rejects_bad_values_with_a_message_naming_them(qty, price, message):
+    with pytest.raises(OrderError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        Order.create(PERP, "c1", "buy", qty, price)
+
+
+def test_order_on_grid_is_accepted_and_keeps_values():
+    order = Order.create(PERP, "c1", "buy", 0.012, 40123.4, post_only=True)
+    assert (order.quantity, order.price, order.post_only, order.status) == (0.012, 40123.4, True, OrderStatus.PENDING)
+
+
+def test_instrument_rounding_goes_the_safe_way():
+    assert PERP.round_price(40000.06, "down") == 40000.0
+    assert PERP.round_price(40000.01, "up") == 40000.1
+    assert PERP.round_price(40000.06) == 40000.1
+    assert PERP.round_qty(0.0129) == 0.012
+
+
+def test_order_status_follows_the_transition_table():
+    order = Order.create(PERP, "c1", "buy", 0.01, 40000.0)
+    accepted = order.transition(OrderStatus.NEW)
+    filled = accepted.transition(OrderStatus.FILLED, filled_qty=0.01)
+    assert filled.status is OrderStatus.FILLED and order.status is OrderStatus.PENDING
+    with pytest.raises(OrderError, match="cannot go from filled to canceled"):
+        filled.transition(OrderStatus.CANCELED)
+    with pytest.raises(OrderError, match="cannot go from new to rejected"):
+        accepted.transition(OrderStatus.REJECTED)
+
+
+def test_position_realises_pnl_on_close_and_flip():
+    pos = Position("BTC/USDT:USDT")
+    assert pos.apply(fill("t1", "buy", 100.0, 2.0)) == 0.0
+    assert pos.apply(fill("t2", "buy", 110.0, 2.0)) == 0.0
+    assert pos.entry_price == pytest.approx(105.0)
+    assert pos.apply(fill("t3", "sell", 120.0, 1.0)) == pytest.approx(15.0)
+    # sell 5 from +3: closes 3 at 100 (loss 3 * 5) and opens a short of 2 at 100
+    assert pos.apply(fill("t4", "sell", 100.0, 5.0)) == pytest.approx(-15.0)
+    assert pos.quantity == pytest.approx(-2.0) and pos.entry_price == 100.0
+    assert pos.realized_pnl == pytest.approx(0.0)
+
+
+def test_position_refuses_the_same_trade_twice():
+    pos = Position("BTC/USDT:USDT")
+    pos.apply(fill("t1", "buy", 100.0, 1.0))
+    with pytest.raises(OrderError, match="t1 was already applied"):
+        pos.apply(fill("t1", "buy", 100.0, 1.0))
+    assert pos.quantity == 1.0
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["buy", "sell"]), st.floats(10, 1000), st.floats(0.001, 5), st.floats(0, 1)),
+        min_size=1,
+        max_size=40,
+    ),
+    st.floats(10, 1000),
+)
+def test_account_equity_equals_cash_flow_identity(trades, mark):
+    """wallet + unrealised == initial - sum(signed qty * price) - fees + qty * mark, for any fills."""
+    account = Account(10_000.0)
+    cash = 10_000.0
+    qty = 0.0
+    for i, (side, price, size, fee) in enumerate(trades):
+        f = fill(f"t{i}", side, price, size, fee)
+        account.apply(f)
+        cash -= f.signed_qty * price + fee
+        qty += f.signed_qty
+    equity = account.equity({"BTC/USDT:USDT": mark})
+    assert equity == pytest.approx(cash + qty * mark, rel=1e-9, abs=1e-6)
