@@ -7,7 +7,7 @@ Everything else (metadata, dependencies, entry points) lives in pyproject.toml.
 
 from setuptools import find_packages, setup
 
-ROOTS = {"core": "btc_quant.core", "sdk": "btc_quant.sdk", "plugins": "btc_quant.plugins"}
+ROOTS = {"core": "btc_quant.core", "sdk": "btc_quant.sdk", "plugins": "btc_quant.plugins", "testing": "btc_quant.testing"}
 
 packages = ["btc_quant.sample"]
 for folder, package in ROOTS.items():

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from .config import QuantModel
+from .errors import ExchangeError
 from .model import Account, Fill, Order, Position
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,6 +65,23 @@ BrokerEvent = OrderEvent | FillEvent
 
 
 @dataclass(frozen=True, slots=True)
+class MarginState:
+    """The margin picture of the run's symbol, as the broker (or exchange) computes it.
+
+    ``liquidation_price`` is None when there is no position or it cannot be liquidated (spot).
+    ``available_balance`` is what new orders can use as initial margin.
+    """
+
+    mode: str  # "isolated" | "cross" | "spot"
+    leverage: float
+    wallet_balance: float
+    position_margin: float  # isolated: margin held by the position; cross: its initial margin
+    maintenance_margin: float
+    available_balance: float
+    liquidation_price: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
     """Where :meth:`SimulatedBroker.advance` stopped.
 
@@ -75,6 +93,7 @@ class Step:
 
     index: int
     closed: bool
+    alert: bool = False  # the bar reached the strategy's price alert band (see Broker.set_price_alert)
 
 
 class Broker(ABC):
@@ -120,6 +139,28 @@ class Broker(ABC):
         """The position in the run's instrument."""
         return self.account().position(self.instrument.symbol)
 
+    # --- margin (perpetuals). Spot-only brokers keep these defaults, which refuse. -------------
+    def set_leverage(self, leverage: float) -> None:
+        """Set the symbol's leverage (Binance: POST /fapi/v1/leverage)."""
+        raise ExchangeError(f"{type(self).__name__} does not support leverage")
+
+    def set_margin_mode(self, mode: str) -> None:
+        """``isolated`` or ``cross`` (Binance: POST /fapi/v1/marginType)."""
+        raise ExchangeError(f"{type(self).__name__} does not support margin modes")
+
+    def adjust_margin(self, amount: float) -> None:
+        """Isolated mode: add (``amount`` > 0) or remove margin of the position (Binance: POST /fapi/v1/positionMargin)."""
+        raise ExchangeError(f"{type(self).__name__} does not support isolated margin")
+
+    def margin(self) -> MarginState:
+        """Margin, maintenance and liquidation price of the run's symbol."""
+        raise ExchangeError(f"{type(self).__name__} does not report margin")
+
+    def set_price_alert(self, low: float | None, high: float | None) -> None:
+        """Ask to be woken at the close of the first bar that trades at or below ``low`` or at
+        or above ``high`` (one-shot; None clears a side). Simulated brokers use it to skip bars
+        until the price leaves a band; live runs see every bar anyway and ignore it."""
+
     @abstractmethod
     def equity(self) -> float:
         """Wallet balance plus unrealised PnL at the broker's current mark price."""
@@ -147,8 +188,9 @@ class SimulatedBroker(Broker):
         """Process bars from where the last call stopped; stop at the first event or wake bar.
 
         ``wake`` (from the strategy's ``wake_bars``, None = every bar) marks bars whose close the
-        engine must see. Bars with no possible fill, nothing due (funding, liquidation) and no
-        wake may be processed in bulk without returning.
+        engine must see; a bar that triggers the price alert is returned closed with
+        ``alert=True``. Bars with no possible fill, nothing due (funding, liquidation), no wake
+        and no alert may be processed in bulk without returning.
         """
 
     @abstractmethod

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .broker import Broker, FillEvent, OrderEvent, SimulatedBroker
+from .broker import Broker, FillEvent, MarginState, OrderEvent, SimulatedBroker
 from .config import RunConfig
 from .data import BarArrays
 from .errors import OrderError, StrategyError
@@ -188,6 +188,30 @@ class Context:
     def cancel_all(self) -> None:
         for order in self.open_orders:
             self._engine.broker.cancel(order.client_id)
+
+    # --- margin and wake-ups ---------------------------------------------------------------
+    @property
+    def margin(self) -> MarginState:
+        """Leverage, margins, available balance and liquidation price (perpetuals)."""
+        return self._engine.broker.margin()
+
+    def set_leverage(self, leverage: float) -> None:
+        self._engine.broker.set_leverage(leverage)
+
+    def set_margin_mode(self, mode: str) -> None:
+        self._engine.broker.set_margin_mode(mode)
+
+    def adjust_margin(self, amount: float) -> None:
+        """Isolated margin: add (> 0) or remove (< 0) margin of the position."""
+        self._engine.broker.adjust_margin(amount)
+
+    def wake_when_price_outside(self, low: float | None, high: float | None) -> None:
+        """Call ``on_bar`` at the close of the first bar trading at/below ``low`` or at/above ``high``.
+
+        For strategies with ``needs_every_bar = False`` whose next action depends on price (a grid
+        moving its live window); one-shot, replaced by the next call.
+        """
+        self._engine.broker.set_price_alert(low, high)
 
     def order_target(self, quantity: float, **kwargs: Any) -> Order | None:
         """Market order for the difference between the position and ``quantity`` (signed)."""
@@ -375,7 +399,7 @@ class Engine:
                 break
             history.close_through(step.index if step.closed else step.index - 1)
             self.pump()
-            if step.closed and (wake is None or wake[step.index]):
+            if step.closed and (wake is None or step.alert or wake[step.index]):
                 strategy.on_bar(ctx, bars.bar(step.index))
                 self.pump()
         history.close_through(n - 1)

@@ -16,7 +16,7 @@
 
 from pydantic import Field
 
-from ..core.broker import Broker, BrokerConfig, BrokerEvent, FillEvent, OrderEvent, SimulatedBroker, Step
+from ..core.broker import Broker, BrokerConfig, BrokerEvent, FillEvent, MarginState, OrderEvent, SimulatedBroker, Step
 from ..core.config import Duration, QuantModel, Timestamp, parse_duration, registered
 from ..core.data import BarArrays, timeframe_ms
 from ..core.engine import Context, RunResult
@@ -54,7 +54,7 @@ from ..core.strategy import Strategy, StrategyConfig
 __all__ = [
     "Account", "Bar", "BarArrays", "Broker", "BrokerConfig", "BrokerEvent", "ConfigError", "Context",
     "DataError", "Duration", "ExchangeError", "Field", "Fill", "FillEvent", "FillModel", "Instrument",
-    "MarginBracket", "MarketKind", "Order", "OrderError", "OrderEvent", "OrderStatus", "OrderType",
+    "MarginBracket", "MarginState", "MarketKind", "Order", "OrderError", "OrderEvent", "OrderStatus", "OrderType",
     "PluginError", "Position", "QuantError", "QuantModel", "RiskCheck", "RiskCheckConfig", "RiskError",
     "RiskState", "RunResult", "Runtime", "Side", "SimulatedBroker", "Step", "Store", "StoreConfig",
     "StoreError", "Strategy", "StrategyConfig", "StrategyError", "THROUGH", "TOUCH", "Timestamp",

@@ -136,3 +136,39 @@ def test_sma_cross_trades_match_an_independent_pandas_signal(plugins, sample_bar
     signed = np.where(fills.side == "buy", 1, -1) * fills.quantity * fills.price
     expected = 10_000 - signed.sum() - fills.fee.sum() + result.extra["position"].iloc[-1] * frame.close.iloc[-1]
     assert result.metrics["final_equity"] == pytest.approx(expected, rel=1e-12)
+
+
+class AlertWatcher(Strategy):
+    """Wakes only on the first bar, then only when the price leaves a +-1% band."""
+
+    needs_every_bar = False
+
+    def wake_bars(self, bars):
+        wake = np.zeros(len(bars), dtype=bool)
+        wake[0] = True
+        return wake
+
+    def on_start(self, ctx):
+        self.woken = []
+
+    def on_bar(self, ctx, bar):
+        self.woken.append(len(ctx.bars()) - 1)
+        ctx.wake_when_price_outside(bar.close * 0.99, bar.close * 1.01)
+
+
+def test_price_alert_wakes_the_strategy_only_when_the_band_is_left(sample_bars):
+    box = {}
+
+    class Watcher(AlertWatcher):
+        def on_start(self, ctx):
+            super().on_start(ctx)
+            box["s"] = self
+
+    bars = sample_bars[:5000]
+    run_strategy("watcher", bars, plugins=strategies(watcher=Watcher))
+    expected, ref = [0], bars.close[0]
+    for i in range(1, len(bars)):
+        if bars.low[i] <= ref * 0.99 or bars.high[i] >= ref * 1.01:
+            expected.append(i)
+            ref = bars.close[i]
+    assert box["s"].woken == expected and 3 < len(expected) < 500

@@ -15,7 +15,7 @@ def test_nobody_imports_the_folders_directly():
             continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
             stripped = line.strip()
-            if stripped.startswith(("import core", "from core", "import sdk", "from sdk", "import plugins", "from plugins")):
+            if stripped.startswith(("import core", "from core", "import sdk", "from sdk", "import plugins", "from plugins", "import testing", "from testing")):
                 offenders.append(f"{path.relative_to(REPO)}:{n}")
     assert offenders == []
 

@@ -65,6 +65,7 @@ class SimBroker(SimulatedBroker):
         self._stage = 0  # 0: bar not opened, 1: opened (market orders filled), 2: closed
         self._price = float("nan")
         self._now = 0
+        self._alert: tuple[float, float] | None = None
 
     # --- data ----------------------------------------------------------------------------
     def load(self, bars: BarArrays) -> None:
@@ -90,6 +91,20 @@ class SimBroker(SimulatedBroker):
         order = self._orders.pop(client_id, None)
         if order is not None:
             self._events.append(OrderEvent(order.transition(OrderStatus.CANCELED, updated_ms=self._now)))
+
+    def set_price_alert(self, low: float | None, high: float | None) -> None:
+        if low is None and high is None:
+            self._alert = None
+        else:
+            self._alert = (-np.inf if low is None else low, np.inf if high is None else high)
+
+    def _alert_bar(self, start: int, stop: int) -> int:
+        """First bar in [start, stop) that reaches the alert band, or stop."""
+        if self._alert is None or start >= stop:
+            return stop
+        low, high = self._alert
+        hit = np.flatnonzero((self.bars.low[start:stop] <= low) | (self.bars.high[start:stop] >= high))
+        return start + int(hit[0]) if len(hit) else stop
 
     def events(self) -> list:
         events, self._events = self._events, []
@@ -149,8 +164,8 @@ class SimBroker(SimulatedBroker):
         while self._i < n:
             i = self._i
             if self._stage == 0:
-                if not self._orders:  # nothing can happen until the strategy's next wake bar
-                    j = self._next_wake(i, wake)
+                if not self._orders:  # nothing can happen until the next wake or alert bar
+                    j = self._alert_bar(i, self._next_wake(i, wake))
                     if j >= n:
                         self._i = n
                         break
@@ -175,8 +190,11 @@ class SimBroker(SimulatedBroker):
                     return Step(i, False)
             self._stage = 0
             self._i = i + 1
-            if wake is None or wake[i]:
-                return Step(i, True)
+            alert = self._alert is not None and (bars.low[i] <= self._alert[0] or bars.high[i] >= self._alert[1])
+            if alert:
+                self._alert = None
+            if wake is None or wake[i] or alert:
+                return Step(i, True, alert)
         return Step(n, True)
 
     def equity_curve(self) -> np.ndarray:
