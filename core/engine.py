@@ -405,6 +405,7 @@ class Engine:
         history.close_through(n - 1)
         self.stop()
         result = build_result(self, bars, broker)
+        result.extra["diagnostics"] = self.strategy.diagnostics()
         result.elapsed_s = time.perf_counter() - started
         self.plugins.call_optional("quant_on_run_end", result=result)
         return result

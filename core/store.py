@@ -10,6 +10,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+import numpy as np
+import pandas as pd
+
 from .config import QuantModel
 from .data import BarArrays
 
@@ -26,3 +29,9 @@ class Store(ABC):
         self, exchange: str, symbol: str, timeframe: str, start_ms: int | None = None, end_ms: int | None = None
     ) -> BarArrays:
         """De-duplicated bars with ``start_ms <= ts < end_ms``, sorted; empty arrays if none."""
+
+    def read_funding(self, exchange: str, symbol: str, start_ms: int | None = None, end_ms: int | None = None) -> pd.DataFrame:
+        """Funding rates of a perpetual with ``start_ms <= ts < end_ms``: columns ``ts`` (int64 ms,
+        the funding time) and ``rate`` (float64, e.g. 0.0001 = 0.01% paid by longs to shorts),
+        sorted, de-duplicated; empty if none are stored. Stores without funding data keep this default."""
+        return pd.DataFrame({"ts": np.empty(0, dtype=np.int64), "rate": np.empty(0, dtype=np.float64)})

@@ -19,7 +19,7 @@ reach Python. ``on_fill`` and ``on_order`` are always called when something happ
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -68,3 +68,11 @@ class Strategy:
 
     def on_stop(self, ctx: "Context") -> None:
         """After the last bar, or when a live run is stopped."""
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Strategy-specific results (DataFrames, Series, numbers) to keep with the run.
+
+        Called once after ``on_stop``; the engine stores the dict as
+        ``RunResult.extra["diagnostics"]``, where reports and exporters find it.
+        """
+        return {}

@@ -172,3 +172,12 @@ def test_price_alert_wakes_the_strategy_only_when_the_band_is_left(sample_bars):
             expected.append(i)
             ref = bars.close[i]
     assert box["s"].woken == expected and 3 < len(expected) < 500
+
+
+def test_strategy_diagnostics_are_kept_with_the_result():
+    class Counting(BuyOnce):
+        def diagnostics(self):
+            return {"events": len(self.seen)}
+
+    result = run_strategy("counting", bars_from(BARS), "instrument.min_notional=0", plugins=strategies(counting=Counting))
+    assert result.extra["diagnostics"] == {"events": 3}  # placed, accepted, filled
