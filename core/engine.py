@@ -34,7 +34,7 @@ from .data import BarArrays
 from .errors import OrderError, StrategyError
 from .model import Bar, Fill, Instrument, Order, OrderStatus, Position, Side
 from .plugins import PluginManager
-from .risk import RiskCheck, RiskState
+from .risk import KillSwitch, RiskCheck, RiskState
 from .strategy import Strategy
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,11 @@ class Context:
     @property
     def open_orders(self) -> list[Order]:
         return self._engine.broker.open_orders()
+
+    @property
+    def halted(self) -> str | None:
+        """Why the kill switch stopped trading, or None while trading is allowed."""
+        return None if self._engine.halted is None else self._engine.halted.reason
 
     def order(self, client_id: str) -> Order | None:
         """The latest known state of one of this run's orders."""
@@ -291,9 +296,11 @@ class Engine:
         self.orders: dict[str, Order] = {}
         self.fills: list[Fill] = []
         self.rejections: list[Order] = []
+        self.halted: KillSwitch | None = None
         self._local: deque = deque()
         prefix = client_id_prefix or (self.info.strategy[:10] + "-" + self.info.run_id[:6])
         self._ids = (f"{prefix}-{n}" for n in itertools.count(1))
+        self._observers = [(n, c) for n, c in self.risk_checks if type(c).observe is not RiskCheck.observe]
         self._hook_fill = plugins.has_impls("quant_on_fill")
         self._hook_order = plugins.has_impls("quant_on_order")
 
@@ -309,25 +316,70 @@ class Engine:
         if order.symbol != self.instrument.symbol:
             raise OrderError(f"order {order.client_id}: symbol {order.symbol} is not the run's {self.instrument.symbol}")
         self.orders[order.client_id] = order
+        if self.halted is not None and not order.reduce_only:
+            return self._reject(order, f"kill switch engaged: {self.halted.reason}")
         if self.risk_checks:
-            state = RiskState(
-                self.instrument,
-                self.broker.position(),
-                self.broker.equity(),
-                tuple(self.broker.open_orders()),
-                self.broker.last_price,
-                self.broker.now_ms,
-            )
+            state = self.risk_state()
             for name, check in self.risk_checks:
                 reason = check.check(order, state)
                 if reason:
-                    rejected = order.transition(OrderStatus.REJECTED, reason=f"risk {name}: {reason}", updated_ms=state.now_ms)
                     log.warning("order %s rejected by risk check %s: %s", order.client_id, name, reason)
-                    self.orders[order.client_id] = rejected
-                    self.rejections.append(rejected)
-                    self._local.append(OrderEvent(rejected))
-                    return rejected
+                    return self._reject(order, f"risk {name}: {reason}")
         self.broker.submit(order)
+        return order
+
+    def _reject(self, order: Order, reason: str) -> Order:
+        rejected = order.transition(OrderStatus.REJECTED, reason=reason, updated_ms=self.broker.now_ms)
+        self.orders[order.client_id] = rejected
+        self.rejections.append(rejected)
+        self._local.append(OrderEvent(rejected))
+        return rejected
+
+    # --- risk -----------------------------------------------------------------------------
+    def risk_state(self) -> RiskState:
+        return RiskState(
+            self.instrument,
+            self.broker.position(),
+            self.broker.equity(),
+            tuple(self.broker.open_orders()),
+            self.broker.last_price,
+            self.broker.now_ms,
+        )
+
+    def observe_risk(self) -> None:
+        """Let the risk checks watch the account; engage the first kill switch one returns."""
+        if self.halted is not None or not self._observers:
+            return
+        state = self.risk_state()
+        for name, check in self._observers:
+            switch = check.observe(state)
+            if switch is not None:
+                self.halt(f"{name}: {switch.reason}", flatten=switch.flatten)
+                return
+
+    def halt(self, reason: str, *, flatten: bool = False) -> None:
+        """Refuse new orders from now on (reduce-only ones still pass); optionally flatten."""
+        if self.halted is None:
+            self.halted = KillSwitch(reason, flatten)
+            log.warning("kill switch engaged (%s)%s", reason, "; flattening" if flatten else "")
+        if flatten:
+            self.flatten()
+
+    def flatten(self) -> Order | None:
+        """Cancel every open order and close the position at market (reduce-only)."""
+        for order in self.broker.open_orders():
+            self.broker.cancel(order.client_id)
+        self.pump()
+        position = self.broker.position().quantity
+        if abs(position) < self.instrument.lot_size / 2:
+            return None
+        side = Side.SELL if position > 0 else Side.BUY
+        order = Order.create(
+            self.instrument, self.next_client_id(), side, self.instrument.round_qty(abs(position)),
+            reduce_only=True, ts_ms=self.broker.now_ms, tag="flatten",
+        )
+        self.submit(order)
+        self.pump()
         return order
 
     # --- events ---------------------------------------------------------------------------
@@ -350,6 +402,7 @@ class Engine:
                     self.strategy.on_fill(self.ctx, event.fill)
                     if self._hook_fill:
                         self.plugins.hook.quant_on_fill(fill=event.fill, run=self.info)
+                    self.observe_risk()
                 else:
                     order = event.order
                     self.orders[order.client_id] = order
@@ -362,6 +415,7 @@ class Engine:
     def on_bar_closed(self, bar: Bar) -> None:
         """Live/paper driver: a new bar closed; record it and call ``on_bar``."""
         self.history.append(bar)
+        self.observe_risk()
         self.strategy.on_bar(self.ctx, bar)
         self.pump()
 
@@ -399,6 +453,8 @@ class Engine:
                 break
             history.close_through(step.index if step.closed else step.index - 1)
             self.pump()
+            if step.closed:
+                self.observe_risk()
             if step.closed and (wake is None or step.alert or wake[step.index]):
                 strategy.on_bar(ctx, bars.bar(step.index))
                 self.pump()

@@ -46,14 +46,14 @@ from ..core.model import (
     Position,
     Side,
 )
-from ..core.risk import RiskCheck, RiskCheckConfig, RiskState
+from ..core.risk import KillSwitch, RiskCheck, RiskCheckConfig, RiskState
 from ..core.runtime import Runtime
 from ..core.store import Store, StoreConfig
 from ..core.strategy import Strategy, StrategyConfig
 
 __all__ = [
     "Account", "Bar", "BarArrays", "Broker", "BrokerConfig", "BrokerEvent", "ConfigError", "Context",
-    "DataError", "Duration", "ExchangeError", "Field", "Fill", "FillEvent", "FillModel", "Instrument",
+    "DataError", "Duration", "ExchangeError", "Field", "Fill", "FillEvent", "FillModel", "Instrument", "KillSwitch",
     "MarginBracket", "MarginState", "MarketKind", "Order", "OrderError", "OrderEvent", "OrderStatus", "OrderType",
     "PluginError", "Position", "QuantError", "QuantModel", "RiskCheck", "RiskCheckConfig", "RiskError",
     "RiskState", "RunResult", "Runtime", "Side", "SimulatedBroker", "Step", "Store", "StoreConfig",
