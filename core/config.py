@@ -19,6 +19,7 @@ keys and names, the valid choices.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tomllib
@@ -39,8 +40,11 @@ from pydantic import (
     ValidationInfo,
 )
 
+from . import secrets
 from .errors import ConfigError
 from .plugins import Registry, did_you_mean
+
+log = logging.getLogger(__name__)
 
 #: ``QUANT_*`` variables that are settings of the program, not config keys.
 RESERVED_ENV = {
@@ -266,11 +270,15 @@ def _is_section(key: str) -> bool:
 def read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
+    warning = secrets.check_file(path, data)
+    if warning:
+        log.warning("%s", warning)
+    return data
 
 
 def read_env(env: dict[str, str]) -> dict[str, Any]:
@@ -281,6 +289,9 @@ def read_env(env: dict[str, str]) -> dict[str, Any]:
             continue
         key = name[len("QUANT_") :].lower().replace("__", ".")
         pairs.append(f"{key}={value}")
+    for name, value in env.items():
+        if name.startswith("QUANT_") and secrets.is_secret_key(name.rsplit("__", 1)[-1]):
+            secrets.register(value)
     return parse_assignments(pairs, source="environment")
 
 
@@ -335,7 +346,10 @@ def gather(
     elif (cwd / "quant.toml").exists():
         layers.append(read_toml(cwd / "quant.toml"))
     layers.append(read_env(env))
-    layers.append(parse_assignments(pairs))
+    cli = parse_assignments(pairs)
+    for value in secrets.secret_values(cli):
+        secrets.register(value)
+    layers.append(cli)
     return merge_layers(*layers)
 
 

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from .. import secrets
 from ..errors import QuantError
 from ..plugins import PluginManager, load_plugins
 
@@ -31,6 +32,7 @@ def setup_logging(debug: bool) -> None:
     level = logging.DEBUG if debug else logging.INFO
     handler = RichHandler(console=err_console, show_time=False, show_path=debug, markup=False, rich_tracebacks=debug)
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+    secrets.install_log_filter()
     for noisy in ("numba", "urllib3", "asyncio", "matplotlib", "distributed", "bokeh", "tornado", "ccxt"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -54,9 +56,9 @@ def build_app(plugins: PluginManager) -> typer.Typer:
 
 
 def report_error(exc: QuantError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {secrets.mask(str(exc))}", highlight=False, soft_wrap=True, markup=True)
     if exc.hint:
-        err_console.print(f"[dim]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+        err_console.print(f"[dim]hint:[/] {secrets.mask(exc.hint)}", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
