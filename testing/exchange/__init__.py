@@ -1,0 +1,24 @@
+"""A local Binance (spot ``/api/v3`` and USD-M ``/fapi/v1``) on 127.0.0.1 for tests and demos.
+
+It answers the endpoints the real ccxt client calls for ``load_markets``, ``fetch_time``,
+``fetch_ohlcv`` and ``fetch_funding_rate_history``, and the kline websocket streams ccxt.pro's
+``watch_ohlcv`` subscribes to, from real recorded bars and funding rates, with deterministic fault
+injection (429 with Retry-After, 5xx, timeouts, slow answers, short and empty pages, dropped
+websockets).
+
+Layout, meant to grow into the live-trading test exchange:
+
+* :mod:`.market` - the state (:class:`ExchangeState`: markets, clock, request log), no web code;
+* :mod:`.faults` - the seeded :class:`FaultPlan`;
+* :mod:`.spot`, :mod:`.usdm`, :mod:`.streams`, :mod:`.control` - one route table per API family;
+* :mod:`.server` - the aiohttp app (fault middleware) and :class:`ExchangeServer` (background
+  thread); ``python -m btc_quant.testing.exchange`` runs it as a process.
+
+Point ccxt at it with the ``exchange.url`` setting (see ``btc_quant.plugins.exchanges.ccxt_client``).
+"""
+
+from .faults import KINDS, FaultPlan
+from .market import BinanceError, Clock, ExchangeState, Market, binance_state
+from .server import ExchangeServer, build_app
+
+__all__ = ["KINDS", "BinanceError", "Clock", "ExchangeServer", "ExchangeState", "FaultPlan", "Market", "binance_state", "build_app"]

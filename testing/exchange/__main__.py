@@ -1,0 +1,95 @@
+"""``python -m btc_quant.testing.exchange``: run the local exchange as its own process.
+
+Prints one JSON line once listening, e.g. ``{"url": "http://127.0.0.1:40123", "port": 40123,
+"now_ms": ...}``, then serves until SIGTERM/SIGINT. Examples::
+
+    python -m btc_quant.testing.exchange --port 0
+    python -m btc_quant.testing.exchange --usdm perp.parquet --clock-start 2022-01-10 --speed 120 \\
+        --seed 7 --fault rate_limit=0.05 --fault server_error=0.05
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from datetime import datetime, timezone
+
+from .faults import KINDS, FaultPlan
+from .market import DEFAULT_FUNDING_FILE, DEFAULT_SPOT_FILE, binance_state
+from .server import serve_forever
+
+
+def _ms(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return int(parsed.timestamp() * 1000)
+
+
+def _fault(text: str) -> tuple[str, float]:
+    kind, _, rate = text.partition("=")
+    if kind not in KINDS or not rate:
+        raise argparse.ArgumentTypeError(f"expected KIND=RATE with KIND one of {', '.join(KINDS)}")
+    return kind, float(rate)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m btc_quant.testing.exchange", description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
+    p.add_argument("--spot", default=str(DEFAULT_SPOT_FILE), help="1m bars for spot BTCUSDT ('none' to list no spot market)")
+    p.add_argument("--usdm", default=None, help="1m bars for the USD-M BTCUSDT perpetual (default: the bundled sample)")
+    p.add_argument("--funding", default=str(DEFAULT_FUNDING_FILE), help="funding rates for the perpetual ('none' for none)")
+    p.add_argument("--clock-start", type=_ms, default=None, help="exchange time to start at (ISO date/time or ms); default: after the last bar")
+    p.add_argument("--speed", type=float, default=0.0, help="exchange seconds per real second (0 = frozen clock)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fault schedule")
+    p.add_argument("--fault", type=_fault, action="append", default=[], help="KIND=RATE, repeatable")
+    p.add_argument("--script", action="append", default=[], help="PATH:KIND[,KIND...] scripted faults, repeatable")
+    p.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds on 429")
+    p.add_argument("--timeout-s", type=float, default=5.0, help="how long a 'timeout' fault holds the answer")
+    p.add_argument("--all-paths", action="store_true", help="faults may hit every endpoint, not only data endpoints")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = FaultPlan(
+        seed=args.seed, rates=dict(args.fault), retry_after_s=args.retry_after, timeout_s=args.timeout_s,
+        paths=None if args.all_paths else FaultPlan.paths,
+    )
+    for item in args.script:
+        path, _, kinds = item.partition(":")
+        plan.script(path, *kinds.split(","))
+    state = binance_state(
+        spot_file=None if args.spot == "none" else args.spot,
+        usdm_file=args.usdm,
+        funding_file=None if args.funding == "none" else args.funding,
+        clock_start_ms=args.clock_start,
+        speed=args.speed,
+        faults=plan,
+    )
+
+    def announce(port: int) -> None:
+        print(json.dumps({"url": f"http://{args.host}:{port}", "port": port, "now_ms": state.clock.now_ms()}), flush=True)
+
+    async def run() -> None:
+        task = asyncio.create_task(serve_forever(state, args.host, args.port, announce))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The local exchange's aiohttp app and two ways to run it.
+
+* In-process, on a background thread (for pytest fixtures and notebooks)::
+
+      with ExchangeServer(binance_state()) as server:
+          exchange = ccxt.binance({"options": LOCAL_OPTIONS["binance"]})
+          point_ccxt_at(exchange, server.url)
+
+* As a subprocess that a test can SIGKILL and restart::
+
+      python -m btc_quant.testing.exchange --port 0 --speed 60
+      # prints one JSON line: {"url": "http://127.0.0.1:PORT", "port": PORT, ...}
+
+The app is a thin layer: route tables per API family (:mod:`.spot`, :mod:`.usdm`, :mod:`.streams`,
+test-only ``/_control``), one middleware that applies the :class:`~.faults.FaultPlan`, turns
+:class:`~.market.BinanceError` into Binance's error answers and logs every request on the
+:class:`~.market.ExchangeState`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from aiohttp import web
+
+from . import control, spot, streams, usdm
+from .http import FAULT, STATE
+from .market import BinanceError, ExchangeState
+
+
+def family_of(path: str) -> str:
+    if path.startswith(("/fapi", "/fstream")):
+        return "usdm"
+    if path.startswith(("/api", "/stream")):
+        return "spot"
+    return "other"
+
+
+@web.middleware
+async def exchange_middleware(request: web.Request, handler) -> web.StreamResponse:
+    state: ExchangeState = request.app[STATE]
+    if request.headers.get("Upgrade", "").lower() == "websocket" or request.path.startswith("/_control"):
+        return await handler(request)
+    plan = state.faults
+    fault = plan.decide(request.path)
+    request[FAULT] = fault
+    response: web.StreamResponse
+    if fault == "rate_limit":
+        response = web.json_response(
+            {"code": -1003, "msg": "Too many requests; current limit of IP is 6000 requests per minute."},
+            status=429,
+            headers={"Retry-After": f"{max(plan.retry_after_s, 0):g}"},
+        )
+    elif fault == "server_error":
+        response = web.json_response(
+            {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}, status=plan.status
+        )
+    else:
+        if fault in ("timeout", "slow"):
+            await asyncio.sleep(plan.timeout_s if fault == "timeout" else plan.slow_s)
+        try:
+            response = await handler(request)
+        except BinanceError as exc:
+            response = web.json_response({"code": exc.code, "msg": exc.msg}, status=exc.status)
+    state.log(family_of(request.path), request.path, dict(request.query), response.status)
+    return response
+
+
+def build_app(state: ExchangeState) -> web.Application:
+    app = web.Application(middlewares=[exchange_middleware])
+    app[STATE] = state
+    families = state.families()
+    if "spot" in families:
+        app.add_routes(spot.routes())
+    if "usdm" in families:
+        app.add_routes(usdm.routes())
+    app.add_routes(streams.routes())
+    app.add_routes(control.routes())
+    return app
+
+
+class ExchangeServer:
+    """Runs the app on 127.0.0.1 (port 0 = any free port) in a background thread."""
+
+    def __init__(self, state: ExchangeState, host: str = "127.0.0.1", port: int = 0):
+        self.state = state
+        self.host = host
+        self.port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "ExchangeServer":
+        self._thread = threading.Thread(target=self._run, name="local-exchange", daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:  # reported to start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        loop.run_forever()
+        loop.run_until_complete(self._runner.cleanup())
+        loop.close()
+
+    async def _serve(self) -> None:
+        self._runner = web.AppRunner(build_app(self.state), shutdown_timeout=1.0, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(15)
+            self._loop = None
+
+    def __enter__(self) -> "ExchangeServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+async def serve_forever(state: ExchangeState, host: str, port: int, announce) -> None:
+    """Serve until cancelled; ``announce(port)`` is called once the socket is listening."""
+    runner = web.AppRunner(build_app(state), shutdown_timeout=1.0, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    announce(site._server.sockets[0].getsockname()[1])
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
