@@ -182,8 +182,10 @@ class CcxtSource:
         return [piece for a, b in sorted(wanted) for piece in _subtract((a, b), known_empty) if piece[1] - piece[0] >= step]
 
     def fetch_bars(self, store, symbol: str, timeframe: str, start_ms: int, end_ms: int | None = None,
-                   progress: Callable[[int], None] | None = None, report: FetchReport | None = None) -> FetchReport:
-        """Fetch closed bars in ``[start_ms, end_ms)`` (default: up to now) that the store lacks."""
+                   progress: Callable[[int, int], None] | None = None, report: FetchReport | None = None) -> FetchReport:
+        """Fetch closed bars in ``[start_ms, end_ms)`` (default: up to now) that the store lacks.
+
+        ``progress(ms_covered, bars_written_so_far)`` is called after every page."""
         step = timeframe_ms(timeframe)
         self.market(symbol)
         closed_end = self.now_ms() // step * step  # bars starting before this are closed
@@ -228,7 +230,7 @@ class CcxtSource:
                 # Binance answers "the first bars at or after startTime": empty means none up to now.
                 until = hi if self.exchange_id in SCANS_FORWARD else min(since + limit * step, hi)
                 miss(since, until)
-                _advance(progress, until - since)
+                _advance(progress, until - since, report)
                 since, empty_tries = until, 0
                 continue
             empty_tries = 0
@@ -243,7 +245,7 @@ class CcxtSource:
             frame["volume"] = frame["volume"].fillna(0.0)
             report.written += store.write_bars(self.exchange_id, symbol, timeframe, frame)
             new_since = int(rows[-1][0]) + step
-            _advance(progress, new_since - since)
+            _advance(progress, new_since - since, report)
             since = new_since
         flush()
 
@@ -318,9 +320,9 @@ class CcxtSource:
                 pass
 
 
-def _advance(progress, amount: int) -> None:
+def _advance(progress, amount: int, report: FetchReport) -> None:
     if progress is not None and amount > 0:
-        progress(amount)
+        progress(amount, report.written)
 
 
 def _subtract(piece: tuple[int, int], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -387,6 +387,13 @@ class ClickHouseStore(Store):
         first, last, n = rows[0]
         return None if n == 0 else (int(first), int(last), int(n))
 
+    def funding_series(self) -> list[tuple[str, str, int, int, int]]:
+        """``(exchange, symbol, first ts, last ts, rows)`` of every stored funding series."""
+        return [(ex, sym, int(a), int(b), int(n)) for ex, sym, a, b, n in self._query(
+            f"SELECT exchange, symbol, min(ts), max(ts), count() FROM {self.db}.funding FINAL "
+            "GROUP BY exchange, symbol ORDER BY exchange, symbol"
+        )]
+
     def optimize(self) -> None:
         """Merge parts now (ClickHouse does it in the background anyway); reads never need it."""
         for table in ("klines", "funding", "fetch_pages"):
