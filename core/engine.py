@@ -450,6 +450,9 @@ class Engine:
 
         if not isinstance(self.broker, SimulatedBroker):
             raise StrategyError(f"broker {self.info.broker!r} cannot run a backtest; use broker=sim")
+        external = getattr(self.broker, "run_external", None)
+        if external is not None:  # another engine runs the whole backtest (broker=backtrader)
+            return external(self, bars)
         if len(bars) == 0:
             raise StrategyError("no bars to run on")
         started = time.perf_counter()
