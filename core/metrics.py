@@ -232,6 +232,7 @@ def build_result(engine: "Engine", bars: BarArrays, broker: "SimulatedBroker") -
     )
     result.extra["position"] = pd.Series(position, index=index, name="position")
     result.extra["rejections"] = len(engine.rejections)
+    result.extra["bars"] = bars
     if funding is not None:
         result.extra["funding"] = funding
     for name, values in broker.bar_series().items():

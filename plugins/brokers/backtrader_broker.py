@@ -226,6 +226,7 @@ def run_backtrader(strategy, bars: BarArrays, instrument, *, initial_cash: float
     )
     result.extra["position"] = pd.Series(position, index=index, name="position")
     result.extra["rejections"] = len(runner.rejections)
+    result.extra["bars"] = bars
     result.extra["diagnostics"] = strategy.diagnostics()
     result.elapsed_s = time.perf_counter() - started
     return result
