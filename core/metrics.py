@@ -125,21 +125,15 @@ def max_drawdown_duration(equity: pd.Series) -> pd.Timedelta:
     if equity.empty:
         return pd.Timedelta(0)
     values = equity.to_numpy()
-    times = equity.index
-    peak = values[0]
-    peak_time = times[0]
-    longest = pd.Timedelta(0)
-    underwater = False
-    for t, v in zip(times, values):
-        if v >= peak:
-            if underwater:
-                longest = max(longest, t - peak_time)
-            peak, peak_time, underwater = v, t, False
-        else:
-            underwater = True
-    if underwater:
-        longest = max(longest, times[-1] - peak_time)
-    return longest
+    times = equity.index.asi8 if isinstance(equity.index, pd.DatetimeIndex) else np.asarray(equity.index, dtype=np.int64)
+    peaks = np.flatnonzero(values >= np.maximum.accumulate(values))  # the peak or back at it
+    gaps = np.diff(peaks) > 1  # underwater between two peak points
+    spans = times[peaks[1:]][gaps] - times[peaks[:-1]][gaps]
+    longest = int(spans.max()) if len(spans) else 0
+    if peaks[-1] < len(values) - 1:  # still underwater at the end
+        longest = max(longest, int(times[-1] - times[peaks[-1]]))
+    unit = getattr(equity.index, "unit", "ns") if isinstance(equity.index, pd.DatetimeIndex) else "ns"
+    return pd.Timedelta(longest, unit=unit)
 
 
 def daily_returns(equity: pd.Series) -> pd.Series:
