@@ -353,3 +353,17 @@ def test_sma_cross_on_real_bars_still_runs_and_pays_funding(sample_bars):
     result = run_strategy("sma_cross", sample_bars[:5000])
     assert result.metrics["trades"] > 10 and result.metrics["funding"] != 0
     assert result.metrics["liquidations"] == 0
+
+
+def test_isolated_funding_is_taken_from_the_position_margin():
+    seen = []
+
+    def enter(ctx):
+        ctx.set_margin_mode("isolated")
+        ctx.set_leverage(10)
+        ctx.buy(0.5)
+
+    script, _ = scripted({0: enter, 10: lambda ctx: seen.append(ctx.margin.position_margin)})
+    run_strategy(script, funding_bars(), "instrument.min_notional=0", "timeframe=1h", "broker.funding_rate=0.0001")
+    # margin 0.5 * 40,000 / 10 = 2,000, less the 08:00 payment of 2
+    assert seen == [pytest.approx(2_000 - 2)]

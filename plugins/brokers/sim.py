@@ -32,7 +32,7 @@ Execution rules (each one a test in ``tests/test_sim_broker.py``):
   canceled, and the wallet never goes below zero (a shortfall is the insurance fund's).
 * **Funding** (perpetuals): at every funding time (00:00, 08:00, 16:00 UTC) a position pays
   ``quantity * mark * rate`` (Binance: funding amount = position nominal value x funding rate;
-  longs pay when the rate is positive). The rate comes from the store's funding history when it
+  longs pay when the rate is positive; an isolated position's margin carries it). The rate comes from the store's funding history when it
   has one, else the constant ``broker.funding_rate``; the mark is the open of the bar at the
   funding time (bars carry no mark price).
 
@@ -483,6 +483,8 @@ class SimBroker(SimulatedBroker):
             mark = float(self.bars.open[bar])
             amount = qty * mark * rate  # > 0: paid by the account
             self._account.apply_funding(self.instrument.symbol, amount)
+            if self.mode == "isolated":  # Binance books an isolated position's funding on its margin
+                self._iso_margin -= amount
             self._cash_delta.append((bar, -amount, 0.0))
             self._funding_rows.append((ts, bar, rate, mark, qty, amount))
             self._changed()
