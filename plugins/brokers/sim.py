@@ -42,6 +42,7 @@ position, no wake or alert) are skipped in compiled code (:func:`.sim_path.first
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 from typing import ClassVar, Literal
@@ -70,12 +71,14 @@ from btc_quant.sdk import (
     Side,
     SimulatedBroker,
     Step,
+    StoreError,
     hookimpl,
     registered,
 )
 
 from .sim_path import bar_path, first_event_bar
 
+log = logging.getLogger(__name__)
 _EPS = 1e-12
 FUNDING_PERIOD_MS = 8 * 3600 * 1000
 
@@ -137,7 +140,11 @@ class SimBroker(SimulatedBroker):
         self._price = float(bars.open[0])
         self._now = int(bars.ts[0])
         self._wake_index: np.ndarray | None = None
-        self._funding = self._funding_schedule(bars)
+        schedule = self._funding_schedule(bars)
+        self._funding = schedule
+        self._fund_ts = schedule["ts"].to_numpy(np.int64)
+        self._fund_bar = schedule["bar"].to_numpy(np.int64)
+        self._fund_rate = schedule["rate"].to_numpy(np.float64)
         self._fk = 0
 
     def _funding_schedule(self, bars: BarArrays) -> pd.DataFrame:
@@ -149,8 +156,12 @@ class SimBroker(SimulatedBroker):
         start, end = int(bars.ts[0]), int(bars.ts[-1])
         history = None
         if cfg.funding == "auto" and self.runtime.config.store.name in self.runtime.registry.names("store"):
-            frame = self.runtime.store().read_funding(self.instrument.exchange, self.instrument.symbol, start, end + 1)
-            if len(frame):
+            try:
+                frame = self.runtime.store().read_funding(self.instrument.exchange, self.instrument.symbol, start, end + 1)
+            except StoreError as exc:  # the bars may come from a file: a broken store must not stop the run
+                log.warning("funding history unavailable (%s); using broker.funding_rate=%g", exc, cfg.funding_rate)
+                frame = None
+            if frame is not None and len(frame):
                 history = frame
         self.funding_source = "store" if history is not None else "constant"
         if history is None:
@@ -473,9 +484,8 @@ class SimBroker(SimulatedBroker):
 
     def _fund(self, bar: int) -> None:
         """Book the funding payments due at ``bar``'s open (Binance: nominal value x funding rate)."""
-        schedule = self._funding
-        while self._fk < len(schedule) and schedule["bar"].iat[self._fk] <= bar:
-            ts, rate = int(schedule["ts"].iat[self._fk]), float(schedule["rate"].iat[self._fk])
+        while self._fk < len(self._fund_bar) and self._fund_bar[self._fk] <= bar:
+            ts, rate = int(self._fund_ts[self._fk]), float(self._fund_rate[self._fk])
             self._fk += 1
             qty = self._position.quantity
             if abs(qty) < _EPS:
@@ -535,7 +545,7 @@ class SimBroker(SimulatedBroker):
     def _at_open(self) -> None:
         """The path reached the open: funding, then takers that waited for it."""
         i = self._i
-        if len(self._funding) and self._fk < len(self._funding):
+        if self._fk < len(self._fund_bar):
             self._fund(i)
         for client_id in [c for c in self._orders if c in self._pending]:
             order = self._orders.get(client_id)
@@ -582,8 +592,8 @@ class SimBroker(SimulatedBroker):
         if self._pending:
             return start
         stop = self._next_wake(start, wake)
-        if not self._position.is_flat and self._fk < len(self._funding):
-            stop = min(stop, int(self._funding["bar"].iat[self._fk]))
+        if not self._position.is_flat and self._fk < len(self._fund_bar):
+            stop = min(stop, int(self._fund_bar[self._fk]))
         if stop <= start:
             return start
         buy_max, sell_min = -np.inf, np.inf
