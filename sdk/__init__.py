@@ -46,6 +46,7 @@ from ..core.model import (
     Position,
     Side,
 )
+from ..core.report import ReportSection
 from ..core.risk import KillSwitch, RiskCheck, RiskCheckConfig, RiskState
 from ..core.runtime import Runtime
 from ..core.store import Store, StoreConfig
@@ -56,7 +57,7 @@ __all__ = [
     "DataError", "Duration", "ExchangeError", "Field", "Fill", "FillEvent", "FillModel", "Instrument", "KillSwitch",
     "MarginBracket", "MarginState", "MarketKind", "Order", "OrderError", "OrderEvent", "OrderStatus", "OrderType",
     "PluginError", "Position", "QuantError", "QuantModel", "RiskCheck", "RiskCheckConfig", "RiskError",
-    "RiskState", "RunResult", "Runtime", "Side", "SimulatedBroker", "Step", "Store", "StoreConfig",
+    "ReportSection", "RiskState", "RunResult", "Runtime", "Side", "SimulatedBroker", "Step", "Store", "StoreConfig",
     "StoreError", "Strategy", "StrategyConfig", "StrategyError", "THROUGH", "TOUCH", "Timestamp",
     "hookimpl", "parse_duration", "registered", "timeframe_ms",
 ]

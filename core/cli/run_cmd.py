@@ -14,6 +14,7 @@ from rich.table import Table
 from ..config import load_run_config
 from ..plugins import PluginManager
 from ..run import backtest
+from . import report_cmd
 
 out = Console()
 
@@ -47,10 +48,13 @@ def register(app: typer.Typer, plugins: PluginManager) -> None:
         settings: Optional[list[str]] = typer.Argument(None, help="key=value settings, e.g. strategy=sma_cross strategy.fast=5 data.start=2022-01-10"),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config file (default: ./quant.toml if present)"),
         as_json: bool = typer.Option(False, "--json", help="print a machine-readable summary on stdout"),
+        report: Optional[Path] = typer.Option(None, "--report", help="write the run's HTML report to this file"),
+        png: Optional[Path] = typer.Option(None, "--png", help="write a PNG summary of the run to this file"),
     ) -> None:
         """Run a strategy. With broker=sim (default) this is a backtest on stored or bundled bars."""
         cfg = load_run_config(settings or [], plugins.registry, config_path=config)
         result = backtest(cfg, plugins=plugins)
+        report_cmd.keep(result, plugins, report, png)  # saved under QUANT_HOME/runs/<run_id>
         for note in result.notes:
             typer.echo(f"note: {note}", err=True)
         if as_json:
