@@ -54,11 +54,12 @@ acknowledgement is on its way), and an order being canceled is not canceled twic
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, NamedTuple, Protocol
 
 from ..core.errors import OrderError
 from ..core.model import Fill, Instrument, Order, OrderStatus, Side
@@ -99,6 +100,16 @@ class VirtualOrder:
             raise OrderError(f"virtual order key {self.key!r} must be 1-14 of [A-Za-z0-9_-]")
         if not (math.isfinite(self.price) and self.price > 0 and math.isfinite(self.quantity) and self.quantity > 0):
             raise OrderError(f"virtual order {self.key}: price and quantity must be positive, got {self.price!r}, {self.quantity!r}")
+
+
+class Target(NamedTuple):
+    """A desired order as it will be sent (rounded), before it has a client id."""
+
+    side: Side
+    price: float
+    quantity: float
+    post_only: bool
+    reduce_only: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,38 +306,39 @@ class OrderSync:
         if self.max_requests is not None:
             self._requests.append(now_ms)
 
-    def targets(self, price: float, instrument: Instrument) -> tuple[dict[str, Order], int]:
+    def targets(self, price: float, instrument: Instrument) -> tuple[dict[str, "Target"], int]:
         """The orders that should be live now, by key: per side the ``max_live_orders`` desired
         orders nearest ``price``, leaving out post-only ones that would cross it (their number is
-        the second value). The orders are templates: their client id is given when sent."""
-        per_side: dict[Side, list[tuple[float, str, VirtualOrder]]] = {Side.BUY: [], Side.SELL: []}
+        the second value). Prices and quantities are rounded as the order will be."""
+        tick, lot = instrument.tick_size, instrument.lot_size
+        pdec, qdec = instrument.price_decimals, instrument.qty_decimals
+        per_side: dict[Side, list[tuple[float, str, float, VirtualOrder]]] = {Side.BUY: [], Side.SELL: []}
         held = 0
         for vo in self.desired.values():
-            p = instrument.round_price(vo.price, "down" if vo.side is Side.BUY else "up")
-            if vo.post_only and (p >= price if vo.side is Side.BUY else p <= price):
+            # the rounding of Instrument.round_price (buys down, sells up), inlined: sync is hot
+            if vo.side is Side.BUY:
+                p = round(math.floor(vo.price / tick + 1e-9) * tick, pdec)
+                crosses = p >= price
+            else:
+                p = round(math.ceil(vo.price / tick - 1e-9) * tick, pdec)
+                crosses = p <= price
+            if vo.post_only and crosses:
                 held += 1
                 continue
-            per_side[vo.side].append((abs(p - price), vo.key, vo))
-        chosen: dict[str, Order] = {}
-        for side, rows in per_side.items():
+            per_side[vo.side].append((abs(p - price), vo.key, p, vo))
+        chosen: dict[str, Target] = {}
+        for rows in per_side.values():
             if len(rows) > self.max_live_orders:
-                rows.sort(key=lambda r: (r[0], r[1]))
-                rows = rows[: self.max_live_orders]
-            for _, key, vo in rows:
-                chosen[key] = self._template(vo, instrument)
+                rows = heapq.nsmallest(self.max_live_orders, rows, key=lambda r: (r[0], r[1]))
+            for _, key, p, vo in rows:
+                qty = round(math.floor(vo.quantity / lot + 1e-9) * lot, qdec)
+                if qty <= 0:
+                    raise OrderError(f"virtual order {vo.key}: quantity {vo.quantity!r} rounds to 0 at lot size {lot}")
+                chosen[key] = Target(vo.side, p, qty, vo.post_only, vo.reduce_only)
         return chosen, held
 
-    def _template(self, vo: VirtualOrder, instrument: Instrument) -> Order:
-        price = instrument.round_price(vo.price, "down" if vo.side is Side.BUY else "up")
-        qty = instrument.round_qty(vo.quantity)
-        if qty <= 0:
-            raise OrderError(f"virtual order {vo.key}: quantity {vo.quantity!r} rounds to 0 at lot size {instrument.lot_size}")
-        return Order.create(
-            instrument, "-", vo.side, qty, price, post_only=vo.post_only, reduce_only=vo.reduce_only, tag=vo.key, check_notional=False
-        )
-
     @staticmethod
-    def _matches(order: Order, want: Order) -> bool:
+    def _matches(order: Order, want: "Target") -> bool:
         return (
             order.side is want.side
             and order.price == want.price
