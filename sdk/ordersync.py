@@ -218,6 +218,8 @@ class OrderSync:
         self._used: set[str] = set()
         self._requests: deque[int] = deque()  # send times within the current budget window
         self._adopted = False
+        self._parsed: dict[str, tuple[str, int] | None] = {}
+        self._rounded: dict[int, tuple[VirtualOrder, tuple[float, float]]] = {}  # desired orders come back each sync: round once
 
     # --- the desired set ---------------------------------------------------------------------
     def set_desired(self, orders: Iterable[VirtualOrder]) -> None:
@@ -244,6 +246,15 @@ class OrderSync:
 
     def parse(self, client_id: str) -> tuple[str, int] | None:
         """``(key, generation)`` of one of our client ids, None for anyone else's."""
+        cached = self._parsed.get(client_id, False)
+        if cached is not False:
+            return cached
+        if len(self._parsed) > 100_000:
+            self._parsed.clear()
+        self._parsed[client_id] = parsed = self._parse(client_id)
+        return parsed
+
+    def _parse(self, client_id: str) -> tuple[str, int] | None:
         if not self.owns(client_id):
             return None
         key, dot, gen = client_id[len(self.prefix):].rpartition(".")
@@ -314,26 +325,33 @@ class OrderSync:
         pdec, qdec = instrument.price_decimals, instrument.qty_decimals
         per_side: dict[Side, list[tuple[float, str, float, VirtualOrder]]] = {Side.BUY: [], Side.SELL: []}
         held = 0
+        rounded = self._rounded
+        if len(rounded) > 100_000:
+            rounded.clear()
         for vo in self.desired.values():
-            # the rounding of Instrument.round_price (buys down, sells up), inlined: sync is hot
-            if vo.side is Side.BUY:
-                p = round(math.floor(vo.price / tick + 1e-9) * tick, pdec)
-                crosses = p >= price
-            else:
-                p = round(math.ceil(vo.price / tick - 1e-9) * tick, pdec)
-                crosses = p <= price
-            if vo.post_only and crosses:
+            hit = rounded.get(id(vo))  # by identity: hashing a dataclass each sync costs more than rounding
+            pq = hit[1] if hit is not None and hit[0] is vo else None
+            if pq is None:
+                # Instrument.round_price (buys down, sells up) and round_qty, inlined
+                if vo.side is Side.BUY:
+                    p = round(math.floor(vo.price / tick + 1e-9) * tick, pdec)
+                else:
+                    p = round(math.ceil(vo.price / tick - 1e-9) * tick, pdec)
+                qty = round(math.floor(vo.quantity / lot + 1e-9) * lot, qdec)
+                if qty <= 0:
+                    raise OrderError(f"virtual order {vo.key}: quantity {vo.quantity!r} rounds to 0 at lot size {lot}")
+                pq = (p, qty)
+                rounded[id(vo)] = (vo, pq)
+            p = pq[0]
+            if vo.post_only and (p >= price if vo.side is Side.BUY else p <= price):
                 held += 1
                 continue
-            per_side[vo.side].append((abs(p - price), vo.key, p, vo))
+            per_side[vo.side].append((abs(p - price), vo.key, pq, vo))
         chosen: dict[str, Target] = {}
         for rows in per_side.values():
             if len(rows) > self.max_live_orders:
                 rows = heapq.nsmallest(self.max_live_orders, rows, key=lambda r: (r[0], r[1]))
-            for _, key, p, vo in rows:
-                qty = round(math.floor(vo.quantity / lot + 1e-9) * lot, qdec)
-                if qty <= 0:
-                    raise OrderError(f"virtual order {vo.key}: quantity {vo.quantity!r} rounds to 0 at lot size {lot}")
+            for _, key, (p, qty), vo in rows:
                 chosen[key] = Target(vo.side, p, qty, vo.post_only, vo.reduce_only)
         return chosen, held
 

@@ -82,6 +82,7 @@ class Grid:
     book: GridBook
     sizes: dict[int, tuple[float, float, float]] = field(default_factory=dict)  # level -> (qty, margin, leverage)
     entry_prices: dict[int, float] = field(default_factory=dict)  # level -> price rounded to the tick
+    entry_orders: dict[int, VirtualOrder] = field(default_factory=dict)  # level -> its virtual order (this sizing)
 
     @property
     def ladder(self) -> Ladder:
@@ -115,6 +116,7 @@ class MakerVol(Strategy):
         self._paused = False
         self._peak = -math.inf
         self.halted: str | None = None
+        self._tp_orders: dict[tuple, VirtualOrder] = {}
         self._margin_calls: bool | None = None  # broker supports leverage / isolated margin calls
         # diagnostics
         self.entry_fills: Counter = Counter()  # (direction, level price) -> entry fills
@@ -198,6 +200,7 @@ class MakerVol(Strategy):
         self.counts["levels_raised_to_min_notional"] = int(raised.sum())
         grid.sizes = {first + i: (float(q), float(q * p / l), float(l)) for i, (q, p, l) in enumerate(zip(qty, prices, lev))}
         grid.entry_prices = {first + i: float(p) for i, p in enumerate(prices)}
+        grid.entry_orders = {}
 
     def _first_entry(self, ladder: Ladder) -> int:
         """The first level whose take-profit target lies beyond it (top itself has no room)."""
@@ -358,9 +361,16 @@ class MakerVol(Strategy):
         for grid in self.grids:
             ladder, book = grid.ladder, grid.book
             tp_side = grid.entry_side.opposite
+            cache = self._tp_orders
             for lot in book.lots.values():
                 if lot.tp_level >= 0 and not lot.closing:
-                    orders.append(VirtualOrder(f"{grid.tp_key}{lot.lot_id}", tp_side, book.tp_price(lot), lot.quantity, reduce_only=reduce_only))
+                    ident = (grid.direction, lot.lot_id, lot.tp_level, lot.quantity, book.ladder.top)
+                    vo = cache.get(ident)
+                    if vo is None:
+                        if len(cache) > 50_000:
+                            cache.clear()
+                        vo = cache[ident] = VirtualOrder(f"{grid.tp_key}{lot.lot_id}", tp_side, book.tp_price(lot), lot.quantity, reduce_only=reduce_only)
+                    orders.append(vo)
             start = max(ladder.first_adverse(price), self._first_entry(ladder))
             armed_total += len(ladder) - start - sum(1 for lv in book.tp_at if lv >= start)
             placed = 0
@@ -374,7 +384,10 @@ class MakerVol(Strategy):
                     paused = True
                     break
                 free -= margin
-                orders.append(VirtualOrder(f"{grid.entry_key}{level}", grid.entry_side, grid.entry_prices[level], qty))
+                vo = grid.entry_orders.get(level)
+                if vo is None:
+                    vo = grid.entry_orders[level] = VirtualOrder(f"{grid.entry_key}{level}", grid.entry_side, grid.entry_prices[level], qty)
+                orders.append(vo)
                 placed += 1
         return orders, armed_total, paused
 
