@@ -212,3 +212,21 @@ def test_runs_on_the_bundled_sample(sample_bars):
     attribution = diag["pnl_attribution"]
     explained = sum(attribution[k] for k in ("grid_profit", "maker_fees", "taker_fees", "funding", "saturation_loss", "liquidation_loss", "stop_pnl", "unrealised_inventory"))
     assert explained == pytest.approx(result.equity.iloc[-1] - result.initial_equity, abs=1e-6)
+
+
+def test_cli_fill_band_runs_through_and_touch_side_by_side(quant):
+    import json
+
+    proc = quant("run", "strategy=maker_vol", "broker=sim", "data.end=2022-01-06", "--fill-band", "--json", check=True)
+    band = json.loads(proc.stdout)
+    assert list(band) == ["through", "touch"]
+    assert band["through"]["diagnostics"]["round_trips"] > 0
+    # touch fills a superset of what through fills on the same bars
+    assert band["touch"]["fills"] >= band["through"]["fills"]
+    table = quant("run", "strategy=maker_vol", "data.end=2022-01-02", "--fill-band", check=True).stdout
+    assert "fill-model band" in table and "saturation_closes" in table and "pnl.grid_profit" in table
+
+
+def test_cli_fill_band_refuses_a_fixed_fill_model(quant):
+    proc = quant("run", "strategy=maker_vol", "broker.fill_model=touch", "--fill-band")
+    assert proc.returncode == 2 and "fill-band" in proc.stderr
