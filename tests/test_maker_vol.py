@@ -93,7 +93,7 @@ def test_saturation_closes_the_lot_with_the_highest_take_profit():
     assert [l.tp_level for l in lots] == [2, 1, 0]
     newcomer = book.open_lot(3, float(ladder.prices[3]), 1.0, 1.0, 2.0)
     victim = book.place_tp(newcomer)
-    assert victim is lots[2] and victim.closing  # its take-profit was at top, the highest
+    assert victim is lots[2] and victim.closing and victim.freed_tp == ladder.top  # its take-profit was at top, the highest
     assert newcomer.tp_level == 0 and book.tp_at[0] == newcomer.lot_id
     assert min(book.tp_at) == 0  # never beyond top
 

@@ -309,7 +309,7 @@ class MakerVol(Strategy):
             grid.book.lots.pop(lot.lot_id, None)
         if why == "saturation":
             self.pnl["saturation_loss"] += pnl
-            self.saturations.append({"ts_ms": fill.ts_ms, "entry": lot.entry, "exit": fill.price, "quantity": fill.quantity, "pnl": pnl, "fee": fill.fee})
+            self.saturations.append({"ts_ms": fill.ts_ms, "entry": lot.entry, "take_profit": lot.freed_tp, "exit": fill.price, "quantity": fill.quantity, "pnl": pnl, "fee": fill.fee})
         else:
             self.pnl["stop_pnl"] += pnl
 
@@ -478,7 +478,7 @@ class MakerVol(Strategy):
             "summary": summary,
             "pnl_attribution": attribution,
             "fills_per_level": fills_per_level,
-            "saturations": pd.DataFrame(self.saturations, columns=["ts_ms", "entry", "exit", "quantity", "pnl", "fee"]),
+            "saturations": pd.DataFrame(self.saturations, columns=["ts_ms", "entry", "take_profit", "exit", "quantity", "pnl", "fee"]),
             "round_trips": pd.DataFrame(self.round_trips, columns=["ts_ms", "direction", "entry", "exit", "quantity", "gross"]),
             "samples": samples,
         }

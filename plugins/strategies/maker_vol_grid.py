@@ -117,6 +117,7 @@ class Lot:
     leverage: float
     tp_level: int = -1
     closing: bool = False  # a market close (saturation, stop) was sent
+    freed_tp: float = math.nan  # the take-profit price it gave up when chosen for a saturation close
 
 
 class GridBook:
@@ -156,6 +157,7 @@ class GridBook:
         if level is None:
             victim_level = min(self.tp_at)  # nearest top
             victim = self.lots[self.tp_at.pop(victim_level)]
+            victim.freed_tp = float(self.ladder.prices[victim_level])
             victim.tp_level = -1
             victim.closing = True
             level = self.free_tp_level(target)
