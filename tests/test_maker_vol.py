@@ -230,3 +230,17 @@ def test_cli_fill_band_runs_through_and_touch_side_by_side(quant):
 def test_cli_fill_band_refuses_a_fixed_fill_model(quant):
     proc = quant("run", "strategy=maker_vol", "broker.fill_model=touch", "--fill-band")
     assert proc.returncode == 2 and "fill-band" in proc.stderr
+
+
+def test_readme_main_command_runs_maker_vol_on_the_bundled_sample(quant):
+    """`quant run strategy=maker_vol broker=sim`, the README's first command, from an empty store."""
+    import json
+
+    proc = quant("run", "strategy=maker_vol", "broker=sim", "--json", check=True)
+    summary = json.loads(proc.stdout)
+    assert "bundled sample" in proc.stderr
+    assert (summary["strategy"], summary["bars"]) == ("maker_vol", 45031)
+    diag = summary["diagnostics"]
+    assert diag["round_trips"] > 1000 and diag["invariant_violations"] == 0
+    explained = sum(v for k, v in diag.items() if k.startswith("pnl.") and k != "pnl.open_lots")
+    assert explained == pytest.approx(summary["final_equity"] - summary["initial_equity"], abs=1e-6)

@@ -83,7 +83,7 @@ def register(app: typer.Typer, plugins: PluginManager) -> None:
             typer.echo(json.dumps(with_diagnostics(result), default=str))
         else:
             print_summary(result.summary())
-            diag = diagnostics_summary(result)
+            diag = with_diagnostics(result).get("diagnostics")
             if diag:
                 out.print("[bold]strategy diagnostics[/bold]")
                 print_summary(diag)
