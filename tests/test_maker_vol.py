@@ -244,3 +244,58 @@ def test_readme_main_command_runs_maker_vol_on_the_bundled_sample(quant):
     assert diag["round_trips"] > 1000 and diag["invariant_violations"] == 0
     explained = sum(v for k, v in diag.items() if k.startswith("pnl.") and k != "pnl.open_lots")
     assert explained == pytest.approx(summary["final_equity"] - summary["initial_equity"], abs=1e-6)
+
+
+def test_each_filled_order_gets_the_leverage_that_liquidates_it_at_bottom():
+    class Probe(MakerVol):
+        name = "probe_leverage"
+        lots: list = []
+
+        def on_fill(self, ctx, fill):
+            super().on_fill(ctx, fill)
+            Probe.lots.extend(l for g in self.grids for l in g.book.lots.values() if l not in Probe.lots)
+
+    rows = [(40_000.0, 40_010.0, 39_000.0, 39_100.0), (39_100.0, 39_150.0, 38_000.0, 38_100.0)]
+    run_strategy(Probe, bars_from(opening(rows)), *PERP)
+    assert len(Probe.lots) >= 20
+    bottom = 0.5 * 42_000.0
+    for lot in Probe.lots:
+        assert lot.leverage == pytest.approx(1 / (1 + 0.004 - bottom / lot.entry), rel=1e-12)
+        assert lot.margin == pytest.approx(lot.quantity * lot.entry / lot.leverage)
+        assert isolated_liquidation_price(lot.quantity, lot.entry, lot.margin, 0.004) <= bottom
+
+
+def test_both_sides_run_a_long_grid_below_mid_and_a_short_grid_above():
+    class Probe(MakerVol):
+        name = "probe_both"
+        seen: list = []
+
+        def on_bar(self, ctx, bar):
+            super().on_bar(ctx, bar)
+            Probe.seen.append(sorted((o.side.value, o.price) for o in ctx.open_orders))
+
+    # lookback range 38,000 .. 42,000: mid 40,000; the price sits at 40,000
+    rows = [(40_000.0, 42_000.0, 38_000.0, 40_000.0), (40_000.0, 40_010.0, 39_990.0, 40_000.0)]
+    result = run_strategy(Probe, bars_from(rows), *PERP, "strategy.side=both", "strategy.max_live_orders=2")
+    live = Probe.seen[0]
+    buys = [p for s, p in live if s == "buy"]
+    sells = [p for s, p in live if s == "sell"]
+    assert len(buys) == 2 and len(sells) == 2
+    assert max(buys) < 40_000.0 < min(sells)
+    # long top = min(0.95 x high, mid) = 39,900; short top = max(1.05 x low, one step above mid) = 40,080
+    assert max(buys) == L1 and min(sells) == pytest.approx(40_080.0 * 1.002, abs=0.1)
+    assert result.orders.client_id.str.match(r"^mv:[bs]\d+\.").all()
+
+
+def test_global_stop_closes_everything_and_halts():
+    # the grid fills on the way down; equity falls 1% below its peak and the stop closes all at market
+    rows = [(40_000.0, 40_010.0, 39_990.0, 40_000.0)] + [(40_000.0 - 400 * k, 40_000.0 - 400 * k, 39_600.0 - 400 * k, 39_600.0 - 400 * k) for k in range(8)]
+    rows += [(36_800.0, 36_900.0, 36_700.0, 36_800.0)] * 3
+    result = run_strategy("maker_vol", bars_from(opening(rows)), *PERP, "strategy.global_stop=0.01")
+    diag = result.extra["diagnostics"]
+    assert diag["summary"]["halted"] and "global stop" in diag["summary"]["halted"]
+    fills = result.fills
+    assert not fills[~fills.is_maker].empty  # closed at market
+    position = fills.assign(q=fills.quantity.where(fills.side == "buy", -fills.quantity)).q.sum()
+    assert position == pytest.approx(0.0, abs=1e-9)
+    assert (result.orders.status.isin(["filled", "canceled"])).all()

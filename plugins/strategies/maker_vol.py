@@ -26,6 +26,7 @@ Design decisions where the spec leaves room (each is a parameter or documented h
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class Grid:
     sizes: dict[int, tuple[float, float, float]] = field(default_factory=dict)  # level -> (qty, margin, leverage)
     entry_prices: dict[int, float] = field(default_factory=dict)  # level -> price rounded to the tick
     entry_orders: dict[int, VirtualOrder] = field(default_factory=dict)  # level -> its virtual order (this sizing)
+    first_entry: int = 0  # the first level that takes entries
 
     @property
     def ladder(self) -> Ladder:
@@ -184,7 +186,7 @@ class MakerVol(Strategy):
         inst = ctx.instrument
         ladder = grid.ladder
         margin = self.config.order_pct * equity
-        first = self._first_entry(ladder)
+        first = grid.first_entry = self._first_entry(ladder)
         raw = ladder.prices[first:]
         ticks = np.floor(raw / inst.tick_size + 1e-9) if grid.direction > 0 else np.ceil(raw / inst.tick_size - 1e-9)
         prices = np.round(ticks * inst.tick_size, inst.price_decimals)
@@ -286,8 +288,9 @@ class MakerVol(Strategy):
         gross = grid.direction * (fill.price - lot.entry) * fill.quantity
         self.pnl["grid_profit"] += gross
         self.tp_fills[(grid.direction, round(fill.price, 1))] += 1
-        lot.quantity = round(lot.quantity - fill.quantity, 12)
-        if lot.quantity <= 1e-12:
+        if fill.quantity < lot.quantity - 1e-12:
+            grid.book.reduce_lot(lot, fill.quantity)
+        else:
             grid.book.close_lot(lot_id)
             self.round_trips.append({"ts_ms": fill.ts_ms, "direction": grid.direction, "entry": lot.entry, "exit": fill.price, "quantity": fill.quantity, "gross": gross})
 
@@ -306,7 +309,10 @@ class MakerVol(Strategy):
         pnl = grid.direction * (fill.price - lot.entry) * fill.quantity
         if order is None or not order.is_open:
             del self._closing[fill.client_id]
-            grid.book.lots.pop(lot.lot_id, None)
+            if lot.lot_id in grid.book.lots:
+                grid.book.close_lot(lot.lot_id)
+        elif lot.lot_id in grid.book.lots:
+            grid.book.reduce_lot(lot, fill.quantity)
         if why == "saturation":
             self.pnl["saturation_loss"] += pnl
             self.saturations.append({"ts_ms": fill.ts_ms, "entry": lot.entry, "take_profit": lot.freed_tp, "exit": fill.price, "quantity": fill.quantity, "pnl": pnl, "fee": fill.fee})
@@ -343,7 +349,7 @@ class MakerVol(Strategy):
         for grid in self.grids:
             for lot in list(grid.book.lots.values()):
                 if not lot.closing:
-                    grid.book.tp_at.pop(lot.tp_level, None)
+                    grid.book.withdraw_tp(lot)
                     self._close_lot(ctx, grid, lot, "stop")
         self.counts["global_stops"] += 1
 
@@ -352,7 +358,7 @@ class MakerVol(Strategy):
         """Virtual orders for ``price``: every take-profit, and the entries nearest the price that
         free margin can fund. Returns (orders, number of armed entry levels, paused for cash)."""
         orders: list[VirtualOrder] = []
-        committed = sum(lot.margin for g in self.grids for lot in g.book.lots.values())
+        committed = sum(g.book.margin for g in self.grids)
         free = equity - committed
         armed_total = 0
         paused = False
@@ -362,8 +368,12 @@ class MakerVol(Strategy):
             ladder, book = grid.ladder, grid.book
             tp_side = grid.entry_side.opposite
             cache = self._tp_orders
-            for lot in book.lots.values():
-                if lot.tp_level >= 0 and not lot.closing:
+            # Only the take-profits nearest the price can be among the live ones (OrderSync keeps
+            # the nearest max_live_orders per side), so only they are handed over: sync stays O(n).
+            k = ladder.first_adverse(price)
+            for level in book.nearest_tp_levels(k, n):
+                lot = book.lots[book.tp_at[level]]
+                if not lot.closing:
                     ident = (grid.direction, lot.lot_id, lot.tp_level, lot.quantity, book.ladder.top)
                     vo = cache.get(ident)
                     if vo is None:
@@ -371,8 +381,8 @@ class MakerVol(Strategy):
                             cache.clear()
                         vo = cache[ident] = VirtualOrder(f"{grid.tp_key}{lot.lot_id}", tp_side, book.tp_price(lot), lot.quantity, reduce_only=reduce_only)
                     orders.append(vo)
-            start = max(ladder.first_adverse(price), self._first_entry(ladder))
-            armed_total += len(ladder) - start - sum(1 for lv in book.tp_at if lv >= start)
+            start = max(k, grid.first_entry)
+            armed_total += len(ladder) - start - (len(book.tp_levels) - bisect.bisect_left(book.tp_levels, start)) + len(book.lots)
             placed = 0
             for level in range(start, len(ladder)):
                 if placed >= n:
@@ -438,7 +448,7 @@ class MakerVol(Strategy):
         occupied = sum(len(g.book.tp_at) for g in self.grids)
         levels = sum(len(g.ladder) for g in self.grids)
         live = report.live if report is not None else self.sync.live_count
-        virtual = (report.virtual if report is not None else len(self.sync.desired)) + getattr(self, "_armed", 0)
+        virtual = getattr(self, "_armed", 0)  # armed entry levels + open lots' take-profits
         self.samples.append((ctx.now_ms, price, liq, dist, occupied, levels, live, virtual, ctx.equity))
 
     def diagnostics(self) -> dict[str, Any]:

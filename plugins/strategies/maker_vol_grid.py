@@ -13,6 +13,7 @@ and when none is free, saturation: close the lot whose take-profit is nearest to
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -127,14 +128,51 @@ class GridBook:
         self.ladder = ladder
         self.tp_pct = tp_pct
         self.lots: dict[int, Lot] = {}
-        self.tp_at: dict[int, int] = {}  # level -> lot id
+        self.tp_at: dict[int, int] = {}  # level -> lot id (change it only through _set / _free)
+        self.tp_levels: list[int] = []  # the keys of tp_at, sorted
         self._next_lot = 0
+        # running totals over open lots (the strategy reads them on every wake-up)
+        self.quantity = 0.0
+        self.margin = 0.0
+        self._cost = 0.0  # sum of quantity x entry
 
     def open_lot(self, entry_level: int, entry: float, quantity: float, margin: float, leverage: float) -> Lot:
         self._next_lot += 1
         lot = Lot(self._next_lot, entry_level, entry, quantity, margin, leverage)
         self.lots[lot.lot_id] = lot
+        self._add(quantity, quantity * entry, margin)
         return lot
+
+    def reduce_lot(self, lot: Lot, quantity: float) -> None:
+        """Part of ``lot`` was closed (a partial take-profit): shrink it and its margin pro rata."""
+        share = min(quantity / lot.quantity, 1.0)
+        self._add(-lot.quantity * share, -lot.quantity * share * lot.entry, -lot.margin * share)
+        lot.margin *= 1.0 - share
+        lot.quantity = round(lot.quantity * (1.0 - share), 12)
+
+    def _add(self, quantity: float, cost: float, margin: float) -> None:
+        self.quantity += quantity
+        self._cost += cost
+        self.margin += margin
+        if not self.lots:  # no drift of float totals across an empty book
+            self.quantity = self._cost = self.margin = 0.0
+
+    def _set(self, level: int, lot_id: int) -> None:
+        if level not in self.tp_at:
+            bisect.insort(self.tp_levels, level)
+        self.tp_at[level] = lot_id
+
+    def _free(self, level: int) -> int | None:
+        lot_id = self.tp_at.pop(level, None)
+        if lot_id is not None:
+            del self.tp_levels[bisect.bisect_left(self.tp_levels, level)]
+        return lot_id
+
+    def nearest_tp_levels(self, first_adverse: int, n: int) -> list[int]:
+        """Up to ``n`` take-profit levels on the favourable side of the price nearest to it
+        (``first_adverse`` = ``ladder.first_adverse(price)``)."""
+        stop = bisect.bisect_left(self.tp_levels, first_adverse)
+        return self.tp_levels[max(0, stop - n):stop]
 
     def free_tp_level(self, start: int, stop: int = 0) -> int | None:
         """First level from ``start`` toward top (down to ``stop``) that holds no take-profit."""
@@ -155,8 +193,8 @@ class GridBook:
         level = self.free_tp_level(target)
         victim = None
         if level is None:
-            victim_level = min(self.tp_at)  # nearest top
-            victim = self.lots[self.tp_at.pop(victim_level)]
+            victim_level = self.tp_levels[0]  # nearest top
+            victim = self.lots[self._free(victim_level)]
             victim.freed_tp = float(self.ladder.prices[victim_level])
             victim.tp_level = -1
             victim.closing = True
@@ -167,15 +205,22 @@ class GridBook:
 
     def _assign(self, lot: Lot, level: int) -> None:
         if lot.tp_level >= 0 and self.tp_at.get(lot.tp_level) == lot.lot_id:
-            del self.tp_at[lot.tp_level]
+            self._free(lot.tp_level)
         lot.tp_level = level
-        self.tp_at[level] = lot.lot_id
+        self._set(level, lot.lot_id)
 
     def close_lot(self, lot_id: int) -> Lot:
         lot = self.lots.pop(lot_id)
         if lot.tp_level >= 0 and self.tp_at.get(lot.tp_level) == lot_id:
-            del self.tp_at[lot.tp_level]
+            self._free(lot.tp_level)
+        self._add(-lot.quantity, -lot.quantity * lot.entry, -lot.margin)
         return lot
+
+    def withdraw_tp(self, lot: Lot) -> None:
+        """Take ``lot``'s take-profit off its level (the lot is being closed another way)."""
+        if lot.tp_level >= 0 and self.tp_at.get(lot.tp_level) == lot.lot_id:
+            self._free(lot.tp_level)
+        lot.tp_level = -1
 
     def relay(self, ladder: Ladder) -> list[Lot]:
         """Move to a new ladder (top/bottom recomputed). Each take-profit goes to the adverse-most
@@ -188,6 +233,7 @@ class GridBook:
         old_price = {l.lot_id: float(old.prices[l.tp_level]) for l in self.lots.values() if l.tp_level >= 0}
         lots = sorted((self.lots[i] for i in old_price), key=lambda l: -old.direction * old_price[l.lot_id])
         self.tp_at.clear()
+        self.tp_levels.clear()
         for lot in lots:
             lot.tp_level = -1
         victims: list[Lot] = []
@@ -206,18 +252,10 @@ class GridBook:
     def tp_price(self, lot: Lot) -> float:
         return float(self.ladder.prices[lot.tp_level])
 
-    @property
-    def quantity(self) -> float:
-        return sum(l.quantity for l in self.lots.values())
-
-    @property
-    def margin(self) -> float:
-        return sum(l.margin for l in self.lots.values())
-
     def liquidation_price(self, mmr: float, cum: float = 0.0) -> float:
         """Liquidation price of all open lots as one isolated position holding their margins."""
         q = self.quantity
         if q <= 0:
             return math.nan
-        entry = sum(l.quantity * l.entry for l in self.lots.values()) / q
+        entry = self._cost / q
         return isolated_liquidation_price(q, entry, self.margin, mmr, cum, self.ladder.direction)
