@@ -299,3 +299,31 @@ def test_global_stop_closes_everything_and_halts():
     position = fills.assign(q=fills.quantity.where(fills.side == "buy", -fills.quantity)).q.sum()
     assert position == pytest.approx(0.0, abs=1e-9)
     assert (result.orders.status.isin(["filled", "canceled"])).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["fill", "tp", "relay"]), st.integers(1, 40), st.floats(0.9, 1.1)), max_size=80))
+def test_grid_book_never_shares_a_level_and_saturates_the_highest(ops):
+    ladder = Ladder(100.0, 60.0, 0.01)
+    book = GridBook(ladder, 0.01)
+    for op, level, factor in ops:
+        if op == "fill":
+            level = min(level, len(book.ladder) - 1)
+            nearest_top = book.tp_levels[0] if book.tp_levels else None
+            lot = book.open_lot(level, float(book.ladder.prices[level]), 1.0, 1.0, 2.0)
+            victim = book.place_tp(lot)
+            if victim is not None:
+                assert victim.freed_tp == book.ladder.prices[nearest_top]  # the highest take-profit went
+                book.close_lot(victim.lot_id)
+        elif op == "tp" and book.tp_levels:
+            book.close_lot(book.tp_at[book.tp_levels[min(level, len(book.tp_levels) - 1)]])
+        elif op == "relay":
+            top = 100.0 * factor
+            for victim in book.relay(Ladder(top, 60.0, 0.01)):
+                book.close_lot(victim.lot_id)
+        assert book.tp_levels == sorted(book.tp_at) and len(set(book.tp_at.values())) == len(book.tp_at)
+        assert all(0 <= lv < len(book.ladder) for lv in book.tp_levels)  # never beyond top
+        for lv, lot_id in book.tp_at.items():
+            assert book.lots[lot_id].tp_level == lv
+            assert book.ladder.prices[lv] >= book.lots[lot_id].entry or lv == 0  # never below the entry unless capped
+        assert book.quantity == pytest.approx(sum(l.quantity for l in book.lots.values()))

@@ -224,10 +224,10 @@ class GridBook:
 
     def relay(self, ladder: Ladder) -> list[Lot]:
         """Move to a new ladder (top/bottom recomputed). Each take-profit goes to the adverse-most
-        new level at or beyond its old price (so it never gets closer to the entry); one beyond
-        the new top is capped at top; conflicts shift toward top, and capped ones that find no
-        free level from top back to their own target are returned for a market close
-        (saturation)."""
+        new level at or beyond its old price or its own target, whichever is further from the
+        entry; one beyond the new top is capped at top; conflicts shift toward top, and capped
+        ones that find no free level from top back to their own target are returned for a market
+        close (saturation)."""
         old = self.ladder
         self.ladder = ladder
         old_price = {l.lot_id: float(old.prices[l.tp_level]) for l in self.lots.values() if l.tp_level >= 0}
@@ -238,9 +238,12 @@ class GridBook:
             lot.tp_level = -1
         victims: list[Lot] = []
         for lot in lots:  # nearest-top take-profits first: they keep the top-most levels
-            level = self.free_tp_level(ladder.level_at_or_beyond(old_price[lot.lot_id]))
+            target = ladder.tp_target(lot.entry, self.tp_pct)
+            # where it was, or its own target if that is further (a take-profit capped by an earlier
+            # lower top goes back up when top rises again)
+            start = min(ladder.level_at_or_beyond(old_price[lot.lot_id]), target)
+            level = self.free_tp_level(start)
             if level is None:  # capped at top and taken: any free level from top to its own target
-                target = ladder.tp_target(lot.entry, self.tp_pct)
                 level = next((lv for lv in range(0, target + 1) if lv not in self.tp_at), None)
             if level is None:
                 lot.closing = True
