@@ -256,6 +256,12 @@ class MakerVol(Strategy):
 
     def on_order(self, ctx, order):
         self.sync.on_order(order)
+        got = self._partial.pop(order.client_id, None) if not order.is_open else None
+        if got:  # a partly filled entry was canceled: what filled is a lot and gets its take-profit
+            key = self.sync.key_of(order.client_id)
+            grid = next((g for g in self.grids if key and key[0] == g.entry_key), None)
+            if grid is not None:
+                self._open_lot(ctx, grid, int(key[1:]), order.avg_fill_price or order.price, got)
 
     def on_stop(self, ctx):
         self._sample(ctx)
@@ -266,16 +272,21 @@ class MakerVol(Strategy):
 
     # --- fills ----------------------------------------------------------------------------------------
     def _entry_filled(self, ctx, grid: Grid, level: int, fill, order) -> None:
-        got = self._partial.get(fill.client_id, 0.0) + fill.quantity
+        got = self._partial.pop(fill.client_id, 0.0) + fill.quantity
         if order is not None and order.status is OrderStatus.PARTIALLY_FILLED:
-            self._partial[fill.client_id] = got
+            self._partial[fill.client_id] = got  # the lot opens when the order is done (filled or canceled)
             return
-        self._partial.pop(fill.client_id, None)
-        qty, _, _ = grid.sizes.get(level, (got, 0.0, 0.0))
-        mmr, _ = self._mmr(ctx, got * fill.price)
-        lev = order_leverage(fill.price, grid.ladder.bottom, mmr, grid.direction)
-        lot = grid.book.open_lot(level, fill.price, got, got * fill.price / lev, lev)
-        self.entry_fills[(grid.direction, round(fill.price, 1))] += 1
+        self._open_lot(ctx, grid, level, fill.price, got)
+
+    def _open_lot(self, ctx, grid: Grid, level: int, price: float, quantity: float) -> None:
+        mmr, _ = self._mmr(ctx, quantity * price)
+        try:
+            lev = order_leverage(price, grid.ladder.bottom, mmr, grid.direction)
+        except ValueError:  # an order of an older ladder filled beyond the new bottom: fund it fully
+            lev = 1.0
+            self.counts["entries_beyond_bottom"] += 1
+        lot = grid.book.open_lot(level, price, quantity, quantity * price / lev, lev)
+        self.entry_fills[(grid.direction, round(price, 1))] += 1
         victim = grid.book.place_tp(lot)
         if victim is not None:
             self._close_lot(ctx, grid, victim, "saturation")
