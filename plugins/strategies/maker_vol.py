@@ -266,7 +266,7 @@ class MakerVol(Strategy):
     def on_stop(self, ctx):
         self._sample(ctx)
         position = ctx.position
-        self.pnl["funding"] = -position.funding
+        self.pnl["funding"] = 0.0 - position.funding
         # by lot, not by the position's average entry: grid profit is booked per lot as well
         self.pnl["unrealised"] = sum(g.direction * (ctx.price - lot.entry) * lot.quantity for g in self.grids for lot in g.book.lots.values())
 
