@@ -338,19 +338,27 @@ class MakerVol(Strategy):
                 grid.book.close_lot(lot.lot_id)
 
     def _fund_position(self, ctx) -> None:
-        """Live brokers with isolated margin: set the leverage the deepest lot needs and keep the
-        position's margin equal to the sum of the lots' margins (its liquidation price = bottom)."""
+        """Brokers with isolated margin: set the leverage the deepest lot needs and keep the
+        position's margin at least the sum of the lots' margins (its liquidation price at or
+        beyond bottom). A refusal (leverage above the bracket's cap, not enough available
+        balance) is counted in the diagnostics; the invariant check then shows its effect."""
         if not self._margin_calls:
             return
         lots = [lot for g in self.grids for lot in g.book.lots.values()]
         if not lots:
             return
-        ctx.set_leverage(math.ceil(max(lot.leverage for lot in lots)))
-        want = sum(lot.margin for lot in lots)
-        have = ctx.margin.position_margin
-        if want - have > 1e-6:
-            ctx.adjust_margin(want - have)
-            self.counts["margin_added"] += 1
+        try:
+            wanted_leverage = math.ceil(max(lot.leverage for lot in lots))
+            if ctx.margin.leverage != wanted_leverage:
+                ctx.set_leverage(wanted_leverage)
+            want = sum(g.book.margin for g in self.grids)
+            have = ctx.margin.position_margin
+            if want - have > 1e-6:
+                ctx.adjust_margin(want - have)
+                self.counts["margin_added"] += 1
+        except ExchangeError as exc:
+            self.counts["margin_call_refused"] += 1
+            self._last_margin_error = str(exc)
 
     def _stop(self, ctx, reason: str) -> None:
         self.halted = reason
@@ -488,6 +496,8 @@ class MakerVol(Strategy):
             "cash_pauses": self.counts["cash_pauses"],
             "invariant_violations": self.counts["invariant_violations"],
             "levels_raised_to_min_notional": self.counts["levels_raised_to_min_notional"],
+            "isolated_margin_calls": "yes" if self._margin_calls else "no (the broker has no isolated margin; the strategy's lot book is checked)",
+            "margin_call_refused": self.counts["margin_call_refused"],
             "post_only_rearmed": self.sync.stats.rearmed,
             "orders_submitted": self.sync.stats.submitted,
             "orders_canceled": self.sync.stats.canceled,
