@@ -327,3 +327,29 @@ def test_grid_book_never_shares_a_level_and_saturates_the_highest(ops):
             assert book.lots[lot_id].tp_level == lv
             assert book.ladder.prices[lv] >= book.lots[lot_id].entry or lv == 0  # never below the entry unless capped
         assert book.quantity == pytest.approx(sum(l.quantity for l in book.lots.values()))
+
+
+def test_report_figures_from_diagnostics(sample_bars):
+    from btc_quant.plugins.strategies.maker_vol_report import grid_figures
+
+    result = run_strategy("maker_vol", sample_bars[:15000], *PERP)
+    diagnostics = result.extra["diagnostics"]
+    figures = grid_figures(diagnostics)
+    titles = [t for t, _ in figures]
+    assert titles[:3] == ["Grid: fills per level", "Grid: take-profit occupancy, live vs virtual orders", "Grid: distance to the lots' liquidation price"]
+    assert titles[-1] == "Grid: PnL attribution" and any(t.startswith("Grid: saturation closes") for t in titles)
+    fills = figures[0][1].data[0]
+    assert sum(fills.y) == diagnostics["fills_per_level"].entry_fills.sum()
+    # a saved run gives the diagnostics back as plain records: same figures
+    plain = {k: (v.to_dict("records") if hasattr(v, "to_dict") else v) for k, v in diagnostics.items()}
+    assert [t for t, _ in grid_figures(plain)] == titles
+
+
+def test_report_section_hook_when_installed(sample_bars, plugins):
+    import btc_quant.sdk as sdk
+
+    if not hasattr(sdk, "ReportSection"):
+        pytest.skip("the quant_report_sections hook (backtester issue) is not in this tree yet")
+    result = run_strategy("maker_vol", sample_bars[:15000], *PERP)
+    sections = [s for answer in plugins.hook.quant_report_sections(result=result) if answer for s in (answer if isinstance(answer, list) else [answer])]
+    assert [s.title for s in sections][0] == "Grid: fills per level" and all(s.order >= 200 for s in sections)

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from pydantic import model_validator
 
+from btc_quant import sdk
 from btc_quant.sdk import Duration, ExchangeError, Field, OrderStatus, Side, Strategy, StrategyConfig, hookimpl
 from btc_quant.sdk.ordersync import OrderSync, VirtualOrder
 
@@ -518,3 +519,16 @@ class MakerVol(Strategy):
 @hookimpl
 def quant_register_strategies(register):
     register("maker_vol", MakerVol)
+
+
+if hasattr(sdk, "ReportSection"):  # the run report's section hook (backtester issue) is installed
+
+    @hookimpl
+    def quant_report_sections(result):
+        """maker_vol's grid diagnostics as report sections (after the standard ones)."""
+        if result.info.strategy != "maker_vol":
+            return None
+        from .maker_vol_report import grid_figures
+
+        diagnostics = result.extra.get("diagnostics") or {}
+        return [sdk.ReportSection(title, figure=fig, order=200 + n) for n, (title, fig) in enumerate(grid_figures(diagnostics))]
