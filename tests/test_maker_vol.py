@@ -353,3 +353,14 @@ def test_report_section_hook_when_installed(sample_bars, plugins):
     result = run_strategy("maker_vol", sample_bars[:15000], *PERP)
     sections = [s for answer in plugins.hook.quant_report_sections(result=result) if answer for s in (answer if isinstance(answer, list) else [answer])]
     assert [s.title for s in sections][0] == "Grid: fills per level" and all(s.order >= 200 for s in sections)
+
+
+def test_broker_liquidation_price_stays_at_or_below_bottom_when_the_broker_models_isolated_margin(sample_bars):
+    """The spec's invariant checked against the broker's own Binance-formula liquidation price."""
+    result = run_strategy("maker_vol", sample_bars[:15000], *PERP)
+    summary = result.extra["diagnostics"]["summary"]
+    if summary["broker_invariant_violations"] is None:
+        pytest.skip("the sim broker in this tree has no isolated margin (set_margin_mode) yet: backtester issue")
+    assert summary["broker_invariant_violations"] == 0 and summary["margin_call_refused"] == 0
+    samples = result.extra["diagnostics"]["samples"].dropna(subset=["broker_liquidation_price"])
+    assert len(samples) > 100

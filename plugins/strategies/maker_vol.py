@@ -465,14 +465,22 @@ class MakerVol(Strategy):
                 violation = True
         if violation:
             self.counts["invariant_violations"] += 1
+        broker_liq = math.nan
+        if self._margin_calls and len(self.grids) == 1 and self.grids[0].book.lots:
+            # the broker's own liquidation price of the position (Binance formula, its brackets)
+            grid = self.grids[0]
+            broker_liq = ctx.margin.liquidation_price or math.nan
+            above_bottom = grid.direction * (price - grid.ladder.bottom) > 0
+            if above_bottom and grid.direction * (broker_liq - grid.ladder.bottom) > 1e-6 * grid.ladder.bottom:
+                self.counts["broker_invariant_violations"] += 1
         occupied = sum(len(g.book.tp_at) for g in self.grids)
         levels = sum(len(g.ladder) for g in self.grids)
         live = report.live if report is not None else self.sync.live_count
         virtual = getattr(self, "_armed", 0)  # armed entry levels + open lots' take-profits
-        self.samples.append((ctx.now_ms, price, liq, dist, occupied, levels, live, virtual, ctx.equity))
+        self.samples.append((ctx.now_ms, price, liq, broker_liq, dist, occupied, levels, live, virtual, ctx.equity))
 
     def diagnostics(self) -> dict[str, Any]:
-        samples = pd.DataFrame(self.samples, columns=["ts_ms", "price", "liquidation_price", "distance_to_liquidation", "tp_levels_occupied", "levels", "live_orders", "virtual_orders", "equity"])
+        samples = pd.DataFrame(self.samples, columns=["ts_ms", "price", "liquidation_price", "broker_liquidation_price", "distance_to_liquidation", "tp_levels_occupied", "levels", "live_orders", "virtual_orders", "equity"])
         levels = sorted(set(self.entry_fills) | set(self.tp_fills))
         fills_per_level = pd.DataFrame(
             [(d, p, self.entry_fills[(d, p)], self.tp_fills[(d, p)]) for d, p in levels],
@@ -496,6 +504,7 @@ class MakerVol(Strategy):
             "liquidations": self.counts["liquidations"],
             "cash_pauses": self.counts["cash_pauses"],
             "invariant_violations": self.counts["invariant_violations"],
+            "broker_invariant_violations": self.counts["broker_invariant_violations"] if self._margin_calls else None,
             "levels_raised_to_min_notional": self.counts["levels_raised_to_min_notional"],
             "isolated_margin_calls": "yes" if self._margin_calls else "no (the broker has no isolated margin; the strategy's lot book is checked)",
             "margin_call_refused": self.counts["margin_call_refused"],
