@@ -49,7 +49,10 @@ now and the live broker later). Any object with these members works; the strateg
 Outcomes arrive later as events. The strategy forwards them with :meth:`OrderSync.on_order`
 and :meth:`OrderSync.on_fill`, so that sync knows which of its requests are still in flight:
 an order sent but not yet seen open counts as live for its key (no duplicate is sent while the
-acknowledgement is on its way), and an order being canceled is not canceled twice.
+acknowledgement is on its way), and an order being canceled is not canceled twice. So a broker
+must eventually report every order it was given (acknowledged, rejected, filled or canceled);
+an order it lost without a word would block its key until the broker's reconciliation reports
+it. Once an order has been seen open, its disappearing from ``open_orders`` is enough.
 """
 
 from __future__ import annotations
@@ -215,7 +218,6 @@ class OrderSync:
         self.stats = SyncStats()
         self._live: dict[str, _Live] = {}  # client id -> our open or in-flight order
         self._generation: int | None = None
-        self._used: set[str] = set()
         self._requests: deque[int] = deque()  # send times within the current budget window
         self._adopted = False
         self._parsed: dict[str, tuple[str, int] | None] = {}
@@ -271,7 +273,6 @@ class OrderSync:
         client_id = f"{self.prefix}{key}.{_base36(self._generation)}"
         if len(client_id) > _MAX_ID:
             raise OrderError(f"client id {client_id!r} is longer than {_MAX_ID}: shorten the strategy id or the key")
-        self._used.add(client_id)
         return client_id
 
     # --- events --------------------------------------------------------------------------------
@@ -379,7 +380,6 @@ class OrderSync:
             live = self._live.get(cid)
             if live is None:
                 self._live[cid] = _Live(order, key)
-                self._used.add(cid)
                 if not self._adopted:
                     self.stats.adopted += 1
             elif not live.canceling:
