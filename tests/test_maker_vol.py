@@ -364,3 +364,9 @@ def test_broker_liquidation_price_stays_at_or_below_bottom_when_the_broker_model
     assert summary["broker_invariant_violations"] == 0 and summary["margin_call_refused"] == 0
     samples = result.extra["diagnostics"]["samples"].dropna(subset=["broker_liquidation_price"])
     assert len(samples) > 100
+
+
+def test_spot_instrument_is_refused_in_one_line(quant):
+    proc = quant("run", "strategy=maker_vol", "exchange=binance", "symbol=BTC/USDT", "data.start=2022-01-02", "data.end=2022-01-03")
+    assert proc.returncode == 2
+    assert "maker_vol trades a perpetual with leverage; binance BTC/USDT is spot" in proc.stderr

@@ -38,7 +38,7 @@ import pandas as pd
 from pydantic import model_validator
 
 from btc_quant import sdk
-from btc_quant.sdk import Duration, ExchangeError, Field, OrderStatus, Side, Strategy, StrategyConfig, hookimpl
+from btc_quant.sdk import Duration, ExchangeError, Field, OrderStatus, Side, Strategy, StrategyConfig, StrategyError, hookimpl
 from btc_quant.sdk.ordersync import OrderSync, VirtualOrder
 
 from .maker_vol_grid import GridBook, Ladder, Lot, order_leverage
@@ -214,6 +214,11 @@ class MakerVol(Strategy):
 
     # --- handlers ----------------------------------------------------------------------------------
     def on_start(self, ctx):
+        if not ctx.instrument.is_perpetual:
+            raise StrategyError(
+                f"maker_vol trades a perpetual with leverage; {ctx.instrument.exchange} {ctx.instrument.symbol} is spot "
+                "(use exchange=binanceusdm symbol=BTC/USDT:USDT)"
+            )
         try:
             ctx.set_margin_mode("isolated")
             self._margin_calls = True
