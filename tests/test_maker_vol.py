@@ -336,7 +336,8 @@ def test_report_figures_from_diagnostics(sample_bars):
     diagnostics = result.extra["diagnostics"]
     figures = grid_figures(diagnostics)
     titles = [t for t, _ in figures]
-    assert titles[:3] == ["Grid: fills per level", "Grid: take-profit occupancy, live vs virtual orders", "Grid: distance to the lots' liquidation price"]
+    assert titles[:4] == ["Grid: fills per level", "Grid: entries per level over time (heatmap)", "Grid: take-profit occupancy, live vs virtual orders", "Grid: distance to the lots' liquidation price"]
+    assert len(figures[1][1].data[0].x) == diagnostics["fills_per_level"].entry_fills.sum()
     assert titles[-1] == "Grid: PnL attribution" and any(t.startswith("Grid: saturation closes") for t in titles)
     fills = figures[0][1].data[0]
     assert sum(fills.y) == diagnostics["fills_per_level"].entry_fills.sum()

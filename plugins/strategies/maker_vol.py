@@ -124,6 +124,7 @@ class MakerVol(Strategy):
         # diagnostics
         self.entry_fills: Counter = Counter()  # (direction, level price) -> entry fills
         self.tp_fills: Counter = Counter()
+        self.entry_log: list[tuple[int, int, float]] = []  # (ts_ms, direction, price) of every lot opened
         self.saturations: list[dict] = []
         self.round_trips: list[dict] = []
         self.samples: list[tuple] = []
@@ -293,6 +294,7 @@ class MakerVol(Strategy):
             self.counts["entries_beyond_bottom"] += 1
         lot = grid.book.open_lot(level, price, quantity, quantity * price / lev, lev)
         self.entry_fills[(grid.direction, round(price, 1))] += 1
+        self.entry_log.append((ctx.now_ms, grid.direction, price))
         victim = grid.book.place_tp(lot)
         if victim is not None:
             self._close_lot(ctx, grid, victim, "saturation")
@@ -524,6 +526,7 @@ class MakerVol(Strategy):
             "summary": summary,
             "pnl_attribution": attribution,
             "fills_per_level": fills_per_level,
+            "entries": pd.DataFrame(self.entry_log, columns=["ts_ms", "direction", "price"]),
             "saturations": pd.DataFrame(self.saturations, columns=["ts_ms", "entry", "take_profit", "exit", "quantity", "pnl", "fee"]),
             "round_trips": pd.DataFrame(self.round_trips, columns=["ts_ms", "direction", "entry", "exit", "quantity", "gross"]),
             "samples": samples,

@@ -1,7 +1,7 @@
 """Report figures of ``maker_vol``'s diagnostics (Plotly), for the run report's section hook.
 
 :func:`grid_figures` turns the dict of :meth:`MakerVol.diagnostics` (DataFrames, or the plain
-lists/dicts a saved run gives back) into ``(title, figure)`` pairs: fills per level, take-profit
+lists/dicts a saved run gives back) into ``(title, figure)`` pairs: fills per level (bars and a time x level heatmap), take-profit
 occupancy with live vs virtual orders, distance to liquidation, saturation closes and the PnL
 attribution.
 """
@@ -32,6 +32,11 @@ def grid_figures(diagnostics: dict) -> list[tuple[str, Any]]:
         fig.add_bar(x=levels["price"], y=levels["tp_fills"], name="take-profit fills")
         fig.update_layout(barmode="group", xaxis_title="level price", yaxis_title="fills")
         figures.append(("Grid: fills per level", fig))
+    entries = _frame(diagnostics.get("entries"))
+    if len(entries):
+        fig = go.Figure(go.Histogram2d(x=_time(entries), y=entries["price"], colorscale="Viridis", colorbar_title="entries"))
+        fig.update_layout(xaxis_title="time", yaxis_title="level price")
+        figures.append(("Grid: entries per level over time (heatmap)", fig))
     samples = _frame(diagnostics.get("samples"))
     if len(samples):
         t = _time(samples)
