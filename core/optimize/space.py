@@ -177,7 +177,7 @@ def _range(name: str, low: Any, high: Any, step: Any = None, log: bool = False):
         return optuna.distributions.IntDistribution(int(low), int(high), log=log, step=int(step or 1))
     if step_f is not None:
         # Optuna wants high on the step grid; the last value that is a whole step from low.
-        high_f = low_f + math.floor((high_f - low_f) / step_f + 1e-9) * step_f
+        high_f = round(low_f + math.floor((high_f - low_f) / step_f + 1e-9) * step_f, 12)
     return optuna.distributions.FloatDistribution(low_f, high_f, log=log, step=step_f)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import RunConfig, gather, resolve
-from ..data import ms_to_iso
+from ..data import ms_to_iso, timeframe_ms
 from ..errors import ConfigError
 from ..metrics import compute_metrics
 from ..plugins import PluginManager, load_plugins
@@ -173,7 +173,7 @@ def optimize(
         wf = opt.walk_forward
         step = wf.step or wf.test
         ms = lambda d: int(d.total_seconds() * 1000)  # noqa: E731
-        windows = _windows(bars.start_ms, bars.end_ms + 1, ms(wf.train), ms(wf.test), ms(step))
+        windows = _windows(bars.start_ms, bars.end_ms + timeframe_ms(base.timeframe), ms(wf.train), ms(wf.test), ms(step))
         if not windows:
             raise ConfigError(
                 f"walk_forward: train + test ({wf.train} + {wf.test}) is longer than the bars "
