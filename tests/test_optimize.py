@@ -18,7 +18,8 @@ from distributed import LocalCluster
 
 from btc_quant.core.config import load_run_config
 from btc_quant.core.errors import ConfigError
-from btc_quant.core.optimize import Constraint, SearchSpace, metric_names, optimize
+from btc_quant.core.config import gather
+from btc_quant.core.optimize import Constraint, SearchSpace, metric_names, optimize, plan_study
 from btc_quant.core.optimize.space import parse_distribution
 
 # Real bars: the bundled BTCUSDT perpetual 1m sample (January 2022); a few days keep trials short.
@@ -88,6 +89,17 @@ def test_constraints_parse_and_measure_violation():
         Constraint.parse("drawdown<0.2", metrics)
     with pytest.raises(ConfigError, match=r"^constraints: cannot read 'trades >> 3'"):
         Constraint.parse("trades >> 3", metrics)
+
+
+def test_example_study_files_are_valid(plugins):
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples" / "optimize").glob("*.toml"))
+    assert examples
+    for path in examples:
+        strategy = path.stem
+        if strategy not in plugins.registry.names("strategy"):
+            pytest.fail(f"{path.name}: strategy {strategy!r} is not registered")
+        plan = plan_study(gather([], config_path=path, env={}), plugins)
+        assert plan.base.strategy.name == strategy and plan.space.params and plan.settings.trials > 0
 
 
 def test_cli_bad_search_space_is_one_line_naming_the_key(quant):
@@ -178,8 +190,6 @@ def test_walk_forward_reports_out_of_sample_windows(cluster, tmp_path, plugins):
 
 
 def _raw(pairs: list[str]) -> dict:
-    from btc_quant.core.config import gather
-
     return gather(pairs, env={})
 
 

@@ -6,7 +6,7 @@ registered strategy can be optimised without code. :func:`optimize` is the entry
 
 from .runner import ProgressEvent, StopFlag, evaluate
 from .space import Constraint, OptimizeConfig, SearchSpace, WalkForwardConfig, metric_names
-from .study import OptimizeResult, optimize
+from .study import OptimizeResult, StudyPlan, optimize, plan_study
 
 __all__ = [
     "Constraint",
@@ -14,9 +14,11 @@ __all__ = [
     "OptimizeResult",
     "ProgressEvent",
     "SearchSpace",
+    "StudyPlan",
     "StopFlag",
     "WalkForwardConfig",
     "evaluate",
     "metric_names",
     "optimize",
+    "plan_study",
 ]

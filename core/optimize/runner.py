@@ -171,7 +171,9 @@ def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def best_trial(study: optuna.Study, direction: str) -> optuna.trial.FrozenTrial | None:
     """Best complete trial that meets every constraint."""
     feasible = [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("feasible", True)
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("run", {}).get("feasible", True)
     ]
     if not feasible:
         return None
@@ -300,21 +302,21 @@ class StudyRunner:
             study.tell(trial, state=TrialState.FAIL)
             return
         metrics = out["metrics"]
-        # One attribute per concern: every set_user_attr is a storage round trip.
-        trial.set_user_attr("metrics", metrics)
-        trial.set_user_attr("elapsed_s", round(out["elapsed_s"], 4))
-        trial.set_user_attr("worker", out["worker"])
         violations = [c.violation(metrics) for c in self.constraints]
         for constraint, violation in zip(self.constraints, violations):
             trial.set_constraint(str(constraint), violation)
-        trial.set_user_attr("feasible", all(v <= 0 for v in violations))
+        feasible = all(v <= 0 for v in violations)
+        # One attribute for the whole answer: each set_user_attr is a storage round trip.
+        trial.set_user_attr(
+            "run", {"metrics": metrics, "feasible": feasible, "worker": out["worker"], "elapsed_s": round(out["elapsed_s"], 4)}
+        )
         value = metrics.get(self.settings.objective)
         if value is None:
             trial.set_user_attr("error", f"{self.settings.objective} is undefined for this run")
             study.tell(trial, state=TrialState.FAIL)
             return
         study.tell(trial, float(value))
-        if all(v <= 0 for v in violations) and (
+        if feasible and (
             self._best is None or (value > self._best if self.direction == "maximize" else value < self._best)
         ):
             self._best = float(value)

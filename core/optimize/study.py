@@ -95,7 +95,9 @@ def trials_frame(study, window: int | None = None) -> pd.DataFrame:
         row["value"] = t.value
         row.update({f"param.{k}": v for k, v in t.params.items()})
         attrs = dict(t.user_attrs)
-        row.update(attrs.pop("metrics", {}))
+        run = dict(attrs.pop("run", {}))
+        row.update(run.pop("metrics", {}))
+        row.update(run)
         row.update(attrs)
         row["duration_s"] = t.duration.total_seconds() if t.duration else None
         rows.append(row)
@@ -140,17 +142,21 @@ def _stitch(pieces: list[dict[str, Any]]) -> tuple[pd.Series, pd.DataFrame, pd.D
     return equity, fills_all, trades_all, position, initial
 
 
-def optimize(
-    settings: Iterable[str] | dict[str, Any] = (),
-    *,
-    plugins: PluginManager | None = None,
-    config_path: Path | str | None = None,
-    progress: Callable[[ProgressEvent], None] | None = None,
-    stop: StopFlag | None = None,
-) -> OptimizeResult:
-    """Run (or resume) a study from ``key=value`` settings (or an already merged dict)."""
-    plugins = plugins or load_plugins()
-    raw = dict(settings) if isinstance(settings, dict) else gather(list(settings), config_path=config_path)
+@dataclass
+class StudyPlan:
+    """A study's settings, validated: what :func:`optimize` will run (nothing run yet)."""
+
+    base: RunConfig
+    settings: OptimizeConfig
+    space: SearchSpace
+    constraints: list[Constraint]
+    name: str
+    direction: str
+    out: Path
+
+
+def plan_study(raw: dict[str, Any], plugins: PluginManager) -> StudyPlan:
+    """Validate a merged settings dict; every mistake is one :class:`ConfigError` naming its key."""
     run_raw, opt_raw = split_settings(raw)
     opt = load_optimize_config(opt_raw)
     base = resolve(run_raw, plugins.registry)
@@ -162,10 +168,24 @@ def optimize(
         space.grid()  # a continuous range raises here, naming its key
     name = opt.study or f"{base.strategy.name}-{study_fingerprint(base, opt)}"
     out = Path(opt.out or Path("optimize") / name)
+    return StudyPlan(base, opt, space, constraints, name, direction_for(opt), out)
+
+
+def optimize(
+    settings: Iterable[str] | dict[str, Any] = (),
+    *,
+    plugins: PluginManager | None = None,
+    config_path: Path | str | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    stop: StopFlag | None = None,
+) -> OptimizeResult:
+    """Run (or resume) a study from ``key=value`` settings (or an already merged dict)."""
+    plugins = plugins or load_plugins()
+    raw = dict(settings) if isinstance(settings, dict) else gather(list(settings), config_path=config_path)
+    plan = plan_study(raw, plugins)
+    base, opt, space, name, out = plan.base, plan.settings, plan.space, plan.name, plan.out
     out.mkdir(parents=True, exist_ok=True)
     storage = opt.storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    direction = direction_for(opt)
-
     loaded = load_bars(base, build_runtime(base, plugins))
     bars = loaded.bars
     windows: list[tuple[int, int, int]] = []
@@ -186,14 +206,14 @@ def optimize(
         installed = BarsOnWorkers(token, bars)
         client.register_plugin(installed)
         runner = StudyRunner(
-            client=client, bars=token, run_raw=run_raw, registry=plugins.registry, space=space,
-            settings=opt, constraints=constraints, storage=storage, stop=stop, progress=progress,
+            client=client, bars=token, run_raw=split_settings(raw)[0], registry=plugins.registry, space=space,
+            settings=opt, constraints=plan.constraints, storage=storage, stop=stop, progress=progress,
         )
         if not windows:
             study = runner.run(name, None, None)
-            result = _plain_result(runner, study, base, name, out, direction)
+            result = _plain_result(runner, study, base, name, out, plan.direction)
         else:
-            result = _walk_forward(runner, windows, base, name, out, direction)
+            result = _walk_forward(runner, windows, base, name, out, plan.direction)
         if result.best_params is not None:
             result.best_config = runner.trial_config(result.best_params)
         result.workers = runner.workers_seen
@@ -211,7 +231,7 @@ def _best_of(study, direction: str) -> tuple[dict | None, float | None, dict]:
     best = best_trial(study, direction)
     if best is None:
         return None, None, {}
-    return dict(best.params), best.value, dict(best.user_attrs.get("metrics", {}))
+    return dict(best.params), best.value, dict(best.user_attrs.get("run", {}).get("metrics", {}))
 
 
 def _plain_result(runner: StudyRunner, study, base: RunConfig, name: str, out: Path, direction: str) -> OptimizeResult:
