@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--script", action="append", default=[], help="PATH:KIND[,KIND...] scripted faults, repeatable")
     p.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds on 429")
     p.add_argument("--timeout-s", type=float, default=5.0, help="how long a 'timeout' fault holds the answer")
+    p.add_argument("--usdt", type=float, default=10_000.0, help="USDT in the test account (API key local-test-key, secret local-test-secret)")
     p.add_argument("--all-paths", action="store_true", help="faults may hit every endpoint, not only data endpoints")
     return p.parse_args(argv)
 
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         clock_start_ms=args.clock_start,
         speed=args.speed,
         faults=plan,
+        usdt=args.usdt,
     )
 
     def announce(port: int) -> None:

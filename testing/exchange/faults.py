@@ -18,6 +18,8 @@ Kinds of fault (``KINDS``):
 ``short_page``   a list answer (klines, funding) is cut to its first half.
 ``empty_page``   a list answer is empty.
 ``drop``         (websockets) the connection is closed without a close frame.
+``ws_delay``     (user-data websocket) the event is held ``ws_delay_s`` seconds; later events
+                 overtake it (out-of-order delivery).
 
 By default faults apply only to the data endpoints (``klines``, ``fundingRate``) and websocket
 pushes, so ``load_markets`` works; pass ``paths=None`` to make every request eligible.
@@ -29,9 +31,9 @@ import random
 import threading
 from dataclasses import dataclass, field
 
-KINDS = ("rate_limit", "server_error", "timeout", "slow", "short_page", "empty_page", "drop")
-HTTP_KINDS = KINDS[:-1]
-WS_KINDS = ("drop",)
+KINDS = ("rate_limit", "server_error", "timeout", "slow", "short_page", "empty_page", "drop", "ws_delay")
+HTTP_KINDS = KINDS[:6]
+WS_KINDS = ("drop", "ws_delay")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class FaultPlan:
     retry_after_s: float = 1.0
     timeout_s: float = 5.0
     slow_s: float = 0.3
+    ws_delay_s: float = 0.5
     status: int = 503
 
     def __post_init__(self) -> None:
@@ -88,7 +91,7 @@ class FaultPlan:
         Called once per eligible event in arrival order; ``allowed`` limits the kinds that apply
         (a drawn kind outside it means no fault, so the sequence of draws never shifts).
         """
-        if not self.eligible(path, websocket=allowed == WS_KINDS):
+        if not self.eligible(path, websocket=all(kind in WS_KINDS for kind in allowed)):
             return None
         with self._lock:
             n = self._n

@@ -20,11 +20,12 @@ test-only ``/_control``), one middleware that applies the :class:`~.faults.Fault
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 from aiohttp import web
 
-from . import control, spot, streams, usdm
+from . import control, spot, streams, usdm, usdm_trading, userdata
 from .http import FAULT, STATE
 from .market import BinanceError, ExchangeState
 
@@ -67,6 +68,27 @@ async def exchange_middleware(request: web.Request, handler) -> web.StreamRespon
     return response
 
 
+#: Real seconds between two runs of the matcher (fills, funding, liquidations as the clock runs).
+MATCH_INTERVAL_S = 0.05
+
+
+async def _matcher(app: web.Application):
+    """Background task: keep matching resting orders against the price path while time runs."""
+    state: ExchangeState = app[STATE]
+
+    async def run() -> None:
+        while True:
+            await asyncio.sleep(MATCH_INTERVAL_S)
+            try:
+                state.trading.sync()
+            except Exception:  # a bug here must show in the log, not stop matching silently
+                logging.getLogger(__name__).exception("matching failed")
+
+    task = asyncio.create_task(run())
+    yield
+    task.cancel()
+
+
 def build_app(state: ExchangeState) -> web.Application:
     app = web.Application(middlewares=[exchange_middleware])
     app[STATE] = state
@@ -75,6 +97,9 @@ def build_app(state: ExchangeState) -> web.Application:
         app.add_routes(spot.routes())
     if "usdm" in families:
         app.add_routes(usdm.routes())
+        app.add_routes(usdm_trading.routes())
+        app.add_routes(userdata.routes())
+        app.cleanup_ctx.append(_matcher)
     app.add_routes(streams.routes())
     app.add_routes(control.routes())
     return app
