@@ -201,9 +201,8 @@ class Trading:
         self.last_ms: int | None = start_ms
         #: listen key -> api key
         self.listen_keys: dict[str, str] = {}
-        #: hooks (set by the fault layer): called with (account, order) before each fill; may
-        #: return a quantity smaller than the remaining one (a partial fill)
-        self.fill_qty_hook = None
+        #: orders the fault plan will cancel "by the user": (due exchange ms, api key, order id)
+        self.user_cancels: list[tuple[int, str, int]] = []
         #: added to the wall clock the recvWindow check compares ``timestamp`` with (-1021 faults)
         self.clock_skew_ms = 0
         self._listen_serial = itertools.count(1)
@@ -401,6 +400,10 @@ class Trading:
                         self._close(account, order, "EXPIRED", now)
             elif tif == "IOC":
                 self._close(account, order, "EXPIRED", now)
+            if order.open and self.state.faults.decide("match", ("user_cancel",)):
+                due = now + self.state.faults.user_cancel_after_ms
+                self.user_cancels.append((due, account.api_key, order.order_id))
+                self.user_cancels.sort()
             return order
 
     def _close(self, account: Account, order: Order, status: str, now: int) -> None:
@@ -521,11 +524,12 @@ class Trading:
     def _fill(self, account: Account, order: Order, price: float, now: int, *, maker: bool, qty: float | None = None) -> None:
         market = self.market(order.symbol)
         pos = account.position(order.symbol)
-        qty = order.remaining if qty is None else min(qty, order.remaining)
-        if self.fill_qty_hook is not None:
-            want = self.fill_qty_hook(account, order)
-            if want is not None:
-                qty = min(qty, max(round(want / market.lot_size) * market.lot_size, market.lot_size))
+        if qty is None:
+            qty = order.remaining
+            if order.type == "LIMIT" and qty > market.lot_size * 1.5 and self.state.faults.decide("match", ("partial_fill",)):
+                share = 0.2 + 0.6 * self.state.faults.draw("match")
+                qty = max(math.floor(qty * share / market.lot_size + 1e-9), 1) * market.lot_size
+        qty = min(qty, order.remaining)
         if order.reduce_only:
             closable = abs(pos.amt) if pos.amt * order.sign < 0 else 0.0
             if closable <= 0:
@@ -589,9 +593,20 @@ class Trading:
                 for t0, p0, t1, p1 in _segments(market, start, now):
                     while events and events[0][0] <= t0:
                         self._fund(market, *events.pop(0))
+                    self._user_cancels_due(t0)
                     self._match_segment(market, t0, p0, t1, p1)
                 for item in events:
                     self._fund(market, *item)
+            self._user_cancels_due(now)
+
+    def _user_cancels_due(self, now: int) -> None:
+        """Cancel, "by the user", the orders the fault plan picked whose time has come."""
+        while self.user_cancels and self.user_cancels[0][0] <= now:
+            due, api_key, order_id = self.user_cancels.pop(0)
+            account = self.accounts.get(api_key)
+            order = account.orders.get(order_id) if account else None
+            if order is not None and order.open:
+                self._close(account, order, "CANCELED", due)
 
     def _funding_times(self, market: Market, start: int, end: int):
         ts = market.funding_ts
