@@ -590,11 +590,15 @@ class Trading:
                 if family != "usdm":
                     continue
                 events = list(self._funding_times(market, start, now))
+                resting = [
+                    (account, order) for account in self.accounts.values()
+                    for order in account.open_orders(market.symbol_id) if order.type == "LIMIT"
+                ]  # no order can arrive during a sync (the lock is held), so this list only shrinks
                 for t0, p0, t1, p1 in _segments(market, start, now):
                     while events and events[0][0] <= t0:
                         self._fund(market, *events.pop(0))
                     self._user_cancels_due(t0)
-                    self._match_segment(market, t0, p0, t1, p1)
+                    self._match_segment(market, resting, t0, p0, t1, p1)
                 for item in events:
                     self._fund(market, *item)
             self._user_cancels_due(now)
@@ -634,16 +638,12 @@ class Trading:
             })
             self._account_event(account, market.symbol_id, "FUNDING_FEE", t)
 
-    def _match_segment(self, market: Market, t0: int, p0: float, t1: int, p1: float) -> None:
+    def _match_segment(self, market: Market, resting: list, t0: int, p0: float, t1: int, p1: float) -> None:
         lo, hi = min(p0, p1), max(p0, p1)
         hits: list[tuple[int, int, Account, Order]] = []
-        for account in self.accounts.values():
-            for order in account.open_orders(market.symbol_id):
-                if order.type != "LIMIT":
-                    continue
-                through = lo < order.price if order.sign > 0 else hi > order.price
-                if through:
-                    hits.append((_cross_time(t0, p0, t1, p1, order.price), order.order_id, account, order))
+        for account, order in resting:
+            if order.open and (lo < order.price if order.sign > 0 else hi > order.price):
+                hits.append((_cross_time(t0, p0, t1, p1, order.price), order.order_id, account, order))
         for t, _, account, order in sorted(hits, key=lambda h: (h[0], h[1])):
             if order.open:
                 self._fill(account, order, order.price, t, maker=True)

@@ -52,7 +52,7 @@ async def user_stream(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     state.log("usdm", request.path, {}, 101)
     with trading.lock:
-        cursor = account.events[-1][0] if account.events else 0
+        cursor = len(account.events)  # index of the first event this connection gets (events only grow)
     pusher = asyncio.create_task(_push(ws, request, state, account, key, cursor))
     try:
         async for _ in ws:  # clients send nothing we answer; pings are handled by aiohttp
@@ -69,10 +69,10 @@ async def _push(ws: web.WebSocketResponse, request: web.Request, state, account,
         while not ws.closed:
             await asyncio.sleep(POLL_S)
             with trading.lock:
-                fresh = [(seq, ev) for seq, ev in account.events if seq > cursor] if account.events and account.events[-1][0] > cursor else []
+                fresh = account.events[cursor:]
                 alive = key in trading.listen_keys
-            for seq, event in fresh:
-                cursor = seq
+            for _, event in fresh:
+                cursor += 1
                 fault = state.faults.decide("ws", WS_KINDS)
                 if fault == "drop":
                     request.transport.close()  # abrupt: no close frame
