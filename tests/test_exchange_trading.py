@@ -236,3 +236,16 @@ def test_process_keeps_trading_state_for_a_restarted_bot_and_answers_the_control
         assert _control(proc.url, "/_control/advance", {"to_ms": until})["now_ms"] == until
         assert restarted.fetch_order(resting["id"], SYMBOL)["status"] == "closed"
         assert _control(proc.url, "/_control/truth")["positions"]["BTCUSDT"]["amt"] == pytest.approx(0.01)
+
+
+def test_ticker_and_funding_rate_come_from_the_recorded_data(client, server):
+    ticker = client.fetch_ticker(SYMBOL)
+    day = BARS.between(START - 86_400_000, START)
+    assert ticker["last"] == last_price(server)
+    assert ticker["high"] >= day.high.max() and ticker["low"] <= day.low.min()
+    rate = client.fetch_funding_rate(SYMBOL)
+    market = server.state.market("usdm", "BTCUSDT")
+    k = int(np.searchsorted(market.funding_ts, START, "right"))
+    assert (rate["markPrice"], rate["fundingRate"], rate["fundingTimestamp"]) == (
+        last_price(server), pytest.approx(market.funding_rate[k]), market.funding_ts[k]
+    )

@@ -526,7 +526,7 @@ class Trading:
         pos = account.position(order.symbol)
         if qty is None:
             qty = order.remaining
-            if order.type == "LIMIT" and qty > market.lot_size * 1.5 and self.state.faults.decide("match", ("partial_fill",)):
+            if maker and qty > market.lot_size * 1.5 and self.state.faults.decide("match", ("partial_fill",)):
                 share = 0.2 + 0.6 * self.state.faults.draw("match")
                 qty = max(math.floor(qty * share / market.lot_size + 1e-9), 1) * market.lot_size
         qty = min(qty, order.remaining)
