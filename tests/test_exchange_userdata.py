@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import ccxt
 import pytest
 
 from btc_quant.plugins.exchanges.ccxt_client import make_exchange
-from btc_quant.testing.exchange import ExchangeServer, binance_state
+from btc_quant.testing.exchange import ExchangeServer, FaultPlan, binance_state
+from btc_quant.testing.exchange.faults import TRADING_PATHS
 from btc_quant.testing.exchange.trading import TEST_API_KEY, TEST_SECRET
 
 from test_exchange_trading import START, SYMBOL, first_cross_below
@@ -109,3 +111,30 @@ def test_closing_the_listen_key_ends_the_stream():
     with ExchangeServer(state) as server:
         key = asyncio.run(run(server.url))
     assert key not in state.trading.listen_keys
+
+
+def test_a_dropped_user_stream_fails_the_watch_and_the_next_watch_reconnects():
+    state = binance_state(clock_start_ms=START, faults=FaultPlan(paths=TRADING_PATHS).script("ws", "drop"))
+
+    async def run(url):
+        client = pro_client(url)
+        try:
+            await client.load_markets()
+            first = asyncio.create_task(client.watch_orders(SYMBOL))
+            await asyncio.sleep(0.3)
+            price = state.trading.price("BTCUSDT")
+            lost = await client.create_order(SYMBOL, "limit", "buy", 0.01, round(price - 100, 1), {"postOnly": True})
+            with pytest.raises(ccxt.NetworkError):
+                await asyncio.wait_for(first, 5)
+            second = asyncio.create_task(client.watch_orders(SYMBOL))
+            await asyncio.sleep(0.3)
+            seen = await client.create_order(SYMBOL, "limit", "buy", 0.01, round(price - 110, 1), {"postOnly": True})
+            return lost, seen, await asyncio.wait_for(second, 5)
+        finally:
+            await client.close()
+
+    with ExchangeServer(state) as server:
+        lost, seen, orders = asyncio.run(run(server.url))
+    # the event pushed while the stream was down is gone (as on Binance): REST must fill the gap
+    assert [o["id"] for o in orders] == [seen["id"]] and lost["id"] != seen["id"]
+    assert state.count("/fstream/private/ws") == 2
