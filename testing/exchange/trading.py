@@ -88,6 +88,12 @@ def bracket_for(notional: float) -> tuple[float, float, int, float, float]:
     return BRACKETS[-1]
 
 
+def max_notional(leverage: int) -> float:
+    """The largest position notional a leverage allows (the cap of the last bracket that permits it)."""
+    allowed = [row for row in BRACKETS if row[2] >= leverage]
+    return allowed[-1][1] if allowed else 0.0
+
+
 def fmt(value: float, decimals: int = 8) -> str:
     """Binance-style decimal string: fixed decimals, trailing zeros cut (``"0.001"``, ``"42000.1"``)."""
     text = f"{value:.{decimals}f}".rstrip("0").rstrip(".")
@@ -350,7 +356,7 @@ class Trading:
                 raise BinanceError(-4003, "Quantity less than or equal to zero.")
             if not _on_step(qty, market.lot_size):
                 raise BinanceError(-1111, "Precision is over the maximum defined for this asset.")
-            tif = params.get("timeInForce", "GTC" if order_type == "LIMIT" else "GTC").upper()
+            tif = params.get("timeInForce", "GTC").upper()
             price = 0.0
             if order_type == "LIMIT":
                 if "timeInForce" not in params:
@@ -468,12 +474,10 @@ class Trading:
                 raise BinanceError(-4028, f"Leverage {leverage} is not valid")
             pos = account.position(symbol)
             notional = abs(pos.amt) * self.price(symbol) if pos.amt else 0.0
-            allowed = [row for row in BRACKETS if row[2] >= leverage]
-            max_notional = allowed[-1][1] if allowed else 0.0
-            if notional > max_notional:
+            if notional > max_notional(leverage):
                 raise BinanceError(-2027, "Exceeded the maximum allowable position at current leverage.")
             account.leverage[symbol] = leverage
-            return {"leverage": leverage, "maxNotionalValue": fmt(max_notional), "symbol": symbol}
+            return {"leverage": leverage, "maxNotionalValue": fmt(max_notional(leverage)), "symbol": symbol}
 
     def set_margin_type(self, api_key: str, symbol: str, margin_type: str) -> dict:
         with self.lock:

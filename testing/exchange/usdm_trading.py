@@ -40,7 +40,7 @@ from aiohttp import web
 
 from .http import state_of
 from .market import BinanceError
-from .trading import BRACKETS, Account, Trading, bracket_for, fmt, order_json, trade_json
+from .trading import BRACKETS, Account, Trading, bracket_for, fmt, max_notional, order_json, trade_json
 
 
 def routes() -> list[web.RouteDef]:
@@ -116,6 +116,19 @@ async def signed(request: web.Request) -> tuple[Account, dict]:
     return account, params
 
 
+def reader(build):
+    """A signed read-only route: ``build(trading, account, params)`` runs on a synced book, under its lock."""
+
+    async def route(request: web.Request) -> web.Response:
+        account, params = await signed(request)
+        trading = trading_of(request)
+        with trading.lock:
+            trading.sync()
+            return web.json_response(build(trading, account, params))
+
+    return route
+
+
 async def new_order(request: web.Request) -> web.Response:
     account, params = await signed(request)
     order = trading_of(request).place(account.api_key, params)
@@ -142,16 +155,14 @@ async def cancel_all(request: web.Request) -> web.Response:
     return web.json_response({"code": 200, "msg": "The operation of cancel all open order is done."})
 
 
-async def open_orders(request: web.Request) -> web.Response:
-    account, params = await signed(request)
-    trading = trading_of(request)
-    with trading.lock:
-        trading.sync()
-        symbol = params.get("symbol")
-        if symbol:
-            trading.market(symbol)
-        rows = [order_json(o) for o in account.open_orders(symbol or None)]
-    return web.json_response(rows)
+def _open_orders(trading: Trading, account: Account, params: dict) -> list:
+    symbol = params.get("symbol")
+    if symbol:
+        trading.market(symbol)
+    return [order_json(o) for o in account.open_orders(symbol or None)]
+
+
+open_orders = reader(_open_orders)
 
 
 def _window(rows: list, params: dict, time_key: str, id_key: str, from_key: str) -> list:
@@ -167,28 +178,24 @@ def _window(rows: list, params: dict, time_key: str, id_key: str, from_key: str)
     return rows[:limit] if start and not end else rows[-limit:]
 
 
-async def all_orders(request: web.Request) -> web.Response:
-    account, params = await signed(request)
-    trading = trading_of(request)
-    with trading.lock:
-        trading.sync()
-        symbol = params.get("symbol")
-        trading.market(symbol)
-        rows = sorted((order_json(o) for o in account.orders.values() if o.symbol == symbol), key=lambda r: r["orderId"])
-    return web.json_response(_window(rows, params, "time", "orderId", "orderId"))
+def _all_orders(trading: Trading, account: Account, params: dict) -> list:
+    symbol = params.get("symbol")
+    trading.market(symbol)
+    rows = sorted((order_json(o) for o in account.orders.values() if o.symbol == symbol), key=lambda r: r["orderId"])
+    return _window(rows, params, "time", "orderId", "orderId")
 
 
-async def user_trades(request: web.Request) -> web.Response:
-    account, params = await signed(request)
-    trading = trading_of(request)
-    with trading.lock:
-        trading.sync()
-        symbol = params.get("symbol")
-        trading.market(symbol)
-        rows = [trade_json(t) for t in account.trades if t.symbol == symbol]
-        if params.get("orderId"):
-            rows = [r for r in rows if r["orderId"] == int(params["orderId"])]
-    return web.json_response(_window(rows, params, "time", "id", "fromId"))
+def _user_trades(trading: Trading, account: Account, params: dict) -> list:
+    symbol = params.get("symbol")
+    trading.market(symbol)
+    rows = [trade_json(t) for t in account.trades if t.symbol == symbol]
+    if params.get("orderId"):
+        rows = [r for r in rows if r["orderId"] == int(params["orderId"])]
+    return _window(rows, params, "time", "id", "fromId")
+
+
+all_orders = reader(_all_orders)
+user_trades = reader(_user_trades)
 
 
 def _position_numbers(trading: Trading, account: Account, symbol: str) -> dict:
@@ -217,48 +224,42 @@ def _symbols(trading: Trading, params: dict) -> list[str]:
     return [sym for fam, sym in trading.state.markets if fam == "usdm"]
 
 
-async def position_risk_v3(request: web.Request) -> web.Response:
-    account, params = await signed(request)
-    trading = trading_of(request)
+def _position_risk_v3(trading: Trading, account: Account, params: dict) -> list:
     rows = []
-    with trading.lock:
-        trading.sync()
-        for symbol in _symbols(trading, params):
-            n = _position_numbers(trading, account, symbol)
-            if not n["pos"].amt and not account.open_orders(symbol):
-                continue  # v3 lists only symbols with a position or open orders
-            rows.append({
-                "symbol": symbol, "positionSide": "BOTH", "positionAmt": fmt(n["pos"].amt),
-                "entryPrice": fmt(n["pos"].entry), "breakEvenPrice": fmt(n["pos"].entry), "markPrice": fmt(n["mark"]),
-                "unRealizedProfit": fmt(n["upnl"]), "liquidationPrice": fmt(n["liq"]),
-                "isolatedMargin": fmt(n["isolated_margin"]), "notional": fmt(n["notional"]), "marginAsset": "USDT",
-                "isolatedWallet": fmt(n["pos"].isolated_wallet), "initialMargin": fmt(n["position_im"] + n["order_im"]),
-                "maintMargin": fmt(n["maint"]), "positionInitialMargin": fmt(n["position_im"]),
-                "openOrderInitialMargin": fmt(n["order_im"]), "adl": 0, "bidNotional": "0", "askNotional": "0",
-                "updateTime": n["pos"].update_time,
-            })
-    return web.json_response(rows)
+    for symbol in _symbols(trading, params):
+        n = _position_numbers(trading, account, symbol)
+        if not n["pos"].amt and not account.open_orders(symbol):
+            continue  # v3 lists only symbols with a position or open orders
+        rows.append({
+            "symbol": symbol, "positionSide": "BOTH", "positionAmt": fmt(n["pos"].amt),
+            "entryPrice": fmt(n["pos"].entry), "breakEvenPrice": fmt(n["pos"].entry), "markPrice": fmt(n["mark"]),
+            "unRealizedProfit": fmt(n["upnl"]), "liquidationPrice": fmt(n["liq"]),
+            "isolatedMargin": fmt(n["isolated_margin"]), "notional": fmt(n["notional"]), "marginAsset": "USDT",
+            "isolatedWallet": fmt(n["pos"].isolated_wallet), "initialMargin": fmt(n["position_im"] + n["order_im"]),
+            "maintMargin": fmt(n["maint"]), "positionInitialMargin": fmt(n["position_im"]),
+            "openOrderInitialMargin": fmt(n["order_im"]), "adl": 0, "bidNotional": "0", "askNotional": "0",
+            "updateTime": n["pos"].update_time,
+        })
+    return rows
 
 
-async def position_risk_v2(request: web.Request) -> web.Response:
-    account, params = await signed(request)
-    trading = trading_of(request)
+def _position_risk_v2(trading: Trading, account: Account, params: dict) -> list:
     rows = []
-    with trading.lock:
-        trading.sync()
-        for symbol in _symbols(trading, params):
-            n = _position_numbers(trading, account, symbol)
-            allowed = [row for row in BRACKETS if row[2] >= n["lev"]]
-            rows.append({
-                "symbol": symbol, "positionAmt": fmt(n["pos"].amt), "entryPrice": fmt(n["pos"].entry),
-                "breakEvenPrice": fmt(n["pos"].entry), "markPrice": fmt(n["mark"]), "unRealizedProfit": fmt(n["upnl"]),
-                "liquidationPrice": fmt(n["liq"]), "leverage": str(n["lev"]),
-                "maxNotionalValue": fmt(allowed[-1][1] if allowed else 0), "marginType": "isolated" if n["isolated"] else "cross",
-                "isolatedMargin": fmt(n["isolated_margin"]), "isAutoAddMargin": "false", "positionSide": "BOTH",
-                "notional": fmt(n["notional"]), "isolatedWallet": fmt(n["pos"].isolated_wallet),
-                "updateTime": n["pos"].update_time,
-            })
-    return web.json_response(rows)
+    for symbol in _symbols(trading, params):
+        n = _position_numbers(trading, account, symbol)
+        rows.append({
+            "symbol": symbol, "positionAmt": fmt(n["pos"].amt), "entryPrice": fmt(n["pos"].entry),
+            "breakEvenPrice": fmt(n["pos"].entry), "markPrice": fmt(n["mark"]), "unRealizedProfit": fmt(n["upnl"]),
+            "liquidationPrice": fmt(n["liq"]), "leverage": str(n["lev"]), "maxNotionalValue": fmt(max_notional(n["lev"])),
+            "marginType": "isolated" if n["isolated"] else "cross", "isolatedMargin": fmt(n["isolated_margin"]),
+            "isAutoAddMargin": "false", "positionSide": "BOTH", "notional": fmt(n["notional"]),
+            "isolatedWallet": fmt(n["pos"].isolated_wallet), "updateTime": n["pos"].update_time,
+        })
+    return rows
+
+
+position_risk_v3 = reader(_position_risk_v3)
+position_risk_v2 = reader(_position_risk_v2)
 
 
 def _asset_numbers(trading: Trading, account: Account) -> dict:
@@ -323,59 +324,49 @@ def _account_body(trading: Trading, account: Account, v2: bool) -> dict:
     return body
 
 
-async def account_v3(request: web.Request) -> web.Response:
-    account, _ = await signed(request)
-    trading = trading_of(request)
-    with trading.lock:
-        trading.sync()
-        return web.json_response(_account_body(trading, account, v2=False))
+account_v2 = reader(lambda trading, account, params: _account_body(trading, account, v2=True))
+account_v3 = reader(lambda trading, account, params: _account_body(trading, account, v2=False))
 
 
-async def account_v2(request: web.Request) -> web.Response:
-    account, _ = await signed(request)
-    trading = trading_of(request)
-    with trading.lock:
-        trading.sync()
-        return web.json_response(_account_body(trading, account, v2=True))
+def _balance(trading: Trading, account: Account, params: dict) -> list:
+    a = _asset_numbers(trading, account)
+    return [{
+        "accountAlias": "local", "asset": "USDT", "balance": fmt(a["wallet"]),
+        "crossWalletBalance": fmt(a["cross_wallet"]), "crossUnPnl": fmt(a["cross_upnl"]),
+        "availableBalance": fmt(a["available"]), "maxWithdrawAmount": fmt(max(a["available"], 0.0)),
+        "marginAvailable": True, "updateTime": account.update_time,
+    }]
 
 
-async def balance(request: web.Request) -> web.Response:
-    account, _ = await signed(request)
-    trading = trading_of(request)
-    with trading.lock:
-        trading.sync()
-        a = _asset_numbers(trading, account)
-        return web.json_response([{
-            "accountAlias": "local", "asset": "USDT", "balance": fmt(a["wallet"]),
-            "crossWalletBalance": fmt(a["cross_wallet"]), "crossUnPnl": fmt(a["cross_upnl"]),
-            "availableBalance": fmt(a["available"]), "maxWithdrawAmount": fmt(max(a["available"], 0.0)),
-            "marginAvailable": True, "updateTime": account.update_time,
-        }])
+def _symbol_config(trading: Trading, account: Account, params: dict) -> list:
+    return [
+        {
+            "symbol": symbol, "marginType": account.margin_type.get(symbol, "CROSSED"), "isAutoAddMargin": "false",
+            "leverage": account.lev(symbol), "maxNotionalValue": fmt(max_notional(account.lev(symbol))),
+        }
+        for symbol in _symbols(trading, params)
+    ]
 
 
-async def symbol_config(request: web.Request) -> web.Response:
-    account, params = await signed(request)
-    trading = trading_of(request)
-    rows = []
-    with trading.lock:
-        for symbol in _symbols(trading, params):
-            lev = account.lev(symbol)
-            allowed = [row for row in BRACKETS if row[2] >= lev]
-            rows.append({
-                "symbol": symbol, "marginType": account.margin_type.get(symbol, "CROSSED"), "isAutoAddMargin": "false",
-                "leverage": lev, "maxNotionalValue": fmt(allowed[-1][1] if allowed else 0),
-            })
-    return web.json_response(rows)
-
-
-async def leverage_bracket(request: web.Request) -> web.Response:
-    _, params = await signed(request)
-    trading = trading_of(request)
+def _leverage_bracket(trading: Trading, account: Account, params: dict) -> list:
     brackets = [
         {"bracket": k + 1, "initialLeverage": lev, "notionalCap": cap, "notionalFloor": floor, "maintMarginRatio": rate, "cum": cum}
         for k, (floor, cap, lev, rate, cum) in enumerate(BRACKETS)
     ]
-    return web.json_response([{"symbol": s, "notionalCoef": 1.0, "brackets": brackets} for s in _symbols(trading, params)])
+    return [{"symbol": s, "notionalCoef": 1.0, "brackets": brackets} for s in _symbols(trading, params)]
+
+
+def _income(trading: Trading, account: Account, params: dict) -> list:
+    rows = [r for r in account.income if not params.get("incomeType") or r["incomeType"] == params["incomeType"]]
+    if params.get("symbol"):
+        rows = [r for r in rows if r["symbol"] == params["symbol"]]
+    return _window(rows, params, "time", "tranId", "page-not-used")[: int(params.get("limit", 100))]
+
+
+balance = reader(_balance)
+symbol_config = reader(_symbol_config)
+leverage_bracket = reader(_leverage_bracket)
+income = reader(_income)
 
 
 async def set_leverage(request: web.Request) -> web.Response:
@@ -401,17 +392,6 @@ async def position_margin(request: web.Request) -> web.Response:
     except ValueError:
         raise BinanceError(-1102, "Mandatory parameter 'amount' or 'type' was not sent, was empty/null, or malformed.") from None
     return web.json_response(trading_of(request).position_margin(account.api_key, params.get("symbol", ""), amount, kind))
-
-
-async def income(request: web.Request) -> web.Response:
-    account, params = await signed(request)
-    trading = trading_of(request)
-    with trading.lock:
-        trading.sync()
-        rows = [r for r in account.income if not params.get("incomeType") or r["incomeType"] == params["incomeType"]]
-        if params.get("symbol"):
-            rows = [r for r in rows if r["symbol"] == params["symbol"]]
-    return web.json_response(_window(rows, params, "time", "tranId", "page-not-used")[: int(params.get("limit", 100))])
 
 
 async def listen_key(request: web.Request) -> web.Response:
