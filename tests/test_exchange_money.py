@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -80,3 +81,28 @@ def test_at_the_liquidation_price_the_isolated_margin_is_the_maintenance_margin(
 def test_brackets_are_continuous():
     for (floor, _, _, rate, cum), (_, _, _, prev_rate, prev_cum) in zip(BRACKETS[1:], BRACKETS[:-1]):
         assert floor * rate - cum == pytest.approx(floor * prev_rate - prev_cum)
+
+
+def test_a_cross_position_is_liquidated_at_its_price_and_the_wallet_keeps_no_more_than_nothing():
+    state = binance_state(clock_start_ms=START)
+    trading = state.trading
+    account = trading.add_account("thin", "s", usdt=30)
+    market(trading, "thin", "BUY", 10)
+    position = account.position("BTCUSDT")
+    position_entry = position.entry
+    lp = trading.liquidation_price(account, "BTCUSDT")
+    # Binance, one cross position: LP = (WB + cum - |pos| x EP) / (|pos| x MMR - |pos|)
+    assert lp == pytest.approx((account.wallet - 0.01 * position.entry) / (0.01 * 0.004 - 0.01))
+    bars = state.market("usdm", "BTCUSDT").bars
+    state.clock.set(START + 7 * 86_400_000)
+    trading.sync()
+    (liquidation,) = [o for o in account.orders.values() if o.orig_type == "LIQUIDATION"]
+    assert account.position("BTCUSDT").amt == 0
+    # the wallet the formula sees at that moment: deposit - opening fee + funding paid or received
+    when = liquidation.update_time
+    wallet = 30 - account.trades[0].commission + sum(float(r["income"]) for r in account.income if r["time"] <= when)
+    expected = (wallet - 0.01 * position_entry) / (0.01 * 0.004 - 0.01)
+    assert liquidation.avg_price == pytest.approx(expected, abs=0.05)
+    k = int(np.searchsorted(bars.ts, when, "right")) - 1
+    assert bars.low[k] <= liquidation.avg_price + 0.05 and bars.low[:k][bars.ts[:k] > START].min() > expected
+    assert 0 <= account.wallet < 30 * 0.2

@@ -31,6 +31,14 @@ What it models, Binance USD-M style, for the perpetual markets of the :class:`~.
 
 Everything the exchange sends its users (order and account updates) is appended to
 ``Account.events`` in order; the user-data websocket (:mod:`.userdata`) delivers them.
+
+Not modelled (answered with Binance's error where a client could ask for it): hedge mode
+(``positionSide`` other than ``BOTH``: -4061), STOP/TAKE_PROFIT/TRAILING orders, FOK/GTD,
+``priceMatch``, ``closePosition``, order modification (``PUT /fapi/v1/order``) and
+``batchOrders`` (no route), an order book (depth, queue position, slippage beyond the last price,
+self-trade prevention), separate mark/index prices, request-weight accounting (429/418 come only
+from the fault plan), listen-key expiry after 60 minutes, multi-assets margin, ADL and partial
+liquidation of large positions (a liquidation closes the whole position), spot trading.
 """
 
 from __future__ import annotations
