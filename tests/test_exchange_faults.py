@@ -13,7 +13,7 @@ from btc_quant.plugins.exchanges.ccxt_client import make_exchange
 from btc_quant.testing.exchange import ExchangeServer, FaultPlan, binance_state
 from btc_quant.testing.exchange.faults import TRADING_PATHS
 
-from test_exchange_trading import KEYS, START, SYMBOL, first_cross_below
+from test_exchange_trading import KEYS, START, SYMBOL, first_cross_below, user_streams_open
 
 
 def trading_server(plan: FaultPlan) -> ExchangeServer:
@@ -122,7 +122,7 @@ def test_same_seed_same_faults_and_same_exchange_truth():
 
 
 def test_user_stream_drops_and_delays_events_out_of_order():
-    plan = FaultPlan(paths=TRADING_PATHS, ws_delay_s=0.6).script("ws", "ws_delay")
+    plan = FaultPlan(paths=TRADING_PATHS, ws_delay_s=2.0).script("ws", "ws_delay")
 
     async def run(server):
         client = make_exchange("binanceusdm", url=server.url, credentials=KEYS, pro=True)
@@ -132,7 +132,7 @@ def test_user_stream_drops_and_delays_events_out_of_order():
             seen: list[tuple[str, str]] = []
             async with aiohttp.ClientSession() as session:
                 async with session.ws_connect(f"{server.url}/fstream/private/ws?listenKey={key}") as ws:
-                    await asyncio.sleep(0.2)
+                    await user_streams_open(server.state)
                     for k in range(2):
                         await client.create_order(SYMBOL, "limit", "buy", 0.01, below(server, 100 + k), {"postOnly": True, "clientOrderId": f"o{k}"})
                     while len(seen) < 2:

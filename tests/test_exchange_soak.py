@@ -14,7 +14,7 @@ from btc_quant.plugins.exchanges.ccxt_client import make_exchange
 from btc_quant.testing.exchange import ExchangeServer, FaultPlan, binance_state
 from btc_quant.testing.exchange.faults import TRADING_PATHS
 
-from test_exchange_trading import KEYS, START, SYMBOL
+from test_exchange_trading import KEYS, START, SYMBOL, user_streams_open
 
 RATES = {
     "server_error": 0.04, "accepted_error": 0.03, "rate_limit": 0.02, "slow": 0.03, "accepted_timeout": 0.02,
@@ -26,6 +26,7 @@ async def random_bot(state, url: str, seconds: float, rng: random.Random) -> Cou
     client = make_exchange("binanceusdm", url=url, credentials=KEYS, pro=True, timeout_ms=250)
     client.enableRateLimit = False
     seen: Counter = Counter()
+    seen.errors = []  # type: ignore[attr-defined]
     try:
         await client.load_markets()
 
@@ -34,11 +35,12 @@ async def random_bot(state, url: str, seconds: float, rng: random.Random) -> Cou
                 try:
                     for trade in await client.watch_my_trades(SYMBOL):
                         seen[trade["id"]] += 1
-                except ccxt.BaseError:  # e.g. a 5xx on POST listenKey: subscribe again
+                except ccxt.BaseError as exc:  # e.g. a 5xx on POST listenKey: subscribe again
+                    seen.errors.append(repr(exc))
                     await asyncio.sleep(0.05)
 
         watcher = asyncio.create_task(watch())
-        await asyncio.sleep(0.3)
+        await user_streams_open(state)
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
         while loop.time() < end:
@@ -60,7 +62,8 @@ async def random_bot(state, url: str, seconds: float, rng: random.Random) -> Cou
                     await client.create_order(SYMBOL, "market", rng.choice(["buy", "sell"]), 0.003)
             except ccxt.BaseError:
                 await asyncio.sleep(0.06)  # what a bot must survive: the soak counts on it
-        await asyncio.sleep(1.0)  # let delayed events arrive
+        state.clock.set(state.clock.now_ms(), 0)  # stop the market, then let delayed events arrive
+        await asyncio.sleep(1.0)
         watcher.cancel()
     finally:
         await client.close()
@@ -73,8 +76,7 @@ def test_books_stay_consistent_and_every_fill_is_streamed_once_through_hundreds_
     state = binance_state(clock_start_ms=START, speed=300, faults=plan)
     with ExchangeServer(state) as server:
         seen = asyncio.run(random_bot(state, server.url, 12.0, random.Random(4)))
-        state.faults = FaultPlan()  # read back without faults, on a stopped clock
-        state.clock.set(state.clock.now_ms(), 0)
+        state.faults = FaultPlan()  # read back without faults (the clock stopped with the bot)
         truth = state.trading.truth()
         account = state.trading.accounts[KEYS["apiKey"]]
         client = make_exchange("binanceusdm", url=server.url, credentials=KEYS)
@@ -87,7 +89,9 @@ def test_books_stay_consistent_and_every_fill_is_streamed_once_through_hundreds_
     fills = truth["fills"]
     assert len(fills) >= 30
     # every fill reached the user-data stream exactly once
-    assert seen == Counter({str(f["id"]): 1 for f in fills})
+    ids = {str(f["id"]) for f in fills}
+    assert [k for k, n in seen.items() if n != 1 or k not in ids] == []
+    assert ids - set(seen) == set(), f"fills never streamed; watch errors: {seen.errors}"
     # the position is the sum of the fills; each order's executed quantity is the sum of its fills
     signed = sum(float(f["qty"]) * (1 if f["side"] == "BUY" else -1) for f in fills)
     amt = truth["positions"].get("BTCUSDT", {}).get("amt", 0.0)

@@ -44,6 +44,15 @@ def first_cross_below(level: float, after_ms: int) -> int:
     return int(BARS.ts[k])
 
 
+async def user_streams_open(state, count: int = 1, timeout_s: float = 10.0) -> None:
+    """Wait until ``count`` user-data connections follow the account (events from then on reach them)."""
+    async def poll():
+        while state.count("/fstream/private/ws") < count:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout_s)
+
+
 def test_post_only_order_rests_is_found_by_both_ids_and_cancels(client, server):
     price = round(last_price(server) - 100, 1)
     order = client.create_order(SYMBOL, "limit", "buy", 0.01, price, {"postOnly": True, "clientOrderId": "bot-1"})

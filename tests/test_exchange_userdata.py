@@ -12,7 +12,7 @@ from btc_quant.testing.exchange import ExchangeServer, FaultPlan, binance_state
 from btc_quant.testing.exchange.faults import TRADING_PATHS
 from btc_quant.testing.exchange.trading import TEST_API_KEY, TEST_SECRET
 
-from test_exchange_trading import START, SYMBOL, first_cross_below
+from test_exchange_trading import START, SYMBOL, first_cross_below, user_streams_open
 
 KEYS = {"apiKey": TEST_API_KEY, "secret": TEST_SECRET}
 
@@ -44,7 +44,7 @@ def test_watch_orders_and_my_trades_follow_a_resting_order_to_its_fill():
                 lambda: client.watch_orders(SYMBOL), lambda s: any(o["status"] == "closed" for o in s)
             ))
             trades_task = asyncio.create_task(collect(lambda: client.watch_my_trades(SYMBOL), lambda s: len(s) >= 1))
-            await asyncio.sleep(0.3)  # both subscriptions share one connection, opened by now
+            await user_streams_open(state)  # both subscriptions share one connection
             level = round(state.trading.price("BTCUSDT") - 150, 1)
             placed = await client.create_order(SYMBOL, "limit", "buy", 0.01, level, {"postOnly": True, "clientOrderId": "w-1"})
             await asyncio.sleep(0.3)
@@ -76,7 +76,7 @@ def test_watch_balance_and_positions_report_account_updates():
             assert await client.watch_positions([SYMBOL]) == []  # ccxt's REST snapshot: flat
             balance_task = asyncio.create_task(client.watch_balance())
             positions_task = asyncio.create_task(client.watch_positions([SYMBOL]))
-            await asyncio.sleep(0.3)
+            await user_streams_open(state)
             await client.create_order(SYMBOL, "market", "sell", 0.02)
             return await asyncio.wait_for(balance_task, 10), await asyncio.wait_for(positions_task, 10)
         finally:
@@ -99,7 +99,7 @@ def test_closing_the_listen_key_ends_the_stream():
         try:
             await client.load_markets()
             watching = asyncio.create_task(client.watch_orders(SYMBOL))
-            await asyncio.sleep(0.3)
+            await user_streams_open(state)
             key = client.options["linear"]["listenKey"]
             await client.fapiPrivateDeleteListenKey()
             with pytest.raises(Exception):
@@ -121,13 +121,13 @@ def test_a_dropped_user_stream_fails_the_watch_and_the_next_watch_reconnects():
         try:
             await client.load_markets()
             first = asyncio.create_task(client.watch_orders(SYMBOL))
-            await asyncio.sleep(0.3)
+            await user_streams_open(state)
             price = state.trading.price("BTCUSDT")
             lost = await client.create_order(SYMBOL, "limit", "buy", 0.01, round(price - 100, 1), {"postOnly": True})
             with pytest.raises(ccxt.NetworkError):
                 await asyncio.wait_for(first, 5)
             second = asyncio.create_task(client.watch_orders(SYMBOL))
-            await asyncio.sleep(0.3)
+            await user_streams_open(state, 2)
             seen = await client.create_order(SYMBOL, "limit", "buy", 0.01, round(price - 110, 1), {"postOnly": True})
             return lost, seen, await asyncio.wait_for(second, 5)
         finally:

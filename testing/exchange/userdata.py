@@ -50,9 +50,9 @@ async def user_stream(request: web.Request) -> web.StreamResponse:
     account = trading.account(api_key)
     ws = web.WebSocketResponse(autoping=True, heartbeat=None)
     await ws.prepare(request)
-    state.log("usdm", request.path, {}, 101)
     with trading.lock:
         cursor = len(account.events)  # index of the first event this connection gets (events only grow)
+    state.log("usdm", request.path, {}, 101)  # logged once events are being followed (tests wait for it)
     pusher = asyncio.create_task(_push(ws, request, state, account, key, cursor))
     try:
         async for _ in ws:  # clients send nothing we answer; pings are handled by aiohttp
