@@ -162,3 +162,8 @@ def test_control_api_replaces_the_fault_plan_with_trading_faults():
         with pytest.raises(ccxt.RequestTimeout):
             client.create_order(SYMBOL, "market", "buy", 0.01)
         assert server.state.trading.truth()["positions"]["BTCUSDT"]["amt"] == pytest.approx(0.01)
+        body = json.dumps({"script": [["openOrders", "server_error"]]}).encode()
+        urllib.request.urlopen(urllib.request.Request(server.url + "/_control/inject", data=body, headers={"Content-Type": "application/json"}))
+        with pytest.raises(ccxt.OperationFailed):
+            client.fetch_open_orders(SYMBOL)
+        assert server.state.faults.counts() == {"accepted_error": 1, "server_error": 1}

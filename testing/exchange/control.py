@@ -4,6 +4,8 @@
 ``POST /_control/clock`` ``{"start_ms": ..., "speed": ...}`` sets the exchange clock.
 ``POST /_control/faults`` ``{"seed": 7, "rates": {...}, "script": [["klines", "rate_limit"], ...]}``
 replaces the fault plan (other :class:`~.faults.FaultPlan` fields may be given too).
+``POST /_control/inject`` ``{"script": [["order", "accepted_timeout"], ["ws", "drop"]]}`` queues
+scripted faults on the current plan (its seeded streams and counts carry on).
 
 Trading (``api_key`` defaults to the test account ``local-test-key``; answers are JSON):
 
@@ -41,6 +43,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/_control/state", get_state),
         web.post("/_control/clock", set_clock),
         web.post("/_control/faults", set_faults),
+        web.post("/_control/inject", inject),
         web.get("/_control/truth", truth),
         web.post("/_control/advance", advance),
         web.post("/_control/cancel", cancel),
@@ -64,6 +67,17 @@ async def set_clock(request: web.Request) -> web.Response:
     state = state_of(request)
     state.clock.set(int(body.get("start_ms", state.clock.now_ms())), body.get("speed"))
     return web.json_response({"now_ms": state.clock.now_ms()})
+
+
+async def inject(request: web.Request) -> web.Response:
+    body = await request.json()
+    plan = state_of(request).faults
+    try:
+        for path, *kinds in body.get("script", []):
+            plan.script(path, *kinds)
+    except (TypeError, ValueError) as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    return web.json_response({"ok": True})
 
 
 async def set_faults(request: web.Request) -> web.Response:

@@ -172,8 +172,8 @@ class Position:
 @dataclass
 class Account:
     api_key: str
-    secret: str
-    wallet: float  # total USDT wallet balance, isolated margins included
+    secret: str = field(repr=False)  # never in reprs or logs
+    wallet: float = 0.0  # total USDT wallet balance, isolated margins included
     leverage: dict[str, int] = field(default_factory=dict)
     margin_type: dict[str, str] = field(default_factory=dict)
     positions: dict[str, Position] = field(default_factory=dict)
