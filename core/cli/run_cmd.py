@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import load_run_config
+from ..errors import ConfigError
 from ..plugins import PluginManager
 from ..run import backtest
 
@@ -47,9 +48,24 @@ def register(app: typer.Typer, plugins: PluginManager) -> None:
         settings: Optional[list[str]] = typer.Argument(None, help="key=value settings, e.g. strategy=sma_cross strategy.fast=5 data.start=2022-01-10"),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config file (default: ./quant.toml if present)"),
         as_json: bool = typer.Option(False, "--json", help="print a machine-readable summary on stdout"),
+        testnet: bool = typer.Option(False, "--testnet", help="broker=live: trade on the exchange's sandbox (ccxt sandbox mode)"),
+        real_money: bool = typer.Option(False, "--i-understand-this-trades-real-money", help="broker=live: allow trading real funds"),
+        max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="paper/live: stop cleanly after this many seconds"),
     ) -> None:
-        """Run a strategy. With broker=sim (default) this is a backtest on stored or bundled bars."""
+        """Run a strategy. With broker=sim (default) this is a backtest on stored or bundled bars;
+        broker=paper or broker=live runs it on live bars until Ctrl-C, SIGTERM or `quant stop`."""
         cfg = load_run_config(settings or [], plugins.registry, config_path=config)
+        runner = getattr(plugins.registry.get("broker", cfg.broker.name, key="broker").factory, "run_live", None)
+        if runner is not None:
+            summary = runner(cfg, plugins, testnet=testnet, real_money=real_money, max_seconds=max_seconds)
+            report = summary.pop("report", None)
+            if as_json:
+                typer.echo(json.dumps({**summary, "report": report}, default=str))
+            else:
+                print_summary(report or {k: v for k, v in summary.items() if not isinstance(v, (dict, list))})
+            return
+        if testnet or real_money:
+            raise ConfigError(f"--testnet and --i-understand-this-trades-real-money are for broker=live, not broker={cfg.broker.name}")
         result = backtest(cfg, plugins=plugins)
         for note in result.notes:
             typer.echo(f"note: {note}", err=True)
