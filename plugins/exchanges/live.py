@@ -158,7 +158,7 @@ class LiveBroker(Broker):
                 if "-4046" not in str(exc) and "No need" not in str(exc):
                     raise
         if self.config.leverage:
-            await self._retry(exchange.set_leverage, self.config.leverage, self.symbol)
+            await self._retry(exchange.set_leverage, _whole(self.config.leverage), self.symbol)
         await self.reconcile()
 
     def owns(self, client_id: str | None) -> bool:
@@ -238,10 +238,12 @@ class LiveBroker(Broker):
                 except ccxt.OrderImmediatelyFillable as exc:
                     self._final(cid, OrderStatus.EXPIRED, f"post-only would cross ({exc})")
                     return
-                except ccxt.DuplicateOrderId:
-                    pass  # our earlier attempt got through: the lookup below finds it
-                except ccxt.InvalidOrder as exc:
-                    self._final(cid, OrderStatus.REJECTED, f"exchange: {exc}")
+                except ccxt.ExchangeError as exc:  # refused (or a duplicate id of our own earlier try)
+                    found = await self._lookup(cid)
+                    if found is not None:
+                        self.on_exchange_order(found)
+                    else:
+                        self._final(cid, OrderStatus.REJECTED, f"exchange: {exc}")
                     return
                 except RETRYABLE as exc:
                     self.stats["retries"] += 1
@@ -366,14 +368,17 @@ class LiveBroker(Broker):
             filled_qty=float(data.get("filled") or 0.0), exchange_id=str(data.get("id")),
         )
 
-    def on_exchange_position(self, positions: list[dict]) -> None:
+    def on_exchange_position(self, positions: list[dict]) -> float | None:
+        """Margin figures from a position update; returns the exchange's signed quantity.
+
+        The mirror's quantity moves only with fills (a position push may arrive before or after
+        the order update carrying the same fill); reconciliation corrects it from REST."""
         for p in positions:
             if p.get("symbol") != self.symbol:
                 continue
-            qty = float(p.get("contracts") or 0.0) * (1 if p.get("side") != "short" else -1)
-            pos = self._account.position(self.symbol)
-            pos.quantity, pos.entry_price = qty, float(p.get("entryPrice") or 0.0)
             self._margin = {k: p.get(k) for k in ("marginMode", "leverage", "initialMargin", "maintenanceMargin", "liquidationPrice", "collateral")}
+            return float(p.get("contracts") or 0.0) * (1 if p.get("side") != "short" else -1), float(p.get("entryPrice") or 0.0)
+        return 0.0, 0.0
 
     def on_exchange_balance(self, balance: dict) -> None:
         quote = self.market["settle"] or self.market["quote"]
@@ -389,6 +394,9 @@ class LiveBroker(Broker):
     async def reconcile(self) -> dict:
         """Make the mirror equal to the exchange (see module docstring); returns a summary."""
         ex = self.exchange
+        first = None
+        if self.instrument.is_perpetual:
+            first = self.on_exchange_position(await self._retry(ex.fetch_positions, [self.symbol]))
         open_orders = await self._retry(ex.fetch_open_orders, self.symbol)
         live_ids = set()
         for data in open_orders:
@@ -403,15 +411,19 @@ class LiveBroker(Broker):
                 self.on_exchange_order(found)
             elif order.status is OrderStatus.PENDING and cid not in self._inflight:
                 self._final(cid, OrderStatus.REJECTED, "never reached the exchange")
-        before = self._account.position(self.symbol).quantity
         if self.instrument.is_perpetual:
-            self.on_exchange_position(await self._retry(ex.fetch_positions, [self.symbol]))
+            # exchange truth for the position, taken only when it held still while the orders
+            # above were read (else a fill in flight would be counted twice)
+            snap = self.on_exchange_position(await self._retry(ex.fetch_positions, [self.symbol]))
+            if snap == first:
+                pos = self._account.position(self.symbol)
+                if abs(pos.quantity - snap[0]) > self.instrument.lot_size / 2:
+                    self.stats["disagreements"] += 1
+                    self.journal.note("position", f"mirror had {pos.quantity:g}, exchange has {snap[0]:g}: exchange wins")
+                    log.warning("reconcile: position mirror %g, exchange %g; using the exchange's", pos.quantity, snap[0])
+                pos.quantity, pos.entry_price = snap
         self.on_exchange_balance(await self._retry(ex.fetch_balance))
         after = self._account.position(self.symbol).quantity
-        if abs(after - before) > self.instrument.lot_size / 2:
-            self.stats["disagreements"] += 1
-            self.journal.note("position", f"mirror had {before}, exchange has {after}: exchange wins")
-            log.warning("reconcile: position mirror %s, exchange %s; using the exchange's", before, after)
         self.stats["reconciles"] += 1
         self.last_reconcile_ms = int(time.time() * 1000)
         return {"open": sorted(live_ids), "position": after, "wallet": self._account.wallet_balance}
@@ -441,7 +453,7 @@ class LiveBroker(Broker):
         if ex.has.get("watchBalance"):
             tasks.append(loop("balance", ex.watch_balance, self.on_exchange_balance))
         if self.instrument.is_perpetual and ex.has.get("watchPositions"):
-            tasks.append(loop("positions", lambda: ex.watch_positions([self.symbol]), self.on_exchange_position))
+            tasks.append(loop("positions", lambda: ex.watch_positions([self.symbol]), self.on_exchange_position))  # margin figures
         await asyncio.gather(*tasks)
 
     # --- views ----------------------------------------------------------------------------
@@ -473,7 +485,7 @@ class LiveBroker(Broker):
 
     # --- margin ---------------------------------------------------------------------------
     def set_leverage(self, leverage: float) -> None:
-        self._spawn(self._retry(self.exchange.set_leverage, leverage, self.symbol))
+        self._spawn(self._retry(self.exchange.set_leverage, _whole(leverage), self.symbol))
 
     def set_margin_mode(self, mode: str) -> None:
         self._spawn(self._retry(self.exchange.set_margin_mode, mode, self.symbol))
@@ -497,6 +509,11 @@ class LiveBroker(Broker):
             available_balance=float(getattr(self, "_free", None) or self._account.wallet_balance),
             liquidation_price=float(liq) if liq else None,
         )
+
+
+def _whole(leverage: float) -> int:
+    """Binance takes whole-number leverage (POST /fapi/v1/leverage, 1..125)."""
+    return max(1, int(round(leverage)))
 
 
 def _next(status: OrderStatus):
