@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import load_run_config
+from ..errors import ConfigError
 from ..plugins import PluginManager
 from ..run import backtest
 from . import report_cmd
@@ -74,11 +75,26 @@ def register(app: typer.Typer, plugins: PluginManager) -> None:
         report: Optional[Path] = typer.Option(None, "--report", help="write the run's HTML report to this file"),
         png: Optional[Path] = typer.Option(None, "--png", help="write a PNG summary of the run to this file"),
         fill_band: bool = typer.Option(False, "--fill-band", help="backtest twice, with the through and touch fill models, and show both side by side"),
+        testnet: bool = typer.Option(False, "--testnet", help="broker=live: trade on the exchange's sandbox (ccxt sandbox mode)"),
+        real_money: bool = typer.Option(False, "--i-understand-this-trades-real-money", help="broker=live: allow trading real funds"),
+        max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="paper/live: stop cleanly after this many seconds"),
     ) -> None:
-        """Run a strategy. With broker=sim (default) this is a backtest on stored or bundled bars."""
+        """Run a strategy. With broker=sim (default) this is a backtest on stored or bundled bars;
+        broker=paper or broker=live runs it on live bars until Ctrl-C, SIGTERM or `quant stop`."""
         if fill_band:
             return _fill_band(list(settings or []), config, as_json)
         cfg = load_run_config(settings or [], plugins.registry, config_path=config)
+        runner = getattr(plugins.registry.get("broker", cfg.broker.name, key="broker").factory, "run_live", None)
+        if runner is not None:
+            summary = runner(cfg, plugins, testnet=testnet, real_money=real_money, max_seconds=max_seconds)
+            report = summary.pop("report", None)
+            if as_json:
+                typer.echo(json.dumps({**summary, "report": report}, default=str))
+            else:
+                print_summary(report or {k: v for k, v in summary.items() if not isinstance(v, (dict, list))})
+            return
+        if testnet or real_money:
+            raise ConfigError(f"--testnet and --i-understand-this-trades-real-money are for broker=live, not broker={cfg.broker.name}")
         result = backtest(cfg, plugins=plugins)
         report_cmd.keep(result, plugins, report, png)  # saved under QUANT_HOME/runs/<run_id>
         for note in result.notes:
