@@ -405,6 +405,6 @@ async def listen_key(request: web.Request) -> web.Response:
         return web.json_response({"listenKey": trading.listen_key_for(account)})
     if request.method == "DELETE":
         trading.close_listen_keys(account)
-    elif not trading.listen_key_of(account):
+    elif not trading.keep_alive(account):
         raise BinanceError(-1125, "This listenKey does not exist.")
     return web.json_response({})
