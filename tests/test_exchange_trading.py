@@ -266,3 +266,16 @@ def test_ticker_and_funding_rate_come_from_the_recorded_data(client, server):
     assert (rate["markPrice"], rate["fundingRate"], rate["fundingTimestamp"]) == (
         last_price(server), pytest.approx(market.funding_rate[k]), market.funding_ts[k]
     )
+
+
+def test_edit_order_amends_in_place_or_cancels_like_binance(client, server):
+    price = last_price(server)
+    order = client.create_order(SYMBOL, "limit", "buy", 0.01, round(price - 100, 1), {"postOnly": True, "clientOrderId": "e-1"})
+    edited = client.edit_order(order["id"], SYMBOL, "limit", "buy", 0.02, round(price - 50, 1))
+    assert (edited["id"], edited["clientOrderId"], edited["amount"], edited["price"]) == (order["id"], "e-1", 0.02, round(price - 50, 1))
+    assert client.fetch_open_orders(SYMBOL)[0]["amount"] == 0.02
+    # a post-only order moved to a price that would take is cancelled, not filled
+    gone = client.edit_order(order["id"], SYMBOL, "limit", "buy", 0.02, round(price + 50, 1))
+    assert gone["status"] == "canceled" and client.fetch_open_orders(SYMBOL) == []
+    with pytest.raises(ccxt.OrderNotFound):
+        client.edit_order(order["id"], SYMBOL, "limit", "buy", 0.02, round(price - 50, 1))

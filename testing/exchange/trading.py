@@ -34,11 +34,11 @@ Everything the exchange sends its users (order and account updates) is appended 
 
 Not modelled (answered with Binance's error where a client could ask for it): hedge mode
 (``positionSide`` other than ``BOTH``: -4061), STOP/TAKE_PROFIT/TRAILING orders, FOK/GTD,
-``priceMatch``, ``closePosition``, order modification (``PUT /fapi/v1/order``) and
-``batchOrders`` (no route), an order book (depth, queue position, slippage beyond the last price,
-self-trade prevention), separate mark/index prices, request-weight accounting (429/418 come only
-from the fault plan), multi-assets margin, ADL and partial
-liquidation of large positions (a liquidation closes the whole position), spot trading.
+``priceMatch``, ``closePosition`` and ``batchOrders`` (no route), an order book (depth, queue
+position, slippage beyond the last price, self-trade prevention), separate mark/index prices,
+request-weight accounting (429/418 come only from the fault plan), multi-assets margin, ADL and
+partial liquidation of large positions (a liquidation closes the whole position), spot trading.
+Orders can be amended (``PUT /fapi/v1/order``, :meth:`Trading.modify`).
 """
 
 from __future__ import annotations
@@ -445,6 +445,45 @@ class Trading:
                 due = now + self.state.faults.user_cancel_after_ms
                 self.user_cancels.append((due, account.api_key, order.order_id))
                 self.user_cancels.sort()
+            return order
+
+    def modify(self, api_key: str, params: dict) -> Order:
+        """``PUT /fapi/v1/order``: new price and quantity for an open LIMIT order (Binance USD-M
+        "Modify Order"): a filter failure rejects the change and keeps the order; the order is
+        cancelled instead when the new quantity is not above what has been executed, or when a GTX
+        order's new price would execute at once; otherwise it is amended (``x`` = ``AMENDMENT``)."""
+        with self.lock:
+            account = self.account(api_key)
+            now = self.state.clock.now_ms()
+            self.sync(now)
+            market = self.market(_required(params, "symbol"))
+            order = self.find(account, params.get("orderId"), params.get("origClientOrderId"))
+            if order is None or not order.open:
+                raise BinanceError(-2013, "Order does not exist.")
+            if order.type != "LIMIT":
+                raise BinanceError(-1116, "Invalid orderType.")
+            if _required(params, "side").upper() != order.side:
+                raise BinanceError(-1117, "Invalid side.")
+            qty, price = _decimal(params, "quantity", required=True), _decimal(params, "price", required=True)
+            if qty <= 0 or not _on_step(qty, market.lot_size):
+                raise BinanceError(-1111, "Precision is over the maximum defined for this asset.")
+            if price <= 0 or not _on_step(price, market.tick_size):
+                raise BinanceError(-4014, "Price not increased by tick size.")
+            last = self.price(market.symbol_id, now)
+            crosses = price >= last if order.sign > 0 else price <= last
+            if qty <= order.executed + 1e-12 or (order.time_in_force == "GTX" and crosses):
+                self._close(account, order, "CANCELED", now)
+                return order
+            free, held = self.available(account, now), self._order_margin(account, order, now)
+            old = (order.qty, order.price)
+            order.qty, order.price = qty, price
+            if self._order_margin(account, order, now) - held > free + 1e-9:
+                order.qty, order.price = old
+                raise BinanceError(-2019, "Margin is insufficient.")
+            order.update_time = now
+            self._order_event(account, order, "AMENDMENT", now)
+            if crosses:
+                self._fill(account, order, last, now, maker=False)
             return order
 
     def _close(self, account: Account, order: Order, status: str, now: int) -> None:
