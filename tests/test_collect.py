@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 
 import numpy as np
 
@@ -22,24 +25,42 @@ CLOCK = START + 30 * 60_000  # the exchange's clock starts at 10:30 and runs 60x
 
 def collect(url: str) -> subprocess.Popen:
     exe = os.path.join(os.path.dirname(sys.executable), "quant")
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [exe, "collect", "exchange=binance", f"exchange.url={url}", "symbol=BTC/USDT", "timeframe=1m", "start=2021-04-19 10:00"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
     )
+    proc.lines = []
+    threading.Thread(target=lambda: proc.lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
+    return proc
+
+
+def wait_for(proc: subprocess.Popen, text: str, timeout_s: float = 180) -> None:
+    """Until ``proc`` logged ``text`` (a loaded machine can take a while to start Python and chDB)."""
+    deadline = time.monotonic() + timeout_s
+    while not any(text in line for line in proc.lines):
+        assert proc.poll() is None, "".join(proc.lines)
+        assert time.monotonic() < deadline, f"no {text!r} after {timeout_s}s: " + "".join(proc.lines)
+        time.sleep(0.2)
 
 
 def test_collect_survives_sigkill_and_catches_up_without_holes_or_duplicates(isolated_env):
     exchange = ServerProcess("btc_quant.testing.exchange", "--clock-start", str(CLOCK), "--speed", "60").start()
     try:
         first = collect(exchange.url)
-        time.sleep(15)
+        wait_for(first, "over websocket")
+        time.sleep(6)  # a few bars arrive over the websocket
         first.kill()  # SIGKILL: no chance to write anything more
         first.wait(30)
         time.sleep(6)  # downtime: the exchange keeps closing bars
         second = collect(exchange.url)
-        time.sleep(15)
+        wait_for(second, "over websocket")  # caught up over REST, now live again
+        time.sleep(6)
+        killed_at = int(json.load(urllib.request.urlopen(exchange.url + "/_control/state"))["now_ms"])
         second.send_signal(signal.SIGTERM)
-        out, errs = second.communicate(timeout=60)
+        second.wait(120)
+        out = second.stdout.read()
+        time.sleep(0.5)  # the stderr reader thread drains the last lines
+        errs = "".join(second.lines)
     finally:
         exchange.stop()
     assert second.returncode == 0, errs
@@ -51,8 +72,8 @@ def test_collect_survives_sigkill_and_catches_up_without_holes_or_duplicates(iso
     assert bars.ts[0] == START and gaps == []
     assert np.all(np.diff(bars.ts) == 60_000)  # no hole: the downtime was caught up
     assert deduplicated == physical == len(bars)  # and nothing was written twice
-    # Well past the downtime: at least 30 min before the clock started + ~20 s of running = 20 bars.
-    assert bars.ts[-1] >= CLOCK + 20 * 60_000
+    # Up to the bar before the one forming at SIGTERM: the downtime and the live part are all there.
+    assert bars.ts[-1] >= killed_at // 60_000 * 60_000 - 2 * 60_000 and bars.ts[-1] >= CLOCK + 12 * 60_000
     real = SPOT.between(int(bars.ts[0]), int(bars.ts[-1]) + 1)
     np.testing.assert_array_equal(bars.ts, real.ts)
     for column in ("open", "high", "low", "close", "volume"):

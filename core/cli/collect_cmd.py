@@ -12,7 +12,7 @@ import typer
 from ..config import load_run_config
 from ..errors import ConfigError
 from ..plugins import PluginManager
-from .data_cmd import _ms, _settings, open_source, open_store
+from .data_cmd import _settings, open_source, open_store, start_of
 
 
 def register(app: typer.Typer, plugins: PluginManager) -> None:
@@ -32,13 +32,7 @@ def register(app: typer.Typer, plugins: PluginManager) -> None:
         if not callable(collect_fn):
             raise ConfigError(f"exchange: the {cfg.exchange.name!r} data source cannot collect live data")
         ex, sym, tf = source.exchange_id, cfg.symbol, cfg.timeframe
-        start = _ms(cfg.data.start)
-        if start is None:
-            span = store.first_last(ex, sym, tf)
-            if span is None:
-                raise ConfigError(f"collect: nothing stored for {ex} {sym} {tf} yet, so say where to start",
-                                  hint=f"quant collect exchange={ex} symbol={sym} timeframe={tf} start=2024-01-01")
-            start = span[0]
+        start = start_of(cfg, store, ex, "collect")
         stop = threading.Event()
 
         def on_signal(signum, _frame) -> None:
