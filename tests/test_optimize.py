@@ -39,6 +39,7 @@ def test_ranges_choices_and_tables_become_optuna_distributions():
     stepped = parse_distribution("pct", "0.001:0.0105:0.001")
     assert stepped.step == 0.001 and stepped.high == pytest.approx(0.010)
     assert parse_distribution("lookback", "7d,30d,90d") == D.CategoricalDistribution(["7d", "30d", "90d"])
+    assert parse_distribution("equity_pct", "0.5,0.95") == D.CategoricalDistribution([0.5, 0.95])
     assert parse_distribution("lookback", ["7d", "30d"]) == D.CategoricalDistribution(["7d", "30d"])
     assert parse_distribution("fast", {"low": 5, "high": 50, "step": 5}) == D.IntDistribution(5, 50, step=5)
 
