@@ -4,6 +4,7 @@ LocalCluster, walk-forward, the best config re-run by ``quant run``, and resume 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -234,16 +235,20 @@ def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(tmp_path, qua
     (tmp_path / "study.toml").write_text(STUDY_TOML)  # the whole study from a TOML file
     args = ["--config", "study.toml", "--no-progress"]
     exe = Path(sys.executable).with_name("quant")
-    proc = subprocess.Popen([str(exe), "optimize", *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(exe), "optimize", *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
     db = tmp_path / "study" / "study.db"
     deadline = time.monotonic() + 120
     while len(_complete_trials(db)) < 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert proc.poll() is None, f"finished before the interrupt: {proc.stderr.read()}"
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C on a terminal: the driver and its worker processes
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "interrupted:" in stderr and "run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
     kept = _complete_trials(db)
     assert 3 <= len(kept) < 10
     first = pd.read_csv(tmp_path / "study" / "trials.csv")

@@ -103,8 +103,10 @@ def dask_client(settings: OptimizeConfig) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     # distributed sets its own loggers' levels when imported; its INFO lines are not ours to show.
-    for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.nanny", "distributed.worker"):
+    for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.worker"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # closing kills a worker still inside a backtest after Ctrl-C; that is expected, not a warning
+    logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
     if settings.cluster:
         try:
             client = Client(settings.cluster, timeout="15s")
@@ -114,16 +116,32 @@ def dask_client(settings: OptimizeConfig) -> Iterator[Any]:
             yield client
         return
     workers = settings.workers or os.cpu_count() or 1
-    with LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        scheduler_port=0,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    ) as cluster, Client(cluster) as client:
+    with _sigint_ignored_by_children():
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            scheduler_port=0,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+    with cluster, Client(cluster) as client:
         yield client
+
+
+@contextmanager
+def _sigint_ignored_by_children() -> Iterator[None]:
+    """Start processes with SIGINT ignored (a process inherits that): a terminal's Ctrl-C reaches the
+    whole process group, and the driver, not each worker, decides what stopping means."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass
@@ -292,6 +310,10 @@ class StudyRunner:
         try:
             out = future.result()
         except Exception as exc:  # a bug in a strategy or a lost worker: recorded on the trial, study goes on
+            if self.stop.set:  # workers get the terminal's Ctrl-C too: their trials are interrupted, not failed
+                trial.set_user_attr(INTERRUPTED, True)
+                study.tell(trial, state=TrialState.FAIL)
+                return
             log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             study.tell(trial, state=TrialState.FAIL)
