@@ -38,6 +38,8 @@ from .errors import ExchangeError
 from .model import Account, Fill, Order, Position
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
     from .data import BarArrays
     from .runtime import Runtime
 
@@ -123,6 +125,12 @@ class Broker(ABC):
     def cancel(self, client_id: str) -> None:
         """Ask to cancel an open order; a CANCELED event follows (or a fill, if it came first)."""
 
+    def amend(self, client_id: str, *, price: float | None = None, quantity: float | None = None) -> None:
+        """Change an open limit order's price and/or quantity, keeping its client id (Binance:
+        PUT /fapi/v1/order). Cancel-replace semantics: the order loses its place in the queue; an
+        OrderEvent with the new values follows (EXPIRED if a post-only amend would cross)."""
+        raise ExchangeError(f"{type(self).__name__} does not support amending orders")
+
     @abstractmethod
     def events(self) -> list[BrokerEvent]:
         """Drain and return the events that happened since the last call, oldest first."""
@@ -200,3 +208,11 @@ class SimulatedBroker(Broker):
     @abstractmethod
     def fill_bar_indices(self) -> np.ndarray:
         """For each fill of the run, in order, the index of the bar it happened on."""
+
+    def bar_series(self) -> dict[str, np.ndarray]:
+        """Extra per-bar series for the results (e.g. ``liquidation_price``); none by default."""
+        return {}
+
+    def funding_payments(self) -> "pd.DataFrame | None":
+        """Funding payments of the run (ts, bar, rate, mark, position, amount > 0 = paid), or None."""
+        return None

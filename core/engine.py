@@ -190,6 +190,20 @@ class Context:
     def cancel(self, client_id: str) -> None:
         self._engine.broker.cancel(client_id)
 
+    def amend(self, client_id: str, *, price: float | None = None, quantity: float | None = None) -> None:
+        """Change an open limit order's price and/or quantity (cancel-replace: it loses its queue
+        place); values are rounded like :meth:`buy`/:meth:`sell`. The new state arrives in ``on_order``."""
+        order = self._engine.orders.get(client_id)
+        inst = self.instrument
+        if price is not None:
+            buy = order is None or order.side is Side.BUY
+            price = inst.round_price(price, "down" if buy else "up")
+        if quantity is not None:
+            quantity = inst.round_qty(quantity)
+            if quantity <= 0:
+                raise OrderError(f"amend {client_id}: quantity rounds to 0 at lot size {inst.lot_size}")
+        self._engine.broker.amend(client_id, price=price, quantity=quantity)
+
     def cancel_all(self) -> None:
         for order in self.open_orders:
             self._engine.broker.cancel(order.client_id)
@@ -436,6 +450,9 @@ class Engine:
 
         if not isinstance(self.broker, SimulatedBroker):
             raise StrategyError(f"broker {self.info.broker!r} cannot run a backtest; use broker=sim")
+        external = getattr(self.broker, "run_external", None)
+        if external is not None:  # another engine runs the whole backtest (broker=backtrader)
+            return external(self, bars)
         if len(bars) == 0:
             raise StrategyError("no bars to run on")
         started = time.perf_counter()

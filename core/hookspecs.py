@@ -159,3 +159,20 @@ def quant_on_run_end(result):
     Called once after the strategy's ``on_stop``, with the :class:`btc_quant.core.engine.RunResult`
     (equity curve, fills, orders, metrics, config). Return value ignored.
     """
+
+
+@hookspec
+def quant_report_sections(result):
+    """Add sections to a run's HTML report (``quant report``, ``quant run --report``).
+
+    Called once per report with the :class:`btc_quant.core.engine.RunResult` (a fresh run or one
+    loaded from disk; ``result.info.strategy`` names the strategy, ``result.extra["diagnostics"]``
+    holds what :meth:`Strategy.diagnostics` returned). Return a
+    :class:`btc_quant.sdk.ReportSection`, a list of them, or None when the run is not yours.
+    Sections are shown after the standard ones, ordered by their ``order`` then title::
+
+        @hookimpl
+        def quant_report_sections(result):
+            if result.info.strategy == "maker_vol":
+                return ReportSection("Grid", figure=grid_figure(result.extra["diagnostics"]))
+    """

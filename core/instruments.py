@@ -7,8 +7,9 @@ defaults (lowest fee tier) as of 2024-2026:
 - Binance spot BTCUSDT: PRICE_FILTER tickSize 0.01, LOT_SIZE stepSize 0.00001, NOTIONAL
   minNotional 5; fees 0.1% maker and taker (binance.com/en/fee/schedule).
 - Binance USD-M BTCUSDT perpetual: tickSize 0.10, stepSize 0.001, MIN_NOTIONAL 100; fees 0.02%
-  maker, 0.05% taker (binance.com/en/fee/futureFee). Maintenance-margin brackets are loaded from
-  ``plugins/exchanges/data`` when that file is installed (see :func:`register_brackets`).
+  maker, 0.05% taker (binance.com/en/fee/futureFee). Maintenance-margin brackets come from
+  ``core/data/binance_usdm_brackets.json`` (Binance ``GET /fapi/v1/leverageBracket``; see
+  :mod:`btc_quant.core.margin`); plugins can replace them with :func:`register_brackets`.
 - Coinbase BTC-USD: quote_increment 0.01, base_increment 0.00000001, min market funds 1 USD;
   Advanced Trade lowest tier 0.40% maker / 0.60% taker.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .config import InstrumentConfig
+from .margin import load_brackets
 from .model import Instrument, MarginBracket, MarketKind
 
 _KNOWN: dict[tuple[str, str], Instrument] = {
@@ -35,7 +37,7 @@ _KNOWN: dict[tuple[str, str], Instrument] = {
     ),
 }
 
-_BRACKETS: dict[tuple[str, str], tuple[MarginBracket, ...]] = {}
+_BRACKETS: dict[tuple[str, str], tuple[MarginBracket, ...]] = {("binanceusdm", s): t for s, t in load_brackets().items()}
 
 
 def register_brackets(exchange: str, symbol: str, brackets: tuple[MarginBracket, ...]) -> None:

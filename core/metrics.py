@@ -13,6 +13,11 @@ Conventions (stated because 24/7 markets have no trading-day calendar):
 * A trade is a round trip of the net position from flat back to flat (as Backtrader counts
   trades); its PnL includes the fees of its fills. Win rate and profit factor are over trades.
 * Exposure is the fraction of bars that end with a non-zero position.
+* ``fees`` and ``funding`` are what the account paid (positive = paid, funding negative when
+  the account received more than it paid); both are already in the equity curve.
+* ``liquidation_distance`` (per bar, in ``RunResult.extra``) is how far the close is from the
+  liquidation price as a fraction of the close, positive while safe: (close - liq) / close for a
+  long, (liq - close) / close for a short; NaN when flat or the position cannot be liquidated.
 """
 
 from __future__ import annotations
@@ -120,21 +125,15 @@ def max_drawdown_duration(equity: pd.Series) -> pd.Timedelta:
     if equity.empty:
         return pd.Timedelta(0)
     values = equity.to_numpy()
-    times = equity.index
-    peak = values[0]
-    peak_time = times[0]
-    longest = pd.Timedelta(0)
-    underwater = False
-    for t, v in zip(times, values):
-        if v >= peak:
-            if underwater:
-                longest = max(longest, t - peak_time)
-            peak, peak_time, underwater = v, t, False
-        else:
-            underwater = True
-    if underwater:
-        longest = max(longest, times[-1] - peak_time)
-    return longest
+    times = equity.index.asi8 if isinstance(equity.index, pd.DatetimeIndex) else np.asarray(equity.index, dtype=np.int64)
+    peaks = np.flatnonzero(values >= np.maximum.accumulate(values))  # the peak or back at it
+    gaps = np.diff(peaks) > 1  # underwater between two peak points
+    spans = times[peaks[1:]][gaps] - times[peaks[:-1]][gaps]
+    longest = int(spans.max()) if len(spans) else 0
+    if peaks[-1] < len(values) - 1:  # still underwater at the end
+        longest = max(longest, int(times[-1] - times[peaks[-1]]))
+    unit = getattr(equity.index, "unit", "ns") if isinstance(equity.index, pd.DatetimeIndex) else "ns"
+    return pd.Timedelta(longest, unit=unit)
 
 
 def daily_returns(equity: pd.Series) -> pd.Series:
@@ -149,6 +148,7 @@ def compute_metrics(
     *,
     initial_equity: float,
     position: np.ndarray | None = None,
+    funding: float = 0.0,
 ) -> dict[str, Any]:
     """The standard metrics of a run; see the module docstring for conventions."""
     final = float(equity.iloc[-1]) if len(equity) else initial_equity
@@ -184,6 +184,7 @@ def compute_metrics(
         "profit_factor": _clean(wins.sum() / gross_loss) if gross_loss > 0 else None,
         "exposure": _clean(float(np.mean(np.abs(position) > 1e-12))) if position is not None and len(position) else 0.0,
         "fees": _clean(float(fills["fee"].sum()) if len(fills) else 0.0),
+        "funding": _clean(funding),
         "liquidations": liquidations,
     }
 
@@ -208,7 +209,9 @@ def build_result(engine: "Engine", bars: BarArrays, broker: "SimulatedBroker") -
     trades = trades_frame(fills)
     position = position_per_bar(len(bars), fills)
     initial = float(getattr(broker.config, "initial_cash", equity.iloc[0]))
-    metrics = compute_metrics(equity, fills, trades, initial_equity=initial, position=position)
+    funding = broker.funding_payments()
+    paid = float(funding["amount"].sum()) if funding is not None and len(funding) else 0.0
+    metrics = compute_metrics(equity, fills, trades, initial_equity=initial, position=position, funding=paid)
     result = RunResult(
         info=engine.info,
         bars=len(bars),
@@ -223,4 +226,15 @@ def build_result(engine: "Engine", bars: BarArrays, broker: "SimulatedBroker") -
     )
     result.extra["position"] = pd.Series(position, index=index, name="position")
     result.extra["rejections"] = len(engine.rejections)
+    result.extra["bars"] = bars
+    if funding is not None:
+        result.extra["funding"] = funding
+    for name, values in broker.bar_series().items():
+        result.extra[name] = pd.Series(values, index=index, name=name)
+    if "liquidation_price" in result.extra:
+        liq = result.extra["liquidation_price"].to_numpy()
+        side = np.sign(position)
+        with np.errstate(invalid="ignore"):
+            distance = np.where(side != 0, side * (bars.close - liq) / bars.close, np.nan)
+        result.extra["liquidation_distance"] = pd.Series(distance, index=index, name="liquidation_distance")
     return result

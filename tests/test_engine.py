@@ -132,9 +132,11 @@ def test_sma_cross_trades_match_an_independent_pandas_signal(plugins, sample_bar
     np.testing.assert_array_equal(buys.price.to_numpy(), frame.open.to_numpy()[entries + 1])
     # every sell closes the whole position: the run ends flat or long
     assert result.extra["position"].iloc[-1] >= 0
-    # equity identity: final equity = initial - sum(signed notional) - fees + position * last close
+    # equity identity: final equity = initial - sum(signed notional) - fees - funding + position * last close
     signed = np.where(fills.side == "buy", 1, -1) * fills.quantity * fills.price
-    expected = 10_000 - signed.sum() - fills.fee.sum() + result.extra["position"].iloc[-1] * frame.close.iloc[-1]
+    funding = result.extra["funding"].amount.sum()
+    assert funding != 0 and result.metrics["funding"] == pytest.approx(funding)
+    expected = 10_000 - signed.sum() - fills.fee.sum() - funding + result.extra["position"].iloc[-1] * frame.close.iloc[-1]
     assert result.metrics["final_equity"] == pytest.approx(expected, rel=1e-12)
 
 

@@ -167,3 +167,20 @@ def test_hook_quant_on_fill():
 
 def test_hook_quant_on_run_end():
     assert _observed()[-1] == ("end", 1)
+
+
+def test_hook_quant_report_sections():
+    from btc_quant.core.report import sections
+    from btc_quant.sdk import ReportSection
+
+    def quant_report_sections(result):
+        if result.info.strategy == "limit_buyer":
+            return ReportSection("Limit buyer", html="<p>levels</p>", order=500)
+
+    pm = load_plugins(
+        env={"QUANT_LOAD_PLUGINS": "sim"},
+        extra={"r": make_plugin(quant_report_sections=quant_report_sections), "s": registering("quant_register_strategies", limit_buyer=LimitBuyer)},
+    )
+    result = run_strategy("limit_buyer", bars_from([(100, 101, 99.5, 100), (100, 101, 98, 100)]), plugins=pm)
+    titles = [s.title for s in sections(result, pm)]
+    assert titles[0] == "Summary" and titles[-1] == "Limit buyer"

@@ -1,71 +1,138 @@
-"""``sim``: the native simulated broker for backtests, and the ``through``/``touch`` fill models.
+"""``sim``: the native simulated broker for backtests (spot and USDⓈ-M perpetuals), and the
+``through``/``touch`` fill models.
 
-Execution rules:
+Execution rules (each one a test in ``tests/test_sim_broker.py``):
 
-* A market order fills at the open of the bar after the one on which it was placed, paying the
-  taker fee (Backtrader's default, so the two give the same trades).
-* A resting limit order fills when the bar's range reaches it by the fill model (``through``:
-  low < price for a buy; ``touch``: low <= price), at its limit price, paying the maker fee; a bar
-  that opens beyond the limit fills it at the limit as well (a resting order trades at its own
-  price).
-* A post-only order whose price would cross the last price when it arrives is expired without
-  trading, as Binance's GTX time-in-force does.
+* **Path.** Each bar is walked as previous close -> open -> one extreme -> the other -> close
+  (``broker.path``: ``nearest`` extreme first, the default, or by bar ``direction``; see
+  :mod:`.sim_path`). Events happen in path order; after each one the engine hands the events to
+  the strategy, and orders it places then can only trade on the rest of the path.
+* **Market orders** placed after a bar closed fill at the next bar's open, paying the taker fee
+  (Backtrader's default, so the two give the same trades). Placed during a bar (from ``on_fill``
+  or ``on_order``), they fill at once at the current path price.
+* **Limit orders** that would cross when they arrive are takers: during a bar they fill at once at
+  the current path price, after a close at the next open if the open still crosses (else they
+  rest). A resting limit fills at its price, paying the maker fee, when the path reaches it by the
+  fill model: ``through`` (default) needs the price to trade beyond it (low < price for a buy),
+  ``touch`` accepts low <= price. A resting limit that the gap between two bars jumps over fills
+  at its price clipped into the new bar's range (so no fill lies outside its bar).
+* **Post-only** (Binance GTX): an order that would cross on arrival (or on amend) is EXPIRED
+  without trading, and the strategy gets the order event with the reason.
+* **Reduce-only**: refused when it would not reduce the position; at fill time its quantity is
+  cut to the position, and it expires if the position is gone (Binance -2022).
+* **Amend** (:meth:`SimBroker.amend`): cancel-replace semantics -- same client id, new price and/or
+  quantity, the order loses its place: it can only fill on the path after the amend.
+* **Partial fills** (optional): with ``broker.max_volume_share`` an order fills at most that share
+  of a bar's volume per bar; the rest stays open (PARTIALLY_FILLED).
+* **Margin** (perpetuals): cross or isolated (``broker.margin_mode``), ``broker.leverage``;
+  orders that need more initial margin than is available are REJECTED; the liquidation price is
+  Binance's formula (:mod:`btc_quant.core.margin`) with the symbol's brackets; when the path
+  reaches it the whole position is closed there with the liquidation clearance fee
+  (``broker.liquidation_fee_rate``, Binance exchangeInfo ``liquidationFee``), open orders are
+  canceled, and the wallet never goes below zero (a shortfall is the insurance fund's).
+* **Funding** (perpetuals): at every funding time (00:00, 08:00, 16:00 UTC) a position pays
+  ``quantity * mark * rate`` (Binance: funding amount = position nominal value x funding rate;
+  longs pay when the rate is positive; an isolated position's margin carries it). The rate comes from the store's funding history when it
+  has one, else the constant ``broker.funding_rate``; the mark is the open of the bar at the
+  funding time (bars carry no mark price).
 
-Bars on which no order rests and which the strategy does not need are skipped without a Python
-loop (``np.searchsorted`` over the wake flags).
+Bars on which nothing can happen (no resting order reached, no liquidation, no funding with a
+position, no wake or alert) are skipped in compiled code (:func:`.sim_path.first_event_bar`).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import logging
+import math
+from dataclasses import replace
+from typing import ClassVar, Literal
 
 import numpy as np
+import pandas as pd
 from pydantic import Field
 
+from btc_quant.core import margin as mm
 from btc_quant.sdk import (
     THROUGH,
     TOUCH,
     Account,
     BarArrays,
     BrokerConfig,
+    Duration,
+    ExchangeError,
     Fill,
     FillEvent,
+    MarginState,
     Order,
+    OrderError,
     OrderEvent,
     OrderStatus,
     OrderType,
     Side,
     SimulatedBroker,
     Step,
+    StoreError,
     hookimpl,
     registered,
 )
+
+from .sim_path import bar_path, first_event_bar
+
+log = logging.getLogger(__name__)
+_EPS = 1e-12
+FUNDING_PERIOD_MS = 8 * 3600 * 1000
 
 
 class SimConfig(BrokerConfig):
     initial_cash: float = Field(10_000.0, gt=0, description="starting wallet balance in the quote currency (USDT)")
     fill_model: registered("fill_model") = Field("through", description="rule for resting limit orders: through (default) or touch")
+    path: Literal["nearest", "direction"] = Field("nearest", description="intrabar path: nearest extreme first, or by bar direction (O-L-H-C up, O-H-L-C down)")
+    margin_mode: Literal["cross", "isolated"] = Field("cross", description="perpetuals: cross or isolated margin (Binance's default is cross)")
+    leverage: float = Field(20.0, ge=1, le=125, description="perpetuals: leverage of the symbol (Binance's default is 20)")
+    funding_rate: float = Field(0.0001, ge=-0.03, le=0.03, description="perpetuals: funding rate per period when the store has no history (0.0001 = 0.01%)")
+    funding: Literal["auto", "constant", "off"] = Field("auto", description="auto: store history if any, else funding_rate; constant: always funding_rate; off: none")
+    funding_interval: Duration = Field("8h", description="time between funding payments")
+    liquidation_fee_rate: float = Field(0.0125, ge=0, le=0.1, description="liquidation clearance fee on the liquidated notional (Binance BTCUSDT liquidationFee 1.25%)")
+    max_volume_share: float | None = Field(None, gt=0, le=1, description="cap each order's fills per bar at this share of the bar's volume (partial fills); None = no cap")
+    check_margin: bool = Field(True, description="reject orders that need more initial margin (perpetual) or cash/holdings (spot) than available")
 
 
 class SimBroker(SimulatedBroker):
-    """Native backtest broker: next-open market fills, fill-model limit fills, taker/maker fees."""
+    """Native backtest broker: intrabar path, fill models, margin, liquidation and funding."""
 
     Config: ClassVar[type[SimConfig]] = SimConfig
 
     def __init__(self, config: SimConfig, runtime) -> None:
         super().__init__(config, runtime)
         self.fill_model = runtime.registry.get("fill_model", config.fill_model, key="broker.fill_model").factory
+        self.perpetual = self.instrument.is_perpetual
+        self.brackets = self.instrument.margin_brackets or mm.NO_BRACKETS
         self._account = Account(config.initial_cash)
+        self._position = self._account.position(self.instrument.symbol)
         self._orders: dict[str, Order] = {}  # open orders by client id, oldest first
+        self._pending: set[str] = set()  # takers waiting for the next open
         self._events: list = []
         self._fill_bars: list[int] = []
         self._cash_delta: list[tuple[int, float, float]] = []  # (bar, cash change, qty change)
+        self._liq_marks: list[tuple[int, float]] = []  # (bar, liquidation price after an event)
+        self._funding_rows: list[tuple[int, int, float, float, float, float]] = []
         self._trade_seq = 0
         self._i = 0  # bar being processed
-        self._stage = 0  # 0: bar not opened, 1: opened (market orders filled), 2: closed
+        self._inside = False  # walking bar _i's path
+        self._seg = 0  # path segment: 0 gap, 1 open->E1, 2 E1->E2, 3 E2->close
+        self._path = (0.0,) * 5
         self._price = float("nan")
         self._now = 0
         self._alert: tuple[float, float] | None = None
+        self._used: dict[str, float] = {}  # volume filled per order in the current bar
+        self.mode = "cross" if self.perpetual else "spot"
+        if self.perpetual:
+            self.mode = config.margin_mode
+        self.leverage = float(config.leverage) if self.perpetual else 1.0
+        self._iso_margin = 0.0
+        self._liq_cache: float | None | bool = False  # False = stale
+        self.liquidations = 0
+        self.insurance = 0.0
 
     # --- data ----------------------------------------------------------------------------
     def load(self, bars: BarArrays) -> None:
@@ -73,22 +140,87 @@ class SimBroker(SimulatedBroker):
         self._price = float(bars.open[0])
         self._now = int(bars.ts[0])
         self._wake_index: np.ndarray | None = None
+        schedule = self._funding_schedule(bars)
+        self._funding = schedule
+        self._fund_ts = schedule["ts"].to_numpy(np.int64)
+        self._fund_bar = schedule["bar"].to_numpy(np.int64)
+        self._fund_rate = schedule["rate"].to_numpy(np.float64)
+        self._fk = 0
+
+    def _funding_schedule(self, bars: BarArrays) -> pd.DataFrame:
+        """Funding times inside the run, the bar each falls on and its rate."""
+        empty = pd.DataFrame({"ts": np.empty(0, np.int64), "bar": np.empty(0, np.int64), "rate": np.empty(0)})
+        cfg = self.config
+        if not self.perpetual or cfg.funding == "off" or len(bars) == 0:
+            return empty
+        start, end = int(bars.ts[0]), int(bars.ts[-1])
+        history = None
+        if cfg.funding == "auto" and self.runtime.config.store.name in self.runtime.registry.names("store"):
+            try:
+                frame = self.runtime.store().read_funding(self.instrument.exchange, self.instrument.symbol, start, end + 1)
+            except StoreError as exc:  # the bars may come from a file: a broken store must not stop the run
+                log.warning("funding history unavailable (%s); using broker.funding_rate=%g", exc, cfg.funding_rate)
+                frame = None
+            if frame is not None and len(frame):
+                history = frame
+        self.funding_source = "store" if history is not None else "constant"
+        if history is None:
+            period = int(cfg.funding_interval.total_seconds() * 1000)
+            first = -(-start // period) * period
+            ts = np.arange(first, end + 1, period, dtype=np.int64)
+            rates = np.full(len(ts), cfg.funding_rate)
+        else:
+            ts = history["ts"].to_numpy(np.int64)
+            rates = history["rate"].to_numpy(np.float64)
+        bar = np.searchsorted(bars.ts, ts, side="left")
+        keep = bar < len(bars)
+        return pd.DataFrame({"ts": ts[keep], "bar": bar[keep].astype(np.int64), "rate": rates[keep]})
 
     # --- Broker API ------------------------------------------------------------------------
     def submit(self, order: Order) -> None:
-        if order.post_only and order.price is not None:
-            crosses = order.price >= self._price if order.side is Side.BUY else order.price <= self._price
-            if crosses:
-                self._events.append(
-                    OrderEvent(order.transition(OrderStatus.EXPIRED, reason=f"post-only {order.side.value} at {order.price} would cross {self._price}", updated_ms=self._now))
-                )
-                return
+        reason = self._refusal(order)
+        if reason:
+            self._events.append(OrderEvent(order.transition(OrderStatus.REJECTED, reason=reason, updated_ms=self._now)))
+            return
+        if order.post_only and self._crosses(order):
+            self._expire_post_only(order)
+            return
         accepted = order.transition(OrderStatus.NEW, updated_ms=self._now)
         self._orders[order.client_id] = accepted
         self._events.append(OrderEvent(accepted))
+        if order.type is OrderType.MARKET or self._crosses(order):
+            if self._inside:
+                self._fill(accepted, self._price, maker=False)
+            else:
+                self._pending.add(order.client_id)
+
+    def amend(self, client_id: str, *, price: float | None = None, quantity: float | None = None) -> None:
+        """Cancel-replace: new price and/or quantity, same client id, back of the queue."""
+        order = self._orders.get(client_id)
+        if order is None:
+            raise OrderError(f"order {client_id}: not open, cannot amend")
+        if order.type is not OrderType.LIMIT:
+            raise OrderError(f"order {client_id}: only limit orders can be amended")
+        new_qty = order.quantity if quantity is None else quantity
+        if new_qty <= order.filled_qty + _EPS:
+            raise OrderError(f"order {client_id}: amended quantity {new_qty} is not above the filled {order.filled_qty}")
+        amended = replace(order, price=order.price if price is None else price, quantity=new_qty, updated_ms=self._now)
+        del self._orders[client_id]  # re-inserted at the end: it lost its place
+        self._pending.discard(client_id)
+        if amended.post_only and self._crosses(amended):
+            self._expire_post_only(amended)
+            return
+        self._orders[client_id] = amended
+        self._events.append(OrderEvent(amended))
+        if self._crosses(amended):
+            if self._inside:
+                self._fill(amended, self._price, maker=False)
+            else:
+                self._pending.add(client_id)
 
     def cancel(self, client_id: str) -> None:
         order = self._orders.pop(client_id, None)
+        self._pending.discard(client_id)
         if order is not None:
             self._events.append(OrderEvent(order.transition(OrderStatus.CANCELED, updated_ms=self._now)))
 
@@ -97,14 +229,6 @@ class SimBroker(SimulatedBroker):
             self._alert = None
         else:
             self._alert = (-np.inf if low is None else low, np.inf if high is None else high)
-
-    def _alert_bar(self, start: int, stop: int) -> int:
-        """First bar in [start, stop) that reaches the alert band, or stop."""
-        if self._alert is None or start >= stop:
-            return stop
-        low, high = self._alert
-        hit = np.flatnonzero((self.bars.low[start:stop] <= low) | (self.bars.high[start:stop] >= high))
-        return start + int(hit[0]) if len(hit) else stop
 
     def events(self) -> list:
         events, self._events = self._events, []
@@ -127,10 +251,174 @@ class SimBroker(SimulatedBroker):
     def last_price(self) -> float:
         return self._price
 
+    # --- margin ----------------------------------------------------------------------------
+    def _perpetual_only(self, what: str) -> None:
+        if not self.perpetual:
+            raise ExchangeError(f"{self.instrument.symbol} is a spot market: no {what}")
+
+    def set_leverage(self, leverage: float) -> None:
+        """Binance POST /fapi/v1/leverage: 1 .. the bracket's maximum for the current position."""
+        self._perpetual_only("leverage")
+        notional = abs(self._position.quantity) * self._price
+        cap = mm.max_leverage(notional, self.brackets)
+        if not (1 <= leverage <= cap):
+            raise ExchangeError(f"leverage {leverage:g} is outside 1..{cap:g} for a {notional:,.0f} USDT position")
+        self.leverage = float(leverage)
+        self._liq_cache = False
+
+    def set_margin_mode(self, mode: str) -> None:
+        """Binance POST /fapi/v1/marginType: only while flat and without open orders."""
+        self._perpetual_only("margin modes")
+        if mode not in ("cross", "isolated"):
+            raise ExchangeError(f"margin mode must be cross or isolated, got {mode!r}")
+        if mode != self.mode and (not self._position.is_flat or self._orders):
+            raise ExchangeError("margin mode cannot change while a position or open orders exist (Binance -4047/-4048)")
+        self.mode = mode
+        self._liq_cache = False
+
+    def adjust_margin(self, amount: float) -> None:
+        """Binance POST /fapi/v1/positionMargin: move ``amount`` into (> 0) or out of the isolated position."""
+        self._perpetual_only("isolated margin")
+        if self.mode != "isolated":
+            raise ExchangeError("adjust_margin needs margin_mode isolated")
+        if self._position.is_flat:
+            raise ExchangeError("no isolated position to adjust margin of")
+        if amount > 0 and amount > self._available() + 1e-9:
+            raise ExchangeError(f"cannot add {amount:.2f} margin: {self._available():.2f} available")
+        initial = abs(self._position.quantity) * self._position.entry_price / self.leverage
+        if amount < 0 and self._iso_margin + amount < initial - 1e-9:
+            raise ExchangeError(f"cannot remove {-amount:.2f} margin: the position keeps at least its initial margin {initial:.2f}")
+        self._iso_margin += amount
+        self._changed()
+
+    def margin(self) -> MarginState:
+        pos = self._position
+        notional = abs(pos.quantity) * self._price
+        if self.mode == "isolated":
+            held = self._iso_margin
+        else:
+            held = notional / self.leverage
+        return MarginState(
+            mode=self.mode,
+            leverage=self.leverage,
+            wallet_balance=self._account.wallet_balance,
+            position_margin=held,
+            maintenance_margin=mm.maintenance_margin(notional, self.brackets) if self.perpetual else 0.0,
+            available_balance=max(self._available(), 0.0),
+            liquidation_price=self.liquidation_price(),
+        )
+
+    def liquidation_price(self) -> float | None:
+        """Binance's liquidation price of the current position (None: flat, spot, unreachable)."""
+        if self._liq_cache is False:
+            pos = self._position
+            if not self.perpetual or pos.is_flat:
+                self._liq_cache = None
+            else:
+                wallet = self._iso_margin if self.mode == "isolated" else self._account.wallet_balance
+                self._liq_cache = mm.liquidation_price(pos.quantity, pos.entry_price, wallet, self.brackets)
+        return self._liq_cache
+
+    def margin_ratio(self, mark: float) -> float:
+        """Maintenance margin / margin balance at ``mark`` (Binance liquidates at >= 1)."""
+        pos = self._position
+        if not self.perpetual or pos.is_flat:
+            return 0.0
+        wallet = self._iso_margin if self.mode == "isolated" else self._account.wallet_balance
+        return mm.margin_ratio(pos.quantity, pos.entry_price, mark, wallet, self.brackets)
+
+    def _orders_margin(self, exclude: str | None = None) -> float:
+        """Initial margin reserved by open orders: per side, the part that would grow the position
+        (orders against the position up to its size need none); the larger side counts."""
+        buys = sells = 0.0
+        for o in self._orders.values():
+            if o.client_id == exclude or o.reduce_only:
+                continue
+            value = o.remaining_qty * (o.price if o.price is not None else self._price)
+            if o.side is Side.BUY:
+                buys += value
+            else:
+                sells += value
+        pos_value = abs(self._position.quantity) * self._price
+        if self._position.quantity > 0:
+            sells = max(0.0, sells - pos_value)
+        elif self._position.quantity < 0:
+            buys = max(0.0, buys - pos_value)
+        return max(buys, sells) / self.leverage
+
+    def _available(self, exclude: str | None = None) -> float:
+        """Binance availableBalance: what new orders can use as initial margin."""
+        pos = self._position
+        wallet = self._account.wallet_balance
+        if self.mode == "isolated":
+            free = wallet - self._iso_margin
+        else:
+            free = wallet + pos.unrealized_pnl(self._price) - abs(pos.quantity) * self._price / self.leverage
+        return free - self._orders_margin(exclude)
+
+    def _refusal(self, order: Order) -> str | None:
+        pos = self._position.quantity
+        if order.reduce_only and (abs(pos) < _EPS or (pos > 0) == (order.side is Side.BUY)):
+            return "reduce-only order would not reduce the position (Binance -2022)"
+        if not self.config.check_margin or order.reduce_only:
+            return None
+        against = abs(pos) if (pos > 0) != (order.side is Side.BUY) and abs(pos) > _EPS else 0.0
+        opening = max(order.quantity - against, 0.0)
+        if opening <= _EPS:
+            return None
+        price = order.price if order.price is not None else self._price
+        if not self.perpetual and order.side is Side.SELL:
+            return f"spot: cannot sell {order.quantity:g}, holding {max(pos, 0.0):g}"
+        need = opening * price / self.leverage
+        free = self._available()
+        if need > free + 1e-9:
+            return f"margin is insufficient: needs {need:,.2f}, available {free:,.2f} (Binance -2019)"
+        return None
+
     # --- simulation ----------------------------------------------------------------------------
-    def _fill(self, order: Order, price: float, bar: int, maker: bool) -> None:
-        fee_rate = self.instrument.maker_fee if maker else self.instrument.taker_fee
+    def _crosses(self, order: Order) -> bool:
+        """Would the limit order trade at once against the current price?"""
+        if order.price is None:
+            return True
+        return order.price >= self._price if order.side is Side.BUY else order.price <= self._price
+
+    def _expire_post_only(self, order: Order) -> None:
+        reason = f"post-only {order.side.value} at {order.price} would cross {self._price} (GTX)"
+        self._events.append(OrderEvent(order.transition(OrderStatus.EXPIRED, reason=reason, updated_ms=self._now)))
+
+    def _changed(self) -> None:
+        self._liq_cache = False
+        self._liq_marks.append((self._i, self.liquidation_price() or math.nan))
+
+    def _fill(self, order: Order, price: float, maker: bool, liquidation: bool = False) -> None:
+        bar = self._i
+        pos = self._position
         qty = order.remaining_qty
+        if self.config.max_volume_share is not None and not liquidation:
+            cap = self.config.max_volume_share * float(self.bars.volume[bar]) - self._used.get(order.client_id, 0.0)
+            qty = min(qty, self.instrument.round_qty(max(cap, 0.0)))
+            if qty <= _EPS:
+                return
+        if order.reduce_only:
+            if pos.is_flat or (pos.quantity > 0) == (order.side is Side.BUY):
+                del self._orders[order.client_id]
+                self._pending.discard(order.client_id)
+                gone = order.transition(OrderStatus.EXPIRED, reason="reduce-only: no position left to reduce", updated_ms=self._now)
+                self._events.append(OrderEvent(gone))
+                return
+            qty = min(qty, abs(pos.quantity))
+        notional = qty * price
+        before = pos.quantity
+        closing = min(qty, abs(before)) if abs(before) > _EPS and (before > 0) != (order.side is Side.BUY) else 0.0
+        if liquidation:
+            # Binance: the clearance fee is charged on the liquidated notional but never more than
+            # the margin left at the fill; the account never goes below zero (insurance fund).
+            realized = closing * (price - pos.entry_price) * (1.0 if before > 0 else -1.0)
+            left = (self._iso_margin if self.mode == "isolated" else self._account.wallet_balance) + realized
+            fee = min(notional * self.config.liquidation_fee_rate, max(left, 0.0))
+        else:
+            fee = notional * (self.instrument.maker_fee if maker else self.instrument.taker_fee)
+            left = 0.0
         self._trade_seq += 1
         fill = Fill(
             trade_id=f"sim-{self._trade_seq}",
@@ -139,17 +427,157 @@ class SimBroker(SimulatedBroker):
             side=order.side,
             price=price,
             quantity=qty,
-            fee=qty * price * fee_rate,
+            fee=fee,
             ts_ms=int(self.bars.ts[bar]),
             is_maker=maker,
+            is_liquidation=liquidation,
             tag=order.tag,
         )
+        if self.mode == "isolated":
+            if closing > 0:
+                self._iso_margin -= self._iso_margin * closing / abs(before)
+            self._iso_margin += (qty - closing) * price / self.leverage
         self._account.apply(fill)
-        self._cash_delta.append((bar, -fill.signed_qty * price - fill.fee, fill.signed_qty))
+        cash = -fill.signed_qty * price - fee
+        if liquidation:
+            # A loss beyond the margin (a gap past the bankruptcy price) is the insurance fund's.
+            shortfall = max(-left, 0.0)
+            if shortfall > 0:
+                self._account.wallet_balance += shortfall
+                self.insurance += shortfall
+                cash += shortfall
+            self._iso_margin = 0.0
+        elif pos.is_flat:
+            self._iso_margin = 0.0
+        self._cash_delta.append((bar, cash, fill.signed_qty))
         self._fill_bars.append(bar)
-        done = order.transition(OrderStatus.FILLED, filled_qty=order.quantity, avg_fill_price=price, updated_ms=fill.ts_ms)
-        del self._orders[order.client_id]
-        self._events.append(FillEvent(fill, done))
+        self._used[order.client_id] = self._used.get(order.client_id, 0.0) + qty
+        filled = order.filled_qty + qty
+        avg = (order.avg_fill_price * order.filled_qty + price * qty) / filled
+        done = order.quantity - filled <= self.instrument.lot_size / 2
+        status = OrderStatus.FILLED if done else OrderStatus.PARTIALLY_FILLED
+        after = order.transition(status, filled_qty=order.quantity if done else filled, avg_fill_price=avg, updated_ms=fill.ts_ms)
+        if done:
+            del self._orders[order.client_id]
+            self._pending.discard(order.client_id)
+        else:
+            self._orders[order.client_id] = after
+        self._events.append(FillEvent(fill, after))
+        self._changed()
+
+    def _liquidate(self, price: float) -> None:
+        """Close the whole position at ``price`` (Binance cancels the symbol's open orders first)."""
+        for client_id in list(self._orders):
+            order = self._orders.pop(client_id)
+            self._events.append(OrderEvent(order.transition(OrderStatus.CANCELED, reason="liquidation", updated_ms=self._now)))
+        self._pending.clear()
+        pos = self._position
+        side = Side.SELL if pos.quantity > 0 else Side.BUY
+        self._trade_seq += 1
+        order = Order(
+            client_id=f"liquidation-{self._trade_seq}", symbol=self.instrument.symbol, side=side, type=OrderType.MARKET,
+            quantity=abs(pos.quantity), status=OrderStatus.NEW, created_ms=self._now, updated_ms=self._now, tag="liquidation",
+        )
+        self._orders[order.client_id] = order
+        self.liquidations += 1
+        self._fill(order, price, maker=False, liquidation=True)
+
+    def _fund(self, bar: int) -> None:
+        """Book the funding payments due at ``bar``'s open (Binance: nominal value x funding rate)."""
+        while self._fk < len(self._fund_bar) and self._fund_bar[self._fk] <= bar:
+            ts, rate = int(self._fund_ts[self._fk]), float(self._fund_rate[self._fk])
+            self._fk += 1
+            qty = self._position.quantity
+            if abs(qty) < _EPS:
+                continue
+            mark = float(self.bars.open[bar])
+            amount = qty * mark * rate  # > 0: paid by the account
+            self._account.apply_funding(self.instrument.symbol, amount)
+            if self.mode == "isolated":  # Binance books an isolated position's funding on its margin
+                self._iso_margin -= amount
+            self._cash_delta.append((bar, -amount, 0.0))
+            self._funding_rows.append((ts, bar, rate, mark, qty, amount))
+            self._changed()
+
+    def _next_event(self) -> tuple[float, str, Order | None] | None:
+        """The first thing that happens on the rest of the current segment: (price, kind, order).
+
+        A resting order the price is already beyond (the rest of a volume-capped order) trades at
+        the current price; otherwise buys trade from the highest down on a falling segment and
+        sells from the lowest up on a rising one, by the fill model."""
+        a, b = self._price, self._path[self._seg + 1]
+        strict = self.fill_model.strict
+        cap = self.config.max_volume_share is not None
+        best: tuple[float, str, Order | None] | None = None
+        for o in self._orders.values():
+            p = o.price
+            if p is None or o.client_id in self._pending:
+                continue
+            if o.side is Side.BUY:
+                if p > a + _EPS:
+                    at = a
+                elif b < a and (b < p if strict else b <= p):
+                    at = p
+                else:
+                    continue
+            else:
+                if p < a - _EPS:
+                    at = a
+                elif b > a and (b > p if strict else b >= p):
+                    at = p
+                else:
+                    continue
+            if (best is None or abs(at - a) < abs(best[0] - a)) and not (cap and self._exhausted(o)):
+                best = (at, "fill", o)
+        liq = self.liquidation_price()
+        if liq is not None:
+            long = self._position.quantity > 0
+            if long and b < a and b <= liq <= a + _EPS and (best is None or abs(liq - a) < abs(best[0] - a)):
+                best = (liq, "liquidation", None)
+            elif not long and b > a and a - _EPS <= liq <= b and (best is None or abs(liq - a) < abs(best[0] - a)):
+                best = (liq, "liquidation", None)
+        return best
+
+    def _exhausted(self, order: Order) -> bool:
+        cap = self.config.max_volume_share * float(self.bars.volume[self._i])
+        return self.instrument.round_qty(max(cap - self._used.get(order.client_id, 0.0), 0.0)) <= _EPS
+
+    def _at_open(self) -> None:
+        """The path reached the open: funding, then takers that waited for it."""
+        i = self._i
+        if self._fk < len(self._fund_bar):
+            self._fund(i)
+        for client_id in [c for c in self._orders if c in self._pending]:
+            order = self._orders.get(client_id)
+            if order is None:
+                continue
+            self._pending.discard(client_id)
+            if order.type is OrderType.MARKET or self._crosses(order):
+                self._fill(order, self._price, maker=False)
+
+    def _walk(self) -> None:
+        """Walk the current bar's path until an event (left in the queue) or the close."""
+        bar_low, bar_high = float(self.bars.low[self._i]), float(self.bars.high[self._i])
+        while self._seg < 4:
+            event = self._next_event()
+            if event is not None:
+                price, kind, order = event
+                if self._seg == 0:  # the gap between bars: trade inside the new bar's range
+                    price = min(max(price, bar_low), bar_high)
+                self._price = price
+                if kind == "liquidation":
+                    self._liquidate(price)
+                else:
+                    self._fill(order, price, maker=True)
+                if self._events:
+                    return
+                continue
+            self._seg += 1
+            self._price = self._path[self._seg] if self._seg < 4 else self._price
+            if self._seg == 1:
+                self._at_open()
+                if self._events:
+                    return
 
     def _next_wake(self, start: int, wake: np.ndarray | None) -> int:
         if wake is None:
@@ -159,36 +587,53 @@ class SimBroker(SimulatedBroker):
         k = int(np.searchsorted(self._wake_index, start))
         return int(self._wake_index[k]) if k < len(self._wake_index) else len(self.bars)
 
+    def _skip(self, start: int, wake: np.ndarray | None) -> int:
+        """First bar at or after ``start`` on which something can happen (compiled scan)."""
+        if self._pending:
+            return start
+        stop = self._next_wake(start, wake)
+        if not self._position.is_flat and self._fk < len(self._fund_bar):
+            stop = min(stop, int(self._fund_bar[self._fk]))
+        if stop <= start:
+            return start
+        buy_max, sell_min = -np.inf, np.inf
+        for o in self._orders.values():
+            if o.price is None:
+                return start
+            if o.side is Side.BUY:
+                buy_max = max(buy_max, o.price)
+            else:
+                sell_min = min(sell_min, o.price)
+        liq = self.liquidation_price()
+        qty = self._position.quantity
+        liq_long = liq if liq is not None and qty > 0 else -np.inf
+        liq_short = liq if liq is not None and qty < 0 else np.inf
+        alert_low, alert_high = self._alert if self._alert is not None else (-np.inf, np.inf)
+        bars = self.bars
+        return int(first_event_bar(bars.low, bars.high, start, stop, buy_max, sell_min, self.fill_model.strict, liq_long, liq_short, alert_low, alert_high))
+
     def advance(self, wake: np.ndarray | None) -> Step:
         bars, n = self.bars, len(self.bars)
         while self._i < n:
-            i = self._i
-            if self._stage == 0:
-                if not self._orders:  # nothing can happen until the next wake or alert bar
-                    j = self._alert_bar(i, self._next_wake(i, wake))
-                    if j >= n:
-                        self._i = n
-                        break
-                    i = self._i = j
+            if not self._inside:
+                j = self._skip(self._i, wake)
+                if j >= n:
+                    self._i = n
+                    break
+                self._i = i = j
+                prev = float(bars.close[i - 1]) if i > 0 else float(bars.open[i])
+                self._path = bar_path(prev, float(bars.open[i]), float(bars.high[i]), float(bars.low[i]), float(bars.close[i]), self.config.path)
                 self._now = int(bars.ts[i])
-                self._price = float(bars.open[i])
-                self._stage = 1
-                for order in [o for o in self._orders.values() if o.type is OrderType.MARKET]:
-                    self._fill(order, self._price, i, maker=False)
-                if self._events:
-                    return Step(i, False)
-            if self._stage == 1:
-                low, high = float(bars.low[i]), float(bars.high[i])
-                for order in [o for o in self._orders.values() if o.type is OrderType.LIMIT]:
-                    if order.side is Side.BUY and self.fill_model.buy_fills(order.price, low):
-                        self._fill(order, order.price, i, maker=True)
-                    elif order.side is Side.SELL and self.fill_model.sell_fills(order.price, high):
-                        self._fill(order, order.price, i, maker=True)
-                self._price = float(bars.close[i])
-                self._stage = 2
-                if self._events:
-                    return Step(i, False)
-            self._stage = 0
+                self._price = prev
+                self._seg = 0
+                self._inside = True
+                self._used.clear()
+            i = self._i
+            self._walk()
+            if self._events:
+                return Step(i, False)
+            self._inside = False
+            self._price = float(bars.close[i])
             self._i = i + 1
             alert = self._alert is not None and (bars.low[i] <= self._alert[0] or bars.high[i] >= self._alert[1])
             if alert:
@@ -197,6 +642,7 @@ class SimBroker(SimulatedBroker):
                 return Step(i, True, alert)
         return Step(n, True)
 
+    # --- results ----------------------------------------------------------------------------
     def equity_curve(self) -> np.ndarray:
         n = len(self.bars)
         cash = np.zeros(n)
@@ -205,11 +651,32 @@ class SimBroker(SimulatedBroker):
             rows = np.asarray(self._cash_delta)
             np.add.at(cash, rows[:, 0].astype(np.int64), rows[:, 1])
             np.add.at(qty, rows[:, 0].astype(np.int64), rows[:, 2])
-        # equity = wallet + qty * (close - entry) = (initial + sum of -qty*price - fee) + qty * close
+        # equity = wallet + qty * (close - entry) = (initial + sum of -qty*price - fee - funding) + qty * close
         return self.config.initial_cash + np.cumsum(cash) + np.cumsum(qty) * self.bars.close
 
     def fill_bar_indices(self) -> np.ndarray:
         return np.asarray(self._fill_bars, dtype=np.int64)
+
+    def bar_series(self) -> dict[str, np.ndarray]:
+        """Per-bar liquidation price (NaN when flat or unreachable) at each bar's close."""
+        n = len(self.bars)
+        liq = np.full(n, np.nan)
+        if self._liq_marks:
+            marks = np.asarray(self._liq_marks)
+            bars = marks[:, 0].astype(np.int64)
+            last = np.r_[bars[1:] != bars[:-1], True]  # the last mark of each bar holds at its close
+            idx = np.zeros(n, dtype=np.int64) - 1
+            idx[bars[last]] = np.flatnonzero(last)
+            idx = np.maximum.accumulate(idx)
+            have = idx >= 0
+            liq[have] = marks[idx[have], 1]
+        return {"liquidation_price": liq}
+
+    def funding_payments(self) -> pd.DataFrame:
+        """One row per funding payment: ts, bar, rate, mark, position, amount (> 0 = paid)."""
+        frame = pd.DataFrame(self._funding_rows, columns=["ts", "bar", "rate", "mark", "position", "amount"])
+        frame["ts"] = pd.to_datetime(frame["ts"].astype("int64"), unit="ms", utc=True)
+        return frame
 
 
 @hookimpl

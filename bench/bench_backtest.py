@@ -1,0 +1,269 @@
+"""Backtester speed: the native sim vs Backtrader vs a hand-written numba loop, in one run.
+
+    /work/venvs/backtest/bin/python bench/bench_backtest.py [--data PATH] [--bt-bars N] [--boot-bars N]
+
+Workloads, on the same bars for every engine:
+
+* ``sma_cross`` (10/30, market orders at the next open, taker fee): native sim vs Backtrader; the
+  two must give identical fills (checked here on the Backtrader slice).
+* a limit-order grid: buy levels every 0.5 % below the first price (40 levels), each filled buy
+  gets a take-profit sell +0.5 % above it, a filled take-profit re-arms its buy; maker fee, fill
+  model ``touch`` (Backtrader's limit semantics). Native sim vs Backtrader vs a plain numba loop
+  of the same grid over the same intrabar path.
+
+Data: every contiguous stretch of the real Binance spot 1m file (a run never spans a gap), and
+for scale a block-bootstrapped series of real 1m bars (whole bars' open/high/low/close relative
+to the previous close, in blocks of one day, chained) -- labelled as such. Backtrader runs at
+~10k bars/s, so it is measured on a slice (``--bt-bars``) and compared in bars per second.
+Peak memory of a native run on the bootstrapped series is measured in a child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import backtrader as bt
+import numpy as np
+from numba import njit
+
+from btc_quant.core.data import BarArrays, read_bars_file
+from btc_quant.core.instruments import instrument_for
+from btc_quant.core.plugins import load_plugins
+from btc_quant.plugins.brokers.backtrader_broker import run_backtrader
+from btc_quant.plugins.strategies.sma_cross import SmaCross
+from btc_quant.sdk import Strategy
+from btc_quant.sdk.testing import run_strategy
+
+DATA = Path("/work/shared/data/binance_btcusdt_1m.parquet")
+STEP = 0.005
+LEVELS = 40
+QTY = 0.01
+PERP = instrument_for("binanceusdm", "BTC/USDT:USDT")
+
+
+# --- the grid, three ways ---------------------------------------------------------------------
+def grid_levels(first_price: float, step: float, count: int) -> np.ndarray:
+    """Buy levels step, 2 step, ... below the first price, rounded to the perpetual's 0.1 tick."""
+    return np.floor(first_price * (1 - step) ** np.arange(1, count + 1) * 10) / 10
+
+class Grid(Strategy):
+    """Static long grid: buy levels every STEP below the first price, take-profit one STEP up."""
+
+    needs_every_bar = False
+    name = "bench_grid"
+
+    def wake_bars(self, bars):
+        return np.zeros(len(bars), dtype=bool)
+
+    def on_start(self, ctx):
+        self.levels = grid_levels(ctx.price, STEP, LEVELS)
+        for k, price in enumerate(self.levels):
+            ctx.buy(QTY, price, post_only=True, tag=f"b{k}")
+
+    def on_fill(self, ctx, fill):
+        k = int(fill.tag[1:])
+        if fill.tag[0] == "b":
+            ctx.sell(QTY, self.levels[k] * (1 + STEP), post_only=True, tag=f"s{k}")
+        else:
+            ctx.buy(QTY, self.levels[k], post_only=True, tag=f"b{k}")
+
+
+class BtGrid(bt.Strategy):
+    def start(self):
+        self.levels = None
+        self.tags = {}
+        self.fills = 0
+
+    def next(self):
+        if self.levels is None:
+            self.levels = grid_levels(self.data.open[0], STEP, LEVELS)
+            for k, price in enumerate(self.levels):
+                self.tags[self.buy(size=QTY, price=price, exectype=bt.Order.Limit).ref] = ("b", k)
+
+    def notify_order(self, order):
+        if order.status != order.Completed:
+            return
+        self.fills += 1
+        kind, k = self.tags.pop(order.ref)
+        if kind == "b":
+            self.tags[self.sell(size=QTY, price=self.levels[k] * (1 + STEP), exectype=bt.Order.Limit).ref] = ("s", k)
+        else:
+            self.tags[self.buy(size=QTY, price=self.levels[k], exectype=bt.Order.Limit).ref] = ("b", k)
+
+
+@njit(cache=True)
+def numba_grid(o, h, l, c, levels, step, qty, fee_rate):  # pragma: no cover - compiled
+    """The same grid over the same path (prev close -> open -> nearer extreme -> other -> close),
+    touch semantics; returns (fills, final equity)."""
+    n = len(o)
+    holding = np.zeros(len(levels), dtype=np.bool_)
+    cash = 10_000.0
+    pos = 0.0
+    fills = 0
+    prev = o[0]
+    path = np.empty(5)
+    for i in range(n):
+        low_first = c[i] >= o[i]
+        if o[i] - l[i] != h[i] - o[i]:
+            low_first = (o[i] - l[i]) < (h[i] - o[i])
+        path[0] = prev
+        path[1] = o[i]
+        path[2] = l[i] if low_first else h[i]
+        path[3] = h[i] if low_first else l[i]
+        path[4] = c[i]
+        for s in range(4):
+            a = path[s]
+            b = path[s + 1]
+            if b < a:  # falling: buys from the highest level down
+                for k in range(len(levels)):
+                    p = levels[k]
+                    if not holding[k] and b <= p and p <= a:
+                        px = min(max(p, l[i]), h[i])
+                        holding[k] = True
+                        pos += qty
+                        cash -= qty * px * (1 + fee_rate)
+                        fills += 1
+            elif b > a:  # rising: take-profits from the lowest up
+                for k in range(len(levels) - 1, -1, -1):
+                    p = levels[k] * (1 + step)
+                    if holding[k] and a <= p and p <= b:
+                        px = min(max(p, l[i]), h[i])
+                        holding[k] = False
+                        pos -= qty
+                        cash += qty * px * (1 - fee_rate)
+                        fills += 1
+        prev = c[i]
+    return fills, cash + pos * c[n - 1]
+
+
+# --- data ------------------------------------------------------------------------------------------
+def stretches(bars: BarArrays, min_len: int = 1000) -> list[BarArrays]:
+    pieces = bars.stretches(60_000)
+    return [bars[a:b] for a, b in pieces if b - a >= min_len]
+
+
+def bootstrap(pieces: list[BarArrays], n: int, seed: int = 1, block: int = 1440) -> BarArrays:
+    """Block bootstrap of real 1m bars: each bar's OHLC relative to the previous close, blocks of a day."""
+    rel = []
+    for p in pieces:
+        prev = np.r_[p.open[0], p.close[:-1]]
+        rel.append(np.stack([p.open / prev, p.high / prev, p.low / prev, p.close / prev], axis=1)[1:])
+    rel = np.concatenate(rel)
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(rel) - block, size=n // block + 1)
+    sample = np.concatenate([rel[s : s + block] for s in starts])[:n]
+    close = 30_000.0 * np.cumprod(sample[:, 3])
+    prev = np.r_[30_000.0, close[:-1]]
+    ts = 1_600_000_000_000 + 60_000 * np.arange(n, dtype=np.int64)
+    return BarArrays(ts, prev * sample[:, 0], prev * sample[:, 1], prev * sample[:, 2], close, np.ones(n))
+
+
+# --- runners ---------------------------------------------------------------------------------------
+PLUGINS = None
+
+
+def native(strategy, bars: BarArrays, *settings: str):
+    global PLUGINS
+    PLUGINS = PLUGINS or load_plugins()
+    started = time.perf_counter()
+    result = run_strategy(strategy, bars, "broker.funding=off", "instrument.min_notional=0", *settings, plugins=PLUGINS)
+    return time.perf_counter() - started, result
+
+
+def backtrader_grid(bars: BarArrays):
+    import pandas as pd
+
+    frame = bars.to_frame()
+    frame.index = pd.to_datetime(frame["ts"], unit="ms")
+    cerebro = bt.Cerebro(stdstats=False)
+    cerebro.adddata(bt.feeds.PandasData(dataname=frame[["open", "high", "low", "close", "volume"]], openinterest=None))
+    cerebro.addstrategy(BtGrid)
+    cerebro.broker.setcash(10_000.0)
+    cerebro.broker.set_checksubmit(False)
+    cerebro.broker.addcommissioninfo(bt.CommInfoBase(commission=PERP.maker_fee, commtype=bt.CommInfoBase.COMM_PERC, percabs=True, stocklike=True))
+    started = time.perf_counter()
+    strat = cerebro.run()[0]
+    return time.perf_counter() - started, strat.fills, cerebro.broker.getvalue()
+
+
+def numba_run(bars: BarArrays):
+    levels = grid_levels(float(bars.open[0]), STEP, LEVELS)
+    numba_grid(bars.open[:10], bars.high[:10], bars.low[:10], bars.close[:10], levels, STEP, QTY, PERP.maker_fee)  # compile
+    started = time.perf_counter()
+    fills, equity = numba_grid(bars.open, bars.high, bars.low, bars.close, levels, STEP, QTY, PERP.maker_fee)
+    return time.perf_counter() - started, int(fills), float(equity)
+
+
+def memory_child(n: int, data: Path) -> dict:
+    """Peak RSS of a native sma_cross and grid run on ``n`` bootstrapped bars, in a fresh process."""
+    code = f"""
+import resource, sys, json
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from bench_backtest import bootstrap, stretches, native, Grid
+from btc_quant.core.data import read_bars_file
+from btc_quant.plugins.strategies.sma_cross import SmaCross
+bars = bootstrap(stretches(read_bars_file({str(data)!r})), {n})
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t1, r1 = native("sma_cross", bars, "instrument.taker_fee=0")  # with fees sma_cross runs out of money long before 3M bars
+t2, r2 = native(Grid, bars, "broker.fill_model=touch")
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps(dict(bars=len(bars), rss_after_load_mb=base / 1024, peak_rss_mb=peak / 1024, sma_s=t1, grid_s=t2, sma_fills=len(r1.fills), grid_fills=len(r2.fills))))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--bt-bars", type=int, default=100_000, help="bars of the Backtrader slice")
+    parser.add_argument("--boot-bars", type=int, default=3_000_000, help="bars of the bootstrapped series")
+    args = parser.parse_args()
+
+    pieces = stretches(read_bars_file(args.data))
+    total = sum(len(p) for p in pieces)
+    print(f"real data: {args.data.name}, {len(pieces)} stretches, {total:,} bars")
+
+    # sma_cross: native over every stretch; Backtrader on the slice; identical fills on the slice
+    native("sma_cross", pieces[0][:2000])  # warm-up (numba cache, imports)
+    t_sma = sum(native("sma_cross", p)[0] for p in pieces)
+    slice_ = pieces[-3][: args.bt_bars] if len(pieces[-3]) >= args.bt_bars else max(pieces, key=len)[: args.bt_bars]
+    t_sma_slice, r_sma = native("sma_cross", slice_)
+    started = time.perf_counter()
+    r_bt = run_backtrader(SmaCross(), slice_, PERP)
+    t_bt_sma = time.perf_counter() - started
+    same = len(r_sma.fills) == len(r_bt.fills) and np.allclose(r_sma.fills.price, r_bt.fills.price) and (r_sma.fills.bar.to_numpy() == r_bt.fills.bar.to_numpy()).all()
+    print(f"sma_cross native: {total:,} bars in {t_sma:.2f} s = {total / t_sma:,.0f} bars/s")
+    print(f"sma_cross slice {len(slice_):,} bars: native {t_sma_slice:.3f} s, backtrader {t_bt_sma:.2f} s -> {t_bt_sma / t_sma_slice:.0f}x; identical fills: {same} ({len(r_sma.fills)} fills)")
+
+    # grid: native, numba loop over every stretch; Backtrader on the slice
+    native(Grid, pieces[0][:2000], "broker.fill_model=touch")
+    t_grid = fills_grid = 0
+    t_nb = fills_nb = 0
+    for p in pieces:
+        t, r = native(Grid, p, "broker.fill_model=touch")
+        t_grid += t
+        fills_grid += len(r.fills)
+        t2, f2, _ = numba_run(p)
+        t_nb += t2
+        fills_nb += f2
+    t_grid_slice, r_grid = native(Grid, slice_, "broker.fill_model=touch")
+    t_bt_grid, bt_fills, _ = backtrader_grid(slice_)
+    t_nb_slice, nb_fills, _ = numba_run(slice_)
+    print(f"grid native: {total:,} bars in {t_grid:.2f} s = {total / t_grid:,.0f} bars/s, {fills_grid:,} fills; numba loop {t_nb:.3f} s, {fills_nb:,} fills -> native/numba {t_grid / t_nb:.1f}x")
+    print(f"grid slice {len(slice_):,} bars: native {t_grid_slice:.3f} s ({len(r_grid.fills)} fills), backtrader {t_bt_grid:.2f} s ({bt_fills} fills) -> {t_bt_grid / t_grid_slice:.0f}x, numba {t_nb_slice:.4f} s ({nb_fills} fills)")
+
+    mem = memory_child(args.boot_bars, args.data)
+    print(f"bootstrapped {mem['bars']:,} bars (block bootstrap of the real 1m bars, not market data): "
+          f"sma_cross {mem['sma_s']:.2f} s ({mem['sma_fills']} fills), grid {mem['grid_s']:.2f} s ({mem['grid_fills']} fills); "
+          f"peak RSS {mem['peak_rss_mb']:.0f} MB (after loading bars {mem['rss_after_load_mb']:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()
