@@ -18,6 +18,7 @@ import pytest
 from distributed import LocalCluster
 
 from btc_quant.core.config import load_run_config
+from btc_quant.core.data import SAMPLE
 from btc_quant.core.errors import ConfigError
 from btc_quant.core.config import gather
 from btc_quant.core.optimize import Constraint, SearchSpace, metric_names, optimize, plan_study
@@ -25,6 +26,9 @@ from btc_quant.core.optimize.space import parse_distribution
 
 # Real bars: the bundled BTCUSDT perpetual 1m sample (January 2022); a few days keep trials short.
 DAYS = ["strategy=sma_cross", "data.start=2022-01-10", "data.end=2022-01-13"]
+# In-process studies read the sample file directly: chDB allows one data directory per process,
+# and other tests in this process may hold another one open.
+FILE = [f"data.file={SAMPLE.path}", "broker.funding=constant"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,7 +133,7 @@ def test_grid_study_on_two_workers_writes_trials_report_and_a_runnable_best_conf
     out = tmp_path / "study"
     result = optimize(
         {
-            **_raw(DAYS),
+            **_raw([*DAYS, *FILE]),
             "search": {"fast": "3,6", "slow": "20,40,60"},
             "sampler": "grid",
             "trials": 50,
@@ -164,7 +168,7 @@ def test_walk_forward_reports_out_of_sample_windows(cluster, tmp_path, plugins):
     out = tmp_path / "wf"
     result = optimize(
         {
-            **_raw(["strategy=sma_cross", "data.start=2022-01-10", "data.end=2022-01-20"]),
+            **_raw(["strategy=sma_cross", "data.start=2022-01-10", "data.end=2022-01-20", *FILE]),
             "search": {"fast": "3:8", "slow": "20:60:20"},
             "sampler": "random",
             "seed": 7,

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from itertools import product
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import optuna
+import pandas as pd
 from distributed.diagnostics.plugin import WorkerPlugin
 from optuna.trial import TrialState
 
@@ -34,6 +36,7 @@ from ..data import BarArrays
 from ..errors import ConfigError, QuantError
 from ..plugins import PluginManager, Registry, load_plugins
 from ..run import build_engine, build_runtime
+from ..store import Store
 from .space import Constraint, OptimizeConfig, SearchSpace, direction_for
 
 log = logging.getLogger(__name__)
@@ -45,19 +48,42 @@ INTERRUPTED = "interrupted"
 
 _worker_plugins: PluginManager | None = None
 #: Bars installed on this worker process by :class:`BarsOnWorkers`, by token.
-_worker_bars: dict[str, BarArrays] = {}
+_worker_bars: dict[str, "PreloadedStore"] = {}
+
+
+class PreloadedStore(Store):
+    """The driver's bars and funding history, served to a worker's runs instead of the real store
+    (workers never open the store: chDB allows one process per data directory)."""
+
+    def __init__(self, bars: BarArrays, funding: pd.DataFrame | None):
+        self.bars = bars
+        self.funding = funding
+
+    def read_bars(self, exchange, symbol, timeframe, start_ms=None, end_ms=None) -> BarArrays:
+        return self.bars.between(start_ms, end_ms)
+
+    def read_funding(self, exchange, symbol, start_ms=None, end_ms=None) -> pd.DataFrame:
+        frame = self.funding if self.funding is not None else pd.DataFrame({"ts": np.empty(0, np.int64), "rate": np.empty(0)})
+        ts = frame["ts"].to_numpy(np.int64)
+        keep = np.ones(len(ts), bool)
+        if start_ms is not None:
+            keep &= ts >= start_ms
+        if end_ms is not None:
+            keep &= ts < end_ms
+        return frame[keep]
 
 
 class BarsOnWorkers(WorkerPlugin):
-    """Dask worker plugin that puts one copy of the bars in each worker's memory."""
+    """Dask worker plugin that puts one copy of the bars (and funding history) in each worker's memory."""
 
-    def __init__(self, token: str, bars: BarArrays):
+    def __init__(self, token: str, bars: BarArrays, funding: pd.DataFrame | None = None):
         self.token = token
         self.name = f"btc-quant-bars-{token}"
         self.bars = bars
+        self.funding = funding
 
     def setup(self, worker=None) -> None:
-        _worker_bars[self.token] = self.bars
+        _worker_bars[self.token] = PreloadedStore(self.bars, self.funding)
 
     def teardown(self, worker=None) -> None:
         _worker_bars.pop(self.token, None)
@@ -69,13 +95,15 @@ def evaluate(config: dict[str, Any], bars_token: str, start_ms: int | None, end_
     started = time.perf_counter()
     if _worker_plugins is None:
         _worker_plugins = load_plugins()
-    bars = _worker_bars.get(bars_token)
-    if bars is None:
+    store = _worker_bars.get(bars_token)
+    if store is None:
         raise RuntimeError(f"bars {bars_token} are not installed on this worker")
+    bars = store.bars
     out: dict[str, Any] = {"worker": f"{socket.gethostname()}:{os.getpid()}", "bars_id": id(bars)}
     try:
         cfg = resolve(config, _worker_plugins.registry)
         runtime = build_runtime(cfg, _worker_plugins)
+        runtime._store = store
         window = bars.between(start_ms, end_ms)
         if len(window) == 0:
             raise QuantError("no bars in the window")
