@@ -495,6 +495,21 @@ def load_run_config(
     return resolve(gather(pairs, config_path=config_path, env=env, cwd=cwd), registry)
 
 
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def config_toml(config: RunConfig) -> str:
+    """The config as TOML that ``--config`` reads back (unset values left out)."""
+    import tomli_w
+
+    return tomli_w.dumps(_drop_none(config.to_dict()))
+
+
 def describe_model(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
     """``(dotted key, default, description)`` for every field, for ``--help`` style listings."""
     rows = []

@@ -51,9 +51,10 @@ from ..core.risk import KillSwitch, RiskCheck, RiskCheckConfig, RiskState
 from ..core.runtime import Runtime
 from ..core.store import Store, StoreConfig
 from ..core.strategy import Strategy, StrategyConfig
+from .ordersync import BrokerVenue, OrderSync, SyncReport, VirtualOrder
 
 __all__ = [
-    "Account", "Bar", "BarArrays", "Broker", "BrokerConfig", "BrokerEvent", "ConfigError", "Context",
+    "Account", "Bar", "BarArrays", "Broker", "BrokerVenue", "OrderSync", "SyncReport", "VirtualOrder", "BrokerConfig", "BrokerEvent", "ConfigError", "Context",
     "DataError", "Duration", "ExchangeError", "Field", "Fill", "FillEvent", "FillModel", "Instrument", "KillSwitch",
     "MarginBracket", "MarginState", "MarketKind", "Order", "OrderError", "OrderEvent", "OrderStatus", "OrderType",
     "PluginError", "Position", "QuantError", "QuantModel", "RiskCheck", "RiskCheckConfig", "RiskError",

@@ -42,7 +42,11 @@ def run_strategy(
     *pairs: str,
     plugins: PluginManager | None = None,
 ) -> RunResult:
-    """Backtest a strategy (registered name or class) on given bars with ``key=value`` settings."""
+    """Backtest a strategy (registered name or class) on given bars with ``key=value`` settings.
+
+    The strategy object the run used is ``result.extra["strategy"]``, so a test can look at its
+    state after the run (a grid's open lots, an indicator's last value).
+    """
     plugins = plugins or load_plugins()
     extra: dict[str, Strategy] = {}
     if isinstance(strategy, type):
@@ -59,7 +63,9 @@ def run_strategy(
             np.array([b.ts_ms for b in bars], dtype=np.int64),
             *(np.array([getattr(b, f) for b in bars], dtype=np.float64) for f in ("open", "high", "low", "close", "volume")),
         )
-    return engine.run_backtest(bars)
+    result = engine.run_backtest(bars)
+    result.extra["strategy"] = engine.strategy
+    return result
 
 
 __all__ = ["assert_causal", "bars_from", "run_strategy"]

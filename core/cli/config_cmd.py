@@ -6,19 +6,10 @@ import json
 from pathlib import Path
 from typing import Optional
 
-import tomli_w
 import typer
 
-from ..config import load_run_config
+from ..config import config_toml, load_run_config
 from ..plugins import PluginManager
-
-
-def _drop_none(value):
-    if isinstance(value, dict):
-        return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_drop_none(v) for v in value]
-    return value
 
 
 def register(app: typer.Typer, plugins: PluginManager) -> None:
@@ -37,4 +28,4 @@ def register(app: typer.Typer, plugins: PluginManager) -> None:
         if as_json:
             typer.echo(json.dumps(data, indent=2))
         else:
-            typer.echo(tomli_w.dumps(_drop_none(data)), nl=False)
+            typer.echo(config_toml(cfg), nl=False)

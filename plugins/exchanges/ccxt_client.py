@@ -64,12 +64,39 @@ def _rewrite_tree(node: Any, origin: str) -> Any:
     return node
 
 
+#: Binance API families by path prefix, for ccxt's per-market-type error tables.
+_BINANCE_FAMILIES = (("/fapi", "linear"), ("/dapi", "inverse"), ("/eapi", "option"), ("/papi", "portfolioMargin"), ("/api", "spot"), ("/sapi", "spot"))
+
+
+def _keep_error_tables(exchange: Any, origin: str) -> None:
+    """ccxt's Binance picks the error table of a market type (-2019 -> InsufficientFunds, -4116
+    -> InvalidOrder, -5022 -> OrderNotFillable on USD-M) by matching the URL against Binance's own
+    hosts; at another origin it would fall back to the generic table (ExchangeError). Choose the
+    table by the path instead, so errors from a local exchange are the classes the real one gives."""
+    original = getattr(exchange, "get_exceptions_by_url", None)
+    if original is None:
+        return
+    prefix = f"{urlsplit(origin).scheme}://{urlsplit(origin).netloc}"
+
+    def by_url(url, exact_or_broad):
+        if url and url.startswith(prefix):
+            path = url[len(prefix):]
+            for start, kind in _BINANCE_FAMILIES:
+                if path.startswith(start + "/"):
+                    return exchange.safe_dict(exchange.safe_dict(exchange.exceptions, kind, {}), exact_or_broad, {})
+            return {}
+        return original(url, exact_or_broad)
+
+    exchange.get_exceptions_by_url = by_url
+
+
 def point_at(exchange: Any, origin: str) -> Any:
     """Send every request of ccxt ``exchange`` (REST and websocket) to ``origin`` (see module doc)."""
     parts = urlsplit(origin)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"exchange.url: expected http(s)://host:port, got {origin!r}")
     exchange.urls["api"] = _rewrite_tree(exchange.urls["api"], origin)
+    _keep_error_tables(exchange, origin)
     return exchange
 
 

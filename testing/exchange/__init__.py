@@ -6,11 +6,21 @@ It answers the endpoints the real ccxt client calls for ``load_markets``, ``fetc
 injection (429 with Retry-After, 5xx, timeouts, slow answers, short and empty pages, dropped
 websockets).
 
-Layout, meant to grow into the live-trading test exchange:
+It is also a Binance USD-M *trading* exchange for the real ccxt ``binanceusdm`` client (REST and
+ccxt.pro): signed order placement/cancel/query, open orders, trades, positions, balances,
+leverage, margin type, isolated margin, listen key and the user-data websocket
+(``ORDER_TRADE_UPDATE``/``ACCOUNT_UPDATE``), matching orders against the replayed real price path.
+Test credentials: API key ``local-test-key``, secret ``local-test-secret`` (10,000 USDT).
+
+Layout:
 
 * :mod:`.market` - the state (:class:`ExchangeState`: markets, clock, request log), no web code;
+* :mod:`.trading` - the trading book (accounts, orders, matching, positions, margin, funding,
+  liquidation; what is modelled and what is not is listed there), no web code;
 * :mod:`.faults` - the seeded :class:`FaultPlan`;
-* :mod:`.spot`, :mod:`.usdm`, :mod:`.streams`, :mod:`.control` - one route table per API family;
+* :mod:`.spot`, :mod:`.usdm`, :mod:`.usdm_trading`, :mod:`.streams`, :mod:`.userdata`,
+  :mod:`.control` - one route table per API family (:mod:`.control` documents the test-only
+  control API: truth, advance, cancel "by the user", partial fills, accounts);
 * :mod:`.server` - the aiohttp app (fault middleware) and :class:`ExchangeServer` (background
   thread); ``python -m btc_quant.testing.exchange`` runs it as a process.
 

@@ -6,6 +6,10 @@ Prints one JSON line once listening, e.g. ``{"url": "http://127.0.0.1:40123", "p
     python -m btc_quant.testing.exchange --port 0
     python -m btc_quant.testing.exchange --usdm perp.parquet --clock-start 2022-01-10 --speed 120 \\
         --seed 7 --fault rate_limit=0.05 --fault server_error=0.05
+    python -m btc_quant.testing.exchange --clock-start 2022-01-10 --speed 60 --trading-faults \\
+        --seed 7 --fault accepted_timeout=0.02 --fault partial_fill=0.2 --fault ws_delay=0.1
+
+Trading account: API key ``local-test-key``, secret ``local-test-secret`` (``--usdt`` USDT).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import signal
 import sys
 from datetime import datetime, timezone
 
-from .faults import KINDS, FaultPlan
+from .faults import KINDS, TRADING_PATHS, FaultPlan
 from .market import DEFAULT_FUNDING_FILE, DEFAULT_SPOT_FILE, binance_state
 from .server import serve_forever
 
@@ -52,15 +56,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--script", action="append", default=[], help="PATH:KIND[,KIND...] scripted faults, repeatable")
     p.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds on 429")
     p.add_argument("--timeout-s", type=float, default=5.0, help="how long a 'timeout' fault holds the answer")
+    p.add_argument("--usdt", type=float, default=10_000.0, help="USDT in the test account (API key local-test-key, secret local-test-secret)")
     p.add_argument("--all-paths", action="store_true", help="faults may hit every endpoint, not only data endpoints")
+    p.add_argument("--trading-faults", action="store_true", help="faults may also hit the trading endpoints, user-data pushes and fills (faults.TRADING_PATHS)")
+    p.add_argument("--ban-after", type=int, default=3, help="requests inside Retry-After before a 418 ban")
+    p.add_argument("--ban-s", type=float, default=2.0, help="length of a 418 ban")
+    p.add_argument("--ws-delay-s", type=float, default=0.5, help="how long a 'ws_delay' fault holds a user-data event")
+    p.add_argument("--user-cancel-after-ms", type=int, default=30_000, help="exchange time until a 'user_cancel' fault cancels an order")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    paths = None if args.all_paths else FaultPlan.paths + (TRADING_PATHS if args.trading_faults else ())
     plan = FaultPlan(
-        seed=args.seed, rates=dict(args.fault), retry_after_s=args.retry_after, timeout_s=args.timeout_s,
-        paths=None if args.all_paths else FaultPlan.paths,
+        seed=args.seed, rates=dict(args.fault), retry_after_s=args.retry_after, timeout_s=args.timeout_s, paths=paths,
+        ban_after=args.ban_after, ban_s=args.ban_s, ws_delay_s=args.ws_delay_s, user_cancel_after_ms=args.user_cancel_after_ms,
     )
     for item in args.script:
         path, _, kinds = item.partition(":")
@@ -72,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         clock_start_ms=args.clock_start,
         speed=args.speed,
         faults=plan,
+        usdt=args.usdt,
     )
 
     def announce(port: int) -> None:

@@ -1,26 +1,51 @@
 """Deterministic fault injection for the local exchange.
 
-A :class:`FaultPlan` decides, request by request, whether to answer normally or with a fault. Two
-ways to drive it, usable together:
+A :class:`FaultPlan` decides, event by event, whether to behave normally or inject a fault. Events
+come on three channels, each with its own random stream so that one channel's traffic never shifts
+another's faults:
+
+* ``http``  - every eligible REST request (``random.Random(seed)``);
+* ``ws``    - every message the exchange pushes on a websocket (kline or user-data stream);
+* ``match`` - every fill and every accepted order of the trading book (:mod:`.trading`).
+
+Two ways to drive it, usable together:
 
 * **seeded rates**: ``FaultPlan(seed=7, rates={"rate_limit": 0.1, "server_error": 0.05})`` draws one
-  number per eligible request from ``random.Random(seed)``; the same seed and the same sequence of
-  requests give the same faults, so a failing run can be replayed exactly;
+  number per eligible event; the same seed and the same sequence of events give the same faults,
+  so a failing run can be replayed exactly;
 * **scripts**: ``plan.script("klines", "rate_limit", "short_page")`` makes the next matching requests
-  fail in exactly that order (scripts win over rates).
+  fail in exactly that order (scripts win over rates; ``plan.script("match", "partial_fill")``
+  scripts the matching channel, ``plan.script("ws", "drop")`` the websocket one).
 
-Kinds of fault (``KINDS``):
+Kinds of fault (``KINDS``), by channel:
 
-``rate_limit``   HTTP 429 with ``Retry-After`` and Binance's -1003 body.
-``server_error`` HTTP 503 (``status`` configurable) with Binance's -1001 body.
-``timeout``      the answer is held ``timeout_s`` seconds (longer than the client waits).
-``slow``         the answer is held ``slow_s`` seconds, then given normally.
-``short_page``   a list answer (klines, funding) is cut to its first half.
-``empty_page``   a list answer is empty.
-``drop``         (websockets) the connection is closed without a close frame.
+``rate_limit``       (http) HTTP 429 with ``Retry-After: retry_after_s`` and Binance's -1003 body.
+                     A client that sends again within that window gets 429 again, and after
+                     ``ban_after`` such requests HTTP 418 (IP banned for ``ban_s``), as Binance does.
+``ip_ban``           (http) HTTP 418 at once, IP banned for ``ban_s`` seconds.
+``server_error``     (http) HTTP 503 (``status`` configurable) with Binance's -1001 body; the
+                     request was NOT executed.
+``accepted_error``   (http) the request IS executed (an order is placed or cancelled), then the
+                     answer is HTTP 503 with Binance's -1007 "execution status unknown" body.
+``timeout``          (http) the answer is held ``timeout_s`` seconds (longer than the client waits)
+                     before the request is executed; a client that gives up cancels it.
+``accepted_timeout`` (http) the request IS executed, then the answer is held ``timeout_s``
+                     seconds: the order exists although the client saw a timeout.
+``slow``             (http) the answer is held ``slow_s`` seconds, then given normally.
+``short_page``       (http) a list answer (klines, funding) is cut to its first half.
+``empty_page``       (http) a list answer is empty.
+``drop``             (ws) the connection is closed without a close frame.
+``ws_delay``         (ws, user-data stream) the event is held ``ws_delay_s`` seconds; later events
+                     overtake it (out-of-order delivery).
+``partial_fill``     (match) a fill takes only part (20-80%, at least one lot) of what the price
+                     allowed; the rest stays open and fills when the price trades through again.
+``user_cancel``      (match) an accepted order is cancelled "by the user" ``user_cancel_after_ms``
+                     of exchange time later, unless it is done by then.
 
 By default faults apply only to the data endpoints (``klines``, ``fundingRate``) and websocket
-pushes, so ``load_markets`` works; pass ``paths=None`` to make every request eligible.
+pushes, so ``load_markets`` works; pass ``paths=None`` to make every request, push and fill
+eligible, or list last path segments (``"order"``, ``"openOrders"``...) plus ``"ws"`` and
+``"match"`` for the channels (``TRADING_PATHS`` lists the trading ones).
 """
 
 from __future__ import annotations
@@ -29,9 +54,28 @@ import random
 import threading
 from dataclasses import dataclass, field
 
-KINDS = ("rate_limit", "server_error", "timeout", "slow", "short_page", "empty_page", "drop")
-HTTP_KINDS = KINDS[:-1]
-WS_KINDS = ("drop",)
+HTTP_KINDS = (
+    "rate_limit", "server_error", "timeout", "slow", "short_page", "empty_page",
+    "accepted_timeout", "accepted_error", "ip_ban",
+)
+WS_KINDS = ("drop", "ws_delay")
+MATCH_KINDS = ("partial_fill", "user_cancel")
+KINDS = HTTP_KINDS + WS_KINDS + MATCH_KINDS
+CHANNELS = {"http": HTTP_KINDS, "ws": WS_KINDS, "match": MATCH_KINDS}
+#: Last path segments of the USD-M trading endpoints (for ``FaultPlan(paths=...)``), plus the
+#: websocket and matching channels.
+TRADING_PATHS = (
+    "order", "allOpenOrders", "openOrders", "allOrders", "userTrades", "positionRisk", "account", "balance",
+    "leverage", "marginType", "positionMargin", "symbolConfig", "leverageBracket", "income", "listenKey",
+    "ws", "match",
+)
+
+
+def channel_of(kinds: tuple[str, ...]) -> str:
+    for name, members in CHANNELS.items():
+        if kinds and all(kind in members for kind in kinds):
+            return name
+    raise ValueError(f"fault kinds {kinds} mix channels")
 
 
 @dataclass(frozen=True)
@@ -52,19 +96,29 @@ class FaultPlan:
     retry_after_s: float = 1.0
     timeout_s: float = 5.0
     slow_s: float = 0.3
+    ws_delay_s: float = 0.5
     status: int = 503
+    ban_after: int = 3
+    ban_s: float = 2.0
+    user_cancel_after_ms: int = 30_000
 
     def __post_init__(self) -> None:
         unknown = set(self.rates) - set(KINDS)
         if unknown:
             raise ValueError(f"unknown fault kind(s) {sorted(unknown)}; choose from {', '.join(KINDS)}")
-        if sum(self.rates.values()) > 1:
-            raise ValueError("fault rates add up to more than 1")
-        self._rng = random.Random(self.seed)
+        for channel, members in CHANNELS.items():
+            if sum(self.rates.get(kind, 0.0) for kind in members) > 1:
+                raise ValueError(f"fault rates of the {channel} channel add up to more than 1")
+        self._rngs = {
+            name: random.Random(self.seed if name == "http" else f"{self.seed}/{name}") for name in CHANNELS
+        }
         self._lock = threading.Lock()
         self._scripts: list[tuple[str, list[str]]] = []
-        self._n = 0
+        self._n = dict.fromkeys(CHANNELS, 0)
         self.injected: list[Injected] = []
+        self._limited_until = 0.0
+        self._violations = 0
+        self._banned_until = 0.0
 
     def script(self, path_suffix: str, *kinds: str) -> "FaultPlan":
         """The next requests whose path ends in ``path_suffix`` get these faults, in order."""
@@ -75,11 +129,11 @@ class FaultPlan:
             self._scripts.append((path_suffix, list(kinds)))
         return self
 
-    def eligible(self, path: str, websocket: bool = False) -> bool:
+    def eligible(self, path: str, channel: str = "http") -> bool:
         if self.paths is None:
             return True
-        if websocket:
-            return "ws" in self.paths
+        if channel != "http":
+            return channel in self.paths
         return path.rstrip("/").rsplit("/", 1)[-1] in self.paths
 
     def decide(self, path: str, allowed: tuple[str, ...] = HTTP_KINDS) -> str | None:
@@ -88,21 +142,22 @@ class FaultPlan:
         Called once per eligible event in arrival order; ``allowed`` limits the kinds that apply
         (a drawn kind outside it means no fault, so the sequence of draws never shifts).
         """
-        if not self.eligible(path, websocket=allowed == WS_KINDS):
+        channel = channel_of(allowed)
+        if not self.eligible(path, channel):
             return None
         with self._lock:
-            n = self._n
-            self._n += 1
+            n = self._n[channel]
+            self._n[channel] += 1
             kind = None
             for entry in self._scripts:
                 suffix, kinds = entry
                 if kinds and path.endswith(suffix) and kinds[0] in allowed:
                     kind = kinds.pop(0)
                     break
-            draw = self._rng.random()  # drawn for every eligible request so scripts do not shift the sequence
+            draw = self._rngs[channel].random()  # drawn for every eligible event so scripts do not shift the sequence
             if kind is None:
                 edge = 0.0
-                for name in KINDS:
+                for name in CHANNELS[channel]:
                     edge += self.rates.get(name, 0.0)
                     if draw < edge:
                         kind = name if name in allowed else None
@@ -110,6 +165,38 @@ class FaultPlan:
             if kind is not None:
                 self.injected.append(Injected(n, path, kind))
             return kind
+
+    def draw(self, channel: str = "match") -> float:
+        """One more number from a channel's stream (e.g. the size of a partial fill)."""
+        with self._lock:
+            return self._rngs[channel].random()
+
+    def record(self, path: str, kind: str) -> None:
+        """Count a fault that follows from the client's behaviour (a 429 or 418 while limited)."""
+        with self._lock:
+            self.injected.append(Injected(-1, path, kind))
+
+    def gate(self, now_s: float, fault: str | None) -> str | None:
+        """Binance's escalation: after a 429, requests within ``Retry-After`` get 429 again and,
+        after ``ban_after`` of them, 418 for ``ban_s``; a 418 ban answers 418 until it ends.
+        ``now_s`` is ``time.monotonic()``; returns the answer to give (or ``fault`` unchanged)."""
+        with self._lock:
+            if now_s < self._banned_until:
+                return "banned"
+            if fault == "ip_ban":
+                self._banned_until = now_s + self.ban_s
+                return fault
+            if now_s < self._limited_until:
+                self._violations += 1
+                if self._violations >= self.ban_after:
+                    self._banned_until = now_s + self.ban_s
+                    self._violations = 0
+                    return "escalated_ban"
+                return "still_limited"
+            if fault == "rate_limit":
+                self._limited_until = now_s + self.retry_after_s
+                self._violations = 0
+            return fault
 
     def counts(self) -> dict[str, int]:
         with self._lock:

@@ -252,6 +252,10 @@ class ExchangeState:
         #: (family, path, query, status) of every request, in arrival order
         self.requests: list[tuple[str, str, dict, int]] = []
         self.lock = threading.Lock()
+        from .trading import Trading
+
+        #: the USD-M trading book (accounts, orders, positions); see :mod:`.trading`
+        self.trading = Trading(self)
 
     def market(self, family: str, symbol_id: str | None) -> Market:
         market = self.markets.get((family, symbol_id or ""))
@@ -315,12 +319,15 @@ def binance_state(
     clock_start_ms: int | None = None,
     speed: float = 0.0,
     faults=None,
+    usdt: float = 10_000.0,
 ) -> ExchangeState:
     """A Binance with spot BTCUSDT and USD-M BTCUSDT (perpetual) serving real recorded data.
 
     Defaults: spot bars from ``data/`` here, perpetual bars from the package's bundled sample
     (January 2022) and real funding rates for it. The clock defaults to one minute after the last
-    bar, frozen: a historical exchange where every bar is closed.
+    bar, frozen: a historical exchange where every bar is closed. One trading account exists:
+    API key ``local-test-key``, secret ``local-test-secret`` (:mod:`.trading`), ``usdt`` in its
+    USD-M wallet; add more with ``state.trading.add_account(...)``.
     """
     markets = []
     if spot_file is not None:
@@ -331,4 +338,5 @@ def binance_state(
     markets.append(perp)
     state = ExchangeState(markets, Clock(0), faults)
     state.clock.set(state.end_ms if clock_start_ms is None else clock_start_ms, speed)
+    state.trading.add_account(usdt=usdt)
     return state

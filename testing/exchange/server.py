@@ -20,11 +20,13 @@ test-only ``/_control``), one middleware that applies the :class:`~.faults.Fault
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 
 from aiohttp import web
 
-from . import control, spot, streams, usdm
+from . import control, spot, streams, usdm, usdm_trading, userdata
 from .http import FAULT, STATE
 from .market import BinanceError, ExchangeState
 
@@ -37,6 +39,26 @@ def family_of(path: str) -> str:
     return "other"
 
 
+def _rate_limited(plan, banned: bool) -> web.Response:
+    if banned:
+        until = int((time.time() + plan.ban_s) * 1000)
+        return web.json_response(
+            {"code": -1003, "msg": f"Way too many requests; IP banned until {until}. Please use the websocket for live updates to avoid bans."},
+            status=418, headers={"Retry-After": f"{max(plan.ban_s, 0):g}"},
+        )
+    return web.json_response(
+        {"code": -1003, "msg": "Too many requests; current limit of IP is 2400 requests per minute."},
+        status=429, headers={"Retry-After": f"{max(plan.retry_after_s, 0):g}"},
+    )
+
+
+async def _handle(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BinanceError as exc:
+        return web.json_response({"code": exc.code, "msg": exc.msg}, status=exc.status)
+
+
 @web.middleware
 async def exchange_middleware(request: web.Request, handler) -> web.StreamResponse:
     state: ExchangeState = request.app[STATE]
@@ -44,27 +66,54 @@ async def exchange_middleware(request: web.Request, handler) -> web.StreamRespon
         return await handler(request)
     plan = state.faults
     fault = plan.decide(request.path)
+    gated = plan.gate(time.monotonic(), fault) if plan.eligible(request.path) else fault
+    if gated in ("still_limited", "escalated_ban", "banned"):
+        plan.record(request.path, "rate_limit" if gated == "still_limited" else "ip_ban")
+        fault = "rate_limit" if gated == "still_limited" else "ip_ban"
     request[FAULT] = fault
     response: web.StreamResponse
-    if fault == "rate_limit":
-        response = web.json_response(
-            {"code": -1003, "msg": "Too many requests; current limit of IP is 6000 requests per minute."},
-            status=429,
-            headers={"Retry-After": f"{max(plan.retry_after_s, 0):g}"},
-        )
+    if fault in ("rate_limit", "ip_ban"):
+        response = _rate_limited(plan, banned=fault == "ip_ban")
     elif fault == "server_error":
         response = web.json_response(
             {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}, status=plan.status
         )
+    elif fault in ("accepted_error", "accepted_timeout"):
+        response = await _handle(request, handler)  # executed: the exchange's state has changed
+        if fault == "accepted_timeout":
+            await asyncio.sleep(plan.timeout_s)  # the client gives up first (and the wait is cancelled)
+        else:
+            response = web.json_response(
+                {"code": -1007, "msg": "Timeout waiting for response from backend server. Send status unknown; execution status unknown."},
+                status=plan.status,
+            )
     else:
         if fault in ("timeout", "slow"):
             await asyncio.sleep(plan.timeout_s if fault == "timeout" else plan.slow_s)
-        try:
-            response = await handler(request)
-        except BinanceError as exc:
-            response = web.json_response({"code": exc.code, "msg": exc.msg}, status=exc.status)
+        response = await _handle(request, handler)
     state.log(family_of(request.path), request.path, dict(request.query), response.status)
     return response
+
+
+#: Real seconds between two runs of the matcher (fills, funding, liquidations as the clock runs).
+MATCH_INTERVAL_S = 0.05
+
+
+async def _matcher(app: web.Application):
+    """Background task: keep matching resting orders against the price path while time runs."""
+    state: ExchangeState = app[STATE]
+
+    async def run() -> None:
+        while True:
+            await asyncio.sleep(MATCH_INTERVAL_S)
+            try:
+                state.trading.sync()
+            except Exception:  # a bug here must show in the log, not stop matching silently
+                logging.getLogger(__name__).exception("matching failed")
+
+    task = asyncio.create_task(run())
+    yield
+    task.cancel()
 
 
 def build_app(state: ExchangeState) -> web.Application:
@@ -75,6 +124,9 @@ def build_app(state: ExchangeState) -> web.Application:
         app.add_routes(spot.routes())
     if "usdm" in families:
         app.add_routes(usdm.routes())
+        app.add_routes(usdm_trading.routes())
+        app.add_routes(userdata.routes())
+        app.cleanup_ctx.append(_matcher)
     app.add_routes(streams.routes())
     app.add_routes(control.routes())
     return app

@@ -112,7 +112,7 @@ async def _push(ws: web.WebSocketResponse, request: web.Request, state, subs: di
             await asyncio.sleep(PUSH_INTERVAL_S)
             now = state.clock.now_ms()
             for name, (market, interval, last_open) in list(subs.items()):
-                if state.faults.decide(request.path, WS_KINDS) == "drop":
+                if state.faults.decide(request.path, WS_KINDS[:1]) == "drop":
                     # an abrupt drop: the TCP connection goes away without a close frame
                     request.transport.close()
                     return

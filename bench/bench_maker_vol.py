@@ -1,0 +1,190 @@
+"""Time ``maker_vol`` on real 1m bars and on a long block-bootstrapped series, against a numba loop.
+
+    python bench/bench_maker_vol.py                 # all real 1m stretches + 3M bootstrapped bars
+    python bench/bench_maker_vol.py --bootstrap 0   # real stretches only
+
+1. Every stretch of ``binance_btcusdt_1m.parquet`` (split at every jump in ``ts``, so no run spans
+   a gap; pieces shorter than a day are skipped), each run through the engine and the sim broker
+   exactly as ``quant run strategy=maker_vol`` does. Real data.
+2. ``--bootstrap N`` bars (default 3,000,000, about six years of minutes): BLOCK-BOOTSTRAPPED from
+   the real 1m bars of that file. Blocks of one day of real bars are drawn at random (seed 7) and
+   chained: each block's open/high/low/close are scaled so its first open equals the previous
+   block's last close. The path is therefore made of real minutes but is not a real price history;
+   it is only used for timing.
+3. A hand-written numba loop of the same long grid (ladder from top to bottom recomputed hourly
+   from the rolling 30-day high, entries at armed levels below the price, take-profit on the first
+   free level ``tp_pct`` above with upward shifting, saturation close of the highest take-profit,
+   ``through`` fills). It leaves out what the engine version does in Python (live window of
+   ``max_live_orders``, sizing by equity, cash pauses, re-laying take-profits on recompute, fees),
+   so it is a lower bound on time, not a second implementation to compare PnL with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+from btc_quant.core.config import merge_layers, parse_assignments, resolve
+from btc_quant.core.data import BarArrays, read_bars_file
+from btc_quant.core.plugins import load_plugins
+from btc_quant.core.run import build_engine, build_runtime
+
+DATA = Path("/work/shared/data/binance_btcusdt_1m.parquet")
+
+
+def real_pieces(bars: BarArrays, min_bars: int = 1440) -> list[BarArrays]:
+    return [bars[a:b] for a, b in bars.stretches(60_000) if b - a >= min_bars]
+
+
+def bootstrap(pieces: list[BarArrays], n: int, block: int = 1440, seed: int = 7) -> BarArrays:
+    """Chain random one-day blocks of real bars, rescaled to continue from the previous close."""
+    rng = np.random.default_rng(seed)
+    starts = [(p, i) for p in pieces for i in range(0, len(p) - block, block)]
+    cols = {c: np.empty(n) for c in ("open", "high", "low", "close", "volume")}
+    filled, last = 0, None
+    while filled < n:
+        piece, i = starts[rng.integers(len(starts))]
+        take = min(block, n - filled)
+        scale = 1.0 if last is None else last / piece.open[i]
+        for c in ("open", "high", "low", "close"):
+            cols[c][filled:filled + take] = getattr(piece, c)[i:i + take] * scale
+        cols["volume"][filled:filled + take] = piece.volume[i:i + take]
+        last = cols["close"][filled + take - 1]
+        filled += take
+    ts = 1_500_000_000_000 + 60_000 * np.arange(n, dtype=np.int64)
+    return BarArrays(ts, cols["open"], cols["high"], cols["low"], cols["close"], cols["volume"])
+
+
+def run_engine(pieces: list[BarArrays], plugins, settings: list[str]) -> tuple[float, int, int]:
+    config = resolve(merge_layers(parse_assignments(["strategy=maker_vol", "broker=sim", "exchange=binanceusdm", "symbol=BTC/USDT:USDT", *settings])), plugins.registry)
+    total, fills, bars = 0.0, 0, 0
+    for piece in pieces:
+        engine = build_engine(config, build_runtime(config, plugins))
+        started = time.perf_counter()
+        result = engine.run_backtest(piece)
+        total += time.perf_counter() - started
+        fills += len(result.fills)
+        bars += len(piece)
+    return total, fills, bars
+
+
+@njit(cache=True)
+def grid_loop(ts, high, low, close, lookback, recompute_ms, top_ratio, bottom_ratio, step, tp_pct):
+    """The long grid's rules in one compiled loop (see the module docstring for what is left out)."""
+    n = len(close)
+    max_levels = 2048
+    tp_lot = np.full(max_levels, -1, dtype=np.int64)  # level -> lot holding a take-profit there
+    lot_entry = np.zeros(1 << 16)
+    lot_tp = np.full(1 << 16, -1.0)
+    lot_open = np.zeros(1 << 16, dtype=np.bool_)
+    free_lots = list(range((1 << 16) - 1, -1, -1))
+    # rolling high via a monotonic deque
+    q = np.empty(n, dtype=np.int64)
+    head = 0
+    tail = 0
+    levels = np.empty(0)
+    next_recompute = -1
+    fills = 0
+    saturations = 0
+    pnl = 0.0
+    for i in range(n):
+        while tail > head and high[q[tail - 1]] <= high[i]:
+            tail -= 1
+        q[tail] = i
+        tail += 1
+        while ts[q[head]] <= ts[i] - lookback:
+            head += 1
+        if i > 0:
+            # take-profits: every open lot whose take-profit the bar traded through
+            for lv in range(len(levels)):
+                lot = tp_lot[lv]
+                if lot >= 0 and high[i] > levels[lv]:
+                    pnl += levels[lv] - lot_entry[lot]
+                    lot_open[lot] = False
+                    tp_lot[lv] = -1
+                    free_lots.append(lot)
+                    fills += 1
+            # entries: armed levels below the previous close that the bar traded through
+            prev = close[i - 1]
+            for lv in range(1, len(levels)):
+                p = levels[lv]
+                if p >= prev or tp_lot[lv] >= 0:
+                    continue
+                if not low[i] < p:
+                    break
+                lot = free_lots.pop()
+                lot_entry[lot] = p
+                lot_open[lot] = True
+                fills += 1
+                target = lv - 1
+                while target > 0 and levels[target - 1] < p * (1 + tp_pct):
+                    target -= 1
+                k = target
+                while k >= 0 and tp_lot[k] >= 0:
+                    k -= 1
+                if k < 0:  # saturation: close the lot whose take-profit is highest (level 0) at the close
+                    victim = tp_lot[0]
+                    pnl += close[i] - lot_entry[victim]
+                    lot_open[victim] = False
+                    free_lots.append(victim)
+                    tp_lot[0] = -1
+                    saturations += 1
+                    k = 0
+                    while k < target and tp_lot[k + 1] < 0:
+                        k += 1
+                tp_lot[k] = lot
+                lot_tp[lot] = k
+        if ts[i] >= next_recompute:
+            recent = high[q[head]]
+            top = top_ratio * recent
+            bottom = bottom_ratio * recent
+            count = int(np.floor(np.log(bottom / top) / np.log(1 - step))) + 1
+            count = min(count, max_levels)
+            new_levels = top * (1 - step) ** np.arange(count)
+            if len(levels) == 0:
+                levels = new_levels
+            else:
+                # keep take-profits where they are (by level index): the simplification noted above
+                levels = new_levels
+            next_recompute = (ts[i] // recompute_ms + 1) * recompute_ms
+    return fills, saturations, pnl
+
+
+def run_numba(pieces: list[BarArrays]) -> tuple[float, int]:
+    small = pieces[0][:5000]
+    grid_loop(small.ts, small.high, small.low, small.close, 30 * 86_400_000, 3_600_000, 0.95, 0.5, 0.002, 0.002)  # compile
+    total, fills = 0.0, 0
+    for p in pieces:
+        started = time.perf_counter()
+        f, _, _ = grid_loop(p.ts, p.high, p.low, p.close, 30 * 86_400_000, 3_600_000, 0.95, 0.5, 0.002, 0.002)
+        total += time.perf_counter() - started
+        fills += f
+    return total, fills
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bootstrap", type=int, default=3_000_000)
+    parser.add_argument("settings", nargs="*")
+    args = parser.parse_args()
+    plugins = load_plugins(env={})
+    pieces = real_pieces(read_bars_file(DATA))
+    warm = pieces[0][:3000]
+    run_engine([warm], plugins, args.settings)  # numba caches, imports
+    rows = [("real 1m stretches (binance_btcusdt_1m.parquet)", pieces)]
+    if args.bootstrap:
+        rows.append((f"{args.bootstrap:,} bars BLOCK-BOOTSTRAPPED from the real 1m bars (not a real history)", [bootstrap(pieces, args.bootstrap)]))
+    print("| series | bars | maker_vol (engine + sim) | fills | numba grid loop | ratio |")
+    print("|---|---|---|---|---|---|")
+    for name, series in rows:
+        t_engine, fills, bars = run_engine(series, plugins, args.settings)
+        t_numba, _ = run_numba(series)
+        print(f"| {name} | {bars:,} | {t_engine:.1f} s | {fills:,} | {t_numba:.2f} s | {t_engine / t_numba:.0f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""Running a study: Optuna asks for parameters here, Dask workers run the backtests.
+
+The driver (this process) owns the Optuna study and its storage; workers only run backtests and
+send back metrics, so SQLite is written by one process and any RDB URL works for shared studies.
+The bars are read once, here, and installed on every worker once by a Dask worker plugin
+(:class:`BarsOnWorkers`, also applied to workers that join later): trials name the bars by a
+token and use the copy already in their worker's memory. Nothing is shipped per trial, Dask never
+spills or re-reads them, and workers need no access to the store (so a remote cluster works too).
+
+Interrupting (Ctrl-C, SIGINT) stops asking for trials, cancels those in flight and marks them
+``interrupted``; they do not count towards ``trials``, so running the same command again resumes
+the study and runs exactly what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import product
+from typing import Any, Callable, Iterator
+
+import optuna
+from distributed.diagnostics.plugin import WorkerPlugin
+from optuna.trial import TrialState
+
+from ..config import RunConfig, merge_layers, parse_assignments, resolve
+from ..data import BarArrays
+from ..errors import ConfigError, QuantError
+from ..plugins import PluginManager, Registry, load_plugins
+from ..run import build_engine, build_runtime
+from .space import Constraint, OptimizeConfig, SearchSpace, direction_for
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED = "interrupted"
+
+# ----------------------------------------------------------------------------------------------
+# Worker side
+
+_worker_plugins: PluginManager | None = None
+#: Bars installed on this worker process by :class:`BarsOnWorkers`, by token.
+_worker_bars: dict[str, BarArrays] = {}
+
+
+class BarsOnWorkers(WorkerPlugin):
+    """Dask worker plugin that puts one copy of the bars in each worker's memory."""
+
+    def __init__(self, token: str, bars: BarArrays):
+        self.token = token
+        self.name = f"btc-quant-bars-{token}"
+        self.bars = bars
+
+    def setup(self, worker=None) -> None:
+        _worker_bars[self.token] = self.bars
+
+    def teardown(self, worker=None) -> None:
+        _worker_bars.pop(self.token, None)
+
+
+def evaluate(config: dict[str, Any], bars_token: str, start_ms: int | None, end_ms: int | None, keep_result: bool = False) -> dict[str, Any]:
+    """Run one backtest on a worker, on its installed bars; the plugins load once per process."""
+    global _worker_plugins
+    started = time.perf_counter()
+    if _worker_plugins is None:
+        _worker_plugins = load_plugins()
+    bars = _worker_bars.get(bars_token)
+    if bars is None:
+        raise RuntimeError(f"bars {bars_token} are not installed on this worker")
+    out: dict[str, Any] = {"worker": f"{socket.gethostname()}:{os.getpid()}", "bars_id": id(bars)}
+    try:
+        cfg = resolve(config, _worker_plugins.registry)
+        runtime = build_runtime(cfg, _worker_plugins)
+        window = bars.between(start_ms, end_ms)
+        if len(window) == 0:
+            raise QuantError("no bars in the window")
+        result = build_engine(cfg, runtime).run_backtest(window)
+    except QuantError as exc:
+        out["error"] = str(exc)
+        return out
+    out["metrics"] = result.metrics
+    out["elapsed_s"] = time.perf_counter() - started
+    if keep_result:
+        out["equity"] = result.equity
+        out["trades"] = result.trades
+        out["fills"] = result.fills
+        out["position"] = result.extra.get("position")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver side
+
+
+@contextmanager
+def dask_client(settings: OptimizeConfig) -> Iterator[Any]:
+    """A client of ``settings.cluster``, or of a LocalCluster of worker processes on 127.0.0.1."""
+    from distributed import Client, LocalCluster
+
+    # distributed sets its own loggers' levels when imported; its INFO lines are not ours to show.
+    for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.nanny", "distributed.worker"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if settings.cluster:
+        try:
+            client = Client(settings.cluster, timeout="15s")
+        except (OSError, TimeoutError) as exc:
+            raise ConfigError(f"cluster: cannot reach the Dask scheduler at {settings.cluster} ({exc})") from None
+        with client:
+            yield client
+        return
+    workers = settings.workers or os.cpu_count() or 1
+    with LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        scheduler_port=0,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    ) as cluster, Client(cluster) as client:
+        yield client
+
+
+@dataclass
+class ProgressEvent:
+    label: str
+    done: int
+    total: int
+    best: float | None
+
+
+class StopFlag:
+    """Set by the first SIGINT; a second one raises KeyboardInterrupt as usual."""
+
+    def __init__(self) -> None:
+        self.set = False
+
+    @contextmanager
+    def on_sigint(self) -> Iterator["StopFlag"]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+
+        def handler(signum, frame):
+            if self.set:
+                raise KeyboardInterrupt
+            self.set = True
+            log.warning("stopping: finishing bookkeeping, keeping finished trials (Ctrl-C again to abort)")
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that count towards the budget: finished and not interrupted."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state.is_finished() and not t.user_attrs.get(INTERRUPTED)
+    ]
+
+
+def best_trial(study: optuna.Study, direction: str) -> optuna.trial.FrozenTrial | None:
+    """Best complete trial that meets every constraint."""
+    feasible = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("run", {}).get("feasible", True)
+    ]
+    if not feasible:
+        return None
+    pick = max if direction == "maximize" else min
+    return pick(feasible, key=lambda t: t.value)
+
+
+@dataclass
+class StudyRunner:
+    """Runs studies for one optimisation: the client, the broadcast bars, the space and the rules."""
+
+    client: Any
+    bars: str  # token of the bars installed on every worker
+    run_raw: dict[str, Any]
+    registry: Registry
+    space: SearchSpace
+    settings: OptimizeConfig
+    constraints: list[Constraint]
+    storage: str
+    stop: StopFlag = field(default_factory=StopFlag)
+    progress: Callable[[ProgressEvent], None] | None = None
+    workers_seen: dict[str, set[int]] = field(default_factory=dict)
+    _best: float | None = None
+
+    @property
+    def direction(self) -> str:
+        return direction_for(self.settings)
+
+    def trial_config(self, values: dict[str, Any]) -> RunConfig:
+        """The run config of one trial: the base settings plus the sampled values."""
+        return resolve(merge_layers(self.run_raw, parse_assignments(self.space.assignments(values))), self.registry)
+
+    def _sampler(self) -> optuna.samplers.BaseSampler:
+        seed = self.settings.seed
+        if self.settings.sampler == "tpe":
+            # Constraint values are set on each trial (Trial.set_constraint); TPE reads them there.
+            return optuna.samplers.TPESampler(seed=seed)
+        # grid: the driver enqueues the grid points itself (see _next_grid_point), so that
+        # interrupted points are run again on resume; the random sampler never gets asked.
+        return optuna.samplers.RandomSampler(seed=seed)
+
+    def open_study(self, name: str) -> optuna.Study:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(
+            study_name=name, storage=self.storage, sampler=self._sampler(), direction=self.direction, load_if_exists=True
+        )
+        # Trials left RUNNING by a process that was killed outright: mark them interrupted.
+        for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+            trial = optuna.trial.Trial(study, stale._trial_id)
+            trial.set_user_attr(INTERRUPTED, True)
+            study.tell(stale.number, state=TrialState.FAIL)
+        return study
+
+    def _remaining_grid(self, study: optuna.Study) -> list[dict[str, Any]]:
+        grid = self.space.grid()
+        names = list(grid)
+        done = {tuple(str(t.params.get(n)) for n in names) for t in finished_trials(study)}
+        return [dict(zip(names, combo)) for combo in product(*grid.values()) if tuple(map(str, combo)) not in done]
+
+    def budget(self, study: optuna.Study) -> int:
+        total = self.settings.trials
+        if self.settings.sampler == "grid":
+            total = min(total, len(finished_trials(study)) + len(self._remaining_grid(study)))
+        return total
+
+    def run(self, name: str, start_ms: int | None, end_ms: int | None, label: str = "") -> optuna.Study:
+        """Run ``name`` until it has ``trials`` finished trials (or is stopped); returns the study."""
+        from distributed import wait
+
+        study = self.open_study(name)
+        total = self.budget(study)
+        grid = self._remaining_grid(study) if self.settings.sampler == "grid" else []
+        done = len(finished_trials(study))
+        # One more trial than threads in flight: a worker starts its next trial while the driver
+        # records the last one.
+        slots = max(1, sum(self.client.nthreads().values())) + 1
+        best = best_trial(study, self.direction)
+        self._best = best.value if best else None
+        inflight: dict[Any, optuna.trial.Trial] = {}
+        self._report(label or name, study, done, total)
+        while True:
+            while not self.stop.set and done + len(inflight) < total and len(inflight) < slots:
+                if grid:
+                    study.enqueue_trial(grid.pop(0))
+                trial = study.ask()
+                values = self.space.suggest(trial)
+                try:
+                    config = self.trial_config(values)
+                except ConfigError as exc:
+                    # A combination the strategy refuses (say slow <= fast) is a failed trial, not an error.
+                    trial.set_user_attr("error", str(exc))
+                    study.tell(trial, state=TrialState.FAIL)
+                    done += 1
+                    self._report(label or name, study, done, total)
+                    continue
+                future = self.client.submit(evaluate, config.to_dict(), self.bars, start_ms, end_ms, pure=False)
+                inflight[future] = trial
+            if not inflight or self.stop.set:
+                break
+            try:
+                finished, _ = wait(list(inflight), timeout=0.5, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                continue  # look at the stop flag twice a second
+            for future in finished:
+                trial = inflight.pop(future)
+                self._record(study, trial, future)
+                done += 1
+                self._report(label or name, study, done, total)
+        for future, trial in inflight.items():
+            future.cancel()
+            trial.set_user_attr(INTERRUPTED, True)
+            study.tell(trial, state=TrialState.FAIL)
+        return study
+
+    def _record(self, study: optuna.Study, trial: optuna.trial.Trial, future: Any) -> None:
+        try:
+            out = future.result()
+        except Exception as exc:  # a bug in a strategy or a lost worker: recorded on the trial, study goes on
+            log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            study.tell(trial, state=TrialState.FAIL)
+            return
+        self.workers_seen.setdefault(out["worker"], set()).add(out["bars_id"])
+        if "error" in out:
+            trial.set_user_attr("error", out["error"])
+            study.tell(trial, state=TrialState.FAIL)
+            return
+        metrics = out["metrics"]
+        violations = [c.violation(metrics) for c in self.constraints]
+        for constraint, violation in zip(self.constraints, violations):
+            trial.set_constraint(str(constraint), violation)
+        feasible = all(v <= 0 for v in violations)
+        # One attribute for the whole answer: each set_user_attr is a storage round trip.
+        trial.set_user_attr(
+            "run", {"metrics": metrics, "feasible": feasible, "worker": out["worker"], "elapsed_s": round(out["elapsed_s"], 4)}
+        )
+        value = metrics.get(self.settings.objective)
+        if value is None:
+            trial.set_user_attr("error", f"{self.settings.objective} is undefined for this run")
+            study.tell(trial, state=TrialState.FAIL)
+            return
+        study.tell(trial, float(value))
+        if feasible and (
+            self._best is None or (value > self._best if self.direction == "maximize" else value < self._best)
+        ):
+            self._best = float(value)
+
+    def _report(self, label: str, study: optuna.Study, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(ProgressEvent(label, done, total, self._best))
+
+    def evaluate_once(self, values: dict[str, Any], start_ms: int | None, end_ms: int | None) -> dict[str, Any]:
+        """Run the given parameters on one window and return the worker's answer with the result frames."""
+        config = self.trial_config(values)
+        return self.client.submit(evaluate, config.to_dict(), self.bars, start_ms, end_ms, True, pure=False).result()

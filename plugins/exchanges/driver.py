@@ -1,0 +1,333 @@
+"""The live driver: runs a paper or live bot on asyncio until SIGTERM/Ctrl-C or ``quant stop``.
+
+One event loop carries everything; the engine and the strategy are called from it synchronously:
+
+* **bars**: ``watch_ohlcv`` (ccxt.pro) tells when a new candle has begun; the candles that closed
+  before it are then read over REST (``fetch_ohlcv``, the exchange's final values) and handed to
+  :meth:`Engine.on_bar_closed` in order, each exactly once. When the websocket fails, or the
+  exchange has none, the same REST read is polled instead.
+* **broker**: the live broker's websocket watchers and its periodic reconciliation (every
+  ``broker.reconcile_s``); the engine is pumped every few milliseconds so fills and order
+  updates reach the strategy as they arrive.
+* **control**: the journal (``$QUANT_HOME/live/<bot>.db``) gets a snapshot every second for
+  ``quant status``, and ``quant stop`` / ``quant flatten`` leave a command there that this loop
+  picks up.
+
+Safety switches (checked before any request is sent): ``broker=live`` needs ``--testnet``
+(ccxt sandbox mode) or ``--i-understand-this-trades-real-money``; a live run refuses a config
+file holding secrets that others can read; an exchange lacking what the run needs (post-only
+orders, leverage, margin modes, a sandbox for ``--testnet``) fails with one line naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from btc_quant.core import secrets
+from btc_quant.core.data import timeframe_ms
+from btc_quant.core.engine import Engine, RunInfo
+from btc_quant.core.paths import data_dir
+from btc_quant.core.run import build_runtime
+from btc_quant.sdk import Bar, ConfigError, ExchangeError
+
+from .ccxt_client import make_exchange, point_at
+from .journal import Journal, journal_path
+from .live import LiveBroker, PaperBroker
+
+log = logging.getLogger(__name__)
+
+REAL_MONEY_FLAG = "--i-understand-this-trades-real-money"
+
+
+def _b36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
+def required_capabilities(broker: Any, instrument, testnet: bool) -> list[str]:
+    """ccxt ``has`` keys the run needs."""
+    need = ["fetchOHLCV"]
+    if isinstance(broker, LiveBroker):
+        need += ["createPostOnlyOrder", "cancelOrder", "fetchOrder", "fetchOpenOrders", "fetchBalance"]
+        if broker.config.leverage or instrument.is_perpetual:
+            need += ["setLeverage"]
+        if broker.config.margin_mode or instrument.is_perpetual:
+            need += ["setMarginMode", "fetchPositions"]
+    if testnet:
+        need.append("sandbox")
+    return need
+
+
+def check_capabilities(exchange: Any, exchange_id: str, need: list[str]) -> None:
+    missing = [k for k in need if not exchange.has.get(k)]
+    if missing:
+        raise ExchangeError(
+            f"exchange {exchange_id} lacks what this run needs: {', '.join(missing)}",
+            hint="pick an exchange that supports them, or a strategy/broker setting that does not need them",
+        )
+
+
+def exchange_url(config) -> str | None:
+    return getattr(config.exchange.config, "url", None)
+
+
+class LiveRun:
+    """One paper or live bot (see module docstring). ``run()`` blocks until it stops."""
+
+    def __init__(self, config, plugins, *, testnet: bool = False, real_money: bool = False,
+                 url: str | None = None, warmup: int = 500, max_seconds: float | None = None) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.testnet = testnet
+        self.url = url or exchange_url(config)
+        self.warmup = warmup
+        self.max_seconds = max_seconds
+        broker_name = config.broker.name
+        self.mode = "live" if broker_name == "live" else "paper"
+        if self.mode == "live" and not (testnet or real_money):
+            raise ConfigError(
+                "broker=live trades real money; refusing without a flag",
+                hint=f"use --testnet for the exchange's sandbox, or {REAL_MONEY_FLAG} to trade for real",
+            )
+        if self.mode == "live" and testnet and real_money:
+            raise ConfigError(f"--testnet and {REAL_MONEY_FLAG} contradict each other; give one")
+        if self.mode == "live" and secrets.insecure_files:
+            raise ConfigError(next(iter(secrets.insecure_files.values())), hint="a live bot refuses keys that others can read")
+        self.runtime = build_runtime(config, plugins, mode=self.mode)
+        registry = self.runtime.registry
+        strategy = registry.get("strategy", config.strategy.name, key="strategy").factory(config.strategy.config)
+        self.broker = registry.get("broker", broker_name, key="broker").factory(config.broker.config, self.runtime)
+        if not isinstance(self.broker, (LiveBroker, PaperBroker)):
+            raise ConfigError(f"broker={broker_name} cannot run live; use broker=paper or broker=live")
+        self.bot = getattr(config.broker.config, "bot", None) or "paper"
+        self.journal = Journal(journal_path(data_dir(), self.bot))
+        running = self.journal.get("pid")
+        if running and running != os.getpid() and _alive(running):
+            raise ConfigError(f"bot {self.bot!r} is already running (pid {running})", hint="quant stop first, or pick another broker.bot")
+        generation = int(self.journal.get("generation", 0)) + 1
+        self.journal.set("generation", generation)
+        checks = [(c.name, registry.get("risk_check", c.name, key=f"risk.{c.name}").factory(c.config)) for c in config.risk.checks]
+        prefix = f"{self.bot}-{_b36(generation)}" if self.mode == "live" else None
+        info = RunInfo(f"{self.bot}-{generation}", self.mode, config.strategy.name, broker_name, self.runtime.instrument, config)
+        self.engine = Engine(strategy, self.broker, plugins=plugins, instrument=self.runtime.instrument,
+                             risk_checks=checks, info=info, client_id_prefix=prefix)
+        self.tf_ms = timeframe_ms(config.timeframe)
+        self.stopping: asyncio.Event | None = None
+        self.last_bar_ts: int | None = None
+        self.bars_seen = 0
+        self.result = None
+
+    # --- the loop -------------------------------------------------------------------------
+    def run(self) -> dict:
+        try:
+            return asyncio.run(self._main())
+        finally:
+            self.journal.set("pid", None)
+            self.journal.close()
+
+    async def _main(self) -> dict:
+        cfg = self.config
+        self.stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        credentials = {}
+        if self.mode == "live":
+            for key, ccxt_key in (("api_key", "apiKey"), ("secret", "secret")):
+                value = getattr(cfg.broker.config, key, None)
+                if value is not None:
+                    secrets.register(value)
+                    credentials[ccxt_key] = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+        exchange = make_exchange(cfg.exchange.name, pro=True, credentials=credentials, options={"warnOnFetchOpenOrdersWithoutSymbol": False})
+        try:
+            check_capabilities(exchange, cfg.exchange.name, required_capabilities(self.broker, self.runtime.instrument, self.testnet))
+            if self.testnet:
+                exchange.set_sandbox_mode(True)
+            if self.url:
+                point_at(exchange, self.url)
+            await exchange.load_markets()
+            if self.runtime.instrument.symbol not in exchange.markets:
+                raise ConfigError(f"symbol: {cfg.exchange.name} lists no market {self.runtime.instrument.symbol}")
+            self.journal.set("pid", os.getpid())
+            self.journal.set("run", {"mode": self.mode, "exchange": cfg.exchange.name, "symbol": cfg.symbol,
+                                     "strategy": cfg.strategy.name, "testnet": self.testnet, "started": time.time()})
+            await self._warm_up(exchange)
+            if isinstance(self.broker, LiveBroker):
+                await self.broker.connect(exchange, self.journal)
+            self.engine.start()
+            tasks = [asyncio.create_task(self._bars(exchange)), asyncio.create_task(self._pump())]
+            if isinstance(self.broker, LiveBroker):
+                tasks += [asyncio.create_task(self.broker.watch()), asyncio.create_task(self._reconcile_loop())]
+            stopper = asyncio.create_task(self.stopping.wait())
+            waiting = [stopper, *tasks]
+            if self.max_seconds:
+                waiting.append(asyncio.create_task(asyncio.sleep(self.max_seconds)))
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
+            for task in done:
+                if task is not stopper and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()
+            self.engine.stop()
+            if isinstance(self.broker, LiveBroker):
+                await asyncio.sleep(0)  # let cancels queued by on_stop leave
+                await self.broker.close()
+            self._snapshot()
+        finally:
+            await exchange.close()
+        return self.summary()
+
+    async def _warm_up(self, exchange) -> None:
+        """History before the first live bar, so indicators do not start cold (on_bar not called)."""
+        rows = await exchange.fetch_ohlcv(self.config.symbol, self.config.timeframe, limit=self.warmup + 1)
+        if not rows:
+            raise ExchangeError(f"{self.config.exchange.name} returned no {self.config.timeframe} bars for {self.config.symbol}")
+        for row in rows[:-1]:  # the last one is still forming
+            self.engine.history.append(_bar(row))
+            self.last_bar_ts = int(row[0])
+        last = rows[-1]
+        self.last_bar_ts = self.last_bar_ts if self.last_bar_ts is not None else int(last[0]) - self.tf_ms
+        self._set_market(float(last[4]), int(last[0]))
+
+    def _set_market(self, price: float, now_ms: int) -> None:
+        if isinstance(self.broker, PaperBroker):
+            if self.broker.bar_arrays is None:
+                self.broker.seed_price(price, now_ms)
+        else:
+            self.broker.set_market(price, now_ms)
+
+    async def _bars(self, exchange) -> None:
+        symbol, tf = self.config.symbol, self.config.timeframe
+        use_ws = bool(exchange.has.get("watchOHLCV"))
+        while True:
+            newest = None
+            if use_ws:
+                try:
+                    candles = await exchange.watch_ohlcv(symbol, tf)
+                    newest = int(candles[-1][0])
+                    self._set_market(float(candles[-1][4]), newest)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # dropped socket: REST until it comes back
+                    log.info("kline stream: %s; polling REST", type(exc).__name__)
+                    await asyncio.sleep(0.5)
+            if newest is None or newest >= self.last_bar_ts + 2 * self.tf_ms:
+                await self._closed_bars_rest(exchange)
+            if not use_ws:
+                await asyncio.sleep(min(5.0, self.tf_ms / 4000))
+
+    async def _closed_bars_rest(self, exchange) -> None:
+        try:
+            rows = await exchange.fetch_ohlcv(self.config.symbol, self.config.timeframe, since=self.last_bar_ts + self.tf_ms, limit=1000)
+        except Exception as exc:  # noqa: BLE001 - the next turn tries again
+            log.info("fetch_ohlcv: %s", type(exc).__name__)
+            return
+        if not rows:
+            return
+        self._set_market(float(rows[-1][4]), int(rows[-1][0]))
+        for row in rows[:-1]:
+            if int(row[0]) > self.last_bar_ts:
+                self._on_bar(_bar(row))
+
+    def _on_bar(self, bar: Bar) -> None:
+        self.last_bar_ts = bar.ts_ms
+        self.bars_seen += 1
+        if isinstance(self.broker, PaperBroker):
+            self.broker.add_bar(bar)
+            self.engine.pump()
+        else:
+            self.broker.set_market(bar.close, bar.ts_ms + self.tf_ms)
+        self.engine.on_bar_closed(bar)
+
+    async def _pump(self) -> None:
+        turn = 0
+        while True:
+            self.engine.pump()
+            turn += 1
+            if turn % 20 == 0:
+                command = self.journal.take_command()
+                if command:
+                    await self._command(command)
+                self._snapshot()
+            await asyncio.sleep(0.05)
+
+    async def _command(self, command: str) -> None:
+        log.warning("received quant %s", command)
+        if command == "flatten":
+            self.engine.halt("quant flatten", flatten=True)
+            for _ in range(200):
+                await asyncio.sleep(0.1)
+                self.engine.pump()
+                if not self.broker.open_orders() and abs(self.broker.position().quantity) < self.runtime.instrument.lot_size / 2:
+                    break
+        else:
+            self.engine.halt("quant stop")
+        self.stopping.set()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.broker.config.reconcile_s)
+            try:
+                await self.broker.reconcile()
+            except Exception as exc:  # noqa: BLE001 - exchange trouble: the next turn tries again
+                log.info("reconcile failed: %s", exc)
+            self.engine.pump()
+
+    # --- reporting ------------------------------------------------------------------------
+    def state(self) -> dict:
+        broker, engine = self.broker, self.engine
+        pos = broker.position()
+        try:
+            margin = broker.margin()
+            margin_view = {"mode": margin.mode, "leverage": margin.leverage, "position_margin": margin.position_margin,
+                           "maintenance_margin": margin.maintenance_margin, "available": margin.available_balance,
+                           "liquidation_price": margin.liquidation_price}
+        except ExchangeError:
+            margin_view = None
+        virtual = sorted(cid for cid, o in engine.orders.items() if o.is_open)
+        live = [{"client_id": o.client_id, "side": o.side.value, "qty": o.quantity, "price": o.price, "status": o.status.value}
+                for o in broker.open_orders()]
+        return {
+            "bot": self.bot, "mode": self.mode, "pid": os.getpid(), "updated": time.time(),
+            "exchange": self.config.exchange.name, "symbol": self.config.symbol, "strategy": self.config.strategy.name,
+            "price": broker.last_price, "position": {"quantity": pos.quantity, "entry_price": pos.entry_price},
+            "wallet_balance": broker.account().wallet_balance, "equity": broker.equity(), "margin": margin_view,
+            "open_orders_virtual": virtual, "open_orders_live": live, "bars": self.bars_seen,
+            "fills": len(engine.fills), "halted": None if engine.halted is None else engine.halted.reason,
+            "last_reconcile": getattr(broker, "last_reconcile_ms", None), "stats": dict(getattr(broker, "stats", {})),
+        }
+
+    def _snapshot(self) -> None:
+        self.journal.set("state", self.state())
+
+    def summary(self) -> dict:
+        out = self.state()
+        if isinstance(self.broker, PaperBroker) and self.broker.bar_arrays is not None:
+            from btc_quant.core.metrics import build_result
+
+            self.result = build_result(self.engine, self.broker.bar_arrays, self.broker)
+            out["report"] = self.result.summary()
+        return out
+
+
+def _bar(row) -> Bar:
+    return Bar(int(row[0]), float(row[1]), float(row[2]), float(row[3]), float(row[4]), float(row[5] or 0.0))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return False
+    return True

@@ -1,0 +1,539 @@
+"""``broker=live`` and ``broker=paper``: trading through ccxt's async and websocket (ccxt.pro) API.
+
+Both run under the live driver (:mod:`.driver`), which feeds closed bars to the engine and pumps
+broker events; the engine and the strategy stay synchronous and run on the driver's asyncio loop.
+
+``paper`` (:class:`PaperBroker`) is the ``sim`` broker fed with live bars: the same fill model
+(``through``/``touch``), fees, post-only rule and reports as a backtest, no API keys.
+
+``live`` (:class:`LiveBroker`) mirrors the exchange:
+
+* every order carries its ``client_id`` as ccxt ``clientOrderId`` (Binance ``newClientOrderId``);
+  post-only limits are sent with ccxt ``postOnly`` (Binance ``timeInForce=GTX``), exits at
+  market, prices and amounts rounded to the exchange's filters (tick, lot) and checked against
+  its minimum notional before sending;
+* a request that fails with a network error or timeout is *not* assumed failed: the order is
+  looked up by client id (``fetch_order`` with ``clientOrderId``) before any retry, and a retry
+  reuses the same client id, so it can never create a second order;
+* order, balance and position updates come from ``watch_orders`` / ``watch_balance`` /
+  ``watch_positions``; after a websocket error, and every ``reconcile_s`` seconds, a REST
+  reconciliation (:meth:`LiveBroker.reconcile`) makes the mirror equal to the exchange;
+* fills are derived from each order's cumulative filled quantity (``trade_id`` =
+  ``<client id>@<cumulative qty>``) and recorded in the journal in the same transaction that
+  delivers them, so a fill seen again (a websocket replay, a REST poll, a restart) reaches the
+  strategy exactly once;
+* ownership: orders whose client id starts with one of the bot's prefixes are the bot's. On
+  reconciliation an own order the journal knows is adopted; an own order it does not know is an
+  orphan and is canceled; every other order (a user's manual orders) is never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import replace
+from typing import Any, ClassVar
+
+import ccxt
+from pydantic import Field, SecretStr
+
+from btc_quant.sdk import (
+    Account,
+    Bar,
+    BarArrays,
+    Broker,
+    BrokerConfig,
+    ExchangeError,
+    Fill,
+    FillEvent,
+    MarginState,
+    Order,
+    OrderEvent,
+    OrderStatus,
+    OrderType,
+    Position,
+    Side,
+    hookimpl,
+    registered,
+)
+from btc_quant.plugins.brokers.sim import SimBroker, SimConfig
+
+from .journal import Journal
+
+log = logging.getLogger(__name__)
+
+#: ccxt order status -> ours (ccxt: open, closed, canceled, expired, rejected).
+STATUS = {"closed": OrderStatus.FILLED, "canceled": OrderStatus.CANCELED, "expired": OrderStatus.EXPIRED, "rejected": OrderStatus.REJECTED}
+RETRYABLE = (ccxt.NetworkError,)  # RequestTimeout, DDoSProtection (429/418), ExchangeNotAvailable (5xx)
+
+
+class PaperConfig(SimConfig):
+    """Paper trading: the sim broker's settings (initial cash, fill model) on live bars."""
+
+
+class PaperBroker(SimBroker):
+    """The ``sim`` broker fed one live bar at a time (see module docstring)."""
+
+    Config: ClassVar[type[PaperConfig]] = PaperConfig
+    live = False
+
+    def __init__(self, config: PaperConfig, runtime) -> None:
+        super().__init__(config, runtime)
+        self._rows: dict[str, list] = {c: [] for c in ("ts", "open", "high", "low", "close", "volume")}
+        self._wake_index = None
+
+    def seed_price(self, price: float, now_ms: int) -> None:
+        """Last price before the first live bar (from the warm-up bars)."""
+        self._price, self._now = float(price), int(now_ms)
+
+    def add_bar(self, bar: Bar) -> None:
+        """A live bar closed: orders resting since before it fill on it by the sim's rules."""
+        import numpy as np
+
+        for name, value in zip(self._rows, (bar.ts_ms, bar.open, bar.high, bar.low, bar.close, bar.volume)):
+            self._rows[name].append(value)
+        self.bars = BarArrays(
+            np.asarray(self._rows["ts"], dtype=np.int64), *(np.asarray(self._rows[c], dtype=np.float64) for c in ("open", "high", "low", "close", "volume"))
+        )
+        self._wake_index = None
+        n = len(self.bars)
+        while True:
+            step = self.advance(None)
+            if step.index >= n - 1 and step.closed:
+                break
+
+    @property
+    def bar_arrays(self) -> BarArrays | None:
+        return self.bars if self._rows["ts"] else None
+
+
+class LiveConfig(BrokerConfig):
+    bot: str = Field("bot", pattern=r"^[A-Za-z0-9_]{1,12}$", description="bot name: journal file, client id prefix, quant status --bot")
+    api_key: SecretStr | None = Field(None, description="API key (or env QUANT_BROKER__API_KEY); masked everywhere")
+    secret: SecretStr | None = Field(None, description="API secret (or env QUANT_BROKER__SECRET); masked everywhere")
+    leverage: float | None = Field(None, gt=0, description="set this leverage on start (perpetuals)")
+    margin_mode: str | None = Field(None, pattern="^(isolated|cross)$", description="set isolated or cross margin on start")
+    reconcile_s: float = Field(10.0, gt=0, description="seconds between REST reconciliations")
+    own_prefixes: list[str] = Field(default_factory=list, description="more client-id prefixes this bot owns (e.g. an OrderSync strategy id 'mv:')")
+    max_attempts: int = Field(8, ge=1, description="tries of one request before leaving it to reconciliation")
+    backoff_s: float = Field(0.5, ge=0, description="first wait before retrying a failed request (doubles)")
+
+
+class LiveBroker(Broker):
+    """A mirror of one exchange account and symbol (see module docstring)."""
+
+    Config: ClassVar[type[LiveConfig]] = LiveConfig
+    live = True
+
+    def __init__(self, config: LiveConfig, runtime) -> None:
+        super().__init__(config, runtime)
+        self.exchange: Any = None
+        self.journal: Journal | None = None
+        self.symbol = self.instrument.symbol
+        self.prefixes: tuple[str, ...] = (f"{config.bot}-", *config.own_prefixes)
+        self._orders: dict[str, Order] = {}  # every order of this bot not known to be final
+        self._inflight: set[str] = set()  # client ids with a place request under way
+        self._events: list = []
+        self._account = Account(0.0)
+        self._price = float("nan")
+        self._now = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._margin: dict[str, Any] = {}
+        self.stats = {"retries": 0, "lookups": 0, "orphans_canceled": 0, "ws_errors": 0, "reconciles": 0, "disagreements": 0}
+        self.last_reconcile_ms: int | None = None
+
+    # --- set-up ---------------------------------------------------------------------------
+    async def connect(self, exchange: Any, journal: Journal) -> None:
+        """Load journal state, set leverage and margin mode, and reconcile with the exchange."""
+        self.exchange, self.journal = exchange, journal
+        self.market = exchange.market(self.symbol)
+        for order in journal.orders(open_only=True):
+            self._orders[order.client_id] = order
+        if self.config.margin_mode:
+            try:
+                await self._retry(exchange.set_margin_mode, self.config.margin_mode, self.symbol)
+            except ccxt.ExchangeError as exc:  # Binance -4046: no need to change margin type
+                if "-4046" not in str(exc) and "No need" not in str(exc):
+                    raise
+        if self.config.leverage:
+            await self._retry(exchange.set_leverage, _whole(self.config.leverage), self.symbol)
+        await self.reconcile()
+
+    def owns(self, client_id: str | None) -> bool:
+        return bool(client_id) and client_id.startswith(self.prefixes)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("live broker task failed: %s", task.exception())
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _retry(self, fn, *args, **kwargs):
+        """Call an idempotent request (reads, leverage) with backoff on network errors."""
+        delay = self.config.backoff_s
+        for attempt in range(self.config.max_attempts):
+            try:
+                return await fn(*args, **kwargs)
+            except RETRYABLE:
+                if attempt == self.config.max_attempts - 1:
+                    raise
+                self.stats["retries"] += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # --- Broker API -----------------------------------------------------------------------
+    def submit(self, order: Order) -> None:
+        order = self._apply_filters(order)
+        if order.status is not OrderStatus.PENDING:
+            self._events.append(OrderEvent(order))
+            return
+        order = replace(order, created_ms=order.created_ms or self._now)
+        self._orders[order.client_id] = order
+        self.journal.save_order(order)  # before sending: a crash after this can always find it
+        self._inflight.add(order.client_id)
+        self._spawn(self._place(order))
+
+    def _apply_filters(self, order: Order) -> Order:
+        """Round to the exchange's tick and lot and check its minimum notional (Binance filters)."""
+        ex, sym = self.exchange, self.symbol
+        qty = float(ex.amount_to_precision(sym, order.quantity))
+        price = None if order.price is None else float(ex.price_to_precision(sym, order.price))
+        min_cost = ((self.market.get("limits") or {}).get("cost") or {}).get("min") or 0.0
+        ref = price if price is not None else self._price
+        if qty <= 0:
+            return order.transition(OrderStatus.REJECTED, reason=f"quantity {order.quantity} rounds to 0 at the exchange's lot size")
+        if not order.reduce_only and ref and qty * ref < min_cost:
+            return order.transition(OrderStatus.REJECTED, reason=f"notional {qty * ref:.2f} below the exchange minimum {min_cost}")
+        return replace(order, quantity=qty, price=price)
+
+    async def _place(self, order: Order) -> None:
+        ex, cid = self.exchange, order.client_id
+        params: dict[str, Any] = {"clientOrderId": cid}
+        if order.post_only:
+            params["postOnly"] = True
+        if order.reduce_only:
+            params["reduceOnly"] = True
+        kind = "limit" if order.type is OrderType.LIMIT else "market"
+        delay = self.config.backoff_s
+        try:
+            for attempt in range(self.config.max_attempts):
+                try:
+                    answer = await ex.create_order(self.symbol, kind, order.side.value, order.quantity, order.price, params)
+                    self.on_exchange_order(answer)
+                    return
+                except ccxt.InsufficientFunds as exc:
+                    self._final(cid, OrderStatus.REJECTED, f"exchange: insufficient margin ({exc})")
+                    return
+                except ccxt.OrderImmediatelyFillable as exc:
+                    self._final(cid, OrderStatus.EXPIRED, f"post-only would cross ({exc})")
+                    return
+                except ccxt.ExchangeError as exc:  # refused (or a duplicate id of our own earlier try)
+                    found = await self._lookup(cid)
+                    if found is not None:
+                        self.on_exchange_order(found)
+                    else:
+                        self._final(cid, OrderStatus.REJECTED, f"exchange: {exc}")
+                    return
+                except RETRYABLE as exc:
+                    self.stats["retries"] += 1
+                    log.info("order %s: %s; looking it up before retrying", cid, type(exc).__name__)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                # the request may have reached the exchange: never send again before looking
+                found = await self._lookup(cid)
+                if found is not None:
+                    self.on_exchange_order(found)
+                    return
+            log.warning("order %s: unresolved after %d attempts; reconciliation will settle it", cid, self.config.max_attempts)
+        finally:
+            self._inflight.discard(cid)
+
+    async def _lookup(self, cid: str) -> dict | None:
+        """The exchange's order with client id ``cid``, None if it has none; network errors retried."""
+        self.stats["lookups"] += 1
+        delay = self.config.backoff_s
+        while True:
+            try:
+                return await self.exchange.fetch_order(None, self.symbol, {"clientOrderId": cid})
+            except ccxt.OrderNotFound:
+                return None
+            except RETRYABLE:
+                self.stats["retries"] += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def cancel(self, client_id: str) -> None:
+        if client_id in self._orders:
+            self._spawn(self._cancel(client_id))
+
+    async def _cancel(self, cid: str) -> None:
+        delay = self.config.backoff_s
+        for _ in range(self.config.max_attempts):
+            try:
+                answer = await self.exchange.cancel_order(None, self.symbol, {"clientOrderId": cid})
+                self.on_exchange_order(answer)
+                return
+            except ccxt.OrderNotFound:
+                break  # already final (or never arrived): the lookup says which
+            except RETRYABLE:
+                self.stats["retries"] += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        found = await self._lookup(cid)
+        if found is not None:
+            self.on_exchange_order(found)
+        elif cid not in self._inflight:
+            self._final(cid, OrderStatus.CANCELED, "not on the exchange")
+
+    def _final(self, cid: str, status: OrderStatus, reason: str) -> None:
+        order = self._orders.pop(cid, None)
+        if order is None or not order.is_open:
+            return
+        done = order.transition(status, reason=reason, updated_ms=self._now)
+        self.journal.save_order(done)
+        self._events.append(OrderEvent(done))
+
+    # --- exchange -> mirror ---------------------------------------------------------------
+    def on_exchange_order(self, data: dict) -> None:
+        """Apply one ccxt order (REST answer or websocket update): fills first, then status."""
+        cid = data.get("clientOrderId")
+        if not self.owns(cid):
+            return
+        known = self._orders.get(cid)
+        if known is None:
+            if data.get("status") == "open" and self.journal is not None and cid not in {o.client_id for o in self.journal.orders()}:
+                self.stats["orphans_canceled"] += 1
+                self.journal.note("orphan", f"open order {cid} is ours but unknown to the journal: canceled")
+                log.warning("orphan order %s (own prefix, not in the journal): canceling", cid)
+                self._orders[cid] = self._order_from(data)
+                self._spawn(self._cancel(cid))
+            return
+        filled = float(data.get("filled") or 0.0)
+        avg = float(data.get("average") or data.get("price") or 0.0)
+        ts = int(data.get("lastTradeTimestamp") or data.get("timestamp") or self._now)
+        if data.get("id") and known.exchange_id is None:
+            known = replace(known, exchange_id=str(data["id"]))
+        eps = self.instrument.lot_size / 2
+        start_status, fill_status = known.status, None
+        if filled > known.filled_qty + eps:
+            qty = filled - known.filled_qty
+            price = (avg * filled - known.avg_fill_price * known.filled_qty) / qty if known.filled_qty else avg
+            maker = known.post_only or (known.type is OrderType.LIMIT and data.get("postOnly"))
+            fee_rate = self.instrument.maker_fee if maker else self.instrument.taker_fee
+            status = OrderStatus.FILLED if filled >= known.quantity - eps else OrderStatus.PARTIALLY_FILLED
+            after = known.transition(status, filled_qty=filled, avg_fill_price=avg, updated_ms=ts)
+            fill = Fill(
+                trade_id=f"{cid}@{self.instrument.round_qty(filled):.{self.instrument.qty_decimals}f}",
+                client_id=cid, symbol=known.symbol, side=known.side, price=round(price, 10), quantity=self.instrument.round_qty(qty) or qty,
+                fee=qty * price * fee_rate, ts_ms=ts, is_maker=bool(maker), tag=known.tag,
+            )
+            if self.journal.record_fill(fill, after):
+                self._account.apply(fill)
+                self._events.append(FillEvent(fill, after))
+                fill_status = after.status
+            known = after
+        new_status = STATUS.get(data.get("status") or "")
+        if new_status is None and data.get("status") == "open" and known.status is OrderStatus.PENDING:
+            new_status = OrderStatus.NEW
+        if new_status is OrderStatus.FILLED and filled < known.quantity - eps:
+            new_status = None  # an out-of-order "closed" ahead of its fill: wait for the quantity
+        if new_status is not None and new_status is not known.status and new_status in _next(known.status):
+            reason = None if new_status is OrderStatus.NEW else str((data.get("info") or {}).get("status") or data.get("status"))
+            known = known.transition(new_status, updated_ms=ts, reason=reason)
+        if known is not self._orders.get(cid):
+            self.journal.save_order(known)
+            if known.status is not start_status and known.status is not fill_status:
+                self._events.append(OrderEvent(known))
+        if known.is_open:
+            self._orders[cid] = known
+        else:
+            self._orders.pop(cid, None)
+
+    def _order_from(self, data: dict) -> Order:
+        return Order(
+            client_id=data["clientOrderId"], symbol=self.symbol, side=Side(data["side"]),
+            type=OrderType.LIMIT if data.get("type") == "limit" else OrderType.MARKET,
+            quantity=float(data["amount"]), price=data.get("price"), status=OrderStatus.NEW,
+            filled_qty=float(data.get("filled") or 0.0), exchange_id=str(data.get("id")),
+        )
+
+    def on_exchange_position(self, positions: list[dict]) -> float | None:
+        """Margin figures from a position update; returns the exchange's signed quantity.
+
+        The mirror's quantity moves only with fills (a position push may arrive before or after
+        the order update carrying the same fill); reconciliation corrects it from REST."""
+        for p in positions:
+            if p.get("symbol") != self.symbol:
+                continue
+            self._margin = {k: p.get(k) for k in ("marginMode", "leverage", "initialMargin", "maintenanceMargin", "liquidationPrice", "collateral")}
+            return float(p.get("contracts") or 0.0) * (1 if p.get("side") != "short" else -1), float(p.get("entryPrice") or 0.0)
+        return 0.0, 0.0
+
+    def on_exchange_balance(self, balance: dict) -> None:
+        quote = self.market["settle"] or self.market["quote"]
+        total = (balance.get(quote) or {}).get("total")
+        info = balance.get("info") or {}
+        wallet = info.get("totalWalletBalance") if isinstance(info, dict) else None
+        value = wallet if wallet is not None else total
+        if value is not None:
+            self._account.wallet_balance = float(value)
+        self._free = (balance.get(quote) or {}).get("free")
+
+    # --- reconciliation -------------------------------------------------------------------
+    async def reconcile(self) -> dict:
+        """Make the mirror equal to the exchange (see module docstring); returns a summary."""
+        ex = self.exchange
+        first = None
+        if self.instrument.is_perpetual:
+            first = self.on_exchange_position(await self._retry(ex.fetch_positions, [self.symbol]))
+        open_orders = await self._retry(ex.fetch_open_orders, self.symbol)
+        live_ids = set()
+        for data in open_orders:
+            if self.owns(data.get("clientOrderId")):
+                live_ids.add(data["clientOrderId"])
+                self.on_exchange_order(data)
+        for cid, order in list(self._orders.items()):
+            if cid in live_ids or cid in self._inflight:
+                continue
+            found = await self._lookup(cid)
+            if found is not None:
+                self.on_exchange_order(found)
+            elif order.status is OrderStatus.PENDING and cid not in self._inflight:
+                self._final(cid, OrderStatus.REJECTED, "never reached the exchange")
+        if self.instrument.is_perpetual:
+            # exchange truth for the position, taken only when it held still while the orders
+            # above were read (else a fill in flight would be counted twice)
+            snap = self.on_exchange_position(await self._retry(ex.fetch_positions, [self.symbol]))
+            if snap == first:
+                pos = self._account.position(self.symbol)
+                if abs(pos.quantity - snap[0]) > self.instrument.lot_size / 2:
+                    self.stats["disagreements"] += 1
+                    self.journal.note("position", f"mirror had {pos.quantity:g}, exchange has {snap[0]:g}: exchange wins")
+                    log.warning("reconcile: position mirror %g, exchange %g; using the exchange's", pos.quantity, snap[0])
+                pos.quantity, pos.entry_price = snap
+        self.on_exchange_balance(await self._retry(ex.fetch_balance))
+        after = self._account.position(self.symbol).quantity
+        self.stats["reconciles"] += 1
+        self.last_reconcile_ms = int(time.time() * 1000)
+        return {"open": sorted(live_ids), "position": after, "wallet": self._account.wallet_balance}
+
+    async def watch(self) -> None:
+        """Websocket updates of orders, balance and position; on any error fall back to REST."""
+        async def loop(name: str, fn, handle) -> None:
+            delay = self.config.backoff_s
+            while True:
+                try:
+                    handle(await fn())
+                    delay = self.config.backoff_s
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a dropped socket, a bad frame: poll REST, then resubscribe
+                    self.stats["ws_errors"] += 1
+                    log.info("%s stream: %s; reconciling over REST", name, type(exc).__name__)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    try:
+                        await self.reconcile()
+                    except Exception as exc2:  # noqa: BLE001 - next turn tries again
+                        log.info("reconcile after %s error failed: %s", name, exc2)
+
+        ex = self.exchange
+        tasks = [loop("orders", lambda: ex.watch_orders(self.symbol), lambda orders: [self.on_exchange_order(o) for o in orders])]
+        if ex.has.get("watchBalance"):
+            tasks.append(loop("balance", ex.watch_balance, self.on_exchange_balance))
+        if self.instrument.is_perpetual and ex.has.get("watchPositions"):
+            tasks.append(loop("positions", lambda: ex.watch_positions([self.symbol]), self.on_exchange_position))  # margin figures
+        await asyncio.gather(*tasks)
+
+    # --- views ----------------------------------------------------------------------------
+    def events(self) -> list:
+        events, self._events = self._events, []
+        return events
+
+    def open_orders(self) -> list[Order]:
+        return [o for o in self._orders.values() if o.is_open]
+
+    def account(self) -> Account:
+        return self._account
+
+    def equity(self) -> float:
+        pos = self._account.position(self.symbol)
+        price = self._price if math.isfinite(self._price) else pos.entry_price
+        return self._account.wallet_balance + pos.unrealized_pnl(price)
+
+    def set_market(self, price: float, now_ms: int) -> None:
+        self._price, self._now = float(price), max(self._now, int(now_ms))
+
+    @property
+    def now_ms(self) -> int:
+        return self._now
+
+    @property
+    def last_price(self) -> float:
+        return self._price
+
+    # --- margin ---------------------------------------------------------------------------
+    def set_leverage(self, leverage: float) -> None:
+        self._spawn(self._retry(self.exchange.set_leverage, _whole(leverage), self.symbol))
+
+    def set_margin_mode(self, mode: str) -> None:
+        self._spawn(self._retry(self.exchange.set_margin_mode, mode, self.symbol))
+
+    def adjust_margin(self, amount: float) -> None:
+        fn = self.exchange.add_margin if amount > 0 else self.exchange.reduce_margin
+        self._spawn(self._retry(fn, self.symbol, abs(amount)))
+
+    def margin(self) -> MarginState:
+        m = self._margin
+        def num(key, default=0.0):
+            value = m.get(key)
+            return default if value is None else float(value)
+        liq = m.get("liquidationPrice")
+        return MarginState(
+            mode=m.get("marginMode") or (self.config.margin_mode or "cross"),
+            leverage=num("leverage", self.config.leverage or 1.0),
+            wallet_balance=self._account.wallet_balance,
+            position_margin=num("collateral") or num("initialMargin"),
+            maintenance_margin=num("maintenanceMargin"),
+            available_balance=float(getattr(self, "_free", None) or self._account.wallet_balance),
+            liquidation_price=float(liq) if liq else None,
+        )
+
+
+def _whole(leverage: float) -> int:
+    """Binance takes whole-number leverage (POST /fapi/v1/leverage, 1..125)."""
+    return max(1, int(round(leverage)))
+
+
+def _next(status: OrderStatus):
+    from btc_quant.core.model import ORDER_TRANSITIONS
+
+    return ORDER_TRANSITIONS[status]
+
+
+@hookimpl
+def quant_register_brokers(register):
+    register("paper", PaperBroker)
+    register("live", LiveBroker)
+
+
+def run_live(config, plugins, **flags) -> dict:
+    """``quant run`` with broker=paper/live: hand the run to the live driver."""
+    from .driver import LiveRun
+
+    return LiveRun(config, plugins, **flags).run()
+
+
+PaperBroker.run_live = staticmethod(run_live)
+LiveBroker.run_live = staticmethod(run_live)

@@ -1,0 +1,264 @@
+"""The pure rules of ``maker_vol`` (see ``STRATEGY_MAKER_VOL.md``): numbers in, numbers out, no I/O.
+
+One :class:`Ladder` is a geometric grid for one direction. Index 0 is the *top* (where entries
+start: for a long grid the highest buy, for a short grid the lowest sell) and indexes grow toward
+the *bottom* (the liquidation line: lower for a long grid, higher for a short one). ``direction``
+is +1 for long and -1 for short; everything short is the mirror image of long through it.
+
+A :class:`GridBook` holds the open lots of one ladder (a lot = one filled entry order) and which
+level holds which lot's take-profit, and applies the take-profit rules: first free level at or
+beyond ``entry x (1 + tp_pct)`` toward top, never two take-profits on one level, never beyond top,
+and when none is free, saturation: close the lot whose take-profit is nearest top.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def order_leverage(price: float, bottom: float, mmr: float, direction: int = 1) -> float:
+    """Leverage that puts an isolated position entered at ``price`` into liquidation at ``bottom``.
+
+    Long: margin = loss at bottom + maintenance on the entry notional = q(p - b) + mmr q p, so
+    L = notional / margin = 1 / (1 + mmr - b/p) (the spec's formula). Binance charges maintenance
+    on the notional at the liquidation price (q b < q p for a long), so the exchange's liquidation
+    price of the lot (:func:`isolated_liquidation_price`) lies at or just below bottom.
+
+    Short (direction -1), the mirror image: the notional at bottom is the larger one (b > p), so
+    maintenance is taken there to stay on the safe side: margin = q(b - p) + mmr q b,
+    L = 1 / ((1 + mmr) b/p - 1); the exchange's liquidation price is then exactly bottom.
+    """
+    if direction > 0:
+        denominator = 1.0 + mmr - bottom / price
+    else:
+        denominator = (1.0 + mmr) * bottom / price - 1.0
+    if denominator <= 0 or direction * (price - bottom) <= 0:
+        raise ValueError(f"price {price} is at or beyond bottom {bottom}: no leverage liquidates there")
+    return 1.0 / denominator
+
+
+def isolated_liquidation_price(quantity: float, entry: float, margin: float, mmr: float, cum: float = 0.0, direction: int = 1) -> float:
+    """Binance USD-M liquidation price of an isolated one-way position.
+
+    Binance's published formula (USD-M Futures "Liquidation Price Calculation", one-way mode):
+    LP = (WB - TMM1 + UPNL1 + cumB - side*Q*EP) / (Q*MMR - side*Q), where for an isolated
+    position WB is its isolated margin and TMM1 = UPNL1 = 0; side = +1 long, -1 short; cumB is
+    the bracket's maintenance amount.
+    """
+    if quantity <= 0:
+        return math.nan
+    side = direction
+    return (margin + cum - side * quantity * entry) / (quantity * mmr - side * quantity)
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """Geometric grid levels from ``top`` toward ``bottom`` with spacing ``step_pct``."""
+
+    top: float
+    bottom: float
+    step_pct: float
+    direction: int = 1  # +1 long (levels fall from top), -1 short (levels rise from top)
+    prices: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not (self.top > 0 and self.bottom > 0 and 0 < self.step_pct < 1):
+            raise ValueError(f"bad ladder top={self.top} bottom={self.bottom} step_pct={self.step_pct}")
+        if self.direction * (self.top - self.bottom) <= 0:
+            raise ValueError(f"ladder top {self.top} must be on the far side of bottom {self.bottom} for direction {self.direction}")
+        factor = 1.0 - self.step_pct if self.direction > 0 else 1.0 + self.step_pct
+        # levels strictly before bottom: an order at bottom would be liquidated at once
+        count = int(math.floor(math.log(self.bottom / self.top) / math.log(factor) - 1e-9)) + 1
+        prices = self.top * factor ** np.arange(max(count, 0), dtype=np.float64)
+        object.__setattr__(self, "prices", prices[self.direction * (prices - self.bottom) > 0])
+
+    def __len__(self) -> int:
+        return len(self.prices)
+
+    def beyond_top(self, price: float) -> bool:
+        """True when ``price`` is on the favourable side of top (long: above it)."""
+        return self.direction * (price - self.top) > 0
+
+    def first_adverse(self, price: float) -> int:
+        """Index of the first level strictly adverse of ``price`` (long: strictly below it)."""
+        if self.direction > 0:  # prices descending
+            return int(np.searchsorted(-self.prices, -price, side="right"))
+        return int(np.searchsorted(self.prices, price, side="right"))
+
+    def tp_target(self, entry: float, tp_pct: float) -> int:
+        """Level of the take-profit of a lot entered at ``entry``: the first level at or beyond
+        ``entry x (1 + tp_pct)`` (short: ``1 - tp_pct``), i.e. the adverse-most such level;
+        0 (top) when even top is not that far."""
+        target = entry * (1.0 + self.direction * tp_pct)
+        # levels at or beyond target toward top are indexes 0..k-1 where k = first strictly adverse of target
+        if self.direction > 0:
+            k = int(np.searchsorted(-self.prices, -target, side="right"))
+        else:
+            k = int(np.searchsorted(self.prices, target, side="right"))
+        return max(k - 1, 0)
+
+    def level_at_or_beyond(self, price: float) -> int:
+        """The adverse-most level at or beyond ``price`` toward top (0 when none)."""
+        return self.tp_target(price, 0.0)
+
+
+@dataclass
+class Lot:
+    """One filled entry: its quantity, entry price, margin and leverage, and its take-profit level."""
+
+    lot_id: int
+    entry_level: int
+    entry: float
+    quantity: float
+    margin: float
+    leverage: float
+    tp_level: int = -1
+    closing: bool = False  # a market close (saturation, stop) was sent
+    freed_tp: float = math.nan  # the take-profit price it gave up when chosen for a saturation close
+
+
+class GridBook:
+    """Open lots of one ladder and the take-profit level of each (one take-profit per level)."""
+
+    def __init__(self, ladder: Ladder, tp_pct: float) -> None:
+        self.ladder = ladder
+        self.tp_pct = tp_pct
+        self.lots: dict[int, Lot] = {}
+        self.tp_at: dict[int, int] = {}  # level -> lot id (change it only through _set / _free)
+        self.tp_levels: list[int] = []  # the keys of tp_at, sorted
+        self._next_lot = 0
+        # running totals over open lots (the strategy reads them on every wake-up)
+        self.quantity = 0.0
+        self.margin = 0.0
+        self._cost = 0.0  # sum of quantity x entry
+
+    def open_lot(self, entry_level: int, entry: float, quantity: float, margin: float, leverage: float) -> Lot:
+        self._next_lot += 1
+        lot = Lot(self._next_lot, entry_level, entry, quantity, margin, leverage)
+        self.lots[lot.lot_id] = lot
+        self._add(quantity, quantity * entry, margin)
+        return lot
+
+    def reduce_lot(self, lot: Lot, quantity: float) -> None:
+        """Part of ``lot`` was closed (a partial take-profit): shrink it and its margin pro rata."""
+        share = min(quantity / lot.quantity, 1.0)
+        self._add(-lot.quantity * share, -lot.quantity * share * lot.entry, -lot.margin * share)
+        lot.margin *= 1.0 - share
+        lot.quantity = round(lot.quantity * (1.0 - share), 12)
+
+    def _add(self, quantity: float, cost: float, margin: float) -> None:
+        self.quantity += quantity
+        self._cost += cost
+        self.margin += margin
+        if not self.lots:  # no drift of float totals across an empty book
+            self.quantity = self._cost = self.margin = 0.0
+
+    def _set(self, level: int, lot_id: int) -> None:
+        if level not in self.tp_at:
+            bisect.insort(self.tp_levels, level)
+        self.tp_at[level] = lot_id
+
+    def _free(self, level: int) -> int | None:
+        lot_id = self.tp_at.pop(level, None)
+        if lot_id is not None:
+            del self.tp_levels[bisect.bisect_left(self.tp_levels, level)]
+        return lot_id
+
+    def nearest_tp_levels(self, first_adverse: int, n: int) -> list[int]:
+        """Up to ``n`` take-profit levels on the favourable side of the price nearest to it
+        (``first_adverse`` = ``ladder.first_adverse(price)``)."""
+        stop = bisect.bisect_left(self.tp_levels, first_adverse)
+        return self.tp_levels[max(0, stop - n):stop]
+
+    def free_tp_level(self, start: int, stop: int = 0) -> int | None:
+        """First level from ``start`` toward top (down to ``stop``) that holds no take-profit."""
+        for level in range(start, stop - 1, -1):
+            if level not in self.tp_at:
+                return level
+        return None
+
+    def place_tp(self, lot: Lot) -> Lot | None:
+        """Give ``lot`` its take-profit level; returns the lot to close at market on saturation.
+
+        The level is the first free one from the lot's target toward top. When none is free, the
+        lot whose take-profit is nearest top (long: highest) is chosen for a market close, its
+        level freed, and the new take-profit placed by the same rule (it lands on the freed level
+        or a nearer free one).
+        """
+        target = self.ladder.tp_target(lot.entry, self.tp_pct)
+        level = self.free_tp_level(target)
+        victim = None
+        if level is None:
+            victim_level = self.tp_levels[0]  # nearest top
+            victim = self.lots[self._free(victim_level)]
+            victim.freed_tp = float(self.ladder.prices[victim_level])
+            victim.tp_level = -1
+            victim.closing = True
+            level = self.free_tp_level(target)
+        assert level is not None
+        self._assign(lot, level)
+        return victim
+
+    def _assign(self, lot: Lot, level: int) -> None:
+        if lot.tp_level >= 0 and self.tp_at.get(lot.tp_level) == lot.lot_id:
+            self._free(lot.tp_level)
+        lot.tp_level = level
+        self._set(level, lot.lot_id)
+
+    def close_lot(self, lot_id: int) -> Lot:
+        lot = self.lots.pop(lot_id)
+        if lot.tp_level >= 0 and self.tp_at.get(lot.tp_level) == lot_id:
+            self._free(lot.tp_level)
+        self._add(-lot.quantity, -lot.quantity * lot.entry, -lot.margin)
+        return lot
+
+    def withdraw_tp(self, lot: Lot) -> None:
+        """Take ``lot``'s take-profit off its level (the lot is being closed another way)."""
+        if lot.tp_level >= 0 and self.tp_at.get(lot.tp_level) == lot.lot_id:
+            self._free(lot.tp_level)
+        lot.tp_level = -1
+
+    def relay(self, ladder: Ladder) -> list[Lot]:
+        """Move to a new ladder (top/bottom recomputed). Each take-profit goes to the adverse-most
+        new level at or beyond its old price or its own target, whichever is further from the
+        entry; one beyond the new top is capped at top; conflicts shift toward top, and capped
+        ones that find no free level from top back to their own target are returned for a market
+        close (saturation)."""
+        old = self.ladder
+        self.ladder = ladder
+        old_price = {l.lot_id: float(old.prices[l.tp_level]) for l in self.lots.values() if l.tp_level >= 0}
+        lots = sorted((self.lots[i] for i in old_price), key=lambda l: -old.direction * old_price[l.lot_id])
+        self.tp_at.clear()
+        self.tp_levels.clear()
+        for lot in lots:
+            lot.tp_level = -1
+        victims: list[Lot] = []
+        for lot in lots:  # nearest-top take-profits first: they keep the top-most levels
+            target = ladder.tp_target(lot.entry, self.tp_pct)
+            # where it was, or its own target if that is further (a take-profit capped by an earlier
+            # lower top goes back up when top rises again)
+            start = min(ladder.level_at_or_beyond(old_price[lot.lot_id]), target)
+            level = self.free_tp_level(start)
+            if level is None:  # capped at top and taken: any free level from top to its own target
+                level = next((lv for lv in range(0, target + 1) if lv not in self.tp_at), None)
+            if level is None:
+                lot.closing = True
+                victims.append(lot)
+            else:
+                self._assign(lot, level)
+        return victims
+
+    def tp_price(self, lot: Lot) -> float:
+        return float(self.ladder.prices[lot.tp_level])
+
+    def liquidation_price(self, mmr: float, cum: float = 0.0) -> float:
+        """Liquidation price of all open lots as one isolated position holding their margins."""
+        q = self.quantity
+        if q <= 0:
+            return math.nan
+        entry = self._cost / q
+        return isolated_liquidation_price(q, entry, self.margin, mmr, cum, self.ladder.direction)

@@ -1,0 +1,477 @@
+"""Virtual orders and :class:`OrderSync`: the strategy says which orders it wants, sync makes them real.
+
+A strategy that keeps many resting orders (a grid) does not place and cancel orders itself. It
+keeps a *desired set* of :class:`VirtualOrder` objects, each under a stable ``key`` (``"b123"``:
+the buy at grid level 123), and calls :meth:`OrderSync.sync` when the set or the price changed.
+Sync compares the desired set with the orders that are really open and sends the difference:
+
+* per side, only the ``max_live_orders`` desired orders nearest the reference price are live
+  (a post-only order that would cross the price is held back until the price moves away);
+* an open order of ours whose key is no longer wanted, or whose price, quantity or flags differ
+  from the desired order under its key, is canceled; a wanted key without a matching open order
+  gets a new order;
+* cancels go first (they free margin and the exchange's open-order slots), then new orders,
+  nearest the price first; at most ``max_requests`` submits + cancels are sent per
+  ``interval_ms`` of the venue's clock, and what does not fit waits for the next sync
+  (``SyncReport.deferred``);
+* a post-only order the venue expires or rejects because it would have crossed is simply not
+  open any more, so the next sync sends it again under a new id (counted as ``rearmed``).
+
+Client order ids
+    ``f"{strategy_id}:{key}.{generation}"``, e.g. ``mv:b123.lk2f9x3a``. ``strategy_id`` (1-12 of
+    ``[A-Za-z0-9_-]``) names the bot; the ``:`` after it is the *prefix* by which a bot finds its
+    own orders: sync only ever looks at, adopts or cancels open orders whose id starts with
+    ``f"{strategy_id}:"``, so orders placed by hand or by another bot are never touched. The
+    generation is a base-36 counter shared by all keys, seeded with the venue's clock in
+    milliseconds when the sync is created and raised above every generation seen on adopted
+    orders, so an id is never used twice for two different orders - not within a run and not
+    across a restart (the counter starts above the old one as long as the bot sent fewer orders
+    than milliseconds passed, which any exchange's rate limit guarantees). In a backtest the
+    clock is the bar time, so ids are deterministic. The characters used are all allowed in
+    Binance's ``newClientOrderId`` (``^[.A-Z:/a-z0-9_-]{1,36}$``); an id is at most 36 long.
+
+Restart
+    On its first sync a new :class:`OrderSync` *adopts* the open orders that carry its prefix: an
+    order that matches the desired order of its key is kept as the live order of that key (no
+    cancel, no new order); any other order of ours is canceled.
+
+What it needs from the venue (the broker contract, so the same code drives the simulated broker
+now and the live broker later). Any object with these members works; the strategy's
+:class:`~btc_quant.core.engine.Context` has them all, and :class:`BrokerVenue` adapts a bare
+:class:`~btc_quant.core.broker.Broker`:
+
+* ``open_orders``: the orders the broker believes are open, each with its ``client_id``
+  (a list, or a method returning one);
+* ``submit(order)``: send a PENDING :class:`~btc_quant.core.model.Order`, without blocking;
+* ``cancel(client_id)``: ask to cancel, without blocking;
+* ``now_ms``, ``price`` (last price, the reference for "nearest") and ``instrument``.
+
+Outcomes arrive later as events. The strategy forwards them with :meth:`OrderSync.on_order`
+and :meth:`OrderSync.on_fill`, so that sync knows which of its requests are still in flight:
+an order sent but not yet seen open counts as live for its key (no duplicate is sent while the
+acknowledgement is on its way), and an order being canceled is not canceled twice. So a broker
+must eventually report every order it was given (acknowledged, rejected, filled or canceled);
+an order it lost without a word would block its key until the broker's reconciliation reports
+it. Once an order has been seen open, its disappearing from ``open_orders`` is enough.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable, NamedTuple, Protocol
+
+from ..core.errors import OrderError
+from ..core.model import Fill, Instrument, Order, OrderStatus, Side
+
+_STRATEGY_ID = re.compile(r"^[A-Za-z0-9_-]{1,12}$")
+_KEY = re.compile(r"^[A-Za-z0-9_-]{1,14}$")
+_MAX_ID = 36
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualOrder:
+    """An order the strategy wants resting: a limit order under a stable ``key``.
+
+    ``key`` names the slot (for a grid: role + level, e.g. ``"b123"`` for the buy at level 123,
+    ``"t130"`` for a take-profit at level 130); at most one live order exists per key. ``price``
+    and ``quantity`` are rounded to the instrument (buys down, sells up) when the order is made.
+    """
+
+    key: str
+    side: Side
+    price: float
+    quantity: float
+    post_only: bool = True
+    reduce_only: bool = False
+
+    def __post_init__(self) -> None:
+        if not _KEY.match(self.key):
+            raise OrderError(f"virtual order key {self.key!r} must be 1-14 of [A-Za-z0-9_-]")
+        if not (math.isfinite(self.price) and self.price > 0 and math.isfinite(self.quantity) and self.quantity > 0):
+            raise OrderError(f"virtual order {self.key}: price and quantity must be positive, got {self.price!r}, {self.quantity!r}")
+
+
+class Target(NamedTuple):
+    """A desired order as it will be sent (rounded), before it has a client id."""
+
+    side: Side
+    price: float
+    quantity: float
+    post_only: bool
+    reduce_only: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    """What one :meth:`OrderSync.sync` did."""
+
+    submitted: int = 0
+    canceled: int = 0
+    kept: int = 0
+    deferred: int = 0  # requests left for a later sync by the request budget
+    held: int = 0  # desired post-only orders not sent because they would cross the price
+    live: int = 0  # orders of ours open or in flight after this sync
+    virtual: int = 0  # size of the desired set
+
+
+@dataclass
+class SyncStats:
+    """Totals over the life of an :class:`OrderSync` (for diagnostics)."""
+
+    syncs: int = 0
+    submitted: int = 0
+    canceled: int = 0
+    deferred: int = 0
+    rearmed: int = 0  # post-only orders expired/rejected for crossing, sent again later
+    rejected: int = 0  # orders refused for another reason (margin, risk check)
+    adopted: int = 0
+    fills: int = 0
+
+
+class Venue(Protocol):  # pragma: no cover - a typing aid
+    instrument: Instrument
+    now_ms: int
+    price: float
+
+    def submit(self, order: Order) -> Any: ...
+
+    def cancel(self, client_id: str) -> None: ...
+
+
+class BrokerVenue:
+    """Adapts a :class:`~btc_quant.core.broker.Broker` to what :class:`OrderSync` needs."""
+
+    def __init__(self, broker) -> None:
+        self.broker = broker
+        self.instrument = broker.instrument
+
+    @property
+    def open_orders(self) -> list[Order]:
+        return self.broker.open_orders()
+
+    @property
+    def now_ms(self) -> int:
+        return self.broker.now_ms
+
+    @property
+    def price(self) -> float:
+        return self.broker.last_price
+
+    def submit(self, order: Order) -> None:
+        self.broker.submit(order)
+
+    def cancel(self, client_id: str) -> None:
+        self.broker.cancel(client_id)
+
+
+def _open_orders(venue) -> list[Order]:
+    orders = venue.open_orders
+    return orders() if callable(orders) else orders
+
+
+@dataclass
+class _Live:
+    """One order of ours that is open or in flight."""
+
+    order: Order
+    key: str
+    canceling: bool = False
+
+
+class OrderSync:
+    """Keeps the broker's open orders equal to the nearest part of a desired set (see module doc)."""
+
+    def __init__(
+        self,
+        strategy_id: str,
+        *,
+        max_live_orders: int = 20,
+        max_requests: int | None = None,
+        interval_ms: int = 1_000,
+    ) -> None:
+        if not _STRATEGY_ID.match(strategy_id):
+            raise OrderError(f"strategy id {strategy_id!r} must be 1-12 of [A-Za-z0-9_-] (it prefixes client order ids)")
+        if max_live_orders < 1:
+            raise OrderError(f"max_live_orders must be >= 1, got {max_live_orders}")
+        if max_requests is not None and max_requests < 1:
+            raise OrderError(f"max_requests must be >= 1 or None, got {max_requests}")
+        self.strategy_id = strategy_id
+        self.prefix = strategy_id + ":"
+        self.max_live_orders = max_live_orders
+        self.max_requests = max_requests
+        self.interval_ms = interval_ms
+        self.desired: dict[str, VirtualOrder] = {}
+        self.stats = SyncStats()
+        self._live: dict[str, _Live] = {}  # client id -> our open or in-flight order
+        self._generation: int | None = None
+        self._requests: deque[int] = deque()  # send times within the current budget window
+        self._adopted = False
+        self._parsed: dict[str, tuple[str, int] | None] = {}
+        self._rounded: dict[int, tuple[VirtualOrder, tuple[float, float]]] = {}  # desired orders come back each sync: round once
+
+    # --- the desired set ---------------------------------------------------------------------
+    def set_desired(self, orders: Iterable[VirtualOrder]) -> None:
+        """Replace the desired set."""
+        desired: dict[str, VirtualOrder] = {}
+        for vo in orders:
+            if vo.key in desired:
+                raise OrderError(f"virtual order key {vo.key!r} appears twice in the desired set")
+            desired[vo.key] = vo
+        self.desired = desired
+
+    def want(self, order: VirtualOrder) -> None:
+        """Add or replace the desired order under ``order.key``."""
+        self.desired[order.key] = order
+
+    def drop(self, key: str) -> None:
+        """Remove the desired order under ``key`` (its live order is canceled at the next sync)."""
+        self.desired.pop(key, None)
+
+    # --- ids -----------------------------------------------------------------------------------
+    def owns(self, client_id: str) -> bool:
+        """True when ``client_id`` carries this strategy's prefix."""
+        return client_id.startswith(self.prefix)
+
+    def parse(self, client_id: str) -> tuple[str, int] | None:
+        """``(key, generation)`` of one of our client ids, None for anyone else's."""
+        cached = self._parsed.get(client_id, False)
+        if cached is not False:
+            return cached
+        if len(self._parsed) > 100_000:
+            self._parsed.clear()
+        self._parsed[client_id] = parsed = self._parse(client_id)
+        return parsed
+
+    def _parse(self, client_id: str) -> tuple[str, int] | None:
+        if not self.owns(client_id):
+            return None
+        key, dot, gen = client_id[len(self.prefix):].rpartition(".")
+        if not dot or not _KEY.match(key):
+            return None
+        try:
+            return key, int(gen, 36)
+        except ValueError:
+            return None
+
+    def _next_id(self, key: str) -> str:
+        assert self._generation is not None
+        self._generation += 1
+        client_id = f"{self.prefix}{key}.{_base36(self._generation)}"
+        if len(client_id) > _MAX_ID:
+            raise OrderError(f"client id {client_id!r} is longer than {_MAX_ID}: shorten the strategy id or the key")
+        return client_id
+
+    # --- events --------------------------------------------------------------------------------
+    def on_order(self, order: Order) -> None:
+        """Forward every order event of the strategy here."""
+        if not self.owns(order.client_id):
+            return
+        if order.is_open:
+            live = self._live.get(order.client_id)
+            if live is not None:
+                live.order = order
+            return
+        gone = self._live.pop(order.client_id, None)
+        if gone is None:
+            return
+        if order.status is OrderStatus.EXPIRED and order.post_only:
+            self.stats.rearmed += 1  # still desired: the next sync sends it again under a new id
+        elif order.status in (OrderStatus.EXPIRED, OrderStatus.REJECTED):
+            self.stats.rejected += 1
+
+    def on_fill(self, fill: Fill, order: Order | None = None) -> None:
+        """Forward every fill of the strategy here (with the order's state after it, when known)."""
+        if not self.owns(fill.client_id):
+            return
+        self.stats.fills += 1
+        if order is not None and order.is_open:
+            live = self._live.get(fill.client_id)
+            if live is not None:
+                live.order = order
+            return
+        if order is None or not order.is_open:
+            self._live.pop(fill.client_id, None)
+
+    # --- sync ----------------------------------------------------------------------------------
+    def _budget_left(self, now_ms: int) -> int:
+        if self.max_requests is None:
+            return 1 << 30
+        while self._requests and self._requests[0] <= now_ms - self.interval_ms:
+            self._requests.popleft()
+        return self.max_requests - len(self._requests)
+
+    def _spend(self, now_ms: int) -> None:
+        if self.max_requests is not None:
+            self._requests.append(now_ms)
+
+    def targets(self, price: float, instrument: Instrument) -> tuple[dict[str, "Target"], int]:
+        """The orders that should be live now, by key: per side the ``max_live_orders`` desired
+        orders nearest ``price``, leaving out post-only ones that would cross it (their number is
+        the second value). Prices and quantities are rounded as the order will be."""
+        tick, lot = instrument.tick_size, instrument.lot_size
+        pdec, qdec = instrument.price_decimals, instrument.qty_decimals
+        per_side: dict[Side, list[tuple[float, str, float, VirtualOrder]]] = {Side.BUY: [], Side.SELL: []}
+        held = 0
+        rounded = self._rounded
+        if len(rounded) > 100_000:
+            rounded.clear()
+        for vo in self.desired.values():
+            hit = rounded.get(id(vo))  # by identity: hashing a dataclass each sync costs more than rounding
+            pq = hit[1] if hit is not None and hit[0] is vo else None
+            if pq is None:
+                # Instrument.round_price (buys down, sells up) and round_qty, inlined
+                if vo.side is Side.BUY:
+                    p = round(math.floor(vo.price / tick + 1e-9) * tick, pdec)
+                else:
+                    p = round(math.ceil(vo.price / tick - 1e-9) * tick, pdec)
+                qty = round(math.floor(vo.quantity / lot + 1e-9) * lot, qdec)
+                if qty <= 0:
+                    raise OrderError(f"virtual order {vo.key}: quantity {vo.quantity!r} rounds to 0 at lot size {lot}")
+                pq = (p, qty)
+                rounded[id(vo)] = (vo, pq)
+            p = pq[0]
+            if vo.post_only and (p >= price if vo.side is Side.BUY else p <= price):
+                held += 1
+                continue
+            per_side[vo.side].append((abs(p - price), vo.key, pq, vo))
+        chosen: dict[str, Target] = {}
+        for rows in per_side.values():
+            if len(rows) > self.max_live_orders:
+                rows = heapq.nsmallest(self.max_live_orders, rows, key=lambda r: (r[0], r[1]))
+            for _, key, (p, qty), vo in rows:
+                chosen[key] = Target(vo.side, p, qty, vo.post_only, vo.reduce_only)
+        return chosen, held
+
+    @staticmethod
+    def _matches(order: Order, want: "Target") -> bool:
+        return (
+            order.side is want.side
+            and order.price == want.price
+            and order.post_only == want.post_only
+            and order.reduce_only == want.reduce_only
+            and (order.quantity == want.quantity or abs(order.remaining_qty - want.quantity) < 1e-12)
+        )
+
+    def _refresh(self, venue) -> None:
+        """Merge the venue's open orders of ours into the in-flight book (adopting on first sync)."""
+        open_now = {o.client_id: o for o in _open_orders(venue) if self.owns(o.client_id)}
+        if self._generation is None:
+            self._generation = int(venue.now_ms)
+        for cid, order in open_now.items():
+            parsed = self.parse(cid)
+            if parsed is None:
+                continue
+            key, gen = parsed
+            self._generation = max(self._generation, gen)
+            live = self._live.get(cid)
+            if live is None:
+                self._live[cid] = _Live(order, key)
+                if not self._adopted:
+                    self.stats.adopted += 1
+            elif not live.canceling:
+                live.order = order
+        # An order we know as open (not PENDING) that the venue no longer lists is gone.
+        for cid in [c for c, live in self._live.items() if c not in open_now and live.order.status is not OrderStatus.PENDING]:
+            del self._live[cid]
+        self._adopted = True
+
+    def sync(self, venue) -> SyncReport:
+        """Send the cancels and new orders that make the live set match the targets."""
+        self.stats.syncs += 1
+        instrument, now_ms = venue.instrument, int(venue.now_ms)
+        self._refresh(venue)
+        price = float(venue.price)
+        targets, held = self.targets(price, instrument)
+
+        keep: dict[str, str] = {}  # key -> client id of the live order kept for it
+        cancels: list[tuple[float, str]] = []
+        for cid, live in self._live.items():
+            if live.canceling:
+                continue
+            want = targets.get(live.key)
+            if want is not None and live.key not in keep and self._matches(live.order, want):
+                keep[live.key] = cid
+            else:
+                cancels.append((abs(live.order.price - price) if live.order.price else 0.0, cid))
+        submits = sorted(((abs(o.price - price), key) for key, o in targets.items() if key not in keep))
+        cancels.sort()
+
+        budget = self._budget_left(now_ms)
+        sent_cancels = sent_submits = 0
+        for _, cid in cancels:
+            if budget <= 0:
+                break
+            self._live[cid].canceling = True
+            venue.cancel(cid)
+            self._spend(now_ms)
+            budget -= 1
+            sent_cancels += 1
+        # A key whose old order could not be canceled yet gets no new order: never two per key.
+        blocked = {live.key for live in self._live.values() if not live.canceling}
+        for _, key in submits:
+            if budget <= 0 or key in blocked:
+                continue
+            template = targets[key]
+            order = Order.create(
+                instrument,
+                self._next_id(key),
+                template.side,
+                template.quantity,
+                template.price,
+                post_only=template.post_only,
+                reduce_only=template.reduce_only,
+                ts_ms=now_ms,
+                tag=key,
+                check_notional=False,
+            )
+            self._live[order.client_id] = _Live(order, key)
+            self._spend(now_ms)
+            budget -= 1
+            sent_submits += 1
+            result = venue.submit(order)
+            if isinstance(result, Order) and not result.is_open:  # refused at once (risk check)
+                self.on_order(result)
+        deferred = len(cancels) - sent_cancels + len(submits) - sent_submits
+        self.stats.submitted += sent_submits
+        self.stats.canceled += sent_cancels
+        self.stats.deferred += deferred
+        return SyncReport(
+            submitted=sent_submits,
+            canceled=sent_cancels,
+            kept=len(keep),
+            deferred=deferred,
+            held=held,
+            live=self.live_count,
+            virtual=len(self.desired),
+        )
+
+    # --- views ---------------------------------------------------------------------------------
+    @property
+    def live_count(self) -> int:
+        """Orders of ours open or in flight (not being canceled)."""
+        return sum(1 for live in self._live.values() if not live.canceling)
+
+    def live_orders(self) -> dict[str, Order]:
+        """key -> our live order (open or in flight, not being canceled)."""
+        return {live.key: live.order for live in self._live.values() if not live.canceling}
+
+    def key_of(self, client_id: str) -> str | None:
+        parsed = self.parse(client_id)
+        return None if parsed is None else parsed[0]
+
+
+__all__ = ["BrokerVenue", "OrderSync", "SyncReport", "SyncStats", "VirtualOrder"]

@@ -1,0 +1,258 @@
+"""``quant optimize``: search space from config, constraints, a study on a real 2-worker Dask
+LocalCluster, walk-forward, the best config re-run by ``quant run``, and resume after Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from distributed import LocalCluster
+
+from btc_quant.core.config import load_run_config
+from btc_quant.core.errors import ConfigError
+from btc_quant.core.config import gather
+from btc_quant.core.optimize import Constraint, SearchSpace, metric_names, optimize, plan_study
+from btc_quant.core.optimize.space import parse_distribution
+
+# Real bars: the bundled BTCUSDT perpetual 1m sample (January 2022); a few days keep trials short.
+DAYS = ["strategy=sma_cross", "data.start=2022-01-10", "data.end=2022-01-13"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Search space and constraints, no cluster
+
+
+def test_ranges_choices_and_tables_become_optuna_distributions():
+    D = optuna.distributions
+    assert parse_distribution("fast", "2:40") == D.IntDistribution(2, 40)
+    assert parse_distribution("slow", "10:200:10") == D.IntDistribution(10, 200, step=10)
+    assert parse_distribution("pct", "0.001:0.01") == D.FloatDistribution(0.001, 0.01)
+    assert parse_distribution("pct", "0.001:0.1:log") == D.FloatDistribution(0.001, 0.1, log=True)
+    stepped = parse_distribution("pct", "0.001:0.0105:0.001")
+    assert stepped.step == 0.001 and stepped.high == pytest.approx(0.010)
+    assert parse_distribution("lookback", "7d,30d,90d") == D.CategoricalDistribution(["7d", "30d", "90d"])
+    assert parse_distribution("lookback", ["7d", "30d"]) == D.CategoricalDistribution(["7d", "30d"])
+    assert parse_distribution("fast", {"low": 5, "high": 50, "step": 5}) == D.IntDistribution(5, 50, step=5)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("40:2", "search.fast: low must be below high"),
+        ("2:x", "search.fast: cannot read '2:x'"),
+        ("0:10:log", "search.fast: a log range needs low > 0"),
+        ({"low": 1}, "search.fast: a range table needs low and high"),
+        ({"low": 1, "high": 3, "stepp": 1}, "search.fast.stepp: unknown key"),
+        ("5,5", "search.fast: a choice is listed twice"),
+    ],
+)
+def test_bad_search_value_is_one_error_naming_the_key(value, message):
+    with pytest.raises(ConfigError) as err:
+        parse_distribution("fast", value)
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_search_keys_are_checked_against_the_strategy_config(plugins):
+    base = load_run_config(DAYS, plugins.registry, env={})
+    space = SearchSpace.from_config({"fast": "2:5", "broker": {"initial_cash": "1000,2000"}}, base)
+    assert [p.key for p in space.params] == ["strategy.fast", "broker.initial_cash"]
+    with pytest.raises(ConfigError, match=r"^search\.fastt: strategy 'sma_cross' has no setting 'fastt'.*did you mean 'fast'"):
+        SearchSpace.from_config({"fastt": "2:5"}, base)
+    with pytest.raises(ConfigError, match=r"^search\.brokr\.x: 'brokr' is not a config section"):
+        SearchSpace.from_config({"brokr": {"x": "1:2"}}, base)
+    with pytest.raises(ConfigError, match=r"^search: nothing to search"):
+        SearchSpace.from_config({}, base)
+    continuous = SearchSpace.from_config({"equity_pct": "0.5:0.9"}, base)
+    with pytest.raises(ConfigError, match=r"^search\.equity_pct: sampler=grid needs a finite set"):
+        continuous.grid()
+
+
+def test_constraints_parse_and_measure_violation():
+    metrics = metric_names()
+    assert {"sharpe", "max_drawdown", "trades", "liquidations"} <= set(metrics)
+    dd = Constraint.parse("max_drawdown <= 0.2", metrics)
+    assert dd.violation({"max_drawdown": 0.1}) == 0
+    assert dd.violation({"max_drawdown": 0.3}) == pytest.approx(0.1)
+    assert Constraint.parse("trades>=10", metrics).violation({"trades": 4}) == 6
+    assert Constraint.parse("liquidations==0", metrics).violation({"liquidations": 0}) == 0
+    assert Constraint.parse("sharpe>0", metrics).violation({"sharpe": None}) > 0
+    with pytest.raises(ConfigError, match=r"^constraints: unknown metric 'drawdown'.*did you mean 'max_drawdown'"):
+        Constraint.parse("drawdown<0.2", metrics)
+    with pytest.raises(ConfigError, match=r"^constraints: cannot read 'trades >> 3'"):
+        Constraint.parse("trades >> 3", metrics)
+
+
+def test_example_study_files_are_valid(plugins):
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples" / "optimize").glob("*.toml"))
+    assert examples
+    for path in examples:
+        strategy = path.stem
+        if strategy not in plugins.registry.names("strategy"):
+            pytest.fail(f"{path.name}: strategy {strategy!r} is not registered")
+        plan = plan_study(gather([], config_path=path, env={}), plugins)
+        assert plan.base.strategy.name == strategy and plan.space.params and plan.settings.trials > 0
+
+
+def test_cli_bad_search_space_is_one_line_naming_the_key(quant):
+    proc = quant("optimize", *DAYS, "search.fastt=2:5", "trials=2", "workers=1")
+    assert proc.returncode == 2
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and error_lines[0].startswith("error: search.fastt: strategy 'sma_cross' has no setting")
+    proc = quant("optimize", *DAYS, "search.fast=2:5", "objective=sharp", "workers=1")
+    assert proc.returncode == 2 and "error: objective: unknown metric 'sharp'" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Real 2-worker LocalCluster (processes on 127.0.0.1), reached through its scheduler address
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", scheduler_port=0, dashboard_address=None
+    ) as local:
+        yield local.scheduler_address
+
+
+def test_grid_study_on_two_workers_writes_trials_report_and_a_runnable_best_config(cluster, tmp_path, plugins, quant):
+    out = tmp_path / "study"
+    result = optimize(
+        {
+            **_raw(DAYS),
+            "search": {"fast": "3,6", "slow": "20,40,60"},
+            "sampler": "grid",
+            "trials": 50,
+            "constraints": ["trades>=20"],
+            "cluster": cluster,
+            "out": str(out),
+        },
+        plugins=plugins,
+    )
+    trials = pd.read_csv(out / "trials.csv")
+    # the grid has 6 points: the budget of 50 stops there, each point exactly once
+    assert len(trials) == 6 and (trials["state"] == "COMPLETE").all()
+    assert sorted(zip(trials["param.fast"], trials["param.slow"])) == [(f, s) for f in (3, 6) for s in (20, 40, 60)]
+    # both workers ran trials, and each held one copy of the bars for all its trials
+    assert len(result.workers) == 2
+    assert all(len(ids) == 1 for ids in result.workers.values())
+    assert set(trials["worker"]) == set(result.workers)
+    # constraint bookkeeping agrees with the metrics, and the best is the best feasible trial
+    assert (trials["feasible"] == (trials["trades"] >= 20)).all()
+    feasible = trials[trials["feasible"]]
+    assert result.best_value == pytest.approx(feasible["value"].max())
+    # the report has the plots, and best.toml is a config quant run accepts with the same result
+    report = (out / "report.html").read_text()
+    assert "Optimisation history" in report and "Parameter slices" in report and "plotly" in report
+    proc = quant("run", "--config", str(out / "best.toml"), "--json", check=True)
+    rerun = json.loads(proc.stdout)
+    assert rerun["sharpe"] == pytest.approx(result.best_value)
+    assert rerun["trades"] == feasible.loc[feasible["value"].idxmax(), "trades"]
+
+
+def test_walk_forward_reports_out_of_sample_windows(cluster, tmp_path, plugins):
+    out = tmp_path / "wf"
+    result = optimize(
+        {
+            **_raw(["strategy=sma_cross", "data.start=2022-01-10", "data.end=2022-01-20"]),
+            "search": {"fast": "3:8", "slow": "20:60:20"},
+            "sampler": "random",
+            "seed": 7,
+            "trials": 4,
+            "objective": "total_return",
+            "walk_forward": {"train": "4d", "test": "3d"},
+            "cluster": cluster,
+            "out": str(out),
+        },
+        plugins=plugins,
+    )
+    windows = pd.read_csv(out / "walk_forward.csv")
+    # 10 days of bars, 4d train + 3d test, stepping 3d: windows start on days 0 and 3
+    assert list(windows["train_start"].str[:10]) == ["2022-01-10", "2022-01-13"]
+    assert list(windows["test_start"].str[:10]) == ["2022-01-14", "2022-01-17"]
+    assert len(result.trials) == 8 and set(result.trials["window"]) == {0, 1}
+    equity = result.oos_equity
+    # the stitched out-of-sample curve covers exactly the test windows, starting at the initial cash
+    assert equity.index[0] == pd.Timestamp("2022-01-14", tz="UTC")
+    assert equity.index[-1] < pd.Timestamp("2022-01-20", tz="UTC")
+    assert equity.iloc[0] == pytest.approx(10_000.0)
+    compounded = (1 + windows["out_of_sample"]).prod() - 1
+    assert result.oos_metrics["total_return"] == pytest.approx(compounded, rel=1e-6)
+    assert (out / "oos_equity.csv").exists() and "Out-of-sample equity" in (out / "report.html").read_text()
+
+
+def _raw(pairs: list[str]) -> dict:
+    return gather(pairs, env={})
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C keeps finished trials; the same command resumes (default LocalCluster, 2 workers)
+
+
+def _complete_trials(db: Path) -> list[tuple[int, float]]:
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(db) as conn:
+            return conn.execute(
+                "select t.number, v.value from trials t join trial_values v on v.trial_id = t.trial_id "
+                "where t.state = 'COMPLETE' order by t.number"
+            ).fetchall()
+    except sqlite3.OperationalError:  # tables not created yet
+        return []
+
+
+STUDY_TOML = """
+trials = 10
+seed = 5
+workers = 2
+out = "study"
+
+[strategy]
+name = "sma_cross"
+
+[data]
+start = "2022-01-10"
+end = "2022-01-13"
+
+[search]
+fast = "2:12"
+slow = { low = 20, high = 100, step = 10 }
+"""
+
+
+def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(tmp_path, quant):
+    (tmp_path / "study.toml").write_text(STUDY_TOML)  # the whole study from a TOML file
+    args = ["--config", "study.toml", "--no-progress"]
+    exe = Path(sys.executable).with_name("quant")
+    proc = subprocess.Popen([str(exe), "optimize", *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "study" / "study.db"
+    deadline = time.monotonic() + 120
+    while len(_complete_trials(db)) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, f"finished before the interrupt: {proc.stderr.read()}"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted:" in stderr and "run the same command again to resume" in stderr
+    kept = _complete_trials(db)
+    assert 3 <= len(kept) < 10
+    first = pd.read_csv(tmp_path / "study" / "trials.csv")
+    assert (first["state"] == "COMPLETE").sum() == len(kept)
+
+    again = quant("optimize", *args, "--json")
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["interrupted"] is False
+    trials = pd.read_csv(tmp_path / "study" / "trials.csv")
+    counted = trials[~trials["interrupted"].astype(bool)] if "interrupted" in trials else trials
+    assert len(counted) == 10  # exactly the missing trials ran
+    assert _complete_trials(db)[: len(kept)] == kept  # the finished ones were kept as they were
