@@ -133,6 +133,12 @@ class SimBroker(SimulatedBroker):
         self._liq_cache: float | None | bool = False  # False = stale
         self.liquidations = 0
         self.insurance = 0.0
+        # Set by load(); brokers fed bar by bar (paper) never call it and get no funding schedule.
+        self._wake_index: np.ndarray | None = None
+        self._funding = pd.DataFrame({"ts": np.empty(0, np.int64), "bar": np.empty(0, np.int64), "rate": np.empty(0)})
+        self._fund_ts = self._fund_bar = np.empty(0, np.int64)
+        self._fund_rate = np.empty(0)
+        self._fk = 0
 
     # --- data ----------------------------------------------------------------------------
     def load(self, bars: BarArrays) -> None:
