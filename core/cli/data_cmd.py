@@ -19,9 +19,9 @@ from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeR
 from rich.table import Table
 from rich.text import Text
 
-from ..config import RunConfig, load_run_config
+from ..config import RunConfig, load_run_config, parse_duration
 from ..data import ms_to_iso, timeframe_ms
-from ..errors import ConfigError, DataError, StoreError
+from ..errors import ConfigError, DataError, QuantError, StoreError
 from ..importing import read_import_file
 from ..paths import data_dir
 from ..plugins import PluginManager
@@ -114,31 +114,23 @@ def register(app: typer.Typer, plugins: PluginManager) -> None:
     ) -> None:
         """Fetch closed bars from the exchange into the store: resumes, fills unfetched gaps, records empty ranges."""
         cfg = load_run_config(_settings(settings or []), plugins.registry, config_path=config)
-        runtime, store = open_store(cfg, plugins)
-        _need(store, "write_bars", "first_last", "gaps", "record_page", "short_pages")
-        source = open_source(cfg, plugins, runtime)
-        ex, sym, tf = source.exchange_id, cfg.symbol, cfg.timeframe
-        start, end = start_of(cfg, store, ex, "data fetch"), _ms(cfg.data.end)
-        try:
-            total = source.total_ms(store, sym, tf, start, end)
-            with progress_bar() as bar:
-                task = bar.add_task(f"{ex} {sym} {tf}", total=max(total, 1), rows=0)
-                report = source.fetch_bars(store, sym, tf, start, end,
-                                           progress=lambda ms, written: bar.update(task, advance=ms, rows=written))
-                bar.update(task, completed=max(total, 1), rows=report.written)
-            funding_rows = 0
-            if funding and source.is_perpetual(sym):
-                funding_rows = source.fetch_funding(store, sym, start, end).funding
-        finally:
-            source.close()
-            store.close()
-        typer.echo(
-            f"{ex} {sym} {tf}: {report.written:,} bars written, {report.requests} requests, {report.retries} retries"
-            + (f", {funding_rows:,} funding rates" if funding_rows else "")
-        )
-        for a, b in report.empty:
-            typer.echo(f"  the exchange has no bars for {_when(a)} .. {_when(b)} UTC ({(b - a) // timeframe_ms(tf):,} bars); "
-                       "recorded, see quant data gaps")
+        fetch_once(cfg, plugins, funding=funding)
+
+    @data.command("schedule")
+    def schedule_(
+        settings: Optional[list[str]] = typer.Argument(None, help="the same settings as data fetch"),
+        config: Optional[Path] = config_opt,
+        every: str = typer.Option("1h", "--every", help="how often to fetch: 30s, 15m, 1h, 1d"),
+        runs: Optional[int] = typer.Option(None, "--runs", min=1, help="stop after this many fetches (default: until Ctrl-C/SIGTERM)"),
+        funding: bool = typer.Option(True, "--funding/--no-funding", help="also fetch funding-rate history of a perpetual"),
+    ) -> None:
+        """Run `data fetch` now and then every --every, in this process (the `schedule` library).
+
+        A failed fetch is reported and retried at the next tick; the store is only open while a
+        fetch runs, so `quant run` can read it in between. For cron or Airflow instead, see
+        examples/airflow/."""
+        cfg = load_run_config(_settings(settings or []), plugins.registry, config_path=config)
+        run_schedule(cfg, plugins, every=every, runs=runs, funding=funding)
 
     @data.command("import")
     def import_(
@@ -267,6 +259,77 @@ def register(app: typer.Typer, plugins: PluginManager) -> None:
                 frame.to_csv(path, index=False)
             bar.update(task, advance=1, rows=len(bars))
         typer.echo(f"{path}: {len(bars):,} {ex} {sym} {tf} bars, {_when(bars.start_ms)} .. {_when(bars.end_ms)} UTC")
+
+
+def fetch_once(cfg: RunConfig, plugins: PluginManager, *, funding: bool = True) -> None:
+    """One ``quant data fetch``: resume from the store, page through the exchange, report."""
+    runtime, store = open_store(cfg, plugins)
+    _need(store, "write_bars", "first_last", "gaps", "record_page", "short_pages")
+    source = open_source(cfg, plugins, runtime)
+    ex, sym, tf = source.exchange_id, cfg.symbol, cfg.timeframe
+    try:
+        start, end = start_of(cfg, store, ex, "data fetch"), _ms(cfg.data.end)
+        total = source.total_ms(store, sym, tf, start, end)
+        with progress_bar() as bar:
+            task = bar.add_task(f"{ex} {sym} {tf}", total=max(total, 1), rows=0)
+            report = source.fetch_bars(store, sym, tf, start, end,
+                                       progress=lambda ms, written: bar.update(task, advance=ms, rows=written))
+            bar.update(task, completed=max(total, 1), rows=report.written)
+        funding_rows = 0
+        if funding and source.is_perpetual(sym):
+            funding_rows = source.fetch_funding(store, sym, start, end).funding
+    finally:
+        source.close()
+        store.close()
+    typer.echo(
+        f"{ex} {sym} {tf}: {report.written:,} bars written, {report.requests} requests, {report.retries} retries"
+        + (f", {funding_rows:,} funding rates" if funding_rows else "")
+    )
+    for a, b in report.empty:
+        typer.echo(f"  the exchange has no bars for {_when(a)} .. {_when(b)} UTC ({(b - a) // timeframe_ms(tf):,} bars); "
+                   "recorded, see quant data gaps")
+
+
+def run_schedule(cfg: RunConfig, plugins: PluginManager, *, every: str, runs: int | None, funding: bool) -> None:
+    """Fetch now, then every ``every`` until ``runs`` fetches are done or SIGINT/SIGTERM."""
+    import signal
+    import threading
+
+    import schedule
+
+    try:
+        seconds = parse_duration(every).total_seconds()
+    except ValueError as exc:
+        raise ConfigError(f"--every: {exc}") from None
+    if seconds < 1:
+        raise ConfigError(f"--every: {every!r} is shorter than a second")
+    stop = threading.Event()
+    done = 0
+
+    def job() -> None:
+        nonlocal done
+        done += 1
+        typer.echo(f"schedule: fetch {done}{f'/{runs}' if runs else ''} at {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
+        try:
+            fetch_once(cfg, plugins, funding=funding)
+        except QuantError as exc:  # keep the schedule alive; the next tick resumes
+            typer.echo(f"schedule: fetch {done} failed: {exc}", err=True)
+        if runs is not None and done >= runs:
+            stop.set()
+
+    def on_signal(signum, _frame) -> None:
+        typer.echo(f"schedule: {signal.Signals(signum).name}, stopping after the current fetch", err=True)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    scheduler = schedule.Scheduler()
+    scheduler.every(seconds).seconds.do(job)
+    job()
+    while not stop.is_set():
+        scheduler.run_pending()
+        stop.wait(min(1.0, max(scheduler.idle_seconds or 0.0, 0.05)))
+    typer.echo(f"schedule: {done} fetches")
 
 
 def _save_rejected(read) -> Path:
