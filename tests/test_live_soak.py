@@ -37,8 +37,8 @@ from btc_quant.testing.process import ServerProcess
 
 HERE = Path(__file__).parent
 FAULTS = {
-    "rate_limit": 0.05, "server_error": 0.08, "timeout": 0.04, "accepted_timeout": 0.08, "accepted_error": 0.08,
-    "partial_fill": 0.5, "user_cancel": 0.05, "drop": 0.02, "ws_delay": 0.2,
+    "rate_limit": 0.01, "server_error": 0.06, "timeout": 0.02, "accepted_timeout": 0.06, "accepted_error": 0.06,
+    "partial_fill": 0.5, "user_cancel": 0.05, "drop": 0.02, "ws_delay": 0.3,
 }
 KEY, SECRET = "local-test-key", "local-test-secret"
 
@@ -134,8 +134,9 @@ def _check(exchange_url: str, bot: Bot, client) -> dict:
             if state and (state["last_reconcile"] or 0) > frozen and state["requests_in_flight"] == 0:
                 break
             time.sleep(0.3)
-        assert state and (state["last_reconcile"] or 0) > frozen and state["requests_in_flight"] == 0, \
-            "the bot did not settle within 60 s of the freeze"
+        assert state and (state["last_reconcile"] or 0) > frozen and state["requests_in_flight"] == 0, (
+            f"the bot did not settle within 60 s of the freeze: {state and {k: state[k] for k in ('stats', 'in_flight', 'last_reconcile', 'updated')}}\n"
+            + (bot.home / "bot.log").read_text()[-4000:])
         truth = _get(exchange_url + "/_control/truth")
         known = {o.client_id for o in journal.orders()}
         exchange_open = {o["clientOrderId"] for o in truth["open_orders"]}
@@ -206,3 +207,32 @@ def test_soak_faults_and_kills(tmp_path):
           + ", ".join(f"{k}={v}" for k, v in sorted(faults.items())) + f"; total {sum(faults.values())}")
     assert kills == 5 and checks[-1]["fills"] > 0
     assert sum(faults.values()) >= 1000, faults
+
+
+def test_restart_cancels_only_own_unknown_orders_and_leaves_manual_ones(tmp_path):
+    """Reconciliation on start: an open order with the bot's prefix that its journal never recorded
+    is canceled; an order placed by hand (another client id) is not touched."""
+    with ServerProcess("btc_quant.testing.exchange", "--clock-start", "2022-01-10T06:00", "--speed", "0") as exchange:
+        client = make_exchange("binanceusdm", url=exchange.url, credentials={"apiKey": KEY, "secret": SECRET},
+                               options={"warnOnFetchOpenOrdersWithoutSymbol": False})
+        client.load_markets()
+        price = client.fetch_ticker("BTC/USDT:USDT")["last"]
+        low = float(client.price_to_precision("BTC/USDT:USDT", price * 0.9))
+        client.create_order("BTC/USDT:USDT", "limit", "buy", 0.003, low, {"clientOrderId": "soak-zz-1", "postOnly": True})
+        client.create_order("BTC/USDT:USDT", "limit", "buy", 0.003, low, {"clientOrderId": "manual-1", "postOnly": True})
+        bot = Bot(exchange.url, tmp_path, tmp_path / "fills.jsonl")
+        bot.start()
+        try:
+            bot.wait_running()
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                open_ids = {o["clientOrderId"] for o in _get(exchange.url + "/_control/truth")["open_orders"]}
+                if "soak-zz-1" not in open_ids:
+                    break
+                time.sleep(0.3)
+        finally:
+            bot.kill()
+        assert "manual-1" in open_ids and "soak-zz-1" not in open_ids
+        journal = bot.journal()
+        assert any("soak-zz-1" in message for _, kind, message in journal.notes() if kind == "orphan")
+        journal.close()

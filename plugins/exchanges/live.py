@@ -84,7 +84,7 @@ async def retrying(fn, *args, attempts: int = 8, backoff_s: float = 0.5, on_retr
             if on_retry is not None:
                 on_retry()
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, 1.0)
 
 
 def install_gate(exchange: Any) -> None:
@@ -207,14 +207,15 @@ class LiveBroker(Broker):
             self._known.add(order.client_id)
             if order.is_open:
                 self._orders[order.client_id] = order
-        if self.config.margin_mode:
+        for what, fn, arg in (("margin mode", exchange.set_margin_mode, self.config.margin_mode),
+                              ("leverage", exchange.set_leverage, self.config.leverage and _whole(self.config.leverage))):
+            if not arg:
+                continue
             try:
-                await self._retry(exchange.set_margin_mode, self.config.margin_mode, self.symbol)
-            except ccxt.ExchangeError as exc:  # Binance -4046: no need to change margin type
-                if "-4046" not in str(exc) and "No need" not in str(exc):
-                    raise
-        if self.config.leverage:
-            await self._retry(exchange.set_leverage, _whole(self.config.leverage), self.symbol)
+                await self._retry(fn, arg, self.symbol)
+            except ccxt.ExchangeError as exc:  # e.g. Binance -4046 (already set) or -4047 (open orders)
+                log.warning("could not set %s %s: %s; the exchange keeps its setting", what, arg, exc)
+                self.journal.note("setup", f"could not set {what} {arg}: {exc}")
         await self.reconcile()
 
     def owns(self, client_id: str | None) -> bool:
@@ -250,7 +251,7 @@ class LiveBroker(Broker):
         """Wait before a retry (a 429/418 also holds back every request: :func:`install_gate`)."""
         self.stats["retries"] += 1
         await asyncio.sleep(delay)
-        return min(delay * 2, 5.0)
+        return min(delay * 2, 1.0)
 
     # --- Broker API -----------------------------------------------------------------------
     def submit(self, order: Order) -> None:
@@ -319,15 +320,19 @@ class LiveBroker(Broker):
             self._inflight.discard(cid)
 
     async def _lookup(self, cid: str) -> dict | None:
-        """The exchange's order with client id ``cid``, None if it has none; network errors retried."""
+        """The exchange's order with client id ``cid``, None if it has none; network errors are
+        retried, and after 3 x ``max_attempts`` failures it raises (the caller leaves the order to
+        reconciliation, which looks again)."""
         self.stats["lookups"] += 1
         delay = self.config.backoff_s
-        while True:
+        for attempt in range(3 * self.config.max_attempts):
             try:
                 return await self.exchange.fetch_order(None, self.symbol, {"clientOrderId": cid})
             except ccxt.OrderNotFound:
                 return None
             except RETRYABLE as exc:
+                if attempt == 3 * self.config.max_attempts - 1:
+                    raise
                 delay = await self._backoff(exc, delay)
 
     def cancel(self, client_id: str) -> None:
@@ -498,7 +503,7 @@ class LiveBroker(Broker):
                     self.stats["ws_errors"] += 1
                     log.info("%s stream: %s; reconciling over REST", name, type(exc).__name__)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+                    delay = min(delay * 2, 1.0)
                     try:
                         await self.reconcile()
                     except Exception as exc2:  # noqa: BLE001 - next turn tries again
