@@ -125,10 +125,13 @@ def backtest(
         config = load_run_config(list(config or []), plugins.registry, config_path=config_path)
     runtime = build_runtime(config, plugins)
     notes: list[str] = []
-    if bars is None:
-        loaded = load_bars(config, runtime)
-        bars, notes = loaded.bars, loaded.notes
-    engine = build_engine(config, runtime)
-    result = engine.run_backtest(bars)
+    try:
+        if bars is None:
+            loaded = load_bars(config, runtime)
+            bars, notes = loaded.bars, loaded.notes
+        engine = build_engine(config, runtime)
+        result = engine.run_backtest(bars)
+    finally:
+        runtime.close()
     result.notes.extend(notes)
     return result

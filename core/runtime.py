@@ -38,3 +38,14 @@ class Runtime:
             config = choice.config if choice.config is not None else reg.config_model()
             self._store = reg.factory(config, self)
         return self._store
+
+    def close(self) -> None:
+        """Close the store if this runtime opened one.
+
+        chDB allows one data directory per process, and a directory can be open in only one
+        process, so a run must let go of the embedded store when it ends: the next run in the same
+        process (an optimisation worker, ``--fill-band``) may use another one, and ``quant collect``
+        may want this one."""
+        store, self._store = self._store, None
+        if store is not None and hasattr(store, "close"):
+            store.close()

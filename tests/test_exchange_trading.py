@@ -72,6 +72,8 @@ def test_post_only_order_rests_is_found_by_both_ids_and_cancels(client, server):
 def test_post_only_that_would_take_is_rejected_and_not_recorded(client, server):
     with pytest.raises(ccxt.OrderNotFillable, match="-5022"):
         client.create_order(SYMBOL, "limit", "buy", 0.01, round(last_price(server) + 10, 1), {"postOnly": True})
+    with pytest.raises(ccxt.InvalidOrder, match="-4164"):  # 0.001 BTC is under the 100 USDT minimum notional
+        client.create_order(SYMBOL, "limit", "buy", 0.001, round(last_price(server) - 10, 1), {"postOnly": True})
     assert client.fetch_orders(SYMBOL) == []
 
 
@@ -184,6 +186,12 @@ def test_signature_key_and_timestamp_are_checked(server):
         good.fetch_balance()
     server.state.trading.clock_skew_ms = 0
     assert good.fetch_balance()["USDT"]["free"] == 10_000
+    # ccxt rounds to the filters; its implicit API does not, and Binance's filter errors come back
+    order = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC"}
+    with pytest.raises(ccxt.BadRequest, match="-1111"):
+        good.fapiPrivatePostOrder({**order, "quantity": "0.0105", "price": "40000"})
+    with pytest.raises(ccxt.ExchangeError, match="-4014"):
+        good.fapiPrivatePostOrder({**order, "quantity": "0.01", "price": "40000.05"})
 
 
 def test_async_client_trades_and_sees_the_same_truth(server):
@@ -258,3 +266,16 @@ def test_ticker_and_funding_rate_come_from_the_recorded_data(client, server):
     assert (rate["markPrice"], rate["fundingRate"], rate["fundingTimestamp"]) == (
         last_price(server), pytest.approx(market.funding_rate[k]), market.funding_ts[k]
     )
+
+
+def test_edit_order_amends_in_place_or_cancels_like_binance(client, server):
+    price = last_price(server)
+    order = client.create_order(SYMBOL, "limit", "buy", 0.01, round(price - 100, 1), {"postOnly": True, "clientOrderId": "e-1"})
+    edited = client.edit_order(order["id"], SYMBOL, "limit", "buy", 0.02, round(price - 50, 1))
+    assert (edited["id"], edited["clientOrderId"], edited["amount"], edited["price"]) == (order["id"], "e-1", 0.02, round(price - 50, 1))
+    assert client.fetch_open_orders(SYMBOL)[0]["amount"] == 0.02
+    # a post-only order moved to a price that would take is cancelled, not filled
+    gone = client.edit_order(order["id"], SYMBOL, "limit", "buy", 0.02, round(price + 50, 1))
+    assert gone["status"] == "canceled" and client.fetch_open_orders(SYMBOL) == []
+    with pytest.raises(ccxt.OrderNotFound):
+        client.edit_order(order["id"], SYMBOL, "limit", "buy", 0.02, round(price - 50, 1))

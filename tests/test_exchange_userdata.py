@@ -138,3 +138,29 @@ def test_a_dropped_user_stream_fails_the_watch_and_the_next_watch_reconnects():
     # the event pushed while the stream was down is gone (as on Binance): REST must fill the gap
     assert [o["id"] for o in orders] == [seen["id"]] and lost["id"] != seen["id"]
     assert state.count("/fstream/private/ws") == 2
+
+
+def test_a_listen_key_not_kept_alive_expires_and_its_stream_ends():
+    state = binance_state(clock_start_ms=START)
+    state.trading.listen_key_ttl_s = 0.8
+
+    async def run(url):
+        client = pro_client(url)
+        try:
+            await client.load_markets()
+            watching = asyncio.create_task(client.watch_orders(SYMBOL))
+            await user_streams_open(state)
+            for _ in range(4):  # kept alive: still open after twice the TTL
+                await asyncio.sleep(0.4)
+                await client.fapiPrivatePutListenKey()
+            assert not watching.done()
+            with pytest.raises(ccxt.NetworkError):  # left alone: listenKeyExpired, then closed
+                await asyncio.wait_for(watching, 5)
+            with pytest.raises(ccxt.AuthenticationError, match="-1125"):
+                await client.fapiPrivatePutListenKey()
+        finally:
+            await client.close()
+
+    with ExchangeServer(state) as server:
+        asyncio.run(run(server.url))
+    assert state.trading.listen_keys == {}

@@ -79,7 +79,10 @@ def evaluate(config: dict[str, Any], bars_token: str, start_ms: int | None, end_
         window = bars.between(start_ms, end_ms)
         if len(window) == 0:
             raise QuantError("no bars in the window")
-        result = build_engine(cfg, runtime).run_backtest(window)
+        try:
+            result = build_engine(cfg, runtime).run_backtest(window)
+        finally:
+            runtime.close()
     except QuantError as exc:
         out["error"] = str(exc)
         return out

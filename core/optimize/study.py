@@ -186,7 +186,11 @@ def optimize(
     base, opt, space, name, out = plan.base, plan.settings, plan.space, plan.name, plan.out
     out.mkdir(parents=True, exist_ok=True)
     storage = opt.storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    loaded = load_bars(base, build_runtime(base, plugins))
+    runtime = build_runtime(base, plugins)
+    try:
+        loaded = load_bars(base, runtime)
+    finally:
+        runtime.close()
     bars = loaded.bars
     windows: list[tuple[int, int, int]] = []
     if opt.walk_forward:

@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds on 429")
     p.add_argument("--timeout-s", type=float, default=5.0, help="how long a 'timeout' fault holds the answer")
     p.add_argument("--usdt", type=float, default=10_000.0, help="USDT in the test account (API key local-test-key, secret local-test-secret)")
+    p.add_argument("--listen-key-ttl-s", type=float, default=3600.0, help="real seconds a listen key lives without keep-alive")
     p.add_argument("--all-paths", action="store_true", help="faults may hit every endpoint, not only data endpoints")
     p.add_argument("--trading-faults", action="store_true", help="faults may also hit the trading endpoints, user-data pushes and fills (faults.TRADING_PATHS)")
     p.add_argument("--ban-after", type=int, default=3, help="requests inside Retry-After before a 418 ban")
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         faults=plan,
         usdt=args.usdt,
     )
+
+    state.trading.listen_key_ttl_s = args.listen_key_ttl_s
 
     def announce(port: int) -> None:
         print(json.dumps({"url": f"http://{args.host}:{port}", "port": port, "now_ms": state.clock.now_ms()}), flush=True)

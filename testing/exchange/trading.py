@@ -34,11 +34,11 @@ Everything the exchange sends its users (order and account updates) is appended 
 
 Not modelled (answered with Binance's error where a client could ask for it): hedge mode
 (``positionSide`` other than ``BOTH``: -4061), STOP/TAKE_PROFIT/TRAILING orders, FOK/GTD,
-``priceMatch``, ``closePosition``, order modification (``PUT /fapi/v1/order``) and
-``batchOrders`` (no route), an order book (depth, queue position, slippage beyond the last price,
-self-trade prevention), separate mark/index prices, request-weight accounting (429/418 come only
-from the fault plan), listen-key expiry after 60 minutes, multi-assets margin, ADL and partial
-liquidation of large positions (a liquidation closes the whole position), spot trading.
+``priceMatch``, ``closePosition`` and ``batchOrders`` (no route), an order book (depth, queue
+position, slippage beyond the last price, self-trade prevention), separate mark/index prices,
+request-weight accounting (429/418 come only from the fault plan), multi-assets margin, ADL and
+partial liquidation of large positions (a liquidation closes the whole position), spot trading.
+Orders can be amended (``PUT /fapi/v1/order``, :meth:`Trading.modify`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,10 @@ import itertools
 import math
 import re
 import threading
+import time
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from .market import MINUTE_MS, BinanceError, ExchangeState, Market
 
@@ -215,6 +218,9 @@ class Trading:
         self.last_ms: int | None = start_ms
         #: listen key -> api key
         self.listen_keys: dict[str, str] = {}
+        #: listen key -> real (monotonic) time it expires unless kept alive (Binance: 60 minutes)
+        self.listen_key_deadlines: dict[str, float] = {}
+        self.listen_key_ttl_s = 3600.0
         #: orders the fault plan will cancel "by the user": (due exchange ms, api key, order id)
         self.user_cancels: list[tuple[int, str, int]] = []
         #: added to the wall clock the recvWindow check compares ``timestamp`` with (-1021 faults)
@@ -236,21 +242,42 @@ class Trading:
         return account
 
     def listen_key_for(self, account: Account) -> str:
-        """``POST /fapi/v1/listenKey``: the account's live listen key, or a new one."""
+        """``POST /fapi/v1/listenKey``: the account's live listen key (kept alive), or a new one."""
         with self.lock:
             key = self.listen_key_of(account)
             if key is None:
                 key = hashlib.sha256(f"{account.api_key}:{next(self._listen_serial)}".encode()).hexdigest()
                 self.listen_keys[key] = account.api_key
+            self.listen_key_deadlines[key] = time.monotonic() + self.listen_key_ttl_s
             return key
 
     def listen_key_of(self, account: Account) -> str | None:
-        return next((k for k, owner in self.listen_keys.items() if owner == account.api_key), None)
+        """The account's listen key, if one is alive (an expired one is forgotten here)."""
+        with self.lock:
+            now = time.monotonic()
+            for key in [k for k, due in self.listen_key_deadlines.items() if due <= now]:
+                self.listen_keys.pop(key, None)
+                del self.listen_key_deadlines[key]
+            return next((k for k, owner in self.listen_keys.items() if owner == account.api_key), None)
+
+    def keep_alive(self, account: Account) -> bool:
+        """``PUT /fapi/v1/listenKey``: extend the live key by the TTL; False when there is none."""
+        with self.lock:
+            key = self.listen_key_of(account)
+            if key is not None:
+                self.listen_key_deadlines[key] = time.monotonic() + self.listen_key_ttl_s
+            return key is not None
+
+    def listen_key_alive(self, key: str) -> bool:
+        with self.lock:
+            owner = self.listen_keys.get(key)
+            return owner is not None and self.listen_key_of(self.accounts[owner]) == key
 
     def close_listen_keys(self, account: Account) -> None:
         with self.lock:
             for key in [k for k, owner in self.listen_keys.items() if owner == account.api_key]:
                 del self.listen_keys[key]
+                self.listen_key_deadlines.pop(key, None)
 
     def market(self, symbol: str | None) -> Market:
         return self.state.market("usdm", symbol)
@@ -418,6 +445,45 @@ class Trading:
                 due = now + self.state.faults.user_cancel_after_ms
                 self.user_cancels.append((due, account.api_key, order.order_id))
                 self.user_cancels.sort()
+            return order
+
+    def modify(self, api_key: str, params: dict) -> Order:
+        """``PUT /fapi/v1/order``: new price and quantity for an open LIMIT order (Binance USD-M
+        "Modify Order"): a filter failure rejects the change and keeps the order; the order is
+        cancelled instead when the new quantity is not above what has been executed, or when a GTX
+        order's new price would execute at once; otherwise it is amended (``x`` = ``AMENDMENT``)."""
+        with self.lock:
+            account = self.account(api_key)
+            now = self.state.clock.now_ms()
+            self.sync(now)
+            market = self.market(_required(params, "symbol"))
+            order = self.find(account, params.get("orderId"), params.get("origClientOrderId"))
+            if order is None or not order.open:
+                raise BinanceError(-2013, "Order does not exist.")
+            if order.type != "LIMIT":
+                raise BinanceError(-1116, "Invalid orderType.")
+            if _required(params, "side").upper() != order.side:
+                raise BinanceError(-1117, "Invalid side.")
+            qty, price = _decimal(params, "quantity", required=True), _decimal(params, "price", required=True)
+            if qty <= 0 or not _on_step(qty, market.lot_size):
+                raise BinanceError(-1111, "Precision is over the maximum defined for this asset.")
+            if price <= 0 or not _on_step(price, market.tick_size):
+                raise BinanceError(-4014, "Price not increased by tick size.")
+            last = self.price(market.symbol_id, now)
+            crosses = price >= last if order.sign > 0 else price <= last
+            if qty <= order.executed + 1e-12 or (order.time_in_force == "GTX" and crosses):
+                self._close(account, order, "CANCELED", now)
+                return order
+            free, held = self.available(account, now), self._order_margin(account, order, now)
+            old = (order.qty, order.price)
+            order.qty, order.price = qty, price
+            if self._order_margin(account, order, now) - held > free + 1e-9:
+                order.qty, order.price = old
+                raise BinanceError(-2019, "Margin is insufficient.")
+            order.update_time = now
+            self._order_event(account, order, "AMENDMENT", now)
+            if crosses:
+                self._fill(account, order, last, now, maker=False)
             return order
 
     def _close(self, account: Account, order: Order, status: str, now: int) -> None:
@@ -795,8 +861,6 @@ def _segments(market: Market, start: int, end: int):
     leg a third of the minute (see :mod:`.market`); from one bar's close to the next bar's open it
     jumps (a zero-length piece at the next bar's open time).
     """
-    import numpy as np
-
     ts = market.bars.ts
     i = max(int(np.searchsorted(ts, start, "right")) - 1, 0)
     prev: tuple[int, float] | None = None

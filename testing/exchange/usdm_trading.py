@@ -13,6 +13,7 @@ Routes (ccxt 4.5 method -> endpoint):
 ================================  =============================================================
 create_order                      ``POST /fapi/v1/order``
 cancel_order                      ``DELETE /fapi/v1/order``
+edit_order                        ``PUT /fapi/v1/order`` (LIMIT only, as Binance)
 cancel_all_orders                 ``DELETE /fapi/v1/allOpenOrders``
 fetch_order                       ``GET /fapi/v1/order`` (``orderId`` or ``origClientOrderId``)
 fetch_open_orders                 ``GET /fapi/v1/openOrders``
@@ -47,6 +48,7 @@ def routes() -> list[web.RouteDef]:
     return [
         web.post("/fapi/v1/order", new_order),
         web.delete("/fapi/v1/order", cancel_order),
+        web.put("/fapi/v1/order", modify_order),
         web.get("/fapi/v1/order", get_order),
         web.delete("/fapi/v1/allOpenOrders", cancel_all),
         web.get("/fapi/v1/openOrders", open_orders),
@@ -133,6 +135,11 @@ async def new_order(request: web.Request) -> web.Response:
     account, params = await signed(request)
     order = trading_of(request).place(account.api_key, params)
     return web.json_response(order_json(order))
+
+
+async def modify_order(request: web.Request) -> web.Response:
+    account, params = await signed(request)
+    return web.json_response(order_json(trading_of(request).modify(account.api_key, params)))
 
 
 async def cancel_order(request: web.Request) -> web.Response:
@@ -405,6 +412,6 @@ async def listen_key(request: web.Request) -> web.Response:
         return web.json_response({"listenKey": trading.listen_key_for(account)})
     if request.method == "DELETE":
         trading.close_listen_keys(account)
-    elif not trading.listen_key_of(account):
+    elif not trading.keep_alive(account):
         raise BinanceError(-1125, "This listenKey does not exist.")
     return web.json_response({})

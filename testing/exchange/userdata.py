@@ -9,7 +9,9 @@ every event of the account that happens after the connection opened, in order:
 * ``ORDER_TRADE_UPDATE`` (``x`` = ``NEW``, ``TRADE``, ``CANCELED``, ``EXPIRED``) with the order in ``o``;
 * ``ACCOUNT_UPDATE`` (``a.m`` = ``ORDER``, ``FUNDING_FEE``, ``MARGIN_TRANSFER``) with the USDT
   balance in ``a.B`` and the changed position in ``a.P``;
-* ``listenKeyExpired`` when the key is closed (``DELETE /fapi/v1/listenKey``), then the socket closes.
+* ``listenKeyExpired`` when the key is closed (``DELETE /fapi/v1/listenKey``) or expires (no
+  ``POST``/``PUT`` keep-alive for ``Trading.listen_key_ttl_s`` real seconds, 60 minutes as on
+  Binance), then the socket closes; connecting with a dead key is answered -1125.
 
 Events missed while disconnected are not replayed (as on Binance): a client re-reads state over
 REST after reconnecting. Faults (:class:`~.faults.FaultPlan`, websocket kinds, decided once per
@@ -44,7 +46,7 @@ async def user_stream(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     trading = state.trading
     key = request.query.get("listenKey") or request.match_info.get("listen_key", "")
-    api_key = trading.listen_keys.get(key)
+    api_key = trading.listen_keys.get(key) if trading.listen_key_alive(key) else None
     if api_key is None:
         return web.json_response({"code": -1125, "msg": "This listenKey does not exist."}, status=400)
     account = trading.account(api_key)
@@ -70,7 +72,7 @@ async def _push(ws: web.WebSocketResponse, request: web.Request, state, account,
             await asyncio.sleep(POLL_S)
             with trading.lock:
                 fresh = account.events[cursor:]
-                alive = key in trading.listen_keys
+                alive = trading.listen_key_alive(key)
             for _, event in fresh:
                 cursor += 1
                 fault = state.faults.decide("ws", WS_KINDS)
