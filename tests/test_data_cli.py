@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
+import urllib.request
 import zipfile
 
 import numpy as np
@@ -24,6 +26,11 @@ def stored(home, exchange="binance", symbol="BTC/USDT", timeframe="1m"):
     with ChdbStore() as store:
         assert store.path == home / "chdb"
         return store.read_bars(exchange, symbol, timeframe), store.count_rows(exchange, symbol, timeframe), store.gaps(exchange, symbol, timeframe)
+
+
+def klines_answered(url: str) -> int:
+    state = json.load(urllib.request.urlopen(url + "/_control/state"))
+    return state["requests"].get("/api/v3/klines 200", 0)
 
 
 @pytest.fixture
@@ -59,7 +66,9 @@ def test_sigkilled_fetch_resumes_without_holes_or_duplicates(quant, isolated_env
         args = [exe, "data", "fetch", "exchange=binance", f"exchange.url={slow.url}", "exchange.page_limit=100",
                 "symbol=BTC/USDT", "start=2021-04-19"]
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
-        time.sleep(6)  # ~0.3 s a page of 100 bars: some pages are in, most are not
+        deadline = time.monotonic() + 180  # ~0.3 s a page of 100 bars: kill once a few pages are in
+        while klines_answered(slow.url) < 6 and time.monotonic() < deadline:
+            time.sleep(0.2)
         proc.kill()
         proc.wait(30)
         partial, _, _ = stored(isolated_env)

@@ -4,6 +4,7 @@ LocalCluster, walk-forward, the best config re-run by ``quant run``, and resume 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 from distributed import LocalCluster
 
 from btc_quant.core.config import load_run_config
+from btc_quant.core.data import SAMPLE
 from btc_quant.core.errors import ConfigError
 from btc_quant.core.config import gather
 from btc_quant.core.optimize import Constraint, SearchSpace, metric_names, optimize, plan_study
@@ -24,6 +26,9 @@ from btc_quant.core.optimize.space import parse_distribution
 
 # Real bars: the bundled BTCUSDT perpetual 1m sample (January 2022); a few days keep trials short.
 DAYS = ["strategy=sma_cross", "data.start=2022-01-10", "data.end=2022-01-13"]
+# In-process studies read the sample file directly: chDB allows one data directory per process,
+# and other tests in this process may hold another one open.
+FILE = [f"data.file={SAMPLE.path}", "broker.funding=constant"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -39,6 +44,7 @@ def test_ranges_choices_and_tables_become_optuna_distributions():
     stepped = parse_distribution("pct", "0.001:0.0105:0.001")
     assert stepped.step == 0.001 and stepped.high == pytest.approx(0.010)
     assert parse_distribution("lookback", "7d,30d,90d") == D.CategoricalDistribution(["7d", "30d", "90d"])
+    assert parse_distribution("equity_pct", "0.5,0.95") == D.CategoricalDistribution([0.5, 0.95])
     assert parse_distribution("lookback", ["7d", "30d"]) == D.CategoricalDistribution(["7d", "30d"])
     assert parse_distribution("fast", {"low": 5, "high": 50, "step": 5}) == D.IntDistribution(5, 50, step=5)
 
@@ -127,7 +133,7 @@ def test_grid_study_on_two_workers_writes_trials_report_and_a_runnable_best_conf
     out = tmp_path / "study"
     result = optimize(
         {
-            **_raw(DAYS),
+            **_raw([*DAYS, *FILE]),
             "search": {"fast": "3,6", "slow": "20,40,60"},
             "sampler": "grid",
             "trials": 50,
@@ -162,7 +168,7 @@ def test_walk_forward_reports_out_of_sample_windows(cluster, tmp_path, plugins):
     out = tmp_path / "wf"
     result = optimize(
         {
-            **_raw(["strategy=sma_cross", "data.start=2022-01-10", "data.end=2022-01-20"]),
+            **_raw(["strategy=sma_cross", "data.start=2022-01-10", "data.end=2022-01-20", *FILE]),
             "search": {"fast": "3:8", "slow": "20:60:20"},
             "sampler": "random",
             "seed": 7,
@@ -233,16 +239,20 @@ def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(tmp_path, qua
     (tmp_path / "study.toml").write_text(STUDY_TOML)  # the whole study from a TOML file
     args = ["--config", "study.toml", "--no-progress"]
     exe = Path(sys.executable).with_name("quant")
-    proc = subprocess.Popen([str(exe), "optimize", *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(exe), "optimize", *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
     db = tmp_path / "study" / "study.db"
     deadline = time.monotonic() + 120
     while len(_complete_trials(db)) < 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert proc.poll() is None, f"finished before the interrupt: {proc.stderr.read()}"
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C on a terminal: the driver and its worker processes
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "interrupted:" in stderr and "run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
     kept = _complete_trials(db)
     assert 3 <= len(kept) < 10
     first = pd.read_csv(tmp_path / "study" / "trials.csv")

@@ -247,7 +247,7 @@ def test_chdb_store_in_use_by_another_process_is_one_line(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys,time; from btc_quant.plugins.storage.clickhouse import ChdbStore, ChdbConfig;"
-         f"s=ChdbStore(ChdbConfig(path={str(tmp_path)!r})); print('open', flush=True); time.sleep(60)"],
+         f"s=ChdbStore(ChdbConfig(path={str(tmp_path)!r})); s.series(); print('open', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -255,7 +255,7 @@ def test_chdb_store_in_use_by_another_process_is_one_line(tmp_path):
         probe = subprocess.run(
             [sys.executable, "-c",
              "from btc_quant.plugins.storage.clickhouse import ChdbStore, ChdbConfig\n"
-             f"try:\n    ChdbStore(ChdbConfig(path={str(tmp_path)!r}))\nexcept Exception as e:\n    print(e)"],
+             f"try:\n    ChdbStore(ChdbConfig(path={str(tmp_path)!r}, lock_wait_s=0.5)).series()\nexcept Exception as e:\n    print(e)"],
             capture_output=True, text=True, timeout=120,
         )
         assert "is in use by another process" in probe.stdout

@@ -38,7 +38,7 @@ def setup_logging(debug: bool) -> None:
 
 
 def build_app(plugins: PluginManager) -> typer.Typer:
-    from . import config_cmd, data_cmd, optimize_cmd, plugins_cmd, report_cmd, run_cmd
+    from . import collect_cmd, config_cmd, data_cmd, optimize_cmd, plugins_cmd, report_cmd, run_cmd
 
     app = typer.Typer(
         name="quant",
@@ -49,7 +49,7 @@ def build_app(plugins: PluginManager) -> typer.Typer:
         add_completion=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
-    for module in (run_cmd, plugins_cmd, config_cmd, data_cmd, report_cmd, optimize_cmd):
+    for module in (run_cmd, plugins_cmd, config_cmd, data_cmd, collect_cmd, report_cmd, optimize_cmd):
         module.register(app, plugins)
     plugins.hook.quant_register_commands(cli=app)
     return app

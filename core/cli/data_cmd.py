@@ -81,6 +81,17 @@ def _when(ms: int | None) -> str:
     return "-" if ms is None else ms_to_iso(ms)
 
 
+def start_of(cfg: RunConfig, store, exchange: str, command: str) -> int:
+    """``data.start``, else the first stored bar of the series (the command then resumes)."""
+    if cfg.data.start is not None:
+        return _ms(cfg.data.start)
+    span = store.first_last(exchange, cfg.symbol, cfg.timeframe)
+    if span is None:
+        raise ConfigError(f"{command}: nothing stored for {exchange} {cfg.symbol} {cfg.timeframe} yet, so say where to start",
+                          hint=f"quant {command} exchange={exchange} symbol={cfg.symbol} timeframe={cfg.timeframe} start=2024-01-01")
+    return span[0]
+
+
 def open_source(cfg: RunConfig, plugins: PluginManager, runtime):
     name = cfg.exchange.name
     if name not in plugins.registry.names("data_source"):
@@ -107,13 +118,7 @@ def register(app: typer.Typer, plugins: PluginManager) -> None:
         _need(store, "write_bars", "first_last", "gaps", "record_page", "short_pages")
         source = open_source(cfg, plugins, runtime)
         ex, sym, tf = source.exchange_id, cfg.symbol, cfg.timeframe
-        start, end = _ms(cfg.data.start), _ms(cfg.data.end)
-        if start is None:
-            span = store.first_last(ex, sym, tf)
-            if span is None:
-                raise ConfigError(f"data fetch: nothing stored for {ex} {sym} {tf} yet, so say where to start",
-                                  hint=f"quant data fetch exchange={ex} symbol={sym} timeframe={tf} start=2024-01-01")
-            start = span[0]
+        start, end = start_of(cfg, store, ex, "data fetch"), _ms(cfg.data.end)
         try:
             total = source.total_ms(store, sym, tf, start, end)
             with progress_bar() as bar:

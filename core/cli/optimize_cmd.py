@@ -82,30 +82,38 @@ def _walk_forward_pairs(settings: list[str]) -> list[str]:
     return pairs
 
 
+def _cell(column: str, value) -> str:
+    if isinstance(value, str):  # an ISO time: the date alone when it is midnight
+        return value[:10] if value[11:16] in ("", "00:00") else value[:16]
+    return _fmt(column.removeprefix("oos."), value)
+
+
 def print_result(result) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
     summary = result.summary()
-    for key in ("study", "objective", "direction", "trials", "complete"):
-        table.add_row(key, str(summary[key]))
+    for key, label in (("study", "study"), ("objective", "objective"), ("direction", "direction"), ("trials", "trials run"), ("complete", "complete")):
+        table.add_row(label, str(summary[key]))
     label = "out-of-sample " + result.objective if result.walk_forward is not None else "best " + result.objective
     table.add_row(label, _fmt(result.objective, result.best_value))
     if result.best_params is not None:
         table.add_row("best params" if result.walk_forward is None else "last window params", json.dumps(result.best_params))
-    for name, path in result.files.items():
-        table.add_row(name, str(path))
+    for path in result.files.values():
+        table.add_row(path.name, str(path))
     out.print(table)
     frame = result.walk_forward
     if frame is not None and len(frame):
-        columns = ["window", "test_start", "test_end", "in_sample", *[c for c in frame if c.startswith("param.")],
+        columns = ["window", "test_start", "in_sample", *[c for c in frame if c.startswith("param.")],
                    "out_of_sample", "oos.total_return", "oos.trades"]
         columns = [c for c in columns if c in frame]
-        windows = Table(title=f"walk-forward windows ({result.objective} in and out of sample)")
+        headers = {"window": "#", "test_start": "test from", "in_sample": "IS", "out_of_sample": "OOS",
+                   "oos.total_return": "OOS return", "oos.trades": "OOS trades"}
+        windows = Table(title=f"walk-forward: {result.objective} in sample (IS) and out of sample (OOS)", box=None)
         for column in columns:
-            windows.add_column(column.removeprefix("param.").removeprefix("oos."))
+            windows.add_column(headers.get(column, column.removeprefix("param.")), no_wrap=True)
         for row in frame[columns].itertuples(index=False):
-            windows.add_row(*[v[:16] if isinstance(v, str) else _fmt(c.removeprefix("oos."), v) for c, v in zip(columns, row)])
+            windows.add_row(*[_cell(c, v) for c, v in zip(columns, row)])
         out.print(windows)
     if result.oos_metrics:
         oos = Table(show_header=False, box=None, pad_edge=False, title="stitched out-of-sample")

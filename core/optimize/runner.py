@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from itertools import product
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import optuna
+import pandas as pd
 from distributed.diagnostics.plugin import WorkerPlugin
 from optuna.trial import TrialState
 
@@ -34,6 +36,7 @@ from ..data import BarArrays
 from ..errors import ConfigError, QuantError
 from ..plugins import PluginManager, Registry, load_plugins
 from ..run import build_engine, build_runtime
+from ..store import Store
 from .space import Constraint, OptimizeConfig, SearchSpace, direction_for
 
 log = logging.getLogger(__name__)
@@ -45,19 +48,42 @@ INTERRUPTED = "interrupted"
 
 _worker_plugins: PluginManager | None = None
 #: Bars installed on this worker process by :class:`BarsOnWorkers`, by token.
-_worker_bars: dict[str, BarArrays] = {}
+_worker_bars: dict[str, "PreloadedStore"] = {}
+
+
+class PreloadedStore(Store):
+    """The driver's bars and funding history, served to a worker's runs instead of the real store
+    (workers never open the store: chDB allows one process per data directory)."""
+
+    def __init__(self, bars: BarArrays, funding: pd.DataFrame | None):
+        self.bars = bars
+        self.funding = funding
+
+    def read_bars(self, exchange, symbol, timeframe, start_ms=None, end_ms=None) -> BarArrays:
+        return self.bars.between(start_ms, end_ms)
+
+    def read_funding(self, exchange, symbol, start_ms=None, end_ms=None) -> pd.DataFrame:
+        frame = self.funding if self.funding is not None else pd.DataFrame({"ts": np.empty(0, np.int64), "rate": np.empty(0)})
+        ts = frame["ts"].to_numpy(np.int64)
+        keep = np.ones(len(ts), bool)
+        if start_ms is not None:
+            keep &= ts >= start_ms
+        if end_ms is not None:
+            keep &= ts < end_ms
+        return frame[keep]
 
 
 class BarsOnWorkers(WorkerPlugin):
-    """Dask worker plugin that puts one copy of the bars in each worker's memory."""
+    """Dask worker plugin that puts one copy of the bars (and funding history) in each worker's memory."""
 
-    def __init__(self, token: str, bars: BarArrays):
+    def __init__(self, token: str, bars: BarArrays, funding: pd.DataFrame | None = None):
         self.token = token
         self.name = f"btc-quant-bars-{token}"
         self.bars = bars
+        self.funding = funding
 
     def setup(self, worker=None) -> None:
-        _worker_bars[self.token] = self.bars
+        _worker_bars[self.token] = PreloadedStore(self.bars, self.funding)
 
     def teardown(self, worker=None) -> None:
         _worker_bars.pop(self.token, None)
@@ -69,13 +95,15 @@ def evaluate(config: dict[str, Any], bars_token: str, start_ms: int | None, end_
     started = time.perf_counter()
     if _worker_plugins is None:
         _worker_plugins = load_plugins()
-    bars = _worker_bars.get(bars_token)
-    if bars is None:
+    store = _worker_bars.get(bars_token)
+    if store is None:
         raise RuntimeError(f"bars {bars_token} are not installed on this worker")
+    bars = store.bars
     out: dict[str, Any] = {"worker": f"{socket.gethostname()}:{os.getpid()}", "bars_id": id(bars)}
     try:
         cfg = resolve(config, _worker_plugins.registry)
         runtime = build_runtime(cfg, _worker_plugins)
+        runtime._store = store
         window = bars.between(start_ms, end_ms)
         if len(window) == 0:
             raise QuantError("no bars in the window")
@@ -106,8 +134,10 @@ def dask_client(settings: OptimizeConfig) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     # distributed sets its own loggers' levels when imported; its INFO lines are not ours to show.
-    for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.nanny", "distributed.worker"):
+    for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.worker"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # closing kills a worker still inside a backtest after Ctrl-C; that is expected, not a warning
+    logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
     if settings.cluster:
         try:
             client = Client(settings.cluster, timeout="15s")
@@ -117,16 +147,32 @@ def dask_client(settings: OptimizeConfig) -> Iterator[Any]:
             yield client
         return
     workers = settings.workers or os.cpu_count() or 1
-    with LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        scheduler_port=0,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    ) as cluster, Client(cluster) as client:
+    with _sigint_ignored_by_children():
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            scheduler_port=0,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+    with cluster, Client(cluster) as client:
         yield client
+
+
+@contextmanager
+def _sigint_ignored_by_children() -> Iterator[None]:
+    """Start processes with SIGINT ignored (a process inherits that): a terminal's Ctrl-C reaches the
+    whole process group, and the driver, not each worker, decides what stopping means."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass
@@ -295,6 +341,10 @@ class StudyRunner:
         try:
             out = future.result()
         except Exception as exc:  # a bug in a strategy or a lost worker: recorded on the trial, study goes on
+            if self.stop.set:  # workers get the terminal's Ctrl-C too: their trials are interrupted, not failed
+                trial.set_user_attr(INTERRUPTED, True)
+                study.tell(trial, state=TrialState.FAIL)
+                return
             log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             study.tell(trial, state=TrialState.FAIL)

@@ -207,7 +207,7 @@ def parse_distribution(name: str, value: Any) -> optuna.distributions.BaseDistri
             raise ConfigError(
                 f"{where}: cannot read {value!r}; expected LOW:HIGH, LOW:HIGH:STEP, LOW:HIGH:log or a,b,c"
             )
-        choices = [part.strip() for part in value.split(",") if part.strip()]
+        choices = [_maybe_number(part.strip()) for part in value.split(",") if part.strip()]
     else:
         choices = [value]
     if not choices:
@@ -218,6 +218,14 @@ def parse_distribution(name: str, value: Any) -> optuna.distributions.BaseDistri
         if not isinstance(choice, (str, int, float, bool)) or choice is None:
             raise ConfigError(f"{where}: choices must be strings or numbers, got {choice!r}")
     return optuna.distributions.CategoricalDistribution(choices)
+
+
+def _maybe_number(text: str) -> Any:
+    """``"0.5"`` -> 0.5, ``"7"`` -> 7, ``"7d"`` stays ``"7d"``."""
+    try:
+        return _number(text)
+    except ValueError:
+        return text
 
 
 def _number(text: Any) -> Any:

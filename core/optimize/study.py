@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..config import RunConfig, gather, resolve
 from ..data import ms_to_iso, timeframe_ms
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 from ..metrics import compute_metrics
 from ..plugins import PluginManager, load_plugins
 from ..run import build_runtime, load_bars
@@ -189,9 +189,10 @@ def optimize(
     runtime = build_runtime(base, plugins)
     try:
         loaded = load_bars(base, runtime)
+        bars = loaded.bars
+        funding = _funding_history(base, runtime, bars)
     finally:
         runtime.close()
-    bars = loaded.bars
     windows: list[tuple[int, int, int]] = []
     if opt.walk_forward:
         wf = opt.walk_forward
@@ -207,7 +208,7 @@ def optimize(
     stop = stop or StopFlag()
     with stop.on_sigint(), dask_client(opt) as client:
         token = uuid.uuid4().hex[:12]
-        installed = BarsOnWorkers(token, bars)
+        installed = BarsOnWorkers(token, bars, funding)
         client.register_plugin(installed)
         runner = StudyRunner(
             client=client, bars=token, run_raw=split_settings(raw)[0], registry=plugins.registry, space=space,
@@ -229,6 +230,17 @@ def optimize(
 
     write_outputs(result, space)
     return result
+
+
+def _funding_history(base: RunConfig, runtime, bars) -> pd.DataFrame | None:
+    """Funding history from the store, read once here for every worker (None: the broker's constant)."""
+    if base.store.name not in runtime.registry.names("store") or getattr(base.broker.config, "funding", None) != "auto":
+        return None
+    try:
+        return runtime.store().read_funding(base.exchange.name, base.symbol, bars.start_ms, bars.end_ms + 1)
+    except (StoreError, NotImplementedError) as exc:
+        log.warning("funding history unavailable (%s); runs use the broker's funding_rate", exc)
+        return None
 
 
 def _best_of(study, direction: str) -> tuple[dict | None, float | None, dict]:

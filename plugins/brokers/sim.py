@@ -133,6 +133,12 @@ class SimBroker(SimulatedBroker):
         self._liq_cache: float | None | bool = False  # False = stale
         self.liquidations = 0
         self.insurance = 0.0
+        # Set by load(); brokers fed bar by bar (paper) never call it and get no funding schedule.
+        self._wake_index: np.ndarray | None = None
+        self._funding = pd.DataFrame({"ts": np.empty(0, np.int64), "bar": np.empty(0, np.int64), "rate": np.empty(0)})
+        self._fund_ts = self._fund_bar = np.empty(0, np.int64)
+        self._fund_rate = np.empty(0)
+        self._fk = 0
 
     # --- data ----------------------------------------------------------------------------
     def load(self, bars: BarArrays) -> None:
@@ -555,8 +561,12 @@ class SimBroker(SimulatedBroker):
             if order.type is OrderType.MARKET or self._crosses(order):
                 self._fill(order, self._price, maker=False)
 
-    def _walk(self) -> None:
-        """Walk the current bar's path until an event (left in the queue) or the close."""
+    def _walk(self) -> bool:
+        """Walk the current bar's path until an event (left in the queue: True) or the close (False).
+
+        Only events queued during this call count: a caller that does not drain the queue between
+        calls (a paper broker fed bar by bar) still moves forward."""
+        queued = len(self._events)
         bar_low, bar_high = float(self.bars.low[self._i]), float(self.bars.high[self._i])
         while self._seg < 4:
             event = self._next_event()
@@ -569,15 +579,16 @@ class SimBroker(SimulatedBroker):
                     self._liquidate(price)
                 else:
                     self._fill(order, price, maker=True)
-                if self._events:
-                    return
+                if len(self._events) > queued:
+                    return True
                 continue
             self._seg += 1
             self._price = self._path[self._seg] if self._seg < 4 else self._price
             if self._seg == 1:
                 self._at_open()
-                if self._events:
-                    return
+                if len(self._events) > queued:
+                    return True
+        return False
 
     def _next_wake(self, start: int, wake: np.ndarray | None) -> int:
         if wake is None:
@@ -629,8 +640,7 @@ class SimBroker(SimulatedBroker):
                 self._inside = True
                 self._used.clear()
             i = self._i
-            self._walk()
-            if self._events:
+            if self._walk():
                 return Step(i, False)
             self._inside = False
             self._price = float(bars.close[i])

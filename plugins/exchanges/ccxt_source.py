@@ -21,7 +21,9 @@ How a fetch never loses a range silently (:meth:`CcxtSource.fetch_bars`):
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -92,6 +94,8 @@ class CcxtSource:
         self.client = make_exchange(exchange_id, url=self.config.url, timeout_ms=self.config.timeout_ms, credentials=credentials)
         self._markets_loaded = False
         self.sleep: Callable[[float], None] = time.sleep
+        #: Set to stop a fetch between pages (``quant collect`` on SIGTERM).
+        self.stop = threading.Event()
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -104,7 +108,7 @@ class CcxtSource:
                     report.requests += 1
                 return getattr(self.client, method)(*args, **kwargs)
             except TRANSIENT as exc:
-                if attempt == self.config.retries:
+                if attempt == self.config.retries or self.stop.is_set():
                     raise ExchangeError(
                         f"{self.exchange_id}: {method} still failing after {self.config.retries} retries: {_one_line(exc)}",
                         hint="the exchange may be down or limiting you; run the same command again later to resume",
@@ -219,7 +223,7 @@ class CcxtSource:
                 self._record_missing(store, symbol, timeframe, step, missing[0], missing[1], report)
                 missing.clear()
 
-        while since < hi:
+        while since < hi and not self.stop.is_set():
             limit = int(min(limit_max, (hi - since) // step))
             rows = self.call("fetch_ohlcv", symbol, timeframe, since=since, limit=limit, report=report)
             rows = [r for r in rows if since <= r[0] < hi and (r[0] - since) % step == 0]
@@ -311,6 +315,108 @@ class CcxtSource:
             report.funding += store.write_funding(self.exchange_id, symbol, frame)
             since = int(frame["ts"].max()) + 1
 
+    # -- live collection --------------------------------------------------------------------
+
+    def collect(self, store, symbol: str, timeframe: str, start_ms: int, stop: threading.Event,
+                on_event: Callable[[str], None] | None = None) -> CollectStats:
+        """Keep the store current until ``stop`` is set (``quant collect``).
+
+        First a REST catch-up from ``start_ms`` (resuming after the last stored bar, so any downtime
+        is filled), then websocket klines through ccxt.pro when the exchange has them (each candle is
+        written once it has closed: when a later candle appears), else REST polling every
+        ``poll_s``. After a websocket error, and whenever a closed candle does not follow the last
+        stored one, the missing range is fetched over REST before going on, so a dropped connection
+        never leaves a hole. On ``stop`` the closed candles seen are written and it returns; the
+        candle still forming is left to the next run's catch-up.
+        """
+        say = on_event or (lambda text: log.info("%s", text))
+        stats = CollectStats()
+        self.stop = stop
+        self.sleep = stop.wait  # retry pauses end at once on stop
+        self.market(symbol)
+        stats.rest += self.fetch_bars(store, symbol, timeframe, start_ms).written
+        say(f"caught up: {stats.rest:,} bars over REST")
+        use_ws = self.config.websocket and _has_pro(self.exchange_id)
+        if use_ws:
+            asyncio.run(self._watch(store, symbol, timeframe, start_ms, stop, stats, say))
+        else:
+            say(f"polling {self.exchange_id} every {self.config.poll_s:g}s over REST")
+            while not stop.wait(self.config.poll_s):
+                stats.rest += self.fetch_bars(store, symbol, timeframe, start_ms).written
+        return stats
+
+    async def _watch(self, store, symbol, timeframe, start_ms, stop, stats, say) -> None:
+        step = timeframe_ms(timeframe)
+        client = make_exchange(self.exchange_id, url=self.config.url, timeout_ms=self.config.timeout_ms, pro=True)
+        span = store.first_last(self.exchange_id, symbol, timeframe)
+        last = span[1] if span else start_ms - step
+        pending: dict[int, list] = {}
+        watch: asyncio.Task | None = None
+        seen_connection = None
+        failures = 0
+        say(f"watching {self.exchange_id} {symbol} {timeframe} klines over websocket")
+
+        def flush(closed_before: int) -> None:
+            nonlocal last
+            ready = sorted(ts for ts in pending if last < ts < closed_before)
+            if not ready:
+                return
+            if ready[0] > last + step:  # candles missed (connection dropped, or joined late): REST first
+                stats.rest += self.fetch_bars(store, symbol, timeframe, start_ms, ready[0]).written
+            rows = [pending[ts] for ts in ready]
+            frame = pd.DataFrame(rows, columns=["ts", "open", "high", "low", "close", "volume"])
+            stats.websocket += store.write_bars(self.exchange_id, symbol, timeframe, frame)
+            last = ready[-1]
+            for ts in [t for t in pending if t <= last]:
+                del pending[ts]
+
+        try:
+            while not stop.is_set():
+                if watch is None:
+                    watch = asyncio.ensure_future(client.watch_ohlcv(symbol, timeframe))
+                done, _ = await asyncio.wait({watch}, timeout=0.5)
+                if not done:
+                    continue
+                candles, watch = None, None
+                try:
+                    candles = done.pop().result()
+                    failures = 0
+                except ccxt.BaseError as exc:
+                    failures += 1
+                    stats.reconnects += 1
+                    say(f"websocket: {_one_line(exc)}; catching up over REST and reconnecting")
+                    # A candle seen before the drop may have closed unseen: its last values are not final.
+                    pending.clear()
+                    seen_connection = None
+                    stats.rest += self.fetch_bars(store, symbol, timeframe, start_ms).written
+                    span = store.first_last(self.exchange_id, symbol, timeframe)
+                    last = span[1] if span else last
+                    await asyncio.sleep(min(self.config.backoff_s * 2 ** min(failures, 6), self.config.max_backoff_s))
+                    continue
+                connection = _connection(client)
+                if connection is not seen_connection:
+                    # A new socket (first, or after a drop ccxt.pro may have handled quietly): a candle
+                    # seen on the old one may have closed unseen, and ccxt's candle cache may hand back
+                    # such stale candles now. Only the newest candle is trusted; REST fills the rest.
+                    if seen_connection is not None:
+                        stats.reconnects += 1
+                    pending.clear()
+                    seen_connection = connection
+                    newest_ts = max((int(c[0]) for c in candles), default=None)
+                    candles = [c for c in candles if int(c[0]) == newest_ts]
+                for candle in candles:
+                    pending[int(candle[0])] = list(candle)
+                newest = max(pending) if pending else None
+                if newest is not None:
+                    flush(newest)  # every candle before the newest has closed
+        finally:
+            if watch is not None:
+                watch.cancel()
+            await client.close()
+        if pending:
+            newest = max(pending)
+            flush(newest)
+
     def close(self) -> None:
         close = getattr(self.client, "close", None)
         if callable(close):
@@ -318,6 +424,29 @@ class CcxtSource:
                 close()
             except Exception:  # a sync client has nothing to close
                 pass
+
+
+@dataclass
+class CollectStats:
+    """Bars ``quant collect`` wrote from each path, and websocket reconnects."""
+
+    rest: int = 0
+    websocket: int = 0
+    reconnects: int = 0
+
+
+def _has_pro(exchange_id: str) -> bool:
+    try:
+        import ccxt.pro
+    except ImportError:
+        return False
+    return exchange_id in getattr(ccxt.pro, "exchanges", [])
+
+
+def _connection(client) -> Any:
+    """The websocket connection ccxt.pro is using now (a new object after every reconnect)."""
+    clients = getattr(client, "clients", None) or {}
+    return next(iter(clients.values()), None)
 
 
 def _advance(progress, amount: int, report: FetchReport) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterable
@@ -107,6 +108,14 @@ class ClickHouseStore(Store):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.db):
             raise DataError(f"store.database: {self.db!r} is not a plain identifier")
         self._lock = threading.RLock()
+        self.client = None
+        if not self.lazy:
+            self._open()
+
+    #: Connect on first use instead of in the constructor (and again after :meth:`close`).
+    lazy: ClassVar[bool] = False
+
+    def _open(self) -> None:
         self.client = self._connect()
         self.migrate()
 
@@ -144,7 +153,9 @@ class ClickHouseStore(Store):
 
     def _guard(self, call):
         if self.client is None:
-            raise StoreError(f"{self.where()}: the store is closed")
+            if not self.lazy:
+                raise StoreError(f"{self.where()}: the store is closed")
+            self._open()
         try:
             return call()
         except StoreError:
@@ -449,13 +460,22 @@ def _first_line(exc: BaseException) -> str:
 class ChdbConfig(StoreConfig):
     path: Path | None = Field(None, description="data directory of the embedded store; default: <user data dir>/chdb")
     database: str = Field("btc_quant", description="database holding the tables")
+    lock_wait_s: float = Field(10.0, ge=0, description="how long to wait for another process to release the store")
 
 
 class ChdbStore(ClickHouseStore):
-    """ClickHouse in-process (chDB): zero set-up, data under the user data dir."""
+    """ClickHouse in-process (chDB): zero set-up, data under the user data dir.
+
+    ClickHouse lets one process at a time open a data directory, and chDB one directory per
+    process. So the engine is opened on first use, and a read by a store that was not already open
+    (a backtest loading its bars) closes it again at once: many runs can read the same store one
+    after another, and a store that was never written is not even created. Opening waits up to
+    ``lock_wait_s`` for another process to let go.
+    """
 
     Config = ChdbConfig
     label = "chdb"
+    lazy = True
 
     def __init__(self, config: ChdbConfig | None = None, runtime: Any = None):
         config = config or ChdbConfig()
@@ -467,6 +487,30 @@ class ChdbStore(ClickHouseStore):
             self.path = (runtime.data_dir if runtime is not None else data_dir()) / "chdb"
         super().__init__(config, runtime)
 
+    def _exists(self) -> bool:
+        """Has a ClickHouse engine ever run here (its ``metadata`` folder outlives it)?"""
+        return (self.path / "metadata").is_dir()
+
+    def read_bars(self, exchange, symbol, timeframe, start_ms=None, end_ms=None) -> BarArrays:
+        if self.client is None and not self._exists():
+            return BarArrays(np.empty(0, dtype=np.int64), *(np.empty(0) for _ in range(5)))
+        held = self.client is not None
+        try:
+            return super().read_bars(exchange, symbol, timeframe, start_ms, end_ms)
+        finally:
+            if not held:
+                self.close()
+
+    def read_funding(self, exchange, symbol, start_ms=None, end_ms=None) -> pd.DataFrame:
+        if self.client is None and not self._exists():
+            return Store.read_funding(self, exchange, symbol, start_ms, end_ms)
+        held = self.client is not None
+        try:
+            return super().read_funding(exchange, symbol, start_ms, end_ms)
+        finally:
+            if not held:
+                self.close()
+
     def where(self) -> str:
         return f"chdb store {self.path}"
 
@@ -474,6 +518,9 @@ class ChdbStore(ClickHouseStore):
         import clickhouse_connect
 
         self.path.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.config.lock_wait_s
+        while _locked_by_other_process(self.path / "status") and time.monotonic() < deadline:
+            time.sleep(0.2)
         if _locked_by_other_process(self.path / "status"):
             raise StoreError(
                 f"{self.where()} is in use by another process (ClickHouse locks its data directory)",
