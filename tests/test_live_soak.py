@@ -68,7 +68,7 @@ class Bot:
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "live_bot.py"), "--testnet", f"--url={self.url}", "strategy=grid_probe",
              "broker=live", f"broker.api_key={KEY}", f"broker.secret={SECRET}", "broker.bot=soak", "broker.leverage=5",
-             "broker.margin_mode=isolated", "broker.reconcile_s=1", "broker.rate_limit_ms=5", "strategy.levels=1", "broker.timeout_ms=700", "broker.backoff_s=0.1"],
+             "broker.margin_mode=isolated", "broker.reconcile_s=1", "broker.reconcile_timeout_s=15", "broker.rate_limit_ms=5", "strategy.levels=1", "broker.timeout_ms=700", "broker.backoff_s=0.1"],
             env=env, stdout=self.log, stderr=self.log,
         )
 

@@ -284,10 +284,12 @@ class LiveRun:
     async def _reconcile_loop(self) -> None:
         while True:
             await asyncio.sleep(self.broker.config.reconcile_s)
+            # bounded: a request that never answers must not stall reconciliation for good
             try:
-                await self.broker.reconcile()
+                await asyncio.wait_for(self.broker.reconcile(), self.broker.config.reconcile_timeout_s)
             except Exception as exc:  # noqa: BLE001 - exchange trouble: the next turn tries again
-                log.info("reconcile failed: %s", exc)
+                self.broker.stats["reconcile_failures"] = self.broker.stats.get("reconcile_failures", 0) + 1
+                log.warning("reconcile failed (%s: %s); retrying in %g s", type(exc).__name__, exc, self.broker.config.reconcile_s)
             self.engine.pump()
 
     # --- reporting ------------------------------------------------------------------------

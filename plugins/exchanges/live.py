@@ -169,6 +169,7 @@ class LiveConfig(BrokerConfig):
     timeout_ms: int = Field(10_000, gt=0, description="ccxt request timeout; a timed-out order is looked up by client id before any retry")
     rate_limit_ms: int | None = Field(None, gt=0, description="ccxt rateLimit (ms between requests); default: ccxt's value for the exchange")
     reconcile_s: float = Field(10.0, gt=0, description="seconds between REST reconciliations")
+    reconcile_timeout_s: float = Field(60.0, gt=0, description="a reconciliation still running after this is abandoned and the next one starts")
     own_prefixes: list[str] = Field(default_factory=list, description="more client-id prefixes this bot owns (e.g. an OrderSync strategy id 'mv:')")
     max_attempts: int = Field(8, ge=1, description="tries of one request before leaving it to reconciliation")
     backoff_s: float = Field(0.5, ge=0, description="first wait before retrying a failed request (doubles)")
@@ -195,7 +196,7 @@ class LiveBroker(Broker):
         self._now = 0
         self._tasks: set[asyncio.Task] = set()
         self._margin: dict[str, Any] = {}
-        self.stats = {"retries": 0, "lookups": 0, "orphans_canceled": 0, "ws_errors": 0, "reconciles": 0, "disagreements": 0}
+        self.stats = {"retries": 0, "lookups": 0, "orphans_canceled": 0, "ws_errors": 0, "reconciles": 0, "disagreements": 0, "reconcile_failures": 0}
         self.last_reconcile_ms: int | None = None
 
     # --- set-up ---------------------------------------------------------------------------
