@@ -37,7 +37,7 @@ from btc_quant.testing.process import ServerProcess
 
 HERE = Path(__file__).parent
 FAULTS = {
-    "rate_limit": 0.01, "server_error": 0.06, "timeout": 0.02, "accepted_timeout": 0.06, "accepted_error": 0.06,
+    "rate_limit": 0.01, "server_error": 0.08, "timeout": 0.03, "accepted_timeout": 0.06, "accepted_error": 0.06,
     "partial_fill": 0.5, "user_cancel": 0.05, "drop": 0.02, "ws_delay": 0.3,
 }
 KEY, SECRET = "local-test-key", "local-test-secret"
