@@ -62,3 +62,44 @@ def test_exchange_without_leverage_fails_with_one_line_naming_it(quant):
 def test_testnet_flag_is_for_live_only(quant):
     proc = quant("run", "broker=sim", "--testnet")
     assert proc.returncode == 2 and "for broker=live" in proc.stderr
+
+
+def test_quant_run_paper_status_and_stop_through_the_cli(fast_exchange, tmp_path):
+    """`quant run broker=paper` in the background, `quant status` reads it, `quant stop` ends it."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("quant")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUANT_") or k == "QUANT_HOME"}
+    bot = subprocess.Popen(
+        [str(exe), "run", "broker=paper", "strategy=sma_cross", "strategy.fast=3", "strategy.slow=8",
+         f"exchange.url={fast_exchange.url}", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+    )
+    try:
+        deadline = time.time() + 60
+        status = None
+        while time.time() < deadline:
+            proc = subprocess.run([str(exe), "status", "--bot", "paper", "--json"], capture_output=True, text=True, env=env, cwd=tmp_path)
+            if proc.returncode == 0:
+                status = json.loads(proc.stdout)
+                if status["running"] and status["bars"] >= 5:
+                    break
+            time.sleep(0.5)
+        assert status and status["running"] and status["bars"] >= 5, status
+        assert status["mode"] == "paper" and status["symbol"] == "BTC/USDT:USDT"
+        text = subprocess.run([str(exe), "status", "--bot", "paper"], capture_output=True, text=True, env=env, cwd=tmp_path).stdout
+        assert "bot paper (paper, sma_cross on binanceusdm BTC/USDT:USDT): running" in text and "open orders:" in text
+        stop = subprocess.run([str(exe), "stop", "--bot", "paper"], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert stop.returncode == 0 and "stop done" in stop.stdout, stop.stderr
+        out, err = bot.communicate(timeout=30)
+        assert bot.returncode == 0, err
+        summary = json.loads(out)
+        assert summary["halted"] == "quant stop" and summary["report"]["bars"] == summary["bars"] >= 5
+    finally:
+        if bot.poll() is None:
+            bot.kill()

@@ -87,11 +87,11 @@ def register(app: typer.Typer, plugins: PluginManager) -> None:
         runner = getattr(plugins.registry.get("broker", cfg.broker.name, key="broker").factory, "run_live", None)
         if runner is not None:
             summary = runner(cfg, plugins, testnet=testnet, real_money=real_money, max_seconds=max_seconds)
-            report = summary.pop("report", None)
+            paper_report = summary.pop("report", None)
             if as_json:
-                typer.echo(json.dumps({**summary, "report": report}, default=str))
+                typer.echo(json.dumps({**summary, "report": paper_report}, default=str))
             else:
-                print_summary(report or {k: v for k, v in summary.items() if not isinstance(v, (dict, list))})
+                print_summary(paper_report or {k: v for k, v in summary.items() if not isinstance(v, (dict, list))})
             return
         if testnet or real_money:
             raise ConfigError(f"--testnet and --i-understand-this-trades-real-money are for broker=live, not broker={cfg.broker.name}")

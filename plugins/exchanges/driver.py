@@ -37,7 +37,7 @@ from btc_quant.sdk import Bar, ConfigError, ExchangeError
 
 from .ccxt_client import make_exchange, point_at
 from .journal import Journal, journal_path
-from .live import LiveBroker, PaperBroker
+from .live import LiveBroker, PaperBroker, install_gate, retrying
 
 log = logging.getLogger(__name__)
 
@@ -148,14 +148,18 @@ class LiveRun:
                 if value is not None:
                     secrets.register(value)
                     credentials[ccxt_key] = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
-        exchange = make_exchange(cfg.exchange.name, pro=True, credentials=credentials, options={"warnOnFetchOpenOrdersWithoutSymbol": False})
+        timeout_ms = getattr(cfg.broker.config, "timeout_ms", 10_000)
+        exchange = make_exchange(cfg.exchange.name, pro=True, credentials=credentials, timeout_ms=timeout_ms, options={"warnOnFetchOpenOrdersWithoutSymbol": False})
         try:
             check_capabilities(exchange, cfg.exchange.name, required_capabilities(self.broker, self.runtime.instrument, self.testnet))
             if self.testnet:
                 exchange.set_sandbox_mode(True)
             if self.url:
                 point_at(exchange, self.url)
-            await exchange.load_markets()
+            install_gate(exchange)
+            if getattr(cfg.broker.config, "rate_limit_ms", None):
+                exchange.rateLimit = cfg.broker.config.rate_limit_ms
+            await retrying(exchange.load_markets, attempts=20)
             if self.runtime.instrument.symbol not in exchange.markets:
                 raise ConfigError(f"symbol: {cfg.exchange.name} lists no market {self.runtime.instrument.symbol}")
             self.journal.set("pid", os.getpid())
@@ -190,7 +194,7 @@ class LiveRun:
 
     async def _warm_up(self, exchange) -> None:
         """History before the first live bar, so indicators do not start cold (on_bar not called)."""
-        rows = await exchange.fetch_ohlcv(self.config.symbol, self.config.timeframe, limit=self.warmup + 1)
+        rows = await retrying(exchange.fetch_ohlcv, self.config.symbol, self.config.timeframe, limit=self.warmup + 1, attempts=20)
         if not rows:
             raise ExchangeError(f"{self.config.exchange.name} returned no {self.config.timeframe} bars for {self.config.symbol}")
         for row in rows[:-1]:  # the last one is still forming
@@ -245,6 +249,8 @@ class LiveRun:
         self.bars_seen += 1
         if isinstance(self.broker, PaperBroker):
             self.broker.add_bar(bar)
+            while not self.broker.step():
+                self.engine.pump()
             self.engine.pump()
         else:
             self.broker.set_market(bar.close, bar.ts_ms + self.tf_ms)
@@ -278,10 +284,12 @@ class LiveRun:
     async def _reconcile_loop(self) -> None:
         while True:
             await asyncio.sleep(self.broker.config.reconcile_s)
+            # bounded: a request that never answers must not stall reconciliation for good
             try:
-                await self.broker.reconcile()
+                await asyncio.wait_for(self.broker.reconcile(), self.broker.config.reconcile_timeout_s)
             except Exception as exc:  # noqa: BLE001 - exchange trouble: the next turn tries again
-                log.info("reconcile failed: %s", exc)
+                self.broker.stats["reconcile_failures"] = self.broker.stats.get("reconcile_failures", 0) + 1
+                log.warning("reconcile failed (%s: %s); retrying in %g s", type(exc).__name__, exc, self.broker.config.reconcile_s)
             self.engine.pump()
 
     # --- reporting ------------------------------------------------------------------------
@@ -305,7 +313,8 @@ class LiveRun:
             "wallet_balance": broker.account().wallet_balance, "equity": broker.equity(), "margin": margin_view,
             "open_orders_virtual": virtual, "open_orders_live": live, "bars": self.bars_seen,
             "fills": len(engine.fills), "halted": None if engine.halted is None else engine.halted.reason,
-            "last_reconcile": getattr(broker, "last_reconcile_ms", None), "stats": dict(getattr(broker, "stats", {})),
+            "last_reconcile": getattr(broker, "last_reconcile_ms", None), "requests_in_flight": len(getattr(broker, "_tasks", ())),
+            "in_flight": sorted(t.get_name() for t in getattr(broker, "_tasks", ())), "stats": dict(getattr(broker, "stats", {})),
         }
 
     def _snapshot(self) -> None:

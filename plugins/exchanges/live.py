@@ -66,7 +66,51 @@ log = logging.getLogger(__name__)
 
 #: ccxt order status -> ours (ccxt: open, closed, canceled, expired, rejected).
 STATUS = {"closed": OrderStatus.FILLED, "canceled": OrderStatus.CANCELED, "expired": OrderStatus.EXPIRED, "rejected": OrderStatus.REJECTED}
-RETRYABLE = (ccxt.NetworkError,)  # RequestTimeout, DDoSProtection (429/418), ExchangeNotAvailable (5xx)
+#: Failures after which a request may be retried (after a lookup, for orders): ccxt OperationFailed
+#: covers RequestTimeout, DDoSProtection (429/418), ExchangeNotAvailable and Binance -1001 (5xx);
+#: InvalidNonce is Binance -1021 (timestamp outside recvWindow).
+RETRYABLE = (ccxt.OperationFailed, ccxt.InvalidNonce)
+
+
+async def retrying(fn, *args, attempts: int = 8, backoff_s: float = 0.5, on_retry=None, **kwargs):
+    """Await ``fn(*args)``, retrying idempotent requests on :data:`RETRYABLE` failures with backoff."""
+    delay = backoff_s
+    for attempt in range(attempts):
+        try:
+            return await fn(*args, **kwargs)
+        except RETRYABLE:
+            if attempt == attempts - 1:
+                raise
+            if on_retry is not None:
+                on_retry()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def install_gate(exchange: Any) -> None:
+    """Make every request of ``exchange`` wait out a 429/418 (Binance: "back off for Retry-After
+    seconds"; requests made during it escalate to an IP ban), whichever task sent it."""
+    if getattr(exchange, "_quant_cooldown", None) is not None:
+        return
+    exchange._quant_cooldown = [0.0]
+    fetch = exchange.fetch
+
+    async def gated_fetch(url, method="GET", headers=None, body=None):
+        wait = exchange._quant_cooldown[0] - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        try:
+            return await fetch(url, method, headers, body)
+        except ccxt.DDoSProtection:
+            headers_in = getattr(exchange, "last_response_headers", None) or {}
+            try:
+                pause = float(headers_in.get("Retry-After") or headers_in.get("retry-after") or 1.0)
+            except (TypeError, ValueError):
+                pause = 1.0
+            exchange._quant_cooldown[0] = max(exchange._quant_cooldown[0], time.monotonic() + max(pause, 0.2))
+            raise
+
+    exchange.fetch = gated_fetch
 
 
 class PaperConfig(SimConfig):
@@ -89,7 +133,8 @@ class PaperBroker(SimBroker):
         self._price, self._now = float(price), int(now_ms)
 
     def add_bar(self, bar: Bar) -> None:
-        """A live bar closed: orders resting since before it fill on it by the sim's rules."""
+        """A live bar closed: orders resting since before it fill on it by the sim's rules as
+        :meth:`step` walks it (the driver pumps the engine after each event, as a backtest does)."""
         import numpy as np
 
         for name, value in zip(self._rows, (bar.ts_ms, bar.open, bar.high, bar.low, bar.close, bar.volume)):
@@ -97,12 +142,18 @@ class PaperBroker(SimBroker):
         self.bars = BarArrays(
             np.asarray(self._rows["ts"], dtype=np.int64), *(np.asarray(self._rows[c], dtype=np.float64) for c in ("open", "high", "low", "close", "volume"))
         )
+        if len(self.bars) == 1:
+            # funding: not simulated on paper (the sim's schedule needs the run's bars up front)
+            self._funding = self._funding_schedule(self.bars.between(0, 0))
+            self._fund_ts = self._fund_bar = np.empty(0, np.int64)
+            self._fund_rate = np.empty(0)
+            self._fk = 0
         self._wake_index = None
-        n = len(self.bars)
-        while True:
-            step = self.advance(None)
-            if step.index >= n - 1 and step.closed:
-                break
+
+    def step(self) -> bool:
+        """Walk the newest bar until an event (False: pump the engine, then call again) or its close (True)."""
+        step = self.advance(None)
+        return step.closed and step.index >= len(self.bars) - 1
 
     @property
     def bar_arrays(self) -> BarArrays | None:
@@ -115,7 +166,10 @@ class LiveConfig(BrokerConfig):
     secret: SecretStr | None = Field(None, description="API secret (or env QUANT_BROKER__SECRET); masked everywhere")
     leverage: float | None = Field(None, gt=0, description="set this leverage on start (perpetuals)")
     margin_mode: str | None = Field(None, pattern="^(isolated|cross)$", description="set isolated or cross margin on start")
+    timeout_ms: int = Field(10_000, gt=0, description="ccxt request timeout; a timed-out order is looked up by client id before any retry")
+    rate_limit_ms: int | None = Field(None, gt=0, description="ccxt rateLimit (ms between requests); default: ccxt's value for the exchange")
     reconcile_s: float = Field(10.0, gt=0, description="seconds between REST reconciliations")
+    reconcile_timeout_s: float = Field(60.0, gt=0, description="a reconciliation still running after this is abandoned and the next one starts")
     own_prefixes: list[str] = Field(default_factory=list, description="more client-id prefixes this bot owns (e.g. an OrderSync strategy id 'mv:')")
     max_attempts: int = Field(8, ge=1, description="tries of one request before leaving it to reconciliation")
     backoff_s: float = Field(0.5, ge=0, description="first wait before retrying a failed request (doubles)")
@@ -135,13 +189,14 @@ class LiveBroker(Broker):
         self.prefixes: tuple[str, ...] = (f"{config.bot}-", *config.own_prefixes)
         self._orders: dict[str, Order] = {}  # every order of this bot not known to be final
         self._inflight: set[str] = set()  # client ids with a place request under way
+        self._known: set[str] = set()  # every client id the journal has (this run and earlier ones)
         self._events: list = []
         self._account = Account(0.0)
         self._price = float("nan")
         self._now = 0
         self._tasks: set[asyncio.Task] = set()
         self._margin: dict[str, Any] = {}
-        self.stats = {"retries": 0, "lookups": 0, "orphans_canceled": 0, "ws_errors": 0, "reconciles": 0, "disagreements": 0}
+        self.stats = {"retries": 0, "lookups": 0, "orphans_canceled": 0, "ws_errors": 0, "reconciles": 0, "disagreements": 0, "reconcile_failures": 0}
         self.last_reconcile_ms: int | None = None
 
     # --- set-up ---------------------------------------------------------------------------
@@ -149,23 +204,26 @@ class LiveBroker(Broker):
         """Load journal state, set leverage and margin mode, and reconcile with the exchange."""
         self.exchange, self.journal = exchange, journal
         self.market = exchange.market(self.symbol)
-        for order in journal.orders(open_only=True):
-            self._orders[order.client_id] = order
-        if self.config.margin_mode:
+        for order in journal.orders():
+            self._known.add(order.client_id)
+            if order.is_open:
+                self._orders[order.client_id] = order
+        for what, fn, arg in (("margin mode", exchange.set_margin_mode, self.config.margin_mode),
+                              ("leverage", exchange.set_leverage, self.config.leverage and _whole(self.config.leverage))):
+            if not arg:
+                continue
             try:
-                await self._retry(exchange.set_margin_mode, self.config.margin_mode, self.symbol)
-            except ccxt.ExchangeError as exc:  # Binance -4046: no need to change margin type
-                if "-4046" not in str(exc) and "No need" not in str(exc):
-                    raise
-        if self.config.leverage:
-            await self._retry(exchange.set_leverage, _whole(self.config.leverage), self.symbol)
+                await self._retry(fn, arg, self.symbol)
+            except ccxt.ExchangeError as exc:  # e.g. Binance -4046 (already set) or -4047 (open orders)
+                log.warning("could not set %s %s: %s; the exchange keeps its setting", what, arg, exc)
+                self.journal.note("setup", f"could not set {what} {arg}: {exc}")
         await self.reconcile()
 
     def owns(self, client_id: str | None) -> bool:
         return bool(client_id) and client_id.startswith(self.prefixes)
 
-    def _spawn(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _spawn(self, coro, name: str | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name or coro.__qualname__)
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
@@ -185,12 +243,16 @@ class LiveBroker(Broker):
         for attempt in range(self.config.max_attempts):
             try:
                 return await fn(*args, **kwargs)
-            except RETRYABLE:
+            except RETRYABLE as exc:
                 if attempt == self.config.max_attempts - 1:
                     raise
-                self.stats["retries"] += 1
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = await self._backoff(exc, delay)
+
+    async def _backoff(self, exc: BaseException, delay: float) -> float:
+        """Wait before a retry (a 429/418 also holds back every request: :func:`install_gate`)."""
+        self.stats["retries"] += 1
+        await asyncio.sleep(delay)
+        return min(delay * 2, 1.0)
 
     # --- Broker API -----------------------------------------------------------------------
     def submit(self, order: Order) -> None:
@@ -201,8 +263,9 @@ class LiveBroker(Broker):
         order = replace(order, created_ms=order.created_ms or self._now)
         self._orders[order.client_id] = order
         self.journal.save_order(order)  # before sending: a crash after this can always find it
+        self._known.add(order.client_id)
         self._inflight.add(order.client_id)
-        self._spawn(self._place(order))
+        self._spawn(self._place(order), f"place {order.client_id}")
 
     def _apply_filters(self, order: Order) -> Order:
         """Round to the exchange's tick and lot and check its minimum notional (Binance filters)."""
@@ -238,6 +301,9 @@ class LiveBroker(Broker):
                 except ccxt.OrderImmediatelyFillable as exc:
                     self._final(cid, OrderStatus.EXPIRED, f"post-only would cross ({exc})")
                     return
+                except RETRYABLE as exc:
+                    log.info("order %s: %s; looking it up before retrying", cid, type(exc).__name__)
+                    delay = await self._backoff(exc, delay)
                 except ccxt.ExchangeError as exc:  # refused (or a duplicate id of our own earlier try)
                     found = await self._lookup(cid)
                     if found is not None:
@@ -245,11 +311,6 @@ class LiveBroker(Broker):
                     else:
                         self._final(cid, OrderStatus.REJECTED, f"exchange: {exc}")
                     return
-                except RETRYABLE as exc:
-                    self.stats["retries"] += 1
-                    log.info("order %s: %s; looking it up before retrying", cid, type(exc).__name__)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
                 # the request may have reached the exchange: never send again before looking
                 found = await self._lookup(cid)
                 if found is not None:
@@ -260,22 +321,24 @@ class LiveBroker(Broker):
             self._inflight.discard(cid)
 
     async def _lookup(self, cid: str) -> dict | None:
-        """The exchange's order with client id ``cid``, None if it has none; network errors retried."""
+        """The exchange's order with client id ``cid``, None if it has none; network errors are
+        retried, and after 3 x ``max_attempts`` failures it raises (the caller leaves the order to
+        reconciliation, which looks again)."""
         self.stats["lookups"] += 1
         delay = self.config.backoff_s
-        while True:
+        for attempt in range(3 * self.config.max_attempts):
             try:
                 return await self.exchange.fetch_order(None, self.symbol, {"clientOrderId": cid})
             except ccxt.OrderNotFound:
                 return None
-            except RETRYABLE:
-                self.stats["retries"] += 1
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            except RETRYABLE as exc:
+                if attempt == 3 * self.config.max_attempts - 1:
+                    raise
+                delay = await self._backoff(exc, delay)
 
     def cancel(self, client_id: str) -> None:
         if client_id in self._orders:
-            self._spawn(self._cancel(client_id))
+            self._spawn(self._cancel(client_id), f"cancel {client_id}")
 
     async def _cancel(self, cid: str) -> None:
         delay = self.config.backoff_s
@@ -284,12 +347,10 @@ class LiveBroker(Broker):
                 answer = await self.exchange.cancel_order(None, self.symbol, {"clientOrderId": cid})
                 self.on_exchange_order(answer)
                 return
-            except ccxt.OrderNotFound:
+            except RETRYABLE as exc:
+                delay = await self._backoff(exc, delay)
+            except ccxt.ExchangeError:
                 break  # already final (or never arrived): the lookup says which
-            except RETRYABLE:
-                self.stats["retries"] += 1
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
         found = await self._lookup(cid)
         if found is not None:
             self.on_exchange_order(found)
@@ -308,16 +369,16 @@ class LiveBroker(Broker):
     def on_exchange_order(self, data: dict) -> None:
         """Apply one ccxt order (REST answer or websocket update): fills first, then status."""
         cid = data.get("clientOrderId")
-        if not self.owns(cid):
-            return
+        if cid not in self._known and not self.owns(cid):
+            return  # not this bot's order (a user's manual order, another bot's): never touched
         known = self._orders.get(cid)
         if known is None:
-            if data.get("status") == "open" and self.journal is not None and cid not in {o.client_id for o in self.journal.orders()}:
+            if data.get("status") == "open" and cid not in self._known:
                 self.stats["orphans_canceled"] += 1
                 self.journal.note("orphan", f"open order {cid} is ours but unknown to the journal: canceled")
                 log.warning("orphan order %s (own prefix, not in the journal): canceling", cid)
                 self._orders[cid] = self._order_from(data)
-                self._spawn(self._cancel(cid))
+                self._spawn(self._cancel(cid), f"cancel orphan {cid}")
             return
         filled = float(data.get("filled") or 0.0)
         avg = float(data.get("average") or data.get("price") or 0.0)
@@ -394,13 +455,14 @@ class LiveBroker(Broker):
     async def reconcile(self) -> dict:
         """Make the mirror equal to the exchange (see module docstring); returns a summary."""
         ex = self.exchange
+        started_ms = int(time.time() * 1000)
         first = None
         if self.instrument.is_perpetual:
             first = self.on_exchange_position(await self._retry(ex.fetch_positions, [self.symbol]))
         open_orders = await self._retry(ex.fetch_open_orders, self.symbol)
         live_ids = set()
         for data in open_orders:
-            if self.owns(data.get("clientOrderId")):
+            if data.get("clientOrderId") in self._known or self.owns(data.get("clientOrderId")):
                 live_ids.add(data["clientOrderId"])
                 self.on_exchange_order(data)
         for cid, order in list(self._orders.items()):
@@ -425,7 +487,7 @@ class LiveBroker(Broker):
         self.on_exchange_balance(await self._retry(ex.fetch_balance))
         after = self._account.position(self.symbol).quantity
         self.stats["reconciles"] += 1
-        self.last_reconcile_ms = int(time.time() * 1000)
+        self.last_reconcile_ms = started_ms  # what it saw is at least as new as this
         return {"open": sorted(live_ids), "position": after, "wallet": self._account.wallet_balance}
 
     async def watch(self) -> None:
@@ -442,7 +504,7 @@ class LiveBroker(Broker):
                     self.stats["ws_errors"] += 1
                     log.info("%s stream: %s; reconciling over REST", name, type(exc).__name__)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+                    delay = min(delay * 2, 1.0)
                     try:
                         await self.reconcile()
                     except Exception as exc2:  # noqa: BLE001 - next turn tries again

@@ -1,0 +1,238 @@
+"""Soak: the live broker against the local exchange through >= 1,000 injected faults and SIGKILLs.
+
+The exchange runs as its own process (it keeps its books while the bot dies) at 240x real time
+with seeded faults on every trading endpoint, the user-data stream and the matcher. The bot
+(``tests/live_bot.py``: post-only grid around the price, a market exit every few bars) is killed
+with SIGKILL at random points and restarted. Before each kill, the exchange clock is frozen (no
+bar closes, nothing matches), the bot's next reconciliations are awaited, and then:
+
+* no orphans: every open order on the exchange with the bot's prefix is one the journal knows,
+  and the bot's mirror shows exactly the exchange's open orders;
+* no duplicates: no client order id was ever used by two exchange orders;
+* the bot's position and wallet balance equal the exchange's;
+* every fill reached the strategy exactly once: trade ids in the strategy's log are unique, and
+  per order the quantity the strategy saw equals the exchange's executed quantity, so the signed
+  sum equals the exchange position.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import ccxt
+import pytest
+
+from btc_quant.plugins.exchanges.ccxt_client import make_exchange
+from btc_quant.plugins.exchanges.journal import Journal, journal_path
+from btc_quant.testing.process import ServerProcess
+
+HERE = Path(__file__).parent
+FAULTS = {
+    "rate_limit": 0.01, "server_error": 0.08, "timeout": 0.03, "accepted_timeout": 0.06, "accepted_error": 0.06,
+    "partial_fill": 0.5, "user_cancel": 0.05, "drop": 0.02, "ws_delay": 0.3,
+}
+KEY, SECRET = "local-test-key", "local-test-secret"
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.load(r)
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.load(r)
+
+
+class Bot:
+    def __init__(self, url: str, home: Path, fills: Path):
+        self.url, self.home, self.fills = url, home, fills
+        self.proc: subprocess.Popen | None = None
+        self.log = open(home / "bot.log", "a")
+
+    def start(self) -> None:
+        env = {**os.environ, "QUANT_HOME": str(self.home), "LIVE_BOT_FILLS": str(self.fills)}
+        env = {k: v for k, v in env.items() if not k.startswith("QUANT_") or k == "QUANT_HOME"}
+        env["LIVE_BOT_FILLS"] = str(self.fills)
+        env["QUANT_LOAD_PLUGINS"] = "live,sim,ccxt_source"  # start-up in seconds on a busy machine
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "live_bot.py"), "--testnet", f"--url={self.url}", "strategy=grid_probe",
+             "broker=live", f"broker.api_key={KEY}", f"broker.secret={SECRET}", "broker.bot=soak", "broker.leverage=5",
+             "broker.margin_mode=isolated", "broker.reconcile_s=1", "broker.reconcile_timeout_s=15", "broker.rate_limit_ms=5", "strategy.levels=1", "broker.timeout_ms=700", "broker.backoff_s=0.1"],
+            env=env, stdout=self.log, stderr=self.log,
+        )
+
+    def wait_running(self) -> None:
+        """Until the bot has connected, reconciled and written its first snapshot."""
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            assert self.proc.poll() is None, "the bot died:\n" + (self.home / "bot.log").read_text()[-3000:]
+            if journal_path(self.home, "soak").exists():
+                journal = self.journal()
+                state = journal.get("state")
+                journal.close()
+                if state and state["pid"] == self.proc.pid:
+                    return
+            time.sleep(0.3)
+        raise AssertionError("the bot did not start within 90 s")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def journal(self) -> Journal:
+        return Journal(journal_path(self.home, "soak"))
+
+
+def _patient(fn, *args):
+    """The test's own requests go through the same faults: retry them."""
+    for _ in range(100):
+        try:
+            return fn(*args)
+        except (ccxt.OperationFailed, ccxt.InvalidNonce):
+            time.sleep(0.3)
+    raise AssertionError(f"{fn.__name__} kept failing")
+
+
+def _all_orders(client) -> list[dict]:
+    """Every order of the account (allOrders, paged by id), retrying through the faults."""
+    out: dict[str, dict] = {}
+    since_id = None
+    while True:
+        params = {"orderId": since_id} if since_id else {}
+        page = _patient(client.fetch_orders, "BTC/USDT:USDT", None, 1000, params)
+        new = [o for o in page if o["id"] not in out]
+        for o in page:
+            out[o["id"]] = o
+        if len(page) < 1000 or not new:
+            return list(out.values())
+        since_id = int(max(int(o["id"]) for o in page)) + 1
+
+
+def _check(exchange_url: str, bot: Bot, client) -> dict:
+    """Freeze the exchange, wait for two reconciliations after it, compare bot and exchange."""
+    _post(exchange_url + "/_control/clock", {"speed": 0})
+    frozen = time.time() * 1000
+    journal = bot.journal()
+    try:
+        deadline = time.time() + 60
+        state = None
+        while time.time() < deadline:
+            assert bot.proc.poll() is None, "the bot died:\n" + (bot.home / "bot.log").read_text()[-3000:]
+            state = journal.get("state")
+            # a reconciliation that began after the freeze has finished and no request is under way
+            if state and (state["last_reconcile"] or 0) > frozen and state["requests_in_flight"] == 0:
+                break
+            time.sleep(0.3)
+        assert state and (state["last_reconcile"] or 0) > frozen and state["requests_in_flight"] == 0, (
+            f"the bot did not settle within 60 s of the freeze: {state and {k: state[k] for k in ('stats', 'in_flight', 'last_reconcile', 'updated')}}\n"
+            + (bot.home / "bot.log").read_text()[-4000:])
+        truth = _get(exchange_url + "/_control/truth")
+        known = {o.client_id for o in journal.orders()}
+        exchange_open = {o["clientOrderId"] for o in truth["open_orders"]}
+        mirror_open = {o["client_id"] for o in state["open_orders_live"]}
+        assert exchange_open <= known, f"orphans on the exchange: {sorted(exchange_open - known)}"
+        assert mirror_open == exchange_open, f"mirror {sorted(mirror_open)} != exchange {sorted(exchange_open)}"
+        amt = truth["positions"].get("BTCUSDT", {}).get("amt", 0.0)
+        assert state["position"]["quantity"] == pytest.approx(amt, abs=1e-9)
+        assert state["wallet_balance"] == pytest.approx(truth["wallet"], abs=1e-6)
+        # exactly once: the strategy's fills per order equal the exchange's executed quantity
+        orders = _all_orders(client)
+        ids = Counter(o["clientOrderId"] for o in orders)
+        assert not [c for c, n in ids.items() if n > 1], f"duplicate client ids: {[c for c, n in ids.items() if n > 1]}"
+        seen_fills = [json.loads(line) for line in bot.fills.read_text().splitlines()]
+        trade_ids = Counter(f["trade_id"] for f in seen_fills)
+        assert not [t for t, n in trade_ids.items() if n > 1], "a fill reached the strategy twice"
+        per_order = Counter()
+        for f in seen_fills:
+            per_order[f["client_id"]] += f["qty"]
+        executed = {o["clientOrderId"]: o["filled"] for o in orders if o["filled"]}
+        assert set(per_order) == set(executed), f"fills missing: {set(executed) ^ set(per_order)}"
+        for cid, qty in executed.items():
+            assert per_order[cid] == pytest.approx(qty, abs=1e-9), cid
+        signed = sum(f["qty"] * (1 if f["side"] == "buy" else -1) for f in seen_fills)
+        assert signed == pytest.approx(amt, abs=1e-9)
+        return {"orders": len(orders), "fills": len(seen_fills)}
+    finally:
+        journal.close()
+        _post(exchange_url + "/_control/clock", {"speed": 120})
+
+
+def test_soak_faults_and_kills(tmp_path):
+    seed = 20260601
+    args = ["--clock-start", "2022-01-10T06:00", "--speed", "120", "--seed", str(seed), "--trading-faults",
+            "--timeout-s", "1.0", "--retry-after", "0.2", "--ban-s", "0.5", "--ws-delay-s", "0.3", "--user-cancel-after-ms", "20000"]
+    for kind, rate in FAULTS.items():
+        args += ["--fault", f"{kind}={rate}"]
+    rng = random.Random(seed)
+    with ServerProcess("btc_quant.testing.exchange", *args) as exchange:
+        client = make_exchange("binanceusdm", url=exchange.url, timeout_ms=5000,
+                               credentials={"apiKey": KEY, "secret": SECRET}, options={"warnOnFetchOpenOrdersWithoutSymbol": False})
+        _patient(client.load_markets)
+        bot = Bot(exchange.url, tmp_path, tmp_path / "fills.jsonl")
+        bot.fills.touch()
+        checks, kills = [], 0
+        try:
+            for round_ in range(6):
+                bot.start()
+                bot.wait_running()
+                time.sleep(rng.uniform(6, 9))
+                checks.append(_check(exchange.url, bot, client))
+                time.sleep(rng.uniform(0.5, 3))
+                if round_ < 5:
+                    bot.kill()
+                    kills += 1
+            # the last life ends cleanly through the journal's command channel (what quant stop does)
+            journal = bot.journal()
+            journal.set("command", "stop")
+            assert bot.proc.wait(60) == 0
+            final = journal.get("state")
+            journal.close()
+            assert final["halted"] == "quant stop" and final["pid"] == bot.proc.pid
+        finally:
+            if bot.proc and bot.proc.poll() is None:
+                bot.kill()
+        faults = _get(exchange.url + "/_control/state")["faults"]
+    print(f"\nsoak: {kills} SIGKILLs, {len(checks)} checks, last {checks[-1]}; faults injected: "
+          + ", ".join(f"{k}={v}" for k, v in sorted(faults.items())) + f"; total {sum(faults.values())}")
+    assert kills == 5 and checks[-1]["fills"] > 0
+    assert sum(faults.values()) >= 1000, faults
+
+
+def test_restart_cancels_only_own_unknown_orders_and_leaves_manual_ones(tmp_path):
+    """Reconciliation on start: an open order with the bot's prefix that its journal never recorded
+    is canceled; an order placed by hand (another client id) is not touched."""
+    with ServerProcess("btc_quant.testing.exchange", "--clock-start", "2022-01-10T06:00", "--speed", "0") as exchange:
+        client = make_exchange("binanceusdm", url=exchange.url, credentials={"apiKey": KEY, "secret": SECRET},
+                               options={"warnOnFetchOpenOrdersWithoutSymbol": False})
+        client.load_markets()
+        price = client.fetch_ticker("BTC/USDT:USDT")["last"]
+        low = float(client.price_to_precision("BTC/USDT:USDT", price * 0.9))
+        client.create_order("BTC/USDT:USDT", "limit", "buy", 0.003, low, {"clientOrderId": "soak-zz-1", "postOnly": True})
+        client.create_order("BTC/USDT:USDT", "limit", "buy", 0.003, low, {"clientOrderId": "manual-1", "postOnly": True})
+        bot = Bot(exchange.url, tmp_path, tmp_path / "fills.jsonl")
+        bot.start()
+        try:
+            bot.wait_running()
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                open_ids = {o["clientOrderId"] for o in _get(exchange.url + "/_control/truth")["open_orders"]}
+                if "soak-zz-1" not in open_ids:
+                    break
+                time.sleep(0.3)
+        finally:
+            bot.kill()
+        assert "manual-1" in open_ids and "soak-zz-1" not in open_ids
+        journal = bot.journal()
+        assert any("soak-zz-1" in message for _, kind, message in journal.notes() if kind == "orphan")
+        journal.close()
