@@ -72,7 +72,8 @@ _KEY = re.compile(r"^[A-Za-z0-9_-]{1,14}$")
 _MAX_ID = 36
 
 
-def _base36(n: int) -> str:
+def base36(n: int) -> str:
+    """``n`` (>= 0) in base 36 with lower-case digits: short, client-id-safe generation numbers."""
     digits = "0123456789abcdefghijklmnopqrstuvwxyz"
     out = ""
     while True:
@@ -270,7 +271,7 @@ class OrderSync:
     def _next_id(self, key: str) -> str:
         assert self._generation is not None
         self._generation += 1
-        client_id = f"{self.prefix}{key}.{_base36(self._generation)}"
+        client_id = f"{self.prefix}{key}.{base36(self._generation)}"
         if len(client_id) > _MAX_ID:
             raise OrderError(f"client id {client_id!r} is longer than {_MAX_ID}: shorten the strategy id or the key")
         return client_id

@@ -34,6 +34,7 @@ from btc_quant.core.engine import Engine, RunInfo
 from btc_quant.core.paths import data_dir
 from btc_quant.core.run import build_runtime
 from btc_quant.sdk import Bar, ConfigError, ExchangeError
+from btc_quant.sdk.ordersync import base36
 
 from .ccxt_client import make_exchange, point_at
 from .journal import Journal, journal_path
@@ -42,16 +43,6 @@ from .live import LiveBroker, PaperBroker, install_gate, retrying
 log = logging.getLogger(__name__)
 
 REAL_MONEY_FLAG = "--i-understand-this-trades-real-money"
-
-
-def _b36(n: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while True:
-        n, r = divmod(n, 36)
-        out = digits[r] + out
-        if n == 0:
-            return out
 
 
 def required_capabilities(broker: Any, instrument, testnet: bool) -> list[str]:
@@ -117,7 +108,7 @@ class LiveRun:
         generation = int(self.journal.get("generation", 0)) + 1
         self.journal.set("generation", generation)
         checks = [(c.name, registry.get("risk_check", c.name, key=f"risk.{c.name}").factory(c.config)) for c in config.risk.checks]
-        prefix = f"{self.bot}-{_b36(generation)}" if self.mode == "live" else None
+        prefix = f"{self.bot}-{base36(generation)}" if self.mode == "live" else None
         info = RunInfo(f"{self.bot}-{generation}", self.mode, config.strategy.name, broker_name, self.runtime.instrument, config)
         self.engine = Engine(strategy, self.broker, plugins=plugins, instrument=self.runtime.instrument,
                              risk_checks=checks, info=info, client_id_prefix=prefix)
