@@ -25,7 +25,8 @@ LEVELS = 30
 
 
 class ReferenceSim(SimBroker):
-    """The sim with the loops over ``self._orders`` it had before the compiled book."""
+    """The sim with the loops over ``self._orders`` it had before the compiled book, walking
+    every segment of a bar, and the account's general equity."""
 
     def _next_event(self):
         a, b = self._price, self._path[self._seg + 1]
@@ -84,6 +85,34 @@ class ReferenceSim(SimBroker):
         alert_low, alert_high = self._alert if self._alert is not None else (-np.inf, np.inf)
         bars = self.bars
         return int(first_event_bar(bars.low, bars.high, start, stop, buy_max, sell_min, self.fill_model.strict, liq_long, liq_short, alert_low, alert_high))
+
+    def _walk(self):
+        queued = len(self._events)
+        bar_low, bar_high = float(self.bars.low[self._i]), float(self.bars.high[self._i])
+        while self._seg < 4:
+            event = self._next_event()
+            if event is not None:
+                price, kind, order = event
+                if self._seg == 0:
+                    price = min(max(price, bar_low), bar_high)
+                self._price = price
+                if kind == "liquidation":
+                    self._liquidate(price)
+                else:
+                    self._fill(order, price, maker=True)
+                if len(self._events) > queued:
+                    return True
+                continue
+            self._seg += 1
+            self._price = self._path[self._seg] if self._seg < 4 else self._price
+            if self._seg == 1:
+                self._at_open()
+                if len(self._events) > queued:
+                    return True
+        return False
+
+    def equity(self):
+        return self._account.equity({self.instrument.symbol: self._price})
 
     def _orders_margin(self, exclude=None):
         buys = sells = 0.0

@@ -246,7 +246,9 @@ class SimBroker(SimulatedBroker):
         return self._account
 
     def equity(self) -> float:
-        return self._account.equity({self.instrument.symbol: self._price})
+        # Account.equity for the one position the sim trades (the same sum, without the dict)
+        pos = self._position
+        return self._account.wallet_balance + (0 if pos.is_flat else pos.unrealized_pnl(self._price))
 
     @property
     def now_ms(self) -> int:
@@ -595,7 +597,13 @@ class SimBroker(SimulatedBroker):
         calls (a paper broker fed bar by bar) still moves forward."""
         queued = len(self._events)
         bar_low, bar_high = float(self.bars.low[self._i]), float(self.bars.high[self._i])
+        look = self._seg >= 1  # past the open: the rest of the path lies inside the bar's range
         while self._seg < 4:
+            if look:
+                look = False
+                if self._quiet(bar_low, bar_high):
+                    self._seg = 4  # nothing can happen on the rest of this bar
+                    break
             event = self._next_event()
             if event is not None:
                 price, kind, order = event
@@ -615,7 +623,26 @@ class SimBroker(SimulatedBroker):
                 self._at_open()
                 if len(self._events) > queued:
                     return True
+                look = True
         return False
+
+    def _quiet(self, low: float, high: float) -> bool:
+        """Can nothing happen between ``low`` and ``high``? (No resting order the fill model lets
+        trade there, no liquidation price there, no taker waiting.) The bar-level test of
+        :func:`.sim_path.first_event_bar`, used to finish a bar without walking its segments."""
+        if self._pending:
+            return False
+        liq = self.liquidation_price()
+        if liq is not None and (liq >= low if self._position.quantity > 0 else liq <= high):
+            return False
+        if not self._orders:
+            return True
+        buy_max, sell_min, market = resting_bounds(self._book.rows, self._book.size)
+        if market:
+            return False
+        if self.fill_model.strict:
+            return not (low < buy_max or high > sell_min)
+        return not (low <= buy_max or high >= sell_min)
 
     def _next_wake(self, start: int, wake: np.ndarray | None) -> int:
         if wake is None:
