@@ -23,6 +23,7 @@ Conventions (stated because 24/7 markets have no trading-day calendar):
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,8 +45,23 @@ def _clean(value: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
+_FILLS_COLUMNS = ["ts", "trade_id", "client_id", "side", "price", "quantity", "fee", "is_maker", "is_liquidation", "tag"]
+_ORDERS_COLUMNS = ["client_id", "side", "type", "price", "quantity", "filled_qty", "avg_fill_price", "post_only", "reduce_only", "status", "reason", "created", "updated", "tag"]
+_TRADES_COLUMNS = ["entry_time", "exit_time", "side", "max_quantity", "entry_price", "exit_price", "pnl", "fees"]
+
+
+@lru_cache(maxsize=None)
+def _empty_frame(kind: str) -> pd.DataFrame:
+    """The frame of a run without fills / orders / trades, built once per process (callers copy it)."""
+    columns = {"fills": _FILLS_COLUMNS, "orders": _ORDERS_COLUMNS, "trades": _TRADES_COLUMNS}[kind]
+    frame = pd.DataFrame([], columns=columns) if kind != "trades" else pd.DataFrame(columns=columns)
+    for col in ("ts", "created", "updated"):
+        if col in columns:
+            frame[col] = pd.to_datetime(frame[col].astype("int64"), unit="ms", utc=True)
+    return frame
+
+
 def fills_frame(fills: list, bar_index: np.ndarray | None = None) -> pd.DataFrame:
-    columns = ["ts", "trade_id", "client_id", "side", "price", "quantity", "fee", "is_maker", "is_liquidation", "tag"]
     if fills:  # column by column: the same dtypes as from rows, without the row-to-column pass
         frame = pd.DataFrame(
             {
@@ -62,20 +78,15 @@ def fills_frame(fills: list, bar_index: np.ndarray | None = None) -> pd.DataFram
             }
         )
     else:
-        frame = pd.DataFrame([], columns=columns)
-        frame["ts"] = pd.to_datetime(frame["ts"].astype("int64"), unit="ms", utc=True)
+        frame = _empty_frame("fills").copy()
     if bar_index is not None:
         frame["bar"] = np.asarray(bar_index, dtype=np.int64)[: len(frame)]
     return frame
 
 
 def orders_frame(orders: dict) -> pd.DataFrame:
-    columns = ["client_id", "side", "type", "price", "quantity", "filled_qty", "avg_fill_price", "post_only", "reduce_only", "status", "reason", "created", "updated", "tag"]
     if not orders:
-        frame = pd.DataFrame([], columns=columns)
-        for col in ("created", "updated"):
-            frame[col] = pd.to_datetime(frame[col].astype("int64"), unit="ms", utc=True)
-        return frame
+        return _empty_frame("orders").copy()
     values = list(orders.values())
     n = len(values)
     return pd.DataFrame(  # column by column: the same dtypes as from rows, without the row-to-column pass
@@ -100,9 +111,9 @@ def orders_frame(orders: dict) -> pd.DataFrame:
 
 def trades_frame(fills: pd.DataFrame) -> pd.DataFrame:
     """Flat-to-flat round trips of the net position, with PnL net of their fills' fees."""
-    columns = ["entry_time", "exit_time", "side", "max_quantity", "entry_price", "exit_price", "pnl", "fees"]
+    columns = _TRADES_COLUMNS
     if fills.empty:
-        return pd.DataFrame(columns=columns)
+        return _empty_frame("trades").copy()
     rows = []
     pos = 0.0
     entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
@@ -226,10 +237,11 @@ def compute_metrics(
         downside = math.sqrt(float((np.minimum(rets.to_numpy(), 0.0) ** 2).mean()))
         sortino = rets.mean() / downside * math.sqrt(DAYS_PER_YEAR) if downside > 0 else None
     calmar = cagr / max_dd if cagr is not None and max_dd > 0 else None
-    pnl = trades["pnl"] if len(trades) else pd.Series(dtype=float)
+    # numpy sums with NaN skipped, as pandas' Series.sum does (and as cheaply as it gets per run)
+    pnl = trades["pnl"].to_numpy(dtype=np.float64) if len(trades) else np.empty(0)
     wins, losses = pnl[pnl > 0], pnl[pnl <= 0]
-    gross_loss = -losses.sum()
-    liquidations = int(fills["is_liquidation"].sum()) if len(fills) else 0
+    gross_loss = -np.nansum(losses)
+    liquidations = int(fills["is_liquidation"].to_numpy().sum()) if len(fills) else 0
     return {
         "final_equity": _clean(final),
         "total_return": _clean(total_return),
@@ -242,9 +254,9 @@ def compute_metrics(
         "trades": int(len(trades)),
         "fills": int(len(fills)),
         "win_rate": _clean(len(wins) / len(pnl)) if len(pnl) else None,
-        "profit_factor": _clean(wins.sum() / gross_loss) if gross_loss > 0 else None,
+        "profit_factor": _clean(np.nansum(wins) / gross_loss) if gross_loss > 0 else None,
         "exposure": _clean(float(np.mean(np.abs(position) > 1e-12))) if position is not None and len(position) else 0.0,
-        "fees": _clean(float(fills["fee"].sum()) if len(fills) else 0.0),
+        "fees": _clean(float(np.nansum(fills["fee"].to_numpy(dtype=np.float64))) if len(fills) else 0.0),
         "funding": _clean(funding),
         "liquidations": liquidations,
     }

@@ -78,9 +78,13 @@ def reference_trades_frame(fills):
     return pd.DataFrame(rows, columns=columns)
 
 
-def reference_risk_numbers(equity):
-    """Max drawdown, Sharpe and Sortino the way compute_metrics computed them with pandas."""
-    dd = metrics.drawdown(equity)
+def reference_metrics(equity, fills, trades, *, initial_equity, position=None, funding=0.0):
+    """compute_metrics as it was, with pandas throughout."""
+    clean, dd = metrics._clean, metrics.drawdown(equity)
+    final = float(equity.iloc[-1]) if len(equity) else initial_equity
+    span_days = (equity.index[-1] - equity.index[0]).total_seconds() / 86400 if len(equity) > 1 else 0.0
+    cagr = (final / initial_equity) ** (365.25 / span_days) - 1.0 if span_days > 0 and final > 0 else None
+    max_dd = float(dd.max()) if len(dd) else 0.0
     rets = metrics.daily_returns(equity)
     sharpe = sortino = None
     if len(rets) >= 2:
@@ -88,7 +92,28 @@ def reference_risk_numbers(equity):
         sharpe = rets.mean() / std * math.sqrt(metrics.DAYS_PER_YEAR) if std > 0 else None
         downside = math.sqrt(float((np.minimum(rets.to_numpy(), 0.0) ** 2).mean()))
         sortino = rets.mean() / downside * math.sqrt(metrics.DAYS_PER_YEAR) if downside > 0 else None
-    return metrics._clean(float(dd.max()) if len(dd) else 0.0), metrics._clean(sharpe), metrics._clean(sortino)
+    calmar = cagr / max_dd if cagr is not None and max_dd > 0 else None
+    pnl = trades["pnl"] if len(trades) else pd.Series(dtype=float)
+    wins, losses = pnl[pnl > 0], pnl[pnl <= 0]
+    gross_loss = -losses.sum()
+    return {
+        "final_equity": clean(final),
+        "total_return": clean(final / initial_equity - 1.0),
+        "cagr": clean(cagr),
+        "sharpe": clean(sharpe),
+        "sortino": clean(sortino),
+        "calmar": clean(calmar),
+        "max_drawdown": clean(max_dd),
+        "max_drawdown_days": clean(metrics.max_drawdown_duration(equity).total_seconds() / 86400),
+        "trades": int(len(trades)),
+        "fills": int(len(fills)),
+        "win_rate": clean(len(wins) / len(pnl)) if len(pnl) else None,
+        "profit_factor": clean(wins.sum() / gross_loss) if gross_loss > 0 else None,
+        "exposure": clean(float(np.mean(np.abs(position) > 1e-12))) if position is not None and len(position) else 0.0,
+        "fees": clean(float(fills["fee"].sum()) if len(fills) else 0.0),
+        "funding": clean(funding),
+        "liquidations": int(fills["is_liquidation"].sum()) if len(fills) else 0,
+    }
 
 
 def check_run(result, engine_fills, engine_orders, bar_index):
@@ -96,8 +121,11 @@ def check_run(result, engine_fills, engine_orders, bar_index):
     pd.testing.assert_frame_equal(result.fills, fills)
     pd.testing.assert_frame_equal(result.orders, reference_orders_frame(engine_orders))
     pd.testing.assert_frame_equal(result.trades, reference_trades_frame(fills))
-    m = result.metrics
-    assert (m["max_drawdown"], m["sharpe"], m["sortino"]) == reference_risk_numbers(result.equity)
+    position = result.extra["position"].to_numpy()
+    funding = result.metrics["funding"]
+    expected = reference_metrics(result.equity, fills, result.trades, initial_equity=result.initial_equity, position=position, funding=funding)
+    assert result.metrics == expected
+    assert result.metrics["trades"] == 0 or result.metrics["win_rate"] is not None
 
 
 RUNS = [

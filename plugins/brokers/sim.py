@@ -45,6 +45,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import replace
+from functools import lru_cache
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -140,7 +141,7 @@ class SimBroker(SimulatedBroker):
         self.insurance = 0.0
         # Set by load(); brokers fed bar by bar (paper) never call it and get no funding schedule.
         self._wake_index: np.ndarray | None = None
-        self._funding = pd.DataFrame({"ts": np.empty(0, np.int64), "bar": np.empty(0, np.int64), "rate": np.empty(0)})
+        self._funding: pd.DataFrame | None = None  # the schedule, once load() made it
         self._fund_ts = self._fund_bar = np.empty(0, np.int64)
         self._fund_rate = np.empty(0)
         self._fk = 0
@@ -160,10 +161,9 @@ class SimBroker(SimulatedBroker):
 
     def _funding_schedule(self, bars: BarArrays) -> pd.DataFrame:
         """Funding times inside the run, the bar each falls on and its rate."""
-        empty = pd.DataFrame({"ts": np.empty(0, np.int64), "bar": np.empty(0, np.int64), "rate": np.empty(0)})
         cfg = self.config
         if not self.perpetual or cfg.funding == "off" or len(bars) == 0:
-            return empty
+            return pd.DataFrame({"ts": np.empty(0, np.int64), "bar": np.empty(0, np.int64), "rate": np.empty(0)})
         start, end = int(bars.ts[0]), int(bars.ts[-1])
         history = None
         if cfg.funding == "auto" and self.runtime.config.store.name in self.runtime.registry.names("store"):
@@ -733,9 +733,18 @@ class SimBroker(SimulatedBroker):
 
     def funding_payments(self) -> pd.DataFrame:
         """One row per funding payment: ts, bar, rate, mark, position, amount (> 0 = paid)."""
+        if not self._funding_rows:  # most runs: a copy of the one empty frame built per process
+            return _no_funding().copy()
         frame = pd.DataFrame(self._funding_rows, columns=["ts", "bar", "rate", "mark", "position", "amount"])
         frame["ts"] = pd.to_datetime(frame["ts"].astype("int64"), unit="ms", utc=True)
         return frame
+
+
+@lru_cache(maxsize=1)
+def _no_funding() -> pd.DataFrame:
+    frame = pd.DataFrame([], columns=["ts", "bar", "rate", "mark", "position", "amount"])
+    frame["ts"] = pd.to_datetime(frame["ts"].astype("int64"), unit="ms", utc=True)
+    return frame
 
 
 @hookimpl
