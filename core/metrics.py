@@ -119,13 +119,13 @@ def trades_frame(fills: pd.DataFrame) -> pd.DataFrame:
     entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
     start = None
     side = None
-    times = fills["ts"].array  # a Timestamp is made only where a trade starts or ends
+    # Rows hold fill positions for the entry and exit times; the times are taken in one go at the end.
     signs = np.where(fills["side"].to_numpy() == "buy", 1.0, -1.0).tolist()
     prices, quantities, paid = (fills[c].to_numpy(dtype=np.float64).tolist() for c in ("price", "quantity", "fee"))
     for k, sign in enumerate(signs):
         price, qty, fee = prices[k], quantities[k], paid[k]
         if abs(pos) < 1e-12:
-            start, side = times[k], ("long" if sign > 0 else "short")
+            start, side = k, ("long" if sign > 0 else "short")
             entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
         # Split a fill that flips the position: the closing part ends this trade.
         remaining = qty
@@ -151,12 +151,17 @@ def trades_frame(fills: pd.DataFrame) -> pd.DataFrame:
                 buy_px = entry_cost / bought if bought else float("nan")
                 sell_px = exit_value / sold if sold else float("nan")
                 pnl = (exit_value - entry_cost) - fees
-                ts = times[k]
+                ts = k
                 rows.append((start, ts, side, max_qty, buy_px if long else sell_px, sell_px if long else buy_px, pnl, fees))
                 if remaining > 1e-12:  # the rest opens a new trade in the other direction
                     start, side = ts, ("long" if sign > 0 else "short")
                     entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
-    return pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns)
+    if rows:
+        times = fills["ts"].array
+        for col in ("entry_time", "exit_time"):
+            frame[col] = times.take(frame[col].to_numpy())
+    return frame
 
 
 def drawdown(equity: pd.Series) -> pd.Series:

@@ -481,7 +481,8 @@ class SimBroker(SimulatedBroker):
                 self._iso_margin -= self._iso_margin * closing / abs(before)
             self._iso_margin += (qty - closing) * price / self.leverage
         self._account.apply(fill)
-        cash = -fill.signed_qty * price - fee
+        signed = fill.signed_qty
+        cash = -signed * price - fee
         if liquidation:
             # A loss beyond the margin (a gap past the bankruptcy price) is the insurance fund's.
             shortfall = max(-left, 0.0)
@@ -492,7 +493,7 @@ class SimBroker(SimulatedBroker):
             self._iso_margin = 0.0
         elif pos.is_flat:
             self._iso_margin = 0.0
-        self._cash_delta.append((bar, cash, fill.signed_qty))
+        self._cash_delta.append((bar, cash, signed))
         self._fill_bars.append(bar)
         self._used[order.client_id] = self._used.get(order.client_id, 0.0) + qty
         filled = order.filled_qty + qty
@@ -649,7 +650,7 @@ class SimBroker(SimulatedBroker):
             return start
         if self._wake_index is None:
             self._wake_index = np.flatnonzero(wake)
-        k = int(np.searchsorted(self._wake_index, start))
+        k = int(self._wake_index.searchsorted(start))
         return int(self._wake_index[k]) if k < len(self._wake_index) else len(self.bars)
 
     def _skip(self, start: int, wake: np.ndarray | None) -> int:

@@ -47,7 +47,7 @@ class SmaCross(Strategy):
         """Fast SMA above slow at ``bar``; None before there are ``slow`` bars."""
         if self._known is not None:
             ts, close, above, ready = self._known
-            i = int(np.searchsorted(ts, bar.ts_ms))
+            i = int(ts.searchsorted(bar.ts_ms))
             if i < len(ts) and ts[i] == bar.ts_ms and close[i] == bar.close:
                 return bool(above[i]) if ready[i] else None
         closes = ctx.bars(self.config.slow).close  # live runs: no wake_bars, compute on the window
