@@ -141,7 +141,7 @@ class SimBroker(SimulatedBroker):
         self.insurance = 0.0
         # Set by load(); brokers fed bar by bar (paper) never call it and get no funding schedule.
         self._wake_index: np.ndarray | None = None
-        self._funding: pd.DataFrame | None = None  # the schedule, once load() made it
+        self._funding: pd.DataFrame | None = None  # paper trading's (empty) schedule; a backtest keeps arrays
         self._fund_ts = self._fund_bar = np.empty(0, np.int64)
         self._fund_rate = np.empty(0)
         self._fk = 0
@@ -152,18 +152,19 @@ class SimBroker(SimulatedBroker):
         self._price = float(bars.open[0])
         self._now = int(bars.ts[0])
         self._wake_index: np.ndarray | None = None
-        schedule = self._funding_schedule(bars)
-        self._funding = schedule
-        self._fund_ts = schedule["ts"].to_numpy(np.int64)
-        self._fund_bar = schedule["bar"].to_numpy(np.int64)
-        self._fund_rate = schedule["rate"].to_numpy(np.float64)
+        self._fund_ts, self._fund_bar, self._fund_rate = self._funding_arrays(bars)
         self._fk = 0
 
     def _funding_schedule(self, bars: BarArrays) -> pd.DataFrame:
         """Funding times inside the run, the bar each falls on and its rate."""
+        ts, bar, rate = self._funding_arrays(bars)
+        return pd.DataFrame({"ts": ts, "bar": bar, "rate": rate})
+
+    def _funding_arrays(self, bars: BarArrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_funding_schedule` as arrays (ts, bar, rate): no frame built per run."""
         cfg = self.config
         if not self.perpetual or cfg.funding == "off" or len(bars) == 0:
-            return pd.DataFrame({"ts": np.empty(0, np.int64), "bar": np.empty(0, np.int64), "rate": np.empty(0)})
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
         start, end = int(bars.ts[0]), int(bars.ts[-1])
         history = None
         if cfg.funding == "auto" and self.runtime.config.store.name in self.runtime.registry.names("store"):
@@ -185,7 +186,7 @@ class SimBroker(SimulatedBroker):
             rates = history["rate"].to_numpy(np.float64)
         bar = np.searchsorted(bars.ts, ts, side="left")
         keep = bar < len(bars)
-        return pd.DataFrame({"ts": ts[keep], "bar": bar[keep].astype(np.int64), "rate": rates[keep]})
+        return ts[keep], bar[keep].astype(np.int64), rates[keep]
 
     # --- Broker API ------------------------------------------------------------------------
     def submit(self, order: Order) -> None:
