@@ -13,9 +13,9 @@ through :meth:`Position.apply`, which refuses the same trade id twice.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
+from functools import lru_cache
 from typing import Iterable
 
 from .errors import OrderError
@@ -338,8 +338,6 @@ def _order(client_id, symbol, side, type, quantity, price, post_only, reduce_onl
     _set(order, "tag", tag)
     return order
 
-
-assert tuple(f.name for f in fields(Order)) == _order.__code__.co_varnames[:16], "_order must list Order's fields in order"
 
 
 @dataclass(frozen=True, slots=True)
