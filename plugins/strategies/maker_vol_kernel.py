@@ -22,9 +22,9 @@ the strategy's diagnostics) from what the kernel recorded:
   ``f"{strategy_id}:{key}.{base36(generation)}"`` with the generation counter seeded by the first
   sync's clock.
 
-When the kernel meets a situation it does not implement (a reduce-only order cut to a smaller
-position, a reduce-only order or a market close refused or expired, more lots than it has room
-for) it stops and reports it; :func:`compiled_backtest` then returns None and the caller runs the
+When the kernel meets a situation it does not implement (a reduce-only order cut to a position
+smaller than the order by more than half a lot, i.e. a partial fill; more orders or lots than its
+arrays hold even after growing them) it stops and reports it; :func:`compiled_backtest` then returns None and the caller runs the
 event path. The conditions under which the fast path is tried at all are in :func:`why_not`.
 
 Fill for fill equality with the event path is what ``tests/test_maker_vol_kernel.py`` checks.
@@ -63,7 +63,7 @@ O_STATUS, O_REASON, O_NEED, O_FREE, O_CREATED, O_UPDATED, O_PENDING, O_RO, O_PO 
 NO = 17
 K_ENTRY, K_TP, K_CLOSE, K_LIQ = 0, 1, 2, 3
 ST_PENDING, ST_NEW, ST_FILLED, ST_CANCELED, ST_REJECTED, ST_EXPIRED = 0, 1, 3, 4, 5, 6
-R_NONE, R_MARGIN, R_LIQ, R_REDUCE, R_CROSS = 0, 1, 2, 3, 4
+R_NONE, R_MARGIN, R_LIQ, R_REDUCE, R_CROSS, R_RO_GONE = 0, 1, 2, 3, 4, 5
 
 # --- fills F ----------------------------------------------------------------------------------------
 F_ORDER, F_PRICE, F_QTY, F_FEE, F_BAR, F_MAKER, F_LIQ, F_SEQ = 0, 1, 2, 3, 4, 5, 6, 7
@@ -74,11 +74,9 @@ L_LEVEL, L_ENTRY, L_QTY, L_MARGIN, L_LEV, L_TP, L_CLOSING, L_FREED = 0, 1, 2, 3,
 NL = 8
 
 # kernel exit codes
-OK, BAIL_REDUCE_CUT, BAIL_REDUCE_EXPIRED, BAIL_CLOSE_REFUSED, BAIL_CAPACITY, BAIL_NO_LADDER = 0, 1, 2, 3, 4, 5
+OK, BAIL_REDUCE_CUT, BAIL_CAPACITY, BAIL_NO_LADDER = 0, 1, 4, 5
 BAIL_REASONS = {
-    BAIL_REDUCE_CUT: "a reduce-only order was cut to a smaller position",
-    BAIL_REDUCE_EXPIRED: "a reduce-only order expired (no position left)",
-    BAIL_CLOSE_REFUSED: "a market close was refused by the broker",
+    BAIL_REDUCE_CUT: "a reduce-only order was cut to a smaller position (a partial fill)",
     BAIL_CAPACITY: "more orders, fills or lots than the kernel's arrays hold",
     BAIL_NO_LADDER: "a re-computation outside a wake bar",
 }
@@ -229,16 +227,24 @@ def _new_order(S, O, kind, ref, gen, side, price, qty, ro, po):  # pragma: no co
 
 @njit(cache=True, nogil=True)
 def _fill(S, P, BB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, oi, price, maker, liquidation):  # pragma: no cover - compiled
-    """SimBroker._fill for a whole order (no volume cap). Returns the fill row, -1 on a bail."""
+    """SimBroker._fill for a whole order (no volume cap). Returns the fill row, -2 when a
+    reduce-only order expired instead, -1 on a bail."""
     bar = int(S[BAR])
     pq = S[PQ]
     side = O[oi, O_SIDE]
     qty = max(O[oi, O_QTY] - O[oi, O_FILLED], 0.0)
     if O[oi, O_RO] != 0:
-        if abs(pq) < 1e-12 or (pq > 0) == (side > 0):
-            S[BAIL] = BAIL_REDUCE_EXPIRED
-            return -1
-        if qty > abs(pq):
+        if abs(pq) < 1e-12 or (pq > 0) == (side > 0):  # nothing left to reduce: the order expires
+            O[oi, O_STATUS] = ST_EXPIRED
+            O[oi, O_REASON] = R_RO_GONE
+            O[oi, O_UPDATED] = S[NOW]
+            O[oi, O_PENDING] = 0
+            _remove_open(S, OPEN, oi)
+            if O[oi, O_KIND] == K_TP:  # OrderSync: a post-only order of ours expired, sent again later
+                S[REARMED] += 1
+            return -2
+        qty = min(qty, abs(pq))
+        if O[oi, O_QTY] - (O[oi, O_FILLED] + qty) > P[P_LOT] / 2:  # a real partial fill: not implemented
             S[BAIL] = BAIL_REDUCE_CUT
             return -1
     notional = qty * price
@@ -353,8 +359,9 @@ def _submit_close(S, P, BB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, L, lot):  #
     S[SATS] += 1
     if oi < 0:
         return -1
-    if abs(S[PQ]) < EPS or S[PQ] < 0:  # reduce-only refusal (Binance -2022): not implemented here
-        S[BAIL] = BAIL_CLOSE_REFUSED
+    if abs(S[PQ]) < EPS or S[PQ] < 0:  # reduce-only refusal (Binance -2022); the lot stays "closing"
+        O[oi, O_STATUS] = ST_REJECTED
+        O[oi, O_REASON] = R_REDUCE
         return -1
     O[oi, O_STATUS] = ST_NEW
     n = int(S[NOPEN])
@@ -810,9 +817,10 @@ def kernel(ts, op, hi, lo, cl, wake, next_wake, lad_at, lad_off, lad_len, lad_fi
                         if O[oi, O_STATUS] != ST_NEW:
                             continue
                         fi = _fill(S, P, BB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, oi, S[PRICE], False, False)
-                        if fi < 0:
+                        if fi == -1:
                             return int(S[BAIL])
-                        _closed_at_market(S, O, FL, L, LOTS, TPAT, SAT, ts, fi)
+                        if fi >= 0:
+                            _closed_at_market(S, O, FL, L, LOTS, TPAT, SAT, ts, fi)
         # ---- the bar closed
         S[INSIDE] = 0
         S[PRICE] = c_
@@ -1141,7 +1149,7 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
     c = strategy.config
     lookback_ms = int(c.lookback.total_seconds() * 1000)
     n_window = int(c.lookback.total_seconds() // 60) + 1
-    highs = lookback_highs(bars.ts, bars.high, wake_idx, n_window, lookback_ms)
+    highs = lookback_highs(np.array(bars.ts, dtype=np.int64), np.array(bars.high, dtype=np.float64), wake_idx.astype(np.int64), n_window, lookback_ms)
     tick, pdec = inst.tick_size, inst.price_decimals
     index: dict[float, int] = {}
     lad_at = np.full(len(bars), -1, dtype=np.int64)
@@ -1195,17 +1203,18 @@ def compiled_backtest(strategy, engine, bars):
     inst = engine.instrument
     c = strategy.config
     n = len(bars)
-    ts = np.ascontiguousarray(bars.ts, dtype=np.int64)
-    op, hi, lo, cl = (np.ascontiguousarray(getattr(bars, k), dtype=np.float64) for k in ("open", "high", "low", "close"))
-    wake = np.ascontiguousarray(np.asarray(strategy.wake_bars(bars), dtype=bool))
+    ts = np.array(bars.ts, dtype=np.int64)
+    op, hi, lo, cl = (np.array(getattr(bars, k), dtype=np.float64) for k in ("open", "high", "low", "close"))
+    wake = np.array(strategy.wake_bars(bars), dtype=np.bool_)
     wake_idx = np.flatnonzero(wake)
     pos = np.searchsorted(wake_idx, np.arange(n + 1))
     next_wake = np.where(pos < len(wake_idx), wake_idx[np.minimum(pos, max(len(wake_idx) - 1, 0))] if len(wake_idx) else n, n).astype(np.int64)
     tables = _ladder_tables(strategy, bars, wake_idx, inst)
     schedule = broker._funding
-    fund_bar = schedule["bar"].to_numpy(np.int64)
-    fund_rate = schedule["rate"].to_numpy(np.float64)
-    fund_ts = schedule["ts"].to_numpy(np.int64)
+    # writable C arrays only: a read-only or strided array is another numba type (another compile)
+    fund_bar = np.array(schedule["bar"].to_numpy(), dtype=np.int64)
+    fund_rate = np.array(schedule["rate"].to_numpy(), dtype=np.float64)
+    fund_ts = np.array(schedule["ts"].to_numpy(), dtype=np.int64)
     P = np.zeros(NPARAM)
     P[P_MAKER], P[P_TAKER], P[P_LIQFEE] = inst.maker_fee, inst.taker_fee, broker.config.liquidation_fee_rate
     P[P_LOT], P[P_TICK], P[P_MINNOT] = inst.lot_size, inst.tick_size, inst.min_notional
@@ -1294,7 +1303,9 @@ def _reasons(O) -> np.ndarray:
     code = O[:, O_REASON].astype(np.int64)
     for oi in np.flatnonzero(code != R_NONE).tolist():
         r = code[oi]
-        if r == R_MARGIN:
+        if r == R_RO_GONE:
+            out[oi] = "reduce-only: no position left to reduce"
+        elif r == R_MARGIN:
             out[oi] = f"margin is insufficient: needs {O[oi, O_NEED]:,.2f}, available {O[oi, O_FREE]:,.2f} (Binance -2019)"
         elif r == R_LIQ:
             out[oi] = "liquidation"
@@ -1308,7 +1319,7 @@ def _reasons(O) -> np.ndarray:
 
 def _result(strategy, engine, broker, bars, k):
     from btc_quant.core.engine import RunResult
-    from btc_quant.core.metrics import compute_metrics, position_per_bar, trades_frame
+    from btc_quant.core.metrics import compute_metrics, fills_frame, orders_frame, position_per_bar, trades_frame
 
     S, O, FL = k["S"], k["O"], k["FL"]
     n = len(bars)
@@ -1349,6 +1360,10 @@ def _result(strategy, engine, broker, bars, k):
     })
     fills["ts"] = pd.to_datetime(fills["ts"].astype("int64"), unit="ms", utc=True)
     fills["bar"] = fbar
+    if len(fills) == 0:  # the engine's builders give these their dtypes
+        fills = fills_frame([], np.empty(0, dtype=np.int64))
+    if len(orders) == 0:
+        orders = orders_frame({})
     index = pd.to_datetime(bars.ts, unit="ms", utc=True)
     initial = float(broker.config.initial_cash)
     equity = pd.Series(initial + np.cumsum(k["CASH"]) + np.cumsum(k["QTYD"]) * bars.close, index=index, name="equity")
