@@ -62,7 +62,7 @@ O_KIND, O_REF, O_GEN, O_SIDE, O_PRICE, O_QTY, O_FILLED, O_AVG = 0, 1, 2, 3, 4, 5
 O_STATUS, O_REASON, O_NEED, O_FREE, O_CREATED, O_UPDATED, O_PENDING, O_RO, O_PO = 8, 9, 10, 11, 12, 13, 14, 15, 16
 NO = 17
 K_ENTRY, K_TP, K_CLOSE, K_LIQ = 0, 1, 2, 3
-ST_PENDING, ST_NEW, ST_FILLED, ST_CANCELED, ST_REJECTED, ST_EXPIRED = 0, 1, 3, 4, 5, 6
+ST_PENDING, ST_NEW, ST_PARTIAL, ST_FILLED, ST_CANCELED, ST_REJECTED, ST_EXPIRED = 0, 1, 2, 3, 4, 5, 6
 R_NONE, R_MARGIN, R_LIQ, R_REDUCE, R_CROSS, R_RO_GONE = 0, 1, 2, 3, 4, 5
 
 # --- fills F ----------------------------------------------------------------------------------------
@@ -243,10 +243,7 @@ def _fill(S, P, BB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, oi, price, maker, l
             if O[oi, O_KIND] == K_TP:  # OrderSync: a post-only order of ours expired, sent again later
                 S[REARMED] += 1
             return -2
-        qty = min(qty, abs(pq))
-        if O[oi, O_QTY] - (O[oi, O_FILLED] + qty) > P[P_LOT] / 2:  # a real partial fill: not implemented
-            S[BAIL] = BAIL_REDUCE_CUT
-            return -1
+        qty = min(qty, abs(pq))  # cut to the position: may leave the order partly filled
     notional = qty * price
     before = pq
     closing = 0.0
@@ -311,11 +308,15 @@ def _fill(S, P, BB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, oi, price, maker, l
     QTYD[bar] += sq
     filled = O[oi, O_FILLED] + qty
     O[oi, O_AVG] = (O[oi, O_AVG] * O[oi, O_FILLED] + price * qty) / filled
-    O[oi, O_FILLED] = O[oi, O_QTY]
-    O[oi, O_STATUS] = ST_FILLED
     O[oi, O_UPDATED] = ts[bar]
     O[oi, O_PENDING] = 0
-    _remove_open(S, OPEN, oi)
+    if O[oi, O_QTY] - filled <= P[P_LOT] / 2:
+        O[oi, O_FILLED] = O[oi, O_QTY]
+        O[oi, O_STATUS] = ST_FILLED
+        _remove_open(S, OPEN, oi)
+    else:  # stays open, in its place
+        O[oi, O_FILLED] = filled
+        O[oi, O_STATUS] = ST_PARTIAL
     _changed(S, BB, LIQM, HASM)
     return fi
 
@@ -346,6 +347,16 @@ def _close_lot_book(S, L, LOTS, TPAT, lot):  # pragma: no cover - compiled
         TPAT[tp] = 0
     q = L[lot, L_QTY]
     _book_add(S, -q, -q * L[lot, L_ENTRY], -L[lot, L_MARGIN])
+
+
+@njit(cache=True, nogil=True)
+def _reduce_lot(S, L, lot, quantity):  # pragma: no cover - compiled
+    """GridBook.reduce_lot: part of the lot closed, its margin shrinks pro rata."""
+    q = L[lot, L_QTY]
+    share = min(quantity / q, 1.0)
+    _book_add(S, -q * share, -q * share * L[lot, L_ENTRY], -L[lot, L_MARGIN] * share)
+    L[lot, L_MARGIN] *= 1.0 - share
+    L[lot, L_QTY] = np.rint(q * (1.0 - share) * 1e12) / 1e12
 
 
 @njit(cache=True, nogil=True)
@@ -391,7 +402,10 @@ def _closed_at_market(S, O, FL, L, LOTS, TPAT, SAT, ts, fi):  # pragma: no cover
             open_ = True
             break
     if open_:
-        _close_lot_book(S, L, LOTS, TPAT, lot)
+        if O[oi, O_STATUS] == ST_PARTIAL:  # the close was cut to a smaller position
+            _reduce_lot(S, L, lot, qty)
+        else:
+            _close_lot_book(S, L, LOTS, TPAT, lot)
     S[SAT_LOSS] += pnl
     k = int(S[NSAT])
     SAT[k, 0] = ts[int(FL[fi, F_BAR])]
@@ -521,17 +535,17 @@ def _on_maker_fill(S, P, BB, SB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, L, LOT
             t = int(S[NTP])
             TPF[t] = price
             S[NTP] = t + 1
-            if qty < L[lot, L_QTY] - 1e-12:
-                S[BAIL] = BAIL_REDUCE_CUT
-                return
-            _close_lot_book(S, L, LOTS, TPAT, lot)
-            r = int(S[NRT])
-            RT[r, 0] = ts[bar]
-            RT[r, 1] = L[lot, L_ENTRY]
-            RT[r, 2] = price
-            RT[r, 3] = qty
-            RT[r, 4] = gross
-            S[NRT] = r + 1
+            if qty < L[lot, L_QTY] - 1e-12:  # a take-profit cut to a smaller position
+                _reduce_lot(S, L, lot, qty)
+            else:
+                _close_lot_book(S, L, LOTS, TPAT, lot)
+                r = int(S[NRT])
+                RT[r, 0] = ts[bar]
+                RT[r, 1] = L[lot, L_ENTRY]
+                RT[r, 2] = price
+                RT[r, 3] = qty
+                RT[r, 4] = gross
+                S[NRT] = r + 1
     # wake at this bar's close
     S[ALERT_ON] = 1
     S[ALERT_LO] = np.inf
@@ -1233,7 +1247,9 @@ def compiled_backtest(strategy, engine, bars):
 
         SB = np.array([(math.inf, DEFAULT_MMR, 0.0)])
     max_len = int(tables["lad_len"].max()) if len(tables["lad_len"]) else 1
-    capacity = n // 4 + 8192
+    # np.zeros maps pages lazily: unused capacity costs address space, not memory (real 1m
+    # stretches need up to ~1 order per bar; an overflow re-runs the kernel with twice the room)
+    capacity = n + 16384
     while True:
         S = np.zeros(NSTATE)
         S[WALLET], S[LEV], S[PRICE], S[NOW] = broker.config.initial_cash, broker.leverage, op[0], ts[0]
@@ -1256,8 +1272,8 @@ def compiled_backtest(strategy, engine, bars):
             tables["lad_bottom"], tables["LADP"], tables["LAD_E"], tables["LAD_ET"], tables["LAD_TP"], fund_bar, fund_rate,
             P, BB, SB, S, O, OPEN, FL, L, LOTS, TPAT, SQ, SM, CASH, QTYD, LIQM, HASM, ENT, TPF, SAT, RT, SAMP, FUNDR,
         )
-        if code == BAIL_CAPACITY and capacity < 8 * n + 65536:
-            capacity *= 4
+        if code == BAIL_CAPACITY and capacity < 16 * n + 65536:
+            capacity *= 2
             continue
         break
     if code != OK:
@@ -1295,7 +1311,7 @@ def _client_ids(strategy, engine, O):
     return ids, tags
 
 
-_STATUS = {ST_PENDING: "pending", ST_NEW: "new", ST_FILLED: "filled", ST_CANCELED: "canceled", ST_REJECTED: "rejected", ST_EXPIRED: "expired"}
+_STATUS = {ST_PENDING: "pending", ST_NEW: "new", ST_PARTIAL: "partially_filled", ST_FILLED: "filled", ST_CANCELED: "canceled", ST_REJECTED: "rejected", ST_EXPIRED: "expired"}
 
 
 def _reasons(O) -> np.ndarray:
@@ -1376,6 +1392,8 @@ def _result(strategy, engine, broker, bars, k):
         "mark": FR[:, 2], "position": FR[:, 3], "amount": FR[:, 4],
     })
     funding["ts"] = pd.to_datetime(funding["ts"].astype("int64"), unit="ms", utc=True)
+    if len(funding) == 0:  # the broker's own (empty) frame has its dtypes
+        funding = broker.funding_payments()
     paid = float(funding["amount"].sum()) if len(funding) else 0.0
     metrics = compute_metrics(equity, fills, trades, initial_equity=initial, position=position, funding=paid)
     result = RunResult(
