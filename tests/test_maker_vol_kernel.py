@@ -71,6 +71,7 @@ def assert_same_run(event, fast):
     pdt.assert_frame_equal(event.fills[cols], fast.fills[cols])
     pdt.assert_series_equal(_close_ids(event.fills.client_id), _close_ids(fast.fills.client_id))
     pdt.assert_frame_equal(event.orders.drop(columns="client_id"), fast.orders.drop(columns="client_id"))
+    pdt.assert_frame_equal(event.trades, fast.trades)
     pdt.assert_series_equal(_close_ids(event.orders.client_id), _close_ids(fast.orders.client_id))
     pdt.assert_series_equal(event.equity, fast.equity, rtol=1e-9)
     for key in ("position", "liquidation_price", "liquidation_distance"):
@@ -190,6 +191,23 @@ def test_conditions_send_other_runs_to_the_event_path(plugins, setting, reason):
     assert why_not(_engine(plugins, []).strategy, _engine(plugins, [])) is None
     bars = read_bars_file(SAMPLE.path)[:2_000]
     assert engine.strategy.compiled_backtest(engine, bars) is None
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 5), st.floats(0.5, 2.0)), min_size=1, max_size=60))
+def test_compiled_trades_match_trades_frame(rows):
+    """The compiled flat-to-flat walk gives trades_frame's rows (buys and sells that cross zero)."""
+    from btc_quant.core.metrics import trades_frame
+    from btc_quant.plugins.strategies.maker_vol_kernel import _trades_frame
+
+    fills = pd.DataFrame({
+        "ts": pd.to_datetime(np.arange(len(rows), dtype=np.int64) * 60_000, unit="ms", utc=True),
+        "side": ["buy" if b else "sell" for b, _, _ in rows],
+        "price": [100.0 * p for _, _, p in rows],
+        "quantity": [q * 0.001 for _, q, _ in rows],
+        "fee": [0.01 * q for _, q, _ in rows],
+    })
+    pdt.assert_frame_equal(_trades_frame(fills), trades_frame(fills))
 
 
 def test_base36_array_matches_base36():

@@ -49,7 +49,7 @@ GRID_PROFIT, FEES_MAKER, FEES_TAKER, SAT_LOSS, LIQ_LOSS = 30, 31, 32, 33, 34
 SATS, LIQS, CASH_PAUSES, PAUSED, INV_VIOL, BRK_VIOL, RAISED, MREFUSED = 40, 41, 42, 43, 44, 45, 46, 47
 MADDED, SUBMITTED, CANCELED, REJECTED, RECOMPUTES, BEYOND, NENTRY, NTP = 48, 49, 50, 51, 52, 53, 54, 55
 NSAT, NRT, NSAMP, NFUND, BROKER_LIQS, ARMED, NEXT_RC, HAS_GRID = 56, 57, 58, 59, 60, 61, 62, 63
-FIRST_SYNC, REARMED, SYNC_FILLS, INSIDE, LIVE_REPORT = 64, 65, 66, 67, 68
+FIRST_SYNC, REARMED, SYNC_FILLS, INSIDE, LIQ_CACHE = 64, 65, 66, 67, 68
 NSTATE = 80
 
 # --- parameters P ---------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def _equity(S):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True)
 def _changed(S, BB, LIQM, HASM):  # pragma: no cover - compiled
     b = int(S[BAR])
-    LIQM[b] = _liq_price(S[PQ], S[PE], S[ISO], BB)
+    S[LIQ_CACHE] = LIQM[b] = _liq_price(S[PQ], S[PE], S[ISO], BB)  # the sim's cached liquidation price
     HASM[b] = True
 
 
@@ -599,7 +599,7 @@ def _sample(S, SB, BB, O, OPEN, TPAT, SAMP, length, bottom, live):  # pragma: no
         dist = (price - liq) / price
         if not (price - bottom <= 0) and liq - bottom > 1e-6 * bottom:
             S[INV_VIOL] += 1
-        broker_liq = _liq_price(S[PQ], S[PE], S[ISO], BB)
+        broker_liq = S[LIQ_CACHE]
         if price - bottom > 0 and broker_liq - bottom > 1e-6 * bottom:
             S[BRK_VIOL] += 1
     occupied = 0
@@ -694,9 +694,7 @@ def kernel(ts, op, hi, lo, cl, wake, next_wake, lad_at, lad_off, lad_len, lad_fi
                     else:
                         sell_min = min(sell_min, p)
                 if not market:
-                    liq = np.nan
-                    if abs(S[PQ]) >= 1e-12:
-                        liq = _liq_price(S[PQ], S[PE], S[ISO], BB)
+                    liq = S[LIQ_CACHE]
                     liq_long = liq if (not np.isnan(liq)) and S[PQ] > 0 else -np.inf
                     liq_short = liq if (not np.isnan(liq)) and S[PQ] < 0 else np.inf
                     alo = S[ALERT_LO] if S[ALERT_ON] != 0 else -np.inf
@@ -769,7 +767,7 @@ def kernel(ts, op, hi, lo, cl, wake, next_wake, lad_at, lad_off, lad_len, lad_fi
                     best_oi = oi
             is_liq = False
             if abs(S[PQ]) >= 1e-12:
-                liq = _liq_price(S[PQ], S[PE], S[ISO], BB)
+                liq = S[LIQ_CACHE]
                 if not np.isnan(liq):
                     if S[PQ] > 0:
                         if bpt < a and bpt <= liq and liq <= a + EPS and (best_oi < 0 or abs(liq - a) < abs(best_at - a)):
@@ -1097,6 +1095,78 @@ def lookback_highs(ts, high, at, n_bars, lookback_ms):  # pragma: no cover - com
     return out
 
 
+@njit(cache=True, nogil=True)
+def flat_to_flat(signs, price, qty, fee):  # pragma: no cover - compiled
+    """``core.metrics.trades_frame``'s walk over the fills, compiled, with its float operations in
+    the same order: one row per flat-to-flat round trip (start fill, end fill, long, max quantity,
+    buy value, bought, sell value, sold, fees). The frame is built by :func:`_trades_frame`."""
+    rows = np.empty((len(qty) + 1, 9))
+    k = 0
+    pos = 0.0
+    entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
+    start = 0
+    long_ = True
+    for i in range(len(qty)):
+        sign = signs[i]
+        if abs(pos) < 1e-12:
+            start, long_ = i, sign > 0
+            entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
+        remaining = qty[i]
+        while remaining > 1e-12:
+            if abs(pos) > 1e-12 and np.sign(pos) != sign:
+                part = min(remaining, abs(pos))
+            else:
+                part = remaining
+            share = part / qty[i]
+            if sign > 0:
+                bought += part
+                entry_cost += part * price[i]
+            else:
+                sold += part
+                exit_value += part * price[i]
+            fees += fee[i] * share
+            pos += sign * part
+            max_qty = max(max_qty, abs(pos))
+            remaining -= part
+            if abs(pos) < 1e-9:
+                pos = 0.0
+                rows[k, 0] = start
+                rows[k, 1] = i
+                rows[k, 2] = 1.0 if long_ else 0.0
+                rows[k, 3] = max_qty
+                rows[k, 4] = entry_cost
+                rows[k, 5] = bought
+                rows[k, 6] = exit_value
+                rows[k, 7] = sold
+                rows[k, 8] = fees
+                k += 1
+                if remaining > 1e-12:
+                    start, long_ = i, sign > 0
+                    entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
+    return rows[:k]
+
+
+def _trades_frame(fills: pd.DataFrame) -> pd.DataFrame:
+    """What ``core.metrics.trades_frame(fills)`` returns, from :func:`flat_to_flat`."""
+    from btc_quant.core.metrics import trades_frame
+
+    if fills.empty:
+        return trades_frame(fills)
+    columns = ["entry_time", "exit_time", "side", "max_quantity", "entry_price", "exit_price", "pnl", "fees"]
+    signs = np.where(fills["side"].to_numpy() == "buy", 1.0, -1.0)
+    rows = flat_to_flat(signs, np.array(fills["price"].to_numpy(), dtype=np.float64), np.array(fills["quantity"].to_numpy(), dtype=np.float64),
+                        np.array(fills["fee"].to_numpy(), dtype=np.float64))
+    ts = fills["ts"]
+    out = []
+    for start, end, long_, max_qty, entry_cost, bought, exit_value, sold, fees in rows.tolist():
+        buy_px = entry_cost / bought if bought else float("nan")
+        sell_px = exit_value / sold if sold else float("nan")
+        pnl = (exit_value - entry_cost) - fees
+        side = "long" if long_ else "short"
+        out.append((ts.iloc[int(start)], ts.iloc[int(end)], side, max_qty, buy_px if long_ else sell_px, sell_px if long_ else buy_px, pnl, fees))
+    return pd.DataFrame(out, columns=columns)
+
+
 # --- the Python side: conditions, inputs, and the RunResult -----------------------------------------
 
 
@@ -1254,6 +1324,7 @@ def compiled_backtest(strategy, engine, bars):
         S = np.zeros(NSTATE)
         S[WALLET], S[LEV], S[PRICE], S[NOW] = broker.config.initial_cash, broker.leverage, op[0], ts[0]
         S[NEXT_RC] = -1
+        S[LIQ_CACHE] = np.nan
         O = np.zeros((capacity, NO))
         OPEN = np.zeros(max_len + 2 * c.max_live_orders + 64, dtype=np.int64)
         FL = np.zeros((capacity, NF))
@@ -1335,7 +1406,7 @@ def _reasons(O) -> np.ndarray:
 
 def _result(strategy, engine, broker, bars, k):
     from btc_quant.core.engine import RunResult
-    from btc_quant.core.metrics import compute_metrics, fills_frame, orders_frame, position_per_bar, trades_frame
+    from btc_quant.core.metrics import compute_metrics, fills_frame, orders_frame, position_per_bar
 
     S, O, FL = k["S"], k["O"], k["FL"]
     n = len(bars)
@@ -1383,7 +1454,7 @@ def _result(strategy, engine, broker, bars, k):
     index = pd.to_datetime(bars.ts, unit="ms", utc=True)
     initial = float(broker.config.initial_cash)
     equity = pd.Series(initial + np.cumsum(k["CASH"]) + np.cumsum(k["QTYD"]) * bars.close, index=index, name="equity")
-    trades = trades_frame(fills)
+    trades = _trades_frame(fills)
     position = position_per_bar(n, fills)
     FR = k["FUNDR"]
     fk = FR[:, 0].astype(np.int64)
