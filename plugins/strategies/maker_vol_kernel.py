@@ -664,6 +664,8 @@ def kernel(ts, op, hi, lo, cl, wake, next_wake, lad_at, lad_off, lad_len, lad_fi
     TKEEP = np.zeros(2 * nlive + 4, dtype=np.bool_)
     ORDER = np.empty(2 * nlive + 4, dtype=np.int64)
     KEEPL = np.empty(OPEN.shape[0], dtype=np.int64)
+    T_BY_LEVEL = np.full(TPAT.shape[0], -1, dtype=np.int64)  # entry level -> its target this sync
+    T_BY_LOT = np.full(L.shape[0], -1, dtype=np.int64)  # lot -> its take-profit target this sync
     i = 0
     seg = 0
     off = 0
@@ -956,6 +958,10 @@ def kernel(ts, op, hi, lo, cl, wake, next_wake, lad_at, lad_off, lad_len, lad_fi
             S[GEN] = S[NOW]
         for t in range(nt):
             TKEEP[t] = False
+            if TK[t] == K_ENTRY:
+                T_BY_LEVEL[TR[t]] = t
+            else:
+                T_BY_LOT[TR[t]] = t
         nkeep = 0
         ncancel = 0
         nopen = int(S[NOPEN])
@@ -965,11 +971,11 @@ def kernel(ts, op, hi, lo, cl, wake, next_wake, lad_at, lad_off, lad_len, lad_fi
             if kind != K_ENTRY and kind != K_TP:
                 KEEPL[k] = 1
                 continue
-            match = -1
-            for t in range(nt):
-                if TK[t] == kind and TR[t] == O[oi, O_REF]:
-                    match = t
-                    break
+            ref = int(O[oi, O_REF])
+            if kind == K_ENTRY:
+                match = T_BY_LEVEL[ref] if ref < T_BY_LEVEL.shape[0] else -1
+            else:
+                match = T_BY_LOT[ref]
             keep = False
             if match >= 0 and not TKEEP[match]:
                 t = match
@@ -1054,6 +1060,11 @@ def kernel(ts, op, hi, lo, cl, wake, next_wake, lad_at, lad_off, lad_len, lad_fi
                 S[REARMED] += 1
         S[SUBMITTED] += ns
         S[CANCELED] += ncancel
+        for t in range(nt):
+            if TK[t] == K_ENTRY:
+                T_BY_LEVEL[TR[t]] = -1
+            else:
+                T_BY_LOT[TR[t]] = -1
         _sample(S, SB, BB, O, OPEN, TPAT, SAMP, length, bottom, nkeep + ns)
         # -- _set_alert: wake when the price passes the next level up
         if kk == 0:
