@@ -1349,11 +1349,13 @@ def compiled_backtest(strategy, engine, bars):
         SAT, RT = np.zeros((capacity, 7)), np.zeros((capacity, 5))
         SAMP = np.zeros((capacity, 10))
         FUNDR = np.zeros((len(fund_bar) + 1, 5))
+        kernel_started = time.perf_counter()
         code = kernel(
             ts, op, hi, lo, cl, wake, next_wake, tables["lad_at"], tables["lad_off"], tables["lad_len"], tables["lad_first"],
             tables["lad_bottom"], tables["LADP"], tables["LAD_E"], tables["LAD_ET"], tables["LAD_TP"], fund_bar, fund_rate,
             P, BB, SB, S, O, OPEN, FL, L, LOTS, TPAT, SQ, SM, CASH, QTYD, LIQM, HASM, ENT, TPF, SAT, RT, SAMP, FUNDR,
         )
+        kernel_s = time.perf_counter() - kernel_started
         if code == BAIL_CAPACITY and capacity < 16 * n + 65536:
             capacity *= 2
             continue
@@ -1367,6 +1369,7 @@ def compiled_backtest(strategy, engine, bars):
              SAMP=SAMP[: int(S[NSAMP])], FUNDR=FUNDR[: int(S[NFUND])], fund_ts=fund_ts, fund_rate=fund_rate, tables=tables)
     result = _result(strategy, engine, broker, bars, k)
     result.elapsed_s = time.perf_counter() - started
+    result.extra["compiled_kernel_s"] = kernel_s  # the compiled loop alone (the rest builds the RunResult)
     engine.plugins.call_optional("quant_on_run_end", result=result)
     return result
 
