@@ -1305,11 +1305,11 @@ def compiled_backtest(strategy, engine, bars):
     pos = np.searchsorted(wake_idx, np.arange(n + 1))
     next_wake = np.where(pos < len(wake_idx), wake_idx[np.minimum(pos, max(len(wake_idx) - 1, 0))] if len(wake_idx) else n, n).astype(np.int64)
     tables = _ladder_tables(strategy, bars, wake_idx, inst)
-    schedule = broker._funding
-    # writable C arrays only: a read-only or strided array is another numba type (another compile)
-    fund_bar = np.array(schedule["bar"].to_numpy(), dtype=np.int64)
-    fund_rate = np.array(schedule["rate"].to_numpy(), dtype=np.float64)
-    fund_ts = np.array(schedule["ts"].to_numpy(), dtype=np.int64)
+    # the sim's funding schedule after load(); writable C arrays only: a read-only or strided
+    # array is another numba type (another compile)
+    fund_bar = np.array(broker._fund_bar, dtype=np.int64)
+    fund_rate = np.array(broker._fund_rate, dtype=np.float64)
+    fund_ts = np.array(broker._fund_ts, dtype=np.int64)
     P = np.zeros(NPARAM)
     P[P_MAKER], P[P_TAKER], P[P_LIQFEE] = inst.maker_fee, inst.taker_fee, broker.config.liquidation_fee_rate
     P[P_LOT], P[P_TICK], P[P_MINNOT] = inst.lot_size, inst.tick_size, inst.min_notional
