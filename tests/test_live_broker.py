@@ -200,3 +200,34 @@ def test_reconcile_looks_up_missing_orders_side_by_side(exchange, tmp_path, plug
         assert not broker.open_orders()
 
     run(exchange, tmp_path, plugins, body)
+
+
+def test_rate_limit_setting_reaches_ccxts_throttle():
+    """ccxt builds its throttle from ``rateLimit`` in the constructor: setting it later does nothing."""
+    client = make_exchange("binanceusdm", rate_limit_ms=5)
+    assert client.rateLimit == 5 and client.tokenBucket["refillRate"] == pytest.approx(1 / 5)
+    assert make_exchange("binanceusdm").tokenBucket["refillRate"] == pytest.approx(1 / 50)  # ccxt's Binance default
+
+
+def test_a_late_balance_push_does_not_overwrite_a_newer_rest_balance(exchange, tmp_path, plugins):
+    """ws_delay holds an ACCOUNT_UPDATE while a newer fill happens and REST reads the wallet: the
+    late push (older transaction time) must not put the older wallet back."""
+    async def body(broker, server):
+        trading = server.state.trading
+        account = trading.account("local-test-key")
+        order = resting_buy(broker)
+        await settled(broker)
+        clock = server.state.clock
+        clock.set(clock.now_ms() + 60_000)  # two fills at two exchange times, each with its push
+        trading.partial_fill("local-test-key", exchange_orders(server, order.client_id)[0].order_id, 0.001)
+        first = [e for _, e in account.events if e.get("e") == "ACCOUNT_UPDATE"][-1]
+        clock.set(clock.now_ms() + 60_000)
+        trading.partial_fill("local-test-key", exchange_orders(server, order.client_id)[0].order_id, 0.001)
+        await broker.reconcile()
+        assert broker.account().wallet_balance == pytest.approx(account.wallet, abs=1e-9)
+        late = {"USDT": {"total": float(first["a"]["B"][0]["wb"])}, "info": first}  # as ccxt.pro's watch_balance gives it
+        broker.on_exchange_balance(late)
+        assert broker.account().wallet_balance == pytest.approx(account.wallet, abs=1e-9)
+        assert broker.stats["stale_updates"] == 1
+
+    run(exchange, tmp_path, plugins, body)

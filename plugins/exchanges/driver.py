@@ -140,7 +140,11 @@ class LiveRun:
                     secrets.register(value)
                     credentials[ccxt_key] = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
         timeout_ms = getattr(cfg.broker.config, "timeout_ms", 10_000)
-        exchange = make_exchange(cfg.exchange.name, pro=True, credentials=credentials, timeout_ms=timeout_ms, options={"warnOnFetchOpenOrdersWithoutSymbol": False})
+        # positions come from watch_positions' pushes and the broker's own REST reconciliation:
+        # ccxt.pro's background snapshot request would only add an unbounded, unretried request
+        options = {"warnOnFetchOpenOrdersWithoutSymbol": False, "watchPositions": {"fetchPositionsSnapshot": False, "awaitPositionsSnapshot": False}}
+        exchange = make_exchange(cfg.exchange.name, pro=True, credentials=credentials, timeout_ms=timeout_ms, options=options,
+                                 rate_limit_ms=getattr(cfg.broker.config, "rate_limit_ms", None))
         try:
             check_capabilities(exchange, cfg.exchange.name, required_capabilities(self.broker, self.runtime.instrument, self.testnet))
             if self.testnet:
@@ -148,8 +152,6 @@ class LiveRun:
             if self.url:
                 point_at(exchange, self.url)
             install_gate(exchange)
-            if getattr(cfg.broker.config, "rate_limit_ms", None):
-                exchange.rateLimit = cfg.broker.config.rate_limit_ms
             await retrying(exchange.load_markets, attempts=20)
             if self.runtime.instrument.symbol not in exchange.markets:
                 raise ConfigError(f"symbol: {cfg.exchange.name} lists no market {self.runtime.instrument.symbol}")

@@ -210,10 +210,11 @@ class LiveBroker(Broker):
         self._margin: dict[str, Any] = {}
         self._settings: dict[str, Any] = {}  # margin call kind -> latest wanted value, while its task runs
         self._margin_pending = 0.0  # isolated margin added/removed by requests under way
+        self._balance_ms = 0  # exchange time of the last balance change applied
         self._reconcile_lock: asyncio.Lock | None = None
         self.reconcile_wanted: asyncio.Event | None = None  # set by a websocket error: reconcile soon
         self.stats = {"retries": 0, "lookups": 0, "orphans_canceled": 0, "ws_errors": 0, "reconciles": 0, "disagreements": 0,
-                      "reconcile_failures": 0, "cancels_coalesced": 0, "requests_timed_out": 0, "gave_up": 0}
+                      "reconcile_failures": 0, "cancels_coalesced": 0, "requests_timed_out": 0, "gave_up": 0, "stale_updates": 0}
         self.last_reconcile_ms: int | None = None
 
     @property
@@ -505,9 +506,18 @@ class LiveBroker(Broker):
         return 0.0, 0.0
 
     def on_exchange_balance(self, balance: dict) -> None:
+        """Wallet balance from a REST read or an ``ACCOUNT_UPDATE`` push. A push can arrive late
+        (after a newer REST read): a balance whose change time is older than the one applied last
+        is stale and ignored (push: transaction time ``T``; REST: the asset's ``updateTime``)."""
         quote = self.market["settle"] or self.market["quote"]
         total = (balance.get(quote) or {}).get("total")
         info = balance.get("info") or {}
+        changed = _balance_time(info, self.market.get("settleId") or quote)
+        if changed is not None:
+            if changed < self._balance_ms:
+                self.stats["stale_updates"] += 1
+                return
+            self._balance_ms = changed
         wallet = info.get("totalWalletBalance") if isinstance(info, dict) else None
         value = wallet if wallet is not None else total
         if value is not None:
@@ -693,6 +703,19 @@ class LiveBroker(Broker):
             available_balance=float(getattr(self, "_free", None) or self._account.wallet_balance),
             liquidation_price=float(liq) if liq else None,
         )
+
+
+def _balance_time(info: Any, asset: str) -> int | None:
+    """When the balance in a raw Binance answer last changed: ``T`` of an ``ACCOUNT_UPDATE`` push,
+    the asset's ``updateTime`` in ``GET /fapi/v2|v3/account``; None when the answer has neither."""
+    if not isinstance(info, dict):
+        return None
+    if info.get("e") == "ACCOUNT_UPDATE":
+        return int(info["T"]) if info.get("T") is not None else None
+    for row in info.get("assets") or ():
+        if isinstance(row, dict) and row.get("asset") == asset and row.get("updateTime") is not None:
+            return int(row["updateTime"])
+    return None
 
 
 def _whole(leverage: float) -> int:
