@@ -1,18 +1,23 @@
-"""Soak: the live broker against the local exchange through >= 1,000 injected faults and SIGKILLs.
+"""Soak: ``maker_vol`` live against the local exchange through >= 1,000 injected faults and 5 SIGKILLs.
 
 The exchange runs as its own process (it keeps its books while the bot dies) at 240x real time
-with seeded faults on every trading endpoint, the user-data stream and the matcher. The bot
-(``tests/live_bot.py``: post-only grid around the price, a market exit every few bars) is killed
-with SIGKILL at random points and restarted. Before each kill, the exchange clock is frozen (no
-bar closes, nothing matches), the bot's next reconciliations are awaited, and then:
+with seeded faults on every trading endpoint, the user-data stream and the matcher (rates in
+:data:`FAULTS`). The bot (``tests/live_bot.py`` running the real ``maker_vol`` strategy, set up
+to trade often: :data:`MAKER_VOL`) lives six times: five lives end with SIGKILL at a random
+point, the last with ``quant stop``'s command. In every life the exchange clock is frozen once
+(no bar closes, nothing matches), the test waits for a reconciliation that began after the
+freeze with no request of the bot under way, and then checks:
 
-* no orphans: every open order on the exchange with the bot's prefix is one the journal knows,
+* no orphans: every open order on the exchange with the bot's prefixes is one the journal knows,
   and the bot's mirror shows exactly the exchange's open orders;
 * no duplicates: no client order id was ever used by two exchange orders;
 * the bot's position and wallet balance equal the exchange's;
 * every fill reached the strategy exactly once: trade ids in the strategy's log are unique, and
   per order the quantity the strategy saw equals the exchange's executed quantity, so the signed
   sum equals the exchange position.
+
+It prints the seed, the time it took and the faults injected by kind. ``BTCQ_SOAK_SEED=N``
+replays it with another fault schedule.
 """
 
 from __future__ import annotations
@@ -36,14 +41,14 @@ from btc_quant.plugins.exchanges.journal import Journal, journal_path
 from btc_quant.testing.process import ServerProcess
 
 HERE = Path(__file__).parent
-#: Fault rates: of every trading request 12% fail with a 5xx before execution, 8% are executed and
-#: then answered 503 "execution status unknown", 8% are executed and never answered, 4% are held
+#: Fault rates: of every trading request 15% fail with a 5xx before execution, 10% are executed and
+#: then answered 503 "execution status unknown", 10% are executed and never answered, 5% are held
 #: past the client's timeout (and dropped), 2% are 429 (escalating to 418 when the client does not
-#: back off); of every websocket push 3% close the socket and 40% of user-data pushes are delayed
+#: back off); of every websocket push 3% close the socket and 60% of user-data pushes are delayed
 #: (delivered out of order); half of all fills are partial; 5% of orders are canceled "by the user".
 FAULTS = {
-    "rate_limit": 0.02, "server_error": 0.12, "timeout": 0.04, "accepted_timeout": 0.08, "accepted_error": 0.08,
-    "partial_fill": 0.5, "user_cancel": 0.05, "drop": 0.03, "ws_delay": 0.4,
+    "rate_limit": 0.02, "server_error": 0.15, "timeout": 0.05, "accepted_timeout": 0.10, "accepted_error": 0.10,
+    "partial_fill": 0.5, "user_cancel": 0.05, "drop": 0.03, "ws_delay": 0.6,
 }
 SPEED = 240  # exchange seconds per real second: a 1m bar every 0.25 s
 LIVES = 6  # 5 SIGKILLs, then a clean stop
@@ -55,12 +60,12 @@ BROKER = [
 ]
 GRID_PROBE = ["strategy=grid_probe", "strategy.levels=1"]
 #: maker_vol set up to trade often on a 50-minute warm-up: ladder from just above the recent high
-#: down to 90% of it, levels and take-profits 0.05% apart, 3 live orders per side, re-sized every
+#: down to 90% of it, levels and take-profits 0.05% apart, 4 live orders per side, re-sized every
 #: 30 exchange minutes.
 MAKER_VOL = [
     "strategy=maker_vol", "strategy.side=both", "strategy.top_ratio=1.01", "strategy.bottom_ratio=0.9",
     "strategy.short_top_ratio=0.99", "strategy.short_bottom_ratio=1.1", "strategy.step_pct=0.0005", "strategy.tp_pct=0.0005",
-    "strategy.max_live_orders=3", "strategy.recompute=30m",
+    "strategy.max_live_orders=4", "strategy.recompute=30m",
 ]
 
 
