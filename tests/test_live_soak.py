@@ -262,3 +262,37 @@ def test_restart_cancels_only_own_unknown_orders_and_leaves_manual_ones(tmp_path
         journal = bot.journal()
         assert any("soak-zz-1" in message for _, kind, message in journal.notes() if kind == "orphan")
         journal.close()
+
+
+def test_quant_flatten_cancels_the_bots_orders_and_closes_its_position(tmp_path, quant):
+    """``quant flatten`` against a running live bot: its orders are canceled and its position is
+    closed on the exchange, a manual order stays, and the bot exits."""
+    with ServerProcess("btc_quant.testing.exchange", "--clock-start", "2022-01-10T06:00", "--speed", str(SPEED)) as exchange:
+        client = make_exchange("binanceusdm", url=exchange.url, credentials={"apiKey": KEY, "secret": SECRET},
+                               options={"warnOnFetchOpenOrdersWithoutSymbol": False})
+        client.load_markets()
+        low = float(client.price_to_precision("BTC/USDT:USDT", client.fetch_ticker("BTC/USDT:USDT")["last"] * 0.8))
+        client.create_order("BTC/USDT:USDT", "limit", "buy", 0.003, low, {"clientOrderId": "manual-1", "postOnly": True})
+        bot = Bot(exchange.url, tmp_path, tmp_path / "fills.jsonl")
+        bot.start(MAKER_VOL)
+        try:
+            bot.wait_running()
+            deadline = time.time() + 60
+            while time.time() < deadline:  # trading until it holds a position and resting orders
+                truth = _get(exchange.url + "/_control/truth")
+                mine = [o for o in truth["open_orders"] if o["clientOrderId"] != "manual-1"]
+                if truth["positions"].get("BTCUSDT", {}).get("amt") and mine:
+                    break
+                time.sleep(0.3)
+            _post(exchange.url + "/_control/clock", {"speed": 0})  # hold the market still: what is open now must go
+            truth = _get(exchange.url + "/_control/truth")
+            assert truth["positions"]["BTCUSDT"]["amt"] != 0 and len(truth["open_orders"]) > 1, truth
+            proc = quant("flatten", "--bot", "soak", env={"QUANT_HOME": str(tmp_path), "QUANT_LOAD_PLUGINS": "live_cli"})
+            assert proc.returncode == 0 and "bot soak: flatten done" in proc.stdout, proc.stdout + proc.stderr
+            assert bot.proc.wait(30) == 0
+        finally:
+            if bot.proc.poll() is None:
+                bot.kill()
+        after = _get(exchange.url + "/_control/truth")
+    assert [o["clientOrderId"] for o in after["open_orders"]] == ["manual-1"]
+    assert after["positions"].get("BTCUSDT", {}).get("amt", 0.0) == 0.0
