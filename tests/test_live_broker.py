@@ -17,27 +17,28 @@ from btc_quant.core.config import load_run_config
 from btc_quant.core.run import build_runtime
 from btc_quant.plugins.exchanges.ccxt_client import make_exchange
 from btc_quant.plugins.exchanges.journal import Journal
-from btc_quant.plugins.exchanges.live import LiveBroker, install_gate
+from btc_quant.plugins.exchanges.live import LiveBroker, install_gate, retrying
 from btc_quant.sdk import Order, OrderStatus, Side
 from btc_quant.testing.exchange import ExchangeServer, FaultPlan, binance_state
 from btc_quant.testing.exchange.faults import TRADING_PATHS
 
 START_MS = 1641794400000  # 2022-01-10 06:00 UTC, inside the bundled real perp sample
-SYMBOL = "BTC/USDT:USDT"
 ORDER = "/fapi/v1/order"
 
 
 @pytest.fixture
 def exchange():
-    plan = FaultPlan(seed=1, paths=FaultPlan.paths + TRADING_PATHS, timeout_s=1.5)
+    plan = FaultPlan(seed=1, paths=FaultPlan.paths + TRADING_PATHS, timeout_s=2.0)
     with ExchangeServer(binance_state(clock_start_ms=START_MS, speed=0, faults=plan)) as server:
         yield server
 
 
 def run(exchange, tmp_path, plugins, body, **settings):
     """Connect a live broker to ``exchange`` and run ``await body(broker, server)``."""
-    options = {"timeout_ms": 300, "backoff_s": 0.05, "max_attempts": 3, "reconcile_timeout_s": 20, **settings}
-    cfg = load_run_config(["broker=live", "broker.bot=t", *(f"broker.{k}={v}" for k, v in options.items())], plugins.registry)
+    maker_fee = settings.pop("instrument_maker_fee", None)  # the bot's fee schedule, to tell an estimate from the exchange's commission
+    options = {"timeout_ms": 800, "backoff_s": 0.05, "max_attempts": 3, "reconcile_timeout_s": 20, **settings}
+    extra = [f"instrument.maker_fee={maker_fee}"] if maker_fee is not None else []
+    cfg = load_run_config(["broker=live", "broker.bot=t", *extra, *(f"broker.{k}={v}" for k, v in options.items())], plugins.registry)
     broker = LiveBroker(cfg.broker.config, build_runtime(cfg, plugins, mode="live"))
 
     async def main():
@@ -47,10 +48,9 @@ def run(exchange, tmp_path, plugins, body, **settings):
         install_gate(client)
         journal = Journal(tmp_path / "t.db")
         try:
-            await client.load_markets()
+            await retrying(client.load_markets, attempts=20)
             await broker.connect(client, journal)
-            price = float((await client.fetch_ticker(SYMBOL))["last"])
-            broker.set_market(price, START_MS)
+            broker.set_market(exchange.state.trading.price("BTCUSDT"), START_MS)
             return await body(broker, exchange)
         finally:
             await broker.close()
@@ -231,3 +231,57 @@ def test_a_late_balance_push_does_not_overwrite_a_newer_rest_balance(exchange, t
         assert broker.stats["stale_updates"] == 1
 
     run(exchange, tmp_path, plugins, body)
+
+
+def test_fill_fee_is_the_commission_the_push_reports(exchange, tmp_path, plugins):
+    """A fill seen on the user-data stream carries its commission (ORDER_TRADE_UPDATE n/N): that
+    is the fee, not an estimate from the fee schedule (set off on purpose here), and no trades
+    are read for it."""
+    async def body(broker, server):
+        watcher = asyncio.create_task(broker.watch())
+        try:
+            order = resting_buy(broker)
+            await settled(broker)
+            await asyncio.sleep(0.5)  # the stream is subscribed
+            trading = server.state.trading
+            trading.partial_fill("local-test-key", exchange_orders(server, order.client_id)[0].order_id, 0.001)
+            for _ in range(100):
+                fills = [e for e in broker.events() if hasattr(e, "fill")]
+                if fills:
+                    break
+                await asyncio.sleep(0.05)
+            trade = trading.account("local-test-key").trades[-1]
+            assert [f.fill.fee for f in fills] == [pytest.approx(trade.commission, abs=1e-12)]
+            assert fills[0].fill.fee != pytest.approx(0.001 * trade.price * broker.instrument.maker_fee)
+            assert server.state.calls[("GET", "/fapi/v1/userTrades")] == 0
+        finally:
+            watcher.cancel()
+
+    run(exchange, tmp_path, plugins, body, instrument_maker_fee=0.0001)
+
+
+def test_fill_fee_over_several_trades_comes_from_the_orders_trades(exchange, tmp_path, plugins):
+    """Two trades happened while the bot was not listening: reconciliation sees one larger
+    cumulative quantity, reads the order's trades and books their summed commission."""
+    async def body(broker, server):
+        order = resting_buy(broker)
+        await settled(broker)
+        trading = server.state.trading
+        exchange_id = exchange_orders(server, order.client_id)[0].order_id
+        trading.partial_fill("local-test-key", exchange_id, 0.001)
+        trading.partial_fill("local-test-key", exchange_id, 0.001)
+        await broker.reconcile()
+        await settled(broker)
+        fills = [e.fill for e in broker.events() if hasattr(e, "fill")]
+        commissions = [t.commission for t in trading.account("local-test-key").trades[-2:]]
+        assert len(fills) == 1 and fills[0].quantity == pytest.approx(0.002)
+        assert fills[0].fee == pytest.approx(sum(commissions), abs=1e-12)
+        assert server.state.calls[("GET", "/fapi/v1/userTrades")] == 1
+        # a third trade: only its own commission is booked for the next fill
+        trading.partial_fill("local-test-key", exchange_id, 0.001)
+        await broker.reconcile()
+        await settled(broker)
+        third = [e.fill for e in broker.events() if hasattr(e, "fill")]
+        assert [f.fee for f in third] == [pytest.approx(trading.account("local-test-key").trades[-1].commission, abs=1e-12)]
+
+    run(exchange, tmp_path, plugins, body, instrument_maker_fee=0.0001)

@@ -211,10 +211,12 @@ class LiveBroker(Broker):
         self._settings: dict[str, Any] = {}  # margin call kind -> latest wanted value, while its task runs
         self._margin_pending = 0.0  # isolated margin added/removed by requests under way
         self._balance_ms = 0  # exchange time of the last balance change applied
+        self._commission_lookups: dict[str, asyncio.Task] = {}  # client id -> reading its trades for a fill's fee
+        self._held: dict[str, dict] = {}  # client id -> newest news of it, waiting for that fill
         self._reconcile_lock: asyncio.Lock | None = None
         self.reconcile_wanted: asyncio.Event | None = None  # set by a websocket error: reconcile soon
         self.stats = {"retries": 0, "lookups": 0, "orphans_canceled": 0, "ws_errors": 0, "reconciles": 0, "disagreements": 0,
-                      "reconcile_failures": 0, "cancels_coalesced": 0, "requests_timed_out": 0, "gave_up": 0, "stale_updates": 0}
+                      "reconcile_failures": 0, "cancels_coalesced": 0, "requests_timed_out": 0, "gave_up": 0, "stale_updates": 0, "fees_estimated": 0}
         self.last_reconcile_ms: int | None = None
 
     @property
@@ -230,6 +232,7 @@ class LiveBroker(Broker):
         self._reconcile_lock = asyncio.Lock()
         self.reconcile_wanted = asyncio.Event()
         self.market = exchange.market(self.symbol)
+        self._settle_id = self.market.get("settleId") or self.market.get("quoteId")
         for order in journal.orders():
             self._known.add(order.client_id)
             if order.is_open:
@@ -428,11 +431,20 @@ class LiveBroker(Broker):
         self._events.append(OrderEvent(done))
 
     # --- exchange -> mirror ---------------------------------------------------------------
-    def on_exchange_order(self, data: dict) -> None:
-        """Apply one ccxt order (REST answer or websocket update): fills first, then status."""
+    def on_exchange_order(self, data: dict, trades: list[dict] | None = None) -> None:
+        """Apply one ccxt order (REST answer or websocket update): fills first, then status.
+
+        A new fill's fee is the exchange's commission: from the push itself when it carries this
+        very trade (``ORDER_TRADE_UPDATE`` ``n``/``N`` with ``l`` equal to the new quantity), else
+        from the order's trades (``GET /fapi/v1/userTrades``, ``trades``): the order's commission
+        up to the new cumulative quantity minus what earlier fills of it already booked. While
+        those trades are being fetched, later news of the order waits behind the fill."""
         cid = data.get("clientOrderId")
         if cid not in self._known and not self.owns(cid):
             return  # not this bot's order (a user's manual order, another bot's): never touched
+        if cid in self._commission_lookups and trades is None:
+            self._hold(cid, data)
+            return
         known = self._orders.get(cid)
         if known is None:
             if data.get("status") == "open" and cid not in self._known:
@@ -454,16 +466,28 @@ class LiveBroker(Broker):
             qty = filled - known.filled_qty
             price = (avg * filled - known.avg_fill_price * known.filled_qty) / qty if known.filled_qty else avg
             maker = known.post_only or (known.type is OrderType.LIMIT and data.get("postOnly"))
-            fee_rate = self.instrument.maker_fee if maker else self.instrument.taker_fee
+            fee = self._pushed_commission(data, known.filled_qty, filled)
+            if fee is None and trades is None:
+                self._hold(cid, data)
+                exchange_id = data.get("id") or known.exchange_id
+                self._commission_lookups[cid] = self._spawn(self._commission_of(cid, exchange_id), f"commission {cid}")
+                return
+            if fee is None:
+                fee = self._traded_commission(cid, trades, filled)
+            if fee is None:  # the trades could not be read: Binance's fee schedule instead
+                self.stats["fees_estimated"] += 1
+                fee = qty * price * (self.instrument.maker_fee if maker else self.instrument.taker_fee)
             status = OrderStatus.FILLED if filled >= known.quantity - eps else OrderStatus.PARTIALLY_FILLED
             after = known.transition(status, filled_qty=filled, avg_fill_price=avg, updated_ms=ts)
             fill = Fill(
                 trade_id=f"{cid}@{self.instrument.round_qty(filled):.{self.instrument.qty_decimals}f}",
                 client_id=cid, symbol=known.symbol, side=known.side, price=round(price, 10), quantity=self.instrument.round_qty(qty) or qty,
-                fee=qty * price * fee_rate, ts_ms=ts, is_maker=bool(maker), tag=known.tag,
+                fee=fee, ts_ms=ts, is_maker=bool(maker), tag=known.tag,
             )
             if self.journal.record_fill(fill, after):
-                self._account.apply(fill)
+                # the position moves with the fill; the wallet is the exchange's (the balance push
+                # that follows the fill, or REST), never an estimate added on top of it
+                self._account.position(self.symbol).apply(fill)
                 self._events.append(FillEvent(fill, after))
                 fill_status = after.status
             known = after
@@ -485,6 +509,56 @@ class LiveBroker(Broker):
             self._orders.pop(cid, None)
             self._cancel_wanted.discard(cid)
 
+    def _hold(self, cid: str, data: dict) -> None:
+        """Keep the newest news of an order whose fill waits for its commission (the largest
+        cumulative quantity; at equal quantity a final status over an open one)."""
+        def rank(d: dict) -> tuple[float, bool]:
+            return float(d.get("filled") or 0.0), d.get("status") in STATUS
+        held = self._held.get(cid)
+        if held is None or rank(data) >= rank(held):
+            self._held[cid] = data
+
+    def _pushed_commission(self, data: dict, before: float, filled: float) -> float | None:
+        """The commission a Binance ``ORDER_TRADE_UPDATE`` push reports (``n``, in asset ``N``)
+        when that trade (``l``) is exactly the quantity between ``before`` and ``filled``."""
+        info = data.get("info") or {}
+        if not isinstance(info, dict) or info.get("x") != "TRADE" or info.get("n") is None or info.get("l") is None:
+            return None
+        eps = self.instrument.lot_size / 2
+        if info.get("N") != self._settle_id or abs(float(info.get("z", -1)) - filled) > eps or abs(filled - float(info["l"]) - before) > eps:
+            return None
+        return float(info["n"])
+
+    def _traded_commission(self, cid: str, trades: list[dict], filled: float) -> float | None:
+        """The order's commission over its trades up to cumulative ``filled``, minus what its
+        earlier fills booked; None when the trades do not cover ``filled`` or are not in the
+        settle asset."""
+        eps = self.instrument.lot_size / 2
+        total = qty = 0.0
+        for trade in sorted(trades, key=lambda t: int(t.get("id") or 0)):
+            if qty >= filled - eps:
+                break
+            fee = trade.get("fee") or {}
+            if fee.get("cost") is None or fee.get("currency") not in (self._settle_id, self.market.get("settle")):
+                return None
+            total += float(fee["cost"])
+            qty += float(trade.get("amount") or 0.0)
+        if abs(qty - filled) > eps:
+            return None
+        return total - self.journal.fees_booked(cid)
+
+    async def _commission_of(self, cid: str, exchange_id: str | None) -> None:
+        """Read the order's trades, then apply the held news with them (bounded: on failure the
+        fee falls back to the fee schedule, counted in ``fees_estimated``)."""
+        trades: list[dict] = []
+        try:
+            if exchange_id:
+                trades = await self._retry(self.exchange.fetch_my_trades, self.symbol, None, None, {"orderId": exchange_id})
+        except (ccxt.ExchangeError, *RETRYABLE) as exc:
+            log.info("trades of %s: %s; fee from the fee schedule", cid, type(exc).__name__)
+        del self._commission_lookups[cid]
+        self.on_exchange_order(self._held.pop(cid), trades=trades)
+
     def _order_from(self, data: dict) -> Order:
         return Order(
             client_id=data["clientOrderId"], symbol=self.symbol, side=Side(data["side"]),
@@ -505,19 +579,21 @@ class LiveBroker(Broker):
             return float(p.get("contracts") or 0.0) * (1 if p.get("side") != "short" else -1), float(p.get("entryPrice") or 0.0)
         return 0.0, 0.0
 
-    def on_exchange_balance(self, balance: dict) -> None:
-        """Wallet balance from a REST read or an ``ACCOUNT_UPDATE`` push. A push can arrive late
-        (after a newer REST read): a balance whose change time is older than the one applied last
-        is stale and ignored (push: transaction time ``T``; REST: the asset's ``updateTime``)."""
+    def on_exchange_balance(self, balance: dict, pushed: bool = True) -> None:
+        """Wallet balance from an ``ACCOUNT_UPDATE`` push or a REST read (``pushed=False``). A push
+        can arrive late, after a newer one or a newer REST read: a pushed balance whose change
+        time (``T``) is older than the last change applied is stale and ignored. A REST read is
+        the exchange's state when it was read and always applies (its asset ``updateTime`` moves
+        the change time forward)."""
         quote = self.market["settle"] or self.market["quote"]
         total = (balance.get(quote) or {}).get("total")
         info = balance.get("info") or {}
         changed = _balance_time(info, self.market.get("settleId") or quote)
         if changed is not None:
-            if changed < self._balance_ms:
+            if pushed and changed < self._balance_ms:
                 self.stats["stale_updates"] += 1
                 return
-            self._balance_ms = changed
+            self._balance_ms = max(self._balance_ms, changed)
         wallet = info.get("totalWalletBalance") if isinstance(info, dict) else None
         value = wallet if wallet is not None else total
         if value is not None:
@@ -539,7 +615,7 @@ class LiveBroker(Broker):
         ex = self.exchange
         started_ms = int(time.time() * 1000)
         first = None
-        placing_at_start = bool(self._placing)
+        placing_at_start = bool(self._placing) or bool(self._commission_lookups)
         if self.instrument.is_perpetual:
             first = self.on_exchange_position(await self._retry(ex.fetch_positions, [self.symbol]))
         open_orders = await self._retry(ex.fetch_open_orders, self.symbol)
@@ -550,7 +626,8 @@ class LiveBroker(Broker):
                 self.on_exchange_order(data)
         # orders the mirror holds open that the exchange does not list: filled or canceled
         # while an update was lost, or never placed. Requests under way settle their own orders.
-        missing = [cid for cid in self._orders if cid not in live_ids and cid not in self._placing and cid not in self._canceling]
+        busy = self._placing.keys() | self._canceling.keys() | self._commission_lookups.keys()
+        missing = [cid for cid in self._orders if cid not in live_ids and cid not in busy]
         found = await asyncio.gather(*(self._lookup(cid) for cid in missing))
         for cid, data in zip(missing, found):
             if data is not None:
@@ -567,17 +644,17 @@ class LiveBroker(Broker):
                 self._cancel_wanted.discard(cid)
         if self.instrument.is_perpetual:
             # exchange truth for the position, taken only when it held still while the orders
-            # above were read (else a fill in flight would be counted twice) and no placement was
-            # under way when it was first read (its answer may carry a fill the mirror lacks)
+            # above were read (else a fill in flight would be counted twice) and no placement or
+            # commission read was under way (its answer may carry a fill the mirror lacks)
             snap = self.on_exchange_position(await self._retry(ex.fetch_positions, [self.symbol]))
-            if snap == first and not placing_at_start:
+            if snap == first and not placing_at_start and not self._commission_lookups:
                 pos = self._account.position(self.symbol)
                 if abs(pos.quantity - snap[0]) > self.instrument.lot_size / 2:
                     self.stats["disagreements"] += 1
                     self.journal.note("position", f"mirror had {pos.quantity:g}, exchange has {snap[0]:g}: exchange wins")
                     log.warning("reconcile: position mirror %g, exchange %g; using the exchange's", pos.quantity, snap[0])
                 pos.quantity, pos.entry_price = snap
-        self.on_exchange_balance(await self._retry(ex.fetch_balance))
+        self.on_exchange_balance(await self._retry(ex.fetch_balance), pushed=False)
         after = self._account.position(self.symbol).quantity
         self.stats["reconciles"] += 1
         self.last_reconcile_ms = started_ms  # what it saw is at least as new as this
