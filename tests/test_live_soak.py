@@ -11,7 +11,8 @@ freeze with no request of the bot under way, and then checks:
 * no orphans: every open order on the exchange with the bot's prefixes is one the journal knows,
   and the bot's mirror shows exactly the exchange's open orders;
 * no duplicates: no client order id was ever used by two exchange orders;
-* the bot's position and wallet balance equal the exchange's;
+* the bot's position and wallet balance equal the exchange's, and no earlier reconciliation found
+  its position different from the exchange's (the journal logs every such disagreement);
 * every fill reached the strategy exactly once: trade ids in the strategy's log are unique, and
   per order the quantity the strategy saw equals the exchange's executed quantity, so the signed
   sum equals the exchange position.
@@ -168,6 +169,11 @@ def _check(exchange_url: str, bot: Bot, client) -> dict:
         assert mirror_open == exchange_open, f"mirror {sorted(mirror_open)} != exchange {sorted(exchange_open)}"
         amt = truth["positions"].get("BTCUSDT", {}).get("amt", 0.0)
         assert state["position"]["quantity"] == pytest.approx(amt, abs=1e-9)
+        # and at every reconciliation so far that could compare them (the exchange's position held
+        # still and no answer carrying a fill was pending), the bot's position was the exchange's
+        # and no order of its prefix was unknown to its journal
+        problems = [f"{kind}: {message}" for _, kind, message in journal.notes(100_000) if kind in ("position", "orphan")]
+        assert not problems, problems
         assert state["wallet_balance"] == pytest.approx(truth["wallet"], abs=1e-6)
         # exactly once: the strategy's fills per order equal the exchange's executed quantity
         orders = _all_orders(client)

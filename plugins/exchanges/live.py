@@ -213,10 +213,11 @@ class LiveBroker(Broker):
         self._balance_ms = 0  # exchange time of the last balance change applied
         self._commission_lookups: dict[str, asyncio.Task] = {}  # client id -> reading its trades for a fill's fee
         self._held: dict[str, dict] = {}  # client id -> newest news of it, waiting for that fill
+        self._inferred: dict[str, Order] = {}  # orders ended because a look-up did not find them
         self._reconcile_lock: asyncio.Lock | None = None
         self.reconcile_wanted: asyncio.Event | None = None  # set by a websocket error: reconcile soon
         self.stats = {"retries": 0, "lookups": 0, "orphans_canceled": 0, "ws_errors": 0, "reconciles": 0, "disagreements": 0,
-                      "reconcile_failures": 0, "cancels_coalesced": 0, "requests_timed_out": 0, "gave_up": 0, "stale_updates": 0, "fees_estimated": 0}
+                      "reconcile_failures": 0, "cancels_coalesced": 0, "requests_timed_out": 0, "gave_up": 0, "stale_updates": 0, "fees_estimated": 0, "revived": 0}
         self.last_reconcile_ms: int | None = None
 
     @property
@@ -237,6 +238,12 @@ class LiveBroker(Broker):
             self._known.add(order.client_id)
             if order.is_open:
                 self._orders[order.client_id] = order
+        # The position the mirror starts from: what the bot's own fills built (each is journalled
+        # exactly once) plus what a reconciliation last found beyond them (manual trades,
+        # liquidations). Fills found on the exchange from now on move it; the entry price comes
+        # with the first position read.
+        self._account.position(self.symbol).quantity = self._journal_position()
+        self._entry_known = False
         for what, fn, arg in (("margin mode", exchange.set_margin_mode, self.config.margin_mode),
                               ("leverage", exchange.set_leverage, self.config.leverage and _whole(self.config.leverage))):
             if not arg:
@@ -415,17 +422,21 @@ class LiveBroker(Broker):
             if found is not None:
                 self.on_exchange_order(found)
             elif cid not in self._placing:
-                self._final(cid, OrderStatus.CANCELED, "not on the exchange")
+                self._final(cid, OrderStatus.CANCELED, "not on the exchange", inferred=True)
         except RETRYABLE as exc:
             self._give_up(f"cancel {cid} (look-up: {type(exc).__name__})", self.config.max_attempts)
         finally:
             self._canceling.pop(cid, None)
 
-    def _final(self, cid: str, status: OrderStatus, reason: str) -> None:
+    def _final(self, cid: str, status: OrderStatus, reason: str, inferred: bool = False) -> None:
+        """End an order in the mirror. ``inferred``: the exchange did not say so, a look-up found
+        no such order; should the exchange show it later after all, it is taken back."""
         order = self._orders.pop(cid, None)
         self._cancel_wanted.discard(cid)
         if order is None or not order.is_open:
             return
+        if inferred:
+            self._inferred[cid] = order
         done = order.transition(status, reason=reason, updated_ms=self._now)
         self.journal.save_order(done)
         self._events.append(OrderEvent(done))
@@ -446,6 +457,12 @@ class LiveBroker(Broker):
             self._hold(cid, data)
             return
         known = self._orders.get(cid)
+        if known is None and cid in self._inferred:
+            # ended because a look-up did not find it, and now the exchange shows it: it wins
+            known = self._inferred.pop(cid)
+            self.stats["revived"] += 1
+            self.journal.note("revived", f"order {cid} was taken as ended (not found), the exchange has it {data.get('status')}: exchange wins")
+            log.warning("order %s reappeared on the exchange (%s); taking it back", cid, data.get("status"))
         if known is None:
             if data.get("status") == "open" and cid not in self._known:
                 self.stats["orphans_canceled"] += 1
@@ -508,6 +525,12 @@ class LiveBroker(Broker):
         else:
             self._orders.pop(cid, None)
             self._cancel_wanted.discard(cid)
+
+    def _fills_in_flight(self) -> bool:
+        return bool(self._placing or self._canceling or self._commission_lookups)
+
+    def _journal_position(self) -> float:
+        return round(self.journal.position_sum() + float(self.journal.get("position_offset", 0.0) or 0.0), self.instrument.qty_decimals)
 
     def _hold(self, cid: str, data: dict) -> None:
         """Keep the newest news of an order whose fill waits for its commission (the largest
@@ -615,9 +638,12 @@ class LiveBroker(Broker):
         ex = self.exchange
         started_ms = int(time.time() * 1000)
         first = None
-        placing_at_start = bool(self._placing) or bool(self._commission_lookups)
+        busy_at_start = self._fills_in_flight()
         if self.instrument.is_perpetual:
             first = self.on_exchange_position(await self._retry(ex.fetch_positions, [self.symbol]))
+            if not self._entry_known:
+                self._account.position(self.symbol).entry_price = first[1]
+                self._entry_known = True
         open_orders = await self._retry(ex.fetch_open_orders, self.symbol)
         live_ids = set()
         for data in open_orders:
@@ -635,7 +661,7 @@ class LiveBroker(Broker):
             elif cid in self._orders and cid not in self._placing:
                 order = self._orders[cid]
                 status = OrderStatus.REJECTED if order.status is OrderStatus.PENDING else OrderStatus.CANCELED
-                self._final(cid, status, "never reached the exchange" if status is OrderStatus.REJECTED else "gone from the exchange")
+                self._final(cid, status, "never reached the exchange" if status is OrderStatus.REJECTED else "gone from the exchange", inferred=True)
         # a cancel that gave up is sent again: the strategy asked for it once and will not ask again
         for cid in sorted(self._cancel_wanted):
             if cid in self._orders and cid not in self._canceling:
@@ -644,15 +670,16 @@ class LiveBroker(Broker):
                 self._cancel_wanted.discard(cid)
         if self.instrument.is_perpetual:
             # exchange truth for the position, taken only when it held still while the orders
-            # above were read (else a fill in flight would be counted twice) and no placement or
-            # commission read was under way (its answer may carry a fill the mirror lacks)
+            # above were read (else a fill in flight would be counted twice) and no request whose
+            # answer may carry a fill the mirror lacks (place, cancel, commission) was under way
             snap = self.on_exchange_position(await self._retry(ex.fetch_positions, [self.symbol]))
-            if snap == first and not placing_at_start and not self._commission_lookups:
+            if snap == first and not busy_at_start and not self._fills_in_flight():
                 pos = self._account.position(self.symbol)
                 if abs(pos.quantity - snap[0]) > self.instrument.lot_size / 2:
                     self.stats["disagreements"] += 1
                     self.journal.note("position", f"mirror had {pos.quantity:g}, exchange has {snap[0]:g}: exchange wins")
                     log.warning("reconcile: position mirror %g, exchange %g; using the exchange's", pos.quantity, snap[0])
+                    self.journal.set("position_offset", snap[0] - self.journal.position_sum())
                 pos.quantity, pos.entry_price = snap
         self.on_exchange_balance(await self._retry(ex.fetch_balance), pushed=False)
         after = self._account.position(self.symbol).quantity
