@@ -128,10 +128,47 @@ def evaluate(config: dict[str, Any], bars_token: str, start_ms: int | None, end_
 # Driver side
 
 
+#: Dask settings for the LocalCluster the optimiser starts. Every trial is one uniform task, so the
+#: scheduler's work stealing has nothing to balance, and nobody looks at the dashboard's profiles;
+#: the defaults' periodic chores (stealing every 100 ms, a 20 ms event-loop tick per server, the
+#: nannies' memory check every 100 ms, a stack sample every 10 ms in each worker) cost ~15% of a
+#: core while idle on a 2-core machine (measured: bench/RESULTS.md, issue 7), CPU taken from the
+#: backtests. Memory limits still hold, checked once a second.
+QUIET_DASK = {
+    "distributed.scheduler.work-stealing": False,
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+}
+
+
+@contextmanager
+def local_cluster(workers: int) -> Iterator[Any]:
+    """A LocalCluster of ``workers`` single-threaded worker processes on 127.0.0.1, tuned for trials."""
+    import dask
+    from distributed import LocalCluster
+
+    # The nannies hand the config to the worker processes they start; the scheduler and the
+    # nannies read theirs when they start, so the settings stay set while the cluster lives.
+    with dask.config.set(QUIET_DASK), _sigint_ignored_by_children():
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            scheduler_port=0,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+    with dask.config.set(QUIET_DASK), cluster:
+        yield cluster
+
+
 @contextmanager
 def dask_client(settings: OptimizeConfig) -> Iterator[Any]:
     """A client of ``settings.cluster``, or of a LocalCluster of worker processes on 127.0.0.1."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     # distributed sets its own loggers' levels when imported; its INFO lines are not ours to show.
     for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.worker"):
@@ -146,18 +183,7 @@ def dask_client(settings: OptimizeConfig) -> Iterator[Any]:
         with client:
             yield client
         return
-    workers = settings.workers or os.cpu_count() or 1
-    with _sigint_ignored_by_children():
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            scheduler_port=0,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
-    with cluster, Client(cluster) as client:
+    with local_cluster(settings.workers or os.cpu_count() or 1) as cluster, Client(cluster) as client:
         yield client
 
 
@@ -230,6 +256,18 @@ def best_trial(study: optuna.Study, direction: str) -> optuna.trial.FrozenTrial 
     return pick(feasible, key=lambda t: t.value)
 
 
+def save_trial(stored: optuna.Study, memory: optuna.Study, trial: optuna.trial.Trial) -> None:
+    """Copy one finished trial of the in-memory study to the stored one, as it finishes.
+
+    An RDB storage costs the driver ~30-60 ms of CPU per trial when Optuna works on it directly
+    (a dozen SQLAlchemy transactions for ask, each suggest, the attributes and tell), CPU the
+    workers' backtests need on a small machine; copying the finished trial is one transaction
+    (~11 ms). Optuna has no batch insert (``add_trials`` is one transaction per trial), so saving
+    each trial at once costs the same as saving in batches and loses nothing if the driver is killed.
+    """
+    stored.add_trial(memory.get_trials(deepcopy=False)[trial.number])
+
+
 @dataclass
 class StudyRunner:
     """Runs studies for one optimisation: the client, the broadcast bars, the space and the rules."""
@@ -259,22 +297,25 @@ class StudyRunner:
         seed = self.settings.seed
         if self.settings.sampler == "tpe":
             # Constraint values are set on each trial (Trial.set_constraint); TPE reads them there.
-            return optuna.samplers.TPESampler(seed=seed)
+            # constant_liar: trials still running count as bad ones, so the trials in flight
+            # together are not sampled next to each other.
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
         # grid: the driver enqueues the grid points itself (see _next_grid_point), so that
         # interrupted points are run again on resume; the random sampler never gets asked.
         return optuna.samplers.RandomSampler(seed=seed)
 
-    def open_study(self, name: str) -> optuna.Study:
+    def open_study(self, name: str) -> tuple[optuna.Study, optuna.Study]:
+        """The stored study (created if new) and a working copy in memory holding its finished trials."""
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(
-            study_name=name, storage=self.storage, sampler=self._sampler(), direction=self.direction, load_if_exists=True
-        )
-        # Trials left RUNNING by a process that was killed outright: mark them interrupted.
-        for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-            trial = optuna.trial.Trial(study, stale._trial_id)
+        stored = optuna.create_study(study_name=name, storage=self.storage, direction=self.direction, load_if_exists=True)
+        # Trials left RUNNING in the storage (by an older version killed outright): mark them interrupted.
+        for stale in stored.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+            trial = optuna.trial.Trial(stored, stale._trial_id)
             trial.set_user_attr(INTERRUPTED, True)
-            study.tell(stale.number, state=TrialState.FAIL)
-        return study
+            stored.tell(stale.number, state=TrialState.FAIL)
+        memory = optuna.create_study(study_name=name, sampler=self._sampler(), direction=self.direction)
+        memory.add_trials([t for t in stored.get_trials(deepcopy=False) if t.state.is_finished()])
+        return stored, memory
 
     def _remaining_grid(self, study: optuna.Study) -> list[dict[str, Any]]:
         grid = self.space.grid()
@@ -289,20 +330,24 @@ class StudyRunner:
         return total
 
     def run(self, name: str, start_ms: int | None, end_ms: int | None, label: str = "") -> optuna.Study:
-        """Run ``name`` until it has ``trials`` finished trials (or is stopped); returns the study."""
+        """Run ``name`` until it has ``trials`` finished trials (or is stopped); returns the stored study.
+
+        Optuna works on the in-memory copy (ask, suggest, tell: well under a millisecond each);
+        the storage receives each trial as it finishes (see :func:`save_trial`)."""
         from distributed import wait
 
-        study = self.open_study(name)
+        stored, study = self.open_study(name)
+        label = label or name
         total = self.budget(study)
         grid = self._remaining_grid(study) if self.settings.sampler == "grid" else []
         done = len(finished_trials(study))
-        # One more trial than threads in flight: a worker starts its next trial while the driver
-        # records the last one.
-        slots = max(1, sum(self.client.nthreads().values())) + 1
+        # Two trials per worker thread in flight: each worker has its next trial at hand when one
+        # ends, so it never waits for the driver to record the last one and ask for another.
+        slots = 2 * max(1, sum(self.client.nthreads().values()))
         best = best_trial(study, self.direction)
         self._best = best.value if best else None
         inflight: dict[Any, optuna.trial.Trial] = {}
-        self._report(label or name, study, done, total)
+        self._report(label, done, total)
         while True:
             while not self.stop.set and done + len(inflight) < total and len(inflight) < slots:
                 if grid:
@@ -315,27 +360,31 @@ class StudyRunner:
                     # A combination the strategy refuses (say slow <= fast) is a failed trial, not an error.
                     trial.set_user_attr("error", str(exc))
                     study.tell(trial, state=TrialState.FAIL)
+                    save_trial(stored, study, trial)
                     done += 1
-                    self._report(label or name, study, done, total)
+                    self._report(label, done, total)
                     continue
                 future = self.client.submit(evaluate, config.to_dict(), self.bars, start_ms, end_ms, pure=False)
                 inflight[future] = trial
             if not inflight or self.stop.set:
                 break
             try:
+                # blocks; wakes twice a second to look at the stop flag
                 finished, _ = wait(list(inflight), timeout=0.5, return_when="FIRST_COMPLETED")
             except TimeoutError:
-                continue  # look at the stop flag twice a second
+                finished = set()
             for future in finished:
                 trial = inflight.pop(future)
                 self._record(study, trial, future)
+                save_trial(stored, study, trial)
                 done += 1
-                self._report(label or name, study, done, total)
+                self._report(label, done, total)
         for future, trial in inflight.items():
             future.cancel()
             trial.set_user_attr(INTERRUPTED, True)
             study.tell(trial, state=TrialState.FAIL)
-        return study
+            save_trial(stored, study, trial)
+        return stored
 
     def _record(self, study: optuna.Study, trial: optuna.trial.Trial, future: Any) -> None:
         try:
@@ -374,7 +423,7 @@ class StudyRunner:
         ):
             self._best = float(value)
 
-    def _report(self, label: str, study: optuna.Study, done: int, total: int) -> None:
+    def _report(self, label: str, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(ProgressEvent(label, done, total, self._best))
 
