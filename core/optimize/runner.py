@@ -256,16 +256,59 @@ def best_trial(study: optuna.Study, direction: str) -> optuna.trial.FrozenTrial 
     return pick(feasible, key=lambda t: t.value)
 
 
-def save_trial(stored: optuna.Study, memory: optuna.Study, trial: optuna.trial.Trial) -> None:
-    """Copy one finished trial of the in-memory study to the stored one, as it finishes.
+class TrialSaver:
+    """Copies finished trials of the driver's in-memory study to the stored study, in batches.
 
-    An RDB storage costs the driver ~30-60 ms of CPU per trial when Optuna works on it directly
-    (a dozen SQLAlchemy transactions for ask, each suggest, the attributes and tell), CPU the
-    workers' backtests need on a small machine; copying the finished trial is one transaction
-    (~11 ms). Optuna has no batch insert (``add_trials`` is one transaction per trial), so saving
-    each trial at once costs the same as saving in batches and loses nothing if the driver is killed.
+    Optuna on an RDB storage costs the driver ~30-60 ms of CPU per trial (a dozen SQLAlchemy
+    transactions for ask, each suggest, the attributes and tell), CPU that the workers' backtests
+    need on a small machine. Here Optuna works in memory (well under a millisecond per trial) and
+    finished trials reach the storage at most ``every`` seconds after they finish, all the trials
+    of a batch in one transaction (~6 ms a trial on SQLite; ``Study.add_trials`` opens one
+    transaction per trial, ~12 ms). The end of a study and Ctrl-C save everything; a driver killed
+    outright (SIGKILL) loses at most the last ``every`` seconds of trials.
     """
-    stored.add_trial(memory.get_trials(deepcopy=False)[trial.number])
+
+    def __init__(self, stored: optuna.Study, memory: optuna.Study, every: float = 0.5):
+        self.stored = stored
+        self.memory = memory
+        self.every = every
+        self.pending: list[int] = []
+        self.saved_at = time.monotonic()
+
+    def finished(self, trial: optuna.trial.Trial) -> None:
+        self.pending.append(trial.number)
+
+    def save(self, force: bool = False) -> None:
+        if not self.pending or (not force and time.monotonic() - self.saved_at < self.every):
+            return
+        trials = self.memory.get_trials(deepcopy=False)  # in memory, in number order
+        _insert_trials(self.stored, [trials[number] for number in self.pending])
+        self.pending.clear()
+        self.saved_at = time.monotonic()
+
+
+def _insert_trials(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> None:
+    """``study.add_trials(trials)`` in one transaction when the storage is Optuna's RDB storage.
+
+    This reaches into Optuna's RDB storage (the same calls ``add_trial`` makes, in one session
+    instead of one each); if those internals are not there, it falls back to ``add_trials``."""
+    try:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import RDBStorage, _create_scoped_session
+    except ImportError:
+        study.add_trials(trials)
+        return
+    backend = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(backend, RDBStorage) or not hasattr(backend, "_get_prepared_new_trial"):
+        study.add_trials(trials)
+        return
+    for trial in trials:
+        trial._validate()  # what add_trial checks first
+    with _create_scoped_session(backend.scoped_session) as session:
+        # the lock add_trial takes: trial numbers are counted per study
+        models.StudyModel.find_or_raise_by_id(study._study_id, session, for_update=True)
+        for trial in trials:
+            backend._get_prepared_new_trial(study._study_id, trial, session)
 
 
 @dataclass
@@ -333,11 +376,18 @@ class StudyRunner:
         """Run ``name`` until it has ``trials`` finished trials (or is stopped); returns the stored study.
 
         Optuna works on the in-memory copy (ask, suggest, tell: well under a millisecond each);
-        the storage receives each trial as it finishes (see :func:`save_trial`)."""
+        the storage receives the finished trials in batches (see :class:`TrialSaver`)."""
+        stored, study = self.open_study(name)
+        saver = TrialSaver(stored, study)
+        try:
+            self._run(study, saver, start_ms, end_ms, label or name)
+        finally:
+            saver.save(force=True)
+        return stored
+
+    def _run(self, study: optuna.Study, saver: TrialSaver, start_ms: int | None, end_ms: int | None, label: str) -> None:
         from distributed import wait
 
-        stored, study = self.open_study(name)
-        label = label or name
         total = self.budget(study)
         grid = self._remaining_grid(study) if self.settings.sampler == "grid" else []
         done = len(finished_trials(study))
@@ -360,7 +410,7 @@ class StudyRunner:
                     # A combination the strategy refuses (say slow <= fast) is a failed trial, not an error.
                     trial.set_user_attr("error", str(exc))
                     study.tell(trial, state=TrialState.FAIL)
-                    save_trial(stored, study, trial)
+                    saver.finished(trial)
                     done += 1
                     self._report(label, done, total)
                     continue
@@ -369,22 +419,22 @@ class StudyRunner:
             if not inflight or self.stop.set:
                 break
             try:
-                # blocks; wakes twice a second to look at the stop flag
+                # blocks; wakes twice a second to look at the stop flag and save finished trials
                 finished, _ = wait(list(inflight), timeout=0.5, return_when="FIRST_COMPLETED")
             except TimeoutError:
                 finished = set()
             for future in finished:
                 trial = inflight.pop(future)
                 self._record(study, trial, future)
-                save_trial(stored, study, trial)
+                saver.finished(trial)
                 done += 1
                 self._report(label, done, total)
+            saver.save()
         for future, trial in inflight.items():
             future.cancel()
             trial.set_user_attr(INTERRUPTED, True)
             study.tell(trial, state=TrialState.FAIL)
-            save_trial(stored, study, trial)
-        return stored
+            saver.finished(trial)
 
     def _record(self, study: optuna.Study, trial: optuna.trial.Trial, future: Any) -> None:
         try:
