@@ -20,6 +20,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import product
@@ -124,8 +125,40 @@ def evaluate(config: dict[str, Any], bars_token: str, start_ms: int | None, end_
     return out
 
 
+#: Runs the driver stopped (Ctrl-C): their batches end after the trial that is running.
+_stopped_runs: set[str] = set()
+
+
+def evaluate_batch(configs: list[dict[str, Any]], bars_token: str, start_ms: int | None, end_ms: int | None, run: str) -> list[dict[str, Any]]:
+    """Run trials one after another on a worker; one answer per trial run, in order.
+
+    Ends early, after the trial that is running, once the driver stopped ``run`` (:func:`stop_run`),
+    so that a stopped study still gets every finished trial. An exception (a bug in a strategy)
+    is that trial's answer; the trials batched with it still run."""
+    answers: list[dict[str, Any]] = []
+    for config in configs:
+        if run in _stopped_runs:
+            break
+        try:
+            answers.append(evaluate(config, bars_token, start_ms, end_ms))
+        except Exception as exc:  # recorded on the trial by the driver
+            answers.append({"exception": f"{type(exc).__name__}: {exc}"})
+    return answers
+
+
+def stop_run(run: str) -> None:
+    """Run on every worker when the driver stops: batches of ``run`` run no further trial."""
+    _stopped_runs.add(run)
+
+
 # ----------------------------------------------------------------------------------------------
 # Driver side
+
+#: A task runs several trials in a row when trials are short, so that Dask's cost per task (~5-10
+#: ms of driver CPU for the scheduler's and the client's bookkeeping and the ~10 messages a task
+#: takes) is paid about once per TASK_SECONDS of backtests; at most MAX_BATCH trials a task.
+TASK_SECONDS = 1.0
+MAX_BATCH = 8
 
 
 #: Dask settings for the LocalCluster the optimiser starts. Every trial is one uniform task, so the
@@ -327,6 +360,7 @@ class StudyRunner:
     progress: Callable[[ProgressEvent], None] | None = None
     workers_seen: dict[str, set[int]] = field(default_factory=dict)
     _best: float | None = None
+    _elapsed: list[float] = field(default_factory=list)  # backtest seconds of the trials so far
 
     @property
     def direction(self) -> str:
@@ -391,61 +425,97 @@ class StudyRunner:
         total = self.budget(study)
         grid = self._remaining_grid(study) if self.settings.sampler == "grid" else []
         done = len(finished_trials(study))
-        # Two trials per worker thread in flight: each worker has its next trial at hand when one
-        # ends, so it never waits for the driver to record the last one and ask for another.
+        # Two tasks per worker thread in flight: each worker has its next task at hand when one
+        # ends, so it never waits for the driver to record the last one and ask for more.
         slots = 2 * max(1, sum(self.client.nthreads().values()))
         best = best_trial(study, self.direction)
         self._best = best.value if best else None
-        inflight: dict[Any, optuna.trial.Trial] = {}
+        run = uuid.uuid4().hex
+        inflight: dict[Any, list[optuna.trial.Trial]] = {}
+        running = 0  # trials in the tasks in flight
+        stopping = False
         self._report(label, done, total)
         while True:
-            while not self.stop.set and done + len(inflight) < total and len(inflight) < slots:
-                if grid:
-                    study.enqueue_trial(grid.pop(0))
-                trial = study.ask()
-                values = self.space.suggest(trial)
-                try:
-                    config = self.trial_config(values)
-                except ConfigError as exc:
-                    # A combination the strategy refuses (say slow <= fast) is a failed trial, not an error.
-                    trial.set_user_attr("error", str(exc))
-                    study.tell(trial, state=TrialState.FAIL)
-                    saver.finished(trial)
-                    done += 1
-                    self._report(label, done, total)
-                    continue
-                future = self.client.submit(evaluate, config.to_dict(), self.bars, start_ms, end_ms, pure=False)
-                inflight[future] = trial
-            if not inflight or self.stop.set:
+            while not self.stop.set and done + running < total and len(inflight) < slots:
+                size = self._batch_size(total - done - running, slots)
+                batch, configs = [], []
+                while len(batch) < size and done + running + len(batch) < total:
+                    if grid:
+                        study.enqueue_trial(grid.pop(0))
+                    trial = study.ask()
+                    values = self.space.suggest(trial)
+                    try:
+                        config = self.trial_config(values)
+                    except ConfigError as exc:
+                        # A combination the strategy refuses (say slow <= fast) is a failed trial, not an error.
+                        trial.set_user_attr("error", str(exc))
+                        study.tell(trial, state=TrialState.FAIL)
+                        saver.finished(trial)
+                        done += 1
+                        self._report(label, done, total)
+                        continue
+                    batch.append(trial)
+                    configs.append(config.to_dict())
+                if batch:
+                    future = self.client.submit(evaluate_batch, configs, self.bars, start_ms, end_ms, run, pure=False)
+                    inflight[future] = batch
+                    running += len(batch)
+            if not inflight:
                 break
+            if self.stop.set and not stopping:
+                stopping = True
+                # Batches end after their running trial; a single trial is dropped at once (it
+                # may be long), like the tasks not started yet.
+                self.client.run(stop_run, run, on_error="ignore")
+                for future in [f for f, batch in inflight.items() if len(batch) == 1]:
+                    future.cancel()
+                    running -= 1
+                    self._interrupted(study, inflight.pop(future)[0], saver)
             try:
                 # blocks; wakes twice a second to look at the stop flag and save finished trials
                 finished, _ = wait(list(inflight), timeout=0.5, return_when="FIRST_COMPLETED")
             except TimeoutError:
                 finished = set()
             for future in finished:
-                trial = inflight.pop(future)
-                self._record(study, trial, future)
-                saver.finished(trial)
-                done += 1
+                batch = inflight.pop(future)
+                running -= len(batch)
+                try:
+                    answers = future.result()
+                except Exception as exc:  # a lost worker: its trials failed, the study goes on
+                    answers = [{"exception": f"{type(exc).__name__}: {exc}"}] * len(batch)
+                for i, trial in enumerate(batch):
+                    if i >= len(answers):  # not run: the study was stopped
+                        self._interrupted(study, trial, saver)
+                        continue
+                    self._record(study, trial, {**answers[i], "task": future.key})
+                    saver.finished(trial)
+                    done += 1
                 self._report(label, done, total)
             saver.save()
-        for future, trial in inflight.items():
-            future.cancel()
-            trial.set_user_attr(INTERRUPTED, True)
-            study.tell(trial, state=TrialState.FAIL)
-            saver.finished(trial)
 
-    def _record(self, study: optuna.Study, trial: optuna.trial.Trial, future: Any) -> None:
-        try:
-            out = future.result()
-        except Exception as exc:  # a bug in a strategy or a lost worker: recorded on the trial, study goes on
-            if self.stop.set:  # workers get the terminal's Ctrl-C too: their trials are interrupted, not failed
+    def _batch_size(self, remaining: int, slots: int) -> int:
+        """Trials for the next task: ~TASK_SECONDS of them, 1 until a trial's duration is known,
+        and few enough near the end that every slot still gets a share."""
+        recent = self._elapsed[-20:]
+        if not recent:
+            return 1
+        typical = float(np.median(recent))  # not the mean: a worker's first trial compiles numba code
+        per_task = int(TASK_SECONDS / max(typical, 1e-3))
+        return max(1, min(MAX_BATCH, per_task, remaining // slots))
+
+    def _interrupted(self, study: optuna.Study, trial: optuna.trial.Trial, saver: TrialSaver) -> None:
+        trial.set_user_attr(INTERRUPTED, True)
+        study.tell(trial, state=TrialState.FAIL)
+        saver.finished(trial)
+
+    def _record(self, study: optuna.Study, trial: optuna.trial.Trial, out: dict[str, Any]) -> None:
+        if "exception" in out:  # a bug in a strategy or a lost worker: recorded on the trial, study goes on
+            if self.stop.set:  # a remote cluster's workers may get the terminal's Ctrl-C too
                 trial.set_user_attr(INTERRUPTED, True)
                 study.tell(trial, state=TrialState.FAIL)
                 return
-            log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            log.warning("trial %d failed: %s", trial.number, out["exception"])
+            trial.set_user_attr("error", out["exception"])
             study.tell(trial, state=TrialState.FAIL)
             return
         self.workers_seen.setdefault(out["worker"], set()).add(out["bars_id"])
@@ -453,14 +523,21 @@ class StudyRunner:
             trial.set_user_attr("error", out["error"])
             study.tell(trial, state=TrialState.FAIL)
             return
+        self._elapsed.append(out["elapsed_s"])
         metrics = out["metrics"]
         violations = [c.violation(metrics) for c in self.constraints]
         for constraint, violation in zip(self.constraints, violations):
             trial.set_constraint(str(constraint), violation)
         feasible = all(v <= 0 for v in violations)
-        # One attribute for the whole answer: each set_user_attr is a storage round trip.
         trial.set_user_attr(
-            "run", {"metrics": metrics, "feasible": feasible, "worker": out["worker"], "elapsed_s": round(out["elapsed_s"], 4)}
+            "run",
+            {
+                "metrics": metrics,
+                "feasible": feasible,
+                "worker": out["worker"],
+                "task": out.get("task"),  # the Dask task that ran it, with the trials batched with it
+                "elapsed_s": round(out["elapsed_s"], 4),
+            },
         )
         value = metrics.get(self.settings.objective)
         if value is None:
