@@ -287,7 +287,7 @@ name = "sma_cross"
 
 [data]
 # two weeks: trials long enough (~0.1 s) that the interrupt lands mid-study although the driver
-# saves finished trials in batches, half a second apart
+# saves finished trials in batches, a second apart
 start = "2022-01-10"
 end = "2022-01-24"
 

@@ -1,15 +1,19 @@
 """Running a study: Optuna asks for parameters here, Dask workers run the backtests.
 
-The driver (this process) owns the Optuna study and its storage; workers only run backtests and
-send back metrics, so SQLite is written by one process and any RDB URL works for shared studies.
-The bars are read once, here, and installed on every worker once by a Dask worker plugin
-(:class:`BarsOnWorkers`, also applied to workers that join later): trials name the bars by a
-token and use the copy already in their worker's memory. Nothing is shipped per trial, Dask never
-spills or re-reads them, and workers need no access to the store (so a remote cluster works too).
+The driver (this process) owns the Optuna study; workers only run backtests and send back
+metrics. Optuna works on an in-memory copy of the study and finished trials are written to the
+storage (SQLite by default, any RDB URL) in batches, so the storage is written by one process and
+costs the driver little CPU (see :class:`TrialSaver`). The bars are read once, here, and installed
+on every worker once by a Dask worker plugin (:class:`BarsOnWorkers`, also applied to workers that
+join later): trials name the bars by a token and use the copy already in their worker's memory.
+Nothing is shipped per trial, Dask never spills or re-reads them, and workers need no access to
+the store (so a remote cluster works too). Short trials run several to a task
+(:func:`evaluate_batch`), so Dask's own cost per task is shared by several trials.
 
-Interrupting (Ctrl-C, SIGINT) stops asking for trials, cancels those in flight and marks them
-``interrupted``; they do not count towards ``trials``, so running the same command again resumes
-the study and runs exactly what is missing.
+Interrupting (Ctrl-C, SIGINT) stops asking for trials; tasks of several trials end after the
+trial they are running, single trials and tasks not started are cancelled, and the trials that did
+not run are marked ``interrupted``; they do not count towards ``trials``, so running the same
+command again resumes the study and runs exactly what is missing.
 """
 
 from __future__ import annotations
@@ -295,13 +299,13 @@ class TrialSaver:
     Optuna on an RDB storage costs the driver ~30-60 ms of CPU per trial (a dozen SQLAlchemy
     transactions for ask, each suggest, the attributes and tell), CPU that the workers' backtests
     need on a small machine. Here Optuna works in memory (well under a millisecond per trial) and
-    finished trials reach the storage at most ``every`` seconds after they finish, all the trials
+    finished trials reach the storage about ``every`` seconds after they finish, all the trials
     of a batch in one transaction (~6 ms a trial on SQLite; ``Study.add_trials`` opens one
     transaction per trial, ~12 ms). The end of a study and Ctrl-C save everything; a driver killed
-    outright (SIGKILL) loses at most the last ``every`` seconds of trials.
+    outright (SIGKILL) loses the trials of its last second or so.
     """
 
-    def __init__(self, stored: optuna.Study, memory: optuna.Study, every: float = 0.5):
+    def __init__(self, stored: optuna.Study, memory: optuna.Study, every: float = 1.0):
         self.stored = stored
         self.memory = memory
         self.every = every
