@@ -277,7 +277,7 @@ def _complete_trials(db: Path) -> list[tuple[int, float]]:
 
 
 STUDY_TOML = """
-trials = 10
+trials = 30
 seed = 5
 workers = 2
 out = "study"
@@ -286,7 +286,7 @@ out = "study"
 name = "sma_cross"
 
 [data]
-# two weeks: trials long enough (~0.1 s) that the interrupt lands mid-study although the driver
+# two weeks and 30 trials: seconds of trials left when the interrupt lands, although the driver
 # saves finished trials in batches, a second apart
 start = "2022-01-10"
 end = "2022-01-24"
@@ -316,7 +316,7 @@ def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(tmp_path, qua
     assert "interrupted:" in stderr and "run the same command again to resume" in stderr
     assert "Traceback" not in stderr
     kept = _complete_trials(db)
-    assert 3 <= len(kept) < 10
+    assert 3 <= len(kept) < 30
     first = pd.read_csv(tmp_path / "study" / "trials.csv")
     assert (first["state"] == "COMPLETE").sum() == len(kept)
 
@@ -326,5 +326,5 @@ def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(tmp_path, qua
     assert summary["interrupted"] is False
     trials = pd.read_csv(tmp_path / "study" / "trials.csv")
     counted = trials[~trials["interrupted"].astype(bool)] if "interrupted" in trials else trials
-    assert len(counted) == 10  # exactly the missing trials ran
+    assert len(counted) == 30  # exactly the missing trials ran
     assert _complete_trials(db)[: len(kept)] == kept  # the finished ones were kept as they were
