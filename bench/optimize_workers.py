@@ -2,14 +2,17 @@
 
 Real data: Binance spot BTC/USDT 1m, the 2025-05-20 .. 2025-08-18 stretch (130,708 bars) of
 ``/work/shared/data/binance_btcusdt_1m.parquet``; strategy sma_cross; random sampler with a fixed
-seed, so both runs evaluate the same parameter sets. Each worker count gets its own LocalCluster
-(processes, 127.0.0.1); a warm-up study (one trial per worker: numba compiles in each process)
-runs first, then the timed study. Reported: steady-state trials/minute of the timed study, the
-end-to-end wall time of the timed ``optimize`` call (Optuna SQLite storage included), the mean
-backtest time inside the workers, "busy workers" (backtest seconds per second of the timed span:
-how well the driver keeps the workers fed) and the 2-worker / 1-worker ratio. On a machine shared
-with other jobs the mean backtest time grows with 2 workers and the ratio says more about the
-machine than about the optimiser; "busy workers" does not.
+seed, so both runs evaluate the same parameter sets. Each worker count gets its own LocalCluster,
+the one ``quant optimize workers=N`` starts (``local_cluster``: processes, 127.0.0.1, its Dask
+settings); a warm-up study (one trial per worker: numba compiles in each process) runs first,
+then the timed study. Reported: steady-state trials/minute of the timed study, the end-to-end
+wall time of the timed ``optimize`` call (Optuna SQLite storage included), the mean backtest time
+inside the workers, "busy workers" (backtest seconds per second of the timed span: how well the
+driver keeps the workers fed), the CPU seconds per trial of the driver process (Optuna, the
+storage, the Dask client, scheduler and nannies: what the optimiser itself costs) and of the
+worker processes, and the 2-worker / 1-worker ratio. On a machine shared with other jobs the mean
+backtest time grows with 2 workers and the ratio says more about the machine than about the
+optimiser; "busy workers" and the driver's CPU per trial do not.
 
     python bench/optimize_workers.py [--trials 40] [--data PATH]
 """
