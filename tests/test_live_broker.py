@@ -332,3 +332,28 @@ def test_a_journalled_fill_is_handed_to_the_strategy_in_the_same_step(exchange, 
         assert [e.fill.quantity for e in handed if hasattr(e, "fill")] == [pytest.approx(0.001)]
 
     run(exchange, tmp_path, plugins, body)
+
+
+def test_a_fill_the_strategy_never_handled_is_handed_over_after_a_restart(exchange, tmp_path, plugins):
+    """Killed after the fill was journalled but before the strategy handled it: the next life
+    hands it over (once: a handled fill leaves the journal's undelivered list)."""
+    async def first_life(broker, server):
+        order = resting_buy(broker)
+        await settled(broker)
+        server.state.trading.partial_fill("local-test-key", exchange_orders(server, order.client_id)[0].order_id, 0.001)
+        await broker.reconcile()
+        await settled(broker)  # journalled; no strategy here to hand it to
+
+    handed = []
+
+    async def later_life(broker, server):
+        handed.append([e.fill.trade_id for e in broker.events() if hasattr(e, "fill")])
+
+    run(exchange, tmp_path, plugins, first_life)
+    run(exchange, tmp_path, plugins, later_life)
+    assert handed == [["t-1-1@0.001"]]
+    journal = Journal(tmp_path / "t.db")
+    journal.delivered("t-1-1@0.001")  # what the driver's trylast quant_on_fill does once it was handled
+    journal.close()
+    run(exchange, tmp_path, plugins, later_life)
+    assert handed[-1] == []
