@@ -2,14 +2,17 @@
 
 Real data: Binance spot BTC/USDT 1m, the 2025-05-20 .. 2025-08-18 stretch (130,708 bars) of
 ``/work/shared/data/binance_btcusdt_1m.parquet``; strategy sma_cross; random sampler with a fixed
-seed, so both runs evaluate the same parameter sets. Each worker count gets its own LocalCluster
-(processes, 127.0.0.1); a warm-up study (one trial per worker: numba compiles in each process)
-runs first, then the timed study. Reported: steady-state trials/minute of the timed study, the
-end-to-end wall time of the timed ``optimize`` call (Optuna SQLite storage included), the mean
-backtest time inside the workers, "busy workers" (backtest seconds per second of the timed span:
-how well the driver keeps the workers fed) and the 2-worker / 1-worker ratio. On a machine shared
-with other jobs the mean backtest time grows with 2 workers and the ratio says more about the
-machine than about the optimiser; "busy workers" does not.
+seed, so both runs evaluate the same parameter sets. Each worker count gets its own LocalCluster,
+the one ``quant optimize workers=N`` starts (``local_cluster``: processes, 127.0.0.1, its Dask
+settings); a warm-up study (one trial per worker: numba compiles in each process) runs first,
+then the timed study. Reported: steady-state trials/minute of the timed study, the end-to-end
+wall time of the timed ``optimize`` call (Optuna SQLite storage included), the mean backtest time
+inside the workers, "busy workers" (backtest seconds per second of the timed span: how well the
+driver keeps the workers fed), the CPU seconds per trial of the driver process (Optuna, the
+storage, the Dask client, scheduler and nannies: what the optimiser itself costs) and of the
+worker processes, and the 2-worker / 1-worker ratio. On a machine shared with other jobs the mean
+backtest time grows with 2 workers and the ratio says more about the machine than about the
+optimiser; "busy workers" and the driver's CPU per trial do not.
 
     python bench/optimize_workers.py [--trials 40] [--data PATH]
 """
@@ -23,9 +26,10 @@ import time
 import warnings
 from pathlib import Path
 
-from distributed import LocalCluster
+import psutil
 
 from btc_quant.core.optimize import optimize
+from btc_quant.core.optimize.runner import local_cluster
 from btc_quant.core.plugins import load_plugins
 
 DATA = Path("/work/shared/data/binance_btcusdt_1m.parquet")
@@ -41,21 +45,25 @@ def run(workers: int, trials: int, data: Path, plugins) -> dict:
         "sampler": "random",
         "seed": 42,
     }
-    with tempfile.TemporaryDirectory() as tmp, LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", scheduler_port=0, dashboard_address=None
-    ) as cluster:
+    driver = psutil.Process()
+    # the cluster `quant optimize workers=N` starts (its Dask settings included), reached by address
+    with tempfile.TemporaryDirectory() as tmp, local_cluster(workers) as cluster:
         common = {**base, "cluster": cluster.scheduler_address}
         optimize({**common, "trials": workers, "study": "warmup", "out": f"{tmp}/warmup"}, plugins=plugins)
-        stamps = []
+        children = driver.children(recursive=True)
+        stamps, cpu = [], []
+
+        def progress(event) -> None:
+            stamps.append((time.perf_counter(), event.done))
+            if event.done in (0, trials):  # CPU seconds at the start and the end of the timed span
+                cpu.append((sum(driver.cpu_times()[:2]), sum(sum(c.cpu_times()[:2]) for c in children)))
+
         started = time.perf_counter()
-        result = optimize(
-            {**common, "trials": trials, "study": "timed", "out": f"{tmp}/timed"},
-            plugins=plugins,
-            progress=lambda e: stamps.append((time.perf_counter(), e.done)),
-        )
+        result = optimize({**common, "trials": trials, "study": "timed", "out": f"{tmp}/timed"}, plugins=plugins, progress=progress)
         wall = time.perf_counter() - started
     first = next(t for t, done in stamps if done == 0)
     last = stamps[-1][0]
+    (driver_0, workers_0), (driver_1, workers_1) = cpu[0], cpu[-1]
     complete = int((result.trials["state"] == "COMPLETE").sum())
     span = last - first
     return {
@@ -67,6 +75,9 @@ def run(workers: int, trials: int, data: Path, plugins) -> dict:
         "trials_per_min": len(result.trials) / span * 60,
         "wall_s": wall,
         "mean_backtest_s": float(result.trials["elapsed_s"].mean()),
+        # the driver process: Optuna, the study's storage, the Dask client, scheduler and nannies
+        "driver_ms_per_trial": (driver_1 - driver_0) / len(result.trials) * 1000,
+        "worker_ms_per_trial": (workers_1 - workers_0) / len(result.trials) * 1000,
     }
 
 
@@ -83,7 +94,8 @@ def main() -> None:
         print(
             f"workers={row['workers']}: {row['trials']} trials ({row['complete']} complete), "
             f"{row['trials_per_min']:.1f} trials/min, wall {row['wall_s']:.1f}s, "
-            f"mean backtest {row['mean_backtest_s']:.2f}s, busy workers {row['busy_workers']:.2f}"
+            f"mean backtest {row['mean_backtest_s']:.3f}s, busy workers {row['busy_workers']:.2f}, "
+            f"CPU per trial: driver {row['driver_ms_per_trial']:.1f} ms, workers {row['worker_ms_per_trial']:.0f} ms"
         )
     print(f"speed-up 2 vs 1 workers: {rows[1]['trials_per_min'] / rows[0]['trials_per_min']:.2f}x")
     print(f"load average after: {os.getloadavg()[0]:.2f}")

@@ -18,10 +18,10 @@ import pytest
 from distributed import LocalCluster
 
 from btc_quant.core.config import load_run_config
-from btc_quant.core.data import SAMPLE
+from btc_quant.core.data import SAMPLE, read_bars_file
 from btc_quant.core.errors import ConfigError
 from btc_quant.core.config import gather
-from btc_quant.core.optimize import Constraint, SearchSpace, metric_names, optimize, plan_study
+from btc_quant.core.optimize import Constraint, SearchSpace, StopFlag, metric_names, optimize, plan_study
 from btc_quant.core.optimize.space import parse_distribution
 
 # Real bars: the bundled BTCUSDT perpetual 1m sample (January 2022); a few days keep trials short.
@@ -195,6 +195,66 @@ def test_walk_forward_reports_out_of_sample_windows(cluster, tmp_path, plugins):
     assert (out / "oos_equity.csv").exists() and "Out-of-sample equity" in (out / "report.html").read_text()
 
 
+def test_a_batch_of_trials_runs_in_order_and_stops_after_the_running_trial(plugins):
+    """The worker side of a task with several trials, in this process (the same function a worker runs)."""
+    from btc_quant.core.optimize.runner import BarsOnWorkers, evaluate_batch, stop_run
+
+    base = load_run_config([*DAYS, *FILE], plugins.registry, env={})
+    bars = read_bars_file(SAMPLE.path)
+    installed = BarsOnWorkers("test-batch", bars)
+    installed.setup()
+    try:
+        configs = [base.to_dict() | {"strategy": {"name": "sma_cross", "fast": fast, "slow": 40}} for fast in (5, 10)]
+        answers = evaluate_batch([configs[0], None, configs[1]], "test-batch", None, None, "run-a")
+        # a trial that raises is that trial's answer; the trial after it still runs
+        assert [sorted(a) for a in answers][1] == ["exception"] and "TypeError" in answers[1]["exception"]
+        assert answers[0]["metrics"]["trades"] > 0 and answers[2]["metrics"]["trades"] > 0
+        assert answers[0]["metrics"] != answers[2]["metrics"]
+        stop_run("run-b")  # what the driver sends every worker on Ctrl-C
+        assert evaluate_batch(configs, "test-batch", None, None, "run-b") == []
+        assert len(evaluate_batch(configs, "test-batch", None, None, "run-a")) == 2  # other runs go on
+    finally:
+        installed.teardown()
+
+
+def test_stopped_study_keeps_every_trial_its_batches_finished_and_resumes(cluster, tmp_path, plugins):
+    out = tmp_path / "stopped"
+    settings = {
+        **_raw([*DAYS, *FILE]),
+        "search": {"fast": "3:20", "slow": "30:90:10"},
+        "sampler": "random",
+        "seed": 3,
+        "trials": 60,
+        "cluster": cluster,
+        "out": str(out),
+    }
+    stop = StopFlag()
+    seen: list[int] = []
+
+    def progress(event):
+        seen.append(event.done)
+        if event.done >= 20:
+            stop.set = True  # what the first Ctrl-C does
+
+    result = optimize(settings, plugins=plugins, progress=progress, stop=stop)
+    assert result.interrupted
+    trials = result.trials
+    complete = trials[trials["state"] == "COMPLETE"]
+    # short trials ran several to a task, and the tasks in flight finished their running trial
+    assert complete.groupby("task").size().max() > 1
+    assert 20 <= len(complete) < 60
+    rest = trials[trials["state"] != "COMPLETE"]
+    assert rest["interrupted"].all() and "error" not in rest
+    # every kept trial is in the storage as it was, and the same settings run exactly what is missing
+    stored = _complete_trials(out / "study.db")
+    assert sorted(value for _, value in stored) == sorted(complete["value"])
+    again = optimize(settings, plugins=plugins)
+    assert not again.interrupted
+    counted = again.trials[~again.trials["interrupted"].astype(bool)]
+    assert len(counted) == 60 and (counted["state"] == "COMPLETE").all()
+    assert _complete_trials(out / "study.db")[: len(stored)] == stored
+
+
 def _raw(pairs: list[str]) -> dict:
     return gather(pairs, env={})
 
@@ -217,7 +277,7 @@ def _complete_trials(db: Path) -> list[tuple[int, float]]:
 
 
 STUDY_TOML = """
-trials = 10
+trials = 30
 seed = 5
 workers = 2
 out = "study"
@@ -226,8 +286,10 @@ out = "study"
 name = "sma_cross"
 
 [data]
+# two weeks and 30 trials: seconds of trials left when the interrupt lands, although the driver
+# saves finished trials in batches, a second apart
 start = "2022-01-10"
-end = "2022-01-13"
+end = "2022-01-24"
 
 [search]
 fast = "2:12"
@@ -254,7 +316,7 @@ def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(tmp_path, qua
     assert "interrupted:" in stderr and "run the same command again to resume" in stderr
     assert "Traceback" not in stderr
     kept = _complete_trials(db)
-    assert 3 <= len(kept) < 10
+    assert 3 <= len(kept) < 30
     first = pd.read_csv(tmp_path / "study" / "trials.csv")
     assert (first["state"] == "COMPLETE").sum() == len(kept)
 
@@ -264,5 +326,5 @@ def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(tmp_path, qua
     assert summary["interrupted"] is False
     trials = pd.read_csv(tmp_path / "study" / "trials.csv")
     counted = trials[~trials["interrupted"].astype(bool)] if "interrupted" in trials else trials
-    assert len(counted) == 10  # exactly the missing trials ran
+    assert len(counted) == 30  # exactly the missing trials ran
     assert _complete_trials(db)[: len(kept)] == kept  # the finished ones were kept as they were

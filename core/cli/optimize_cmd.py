@@ -45,6 +45,7 @@ class ProgressDisplay:
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
                 console=err,
+                refresh_per_second=2,  # the driver's CPU is the workers' on a small machine
             )
             self.progress.__enter__()
         return self

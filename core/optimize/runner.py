@@ -1,15 +1,19 @@
 """Running a study: Optuna asks for parameters here, Dask workers run the backtests.
 
-The driver (this process) owns the Optuna study and its storage; workers only run backtests and
-send back metrics, so SQLite is written by one process and any RDB URL works for shared studies.
-The bars are read once, here, and installed on every worker once by a Dask worker plugin
-(:class:`BarsOnWorkers`, also applied to workers that join later): trials name the bars by a
-token and use the copy already in their worker's memory. Nothing is shipped per trial, Dask never
-spills or re-reads them, and workers need no access to the store (so a remote cluster works too).
+The driver (this process) owns the Optuna study; workers only run backtests and send back
+metrics. Optuna works on an in-memory copy of the study and finished trials are written to the
+storage (SQLite by default, any RDB URL) in batches, so the storage is written by one process and
+costs the driver little CPU (see :class:`TrialSaver`). The bars are read once, here, and installed
+on every worker once by a Dask worker plugin (:class:`BarsOnWorkers`, also applied to workers that
+join later): trials name the bars by a token and use the copy already in their worker's memory.
+Nothing is shipped per trial, Dask never spills or re-reads them, and workers need no access to
+the store (so a remote cluster works too). Short trials run several to a task
+(:func:`evaluate_batch`), so Dask's own cost per task is shared by several trials.
 
-Interrupting (Ctrl-C, SIGINT) stops asking for trials, cancels those in flight and marks them
-``interrupted``; they do not count towards ``trials``, so running the same command again resumes
-the study and runs exactly what is missing.
+Interrupting (Ctrl-C, SIGINT) stops asking for trials; tasks of several trials end after the
+trial they are running, single trials and tasks not started are cancelled, and the trials that did
+not run are marked ``interrupted``; they do not count towards ``trials``, so running the same
+command again resumes the study and runs exactly what is missing.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import product
@@ -124,14 +129,83 @@ def evaluate(config: dict[str, Any], bars_token: str, start_ms: int | None, end_
     return out
 
 
+#: Runs the driver stopped (Ctrl-C): their batches end after the trial that is running.
+_stopped_runs: set[str] = set()
+
+
+def evaluate_batch(configs: list[dict[str, Any]], bars_token: str, start_ms: int | None, end_ms: int | None, run: str) -> list[dict[str, Any]]:
+    """Run trials one after another on a worker; one answer per trial run, in order.
+
+    Ends early, after the trial that is running, once the driver stopped ``run`` (:func:`stop_run`),
+    so that a stopped study still gets every finished trial. An exception (a bug in a strategy)
+    is that trial's answer; the trials batched with it still run."""
+    answers: list[dict[str, Any]] = []
+    for config in configs:
+        if run in _stopped_runs:
+            break
+        try:
+            answers.append(evaluate(config, bars_token, start_ms, end_ms))
+        except Exception as exc:  # recorded on the trial by the driver
+            answers.append({"exception": f"{type(exc).__name__}: {exc}"})
+    return answers
+
+
+def stop_run(run: str) -> None:
+    """Run on every worker when the driver stops: batches of ``run`` run no further trial."""
+    _stopped_runs.add(run)
+
+
 # ----------------------------------------------------------------------------------------------
 # Driver side
+
+#: A task runs several trials in a row when trials are short, so that Dask's cost per task (~5-10
+#: ms of driver CPU for the scheduler's and the client's bookkeeping and the ~10 messages a task
+#: takes) is paid about once per TASK_SECONDS of backtests; at most MAX_BATCH trials a task.
+TASK_SECONDS = 1.0
+MAX_BATCH = 8
+
+
+#: Dask settings for the LocalCluster the optimiser starts. Every trial is one uniform task, so the
+#: scheduler's work stealing has nothing to balance, and nobody looks at the dashboard's profiles;
+#: the defaults' periodic chores (stealing every 100 ms, a 20 ms event-loop tick per server, the
+#: nannies' memory check every 100 ms, a stack sample every 10 ms in each worker) cost ~15% of a
+#: core while idle on a 2-core machine (measured: bench/RESULTS.md, issue 7), CPU taken from the
+#: backtests. Memory limits still hold, checked once a second.
+QUIET_DASK = {
+    "distributed.scheduler.work-stealing": False,
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+}
+
+
+@contextmanager
+def local_cluster(workers: int) -> Iterator[Any]:
+    """A LocalCluster of ``workers`` single-threaded worker processes on 127.0.0.1, tuned for trials."""
+    import dask
+    from distributed import LocalCluster
+
+    # The nannies hand the config to the worker processes they start; the scheduler and the
+    # nannies read theirs when they start, so the settings stay set while the cluster lives.
+    with dask.config.set(QUIET_DASK), _sigint_ignored_by_children():
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            scheduler_port=0,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+    with dask.config.set(QUIET_DASK), cluster:
+        yield cluster
 
 
 @contextmanager
 def dask_client(settings: OptimizeConfig) -> Iterator[Any]:
     """A client of ``settings.cluster``, or of a LocalCluster of worker processes on 127.0.0.1."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     # distributed sets its own loggers' levels when imported; its INFO lines are not ours to show.
     for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.worker"):
@@ -146,18 +220,7 @@ def dask_client(settings: OptimizeConfig) -> Iterator[Any]:
         with client:
             yield client
         return
-    workers = settings.workers or os.cpu_count() or 1
-    with _sigint_ignored_by_children():
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            scheduler_port=0,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
-    with cluster, Client(cluster) as client:
+    with local_cluster(settings.workers or os.cpu_count() or 1) as cluster, Client(cluster) as client:
         yield client
 
 
@@ -230,6 +293,61 @@ def best_trial(study: optuna.Study, direction: str) -> optuna.trial.FrozenTrial 
     return pick(feasible, key=lambda t: t.value)
 
 
+class TrialSaver:
+    """Copies finished trials of the driver's in-memory study to the stored study, in batches.
+
+    Optuna on an RDB storage costs the driver ~30-60 ms of CPU per trial (a dozen SQLAlchemy
+    transactions for ask, each suggest, the attributes and tell), CPU that the workers' backtests
+    need on a small machine. Here Optuna works in memory (well under a millisecond per trial) and
+    finished trials reach the storage about ``every`` seconds after they finish, all the trials
+    of a batch in one transaction (~6 ms a trial on SQLite; ``Study.add_trials`` opens one
+    transaction per trial, ~12 ms). The end of a study and Ctrl-C save everything; a driver killed
+    outright (SIGKILL) loses the trials of its last second or so.
+    """
+
+    def __init__(self, stored: optuna.Study, memory: optuna.Study, every: float = 1.0):
+        self.stored = stored
+        self.memory = memory
+        self.every = every
+        self.pending: list[int] = []
+        self.saved_at = time.monotonic()
+
+    def finished(self, trial: optuna.trial.Trial) -> None:
+        self.pending.append(trial.number)
+
+    def save(self, force: bool = False) -> None:
+        if not self.pending or (not force and time.monotonic() - self.saved_at < self.every):
+            return
+        trials = self.memory.get_trials(deepcopy=False)  # in memory, in number order
+        _insert_trials(self.stored, [trials[number] for number in self.pending])
+        self.pending.clear()
+        self.saved_at = time.monotonic()
+
+
+def _insert_trials(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> None:
+    """``study.add_trials(trials)`` in one transaction when the storage is Optuna's RDB storage.
+
+    This reaches into Optuna's RDB storage (the same calls ``add_trial`` makes, in one session
+    instead of one each); if those internals are not there, it falls back to ``add_trials``."""
+    try:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import RDBStorage, _create_scoped_session
+    except ImportError:
+        study.add_trials(trials)
+        return
+    backend = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(backend, RDBStorage) or not hasattr(backend, "_get_prepared_new_trial"):
+        study.add_trials(trials)
+        return
+    for trial in trials:
+        trial._validate()  # what add_trial checks first
+    with _create_scoped_session(backend.scoped_session) as session:
+        # the lock add_trial takes: trial numbers are counted per study
+        models.StudyModel.find_or_raise_by_id(study._study_id, session, for_update=True)
+        for trial in trials:
+            backend._get_prepared_new_trial(study._study_id, trial, session)
+
+
 @dataclass
 class StudyRunner:
     """Runs studies for one optimisation: the client, the broadcast bars, the space and the rules."""
@@ -246,6 +364,7 @@ class StudyRunner:
     progress: Callable[[ProgressEvent], None] | None = None
     workers_seen: dict[str, set[int]] = field(default_factory=dict)
     _best: float | None = None
+    _elapsed: list[float] = field(default_factory=list)  # backtest seconds of the trials so far
 
     @property
     def direction(self) -> str:
@@ -259,22 +378,25 @@ class StudyRunner:
         seed = self.settings.seed
         if self.settings.sampler == "tpe":
             # Constraint values are set on each trial (Trial.set_constraint); TPE reads them there.
-            return optuna.samplers.TPESampler(seed=seed)
+            # constant_liar: trials still running count as bad ones, so the trials in flight
+            # together are not sampled next to each other.
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
         # grid: the driver enqueues the grid points itself (see _next_grid_point), so that
         # interrupted points are run again on resume; the random sampler never gets asked.
         return optuna.samplers.RandomSampler(seed=seed)
 
-    def open_study(self, name: str) -> optuna.Study:
+    def open_study(self, name: str) -> tuple[optuna.Study, optuna.Study]:
+        """The stored study (created if new) and a working copy in memory holding its finished trials."""
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(
-            study_name=name, storage=self.storage, sampler=self._sampler(), direction=self.direction, load_if_exists=True
-        )
-        # Trials left RUNNING by a process that was killed outright: mark them interrupted.
-        for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-            trial = optuna.trial.Trial(study, stale._trial_id)
+        stored = optuna.create_study(study_name=name, storage=self.storage, direction=self.direction, load_if_exists=True)
+        # Trials left RUNNING in the storage (by an older version killed outright): mark them interrupted.
+        for stale in stored.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+            trial = optuna.trial.Trial(stored, stale._trial_id)
             trial.set_user_attr(INTERRUPTED, True)
-            study.tell(stale.number, state=TrialState.FAIL)
-        return study
+            stored.tell(stale.number, state=TrialState.FAIL)
+        memory = optuna.create_study(study_name=name, sampler=self._sampler(), direction=self.direction)
+        memory.add_trials([t for t in stored.get_trials(deepcopy=False) if t.state.is_finished()])
+        return stored, memory
 
     def _remaining_grid(self, study: optuna.Study) -> list[dict[str, Any]]:
         grid = self.space.grid()
@@ -289,64 +411,115 @@ class StudyRunner:
         return total
 
     def run(self, name: str, start_ms: int | None, end_ms: int | None, label: str = "") -> optuna.Study:
-        """Run ``name`` until it has ``trials`` finished trials (or is stopped); returns the study."""
+        """Run ``name`` until it has ``trials`` finished trials (or is stopped); returns the stored study.
+
+        Optuna works on the in-memory copy (ask, suggest, tell: well under a millisecond each);
+        the storage receives the finished trials in batches (see :class:`TrialSaver`)."""
+        stored, study = self.open_study(name)
+        saver = TrialSaver(stored, study)
+        try:
+            self._run(study, saver, start_ms, end_ms, label or name)
+        finally:
+            saver.save(force=True)
+        return stored
+
+    def _run(self, study: optuna.Study, saver: TrialSaver, start_ms: int | None, end_ms: int | None, label: str) -> None:
         from distributed import wait
 
-        study = self.open_study(name)
         total = self.budget(study)
         grid = self._remaining_grid(study) if self.settings.sampler == "grid" else []
         done = len(finished_trials(study))
-        # One more trial than threads in flight: a worker starts its next trial while the driver
-        # records the last one.
-        slots = max(1, sum(self.client.nthreads().values())) + 1
+        # Two tasks per worker thread in flight: each worker has its next task at hand when one
+        # ends, so it never waits for the driver to record the last one and ask for more.
+        slots = 2 * max(1, sum(self.client.nthreads().values()))
         best = best_trial(study, self.direction)
         self._best = best.value if best else None
-        inflight: dict[Any, optuna.trial.Trial] = {}
-        self._report(label or name, study, done, total)
+        run = uuid.uuid4().hex
+        inflight: dict[Any, list[optuna.trial.Trial]] = {}
+        running = 0  # trials in the tasks in flight
+        stopping = False
+        self._report(label, done, total)
         while True:
-            while not self.stop.set and done + len(inflight) < total and len(inflight) < slots:
-                if grid:
-                    study.enqueue_trial(grid.pop(0))
-                trial = study.ask()
-                values = self.space.suggest(trial)
-                try:
-                    config = self.trial_config(values)
-                except ConfigError as exc:
-                    # A combination the strategy refuses (say slow <= fast) is a failed trial, not an error.
-                    trial.set_user_attr("error", str(exc))
-                    study.tell(trial, state=TrialState.FAIL)
-                    done += 1
-                    self._report(label or name, study, done, total)
-                    continue
-                future = self.client.submit(evaluate, config.to_dict(), self.bars, start_ms, end_ms, pure=False)
-                inflight[future] = trial
-            if not inflight or self.stop.set:
+            while not self.stop.set and done + running < total and len(inflight) < slots:
+                size = self._batch_size(total - done - running, slots)
+                batch, configs = [], []
+                while len(batch) < size and done + running + len(batch) < total:
+                    if grid:
+                        study.enqueue_trial(grid.pop(0))
+                    trial = study.ask()
+                    values = self.space.suggest(trial)
+                    try:
+                        config = self.trial_config(values)
+                    except ConfigError as exc:
+                        # A combination the strategy refuses (say slow <= fast) is a failed trial, not an error.
+                        trial.set_user_attr("error", str(exc))
+                        study.tell(trial, state=TrialState.FAIL)
+                        saver.finished(trial)
+                        done += 1
+                        self._report(label, done, total)
+                        continue
+                    batch.append(trial)
+                    configs.append(config.to_dict())
+                if batch:
+                    future = self.client.submit(evaluate_batch, configs, self.bars, start_ms, end_ms, run, pure=False)
+                    inflight[future] = batch
+                    running += len(batch)
+            if not inflight:
                 break
+            if self.stop.set and not stopping:
+                stopping = True
+                # Batches end after their running trial; a single trial is dropped at once (it
+                # may be long), like the tasks not started yet.
+                self.client.run(stop_run, run, on_error="ignore")
+                for future in [f for f, batch in inflight.items() if len(batch) == 1]:
+                    future.cancel()
+                    running -= 1
+                    self._interrupted(study, inflight.pop(future)[0], saver)
             try:
+                # blocks; wakes twice a second to look at the stop flag and save finished trials
                 finished, _ = wait(list(inflight), timeout=0.5, return_when="FIRST_COMPLETED")
             except TimeoutError:
-                continue  # look at the stop flag twice a second
+                finished = set()
             for future in finished:
-                trial = inflight.pop(future)
-                self._record(study, trial, future)
-                done += 1
-                self._report(label or name, study, done, total)
-        for future, trial in inflight.items():
-            future.cancel()
-            trial.set_user_attr(INTERRUPTED, True)
-            study.tell(trial, state=TrialState.FAIL)
-        return study
+                batch = inflight.pop(future)
+                running -= len(batch)
+                try:
+                    answers = future.result()
+                except Exception as exc:  # a lost worker: its trials failed, the study goes on
+                    answers = [{"exception": f"{type(exc).__name__}: {exc}"}] * len(batch)
+                for i, trial in enumerate(batch):
+                    if i >= len(answers):  # not run: the study was stopped
+                        self._interrupted(study, trial, saver)
+                        continue
+                    self._record(study, trial, {**answers[i], "task": future.key})
+                    saver.finished(trial)
+                    done += 1
+                self._report(label, done, total)
+            saver.save()
 
-    def _record(self, study: optuna.Study, trial: optuna.trial.Trial, future: Any) -> None:
-        try:
-            out = future.result()
-        except Exception as exc:  # a bug in a strategy or a lost worker: recorded on the trial, study goes on
-            if self.stop.set:  # workers get the terminal's Ctrl-C too: their trials are interrupted, not failed
+    def _batch_size(self, remaining: int, slots: int) -> int:
+        """Trials for the next task: ~TASK_SECONDS of them, 1 until a trial's duration is known,
+        and few enough near the end that every slot still gets a share."""
+        recent = self._elapsed[-20:]
+        if not recent:
+            return 1
+        typical = float(np.median(recent))  # not the mean: a worker's first trial compiles numba code
+        per_task = int(TASK_SECONDS / max(typical, 1e-3))
+        return max(1, min(MAX_BATCH, per_task, remaining // slots))
+
+    def _interrupted(self, study: optuna.Study, trial: optuna.trial.Trial, saver: TrialSaver) -> None:
+        trial.set_user_attr(INTERRUPTED, True)
+        study.tell(trial, state=TrialState.FAIL)
+        saver.finished(trial)
+
+    def _record(self, study: optuna.Study, trial: optuna.trial.Trial, out: dict[str, Any]) -> None:
+        if "exception" in out:  # a bug in a strategy or a lost worker: recorded on the trial, study goes on
+            if self.stop.set:  # a remote cluster's workers may get the terminal's Ctrl-C too
                 trial.set_user_attr(INTERRUPTED, True)
                 study.tell(trial, state=TrialState.FAIL)
                 return
-            log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            log.warning("trial %d failed: %s", trial.number, out["exception"])
+            trial.set_user_attr("error", out["exception"])
             study.tell(trial, state=TrialState.FAIL)
             return
         self.workers_seen.setdefault(out["worker"], set()).add(out["bars_id"])
@@ -354,14 +527,21 @@ class StudyRunner:
             trial.set_user_attr("error", out["error"])
             study.tell(trial, state=TrialState.FAIL)
             return
+        self._elapsed.append(out["elapsed_s"])
         metrics = out["metrics"]
         violations = [c.violation(metrics) for c in self.constraints]
         for constraint, violation in zip(self.constraints, violations):
             trial.set_constraint(str(constraint), violation)
         feasible = all(v <= 0 for v in violations)
-        # One attribute for the whole answer: each set_user_attr is a storage round trip.
         trial.set_user_attr(
-            "run", {"metrics": metrics, "feasible": feasible, "worker": out["worker"], "elapsed_s": round(out["elapsed_s"], 4)}
+            "run",
+            {
+                "metrics": metrics,
+                "feasible": feasible,
+                "worker": out["worker"],
+                "task": out.get("task"),  # the Dask task that ran it, with the trials batched with it
+                "elapsed_s": round(out["elapsed_s"], 4),
+            },
         )
         value = metrics.get(self.settings.objective)
         if value is None:
@@ -374,7 +554,7 @@ class StudyRunner:
         ):
             self._best = float(value)
 
-    def _report(self, label: str, study: optuna.Study, done: int, total: int) -> None:
+    def _report(self, label: str, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(ProgressEvent(label, done, total, self._best))
 
