@@ -4,14 +4,20 @@
     python bench/bench_maker_vol.py --bootstrap 0   # real stretches only
 
 1. Every stretch of ``binance_btcusdt_1m.parquet`` (split at every jump in ``ts``, so no run spans
-   a gap; pieces shorter than a day are skipped), each run through the engine and the sim broker
-   exactly as ``quant run strategy=maker_vol`` does. Real data.
+   a gap; pieces shorter than a day are skipped), each run exactly as ``quant run
+   strategy=maker_vol broker=sim`` runs it (``core.run.run_engine``: the compiled path of
+   ``maker_vol_kernel``, which gives the same fills as the event path). Real data. The time of
+   each run includes building the RunResult and the grid diagnostics, not building the engine.
 2. ``--bootstrap N`` bars (default 3,000,000, about six years of minutes): BLOCK-BOOTSTRAPPED from
    the real 1m bars of that file. Blocks of one day of real bars are drawn at random (seed 7) and
    chained: each block's open/high/low/close are scaled so its first open equals the previous
    block's last close. The path is therefore made of real minutes but is not a real price history;
    it is only used for timing.
-3. A hand-written numba loop of the same long grid (ladder from top to bottom recomputed hourly
+3. The event path (engine + sim + OrderSync, ``strategy.fast=false``) on a slice of real bars
+   (``--event-bars``, default the first 60,000 bars of the stretch starting 2021-03-26 ... it and
+   the following ones), timed in the same run, with the compiled path on the same slice and a check
+   that both gave the same fills.
+4. A hand-written numba loop of the same long grid (ladder from top to bottom recomputed hourly
    from the rolling 30-day high, entries at armed levels below the price, take-profit on the first
    free level ``tp_pct`` above with upward shifting, saturation close of the highest take-profit,
    ``through`` fills). It leaves out what the engine version does in Python (live window of
@@ -31,7 +37,7 @@ from numba import njit
 from btc_quant.core.config import merge_layers, parse_assignments, resolve
 from btc_quant.core.data import BarArrays, read_bars_file
 from btc_quant.core.plugins import load_plugins
-from btc_quant.core.run import build_engine, build_runtime
+from btc_quant.core.run import build_engine, build_runtime, run_engine
 
 DATA = Path("/work/shared/data/binance_btcusdt_1m.parquet")
 
@@ -59,17 +65,27 @@ def bootstrap(pieces: list[BarArrays], n: int, block: int = 1440, seed: int = 7)
     return BarArrays(ts, cols["open"], cols["high"], cols["low"], cols["close"], cols["volume"])
 
 
-def run_engine(pieces: list[BarArrays], plugins, settings: list[str]) -> tuple[float, int, int]:
-    config = resolve(merge_layers(parse_assignments(["strategy=maker_vol", "broker=sim", "exchange=binanceusdm", "symbol=BTC/USDT:USDT", *settings])), plugins.registry)
-    total, fills, bars = 0.0, 0, 0
+def _config(plugins, settings: list[str]):
+    return resolve(merge_layers(parse_assignments(["strategy=maker_vol", "broker=sim", "exchange=binanceusdm", "symbol=BTC/USDT:USDT", *settings])), plugins.registry)
+
+
+def run_maker_vol(pieces: list[BarArrays], plugins, settings: list[str], *, event: bool = False):
+    """Total seconds, seconds in the compiled loop alone, fills, bars and the fills frames of ``maker_vol`` over ``pieces``: as
+    ``quant run`` runs it (compiled path), or the event path with ``event=True``."""
+    config = _config(plugins, [*settings, "strategy.fast=false"] if event else settings)
+    total, kernel, fills, bars, frames = 0.0, 0.0, 0, 0, []
     for piece in pieces:
         engine = build_engine(config, build_runtime(config, plugins))
         started = time.perf_counter()
-        result = engine.run_backtest(piece)
+        result = engine.run_backtest(piece) if event else run_engine(engine, piece)
         total += time.perf_counter() - started
+        if not event and not result.extra.get("compiled"):
+            raise SystemExit("the compiled path did not apply: the benchmark would time the event path")
+        kernel += result.extra.get("compiled_kernel_s", 0.0)
         fills += len(result.fills)
         bars += len(piece)
-    return total, fills, bars
+        frames.append(result.fills.drop(columns=["client_id"]))
+    return total, kernel, fills, bars, frames
 
 
 @njit(cache=True)
@@ -169,21 +185,40 @@ def run_numba(pieces: list[BarArrays]) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bootstrap", type=int, default=3_000_000)
+    parser.add_argument("--event-bars", type=int, default=60_000, help="bars of the event-path slice (0: skip it)")
     parser.add_argument("settings", nargs="*")
     args = parser.parse_args()
     plugins = load_plugins(env={})
     pieces = real_pieces(read_bars_file(DATA))
-    warm = pieces[0][:3000]
-    run_engine([warm], plugins, args.settings)  # numba caches, imports
+    started = time.perf_counter()
+    run_maker_vol([pieces[0][:3000]], plugins, args.settings)  # numba compile or cache load, imports
+    warm = time.perf_counter() - started
+    print(f"warm-up (numba compile or on-disk cache load, imports): {warm:.1f} s")
     rows = [("real 1m stretches (binance_btcusdt_1m.parquet)", pieces)]
     if args.bootstrap:
         rows.append((f"{args.bootstrap:,} bars BLOCK-BOOTSTRAPPED from the real 1m bars (not a real history)", [bootstrap(pieces, args.bootstrap)]))
-    print("| series | bars | maker_vol (engine + sim) | fills | numba grid loop | ratio |")
-    print("|---|---|---|---|---|---|")
+    print("| series | bars | fills | maker_vol (compiled path, as quant run) | of which the compiled loop | numba grid loop | ratio | ratio, loop alone |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, series in rows:
-        t_engine, fills, bars = run_engine(series, plugins, args.settings)
+        t_fast, t_kernel, fills, bars, _ = run_maker_vol(series, plugins, args.settings)
         t_numba, _ = run_numba(series)
-        print(f"| {name} | {bars:,} | {t_engine:.1f} s | {fills:,} | {t_numba:.2f} s | {t_engine / t_numba:.0f}x |", flush=True)
+        print(f"| {name} | {bars:,} | {fills:,} | {t_fast:.2f} s | {t_kernel:.2f} s | {t_numba:.2f} s | {t_fast / t_numba:.1f}x | {t_kernel / t_numba:.1f}x |", flush=True)
+    if args.event_bars:
+        start = next(k for k, p in enumerate(pieces) if p.ts[0] >= 1_616_727_600_000)  # 2021-03-26 03:00 UTC
+        joined, need = [], args.event_bars
+        for piece in pieces[start:]:
+            if need <= 0:
+                break
+            joined.append(piece[:need])
+            need -= len(joined[-1])
+        t_event, _, fills, bars, event_frames = run_maker_vol(joined, plugins, args.settings, event=True)
+        t_fast, _, _, _, fast_frames = run_maker_vol(joined, plugins, args.settings)
+        t_numba, _ = run_numba(joined)
+        same = all(a.equals(b) for a, b in zip(event_frames, fast_frames))
+        print()
+        print("| real slice (from 2021-03-26) | bars | fills | event path | compiled path | numba grid loop | event / compiled | same fills |")
+        print("|---|---|---|---|---|---|---|---|")
+        print(f"| {len(joined)} stretch(es) | {bars:,} | {fills:,} | {t_event:.1f} s | {t_fast:.2f} s | {t_numba:.2f} s | {t_event / t_fast:.0f}x | {'yes' if same else 'NO'} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ Conventions (stated because 24/7 markets have no trading-day calendar):
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,49 +45,92 @@ def _clean(value: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
+_FILLS_COLUMNS = ["ts", "trade_id", "client_id", "side", "price", "quantity", "fee", "is_maker", "is_liquidation", "tag"]
+_ORDERS_COLUMNS = ["client_id", "side", "type", "price", "quantity", "filled_qty", "avg_fill_price", "post_only", "reduce_only", "status", "reason", "created", "updated", "tag"]
+_TRADES_COLUMNS = ["entry_time", "exit_time", "side", "max_quantity", "entry_price", "exit_price", "pnl", "fees"]
+
+
+@lru_cache(maxsize=None)
+def _empty_frame(kind: str) -> pd.DataFrame:
+    """The frame of a run without fills / orders / trades, built once per process (callers copy it)."""
+    columns = {"fills": _FILLS_COLUMNS, "orders": _ORDERS_COLUMNS, "trades": _TRADES_COLUMNS}[kind]
+    frame = pd.DataFrame([], columns=columns) if kind != "trades" else pd.DataFrame(columns=columns)
+    for col in ("ts", "created", "updated"):
+        if col in columns:
+            frame[col] = pd.to_datetime(frame[col].astype("int64"), unit="ms", utc=True)
+    return frame
+
+
 def fills_frame(fills: list, bar_index: np.ndarray | None = None) -> pd.DataFrame:
-    columns = ["ts", "trade_id", "client_id", "side", "price", "quantity", "fee", "is_maker", "is_liquidation", "tag"]
-    frame = pd.DataFrame(
-        [(f.ts_ms, f.trade_id, f.client_id, f.side.value, f.price, f.quantity, f.fee, f.is_maker, f.is_liquidation, f.tag) for f in fills],
-        columns=columns,
-    )
-    frame["ts"] = pd.to_datetime(frame["ts"].astype("int64"), unit="ms", utc=True)
+    if fills:  # column by column: the same dtypes as from rows, without the row-to-column pass
+        frame = pd.DataFrame(
+            {
+                "ts": pd.to_datetime(np.fromiter((f.ts_ms for f in fills), np.int64, len(fills)), unit="ms", utc=True),
+                "trade_id": [f.trade_id for f in fills],
+                "client_id": [f.client_id for f in fills],
+                "side": [f.side.value for f in fills],
+                "price": [f.price for f in fills],
+                "quantity": [f.quantity for f in fills],
+                "fee": [f.fee for f in fills],
+                "is_maker": [f.is_maker for f in fills],
+                "is_liquidation": [f.is_liquidation for f in fills],
+                "tag": [f.tag for f in fills],
+            }
+        )
+    else:
+        frame = _empty_frame("fills").copy()
     if bar_index is not None:
         frame["bar"] = np.asarray(bar_index, dtype=np.int64)[: len(frame)]
     return frame
 
 
 def orders_frame(orders: dict) -> pd.DataFrame:
-    rows = [
-        (o.client_id, o.side.value, o.type.value, o.price, o.quantity, o.filled_qty, o.avg_fill_price, o.post_only, o.reduce_only, o.status.value, o.reason, o.created_ms, o.updated_ms, o.tag)
-        for o in orders.values()
-    ]
-    columns = ["client_id", "side", "type", "price", "quantity", "filled_qty", "avg_fill_price", "post_only", "reduce_only", "status", "reason", "created", "updated", "tag"]
-    frame = pd.DataFrame(rows, columns=columns)
-    for col in ("created", "updated"):
-        frame[col] = pd.to_datetime(frame[col].astype("int64"), unit="ms", utc=True)
-    return frame
+    if not orders:
+        return _empty_frame("orders").copy()
+    values = list(orders.values())
+    n = len(values)
+    return pd.DataFrame(  # column by column: the same dtypes as from rows, without the row-to-column pass
+        {
+            "client_id": [o.client_id for o in values],
+            "side": [o.side.value for o in values],
+            "type": [o.type.value for o in values],
+            "price": [o.price for o in values],
+            "quantity": [o.quantity for o in values],
+            "filled_qty": [o.filled_qty for o in values],
+            "avg_fill_price": [o.avg_fill_price for o in values],
+            "post_only": [o.post_only for o in values],
+            "reduce_only": [o.reduce_only for o in values],
+            "status": [o.status.value for o in values],
+            "reason": [o.reason for o in values],
+            "created": pd.to_datetime(np.fromiter((o.created_ms for o in values), np.int64, n), unit="ms", utc=True),
+            "updated": pd.to_datetime(np.fromiter((o.updated_ms for o in values), np.int64, n), unit="ms", utc=True),
+            "tag": [o.tag for o in values],
+        }
+    )
 
 
 def trades_frame(fills: pd.DataFrame) -> pd.DataFrame:
     """Flat-to-flat round trips of the net position, with PnL net of their fills' fees."""
-    columns = ["entry_time", "exit_time", "side", "max_quantity", "entry_price", "exit_price", "pnl", "fees"]
+    columns = _TRADES_COLUMNS
     if fills.empty:
-        return pd.DataFrame(columns=columns)
+        return _empty_frame("trades").copy()
     rows = []
     pos = 0.0
     entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
     start = None
     side = None
-    signs = np.where(fills["side"].to_numpy() == "buy", 1.0, -1.0)
-    for ts, sign, price, qty, fee in zip(fills["ts"], signs, fills["price"].to_numpy(), fills["quantity"].to_numpy(), fills["fee"].to_numpy()):
+    # Rows hold fill positions for the entry and exit times; the times are taken in one go at the end.
+    signs = np.where(fills["side"].to_numpy() == "buy", 1.0, -1.0).tolist()
+    prices, quantities, paid = (fills[c].to_numpy(dtype=np.float64).tolist() for c in ("price", "quantity", "fee"))
+    for k, sign in enumerate(signs):
+        price, qty, fee = prices[k], quantities[k], paid[k]
         if abs(pos) < 1e-12:
-            start, side = ts, ("long" if sign > 0 else "short")
+            start, side = k, ("long" if sign > 0 else "short")
             entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
         # Split a fill that flips the position: the closing part ends this trade.
         remaining = qty
         while remaining > 1e-12:
-            if abs(pos) > 1e-12 and np.sign(pos) != sign:
+            if abs(pos) > 1e-12 and (1.0 if pos > 0 else -1.0) != sign:
                 part = min(remaining, abs(pos))
             else:
                 part = remaining
@@ -107,11 +151,17 @@ def trades_frame(fills: pd.DataFrame) -> pd.DataFrame:
                 buy_px = entry_cost / bought if bought else float("nan")
                 sell_px = exit_value / sold if sold else float("nan")
                 pnl = (exit_value - entry_cost) - fees
+                ts = k
                 rows.append((start, ts, side, max_qty, buy_px if long else sell_px, sell_px if long else buy_px, pnl, fees))
                 if remaining > 1e-12:  # the rest opens a new trade in the other direction
                     start, side = ts, ("long" if sign > 0 else "short")
                     entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
-    return pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns)
+    if rows:
+        times = fills["ts"].array
+        for col in ("entry_time", "exit_time"):
+            frame[col] = times.take(frame[col].to_numpy())
+    return frame
 
 
 def drawdown(equity: pd.Series) -> pd.Series:
@@ -141,6 +191,26 @@ def daily_returns(equity: pd.Series) -> pd.Series:
     return daily.pct_change().dropna()
 
 
+_UNIT_PER_DAY = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_400_000_000_000}
+
+
+def _daily_returns(equity: pd.Series) -> pd.Series:
+    """:func:`daily_returns` without resampling: for an equity curve with no missing value on a
+    UTC time index, the last value of each day is the last point before the day number changes."""
+    index = equity.index
+    values = equity.to_numpy()
+    if not (isinstance(index, pd.DatetimeIndex) and str(index.tz) == "UTC" and index.unit in _UNIT_PER_DAY) or np.isnan(values).any():
+        return daily_returns(equity)
+    day = index.asi8 // _UNIT_PER_DAY[index.unit]
+    if len(day) > 1 and np.any(day[1:] < day[:-1]):
+        return daily_returns(equity)
+    last = np.flatnonzero(np.r_[day[1:] != day[:-1], True])
+    closes = values[last]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rets = closes[1:] / closes[:-1] - 1.0
+    return pd.Series(rets[~np.isnan(rets)])
+
+
 def compute_metrics(
     equity: pd.Series,
     fills: pd.DataFrame,
@@ -155,9 +225,16 @@ def compute_metrics(
     total_return = final / initial_equity - 1.0
     span_days = (equity.index[-1] - equity.index[0]).total_seconds() / 86400 if len(equity) > 1 else 0.0
     cagr = (final / initial_equity) ** (365.25 / span_days) - 1.0 if span_days > 0 and final > 0 else None
-    dd = drawdown(equity)
-    max_dd = float(dd.max()) if len(dd) else 0.0
-    rets = daily_returns(equity)
+    values = equity.to_numpy()
+    if len(values) and not np.isnan(values).any():  # drawdown(equity).max() in numpy
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dd = 1.0 - values / np.maximum.accumulate(values)
+        dd = dd[~np.isnan(dd)]
+        max_dd = float(dd.max()) if len(dd) else float("nan")
+    else:
+        dd = drawdown(equity)
+        max_dd = float(dd.max()) if len(dd) else 0.0
+    rets = _daily_returns(equity)
     sharpe = sortino = None
     if len(rets) >= 2:
         std = rets.std(ddof=1)
@@ -165,10 +242,11 @@ def compute_metrics(
         downside = math.sqrt(float((np.minimum(rets.to_numpy(), 0.0) ** 2).mean()))
         sortino = rets.mean() / downside * math.sqrt(DAYS_PER_YEAR) if downside > 0 else None
     calmar = cagr / max_dd if cagr is not None and max_dd > 0 else None
-    pnl = trades["pnl"] if len(trades) else pd.Series(dtype=float)
+    # numpy sums with NaN skipped, as pandas' Series.sum does (and as cheaply as it gets per run)
+    pnl = trades["pnl"].to_numpy(dtype=np.float64) if len(trades) else np.empty(0)
     wins, losses = pnl[pnl > 0], pnl[pnl <= 0]
-    gross_loss = -losses.sum()
-    liquidations = int(fills["is_liquidation"].sum()) if len(fills) else 0
+    gross_loss = -np.nansum(losses)
+    liquidations = int(fills["is_liquidation"].to_numpy().sum()) if len(fills) else 0
     return {
         "final_equity": _clean(final),
         "total_return": _clean(total_return),
@@ -181,9 +259,9 @@ def compute_metrics(
         "trades": int(len(trades)),
         "fills": int(len(fills)),
         "win_rate": _clean(len(wins) / len(pnl)) if len(pnl) else None,
-        "profit_factor": _clean(wins.sum() / gross_loss) if gross_loss > 0 else None,
+        "profit_factor": _clean(np.nansum(wins) / gross_loss) if gross_loss > 0 else None,
         "exposure": _clean(float(np.mean(np.abs(position) > 1e-12))) if position is not None and len(position) else 0.0,
-        "fees": _clean(float(fills["fee"].sum()) if len(fills) else 0.0),
+        "fees": _clean(float(np.nansum(fills["fee"].to_numpy(dtype=np.float64))) if len(fills) else 0.0),
         "funding": _clean(funding),
         "liquidations": liquidations,
     }

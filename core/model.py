@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from functools import lru_cache
 from typing import Iterable
 
 from .errors import OrderError
@@ -28,6 +29,7 @@ def _on_grid(value: float, step: float) -> bool:
     return abs(k - round(k)) <= _GRID_TOLERANCE * max(1.0, abs(k))
 
 
+@lru_cache(maxsize=64)
 def _decimals(step: float) -> int:
     """Digits after the point needed to print ``step`` exactly (0.1 -> 1, 0.001 -> 3, 5 -> 0)."""
     text = f"{step:.12f}".rstrip("0")
@@ -35,6 +37,9 @@ def _decimals(step: float) -> int:
 
 
 def _check_number(what: str, value: float, *, positive: bool = True) -> None:
+    kind = type(value)
+    if (kind is float or kind is int) and -math.inf < value < math.inf and (value > 0 or not positive):
+        return  # the common case, checked cheaply: the hot path of a backtest makes many numbers
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise OrderError(f"{what} must be a finite number, got {value!r}")
     if positive and value <= 0:
@@ -119,7 +124,14 @@ class Instrument:
         """Round to the tick: ``nearest``, ``down`` (for buys that must not cross) or ``up``."""
         _check_number("price", price)
         k = price / self.tick_size
-        steps = {"nearest": round, "down": lambda x: math.floor(x + 1e-9), "up": lambda x: math.ceil(x - 1e-9)}[direction](k)
+        if direction == "down":
+            steps = math.floor(k + 1e-9)
+        elif direction == "up":
+            steps = math.ceil(k - 1e-9)
+        elif direction == "nearest":
+            steps = round(k)
+        else:
+            raise KeyError(direction)
         return round(steps * self.tick_size, self.price_decimals)
 
     def round_qty(self, qty: float) -> float:
@@ -243,6 +255,10 @@ class Order:
         ``round_qty``); an off-grid value is an error rather than a silent change.
         """
         side = Side(side)
+        if not client_id or len(client_id) > 36:
+            raise OrderError(f"order client_id must be 1-36 characters, got {client_id!r}")
+        if post_only and price is None:
+            raise OrderError(f"order {client_id}: post_only applies to limit orders only")
         _check_number(f"order {client_id}: quantity", quantity)
         if not _on_grid(quantity, instrument.lot_size):
             raise OrderError(
@@ -259,18 +275,15 @@ class Order:
                     f"order {client_id}: notional {price * quantity:.2f} is below the minimum "
                     f"{instrument.min_notional:g} of {instrument.symbol}"
                 )
-        return cls(
-            client_id=client_id,
-            symbol=instrument.symbol,
-            side=side,
-            type=OrderType.MARKET if price is None else OrderType.LIMIT,
-            quantity=quantity,
-            price=price,
-            post_only=post_only,
-            reduce_only=reduce_only,
-            created_ms=ts_ms,
-            updated_ms=ts_ms,
-            tag=tag,
+        if cls is not Order:
+            return cls(
+                client_id=client_id, symbol=instrument.symbol, side=side, type=OrderType.MARKET if price is None else OrderType.LIMIT,
+                quantity=quantity, price=price, post_only=post_only, reduce_only=reduce_only, created_ms=ts_ms, updated_ms=ts_ms, tag=tag,
+            )
+        # Everything __post_init__ checks was checked above: build it without checking twice.
+        return _order(
+            client_id, instrument.symbol, side, OrderType.MARKET if price is None else OrderType.LIMIT, quantity, price,
+            post_only, reduce_only, OrderStatus.PENDING, 0.0, 0.0, ts_ms, ts_ms, None, None, tag,
         )
 
     @property
@@ -282,10 +295,49 @@ class Order:
         return self.status.is_open
 
     def transition(self, status: OrderStatus, **changes) -> "Order":
-        """A copy in ``status``; raises :class:`OrderError` if the table does not allow it."""
+        """A copy in ``status``; raises :class:`OrderError` if the table does not allow it.
+
+        Changing only the fields a status change carries (:data:`_STATE_FIELDS`) copies the order
+        without validating it again: what was validated when it was made has not changed. Any
+        other change goes through ``dataclasses.replace`` and is validated."""
         if status not in ORDER_TRANSITIONS[self.status]:
             raise OrderError(f"order {self.client_id}: cannot go from {self.status.value} to {status.value}")
-        return replace(self, status=status, **changes)
+        if type(self) is not Order or not _STATE_FIELDS.issuperset(changes):
+            return replace(self, status=status, **changes)
+        get = changes.get
+        return _order(
+            self.client_id, self.symbol, self.side, self.type, self.quantity, self.price, self.post_only, self.reduce_only, status,
+            get("filled_qty", self.filled_qty), get("avg_fill_price", self.avg_fill_price), self.created_ms,
+            get("updated_ms", self.updated_ms), get("exchange_id", self.exchange_id), get("reason", self.reason), self.tag,
+        )
+
+
+#: What a status change may carry besides the status; none of them is validated by ``Order``.
+_STATE_FIELDS = frozenset({"filled_qty", "avg_fill_price", "updated_ms", "exchange_id", "reason"})
+_set = object.__setattr__  # Order is frozen: it is filled in as the dataclass's own __init__ does
+
+
+def _order(client_id, symbol, side, type, quantity, price, post_only, reduce_only, status, filled_qty, avg_fill_price, created_ms, updated_ms, exchange_id, reason, tag) -> Order:
+    """An :class:`Order` from values already validated (by ``Order.create`` or the order it copies)."""
+    order = object.__new__(Order)
+    _set(order, "client_id", client_id)
+    _set(order, "symbol", symbol)
+    _set(order, "side", side)
+    _set(order, "type", type)
+    _set(order, "quantity", quantity)
+    _set(order, "price", price)
+    _set(order, "post_only", post_only)
+    _set(order, "reduce_only", reduce_only)
+    _set(order, "status", status)
+    _set(order, "filled_qty", filled_qty)
+    _set(order, "avg_fill_price", avg_fill_price)
+    _set(order, "created_ms", created_ms)
+    _set(order, "updated_ms", updated_ms)
+    _set(order, "exchange_id", exchange_id)
+    _set(order, "reason", reason)
+    _set(order, "tag", tag)
+    return order
+
 
 
 @dataclass(frozen=True, slots=True)

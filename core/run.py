@@ -112,6 +112,15 @@ def build_engine(config: RunConfig, runtime: Runtime, *, mode: str = "backtest")
     return Engine(strategy, broker, plugins=runtime.plugins, instrument=runtime.instrument, risk_checks=checks, info=info)
 
 
+def run_engine(engine: Engine, bars: BarArrays) -> RunResult:
+    """Run a built engine's backtest over ``bars``. A strategy may offer ``compiled_backtest(engine,
+    bars)``: when it returns a result (its compiled fast path applies), that is the run; when it
+    returns None, the engine's event path runs (the reference)."""
+    compiled = getattr(engine.strategy, "compiled_backtest", None)
+    result = compiled(engine, bars) if compiled is not None else None
+    return result if result is not None else engine.run_backtest(bars)
+
+
 def backtest(
     config: RunConfig | Iterable[str] | None = None,
     *,
@@ -130,7 +139,7 @@ def backtest(
             loaded = load_bars(config, runtime)
             bars, notes = loaded.bars, loaded.notes
         engine = build_engine(config, runtime)
-        result = engine.run_backtest(bars)
+        result = run_engine(engine, bars)
     finally:
         runtime.close()
     result.notes.extend(notes)

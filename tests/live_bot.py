@@ -1,9 +1,13 @@
-"""A bot process for the live tests: ``python tests/live_bot.py FILLS_LOG key=value...``.
+"""A bot process for the live tests: ``python tests/live_bot.py --url=URL [--testnet] key=value...``.
 
-Registers ``grid_probe`` (a small test strategy: post-only limits around the price, re-centred
-every bar, a reduce-only market exit every few bars) and runs the live driver. Every fill the
-strategy receives is appended to FILLS_LOG (one JSON line), so a test can check that each fill
-reached the strategy exactly once across kills and restarts.
+Runs the live driver with the given settings (e.g. ``strategy=maker_vol broker=live ...``). Every
+fill delivered to the strategy is appended to ``$LIVE_BOT_FILLS`` (one JSON line) by a
+``quant_on_fill`` observer, which the engine calls right after the strategy's ``on_fill``: a test
+can check that each fill reached the strategy exactly once across kills and restarts, whatever
+the strategy.
+
+It also registers ``grid_probe``, a small test strategy (post-only limits around the price,
+re-centred every bar, a reduce-only market exit every few bars).
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ class GridProbe(Strategy):
 
     def __init__(self, config):
         super().__init__(config)
-        self.log = open(os.environ["LIVE_BOT_FILLS"], "a", buffering=1)
         self.bars = 0
 
     def on_bar(self, ctx, bar):
@@ -46,14 +49,22 @@ class GridProbe(Strategy):
             ctx.buy(c.qty, bar.close * (1 - k * c.step), post_only=True)
             ctx.sell(c.qty, bar.close * (1 + k * c.step), post_only=True, reduce_only=False)
 
-    def on_fill(self, ctx, fill):
-        self.log.write(json.dumps({"trade_id": fill.trade_id, "client_id": fill.client_id, "side": fill.side.value,
-                                   "qty": fill.quantity, "price": fill.price, "pid": os.getpid()}) + "\n")
-
 
 @hookimpl
 def quant_register_strategies(register):
     register("grid_probe", GridProbe)
+
+
+_FILLS = None
+
+
+@hookimpl
+def quant_on_fill(fill, run):
+    global _FILLS
+    if _FILLS is None:
+        _FILLS = open(os.environ["LIVE_BOT_FILLS"], "a", buffering=1)
+    _FILLS.write(json.dumps({"trade_id": fill.trade_id, "client_id": fill.client_id, "side": fill.side.value,
+                             "qty": fill.quantity, "price": fill.price, "fee": fill.fee, "pid": os.getpid()}) + "\n")
 
 
 def main() -> int:

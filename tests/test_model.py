@@ -96,3 +96,24 @@ def test_account_equity_equals_cash_flow_identity(trades, mark):
         qty += f.signed_qty
     equity = account.equity({"BTC/USDT:USDT": mark})
     assert equity == pytest.approx(cash + qty * mark, rel=1e-9, abs=1e-6)
+
+
+def test_order_built_without_dataclass_init_equals_the_validated_one():
+    """Order.create and transition build orders directly (validated once); the result must be the
+    order the dataclass constructor and dataclasses.replace would make, field for field."""
+    import dataclasses
+
+    from btc_quant.core import model
+
+    assert [f.name for f in dataclasses.fields(Order)] == list(model._order.__code__.co_varnames[:16])
+    inst = instrument_for("binanceusdm", "BTC/USDT:USDT")
+    made = Order.create(inst, "c-1", "buy", 0.01, 40000.0, post_only=True, ts_ms=5, tag="b1")
+    assert made == Order(client_id="c-1", symbol=inst.symbol, side=Side.BUY, type=made.type, quantity=0.01, price=40000.0, post_only=True, created_ms=5, updated_ms=5, tag="b1")
+    filled = made.transition(OrderStatus.FILLED, filled_qty=0.01, avg_fill_price=40000.0, updated_ms=9, reason="r")
+    assert filled == dataclasses.replace(made, status=OrderStatus.FILLED, filled_qty=0.01, avg_fill_price=40000.0, updated_ms=9, reason="r")
+    with pytest.raises(OrderError, match="quantity"):  # a change of a validated field is validated
+        made.transition(OrderStatus.NEW, quantity=-1.0)
+    with pytest.raises(OrderError, match="1-36"):
+        Order.create(inst, "x" * 37, "buy", 0.01, 40000.0)
+    with pytest.raises(OrderError, match="post_only"):
+        Order.create(inst, "c-2", "buy", 0.01, post_only=True)

@@ -36,7 +36,7 @@ class Scripted(Strategy):
         m = ctx.margin
         wallet = m.position_margin if m.mode == "isolated" else m.wallet_balance
         pos = ctx.position
-        Scripted.records.append((kind, price, pos.quantity, pos.entry_price, wallet, ctx.equity, ctx.wallet_balance))
+        Scripted.records.append((kind, price, pos.quantity, pos.entry_price, wallet, ctx.equity, ctx.wallet_balance, ctx.now_ms))
 
     def on_bar(self, ctx, bar):
         self.i += 1
@@ -144,7 +144,7 @@ def check_properties(bars, result):
 
     # 4. liquidation exactly when the margin ratio reaches 1: never at a close below it...
     liq_fills = iter(fills[fills.is_liquidation].itertuples())
-    for kind, price, q, entry, wallet, equity, _ in Scripted.records:
+    for kind, price, q, entry, wallet, equity, _, _ in Scripted.records:
         if kind == "close" and abs(q) > 1e-12:
             assert margin_ratio(q, entry, price, wallet, brackets) < 1 + 1e-9
     # ...and at a liquidation fill the state just before it was at ratio 1
@@ -152,7 +152,10 @@ def check_properties(bars, result):
         # the state recorded last before the liquidation fill (fills record after themselves)
         before = [r for r in Scripted.records if r[0] in ("close", "fill")]
         idx = next(k for k, r in enumerate(before) if r[0] == "fill" and r[1] == fill.price and abs(r[2]) < 1e-12)
-        _, _, q, entry, wallet, _, _ = before[idx - 1]
+        _, _, q, entry, wallet, _, _, seen_ms = before[idx - 1]
+        # funding booked at the opens since then came out of the (isolated or cross) wallet
+        seen_bar = int(np.searchsorted(bars.ts, seen_ms))
+        wallet -= funding.amount[(funding.bar > seen_bar) & (funding.bar <= fill.bar)].sum()
         low, high = bars.low[fill.bar], bars.high[fill.bar]
         if low < fill.price < high:  # not clipped by a gap
             assert margin_ratio(q, entry, fill.price, wallet, brackets) == pytest.approx(1.0, rel=1e-6)

@@ -45,6 +45,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import replace
+from functools import lru_cache
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -76,7 +77,7 @@ from btc_quant.sdk import (
     registered,
 )
 
-from .sim_path import bar_path, first_event_bar
+from .sim_path import RestingBook, bar_path, first_event_bar, next_resting_fill, resting_bounds
 
 log = logging.getLogger(__name__)
 _EPS = 1e-12
@@ -111,6 +112,11 @@ class SimBroker(SimulatedBroker):
         self._position = self._account.position(self.instrument.symbol)
         self._orders: dict[str, Order] = {}  # open orders by client id, oldest first
         self._pending: set[str] = set()  # takers waiting for the next open
+        # The open orders again, as arrays for the compiled scans, and the margin they hold:
+        # buy and sell value of limit orders, buy and sell quantity of market orders (not reduce-only).
+        # Both change only through _rest / _unrest / _refill.
+        self._book = RestingBook()
+        self._held = [0.0, 0.0, 0.0, 0.0]
         self._events: list = []
         self._fill_bars: list[int] = []
         self._cash_delta: list[tuple[int, float, float]] = []  # (bar, cash change, qty change)
@@ -135,7 +141,7 @@ class SimBroker(SimulatedBroker):
         self.insurance = 0.0
         # Set by load(); brokers fed bar by bar (paper) never call it and get no funding schedule.
         self._wake_index: np.ndarray | None = None
-        self._funding = pd.DataFrame({"ts": np.empty(0, np.int64), "bar": np.empty(0, np.int64), "rate": np.empty(0)})
+        self._funding: pd.DataFrame | None = None  # paper trading's (empty) schedule; a backtest keeps arrays
         self._fund_ts = self._fund_bar = np.empty(0, np.int64)
         self._fund_rate = np.empty(0)
         self._fk = 0
@@ -146,19 +152,19 @@ class SimBroker(SimulatedBroker):
         self._price = float(bars.open[0])
         self._now = int(bars.ts[0])
         self._wake_index: np.ndarray | None = None
-        schedule = self._funding_schedule(bars)
-        self._funding = schedule
-        self._fund_ts = schedule["ts"].to_numpy(np.int64)
-        self._fund_bar = schedule["bar"].to_numpy(np.int64)
-        self._fund_rate = schedule["rate"].to_numpy(np.float64)
+        self._fund_ts, self._fund_bar, self._fund_rate = self._funding_arrays(bars)
         self._fk = 0
 
     def _funding_schedule(self, bars: BarArrays) -> pd.DataFrame:
         """Funding times inside the run, the bar each falls on and its rate."""
-        empty = pd.DataFrame({"ts": np.empty(0, np.int64), "bar": np.empty(0, np.int64), "rate": np.empty(0)})
+        ts, bar, rate = self._funding_arrays(bars)
+        return pd.DataFrame({"ts": ts, "bar": bar, "rate": rate})
+
+    def _funding_arrays(self, bars: BarArrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_funding_schedule` as arrays (ts, bar, rate): no frame built per run."""
         cfg = self.config
         if not self.perpetual or cfg.funding == "off" or len(bars) == 0:
-            return empty
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
         start, end = int(bars.ts[0]), int(bars.ts[-1])
         history = None
         if cfg.funding == "auto" and self.runtime.config.store.name in self.runtime.registry.names("store"):
@@ -180,7 +186,7 @@ class SimBroker(SimulatedBroker):
             rates = history["rate"].to_numpy(np.float64)
         bar = np.searchsorted(bars.ts, ts, side="left")
         keep = bar < len(bars)
-        return pd.DataFrame({"ts": ts[keep], "bar": bar[keep].astype(np.int64), "rate": rates[keep]})
+        return ts[keep], bar[keep].astype(np.int64), rates[keep]
 
     # --- Broker API ------------------------------------------------------------------------
     def submit(self, order: Order) -> None:
@@ -192,13 +198,11 @@ class SimBroker(SimulatedBroker):
             self._expire_post_only(order)
             return
         accepted = order.transition(OrderStatus.NEW, updated_ms=self._now)
-        self._orders[order.client_id] = accepted
+        taker = order.type is OrderType.MARKET or self._crosses(order)
+        self._rest(accepted, waiting=taker and not self._inside)
         self._events.append(OrderEvent(accepted))
-        if order.type is OrderType.MARKET or self._crosses(order):
-            if self._inside:
-                self._fill(accepted, self._price, maker=False)
-            else:
-                self._pending.add(order.client_id)
+        if taker and self._inside:
+            self._fill(accepted, self._price, maker=False)
 
     def amend(self, client_id: str, *, price: float | None = None, quantity: float | None = None) -> None:
         """Cancel-replace: new price and/or quantity, same client id, back of the queue."""
@@ -211,22 +215,18 @@ class SimBroker(SimulatedBroker):
         if new_qty <= order.filled_qty + _EPS:
             raise OrderError(f"order {client_id}: amended quantity {new_qty} is not above the filled {order.filled_qty}")
         amended = replace(order, price=order.price if price is None else price, quantity=new_qty, updated_ms=self._now)
-        del self._orders[client_id]  # re-inserted at the end: it lost its place
-        self._pending.discard(client_id)
+        self._unrest(client_id)  # re-inserted at the end: it lost its place
         if amended.post_only and self._crosses(amended):
             self._expire_post_only(amended)
             return
-        self._orders[client_id] = amended
+        taker = self._crosses(amended)
+        self._rest(amended, waiting=taker and not self._inside)
         self._events.append(OrderEvent(amended))
-        if self._crosses(amended):
-            if self._inside:
-                self._fill(amended, self._price, maker=False)
-            else:
-                self._pending.add(client_id)
+        if taker and self._inside:
+            self._fill(amended, self._price, maker=False)
 
     def cancel(self, client_id: str) -> None:
-        order = self._orders.pop(client_id, None)
-        self._pending.discard(client_id)
+        order = self._unrest(client_id)
         if order is not None:
             self._events.append(OrderEvent(order.transition(OrderStatus.CANCELED, updated_ms=self._now)))
 
@@ -247,7 +247,9 @@ class SimBroker(SimulatedBroker):
         return self._account
 
     def equity(self) -> float:
-        return self._account.equity({self.instrument.symbol: self._price})
+        # Account.equity for the one position the sim trades (the same sum, without the dict)
+        pos = self._position
+        return self._account.wallet_balance + (0 if pos.is_flat else pos.unrealized_pnl(self._price))
 
     @property
     def now_ms(self) -> int:
@@ -336,15 +338,16 @@ class SimBroker(SimulatedBroker):
     def _orders_margin(self, exclude: str | None = None) -> float:
         """Initial margin reserved by open orders: per side, the part that would grow the position
         (orders against the position up to its size need none); the larger side counts."""
-        buys = sells = 0.0
-        for o in self._orders.values():
-            if o.client_id == exclude or o.reduce_only:
-                continue
-            value = o.remaining_qty * (o.price if o.price is not None else self._price)
-            if o.side is Side.BUY:
-                buys += value
+        limit_buys, limit_sells, market_buys, market_sells = self._held
+        buys = limit_buys + market_buys * self._price
+        sells = limit_sells + market_sells * self._price
+        left_out = self._orders.get(exclude) if exclude is not None else None
+        if left_out is not None and not left_out.reduce_only:
+            value = left_out.remaining_qty * (left_out.price if left_out.price is not None else self._price)
+            if left_out.side is Side.BUY:
+                buys -= value
             else:
-                sells += value
+                sells -= value
         pos_value = abs(self._position.quantity) * self._price
         if self._position.quantity > 0:
             sells = max(0.0, sells - pos_value)
@@ -381,6 +384,42 @@ class SimBroker(SimulatedBroker):
             return f"margin is insufficient: needs {need:,.2f}, available {free:,.2f} (Binance -2019)"
         return None
 
+    # --- open orders: the dict, the compiled book and the margin they hold change together ---------
+    def _rest(self, order: Order, waiting: bool = False) -> None:
+        """Put an open order at the back of the queue; ``waiting``: a taker waiting for the next open."""
+        self._orders[order.client_id] = order
+        self._book.add(order.client_id, order.price, order.side is Side.BUY, waiting)
+        if waiting:
+            self._pending.add(order.client_id)
+        self._hold(order, 1.0)
+
+    def _unrest(self, client_id: str) -> Order | None:
+        """Take an order off the book (filled, canceled, expired); None if it was not open."""
+        order = self._orders.pop(client_id, None)
+        if order is not None:
+            self._book.remove(client_id)
+            self._pending.discard(client_id)
+            if self._orders:
+                self._hold(order, -1.0)
+            else:  # nothing rests: start the running totals afresh (no rounding carried over)
+                self._held = [0.0, 0.0, 0.0, 0.0]
+        return order
+
+    def _refill(self, before: Order, after: Order) -> None:
+        """An order partly filled: same place in the queue, less left to hold margin for."""
+        self._orders[after.client_id] = after
+        self._hold(before, -1.0)
+        self._hold(after, 1.0)
+
+    def _hold(self, order: Order, sign: float) -> None:
+        if order.reduce_only:
+            return
+        side = 0 if order.side is Side.BUY else 1
+        if order.price is None:
+            self._held[2 + side] += sign * order.remaining_qty
+        else:
+            self._held[side] += sign * order.remaining_qty * order.price
+
     # --- simulation ----------------------------------------------------------------------------
     def _crosses(self, order: Order) -> bool:
         """Would the limit order trade at once against the current price?"""
@@ -407,8 +446,7 @@ class SimBroker(SimulatedBroker):
                 return
         if order.reduce_only:
             if pos.is_flat or (pos.quantity > 0) == (order.side is Side.BUY):
-                del self._orders[order.client_id]
-                self._pending.discard(order.client_id)
+                self._unrest(order.client_id)
                 gone = order.transition(OrderStatus.EXPIRED, reason="reduce-only: no position left to reduce", updated_ms=self._now)
                 self._events.append(OrderEvent(gone))
                 return
@@ -444,7 +482,8 @@ class SimBroker(SimulatedBroker):
                 self._iso_margin -= self._iso_margin * closing / abs(before)
             self._iso_margin += (qty - closing) * price / self.leverage
         self._account.apply(fill)
-        cash = -fill.signed_qty * price - fee
+        signed = fill.signed_qty
+        cash = -signed * price - fee
         if liquidation:
             # A loss beyond the margin (a gap past the bankruptcy price) is the insurance fund's.
             shortfall = max(-left, 0.0)
@@ -455,7 +494,7 @@ class SimBroker(SimulatedBroker):
             self._iso_margin = 0.0
         elif pos.is_flat:
             self._iso_margin = 0.0
-        self._cash_delta.append((bar, cash, fill.signed_qty))
+        self._cash_delta.append((bar, cash, signed))
         self._fill_bars.append(bar)
         self._used[order.client_id] = self._used.get(order.client_id, 0.0) + qty
         filled = order.filled_qty + qty
@@ -464,19 +503,17 @@ class SimBroker(SimulatedBroker):
         status = OrderStatus.FILLED if done else OrderStatus.PARTIALLY_FILLED
         after = order.transition(status, filled_qty=order.quantity if done else filled, avg_fill_price=avg, updated_ms=fill.ts_ms)
         if done:
-            del self._orders[order.client_id]
-            self._pending.discard(order.client_id)
+            self._unrest(order.client_id)
         else:
-            self._orders[order.client_id] = after
+            self._refill(order, after)
         self._events.append(FillEvent(fill, after))
         self._changed()
 
     def _liquidate(self, price: float) -> None:
         """Close the whole position at ``price`` (Binance cancels the symbol's open orders first)."""
         for client_id in list(self._orders):
-            order = self._orders.pop(client_id)
+            order = self._unrest(client_id)
             self._events.append(OrderEvent(order.transition(OrderStatus.CANCELED, reason="liquidation", updated_ms=self._now)))
-        self._pending.clear()
         pos = self._position
         side = Side.SELL if pos.quantity > 0 else Side.BUY
         self._trade_seq += 1
@@ -484,7 +521,7 @@ class SimBroker(SimulatedBroker):
             client_id=f"liquidation-{self._trade_seq}", symbol=self.instrument.symbol, side=side, type=OrderType.MARKET,
             quantity=abs(pos.quantity), status=OrderStatus.NEW, created_ms=self._now, updated_ms=self._now, tag="liquidation",
         )
-        self._orders[order.client_id] = order
+        self._rest(order)
         self.liquidations += 1
         self._fill(order, price, maker=False, liquidation=True)
 
@@ -512,29 +549,20 @@ class SimBroker(SimulatedBroker):
         the current price; otherwise buys trade from the highest down on a falling segment and
         sells from the lowest up on a rising one, by the fill model."""
         a, b = self._price, self._path[self._seg + 1]
-        strict = self.fill_model.strict
-        cap = self.config.max_volume_share is not None
+        book = self._book
         best: tuple[float, str, Order | None] | None = None
-        for o in self._orders.values():
-            p = o.price
-            if p is None or o.client_id in self._pending:
-                continue
-            if o.side is Side.BUY:
-                if p > a + _EPS:
-                    at = a
-                elif b < a and (b < p if strict else b <= p):
-                    at = p
-                else:
-                    continue
-            else:
-                if p < a - _EPS:
-                    at = a
-                elif b > a and (b > p if strict else b >= p):
-                    at = p
-                else:
-                    continue
-            if (best is None or abs(at - a) < abs(best[0] - a)) and not (cap and self._exhausted(o)):
-                best = (at, "fill", o)
+        if book.size:
+            strict = self.fill_model.strict
+            slot, at = next_resting_fill(book.rows, book.size, a, b, strict, _EPS)
+            if slot >= 0 and self.config.max_volume_share is not None:
+                skipped = []  # orders that used up their share of this bar's volume cannot trade
+                while slot >= 0 and self._exhausted(self._orders[book.ids[slot]]):
+                    skipped.append(slot)
+                    book.rows[slot, 2] = 3.0
+                    slot, at = next_resting_fill(book.rows, book.size, a, b, strict, _EPS)
+                book.rows[skipped, 2] = 1.0
+            if slot >= 0:
+                best = (at, "fill", self._orders[book.ids[slot]])
         liq = self.liquidation_price()
         if liq is not None:
             long = self._position.quantity > 0
@@ -553,11 +581,14 @@ class SimBroker(SimulatedBroker):
         i = self._i
         if self._fk < len(self._fund_bar):
             self._fund(i)
+        if not self._pending:
+            return
         for client_id in [c for c in self._orders if c in self._pending]:
             order = self._orders.get(client_id)
             if order is None:
                 continue
             self._pending.discard(client_id)
+            self._book.set_waiting(client_id, False)
             if order.type is OrderType.MARKET or self._crosses(order):
                 self._fill(order, self._price, maker=False)
 
@@ -568,7 +599,13 @@ class SimBroker(SimulatedBroker):
         calls (a paper broker fed bar by bar) still moves forward."""
         queued = len(self._events)
         bar_low, bar_high = float(self.bars.low[self._i]), float(self.bars.high[self._i])
+        look = self._seg >= 1  # past the open: the rest of the path lies inside the bar's range
         while self._seg < 4:
+            if look:
+                look = False
+                if self._quiet(bar_low, bar_high):
+                    self._seg = 4  # nothing can happen on the rest of this bar
+                    break
             event = self._next_event()
             if event is not None:
                 price, kind, order = event
@@ -588,14 +625,33 @@ class SimBroker(SimulatedBroker):
                 self._at_open()
                 if len(self._events) > queued:
                     return True
+                look = True
         return False
+
+    def _quiet(self, low: float, high: float) -> bool:
+        """Can nothing happen between ``low`` and ``high``? (No resting order the fill model lets
+        trade there, no liquidation price there, no taker waiting.) The bar-level test of
+        :func:`.sim_path.first_event_bar`, used to finish a bar without walking its segments."""
+        if self._pending:
+            return False
+        liq = self.liquidation_price()
+        if liq is not None and (liq >= low if self._position.quantity > 0 else liq <= high):
+            return False
+        if not self._orders:
+            return True
+        buy_max, sell_min, market = resting_bounds(self._book.rows, self._book.size)
+        if market:
+            return False
+        if self.fill_model.strict:
+            return not (low < buy_max or high > sell_min)
+        return not (low <= buy_max or high >= sell_min)
 
     def _next_wake(self, start: int, wake: np.ndarray | None) -> int:
         if wake is None:
             return start
         if self._wake_index is None:
             self._wake_index = np.flatnonzero(wake)
-        k = int(np.searchsorted(self._wake_index, start))
+        k = int(self._wake_index.searchsorted(start))
         return int(self._wake_index[k]) if k < len(self._wake_index) else len(self.bars)
 
     def _skip(self, start: int, wake: np.ndarray | None) -> int:
@@ -607,14 +663,9 @@ class SimBroker(SimulatedBroker):
             stop = min(stop, int(self._fund_bar[self._fk]))
         if stop <= start:
             return start
-        buy_max, sell_min = -np.inf, np.inf
-        for o in self._orders.values():
-            if o.price is None:
-                return start
-            if o.side is Side.BUY:
-                buy_max = max(buy_max, o.price)
-            else:
-                sell_min = min(sell_min, o.price)
+        buy_max, sell_min, market = resting_bounds(self._book.rows, self._book.size) if self._orders else (-np.inf, np.inf, False)
+        if market:
+            return start
         liq = self.liquidation_price()
         qty = self._position.quantity
         liq_long = liq if liq is not None and qty > 0 else -np.inf
@@ -684,9 +735,18 @@ class SimBroker(SimulatedBroker):
 
     def funding_payments(self) -> pd.DataFrame:
         """One row per funding payment: ts, bar, rate, mark, position, amount (> 0 = paid)."""
+        if not self._funding_rows:  # most runs: a copy of the one empty frame built per process
+            return _no_funding().copy()
         frame = pd.DataFrame(self._funding_rows, columns=["ts", "bar", "rate", "mark", "position", "amount"])
         frame["ts"] = pd.to_datetime(frame["ts"].astype("int64"), unit="ms", utc=True)
         return frame
+
+
+@lru_cache(maxsize=1)
+def _no_funding() -> pd.DataFrame:
+    frame = pd.DataFrame([], columns=["ts", "bar", "rate", "mark", "position", "amount"])
+    frame["ts"] = pd.to_datetime(frame["ts"].astype("int64"), unit="ms", utc=True)
+    return frame
 
 
 @hookimpl

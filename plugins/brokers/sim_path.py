@@ -56,6 +56,133 @@ def first_event_bar(low, high, start, stop, buy_max, sell_min, strict, liq_long,
 
 
 def warm_up() -> None:
-    """Compile :func:`first_event_bar` (cached on disk after the first process)."""
+    """Compile the scans (cached on disk after the first process)."""
     a = np.ones(2)
     first_event_bar(a, a, 0, 2, -np.inf, np.inf, True, -np.inf, np.inf, -np.inf, np.inf)
+    rows = np.zeros((2, 4))
+    next_resting_fill(rows, 2, 1.0, 0.5, True, 1e-12)
+    resting_bounds(rows, 2)
+
+
+# --- resting orders as arrays ------------------------------------------------------------------
+# Row layout of RestingBook.rows: price (NaN for a market order), side (+1 buy, -1 sell),
+# state (0 free slot, 1 resting, 2 waiting for the next open: not matched on the path), and
+# the order's place in the queue (a sequence number: lower = older).
+_PRICE, _SIDE, _STATE, _SEQ = 0, 1, 2, 3
+
+
+class RestingBook:
+    """The sim's open orders as a numpy table, kept in step with its ``client_id -> Order`` dict,
+    so that compiled code can find the next fill on a path segment and the best resting prices.
+
+    Slots are reused; the queue order (oldest first, as the dict keeps it) is the ``seq`` column.
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.rows = np.zeros((capacity, 4))
+        self.ids: list[str | None] = [None] * capacity  # client id in each slot
+        self._slot: dict[str, int] = {}
+        self._free = list(range(capacity - 1, -1, -1))
+        self._seq = 0.0
+        self.size = 0  # rows[:size] holds every used slot
+
+    def add(self, client_id: str, price: float | None, buy: bool, waiting: bool) -> None:
+        """A new order at the back of the queue (an amended one is removed and added again)."""
+        if not self._free:
+            grown = np.zeros((2 * len(self.rows), 4))
+            grown[: len(self.rows)] = self.rows
+            self._free = list(range(len(grown) - 1, len(self.rows) - 1, -1))
+            self.ids.extend([None] * (len(grown) - len(self.rows)))
+            self.rows = grown
+        slot = self._free.pop()
+        self._slot[client_id] = slot
+        self.ids[slot] = client_id
+        self._seq += 1.0
+        row = self.rows[slot]
+        row[_PRICE] = np.nan if price is None else price
+        row[_SIDE] = 1.0 if buy else -1.0
+        row[_STATE] = 2.0 if waiting else 1.0
+        row[_SEQ] = self._seq
+        if slot >= self.size:
+            self.size = slot + 1
+
+    def remove(self, client_id: str) -> None:
+        slot = self._slot.pop(client_id, None)
+        if slot is not None:
+            self.rows[slot, _STATE] = 0.0
+            self.ids[slot] = None
+            self._free.append(slot)
+
+    def set_waiting(self, client_id: str, waiting: bool) -> None:
+        slot = self._slot.get(client_id)
+        if slot is not None:
+            self.rows[slot, _STATE] = 2.0 if waiting else 1.0
+
+    def clear(self) -> None:
+        self.rows[:, _STATE] = 0.0
+        self.ids = [None] * len(self.rows)
+        self._slot.clear()
+        self._free = list(range(len(self.rows) - 1, -1, -1))
+        self.size = 0
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+
+@njit(cache=True, nogil=True)
+def next_resting_fill(rows, size, a, b, strict, eps):  # pragma: no cover - compiled
+    """The resting order that trades first on the path segment ``a -> b``: (slot, price) or (-1, 0).
+
+    A resting order the price is already beyond (the rest of a volume-capped order) trades at
+    ``a``; otherwise buys trade at their price on a falling segment that reaches them by the fill
+    model (``b < price`` strict, ``b <= price`` touch) and sells on a rising one. The nearest
+    price to ``a`` wins; between equally near orders, the oldest.
+    """
+    best = -1
+    best_at = 0.0
+    best_d = np.inf
+    best_seq = np.inf
+    for k in range(size):
+        if rows[k, 2] != 1.0:
+            continue
+        p = rows[k, 0]
+        if p != p:  # market order
+            continue
+        if rows[k, 1] > 0:
+            if p > a + eps:
+                at = a
+            elif b < a and ((b < p) if strict else (b <= p)):
+                at = p
+            else:
+                continue
+        else:
+            if p < a - eps:
+                at = a
+            elif b > a and ((b > p) if strict else (b >= p)):
+                at = p
+            else:
+                continue
+        d = abs(at - a)
+        if d < best_d or (d == best_d and rows[k, 3] < best_seq):
+            best, best_at, best_d, best_seq = k, at, d, rows[k, 3]
+    return best, best_at
+
+
+@njit(cache=True, nogil=True)
+def resting_bounds(rows, size):  # pragma: no cover - compiled
+    """(highest buy price, lowest sell price, any market order) over every open order."""
+    buy_max = -np.inf
+    sell_min = np.inf
+    market = False
+    for k in range(size):
+        if rows[k, 2] == 0.0:
+            continue
+        p = rows[k, 0]
+        if p != p:
+            market = True
+        elif rows[k, 1] > 0:
+            if p > buy_max:
+                buy_max = p
+        elif p < sell_min:
+            sell_min = p
+    return buy_max, sell_min, market

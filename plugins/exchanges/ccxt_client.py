@@ -101,8 +101,11 @@ def point_at(exchange: Any, origin: str) -> Any:
 
 
 def make_exchange(exchange_id: str, *, url: str | None = None, timeout_ms: int = 10_000, pro: bool = False,
-                  options: dict[str, Any] | None = None, credentials: dict[str, str] | None = None) -> Any:
-    """A ccxt (or ccxt.pro) client for ``exchange_id`` with the rate limiter on."""
+                  options: dict[str, Any] | None = None, credentials: dict[str, str] | None = None,
+                  rate_limit_ms: int | None = None) -> Any:
+    """A ccxt (or ccxt.pro) client for ``exchange_id`` with the rate limiter on (``rate_limit_ms``:
+    ccxt ``rateLimit``, default the exchange's; ccxt builds its throttle from it in the
+    constructor, so it cannot be changed afterwards)."""
     module = ccxt
     if pro:
         import ccxt.pro as module  # noqa: F811 - the websocket flavour of the same classes
@@ -117,6 +120,8 @@ def make_exchange(exchange_id: str, *, url: str | None = None, timeout_ms: int =
         "timeout": int(timeout_ms),
         "options": {**market_options(exchange_id), **(options or {})},
     }
+    if rate_limit_ms:
+        params["rateLimit"] = int(rate_limit_ms)
     params.update(credentials or {})
     exchange = cls(params)
     if url:

@@ -140,7 +140,11 @@ class LiveRun:
                     secrets.register(value)
                     credentials[ccxt_key] = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
         timeout_ms = getattr(cfg.broker.config, "timeout_ms", 10_000)
-        exchange = make_exchange(cfg.exchange.name, pro=True, credentials=credentials, timeout_ms=timeout_ms, options={"warnOnFetchOpenOrdersWithoutSymbol": False})
+        # positions come from watch_positions' pushes and the broker's own REST reconciliation:
+        # ccxt.pro's background snapshot request would only add an unbounded, unretried request
+        options = {"warnOnFetchOpenOrdersWithoutSymbol": False, "watchPositions": {"fetchPositionsSnapshot": False, "awaitPositionsSnapshot": False}}
+        exchange = make_exchange(cfg.exchange.name, pro=True, credentials=credentials, timeout_ms=timeout_ms, options=options,
+                                 rate_limit_ms=getattr(cfg.broker.config, "rate_limit_ms", None))
         try:
             check_capabilities(exchange, cfg.exchange.name, required_capabilities(self.broker, self.runtime.instrument, self.testnet))
             if self.testnet:
@@ -148,8 +152,6 @@ class LiveRun:
             if self.url:
                 point_at(exchange, self.url)
             install_gate(exchange)
-            if getattr(cfg.broker.config, "rate_limit_ms", None):
-                exchange.rateLimit = cfg.broker.config.rate_limit_ms
             await retrying(exchange.load_markets, attempts=20)
             if self.runtime.instrument.symbol not in exchange.markets:
                 raise ConfigError(f"symbol: {cfg.exchange.name} lists no market {self.runtime.instrument.symbol}")
@@ -223,8 +225,11 @@ class LiveRun:
                 await asyncio.sleep(min(5.0, self.tf_ms / 4000))
 
     async def _closed_bars_rest(self, exchange) -> None:
+        timeout_s = 2 * exchange.timeout / 1000 + 2.0  # ccxt's timeout + its throttle queue and 429 back-off
         try:
-            rows = await exchange.fetch_ohlcv(self.config.symbol, self.config.timeframe, since=self.last_bar_ts + self.tf_ms, limit=1000)
+            rows = await asyncio.wait_for(
+                exchange.fetch_ohlcv(self.config.symbol, self.config.timeframe, since=self.last_bar_ts + self.tf_ms, limit=1000), timeout_s
+            )
         except Exception as exc:  # noqa: BLE001 - the next turn tries again
             log.info("fetch_ohlcv: %s", type(exc).__name__)
             return
@@ -273,14 +278,20 @@ class LiveRun:
         self.stopping.set()
 
     async def _reconcile_loop(self) -> None:
+        """Reconcile every ``broker.reconcile_s`` seconds, sooner when a websocket failed."""
+        broker = self.broker
         while True:
-            await asyncio.sleep(self.broker.config.reconcile_s)
+            try:
+                await asyncio.wait_for(broker.reconcile_wanted.wait(), broker.config.reconcile_s)
+            except TimeoutError:
+                pass
+            broker.reconcile_wanted.clear()
             # bounded: a request that never answers must not stall reconciliation for good
             try:
-                await asyncio.wait_for(self.broker.reconcile(), self.broker.config.reconcile_timeout_s)
+                await asyncio.wait_for(broker.reconcile(), broker.config.reconcile_timeout_s)
             except Exception as exc:  # noqa: BLE001 - exchange trouble: the next turn tries again
-                self.broker.stats["reconcile_failures"] = self.broker.stats.get("reconcile_failures", 0) + 1
-                log.warning("reconcile failed (%s: %s); retrying in %g s", type(exc).__name__, exc, self.broker.config.reconcile_s)
+                broker.stats["reconcile_failures"] += 1
+                log.warning("reconcile failed (%s: %s); retrying in %g s", type(exc).__name__, exc, broker.config.reconcile_s)
             self.engine.pump()
 
     # --- reporting ------------------------------------------------------------------------

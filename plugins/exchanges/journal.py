@@ -97,6 +97,15 @@ class Journal:
             raise
         return bool(cur.rowcount)
 
+    def fees_booked(self, client_id: str) -> float:
+        """The fees of the fills of one order delivered so far."""
+        return float(self.db.execute("select coalesce(sum(fee), 0) from fills where client_id = ?", (client_id,)).fetchone()[0])
+
+    def position_sum(self) -> float:
+        """The signed sum of every fill delivered (the position the bot's own orders built)."""
+        row = self.db.execute("select coalesce(sum(case when side = 'buy' then quantity else -quantity end), 0) from fills").fetchone()
+        return float(row[0])
+
     def fills(self) -> list[dict[str, Any]]:
         cols = ("trade_id", "client_id", "side", "price", "quantity", "fee", "ts_ms", "is_maker")
         return [dict(zip(cols, r)) for r in self.db.execute("select * from fills order by rowid")]

@@ -15,9 +15,19 @@ broker events; the engine and the strategy stay synchronous and run on the drive
 * a request that fails with a network error or timeout is *not* assumed failed: the order is
   looked up by client id (``fetch_order`` with ``clientOrderId``) before any retry, and a retry
   reuses the same client id, so it can never create a second order;
+* every request is bounded (:meth:`LiveBroker._call`: ccxt's timeout covers the HTTP exchange, the
+  bound also covers ccxt's throttle queue and the 429 back-off), and so is every retry loop
+  (``max_attempts``): no task of the broker can hang, a request that keeps failing is left to
+  the next reconciliation;
+* at most one cancel request per order is under way: asking again while one runs does nothing,
+  and a cancel asked while the order's placement is still under way waits for it. An order the
+  strategy asked to cancel stays *wanted canceled* until the exchange says it is final, so a
+  cancel that gave up is sent again by the next reconciliation (never forgotten, never doubled);
 * order, balance and position updates come from ``watch_orders`` / ``watch_balance`` /
-  ``watch_positions``; after a websocket error, and every ``reconcile_s`` seconds, a REST
-  reconciliation (:meth:`LiveBroker.reconcile`) makes the mirror equal to the exchange;
+  ``watch_positions``; every ``reconcile_s`` seconds, and soon after a websocket error, a REST
+  reconciliation (:meth:`LiveBroker.reconcile`) makes the mirror equal to the exchange. One
+  reconciliation runs at a time, its order look-ups run side by side, and the driver abandons
+  one that takes longer than ``reconcile_timeout_s``;
 * fills are derived from each order's cumulative filled quantity (``trade_id`` =
   ``<client id>@<cumulative qty>``) and recorded in the journal in the same transaction that
   delivers them, so a fill seen again (a websocket replay, a REST poll, a restart) reaches the
@@ -188,7 +198,9 @@ class LiveBroker(Broker):
         self.symbol = self.instrument.symbol
         self.prefixes: tuple[str, ...] = (f"{config.bot}-", *config.own_prefixes)
         self._orders: dict[str, Order] = {}  # every order of this bot not known to be final
-        self._inflight: set[str] = set()  # client ids with a place request under way
+        self._placing: dict[str, asyncio.Task] = {}  # client id -> its place request under way
+        self._canceling: dict[str, asyncio.Task] = {}  # client id -> its one cancel request under way
+        self._cancel_wanted: set[str] = set()  # asked to cancel, not yet final on the exchange
         self._known: set[str] = set()  # every client id the journal has (this run and earlier ones)
         self._events: list = []
         self._account = Account(0.0)
@@ -196,18 +208,42 @@ class LiveBroker(Broker):
         self._now = 0
         self._tasks: set[asyncio.Task] = set()
         self._margin: dict[str, Any] = {}
-        self.stats = {"retries": 0, "lookups": 0, "orphans_canceled": 0, "ws_errors": 0, "reconciles": 0, "disagreements": 0, "reconcile_failures": 0}
+        self._settings: dict[str, Any] = {}  # margin call kind -> latest wanted value, while its task runs
+        self._margin_pending = 0.0  # isolated margin added/removed by requests under way
+        self._balance_ms = 0  # exchange time of the last balance change applied
+        self._commission_lookups: dict[str, asyncio.Task] = {}  # client id -> reading its trades for a fill's fee
+        self._held: dict[str, dict] = {}  # client id -> newest news of it, waiting for that fill
+        self._inferred: dict[str, Order] = {}  # orders ended because a look-up did not find them
+        self._reconcile_lock: asyncio.Lock | None = None
+        self.reconcile_wanted: asyncio.Event | None = None  # set by a websocket error: reconcile soon
+        self.stats = {"retries": 0, "lookups": 0, "orphans_canceled": 0, "ws_errors": 0, "reconciles": 0, "disagreements": 0,
+                      "reconcile_failures": 0, "cancels_coalesced": 0, "requests_timed_out": 0, "gave_up": 0, "stale_updates": 0, "fees_estimated": 0, "revived": 0}
         self.last_reconcile_ms: int | None = None
+
+    @property
+    def request_bound_s(self) -> float:
+        """Longest wait for one request: ccxt's timeout plus time in its throttle queue and the
+        429 back-off (:func:`install_gate`)."""
+        return 2 * self.config.timeout_ms / 1000 + 2.0
 
     # --- set-up ---------------------------------------------------------------------------
     async def connect(self, exchange: Any, journal: Journal) -> None:
         """Load journal state, set leverage and margin mode, and reconcile with the exchange."""
         self.exchange, self.journal = exchange, journal
+        self._reconcile_lock = asyncio.Lock()
+        self.reconcile_wanted = asyncio.Event()
         self.market = exchange.market(self.symbol)
+        self._settle_id = self.market.get("settleId") or self.market.get("quoteId")
         for order in journal.orders():
             self._known.add(order.client_id)
             if order.is_open:
                 self._orders[order.client_id] = order
+        # The position the mirror starts from: what the bot's own fills built (each is journalled
+        # exactly once) plus what a reconciliation last found beyond them (manual trades,
+        # liquidations). Fills found on the exchange from now on move it; the entry price comes
+        # with the first position read.
+        self._account.position(self.symbol).quantity = self._journal_position()
+        self._entry_known = False
         for what, fn, arg in (("margin mode", exchange.set_margin_mode, self.config.margin_mode),
                               ("leverage", exchange.set_leverage, self.config.leverage and _whole(self.config.leverage))):
             if not arg:
@@ -217,32 +253,51 @@ class LiveBroker(Broker):
             except ccxt.ExchangeError as exc:  # e.g. Binance -4046 (already set) or -4047 (open orders)
                 log.warning("could not set %s %s: %s; the exchange keeps its setting", what, arg, exc)
                 self.journal.note("setup", f"could not set {what} {arg}: {exc}")
-        await self.reconcile()
+        # the first reconciliation must succeed before the strategy starts; each try is bounded
+        for attempt in range(self.config.max_attempts):
+            try:
+                await asyncio.wait_for(self.reconcile(), self.config.reconcile_timeout_s)
+                return
+            except (TimeoutError, *RETRYABLE) as exc:
+                self.stats["reconcile_failures"] += 1
+                if attempt == self.config.max_attempts - 1:
+                    raise ExchangeError(f"could not reconcile with {exchange.id} on start: {type(exc).__name__} {exc}") from exc
+                log.warning("first reconcile failed (%s); trying again", type(exc).__name__)
 
     def owns(self, client_id: str | None) -> bool:
         return bool(client_id) and client_id.startswith(self.prefixes)
 
-    def _spawn(self, coro, name: str | None = None) -> None:
+    def _spawn(self, coro, name: str | None = None) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro, name=name or coro.__qualname__)
         self._tasks.add(task)
         task.add_done_callback(self._done)
+        return task
 
     def _done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("live broker task failed: %s", task.exception())
+            log.error("live broker task %s failed: %s: %s", task.get_name(), type(task.exception()).__name__, task.exception())
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def _call(self, fn, *args, **kwargs):
+        """One request, bounded by :attr:`request_bound_s`; running over it is a ccxt
+        ``RequestTimeout`` (retryable: the caller looks an order up before sending it again)."""
+        try:
+            return await asyncio.wait_for(fn(*args, **kwargs), self.request_bound_s)
+        except TimeoutError:
+            self.stats["requests_timed_out"] += 1
+            raise ccxt.RequestTimeout(f"{getattr(fn, '__name__', fn)}: no answer within {self.request_bound_s:g} s") from None
+
     async def _retry(self, fn, *args, **kwargs):
         """Call an idempotent request (reads, leverage) with backoff on network errors."""
         delay = self.config.backoff_s
         for attempt in range(self.config.max_attempts):
             try:
-                return await fn(*args, **kwargs)
+                return await self._call(fn, *args, **kwargs)
             except RETRYABLE as exc:
                 if attempt == self.config.max_attempts - 1:
                     raise
@@ -264,8 +319,7 @@ class LiveBroker(Broker):
         self._orders[order.client_id] = order
         self.journal.save_order(order)  # before sending: a crash after this can always find it
         self._known.add(order.client_id)
-        self._inflight.add(order.client_id)
-        self._spawn(self._place(order), f"place {order.client_id}")
+        self._placing[order.client_id] = self._spawn(self._place(order), f"place {order.client_id}")
 
     def _apply_filters(self, order: Order) -> Order:
         """Round to the exchange's tick and lot and check its minimum notional (Binance filters)."""
@@ -291,8 +345,14 @@ class LiveBroker(Broker):
         delay = self.config.backoff_s
         try:
             for attempt in range(self.config.max_attempts):
+                if attempt:
+                    # the last request may have reached the exchange: never send again before looking
+                    found = await self._lookup(cid)
+                    if found is not None:
+                        self.on_exchange_order(found)
+                        return
                 try:
-                    answer = await ex.create_order(self.symbol, kind, order.side.value, order.quantity, order.price, params)
+                    answer = await self._call(ex.create_order, self.symbol, kind, order.side.value, order.quantity, order.price, params)
                     self.on_exchange_order(answer)
                     return
                 except ccxt.InsufficientFunds as exc:
@@ -311,74 +371,106 @@ class LiveBroker(Broker):
                     else:
                         self._final(cid, OrderStatus.REJECTED, f"exchange: {exc}")
                     return
-                # the request may have reached the exchange: never send again before looking
-                found = await self._lookup(cid)
-                if found is not None:
-                    self.on_exchange_order(found)
-                    return
-            log.warning("order %s: unresolved after %d attempts; reconciliation will settle it", cid, self.config.max_attempts)
+            self._give_up(f"order {cid}", self.config.max_attempts)
+        except RETRYABLE as exc:  # the look-up itself kept failing
+            self._give_up(f"order {cid} (look-up: {type(exc).__name__})", self.config.max_attempts)
         finally:
-            self._inflight.discard(cid)
+            self._placing.pop(cid, None)
+
+    def _give_up(self, what: str, attempts: int) -> None:
+        self.stats["gave_up"] += 1
+        log.warning("%s: unresolved after %d attempts; reconciliation will settle it", what, attempts)
 
     async def _lookup(self, cid: str) -> dict | None:
         """The exchange's order with client id ``cid``, None if it has none; network errors are
-        retried, and after 3 x ``max_attempts`` failures it raises (the caller leaves the order to
+        retried up to ``max_attempts`` times, then raised (the caller leaves the order to
         reconciliation, which looks again)."""
         self.stats["lookups"] += 1
-        delay = self.config.backoff_s
-        for attempt in range(3 * self.config.max_attempts):
-            try:
-                return await self.exchange.fetch_order(None, self.symbol, {"clientOrderId": cid})
-            except ccxt.OrderNotFound:
-                return None
-            except RETRYABLE as exc:
-                if attempt == 3 * self.config.max_attempts - 1:
-                    raise
-                delay = await self._backoff(exc, delay)
+        try:
+            return await self._retry(self.exchange.fetch_order, None, self.symbol, {"clientOrderId": cid})
+        except ccxt.OrderNotFound:
+            return None
 
     def cancel(self, client_id: str) -> None:
-        if client_id in self._orders:
-            self._spawn(self._cancel(client_id), f"cancel {client_id}")
+        """Ask to cancel; at most one cancel request per order is under way (see module doc)."""
+        if client_id not in self._orders:
+            return
+        self._cancel_wanted.add(client_id)
+        if client_id in self._canceling:
+            self.stats["cancels_coalesced"] += 1
+            return
+        self._canceling[client_id] = self._spawn(self._cancel(client_id), f"cancel {client_id}")
 
     async def _cancel(self, cid: str) -> None:
-        delay = self.config.backoff_s
-        for _ in range(self.config.max_attempts):
-            try:
-                answer = await self.exchange.cancel_order(None, self.symbol, {"clientOrderId": cid})
-                self.on_exchange_order(answer)
-                return
-            except RETRYABLE as exc:
-                delay = await self._backoff(exc, delay)
-            except ccxt.ExchangeError:
-                break  # already final (or never arrived): the lookup says which
-        found = await self._lookup(cid)
-        if found is not None:
-            self.on_exchange_order(found)
-        elif cid not in self._inflight:
-            self._final(cid, OrderStatus.CANCELED, "not on the exchange")
+        try:
+            placing = self._placing.get(cid)
+            if placing is not None:  # the exchange must know the order before it can cancel it
+                await asyncio.wait({placing})
+            if cid not in self._orders:
+                return  # final meanwhile (rejected, filled, canceled)
+            delay = self.config.backoff_s
+            for _ in range(self.config.max_attempts):
+                try:
+                    answer = await self._call(self.exchange.cancel_order, None, self.symbol, {"clientOrderId": cid})
+                    self.on_exchange_order(answer)
+                    return
+                except RETRYABLE as exc:  # a repeated cancel is harmless: Binance answers -2011 if it is gone
+                    delay = await self._backoff(exc, delay)
+                except ccxt.ExchangeError:
+                    break  # already final (or never arrived): the lookup says which
+            found = await self._lookup(cid)
+            if found is not None:
+                self.on_exchange_order(found)
+            elif cid not in self._placing:
+                self._final(cid, OrderStatus.CANCELED, "not on the exchange", inferred=True)
+        except RETRYABLE as exc:
+            self._give_up(f"cancel {cid} (look-up: {type(exc).__name__})", self.config.max_attempts)
+        finally:
+            self._canceling.pop(cid, None)
 
-    def _final(self, cid: str, status: OrderStatus, reason: str) -> None:
+    def _final(self, cid: str, status: OrderStatus, reason: str, inferred: bool = False) -> None:
+        """End an order in the mirror. ``inferred``: the exchange did not say so, a look-up found
+        no such order; should the exchange show it later after all, it is taken back."""
         order = self._orders.pop(cid, None)
+        self._cancel_wanted.discard(cid)
         if order is None or not order.is_open:
             return
+        if inferred:
+            self._inferred[cid] = order
         done = order.transition(status, reason=reason, updated_ms=self._now)
         self.journal.save_order(done)
         self._events.append(OrderEvent(done))
 
     # --- exchange -> mirror ---------------------------------------------------------------
-    def on_exchange_order(self, data: dict) -> None:
-        """Apply one ccxt order (REST answer or websocket update): fills first, then status."""
+    def on_exchange_order(self, data: dict, trades: list[dict] | None = None) -> None:
+        """Apply one ccxt order (REST answer or websocket update): fills first, then status.
+
+        A new fill's fee is the exchange's commission: from the push itself when it carries this
+        very trade (``ORDER_TRADE_UPDATE`` ``n``/``N`` with ``l`` equal to the new quantity), else
+        from the order's trades (``GET /fapi/v1/userTrades``, ``trades``): the order's commission
+        up to the new cumulative quantity minus what earlier fills of it already booked. While
+        those trades are being fetched, later news of the order waits behind the fill."""
         cid = data.get("clientOrderId")
         if cid not in self._known and not self.owns(cid):
             return  # not this bot's order (a user's manual order, another bot's): never touched
+        if cid in self._commission_lookups and trades is None:
+            self._hold(cid, data)
+            return
         known = self._orders.get(cid)
+        if known is None and cid in self._inferred:
+            # ended because a look-up did not find it, and now the exchange shows it: it wins
+            known = self._inferred.pop(cid)
+            self.stats["revived"] += 1
+            self.journal.note("revived", f"order {cid} was taken as ended (not found), the exchange has it {data.get('status')}: exchange wins")
+            log.warning("order %s reappeared on the exchange (%s); taking it back", cid, data.get("status"))
         if known is None:
             if data.get("status") == "open" and cid not in self._known:
                 self.stats["orphans_canceled"] += 1
                 self.journal.note("orphan", f"open order {cid} is ours but unknown to the journal: canceled")
                 log.warning("orphan order %s (own prefix, not in the journal): canceling", cid)
                 self._orders[cid] = self._order_from(data)
-                self._spawn(self._cancel(cid), f"cancel orphan {cid}")
+                self._known.add(cid)
+                self.cancel(cid)
             return
         filled = float(data.get("filled") or 0.0)
         avg = float(data.get("average") or data.get("price") or 0.0)
@@ -391,16 +483,28 @@ class LiveBroker(Broker):
             qty = filled - known.filled_qty
             price = (avg * filled - known.avg_fill_price * known.filled_qty) / qty if known.filled_qty else avg
             maker = known.post_only or (known.type is OrderType.LIMIT and data.get("postOnly"))
-            fee_rate = self.instrument.maker_fee if maker else self.instrument.taker_fee
+            fee = self._pushed_commission(data, known.filled_qty, filled)
+            if fee is None and trades is None:
+                self._hold(cid, data)
+                exchange_id = data.get("id") or known.exchange_id
+                self._commission_lookups[cid] = self._spawn(self._commission_of(cid, exchange_id), f"commission {cid}")
+                return
+            if fee is None:
+                fee = self._traded_commission(cid, trades, filled)
+            if fee is None:  # the trades could not be read: Binance's fee schedule instead
+                self.stats["fees_estimated"] += 1
+                fee = qty * price * (self.instrument.maker_fee if maker else self.instrument.taker_fee)
             status = OrderStatus.FILLED if filled >= known.quantity - eps else OrderStatus.PARTIALLY_FILLED
             after = known.transition(status, filled_qty=filled, avg_fill_price=avg, updated_ms=ts)
             fill = Fill(
                 trade_id=f"{cid}@{self.instrument.round_qty(filled):.{self.instrument.qty_decimals}f}",
                 client_id=cid, symbol=known.symbol, side=known.side, price=round(price, 10), quantity=self.instrument.round_qty(qty) or qty,
-                fee=qty * price * fee_rate, ts_ms=ts, is_maker=bool(maker), tag=known.tag,
+                fee=fee, ts_ms=ts, is_maker=bool(maker), tag=known.tag,
             )
             if self.journal.record_fill(fill, after):
-                self._account.apply(fill)
+                # the position moves with the fill; the wallet is the exchange's (the balance push
+                # that follows the fill, or REST), never an estimate added on top of it
+                self._account.position(self.symbol).apply(fill)
                 self._events.append(FillEvent(fill, after))
                 fill_status = after.status
             known = after
@@ -420,6 +524,63 @@ class LiveBroker(Broker):
             self._orders[cid] = known
         else:
             self._orders.pop(cid, None)
+            self._cancel_wanted.discard(cid)
+
+    def _fills_in_flight(self) -> bool:
+        return bool(self._placing or self._canceling or self._commission_lookups)
+
+    def _journal_position(self) -> float:
+        return round(self.journal.position_sum() + float(self.journal.get("position_offset", 0.0) or 0.0), self.instrument.qty_decimals)
+
+    def _hold(self, cid: str, data: dict) -> None:
+        """Keep the newest news of an order whose fill waits for its commission (the largest
+        cumulative quantity; at equal quantity a final status over an open one)."""
+        def rank(d: dict) -> tuple[float, bool]:
+            return float(d.get("filled") or 0.0), d.get("status") in STATUS
+        held = self._held.get(cid)
+        if held is None or rank(data) >= rank(held):
+            self._held[cid] = data
+
+    def _pushed_commission(self, data: dict, before: float, filled: float) -> float | None:
+        """The commission a Binance ``ORDER_TRADE_UPDATE`` push reports (``n``, in asset ``N``)
+        when that trade (``l``) is exactly the quantity between ``before`` and ``filled``."""
+        info = data.get("info") or {}
+        if not isinstance(info, dict) or info.get("x") != "TRADE" or info.get("n") is None or info.get("l") is None:
+            return None
+        eps = self.instrument.lot_size / 2
+        if info.get("N") != self._settle_id or abs(float(info.get("z", -1)) - filled) > eps or abs(filled - float(info["l"]) - before) > eps:
+            return None
+        return float(info["n"])
+
+    def _traded_commission(self, cid: str, trades: list[dict], filled: float) -> float | None:
+        """The order's commission over its trades up to cumulative ``filled``, minus what its
+        earlier fills booked; None when the trades do not cover ``filled`` or are not in the
+        settle asset."""
+        eps = self.instrument.lot_size / 2
+        total = qty = 0.0
+        for trade in sorted(trades, key=lambda t: int(t.get("id") or 0)):
+            if qty >= filled - eps:
+                break
+            fee = trade.get("fee") or {}
+            if fee.get("cost") is None or fee.get("currency") not in (self._settle_id, self.market.get("settle")):
+                return None
+            total += float(fee["cost"])
+            qty += float(trade.get("amount") or 0.0)
+        if abs(qty - filled) > eps:
+            return None
+        return total - self.journal.fees_booked(cid)
+
+    async def _commission_of(self, cid: str, exchange_id: str | None) -> None:
+        """Read the order's trades, then apply the held news with them (bounded: on failure the
+        fee falls back to the fee schedule, counted in ``fees_estimated``)."""
+        trades: list[dict] = []
+        try:
+            if exchange_id:
+                trades = await self._retry(self.exchange.fetch_my_trades, self.symbol, None, None, {"orderId": exchange_id})
+        except (ccxt.ExchangeError, *RETRYABLE) as exc:
+            log.info("trades of %s: %s; fee from the fee schedule", cid, type(exc).__name__)
+        del self._commission_lookups[cid]
+        self.on_exchange_order(self._held.pop(cid), trades=trades)
 
     def _order_from(self, data: dict) -> Order:
         return Order(
@@ -441,10 +602,21 @@ class LiveBroker(Broker):
             return float(p.get("contracts") or 0.0) * (1 if p.get("side") != "short" else -1), float(p.get("entryPrice") or 0.0)
         return 0.0, 0.0
 
-    def on_exchange_balance(self, balance: dict) -> None:
+    def on_exchange_balance(self, balance: dict, pushed: bool = True) -> None:
+        """Wallet balance from an ``ACCOUNT_UPDATE`` push or a REST read (``pushed=False``). A push
+        can arrive late, after a newer one or a newer REST read: a pushed balance whose change
+        time (``T``) is older than the last change applied is stale and ignored. A REST read is
+        the exchange's state when it was read and always applies (its asset ``updateTime`` moves
+        the change time forward)."""
         quote = self.market["settle"] or self.market["quote"]
         total = (balance.get(quote) or {}).get("total")
         info = balance.get("info") or {}
+        changed = _balance_time(info, self.market.get("settleId") or quote)
+        if changed is not None:
+            if pushed and changed < self._balance_ms:
+                self.stats["stale_updates"] += 1
+                return
+            self._balance_ms = max(self._balance_ms, changed)
         wallet = info.get("totalWalletBalance") if isinstance(info, dict) else None
         value = wallet if wallet is not None else total
         if value is not None:
@@ -453,45 +625,72 @@ class LiveBroker(Broker):
 
     # --- reconciliation -------------------------------------------------------------------
     async def reconcile(self) -> dict:
-        """Make the mirror equal to the exchange (see module docstring); returns a summary."""
+        """Make the mirror equal to the exchange (see module docstring); returns a summary.
+
+        One at a time: a call while another runs waits for it and then makes its own pass (the
+        caller wants a picture taken after its call). Every request is bounded and retried at
+        most ``max_attempts`` times, and the look-ups of orders missing from the open list run
+        side by side, so a pass takes a few request times, not one per order."""
+        async with self._reconcile_lock:
+            return await self._reconcile()
+
+    async def _reconcile(self) -> dict:
         ex = self.exchange
         started_ms = int(time.time() * 1000)
         first = None
+        busy_at_start = self._fills_in_flight()
         if self.instrument.is_perpetual:
             first = self.on_exchange_position(await self._retry(ex.fetch_positions, [self.symbol]))
+            if not self._entry_known:
+                self._account.position(self.symbol).entry_price = first[1]
+                self._entry_known = True
         open_orders = await self._retry(ex.fetch_open_orders, self.symbol)
         live_ids = set()
         for data in open_orders:
             if data.get("clientOrderId") in self._known or self.owns(data.get("clientOrderId")):
                 live_ids.add(data["clientOrderId"])
                 self.on_exchange_order(data)
-        for cid, order in list(self._orders.items()):
-            if cid in live_ids or cid in self._inflight:
-                continue
-            found = await self._lookup(cid)
-            if found is not None:
-                self.on_exchange_order(found)
-            elif order.status is OrderStatus.PENDING and cid not in self._inflight:
-                self._final(cid, OrderStatus.REJECTED, "never reached the exchange")
+        # orders the mirror holds open that the exchange does not list: filled or canceled
+        # while an update was lost, or never placed. Requests under way settle their own orders.
+        busy = self._placing.keys() | self._canceling.keys() | self._commission_lookups.keys()
+        missing = [cid for cid in self._orders if cid not in live_ids and cid not in busy]
+        found = await asyncio.gather(*(self._lookup(cid) for cid in missing))
+        for cid, data in zip(missing, found):
+            if data is not None:
+                self.on_exchange_order(data)
+            elif cid in self._orders and cid not in self._placing:
+                order = self._orders[cid]
+                status = OrderStatus.REJECTED if order.status is OrderStatus.PENDING else OrderStatus.CANCELED
+                self._final(cid, status, "never reached the exchange" if status is OrderStatus.REJECTED else "gone from the exchange", inferred=True)
+        # a cancel that gave up is sent again: the strategy asked for it once and will not ask again
+        for cid in sorted(self._cancel_wanted):
+            if cid in self._orders and cid not in self._canceling:
+                self.cancel(cid)
+            elif cid not in self._orders:
+                self._cancel_wanted.discard(cid)
         if self.instrument.is_perpetual:
             # exchange truth for the position, taken only when it held still while the orders
-            # above were read (else a fill in flight would be counted twice)
+            # above were read (else a fill in flight would be counted twice) and no request whose
+            # answer may carry a fill the mirror lacks (place, cancel, commission) was under way
             snap = self.on_exchange_position(await self._retry(ex.fetch_positions, [self.symbol]))
-            if snap == first:
+            if snap == first and not busy_at_start and not self._fills_in_flight():
                 pos = self._account.position(self.symbol)
                 if abs(pos.quantity - snap[0]) > self.instrument.lot_size / 2:
                     self.stats["disagreements"] += 1
                     self.journal.note("position", f"mirror had {pos.quantity:g}, exchange has {snap[0]:g}: exchange wins")
                     log.warning("reconcile: position mirror %g, exchange %g; using the exchange's", pos.quantity, snap[0])
+                    self.journal.set("position_offset", snap[0] - self.journal.position_sum())
                 pos.quantity, pos.entry_price = snap
-        self.on_exchange_balance(await self._retry(ex.fetch_balance))
+        self.on_exchange_balance(await self._retry(ex.fetch_balance), pushed=False)
         after = self._account.position(self.symbol).quantity
         self.stats["reconciles"] += 1
         self.last_reconcile_ms = started_ms  # what it saw is at least as new as this
         return {"open": sorted(live_ids), "position": after, "wallet": self._account.wallet_balance}
 
     async def watch(self) -> None:
-        """Websocket updates of orders, balance and position; on any error fall back to REST."""
+        """Websocket updates of orders, balance and position. After an error a stream waits a
+        moment, asks for a reconciliation (:attr:`reconcile_wanted`, run by the driver's bounded
+        reconcile loop) and subscribes again."""
         async def loop(name: str, fn, handle) -> None:
             delay = self.config.backoff_s
             while True:
@@ -503,12 +702,9 @@ class LiveBroker(Broker):
                 except Exception as exc:  # a dropped socket, a bad frame: poll REST, then resubscribe
                     self.stats["ws_errors"] += 1
                     log.info("%s stream: %s; reconciling over REST", name, type(exc).__name__)
+                    self.reconcile_wanted.set()
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 1.0)
-                    try:
-                        await self.reconcile()
-                    except Exception as exc2:  # noqa: BLE001 - next turn tries again
-                        log.info("reconcile after %s error failed: %s", name, exc2)
 
         ex = self.exchange
         tasks = [loop("orders", lambda: ex.watch_orders(self.symbol), lambda orders: [self.on_exchange_order(o) for o in orders])]
@@ -547,14 +743,54 @@ class LiveBroker(Broker):
 
     # --- margin ---------------------------------------------------------------------------
     def set_leverage(self, leverage: float) -> None:
-        self._spawn(self._retry(self.exchange.set_leverage, _whole(leverage), self.symbol))
+        self._setting("leverage", _whole(leverage), self.exchange.set_leverage)
 
     def set_margin_mode(self, mode: str) -> None:
-        self._spawn(self._retry(self.exchange.set_margin_mode, mode, self.symbol))
+        self._setting("margin mode", mode, self.exchange.set_margin_mode)
+
+    def _setting(self, kind: str, value: Any, fn) -> None:
+        """One request per kind of setting under way; asking again while it runs only changes
+        the value sent next (the newest wins), so repeated asks never pile up."""
+        running = kind in self._settings
+        self._settings[kind] = value
+        if not running:
+            self._spawn(self._apply_setting(kind, fn), f"set {kind}")
+
+    async def _apply_setting(self, kind: str, fn) -> None:
+        sent = object()
+        try:
+            while self._settings.get(kind, sent) != sent:
+                sent = self._settings[kind]
+                try:
+                    await self._retry(fn, sent, self.symbol)
+                    if kind == "leverage":
+                        self._margin["leverage"] = sent
+                    elif kind == "margin mode":
+                        self._margin["marginMode"] = sent
+                except (ccxt.ExchangeError, *RETRYABLE) as exc:  # e.g. -4046 already set, -4047 open orders
+                    log.warning("could not set %s %s: %s", kind, sent, exc)
+                    self.journal.note("setup", f"could not set {kind} {sent}: {exc}")
+        finally:
+            self._settings.pop(kind, None)
 
     def adjust_margin(self, amount: float) -> None:
+        """Add (or remove) isolated margin. Sent once, never retried: Binance's positionMargin has
+        no idempotency key, so a retry after a timeout could move the money twice. Until it is
+        answered the amount counts in :meth:`margin`, so the strategy does not ask twice."""
+        self._margin_pending += amount
+        self._spawn(self._adjust_margin(amount), "adjust margin")
+
+    async def _adjust_margin(self, amount: float) -> None:
         fn = self.exchange.add_margin if amount > 0 else self.exchange.reduce_margin
-        self._spawn(self._retry(fn, self.symbol, abs(amount)))
+        try:
+            await self._call(fn, self.symbol, abs(amount))
+            if self._margin.get("collateral") is not None:
+                self._margin["collateral"] = float(self._margin["collateral"]) + amount  # until the next position update
+        except (ccxt.ExchangeError, *RETRYABLE) as exc:
+            log.warning("could not adjust margin by %g: %s", amount, exc)
+            self.journal.note("margin", f"could not adjust margin by {amount:g}: {exc}")
+        finally:
+            self._margin_pending -= amount
 
     def margin(self) -> MarginState:
         m = self._margin
@@ -566,11 +802,24 @@ class LiveBroker(Broker):
             mode=m.get("marginMode") or (self.config.margin_mode or "cross"),
             leverage=num("leverage", self.config.leverage or 1.0),
             wallet_balance=self._account.wallet_balance,
-            position_margin=num("collateral") or num("initialMargin"),
+            position_margin=(num("collateral") or num("initialMargin")) + self._margin_pending,
             maintenance_margin=num("maintenanceMargin"),
             available_balance=float(getattr(self, "_free", None) or self._account.wallet_balance),
             liquidation_price=float(liq) if liq else None,
         )
+
+
+def _balance_time(info: Any, asset: str) -> int | None:
+    """When the balance in a raw Binance answer last changed: ``T`` of an ``ACCOUNT_UPDATE`` push,
+    the asset's ``updateTime`` in ``GET /fapi/v2|v3/account``; None when the answer has neither."""
+    if not isinstance(info, dict):
+        return None
+    if info.get("e") == "ACCOUNT_UPDATE":
+        return int(info["T"]) if info.get("T") is not None else None
+    for row in info.get("assets") or ():
+        if isinstance(row, dict) and row.get("asset") == asset and row.get("updateTime") is not None:
+            return int(row["updateTime"])
+    return None
 
 
 def _whole(leverage: float) -> int:

@@ -64,6 +64,7 @@ class MakerVolConfig(StrategyConfig):
     strategy_id: str = Field("mv", pattern=r"^[A-Za-z0-9_-]{1,12}$", description="prefix of this bot's client order ids")
     max_requests: int | None = Field(None, ge=1, description="order requests (submit + cancel) per request_interval; none = unlimited")
     request_interval: Duration = Field(timedelta(seconds=10), description="window of max_requests")
+    fast: bool = Field(True, description="backtests on the sim broker: use the compiled path when it applies (false: always the event path)")
 
     @model_validator(mode="after")
     def _ratios(self):
@@ -130,6 +131,13 @@ class MakerVol(Strategy):
         self.samples: list[tuple] = []
         self.counts = Counter()
         self.pnl = Counter()
+
+    def compiled_backtest(self, engine, bars):
+        """The whole backtest in compiled code when it applies (see ``maker_vol_kernel.why_not``),
+        else None and the engine's event path runs. Both give the same fills."""
+        from .maker_vol_kernel import compiled_backtest
+
+        return compiled_backtest(self, engine, bars)
 
     # --- the parts that read config and bars ------------------------------------------------------
     def wake_bars(self, bars):

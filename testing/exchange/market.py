@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -251,6 +252,8 @@ class ExchangeState:
         self.faults = faults if faults is not None else FaultPlan()
         #: (family, path, query, status) of every request, in arrival order
         self.requests: list[tuple[str, str, dict, int]] = []
+        #: answered requests per (HTTP method, path): tells a cancel (DELETE) from a query (GET)
+        self.calls: Counter[tuple[str, str]] = Counter()
         self.lock = threading.Lock()
         from .trading import Trading
 
@@ -278,9 +281,10 @@ class ExchangeState:
             out["assets"] = [{"asset": "USDT", "marginAvailable": True, "autoAssetExchange": "-10000"}]
         return out
 
-    def log(self, family: str, path: str, query: dict, status: int) -> None:
+    def log(self, family: str, path: str, query: dict, status: int, method: str = "GET") -> None:
         with self.lock:
             self.requests.append((family, path, dict(query), status))
+            self.calls[(method, path)] += 1
 
     def count(self, path_suffix: str, status: int | None = None) -> int:
         """How many requests went to a path ending in ``path_suffix`` (with ``status`` if given)."""

@@ -91,7 +91,7 @@ async def exchange_middleware(request: web.Request, handler) -> web.StreamRespon
         if fault in ("timeout", "slow"):
             await asyncio.sleep(plan.timeout_s if fault == "timeout" else plan.slow_s)
         response = await _handle(request, handler)
-    state.log(family_of(request.path), request.path, dict(request.query), response.status)
+    state.log(family_of(request.path), request.path, dict(request.query), response.status, request.method)
     return response
 
 

@@ -708,6 +708,7 @@ class Trading:
                 continue
             payment = -pos.amt * mark * rate
             account.wallet += payment
+            account.update_time = max(account.update_time or 0, t)  # the balance's last change (REST updateTime)
             if account.isolated(market.symbol_id):
                 pos.isolated_wallet += payment
             account.income.append({
@@ -754,6 +755,7 @@ class Trading:
             _, _, _, mmr, cum = bracket_for(size * price)
             lost = min(self.cross_wallet(account), size * price * mmr - cum)
         account.wallet -= max(lost, 0.0)
+        account.update_time = max(account.update_time or 0, now)
         self._account_event(account, symbol, "ORDER", now)
 
     def partial_fill(self, api_key: str, order_id: int, qty: float) -> Order:

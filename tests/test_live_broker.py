@@ -1,0 +1,287 @@
+"""The live broker's request discipline, one seeded fault at a time, against the local exchange.
+
+Each test drives a real :class:`LiveBroker` through the real ccxt.pro ``binanceusdm`` client
+against the in-process local exchange (clock frozen, so nothing fills by itself) and scripts the
+exact faults it needs: a regression here fails in seconds instead of somewhere in the soak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import ccxt
+import pytest
+
+from btc_quant.core.config import load_run_config
+from btc_quant.core.run import build_runtime
+from btc_quant.plugins.exchanges.ccxt_client import make_exchange
+from btc_quant.plugins.exchanges.journal import Journal
+from btc_quant.plugins.exchanges.live import LiveBroker, install_gate, retrying
+from btc_quant.sdk import Order, OrderStatus, Side
+from btc_quant.testing.exchange import ExchangeServer, FaultPlan, binance_state
+from btc_quant.testing.exchange.faults import TRADING_PATHS
+
+START_MS = 1641794400000  # 2022-01-10 06:00 UTC, inside the bundled real perp sample
+ORDER = "/fapi/v1/order"
+
+
+@pytest.fixture
+def exchange():
+    plan = FaultPlan(seed=1, paths=FaultPlan.paths + TRADING_PATHS, timeout_s=2.0)
+    with ExchangeServer(binance_state(clock_start_ms=START_MS, speed=0, faults=plan)) as server:
+        yield server
+
+
+def run(exchange, tmp_path, plugins, body, **settings):
+    """Connect a live broker to ``exchange`` and run ``await body(broker, server)``."""
+    maker_fee = settings.pop("instrument_maker_fee", None)  # the bot's fee schedule, to tell an estimate from the exchange's commission
+    options = {"timeout_ms": 800, "backoff_s": 0.05, "max_attempts": 3, "reconcile_timeout_s": 20, **settings}
+    extra = [f"instrument.maker_fee={maker_fee}"] if maker_fee is not None else []
+    cfg = load_run_config(["broker=live", "broker.bot=t", *extra, *(f"broker.{k}={v}" for k, v in options.items())], plugins.registry)
+    broker = LiveBroker(cfg.broker.config, build_runtime(cfg, plugins, mode="live"))
+
+    async def main():
+        client = make_exchange("binanceusdm", pro=True, url=exchange.url, timeout_ms=options["timeout_ms"],
+                               credentials={"apiKey": "local-test-key", "secret": "local-test-secret"},
+                               options={"warnOnFetchOpenOrdersWithoutSymbol": False})
+        install_gate(client)
+        journal = Journal(tmp_path / "t.db")
+        try:
+            await retrying(client.load_markets, attempts=20)
+            await broker.connect(client, journal)
+            broker.set_market(exchange.state.trading.price("BTCUSDT"), START_MS)
+            return await body(broker, exchange)
+        finally:
+            await broker.close()
+            await client.close()
+            journal.close()
+
+    return asyncio.run(main())
+
+
+def resting_buy(broker: LiveBroker, n: int = 1) -> Order:
+    """A post-only buy 10% under the price: it rests (the clock is frozen anyway)."""
+    order = Order.create(broker.instrument, f"t-1-{n}", Side.BUY, 0.003, broker.last_price * 0.9, post_only=True, ts_ms=START_MS)
+    broker.submit(order)
+    return order
+
+
+async def settled(broker: LiveBroker, timeout_s: float = 20.0) -> float:
+    """Wait until no request task of the broker is under way; returns the seconds it took."""
+    t0 = time.monotonic()
+    while broker._tasks:
+        assert time.monotonic() - t0 < timeout_s, f"still under way after {timeout_s} s: {[t.get_name() for t in broker._tasks]}"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - t0
+
+
+def exchange_orders(server, cid: str) -> list:
+    account = server.state.trading.account("local-test-key")
+    return [o for o in account.orders.values() if o.client_id == cid]
+
+
+def test_timed_out_order_is_looked_up_by_client_id_and_not_sent_twice(exchange, tmp_path, plugins):
+    """accepted_timeout: the order is placed, the answer never comes. The broker must find it by
+    client id instead of sending it again."""
+    async def body(broker, server):
+        server.state.faults.script("order", "accepted_timeout")
+        order = resting_buy(broker)
+        await settled(broker)
+        assert server.state.calls[("POST", ORDER)] == 0  # the only POST never got its answer logged
+        assert server.state.calls[("GET", ORDER)] == 1  # one look-up found it
+        assert len(exchange_orders(server, order.client_id)) == 1
+        assert [o.status for o in broker.open_orders()] == [OrderStatus.NEW]
+        assert broker.stats["lookups"] == 1
+
+    run(exchange, tmp_path, plugins, body)
+
+
+def test_one_cancel_request_per_order_however_often_it_is_asked(exchange, tmp_path, plugins):
+    """A strategy that cancels its open orders on every bar asks again while the first cancel is
+    still failing: only one cancel task may run, and exactly one CANCELED event comes out."""
+    async def body(broker, server):
+        order = resting_buy(broker)
+        await settled(broker)
+        broker.events()
+        server.state.faults.script("order", "timeout", "server_error")  # two failed DELETEs, then it works
+        for _ in range(6):
+            broker.cancel(order.client_id)
+            await asyncio.sleep(0.1)
+        assert [t.get_name() for t in broker._tasks] == [f"cancel {order.client_id}"]
+        await settled(broker)
+        assert broker.stats["cancels_coalesced"] == 5
+        assert server.state.calls[("DELETE", ORDER)] == 2  # the 503 and the one that worked (the held one was dropped)
+        events = [e.order.status for e in broker.events()]
+        assert events == [OrderStatus.CANCELED]
+        assert exchange_orders(server, order.client_id)[0].status == "CANCELED" and not broker.open_orders()
+
+    run(exchange, tmp_path, plugins, body)
+
+
+def test_cancel_asked_while_the_order_is_being_placed_waits_for_it(exchange, tmp_path, plugins):
+    """The cancel must not race its own order's placement (an unknown-order answer would drop it)."""
+    async def body(broker, server):
+        server.state.faults.script("order", "accepted_timeout")
+        order = resting_buy(broker)
+        broker.cancel(order.client_id)
+        await settled(broker)
+        assert exchange_orders(server, order.client_id)[0].status == "CANCELED"
+        assert server.state.calls[("DELETE", ORDER)] == 1
+        assert not broker.open_orders()
+
+    run(exchange, tmp_path, plugins, body)
+
+
+def test_a_cancel_that_gave_up_is_sent_again_by_reconcile(exchange, tmp_path, plugins):
+    """Every try fails (cancels and look-ups): the cancel gives up within its bound, the order stays
+    wanted-canceled, and the next reconciliation sends the cancel again."""
+    async def body(broker, server):
+        order = resting_buy(broker)
+        await settled(broker)
+        server.state.faults.script("order", *["server_error"] * 6)  # 3 DELETEs + 3 look-ups
+        broker.cancel(order.client_id)
+        assert await settled(broker) < 5
+        assert broker.stats["gave_up"] == 1 and [o.client_id for o in broker.open_orders()] == [order.client_id]
+        await broker.reconcile()
+        await settled(broker)
+        assert not broker.open_orders() and exchange_orders(server, order.client_id)[0].status == "CANCELED"
+
+    run(exchange, tmp_path, plugins, body)
+
+
+def test_a_request_stuck_before_it_is_sent_is_bounded(exchange, tmp_path, plugins):
+    """A request can wait in ccxt's throttle or the 429 back-off beyond ccxt's own timeout: the
+    broker's bound ends it, the placement gives up and reconciliation settles the order."""
+    async def body(broker, server):
+        broker.exchange._quant_cooldown[0] = time.monotonic() + 3600  # an hour-long Retry-After
+        order = resting_buy(broker)
+        took = await settled(broker)
+        assert took < broker.config.max_attempts * broker.request_bound_s + 2
+        assert broker.stats["gave_up"] == 1 and broker.stats["requests_timed_out"] >= 1
+        assert not exchange_orders(server, order.client_id)
+        broker.exchange._quant_cooldown[0] = 0.0
+        await broker.reconcile()  # never reached the exchange: rejected, not left pending
+        assert not broker.open_orders()
+        assert [e.order.status for e in broker.events()][-1] is OrderStatus.REJECTED
+
+    run(exchange, tmp_path, plugins, body, max_attempts=1)
+
+
+def test_reconcile_cannot_hang_on_a_request_that_never_answers(exchange, tmp_path, plugins):
+    """Every open-orders read times out: reconcile fails within its bounded retries (the driver
+    then tries again later), it does not wait forever."""
+    async def body(broker, server):
+        server.state.faults.script("openOrders", *["timeout"] * 3)
+        t0 = time.monotonic()
+        with pytest.raises(ccxt.RequestTimeout):
+            await broker.reconcile()
+        assert time.monotonic() - t0 < 3 * broker.request_bound_s
+        summary = await broker.reconcile()  # and the next one works
+        assert summary["open"] == []
+
+    run(exchange, tmp_path, plugins, body)
+
+
+def test_reconcile_looks_up_missing_orders_side_by_side(exchange, tmp_path, plugins):
+    """Orders the mirror holds open but the exchange no longer lists (canceled while the update was
+    lost) are looked up concurrently: a pass costs about one look-up time, not one per order."""
+    async def body(broker, server):
+        orders = [resting_buy(broker, n) for n in range(1, 7)]
+        await settled(broker)
+        trading = server.state.trading
+        for order in orders:  # canceled behind the broker's back, and it never hears of it
+            trading.cancel("local-test-key", {"symbol": "BTCUSDT", "origClientOrderId": order.client_id})
+        server.state.faults.script("order", *["slow"] * 6)  # each look-up takes slow_s
+        server.state.faults.slow_s = 0.5
+        t0 = time.monotonic()
+        await broker.reconcile()
+        assert time.monotonic() - t0 < 6 * 0.5
+        assert not broker.open_orders()
+
+    run(exchange, tmp_path, plugins, body)
+
+
+def test_rate_limit_setting_reaches_ccxts_throttle():
+    """ccxt builds its throttle from ``rateLimit`` in the constructor: setting it later does nothing."""
+    client = make_exchange("binanceusdm", rate_limit_ms=5)
+    assert client.rateLimit == 5 and client.tokenBucket["refillRate"] == pytest.approx(1 / 5)
+    assert make_exchange("binanceusdm").tokenBucket["refillRate"] == pytest.approx(1 / 50)  # ccxt's Binance default
+
+
+def test_a_late_balance_push_does_not_overwrite_a_newer_rest_balance(exchange, tmp_path, plugins):
+    """ws_delay holds an ACCOUNT_UPDATE while a newer fill happens and REST reads the wallet: the
+    late push (older transaction time) must not put the older wallet back."""
+    async def body(broker, server):
+        trading = server.state.trading
+        account = trading.account("local-test-key")
+        order = resting_buy(broker)
+        await settled(broker)
+        clock = server.state.clock
+        clock.set(clock.now_ms() + 60_000)  # two fills at two exchange times, each with its push
+        trading.partial_fill("local-test-key", exchange_orders(server, order.client_id)[0].order_id, 0.001)
+        first = [e for _, e in account.events if e.get("e") == "ACCOUNT_UPDATE"][-1]
+        clock.set(clock.now_ms() + 60_000)
+        trading.partial_fill("local-test-key", exchange_orders(server, order.client_id)[0].order_id, 0.001)
+        await broker.reconcile()
+        assert broker.account().wallet_balance == pytest.approx(account.wallet, abs=1e-9)
+        late = {"USDT": {"total": float(first["a"]["B"][0]["wb"])}, "info": first}  # as ccxt.pro's watch_balance gives it
+        broker.on_exchange_balance(late)
+        assert broker.account().wallet_balance == pytest.approx(account.wallet, abs=1e-9)
+        assert broker.stats["stale_updates"] == 1
+
+    run(exchange, tmp_path, plugins, body)
+
+
+def test_fill_fee_is_the_commission_the_push_reports(exchange, tmp_path, plugins):
+    """A fill seen on the user-data stream carries its commission (ORDER_TRADE_UPDATE n/N): that
+    is the fee, not an estimate from the fee schedule (set off on purpose here), and no trades
+    are read for it."""
+    async def body(broker, server):
+        watcher = asyncio.create_task(broker.watch())
+        try:
+            order = resting_buy(broker)
+            await settled(broker)
+            await asyncio.sleep(0.5)  # the stream is subscribed
+            trading = server.state.trading
+            trading.partial_fill("local-test-key", exchange_orders(server, order.client_id)[0].order_id, 0.001)
+            for _ in range(100):
+                fills = [e for e in broker.events() if hasattr(e, "fill")]
+                if fills:
+                    break
+                await asyncio.sleep(0.05)
+            trade = trading.account("local-test-key").trades[-1]
+            assert [f.fill.fee for f in fills] == [pytest.approx(trade.commission, abs=1e-12)]
+            assert fills[0].fill.fee != pytest.approx(0.001 * trade.price * broker.instrument.maker_fee)
+            assert server.state.calls[("GET", "/fapi/v1/userTrades")] == 0
+        finally:
+            watcher.cancel()
+
+    run(exchange, tmp_path, plugins, body, instrument_maker_fee=0.0001)
+
+
+def test_fill_fee_over_several_trades_comes_from_the_orders_trades(exchange, tmp_path, plugins):
+    """Two trades happened while the bot was not listening: reconciliation sees one larger
+    cumulative quantity, reads the order's trades and books their summed commission."""
+    async def body(broker, server):
+        order = resting_buy(broker)
+        await settled(broker)
+        trading = server.state.trading
+        exchange_id = exchange_orders(server, order.client_id)[0].order_id
+        trading.partial_fill("local-test-key", exchange_id, 0.001)
+        trading.partial_fill("local-test-key", exchange_id, 0.001)
+        await broker.reconcile()
+        await settled(broker)
+        fills = [e.fill for e in broker.events() if hasattr(e, "fill")]
+        commissions = [t.commission for t in trading.account("local-test-key").trades[-2:]]
+        assert len(fills) == 1 and fills[0].quantity == pytest.approx(0.002)
+        assert fills[0].fee == pytest.approx(sum(commissions), abs=1e-12)
+        assert server.state.calls[("GET", "/fapi/v1/userTrades")] == 1
+        # a third trade: only its own commission is booked for the next fill
+        trading.partial_fill("local-test-key", exchange_id, 0.001)
+        await broker.reconcile()
+        await settled(broker)
+        third = [e.fill for e in broker.events() if hasattr(e, "fill")]
+        assert [f.fee for f in third] == [pytest.approx(trading.account("local-test-key").trades[-1].commission, abs=1e-12)]
+
+    run(exchange, tmp_path, plugins, body, instrument_maker_fee=0.0001)
