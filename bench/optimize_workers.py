@@ -14,7 +14,7 @@ worker processes, and the 2-worker / 1-worker ratio. On a machine shared with ot
 backtest time grows with 2 workers and the ratio says more about the machine than about the
 optimiser; "busy workers" and the driver's CPU per trial do not.
 
-    python bench/optimize_workers.py [--trials 40] [--data PATH]
+    python bench/optimize_workers.py [--trials 40] [--data PATH] [--start ... --end ... --objective sharpe]
 """
 
 from __future__ import annotations
@@ -35,13 +35,14 @@ from btc_quant.core.plugins import load_plugins
 DATA = Path("/work/shared/data/binance_btcusdt_1m.parquet")
 
 
-def run(workers: int, trials: int, data: Path, plugins) -> dict:
+def run(workers: int, trials: int, data: Path, plugins, start: str, end: str, objective: str) -> dict:
     base = {
         "strategy": {"name": "sma_cross"},
         "symbol": "BTC/USDT",
         "exchange": {"name": "binance"},
-        "data": {"file": str(data), "start": "2025-05-20T00:00", "end": "2025-08-18T18:00"},
+        "data": {"file": str(data), "start": start, "end": end},
         "search": {"fast": "3:30", "slow": "40:200:10"},
+        "objective": objective,
         "sampler": "random",
         "seed": 42,
     }
@@ -85,11 +86,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--data", type=Path, default=DATA)
+    # a short window (one day) makes trials short, so what the optimiser costs per trial shows
+    parser.add_argument("--start", default="2025-05-20T00:00")
+    parser.add_argument("--end", default="2025-08-18T18:00")
+    parser.add_argument("--objective", default="sharpe")  # a day of bars has no daily sharpe: total_return
     args = parser.parse_args()
     warnings.simplefilter("ignore", FutureWarning)
+    # the bars come from --data; an empty home keeps other users' stores (chDB locks) out of it
+    os.environ["QUANT_HOME"] = tempfile.mkdtemp(prefix="quant-home-")
     plugins = load_plugins()
     print(f"cores: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.2f}")
-    rows = [run(workers, args.trials, args.data, plugins) for workers in (1, 2)]
+    rows = [run(workers, args.trials, args.data, plugins, args.start, args.end, args.objective) for workers in (1, 2)]
     for row in rows:
         print(
             f"workers={row['workers']}: {row['trials']} trials ({row['complete']} complete), "

@@ -60,13 +60,14 @@ BROKER = [
     "broker.rate_limit_ms=5", "broker.timeout_ms=700", "broker.backoff_s=0.1",
 ]
 GRID_PROBE = ["strategy=grid_probe", "strategy.levels=1"]
-#: maker_vol set up to trade often on a 50-minute warm-up: ladder from just above the recent high
-#: down to 90% of it, levels and take-profits 0.05% apart, 4 live orders per side, re-sized every
-#: 30 exchange minutes.
+#: maker_vol set up to trade often on a 50-minute warm-up: a long ladder from just above the recent
+#: high down to 90% of it, levels and take-profits 0.05% apart, 6 live entries, re-sized every 30
+#: exchange minutes. (side=long: its take-profits and saturation closes are reduce-only. With
+#: side=both they are not, and a lot left small by partial fills cannot be closed at market
+#: below the minimum notional: maker_vol raises OrderError, see the report of issue 6.)
 MAKER_VOL = [
-    "strategy=maker_vol", "strategy.side=both", "strategy.top_ratio=1.01", "strategy.bottom_ratio=0.9",
-    "strategy.short_top_ratio=0.99", "strategy.short_bottom_ratio=1.1", "strategy.step_pct=0.0005", "strategy.tp_pct=0.0005",
-    "strategy.max_live_orders=4", "strategy.recompute=30m",
+    "strategy=maker_vol", "strategy.side=long", "strategy.top_ratio=1.01", "strategy.bottom_ratio=0.9",
+    "strategy.step_pct=0.0005", "strategy.tp_pct=0.0005", "strategy.max_live_orders=6", "strategy.recompute=30m",
 ]
 
 

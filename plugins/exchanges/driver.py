@@ -33,7 +33,7 @@ from btc_quant.core.data import timeframe_ms
 from btc_quant.core.engine import Engine, RunInfo
 from btc_quant.core.paths import data_dir
 from btc_quant.core.run import build_runtime
-from btc_quant.sdk import Bar, ConfigError, ExchangeError
+from btc_quant.sdk import Bar, ConfigError, ExchangeError, hookimpl
 from btc_quant.sdk.ordersync import base36
 
 from .ccxt_client import make_exchange, point_at
@@ -109,6 +109,13 @@ class LiveRun:
         self.journal.set("generation", generation)
         checks = [(c.name, registry.get("risk_check", c.name, key=f"risk.{c.name}").factory(c.config)) for c in config.risk.checks]
         prefix = f"{self.bot}-{base36(generation)}" if self.mode == "live" else None
+        self._marker = None
+        if self.mode == "live":
+            # a fill leaves the journal's undelivered list once the strategy and every other
+            # observer have handled it (trylast: after them); registered before the engine
+            # looks for quant_on_fill implementations
+            self._marker = _DeliveredMarker(self.journal)
+            plugins.pm.register(self._marker)
         info = RunInfo(f"{self.bot}-{generation}", self.mode, config.strategy.name, broker_name, self.runtime.instrument, config)
         self.engine = Engine(strategy, self.broker, plugins=plugins, instrument=self.runtime.instrument,
                              risk_checks=checks, info=info, client_id_prefix=prefix)
@@ -123,6 +130,8 @@ class LiveRun:
         try:
             return asyncio.run(self._main())
         finally:
+            if self._marker is not None:
+                self.plugins.pm.unregister(self._marker)
             self.journal.set("pid", None)
             self.journal.close()
 
@@ -161,6 +170,9 @@ class LiveRun:
             await self._warm_up(exchange)
             if isinstance(self.broker, LiveBroker):
                 await self.broker.connect(exchange, self.journal)
+                # fills journalled from here on reach the strategy at once (fills found while
+                # connecting wait in the broker's queue for the first pump after start)
+                self.broker.deliver = self.engine.pump
             self.engine.start()
             tasks = [asyncio.create_task(self._bars(exchange)), asyncio.create_task(self._pump())]
             if isinstance(self.broker, LiveBroker):
@@ -330,6 +342,17 @@ class LiveRun:
             self.result = build_result(self.engine, self.broker.bar_arrays, self.broker)
             out["report"] = self.result.summary()
         return out
+
+
+class _DeliveredMarker:
+    """Marks each fill delivered in the journal after the strategy and the observers had it."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    @hookimpl(trylast=True)
+    def quant_on_fill(self, fill, run) -> None:
+        self.journal.delivered(fill.trade_id)
 
 
 def _bar(row) -> Bar:

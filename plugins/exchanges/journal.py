@@ -5,9 +5,11 @@ It holds what a restart needs and what ``quant status`` shows:
 * ``orders``: every order the bot sent (client id, side, quantity, price, flags, last known
   status and cumulative filled quantity). A restart reloads the open ones and asks the exchange
   for their fate; the exchange is the truth, the journal only remembers what was asked.
-* ``fills``: every fill delivered to the strategy, keyed by ``trade_id``. A fill is written here
-  in the same transaction that marks it delivered, so a fill found again after a restart (the
-  same order's cumulative filled quantity) is never handed to the strategy twice.
+* ``fills``: every fill found on the exchange, keyed by ``trade_id``, so a fill found again (a
+  websocket replay, a REST poll, a restart: the same order's cumulative filled quantity) is never
+  handed to the strategy twice; ``undelivered``: the fills of those the strategy has not handled
+  yet (written in the same transaction, removed once it has), handed to it after a restart, so
+  a bot killed between the two does not lose one.
 * ``meta``: the bot's pid, mode, exchange, symbol, the last exchange snapshot (JSON: position,
   balances, margin, open orders virtual vs live, last reconcile) and the command channel used by
   ``quant stop`` / ``quant flatten`` (a row the running bot polls).
@@ -36,6 +38,7 @@ create table if not exists fills (
     trade_id text primary key, client_id text, side text, price real, quantity real, fee real,
     ts_ms integer, is_maker integer
 );
+create table if not exists undelivered (trade_id text primary key);
 create table if not exists meta (key text primary key, value text);
 create table if not exists log (ts real, kind text, message text);
 """
@@ -91,11 +94,22 @@ class Journal:
             )
             if cur.rowcount:
                 self.save_order(order)
+                self.db.execute("insert or ignore into undelivered values (?)", (fill.trade_id,))
             self.db.execute("commit")
         except BaseException:
             self.db.execute("rollback")
             raise
         return bool(cur.rowcount)
+
+    def delivered(self, trade_id: str) -> None:
+        """The strategy (and every observer) has handled this fill."""
+        self.db.execute("delete from undelivered where trade_id = ?", (trade_id,))
+
+    def undelivered(self) -> list[dict[str, Any]]:
+        """Fills recorded but not yet handled by the strategy (the bot died in between), oldest first."""
+        cols = ("trade_id", "client_id", "side", "price", "quantity", "fee", "ts_ms", "is_maker")
+        rows = self.db.execute("select f.* from fills f join undelivered u on u.trade_id = f.trade_id order by f.rowid")
+        return [dict(zip(cols, r)) for r in rows]
 
     def fees_booked(self, client_id: str) -> float:
         """The fees of the fills of one order delivered so far."""

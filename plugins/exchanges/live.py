@@ -29,9 +29,12 @@ broker events; the engine and the strategy stay synchronous and run on the drive
   reconciliation runs at a time, its order look-ups run side by side, and the driver abandons
   one that takes longer than ``reconcile_timeout_s``;
 * fills are derived from each order's cumulative filled quantity (``trade_id`` =
-  ``<client id>@<cumulative qty>``) and recorded in the journal in the same transaction that
-  delivers them, so a fill seen again (a websocket replay, a REST poll, a restart) reaches the
-  strategy exactly once;
+  ``<client id>@<cumulative qty>``), recorded in the journal (so a fill seen again - a websocket
+  replay, a REST poll, a restart - is recognised) and handed to the strategy in the same
+  synchronous step (:attr:`LiveBroker.deliver`); the journal lists it as undelivered until the
+  strategy and the observers have handled it, and a restart hands those over first: every fill
+  reaches the strategy exactly once across kills (the position of a restarted bot starts from
+  the journal's fills);
 * ownership: orders whose client id starts with one of the bot's prefixes are the bot's. On
   reconciliation an own order the journal knows is adopted; an own order it does not know is an
   orphan and is canceled; every other order (a user's manual orders) is never touched.
@@ -216,6 +219,8 @@ class LiveBroker(Broker):
         self._inferred: dict[str, Order] = {}  # orders ended because a look-up did not find them
         self._reconcile_lock: asyncio.Lock | None = None
         self.reconcile_wanted: asyncio.Event | None = None  # set by a websocket error: reconcile soon
+        #: called right after a fill is journalled (the driver sets the engine's pump): see on_exchange_order
+        self.deliver = None
         self.stats = {"retries": 0, "lookups": 0, "orphans_canceled": 0, "ws_errors": 0, "reconciles": 0, "disagreements": 0,
                       "reconcile_failures": 0, "cancels_coalesced": 0, "requests_timed_out": 0, "gave_up": 0, "stale_updates": 0, "fees_estimated": 0, "revived": 0}
         self.last_reconcile_ms: int | None = None
@@ -244,6 +249,16 @@ class LiveBroker(Broker):
         # with the first position read.
         self._account.position(self.symbol).quantity = self._journal_position()
         self._entry_known = False
+        # fills recorded by an earlier life that died before its strategy handled them (the
+        # position above already holds them): the strategy gets them first
+        orders = {o.client_id: o for o in journal.orders()}
+        for row in journal.undelivered():
+            order = orders.get(row["client_id"])
+            fill = Fill(trade_id=row["trade_id"], client_id=row["client_id"], symbol=self.symbol, side=Side(row["side"]),
+                        price=row["price"], quantity=row["quantity"], fee=row["fee"], ts_ms=row["ts_ms"],
+                        is_maker=bool(row["is_maker"]), tag=order.tag if order else None)
+            if order is not None:
+                self._events.append(FillEvent(fill, order))
         for what, fn, arg in (("margin mode", exchange.set_margin_mode, self.config.margin_mode),
                               ("leverage", exchange.set_leverage, self.config.leverage and _whole(self.config.leverage))):
             if not arg:
@@ -525,6 +540,10 @@ class LiveBroker(Broker):
         else:
             self._orders.pop(cid, None)
             self._cancel_wanted.discard(cid)
+        if fill_status is not None and self.deliver is not None:
+            # the fill was journalled as delivered: hand it to the strategy in the same synchronous
+            # step (no await between), so that a SIGKILL cannot fall between the two
+            self.deliver()
 
     def _fills_in_flight(self) -> bool:
         return bool(self._placing or self._canceling or self._commission_lookups)
