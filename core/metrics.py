@@ -38,6 +38,18 @@ if TYPE_CHECKING:  # pragma: no cover
 DAYS_PER_YEAR = 365
 
 
+def _cagr(growth: float, span_days: float) -> float | None:
+    """``growth ** (365.25 / span_days) - 1``; None when the span is empty, the account is wiped
+    out, or annualising a short run overflows a float (50 % in two hours compounds to about
+    1e771 a year: not a number anyone can use)."""
+    if span_days <= 0 or not growth > 0:
+        return None
+    try:
+        return growth ** (365.25 / span_days) - 1.0
+    except OverflowError:
+        return None
+
+
 def _clean(value: float | None) -> float | None:
     if value is None:
         return None
@@ -224,7 +236,7 @@ def compute_metrics(
     final = float(equity.iloc[-1]) if len(equity) else initial_equity
     total_return = final / initial_equity - 1.0
     span_days = (equity.index[-1] - equity.index[0]).total_seconds() / 86400 if len(equity) > 1 else 0.0
-    cagr = (final / initial_equity) ** (365.25 / span_days) - 1.0 if span_days > 0 and final > 0 else None
+    cagr = _cagr(final / initial_equity, span_days)
     values = equity.to_numpy()
     if len(values) and not np.isnan(values).any():  # drawdown(equity).max() in numpy
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -31,6 +31,19 @@ def test_hand_computed_equity_curve():
     assert m["calmar"] == pytest.approx(cagr / 0.10)
 
 
+def test_cagr_of_a_short_winning_run_is_none_instead_of_an_overflow():
+    # 50 % in two hours annualises to 1.5 ** 4383: beyond a float; the run still gets its metrics
+    index = pd.date_range("2024-01-01", periods=3, freq="h", tz="UTC")
+    equity = pd.Series([100.0, 120.0, 150.0], index=index)
+    empty = trades_frame(pd.DataFrame(columns=["ts", "side", "price", "quantity", "fee", "is_liquidation"]))
+    m = compute_metrics(equity, pd.DataFrame({"fee": [], "is_liquidation": []}), empty, initial_equity=100.0)
+    assert m["total_return"] == pytest.approx(0.50)
+    assert m["cagr"] is None and m["calmar"] is None
+    # a short losing run annualises towards -100 %, which a float holds
+    m = compute_metrics(equity[::-1].set_axis(index), pd.DataFrame({"fee": [], "is_liquidation": []}), empty, initial_equity=150.0)
+    assert m["cagr"] == pytest.approx((100 / 150) ** (365.25 * 12) - 1)
+
+
 def test_metrics_of_a_real_run_match_an_independent_recomputation(sample_bars):
     result = run_strategy("sma_cross", sample_bars)
     m, fills, equity = result.metrics, result.fills, result.equity
