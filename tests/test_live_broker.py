@@ -285,3 +285,50 @@ def test_fill_fee_over_several_trades_comes_from_the_orders_trades(exchange, tmp
         assert [f.fee for f in third] == [pytest.approx(trading.account("local-test-key").trades[-1].commission, abs=1e-12)]
 
     run(exchange, tmp_path, plugins, body, instrument_maker_fee=0.0001)
+
+
+def test_a_restarted_bot_starts_from_its_journals_position(exchange, tmp_path, plugins):
+    """After a restart the mirror's position is the journal's fills plus what an earlier
+    reconciliation found beyond them (here a manual trade), not 0: a reconcile that cannot
+    take the exchange's position (it moves, or answers carrying fills are pending) would
+    otherwise leave the earlier lives' fills out."""
+    def notes():
+        journal = Journal(tmp_path / "t.db")
+        try:
+            return [message for _, kind, message in journal.notes(1000) if kind == "position"]
+        finally:
+            journal.close()
+
+    async def first_life(broker, server):
+        order = resting_buy(broker)
+        await settled(broker)
+        server.state.trading.partial_fill("local-test-key", exchange_orders(server, order.client_id)[0].order_id, 0.001)
+        await broker.reconcile()
+        assert broker.position().quantity == pytest.approx(0.001)
+        server.state.trading.place("local-test-key", {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET",
+                                                      "quantity": "0.003", "newClientOrderId": "manual-1"})
+
+    async def later_life(broker, server):
+        assert broker.position().quantity == pytest.approx(0.004)
+
+    run(exchange, tmp_path, plugins, first_life)
+    run(exchange, tmp_path, plugins, later_life)  # the manual 0.003 is found once, beyond the journal's 0.001
+    assert notes() == ["mirror had 0.001, exchange has 0.004: exchange wins"]
+    run(exchange, tmp_path, plugins, later_life)  # and remembered: no new disagreement
+    assert len(notes()) == 1
+
+
+def test_a_journalled_fill_is_handed_to_the_strategy_in_the_same_step(exchange, tmp_path, plugins):
+    """The fill is recorded as delivered in the journal; if the strategy only got it at the next
+    pump of the driver, a SIGKILL in between would lose it for good (the journal says delivered)."""
+    async def body(broker, server):
+        order = resting_buy(broker)
+        await settled(broker)
+        handed = []
+        broker.deliver = lambda: handed.extend(broker.events())  # what the driver's engine.pump does
+        server.state.trading.partial_fill("local-test-key", exchange_orders(server, order.client_id)[0].order_id, 0.001)
+        await broker.reconcile()
+        await settled(broker)  # the fee's trades are read first
+        assert [e.fill.quantity for e in handed if hasattr(e, "fill")] == [pytest.approx(0.001)]
+
+    run(exchange, tmp_path, plugins, body)

@@ -22,7 +22,7 @@ def fast_exchange():
 
 def test_paper_run_trades_live_bars_with_the_sim_rules(fast_exchange, plugins):
     cfg = load_run_config(["strategy=sma_cross", "strategy.fast=3", "strategy.slow=8", "broker=paper"], plugins.registry)
-    run = LiveRun(cfg, plugins, url=fast_exchange.url, max_seconds=6)
+    run = LiveRun(cfg, plugins, url=fast_exchange.url, max_seconds=10)  # >= 20 bars even on a loaded machine
     out = run.run()
     bars = run.broker.bar_arrays
     market = fast_exchange.state.market("usdm", "BTCUSDT")

@@ -11,8 +11,6 @@ hypothesis-generated bar sequences (random walks, labelled as such: not market d
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pandas.testing as pdt
@@ -29,16 +27,9 @@ from btc_quant.sdk.ordersync import base36
 from btc_quant.sdk.testing import bars_from
 
 from test_maker_vol_flash_crash import synthetic_flash_crash
+from test_store import shared_file
 
 PERP = ("strategy=maker_vol", "broker=sim", "exchange=binanceusdm", "symbol=BTC/USDT:USDT")
-REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_file(name: str) -> Path:
-    for parent in REPO.parents:
-        if (parent / "shared" / "data" / name).exists():
-            return parent / "shared" / "data" / name
-    pytest.skip(f"needs {name} of the shared real-data set (shared/data next to the checkout)")
 
 
 @pytest.fixture(scope="module")

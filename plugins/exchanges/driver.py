@@ -161,6 +161,9 @@ class LiveRun:
             await self._warm_up(exchange)
             if isinstance(self.broker, LiveBroker):
                 await self.broker.connect(exchange, self.journal)
+                # fills journalled from here on reach the strategy at once (fills found while
+                # connecting wait in the broker's queue for the first pump after start)
+                self.broker.deliver = self.engine.pump
             self.engine.start()
             tasks = [asyncio.create_task(self._bars(exchange)), asyncio.create_task(self._pump())]
             if isinstance(self.broker, LiveBroker):

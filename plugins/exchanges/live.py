@@ -216,6 +216,8 @@ class LiveBroker(Broker):
         self._inferred: dict[str, Order] = {}  # orders ended because a look-up did not find them
         self._reconcile_lock: asyncio.Lock | None = None
         self.reconcile_wanted: asyncio.Event | None = None  # set by a websocket error: reconcile soon
+        #: called right after a fill is journalled (the driver sets the engine's pump): see on_exchange_order
+        self.deliver = None
         self.stats = {"retries": 0, "lookups": 0, "orphans_canceled": 0, "ws_errors": 0, "reconciles": 0, "disagreements": 0,
                       "reconcile_failures": 0, "cancels_coalesced": 0, "requests_timed_out": 0, "gave_up": 0, "stale_updates": 0, "fees_estimated": 0, "revived": 0}
         self.last_reconcile_ms: int | None = None
@@ -525,6 +527,10 @@ class LiveBroker(Broker):
         else:
             self._orders.pop(cid, None)
             self._cancel_wanted.discard(cid)
+        if fill_status is not None and self.deliver is not None:
+            # the fill was journalled as delivered: hand it to the strategy in the same synchronous
+            # step (no await between), so that a SIGKILL cannot fall between the two
+            self.deliver()
 
     def _fills_in_flight(self) -> bool:
         return bool(self._placing or self._canceling or self._commission_lookups)

@@ -1397,6 +1397,7 @@ def _client_ids(strategy, engine, O):
 
 
 _STATUS = {ST_PENDING: "pending", ST_NEW: "new", ST_PARTIAL: "partially_filled", ST_FILLED: "filled", ST_CANCELED: "canceled", ST_REJECTED: "rejected", ST_EXPIRED: "expired"}
+_STATUS_NAMES = np.array([_STATUS.get(k) for k in range(max(_STATUS) + 1)], dtype=object)
 
 
 def _reasons(O) -> np.ndarray:
@@ -1439,7 +1440,7 @@ def _result(strategy, engine, broker, bars, k):
         "avg_fill_price": O[:, O_AVG],
         "post_only": O[:, O_PO] != 0,
         "reduce_only": O[:, O_RO] != 0,
-        "status": np.array([_STATUS[s] for s in status.tolist()], dtype=object),
+        "status": _STATUS_NAMES[status],
         "reason": _reasons(O),
         "created": to_time(O[:, O_CREATED]),
         "updated": to_time(O[:, O_UPDATED]),
