@@ -165,8 +165,9 @@ TASK_SECONDS = 1.0
 MAX_BATCH = 8
 
 
-#: Dask settings for the LocalCluster the optimiser starts. Every trial is one uniform task, so the
-#: scheduler's work stealing has nothing to balance, and nobody looks at the dashboard's profiles;
+#: Dask settings for the LocalCluster the optimiser starts. The tasks are alike (trials of one
+#: study, two per worker in flight), so the scheduler's work stealing has little to balance, and
+#: nobody looks at the dashboard's profiles;
 #: the defaults' periodic chores (stealing every 100 ms, a 20 ms event-loop tick per server, the
 #: nannies' memory check every 100 ms, a stack sample every 10 ms in each worker) cost ~15% of a
 #: core while idle on a 2-core machine (measured: bench/RESULTS.md, issue 7), CPU taken from the
