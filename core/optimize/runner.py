@@ -40,7 +40,7 @@ from ..config import RunConfig, merge_layers, parse_assignments, resolve
 from ..data import BarArrays
 from ..errors import ConfigError, QuantError
 from ..plugins import PluginManager, Registry, load_plugins
-from ..run import build_engine, build_runtime
+from ..run import build_engine, build_runtime, run_engine
 from ..store import Store
 from .space import Constraint, OptimizeConfig, SearchSpace, direction_for
 
@@ -113,7 +113,7 @@ def evaluate(config: dict[str, Any], bars_token: str, start_ms: int | None, end_
         if len(window) == 0:
             raise QuantError("no bars in the window")
         try:
-            result = build_engine(cfg, runtime).run_backtest(window)
+            result = run_engine(build_engine(cfg, runtime), window)  # a compiled path when the strategy has one (maker_vol)
         finally:
             runtime.close()
     except QuantError as exc:
