@@ -55,15 +55,6 @@ def first_event_bar(low, high, start, stop, buy_max, sell_min, strict, liq_long,
     return stop
 
 
-def warm_up() -> None:
-    """Compile the scans (cached on disk after the first process)."""
-    a = np.ones(2)
-    first_event_bar(a, a, 0, 2, -np.inf, np.inf, True, -np.inf, np.inf, -np.inf, np.inf)
-    rows = np.zeros((2, 4))
-    next_resting_fill(rows, 2, 1.0, 0.5, True, 1e-12)
-    resting_bounds(rows, 2)
-
-
 # --- resting orders as arrays ------------------------------------------------------------------
 # Row layout of RestingBook.rows: price (NaN for a market order), side (+1 buy, -1 sell),
 # state (0 free slot, 1 resting, 2 waiting for the next open: not matched on the path), and
