@@ -276,8 +276,9 @@ def _complete_trials(db: Path) -> list[tuple[int, float]]:
         return []
 
 
-STUDY_TOML = """
-trials = 30
+STUDY_TRIALS = 120
+STUDY_TOML = f"""
+trials = {STUDY_TRIALS}
 seed = 5
 workers = 2
 out = "study"
@@ -286,14 +287,15 @@ out = "study"
 name = "sma_cross"
 
 [data]
-# two weeks and 30 trials: seconds of trials left when the interrupt lands, although the driver
-# saves finished trials in batches, a second apart
+# two weeks and 120 trials: seconds of trials left when the interrupt lands, although the driver
+# saves finished trials in batches, a second apart (30 trials were all done by then once the
+# backtester got faster)
 start = "2022-01-10"
 end = "2022-01-24"
 
 [search]
 fast = "2:12"
-slow = { low = 20, high = 100, step = 10 }
+slow = {{ low = 20, high = 100, step = 10 }}
 """
 
 
@@ -316,7 +318,7 @@ def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(tmp_path, qua
     assert "interrupted:" in stderr and "run the same command again to resume" in stderr
     assert "Traceback" not in stderr
     kept = _complete_trials(db)
-    assert 3 <= len(kept) < 30
+    assert 3 <= len(kept) < STUDY_TRIALS
     first = pd.read_csv(tmp_path / "study" / "trials.csv")
     assert (first["state"] == "COMPLETE").sum() == len(kept)
 
@@ -326,5 +328,5 @@ def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(tmp_path, qua
     assert summary["interrupted"] is False
     trials = pd.read_csv(tmp_path / "study" / "trials.csv")
     counted = trials[~trials["interrupted"].astype(bool)] if "interrupted" in trials else trials
-    assert len(counted) == 30  # exactly the missing trials ran
+    assert len(counted) == STUDY_TRIALS  # exactly the missing trials ran
     assert _complete_trials(db)[: len(kept)] == kept  # the finished ones were kept as they were
