@@ -1,8 +1,15 @@
 """Trials per minute of ``quant optimize`` with 1 and with 2 Dask worker processes.
 
-Real data: Binance spot BTC/USDT 1m, the 2025-05-20 .. 2025-08-18 stretch (130,708 bars) of
-``/work/shared/data/binance_btcusdt_1m.parquet``; strategy sma_cross; random sampler with a fixed
-seed, so both runs evaluate the same parameter sets. Each worker count gets its own LocalCluster,
+Two workloads (``--strategy``), real data, random sampler with a fixed seed, so both worker counts
+evaluate the same parameter sets:
+
+* ``sma_cross`` (default): Binance spot BTC/USDT 1m, the 2025-05-20 .. 2025-08-18 stretch (130,708
+  bars) of ``/work/shared/data/binance_btcusdt_1m.parquet``; fast 3..30, slow 40..200;
+* ``maker_vol``: the search of ``examples/optimize/maker_vol.toml`` (the issue's own example: step,
+  take-profit, lookback) on the same 130,708 spot bars traded as the USD-M perpetual (Binance's
+  spot and perpetual prices differ by basis points; the perpetual files here hold shorter
+  stretches), through the compiled path ``quant run`` uses.
+ Each worker count gets its own LocalCluster,
 the one ``quant optimize workers=N`` starts (``local_cluster``: processes, 127.0.0.1, its Dask
 settings); a warm-up study (one trial per worker: numba compiles in each process) runs first,
 then the timed study. Reported: steady-state trials/minute of the timed study, the end-to-end
@@ -14,7 +21,7 @@ worker processes, and the 2-worker / 1-worker ratio. On a machine shared with ot
 backtest time grows with 2 workers and the ratio says more about the machine than about the
 optimiser; "busy workers" and the driver's CPU per trial do not.
 
-    python bench/optimize_workers.py [--trials 40] [--data PATH] [--start ... --end ... --objective sharpe]
+    python bench/optimize_workers.py [--strategy sma_cross|maker_vol] [--trials 40] [--data PATH] [--start ... --end ... --objective sharpe]
 """
 
 from __future__ import annotations
@@ -33,15 +40,25 @@ from btc_quant.core.optimize.runner import local_cluster
 from btc_quant.core.plugins import load_plugins
 
 DATA = Path("/work/shared/data/binance_btcusdt_1m.parquet")
-
-
-def run(workers: int, trials: int, data: Path, plugins, start: str, end: str, objective: str) -> dict:
-    base = {
-        "strategy": {"name": "sma_cross"},
-        "symbol": "BTC/USDT",
-        "exchange": {"name": "binance"},
-        "data": {"file": str(data), "start": start, "end": end},
+WORKLOADS = {
+    "sma_cross": {
+        "base": {"strategy": {"name": "sma_cross"}, "symbol": "BTC/USDT", "exchange": {"name": "binance"}},
         "search": {"fast": "3:30", "slow": "40:200:10"},
+        "data": DATA, "start": "2025-05-20T00:00", "end": "2025-08-18T18:00",
+    },
+    "maker_vol": {
+        "base": {"strategy": {"name": "maker_vol"}, "symbol": "BTC/USDT:USDT", "exchange": {"name": "binanceusdm"}},
+        "search": {"step_pct": "0.001:0.01", "tp_pct": "0.001:0.01", "lookback": "3d,7d,14d"},
+        "data": DATA, "start": "2025-05-20T00:00", "end": "2025-08-18T18:00",
+    },
+}
+
+
+def run(workers: int, trials: int, workload: dict, data: Path, plugins, start: str, end: str, objective: str) -> dict:
+    base = {
+        **workload["base"],
+        "data": {"file": str(data), "start": start, "end": end},
+        "search": workload["search"],
         "objective": objective,
         "sampler": "random",
         "seed": 42,
@@ -84,19 +101,23 @@ def run(workers: int, trials: int, data: Path, plugins, start: str, end: str, ob
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--strategy", choices=sorted(WORKLOADS), default="sma_cross")
     parser.add_argument("--trials", type=int, default=40)
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--data", type=Path, help="bars file (default: the workload's)")
     # a short window (one day) makes trials short, so what the optimiser costs per trial shows
-    parser.add_argument("--start", default="2025-05-20T00:00")
-    parser.add_argument("--end", default="2025-08-18T18:00")
+    parser.add_argument("--start", help="default: the workload's")
+    parser.add_argument("--end")
     parser.add_argument("--objective", default="sharpe")  # a day of bars has no daily sharpe: total_return
     args = parser.parse_args()
+    workload = WORKLOADS[args.strategy]
     warnings.simplefilter("ignore", FutureWarning)
     # the bars come from --data; an empty home keeps other users' stores (chDB locks) out of it
     os.environ["QUANT_HOME"] = tempfile.mkdtemp(prefix="quant-home-")
     plugins = load_plugins()
     print(f"cores: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.2f}")
-    rows = [run(workers, args.trials, args.data, plugins, args.start, args.end, args.objective) for workers in (1, 2)]
+    data, start, end = args.data or workload["data"], args.start or workload["start"], args.end or workload["end"]
+    print(f"workload: {args.strategy} on {data.name} {start} .. {end}, {args.trials} trials")
+    rows = [run(workers, args.trials, workload, data, plugins, start, end, args.objective) for workers in (1, 2)]
     for row in rows:
         print(
             f"workers={row['workers']}: {row['trials']} trials ({row['complete']} complete), "
