@@ -703,6 +703,17 @@ class SimBroker(SimulatedBroker):
                 return Step(i, True, alert)
         return Step(n, True)
 
+    # --- compiled backtests ---------------------------------------------------------------------
+    def run_pairs(self, engine, bars: BarArrays, strategy):
+        """A :class:`~btc_quant.sdk.pairs.PairGrid` backtest in compiled code (:mod:`.sim_pairs`):
+        the RunResult, or None when it does not apply (the engine's event path then runs). Only the
+        sim itself: a subclass may change the rules the compiled loop repeats."""
+        if type(self) is not SimBroker:
+            return None
+        from .sim_pairs import run_pairs
+
+        return run_pairs(self, engine, bars, strategy)
+
     # --- results ----------------------------------------------------------------------------
     def equity_curve(self) -> np.ndarray:
         n = len(self.bars)
