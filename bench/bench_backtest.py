@@ -42,7 +42,7 @@ from btc_quant.core.instruments import instrument_for
 from btc_quant.core.plugins import load_plugins
 from btc_quant.plugins.brokers.backtrader_broker import run_backtrader
 from btc_quant.plugins.strategies.sma_cross import SmaCross
-from btc_quant.sdk import Strategy
+from btc_quant.sdk import OrderPair, PairGrid, Strategy
 from btc_quant.sdk.testing import run_strategy
 
 DATA = Path("/work/shared/data/binance_btcusdt_1m.parquet")
@@ -84,6 +84,17 @@ class Grid(Strategy):
             ctx.sell(QTY, self.tps[k], post_only=True, tag=f"s{k}")
         else:
             ctx.buy(QTY, self.levels[k], post_only=True, tag=f"b{k}")
+
+
+class PairsGrid(PairGrid):
+    """The same grid through the SDK's order pairs (``btc_quant.sdk.PairGrid``): a backtest on the
+    sim runs it in the compiled pair loop (``plugins/brokers/sim_pairs.py``) when it applies."""
+
+    name = "bench_pairs_grid"
+
+    def pairs(self, ctx):
+        levels = grid_levels(ctx.price, STEP, LEVELS)
+        return [OrderPair("buy", QTY, price, tp, tag=f"g{k}") for k, (price, tp) in enumerate(zip(levels, take_profits(levels, STEP)))]
 
 
 class BtGrid(bt.Strategy):
@@ -184,7 +195,8 @@ def native(strategy, bars: BarArrays, *settings: str):
     global PLUGINS
     PLUGINS = PLUGINS or load_plugins()
     started = time.perf_counter()
-    result = run_strategy(strategy, bars, "broker.funding=off", "instrument.min_notional=0", *settings, plugins=PLUGINS)
+    # compiled=True: as `quant run` runs it (a strategy's compiled backtest when it has one)
+    result = run_strategy(strategy, bars, "broker.funding=off", "instrument.min_notional=0", *settings, plugins=PLUGINS, compiled=True)
     return time.perf_counter() - started, result
 
 
