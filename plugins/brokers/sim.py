@@ -714,6 +714,15 @@ class SimBroker(SimulatedBroker):
 
         return run_pairs(self, engine, bars, strategy)
 
+    def run_signal(self, engine, bars: BarArrays, strategy):
+        """A :class:`~btc_quant.sdk.signals.SignalStrategy` backtest in compiled code
+        (:mod:`.sim_signal`); None when it does not apply. Only the sim itself, as :meth:`run_pairs`."""
+        if type(self) is not SimBroker:
+            return None
+        from .sim_signal import run_signal
+
+        return run_signal(self, engine, bars, strategy)
+
     # --- results ----------------------------------------------------------------------------
     def equity_curve(self) -> np.ndarray:
         n = len(self.bars)

@@ -37,12 +37,12 @@ NSTATE = 18
 P_MAKER, P_TAKER, P_LIQFEE, P_LOT, P_STRICT, P_PATHDIR, P_CHECK, P_PERP, P_ISOLATED, P_LEV = range(10)
 NPARAM = 10
 # --- orders O -------------------------------------------------------------------------------------
-O_PAIR, O_LEG, O_SIDE, O_PRICE, O_QTY, O_FILLED, O_AVG, O_STATUS, O_REASON, O_NEED, O_FREE, O_CREATED, O_UPDATED, O_PO, O_REF = range(15)
-NO = 15
+O_PAIR, O_LEG, O_SIDE, O_PRICE, O_QTY, O_FILLED, O_AVG, O_STATUS, O_REASON, O_NEED, O_FREE, O_CREATED, O_UPDATED, O_PO, O_REF, O_RO = range(16)
+NO = 16
 LEG_ENTRY, LEG_TP, LEG_LIQ = 0, 1, 2
 ST_NEW, ST_FILLED, ST_CANCELED, ST_REJECTED, ST_EXPIRED = 0, 1, 2, 3, 4
 STATUS_NAMES = np.array(["new", "filled", "canceled", "rejected", "expired"], dtype=object)
-R_NONE, R_MARGIN, R_SPOT, R_CROSS, R_LIQ = 0, 1, 2, 3, 4
+R_NONE, R_MARGIN, R_SPOT, R_CROSS, R_LIQ, R_REDUCE, R_RO_GONE = 0, 1, 2, 3, 4, 5, 6
 # --- fills F --------------------------------------------------------------------------------------
 F_ORDER, F_PRICE, F_QTY, F_FEE, F_BAR, F_MAKER, F_LIQ, F_SEQ = range(8)
 NF = 8
@@ -129,6 +129,8 @@ def _rest(S, O, rows, slot_order, held, oi, slot):  # pragma: no cover - compile
     rows[slot, 3] = S[SEQ]
     slot_order[slot] = oi
     S[NOPEN] += 1
+    if O[oi, O_RO] != 0:  # SimBroker._hold: reduce-only orders hold no margin
+        return
     side = 0 if O[oi, O_SIDE] > 0 else 1
     remaining = max(O[oi, O_QTY] - O[oi, O_FILLED], 0.0)
     if price != price:
@@ -145,6 +147,8 @@ def _unrest(S, O, rows, slot_order, held, slot):  # pragma: no cover - compiled
     slot_order[slot] = -1
     S[NOPEN] -= 1
     if S[NOPEN] > 0:
+        if O[oi, O_RO] != 0:
+            return
         side = 0 if O[oi, O_SIDE] > 0 else 1
         remaining = max(O[oi, O_QTY] - O[oi, O_FILLED], 0.0)
         price = O[oi, O_PRICE]
@@ -177,6 +181,7 @@ def _new_order(S, O, pair, leg, side, price, qty, po):  # pragma: no cover - com
     O[oi, O_UPDATED] = S[NOW]
     O[oi, O_PO] = po
     O[oi, O_REF] = 0.0
+    O[oi, O_RO] = 0.0
     return oi
 
 
@@ -532,7 +537,7 @@ def run_pairs(broker, engine, bars, strategy):
     engine.plugins.call_optional("quant_on_run_start", run=engine.info)
     broker.stop()
     O, FL = O[: int(S[NORD])], FL[: int(S[NFILL])]
-    result = _result(engine, broker, bars, legs, S, O, FL, CASH, QTYD, LIQM, HASM, FUNDR[: int(S[NFUND])])
+    result = build_result(engine, broker, bars, S, O, FL, CASH, QTYD, LIQM, HASM, FUNDR[: int(S[NFUND])], pair_tags(legs, O))
     strategy.legs = legs
     open_ = np.flatnonzero((O[:, O_STATUS] == ST_NEW) & (O[:, O_LEG] != LEG_LIQ))
     ids = result.orders["client_id"].to_numpy()
@@ -556,6 +561,10 @@ def _reasons(O) -> list:
             out[oi] = f"spot: cannot sell {O[oi, O_NEED]:g}, holding {O[oi, O_FREE]:g}"
         elif code == R_CROSS:
             out[oi] = f"post-only {side} at {float(O[oi, O_PRICE])} would cross {float(O[oi, O_NEED])} (GTX)"
+        elif code == R_REDUCE:
+            out[oi] = "reduce-only order would not reduce the position (Binance -2022)"
+        elif code == R_RO_GONE:
+            out[oi] = "reduce-only: no position left to reduce"
         else:
             out[oi] = "liquidation"
     return out
@@ -565,20 +574,25 @@ def _utc(ms: np.ndarray):
     return pd.to_datetime(np.asarray(ms, dtype=np.int64), unit="ms", utc=True)
 
 
-def _result(engine, broker, bars, legs, S, O, FL, CASH, QTYD, LIQM, HASM, FUNDR):
-    """What ``core.metrics.build_result`` returns after the event path, from the loop's arrays."""
+def pair_tags(legs, O) -> np.ndarray:
+    """Each order's tag: its leg's, or "liquidation"."""
+    leg = O[:, O_LEG].astype(np.int64)
+    pair = O[:, O_PAIR].astype(np.int64)
+    table = np.array(list(legs.entry_tag) + list(legs.take_profit_tag) + ["liquidation"], dtype=object)
+    return table[np.where(leg == LEG_LIQ, 2 * len(legs), pair + len(legs) * leg)]
+
+
+def build_result(engine, broker, bars, S, O, FL, CASH, QTYD, LIQM, HASM, FUNDR, tags):
+    """What ``core.metrics.build_result`` returns after the event path, from a compiled loop's
+    arrays (orders in creation order; ``tags`` one per order)."""
     from btc_quant.core.engine import RunResult
     from btc_quant.core.metrics import compute_metrics, fills_frame, orders_frame, position_per_bar, trades_frame
 
     n = len(bars)
     leg = O[:, O_LEG].astype(np.int64)
-    pair = O[:, O_PAIR].astype(np.int64)
     ids = np.empty(len(O), dtype=object)
-    tags = np.empty(len(O), dtype=object)
-    pairs_ = np.flatnonzero(leg != LEG_LIQ)
-    ids[pairs_] = [engine.next_client_id() for _ in range(len(pairs_))]  # in creation order, as the engine hands them out
-    tag_table = np.array(list(legs.entry_tag) + list(legs.take_profit_tag) + ["liquidation"], dtype=object)
-    tags[:] = tag_table[np.where(leg == LEG_LIQ, 2 * len(legs), pair + len(legs) * leg)]
+    own = np.flatnonzero(leg != LEG_LIQ)
+    ids[own] = [engine.next_client_id() for _ in range(len(own))]  # in creation order, as the engine hands them out
     for oi in np.flatnonzero(leg == LEG_LIQ).tolist():
         ids[oi] = f"liquidation-{int(O[oi, O_REF])}"
     side = np.where(O[:, O_SIDE] > 0, "buy", "sell").astype(object)
@@ -588,12 +602,12 @@ def _result(engine, broker, bars, legs, S, O, FL, CASH, QTYD, LIQM, HASM, FUNDR)
             "client_id": ids,
             "side": side,
             "type": np.where(market, "market", "limit").astype(object),
-            "price": O[:, O_PRICE],
+            "price": [None if p != p else p for p in O[:, O_PRICE].tolist()],  # as orders_frame: None for market orders
             "quantity": O[:, O_QTY],
             "filled_qty": O[:, O_FILLED],
             "avg_fill_price": O[:, O_AVG],
             "post_only": O[:, O_PO] != 0,
-            "reduce_only": np.zeros(len(O), dtype=bool),
+            "reduce_only": O[:, O_RO] != 0,
             "status": STATUS_NAMES[O[:, O_STATUS].astype(np.int64)],
             "reason": _reasons(O),
             "created": _utc(O[:, O_CREATED]),
