@@ -5,7 +5,9 @@
 Workloads, on the same bars for every engine:
 
 * ``sma_cross`` (10/30, market orders at the next open, taker fee): native sim vs Backtrader; the
-  two must give identical fills (checked here on the Backtrader slice).
+  two must give identical fills (checked here on the Backtrader slice). sma_cross is a
+  ``SignalStrategy``, which the sim runs in its compiled signal loop as ``quant run`` does; the
+  event path is timed too and must give the same fills and equity.
 * a limit-order grid: buy levels every 0.5 % below the first price (40 levels), each filled buy
   gets a take-profit sell +0.5 % above it, a filled take-profit re-arms its buy; maker fee, fill
   model ``touch`` (Backtrader's limit semantics). Native sim vs Backtrader vs a plain numba loop
@@ -194,12 +196,13 @@ def bootstrap(pieces: list[BarArrays], n: int, seed: int = 1, block: int = 1440)
 PLUGINS = None
 
 
-def native(strategy, bars: BarArrays, *settings: str):
+def native(strategy, bars: BarArrays, *settings: str, event_path: bool = False):
+    """(seconds, RunResult) of a sim run as `quant run` runs it (a strategy's compiled backtest when
+    it has one that applies); ``event_path=True``: the engine's event path always."""
     global PLUGINS
     PLUGINS = PLUGINS or load_plugins()
     started = time.perf_counter()
-    # compiled=True: as `quant run` runs it (a strategy's compiled backtest when it has one)
-    result = run_strategy(strategy, bars, "broker.funding=off", "instrument.min_notional=0", *settings, plugins=PLUGINS, compiled=True)
+    result = run_strategy(strategy, bars, "broker.funding=off", "instrument.min_notional=0", *settings, plugins=PLUGINS, compiled=not event_path)
     return time.perf_counter() - started, result
 
 
@@ -239,10 +242,11 @@ from btc_quant.plugins.strategies.sma_cross import SmaCross
 bars = bootstrap(stretches(read_bars_file({str(data)!r})), {n})
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t1, r1 = native("sma_cross", bars, "instrument.taker_fee=0")  # with fees sma_cross runs out of money long before 3M bars
+t0, r0 = native("sma_cross", bars, "instrument.taker_fee=0", event_path=True)
 t2, r2 = native(Grid, bars, "broker.fill_model=touch")
 t3, r3 = native(PairsGrid, bars, "broker.fill_model=touch")
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps(dict(bars=len(bars), rss_after_load_mb=base / 1024, peak_rss_mb=peak / 1024, sma_s=t1, grid_s=t2, sma_fills=len(r1.fills), grid_fills=len(r2.fills), pairs_s=t3, pairs_fills=len(r3.fills))))
+print(json.dumps(dict(bars=len(bars), rss_after_load_mb=base / 1024, peak_rss_mb=peak / 1024, sma_s=t1, sma_event_s=t0, grid_s=t2, sma_fills=len(r1.fills), grid_fills=len(r2.fills), pairs_s=t3, pairs_fills=len(r3.fills))))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -269,17 +273,26 @@ def main() -> None:
     total = sum(len(p) for p in pieces)
     print(f"real data: {args.data.name}, {len(pieces)} stretches, {total:,} bars")
 
-    # sma_cross: native over every stretch; Backtrader on the slice; identical fills on the slice
+    # sma_cross: native (a SignalStrategy: compiled signal loop, as quant run runs it; and the event
+    # path) over every stretch; Backtrader on the slice; identical fills on the slice
     native("sma_cross", pieces[0][:2000])  # warm-up (numba cache, imports)
-    t_sma = sum(native("sma_cross", p)[0] for p in pieces)  # ~10 s: one pass
+    native("sma_cross", pieces[0][:2000], event_path=True)
+    t_sma = sum(native("sma_cross", p)[0] for p in pieces)
+    t_sma_event = sum(native("sma_cross", p, event_path=True)[0] for p in pieces)  # ~7-10 s: one pass
     slice_ = pieces[-3][: args.bt_bars] if len(pieces[-3]) >= args.bt_bars else max(pieces, key=len)[: args.bt_bars]
     t_sma_slice, r_sma = best(native, "sma_cross", slice_)
+    t_sma_event_slice, r_sma_event = best(lambda *a: native(*a, event_path=True), "sma_cross", slice_)
     started = time.perf_counter()
     r_bt = run_backtrader(SmaCross(), slice_, PERP)
     t_bt_sma = time.perf_counter() - started
     same = len(r_sma.fills) == len(r_bt.fills) and np.allclose(r_sma.fills.price, r_bt.fills.price) and (r_sma.fills.bar.to_numpy() == r_bt.fills.bar.to_numpy()).all()
-    print(f"sma_cross native: {total:,} bars in {t_sma:.2f} s = {total / t_sma:,.0f} bars/s")
-    print(f"sma_cross slice {len(slice_):,} bars: native {t_sma_slice:.3f} s, backtrader {t_bt_sma:.2f} s -> {t_bt_sma / t_sma_slice:.0f}x; identical fills: {same} ({len(r_sma.fills)} fills)")
+    cols = ["ts", "side", "price", "quantity", "fee", "bar"]
+    same_event = r_sma.fills[cols].equals(r_sma_event.fills[cols]) and r_sma.equity.equals(r_sma_event.equity)
+    print(f"sma_cross native (compiled signal loop: {bool(r_sma.extra.get('compiled'))}): {total:,} bars in {t_sma:.2f} s = {total / t_sma:,.0f} bars/s; "
+          f"event path {t_sma_event:.2f} s")
+    print(f"sma_cross slice {len(slice_):,} bars: native {t_sma_slice:.4f} s, backtrader {t_bt_sma:.2f} s -> {t_bt_sma / t_sma_slice:.0f}x; "
+          f"identical fills: {same} ({len(r_sma.fills)} fills); event path {t_sma_event_slice:.3f} s -> {t_bt_sma / t_sma_event_slice:.0f}x, "
+          f"identical fills and equity to the compiled run: {same_event}")
 
     # grid: native (the SDK's PairGrid: compiled pair loop; and the same grid on the event path),
     # numba loop over every stretch; Backtrader on the slice
@@ -314,7 +327,7 @@ def main() -> None:
 
     mem = memory_child(args.boot_bars, args.data)
     print(f"bootstrapped {mem['bars']:,} bars (block bootstrap of the real 1m bars, not market data): "
-          f"sma_cross {mem['sma_s']:.2f} s ({mem['sma_fills']} fills), grid event path {mem['grid_s']:.2f} s ({mem['grid_fills']} fills), "
+          f"sma_cross {mem['sma_s']:.2f} s ({mem['sma_fills']} fills; event path {mem['sma_event_s']:.2f} s), grid event path {mem['grid_s']:.2f} s ({mem['grid_fills']} fills), "
           f"grid PairGrid {mem['pairs_s']:.2f} s ({mem['pairs_fills']} fills); "
           f"peak RSS {mem['peak_rss_mb']:.0f} MB (after loading bars {mem['rss_after_load_mb']:.0f} MB)")
 
