@@ -29,6 +29,7 @@ Rules of a pair (both paths):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -42,6 +43,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..core.data import BarArrays
     from ..core.engine import Context, Engine, RunResult
     from ..core.model import Fill, Instrument
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,7 @@ class PairGrid(Strategy):
             return None
         reason = self.why_not(engine)
         if reason is not None:
+            log.info("%s: event path (%s)", engine.info.strategy, reason)
             return None
         return run_pairs(engine, bars, self)
 

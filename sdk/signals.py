@@ -30,16 +30,20 @@ one at a time, :meth:`SignalStrategy.live_signal` gives the value at the newest 
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from ..core.errors import StrategyError
 from ..core.strategy import Strategy
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..core.data import BarArrays
     from ..core.engine import Context, Engine, RunResult
     from ..core.model import Bar
+
+log = logging.getLogger(__name__)
 
 
 class SignalStrategy(Strategy):
@@ -58,7 +62,7 @@ class SignalStrategy(Strategy):
     def wake_bars(self, bars: "BarArrays") -> np.ndarray:
         values = np.asarray(self.signal(bars), dtype=np.float64)
         if len(values) != len(bars):
-            raise ValueError(f"{type(self).__name__}.signal returned {len(values)} values for {len(bars)} bars")
+            raise StrategyError(f"{type(self).__name__}.signal returned {len(values)} values for {len(bars)} bars")
         self._known = (bars.ts, bars.close, values)
         return ~np.isnan(values)
 
@@ -113,7 +117,11 @@ class SignalStrategy(Strategy):
         """The whole backtest in the broker's compiled signal loop when it has one and it applies;
         None otherwise (``core.run.run_engine`` then runs the event path)."""
         run_signal = getattr(engine.broker, "run_signal", None)
-        if run_signal is None or len(bars) == 0 or self.why_not(engine) is not None:
+        if run_signal is None or len(bars) == 0:
+            return None
+        reason = self.why_not(engine)
+        if reason is not None:
+            log.info("%s: event path (%s)", engine.info.strategy, reason)
             return None
         return run_signal(engine, bars, self)
 

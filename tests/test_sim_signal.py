@@ -11,7 +11,6 @@ hypothesis random walks (labelled as such: not market data).
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -18,7 +18,6 @@ crossing the price on arrival (a taker fill inside the loop) -- stops it, and th
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import numpy as np
