@@ -38,6 +38,10 @@ Execution rules (each one a test in ``tests/test_sim_broker.py``):
 
 Bars on which nothing can happen (no resting order reached, no liquidation, no funding with a
 position, no wake or alert) are skipped in compiled code (:func:`.sim_path.first_event_bar`).
+Strategies whose whole behaviour the broker knows in advance -- an :class:`~btc_quant.sdk.PairGrid`
+(:meth:`SimBroker.run_pairs`, :mod:`.sim_pairs`) or a :class:`~btc_quant.sdk.SignalStrategy`
+(:meth:`SimBroker.run_signal`, :mod:`.sim_signal`) -- can run the whole backtest in one compiled
+loop that repeats these rules and gives the same fills as the event path.
 """
 
 from __future__ import annotations
