@@ -5,11 +5,16 @@
 Workloads, on the same bars for every engine:
 
 * ``sma_cross`` (10/30, market orders at the next open, taker fee): native sim vs Backtrader; the
-  two must give identical fills (checked here on the Backtrader slice).
+  two must give identical fills (checked here on the Backtrader slice). sma_cross is a
+  ``SignalStrategy``, which the sim runs in its compiled signal loop as ``quant run`` does; the
+  event path is timed too and must give the same fills and equity.
 * a limit-order grid: buy levels every 0.5 % below the first price (40 levels), each filled buy
   gets a take-profit sell +0.5 % above it, a filled take-profit re-arms its buy; maker fee, fill
   model ``touch`` (Backtrader's limit semantics). Native sim vs Backtrader vs a plain numba loop
-  of the same grid over the same intrabar path. Take-profit prices are rounded up to the tick in all
+  of the same grid over the same intrabar path. The native grid is written with the SDK's order
+  pairs (``PairGrid``, which the sim runs in its compiled pair loop, as ``quant run`` does); the
+  same grid written as a plain ``Strategy`` with ``on_fill`` (the event path) is timed too and must
+  give identical fills and equity in every stretch. Take-profit prices are rounded up to the tick in all
   three, as ``ctx.sell`` rounds them (the numba loop once used the unrounded price and so made 4
   more fills in 10,939 than the sim: sells whose unrounded price the high touched but whose tick
   price it did not).
@@ -42,7 +47,7 @@ from btc_quant.core.instruments import instrument_for
 from btc_quant.core.plugins import load_plugins
 from btc_quant.plugins.brokers.backtrader_broker import run_backtrader
 from btc_quant.plugins.strategies.sma_cross import SmaCross
-from btc_quant.sdk import Strategy
+from btc_quant.sdk import OrderPair, PairGrid, Strategy
 from btc_quant.sdk.testing import run_strategy
 
 DATA = Path("/work/shared/data/binance_btcusdt_1m.parquet")
@@ -84,6 +89,17 @@ class Grid(Strategy):
             ctx.sell(QTY, self.tps[k], post_only=True, tag=f"s{k}")
         else:
             ctx.buy(QTY, self.levels[k], post_only=True, tag=f"b{k}")
+
+
+class PairsGrid(PairGrid):
+    """The same grid through the SDK's order pairs (``btc_quant.sdk.PairGrid``): a backtest on the
+    sim runs it in the compiled pair loop (``plugins/brokers/sim_pairs.py``) when it applies."""
+
+    name = "bench_pairs_grid"
+
+    def pairs(self, ctx):
+        levels = grid_levels(ctx.price, STEP, LEVELS)
+        return [OrderPair("buy", QTY, price, tp, tag=f"g{k}") for k, (price, tp) in enumerate(zip(levels, take_profits(levels, STEP)))]
 
 
 class BtGrid(bt.Strategy):
@@ -180,11 +196,13 @@ def bootstrap(pieces: list[BarArrays], n: int, seed: int = 1, block: int = 1440)
 PLUGINS = None
 
 
-def native(strategy, bars: BarArrays, *settings: str):
+def native(strategy, bars: BarArrays, *settings: str, event_path: bool = False):
+    """(seconds, RunResult) of a sim run as `quant run` runs it (a strategy's compiled backtest when
+    it has one that applies); ``event_path=True``: the engine's event path always."""
     global PLUGINS
     PLUGINS = PLUGINS or load_plugins()
     started = time.perf_counter()
-    result = run_strategy(strategy, bars, "broker.funding=off", "instrument.min_notional=0", *settings, plugins=PLUGINS)
+    result = run_strategy(strategy, bars, "broker.funding=off", "instrument.min_notional=0", *settings, plugins=PLUGINS, compiled=not event_path)
     return time.perf_counter() - started, result
 
 
@@ -218,15 +236,17 @@ def memory_child(n: int, data: Path) -> dict:
     code = f"""
 import resource, sys, json
 sys.path.insert(0, {str(Path(__file__).parent)!r})
-from bench_backtest import bootstrap, stretches, native, Grid
+from bench_backtest import bootstrap, stretches, native, Grid, PairsGrid
 from btc_quant.core.data import read_bars_file
 from btc_quant.plugins.strategies.sma_cross import SmaCross
 bars = bootstrap(stretches(read_bars_file({str(data)!r})), {n})
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t1, r1 = native("sma_cross", bars, "instrument.taker_fee=0")  # with fees sma_cross runs out of money long before 3M bars
+t0, r0 = native("sma_cross", bars, "instrument.taker_fee=0", event_path=True)
 t2, r2 = native(Grid, bars, "broker.fill_model=touch")
+t3, r3 = native(PairsGrid, bars, "broker.fill_model=touch")
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps(dict(bars=len(bars), rss_after_load_mb=base / 1024, peak_rss_mb=peak / 1024, sma_s=t1, grid_s=t2, sma_fills=len(r1.fills), grid_fills=len(r2.fills))))
+print(json.dumps(dict(bars=len(bars), rss_after_load_mb=base / 1024, peak_rss_mb=peak / 1024, sma_s=t1, sma_event_s=t0, grid_s=t2, sma_fills=len(r1.fills), grid_fills=len(r2.fills), pairs_s=t3, pairs_fills=len(r3.fills))))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -253,37 +273,62 @@ def main() -> None:
     total = sum(len(p) for p in pieces)
     print(f"real data: {args.data.name}, {len(pieces)} stretches, {total:,} bars")
 
-    # sma_cross: native over every stretch; Backtrader on the slice; identical fills on the slice
+    # sma_cross: native (a SignalStrategy: compiled signal loop, as quant run runs it; and the event
+    # path) over every stretch; Backtrader on the slice; identical fills on the slice
     native("sma_cross", pieces[0][:2000])  # warm-up (numba cache, imports)
-    t_sma = sum(native("sma_cross", p)[0] for p in pieces)  # ~10 s: one pass
+    native("sma_cross", pieces[0][:2000], event_path=True)
+    t_sma = sum(native("sma_cross", p)[0] for p in pieces)
+    t_sma_event = sum(native("sma_cross", p, event_path=True)[0] for p in pieces)  # ~7-10 s: one pass
     slice_ = pieces[-3][: args.bt_bars] if len(pieces[-3]) >= args.bt_bars else max(pieces, key=len)[: args.bt_bars]
     t_sma_slice, r_sma = best(native, "sma_cross", slice_)
+    t_sma_event_slice, r_sma_event = best(lambda *a: native(*a, event_path=True), "sma_cross", slice_)
     started = time.perf_counter()
     r_bt = run_backtrader(SmaCross(), slice_, PERP)
     t_bt_sma = time.perf_counter() - started
     same = len(r_sma.fills) == len(r_bt.fills) and np.allclose(r_sma.fills.price, r_bt.fills.price) and (r_sma.fills.bar.to_numpy() == r_bt.fills.bar.to_numpy()).all()
-    print(f"sma_cross native: {total:,} bars in {t_sma:.2f} s = {total / t_sma:,.0f} bars/s")
-    print(f"sma_cross slice {len(slice_):,} bars: native {t_sma_slice:.3f} s, backtrader {t_bt_sma:.2f} s -> {t_bt_sma / t_sma_slice:.0f}x; identical fills: {same} ({len(r_sma.fills)} fills)")
+    cols = ["ts", "side", "price", "quantity", "fee", "bar"]
+    same_event = r_sma.fills[cols].equals(r_sma_event.fills[cols]) and r_sma.equity.equals(r_sma_event.equity)
+    print(f"sma_cross native (compiled signal loop: {bool(r_sma.extra.get('compiled'))}): {total:,} bars in {t_sma:.2f} s = {total / t_sma:,.0f} bars/s; "
+          f"event path {t_sma_event:.2f} s")
+    print(f"sma_cross slice {len(slice_):,} bars: native {t_sma_slice:.4f} s, backtrader {t_bt_sma:.2f} s -> {t_bt_sma / t_sma_slice:.0f}x; "
+          f"identical fills: {same} ({len(r_sma.fills)} fills); event path {t_sma_event_slice:.3f} s -> {t_bt_sma / t_sma_event_slice:.0f}x, "
+          f"identical fills and equity to the compiled run: {same_event}")
 
-    # grid: native, numba loop over every stretch; Backtrader on the slice
-    native(Grid, pieces[0][:2000], "broker.fill_model=touch")
-    t_grid = t_nb = np.inf
-    for _ in range(args.repeat):  # best of the whole pass over the stretches, for both
-        passes = [native(Grid, p, "broker.fill_model=touch") for p in pieces]
+    # grid: native (the SDK's PairGrid: compiled pair loop; and the same grid on the event path),
+    # numba loop over every stretch; Backtrader on the slice
+    touch = "broker.fill_model=touch"
+    native(PairsGrid, pieces[0][:2000], touch)
+    native(Grid, pieces[0][:2000], touch)
+    t_grid = t_event = t_nb = np.inf
+    for _ in range(args.repeat):  # best of the whole pass over the stretches, for each
+        passes = [native(PairsGrid, p, touch) for p in pieces]
         t_grid = min(t_grid, sum(t for t, _ in passes))
-        fills_grid = sum(len(r.fills) for _, r in passes)
+        pairs_runs = [r for _, r in passes]
+        passes = [native(Grid, p, touch) for p in pieces]
+        t_event = min(t_event, sum(t for t, _ in passes))
+        event_runs = [r for _, r in passes]
         passes = [numba_run(p) for p in pieces]
         t_nb = min(t_nb, sum(t for t, _, _ in passes))
         fills_nb = sum(f for _, f, _ in passes)
-    t_grid_slice, r_grid = best(native, Grid, slice_, "broker.fill_model=touch")
+    fills_grid = sum(len(r.fills) for r in pairs_runs)
+    compiled = all(r.extra.get("compiled") for r in pairs_runs)
+    cols = ["ts", "side", "price", "quantity", "fee", "bar"]
+    same_event = all(a.fills[cols].equals(b.fills[cols]) and a.equity.equals(b.equity) for a, b in zip(pairs_runs, event_runs))
+    t_grid_slice, r_grid = best(native, PairsGrid, slice_, touch)
+    t_event_slice, _ = best(native, Grid, slice_, touch)
     t_bt_grid, bt_fills, _ = backtrader_grid(slice_)
     t_nb_slice, nb_fills, _ = best(numba_run, slice_)
-    print(f"grid native: {total:,} bars in {t_grid:.2f} s = {total / t_grid:,.0f} bars/s, {fills_grid:,} fills; numba loop {t_nb:.3f} s, {fills_nb:,} fills -> native/numba {t_grid / t_nb:.1f}x; same fill count: {fills_grid == fills_nb}")
-    print(f"grid slice {len(slice_):,} bars: native {t_grid_slice:.3f} s ({len(r_grid.fills)} fills), backtrader {t_bt_grid:.2f} s ({bt_fills} fills) -> {t_bt_grid / t_grid_slice:.0f}x, numba {t_nb_slice:.4f} s ({nb_fills} fills)")
+    print(f"grid native (sdk PairGrid, compiled pair loop: {compiled}): {total:,} bars in {t_grid:.3f} s = {total / t_grid:,.0f} bars/s, {fills_grid:,} fills; "
+          f"numba loop {t_nb:.3f} s, {fills_nb:,} fills -> native/numba {t_grid / t_nb:.1f}x; same fill count: {fills_grid == fills_nb}")
+    print(f"grid on the event path (Strategy with on_fill, as before): {t_event:.2f} s -> {t_event / t_nb:.1f}x numba; "
+          f"fills and equity identical to the PairGrid run in every stretch: {same_event}")
+    print(f"grid slice {len(slice_):,} bars: native {t_grid_slice:.4f} s ({len(r_grid.fills)} fills; event path {t_event_slice:.3f} s), "
+          f"backtrader {t_bt_grid:.2f} s ({bt_fills} fills) -> {t_bt_grid / t_grid_slice:.0f}x, numba {t_nb_slice:.4f} s ({nb_fills} fills)")
 
     mem = memory_child(args.boot_bars, args.data)
     print(f"bootstrapped {mem['bars']:,} bars (block bootstrap of the real 1m bars, not market data): "
-          f"sma_cross {mem['sma_s']:.2f} s ({mem['sma_fills']} fills), grid {mem['grid_s']:.2f} s ({mem['grid_fills']} fills); "
+          f"sma_cross {mem['sma_s']:.2f} s ({mem['sma_fills']} fills; event path {mem['sma_event_s']:.2f} s), grid event path {mem['grid_s']:.2f} s ({mem['grid_fills']} fills), "
+          f"grid PairGrid {mem['pairs_s']:.2f} s ({mem['pairs_fills']} fills); "
           f"peak RSS {mem['peak_rss_mb']:.0f} MB (after loading bars {mem['rss_after_load_mb']:.0f} MB)")
 
 

@@ -52,13 +52,15 @@ from ..core.runtime import Runtime
 from ..core.store import Store, StoreConfig
 from ..core.strategy import Strategy, StrategyConfig
 from .ordersync import BrokerVenue, OrderSync, SyncReport, VirtualOrder
+from .pairs import OrderPair, PairGrid
+from .signals import SignalStrategy
 
 __all__ = [
     "Account", "Bar", "BarArrays", "Broker", "BrokerVenue", "OrderSync", "SyncReport", "VirtualOrder", "BrokerConfig", "BrokerEvent", "ConfigError", "Context",
     "DataError", "Duration", "ExchangeError", "Field", "Fill", "FillEvent", "FillModel", "Instrument", "KillSwitch",
-    "MarginBracket", "MarginState", "MarketKind", "Order", "OrderError", "OrderEvent", "OrderStatus", "OrderType",
+    "MarginBracket", "MarginState", "MarketKind", "Order", "OrderError", "OrderPair", "PairGrid", "OrderEvent", "OrderStatus", "OrderType",
     "PluginError", "Position", "QuantError", "QuantModel", "RiskCheck", "RiskCheckConfig", "RiskError",
-    "ReportSection", "RiskState", "RunResult", "Runtime", "Side", "SimulatedBroker", "Step", "Store", "StoreConfig",
+    "ReportSection", "RiskState", "RunResult", "Runtime", "Side", "SignalStrategy", "SimulatedBroker", "Step", "Store", "StoreConfig",
     "StoreError", "Strategy", "StrategyConfig", "StrategyError", "THROUGH", "TOUCH", "Timestamp",
     "hookimpl", "parse_duration", "registered", "timeframe_ms",
 ]

@@ -11,7 +11,7 @@ from ..core.data import BarArrays
 from ..core.engine import RunResult
 from ..core.model import Bar
 from ..core.plugins import PluginManager, load_plugins
-from ..core.run import build_engine, build_runtime
+from ..core.run import build_engine, build_runtime, run_engine
 from ..core.strategy import Strategy
 
 
@@ -41,11 +41,15 @@ def run_strategy(
     bars: BarArrays | Sequence[Bar],
     *pairs: str,
     plugins: PluginManager | None = None,
+    compiled: bool = False,
 ) -> RunResult:
     """Backtest a strategy (registered name or class) on given bars with ``key=value`` settings.
 
     The strategy object the run used is ``result.extra["strategy"]``, so a test can look at its
-    state after the run (a grid's open lots, an indicator's last value).
+    state after the run (a grid's open lots, an indicator's last value). ``compiled=True`` runs
+    as ``quant run`` does (:func:`btc_quant.core.run.run_engine`): the strategy's compiled backtest
+    when it has one that applies (``result.extra["compiled"]``), else the event path; the default
+    is always the event path.
     """
     plugins = plugins or load_plugins()
     extra: dict[str, Strategy] = {}
@@ -63,7 +67,7 @@ def run_strategy(
             np.array([b.ts_ms for b in bars], dtype=np.int64),
             *(np.array([getattr(b, f) for b in bars], dtype=np.float64) for f in ("open", "high", "low", "close", "volume")),
         )
-    result = engine.run_backtest(bars)
+    result = run_engine(engine, bars) if compiled else engine.run_backtest(bars)
     result.extra["strategy"] = engine.strategy
     return result
 

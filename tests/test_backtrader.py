@@ -10,10 +10,13 @@ from btc_quant.plugins.strategies.sma_cross import SmaCross
 from btc_quant.sdk.testing import run_strategy
 
 
-def test_sma_cross_gives_the_same_trades_and_equity_in_backtrader_and_sim(sample_bars):
+@pytest.mark.parametrize("compiled", [False, True], ids=["event_path", "compiled_signal_loop"])
+def test_sma_cross_gives_the_same_trades_and_equity_in_backtrader_and_sim(sample_bars, compiled):
     """Bundled real BTCUSDT-perp 1m bars (January 2022); market orders at the next open, taker fee
-    0.05% on both sides, no funding (Backtrader has none)."""
-    sim = run_strategy("sma_cross", sample_bars, "broker.funding=off")
+    0.05% on both sides, no funding (Backtrader has none). The sim runs sma_cross on the event path
+    and, as ``quant run`` does, in the compiled signal loop."""
+    sim = run_strategy("sma_cross", sample_bars, "broker.funding=off", compiled=compiled)
+    assert sim.extra.get("compiled", False) is compiled
     ref = run_backtrader(SmaCross(), sample_bars, instrument_for("binanceusdm", "BTC/USDT:USDT"))
     assert len(sim.fills) == len(ref.fills) > 1000
     cols = ["ts", "side", "quantity", "bar"]

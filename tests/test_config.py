@@ -60,7 +60,7 @@ def test_dates_and_durations_parse(plugins, tmp_path):
         (["strategy.fastt=5"], "strategy.fastt: unknown key for strategy 'sma_cross' (did you mean 'fast'?); valid keys: equity_pct, fast, slow"),
         (["strategy.fast=abc"], "strategy.fast: Input should be a valid integer, unable to parse string as an integer (got 'abc')"),
         (["strategy.fast=40"], "strategy.slow: must be greater than fast (40) (got 30)"),
-        (["strategy=smacross"], "strategy: unknown strategy 'smacross' (did you mean 'sma_cross'?); available: maker_vol, sma_cross"),
+        (["strategy=smacross"], "strategy: unknown strategy 'smacross' (did you mean 'sma_cross'?); available: grid, maker_vol, sma_cross"),
         (["broker=simm"], "broker: unknown broker 'simm' (did you mean 'sim'?)"),
         (["broker.fill_model=toch"], "broker.fill_model: unknown fill model 'toch' (did you mean 'touch'?); available: through, touch"),
         (["strat=sma_cross"], "strat: unknown key (did you mean 'strategy'?)"),

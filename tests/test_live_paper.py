@@ -45,6 +45,27 @@ def test_paper_run_trades_live_bars_with_the_sim_rules(fast_exchange, plugins):
     assert report["final_equity"] == pytest.approx(run.broker.equity())
 
 
+def test_paper_run_places_and_rearms_order_pairs(fast_exchange, plugins):
+    """The ``grid`` strategy (an sdk PairGrid) on live bars: the same class whose backtest runs
+    compiled places each take-profit from on_fill here, and re-arms the entry after it."""
+    cfg = load_run_config(
+        ["strategy=grid", "strategy.levels=6", "strategy.step_pct=0.0005", "strategy.quantity=0.01", "broker=paper"], plugins.registry
+    )
+    run = LiveRun(cfg, plugins, url=fast_exchange.url, max_seconds=10)
+    run.run()
+    fills = run.engine.fills
+    assert any(fill.tag.endswith(":tp") for fill in fills), "a 0.05 % grid takes profit within 20+ real 1m bars"
+    assert all(fill.is_maker for fill in fills)
+    state: dict[str, str] = {}  # pair tag -> the leg that must fill next
+    for fill in fills:
+        pair, leg = fill.tag.split(":")
+        assert state.get(pair, "entry") == leg, f"{fill.tag} filled out of turn"
+        state[pair] = "tp" if leg == "entry" else "entry"
+    live = {order.tag for order in run.broker.open_orders()}
+    for pair, leg in state.items():
+        assert f"{pair}:{leg}" in live  # every filled leg's partner rests
+
+
 def test_live_refuses_real_money_without_the_flag(quant):
     proc = quant("run", "broker=live")
     assert proc.returncode == 2

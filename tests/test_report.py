@@ -34,7 +34,7 @@ def isolated_run(sample_bars):
 
 
 def test_plugin_sections_come_after_the_standard_ones(isolated_run):
-    pm = load_plugins(extra={"grid": make_plugin(quant_report_sections=grid_section)})
+    pm = load_plugins(extra={"grid_sections": make_plugin(quant_report_sections=grid_section)})
     titles = [s.title for s in sections(isolated_run, pm)]
     assert titles[:2] == ["Summary", "Price and fills"]
     assert "Distance to liquidation" in titles and "Funding" in titles
@@ -44,7 +44,7 @@ def test_plugin_sections_come_after_the_standard_ones(isolated_run):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (.ci/run installs it)")
 def test_html_report_renders_in_headless_chromium_without_errors(isolated_run, tmp_path):
-    pm = load_plugins(extra={"grid": make_plugin(quant_report_sections=grid_section)})
+    pm = load_plugins(extra={"grid_sections": make_plugin(quant_report_sections=grid_section)})
     page = write_html(isolated_run, tmp_path / "report.html", pm)
     figures = sum(1 for s in sections(isolated_run, pm) if s.figure is not None)
     base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000"]

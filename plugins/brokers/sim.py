@@ -38,6 +38,10 @@ Execution rules (each one a test in ``tests/test_sim_broker.py``):
 
 Bars on which nothing can happen (no resting order reached, no liquidation, no funding with a
 position, no wake or alert) are skipped in compiled code (:func:`.sim_path.first_event_bar`).
+Strategies whose whole behaviour the broker knows in advance -- an :class:`~btc_quant.sdk.PairGrid`
+(:meth:`SimBroker.run_pairs`, :mod:`.sim_pairs`) or a :class:`~btc_quant.sdk.SignalStrategy`
+(:meth:`SimBroker.run_signal`, :mod:`.sim_signal`) -- can run the whole backtest in one compiled
+loop that repeats these rules and gives the same fills as the event path.
 """
 
 from __future__ import annotations
@@ -702,6 +706,26 @@ class SimBroker(SimulatedBroker):
             if wake is None or wake[i] or alert:
                 return Step(i, True, alert)
         return Step(n, True)
+
+    # --- compiled backtests ---------------------------------------------------------------------
+    def run_pairs(self, engine, bars: BarArrays, strategy):
+        """A :class:`~btc_quant.sdk.pairs.PairGrid` backtest in compiled code (:mod:`.sim_pairs`):
+        the RunResult, or None when it does not apply (the engine's event path then runs). Only the
+        sim itself: a subclass may change the rules the compiled loop repeats."""
+        if type(self) is not SimBroker:
+            return None
+        from .sim_pairs import run_pairs
+
+        return run_pairs(self, engine, bars, strategy)
+
+    def run_signal(self, engine, bars: BarArrays, strategy):
+        """A :class:`~btc_quant.sdk.signals.SignalStrategy` backtest in compiled code
+        (:mod:`.sim_signal`); None when it does not apply. Only the sim itself, as :meth:`run_pairs`."""
+        if type(self) is not SimBroker:
+            return None
+        from .sim_signal import run_signal
+
+        return run_signal(self, engine, bars, strategy)
 
     # --- results ----------------------------------------------------------------------------
     def equity_curve(self) -> np.ndarray:

@@ -1,10 +1,11 @@
 """``sma_cross``: long when the fast SMA is above the slow one, flat otherwise (the seed's example).
 
-The position is opened with a market order for ``equity_pct`` of equity and closed with a market
-order; both fill at the next bar's open. In a backtest the strategy only wakes on bars where the
-two averages cross, so the engine skips everything in between, and ``on_bar`` reads the averages
-that ``wake_bars`` computed over the run's bars (causal: the value at a bar uses that bar and the
-ones before it only, the same number ``sma`` gives on the window) instead of computing them again.
+A :class:`~btc_quant.sdk.signals.SignalStrategy`: its decisions are one causal array over the bars
+(at each cross of the two averages, hold ``equity_pct`` of equity or nothing), so a backtest on
+the ``sim`` broker runs in the compiled signal loop and the engine never walks the bars in
+between. The position is opened with a market order for ``equity_pct`` of equity and closed with
+a reduce-only market order; both fill at the next bar's open. Live, the averages are computed on
+the window of closed bars at every bar.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import field_validator
 
-from btc_quant.sdk import Field, Strategy, StrategyConfig, hookimpl
+from btc_quant.sdk import Field, StrategyConfig, hookimpl
+from btc_quant.sdk.signals import SignalStrategy
 from btc_quant.sdk.indicators import crossed, sma
 
 
@@ -30,40 +32,29 @@ class SmaCrossConfig(StrategyConfig):
         return slow
 
 
-class SmaCross(Strategy):
+class SmaCross(SignalStrategy):
     """Long while SMA(fast) > SMA(slow), flat otherwise; market orders at the next open."""
 
     Config = SmaCrossConfig
-    needs_every_bar = False
 
-    _known: tuple | None = None  # (ts, close, fast > slow, slow known) of the bars wake_bars saw
-
-    def wake_bars(self, bars):
+    def signal(self, bars):
+        """At each cross (once both averages exist): ``equity_pct`` when the fast SMA is above, 0 when
+        it is not; NaN between crosses (no decision: the engine skips those bars)."""
         fast, slow = sma(bars.close, self.config.fast), sma(bars.close, self.config.slow)
-        self._known = (bars.ts, bars.close, fast > slow, ~np.isnan(slow))
-        return crossed(fast, slow)
+        decide = crossed(fast, slow) & ~np.isnan(slow)
+        return np.where(decide, np.where(fast > slow, self.config.equity_pct, 0.0), np.nan)
+
+    def live_signal(self, ctx, bar):
+        """Bars arriving one at a time (live): the averages on the window, at every bar."""
+        long = self._long(ctx, bar)
+        return float("nan") if long is None else (self.config.equity_pct if long else 0.0)
 
     def _long(self, ctx, bar) -> bool | None:
-        """Fast SMA above slow at ``bar``; None before there are ``slow`` bars."""
-        if self._known is not None:
-            ts, close, above, ready = self._known
-            i = int(ts.searchsorted(bar.ts_ms))
-            if i < len(ts) and ts[i] == bar.ts_ms and close[i] == bar.close:
-                return bool(above[i]) if ready[i] else None
-        closes = ctx.bars(self.config.slow).close  # live runs: no wake_bars, compute on the window
+        """Fast SMA above slow at the last closed bar; None before there are ``slow`` bars."""
+        closes = ctx.bars(self.config.slow).close
         if len(closes) < self.config.slow:
             return None
         return sma(closes, self.config.fast)[-1] > sma(closes, self.config.slow)[-1]
-
-    def on_bar(self, ctx, bar):
-        long = self._long(ctx, bar)
-        if long is None:
-            return
-        position = ctx.position.quantity
-        if long and position == 0 and not ctx.open_orders:
-            ctx.buy(self.config.equity_pct * ctx.equity / bar.close)
-        elif not long and position > 0 and not ctx.open_orders:
-            ctx.sell(position, reduce_only=True)
 
 
 @hookimpl
