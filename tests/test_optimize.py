@@ -22,6 +22,7 @@ from btc_quant.core.data import SAMPLE, read_bars_file
 from btc_quant.core.errors import ConfigError
 from btc_quant.core.config import gather
 from btc_quant.core.optimize import Constraint, SearchSpace, StopFlag, metric_names, optimize, plan_study
+from btc_quant.core.optimize.runner import _insert_trials
 from btc_quant.core.optimize.space import parse_distribution
 
 # Real bars: the bundled BTCUSDT perpetual 1m sample (January 2022); a few days keep trials short.
@@ -253,6 +254,58 @@ def test_stopped_study_keeps_every_trial_its_batches_finished_and_resumes(cluste
     counted = again.trials[~again.trials["interrupted"].astype(bool)]
     assert len(counted) == 60 and (counted["state"] == "COMPLETE").all()
     assert _complete_trials(out / "study.db")[: len(stored)] == stored
+
+
+def _varied_trials(count: int) -> list[optuna.trial.FrozenTrial]:
+    """Finished trials of an in-memory study with every kind of field the optimiser writes."""
+    memory = optuna.create_study(direction="maximize")
+    for k in range(count):
+        trial = memory.ask()
+        trial.suggest_int("fast", 2, 12)
+        trial.suggest_float("step_pct", 0.001, 0.01, log=True)
+        trial.suggest_categorical("lookback", ["3d", "7d", "14d"])
+        trial.set_user_attr("run", {"metrics": {"sharpe": k / 3, "trades": k}, "feasible": k % 2 == 0})
+        trial.set_constraint("liquidations==0", float(k % 3 - 1))  # a system attribute
+        trial.report(float("nan") if k == 2 else k * 0.5, step=0)
+        if k % 5 == 4:
+            trial.set_user_attr("error", "no bars in the window")
+            memory.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            memory.tell(trial, {1: float("inf"), 3: float("-inf")}.get(k, k * 1.25))
+    return memory.get_trials(deepcopy=False)
+
+
+def _fields(trial: optuna.trial.FrozenTrial) -> tuple:
+    nan_safe = {step: repr(v) for step, v in trial.intermediate_values.items()}
+    return (trial.number, trial.state, trial.values, trial.params, trial.distributions, trial.user_attrs,
+            trial.system_attrs, nan_safe, trial.datetime_start, trial.datetime_complete)
+
+
+def test_bulk_saved_trials_read_back_as_optuna_itself_saves_them(tmp_path):
+    """The driver's bulk INSERTs against Optuna's own ``add_trials``, on two SQLite studies that
+    already hold a trial: loaded back, every field of every trial is the same."""
+    trials = _varied_trials(11)
+    loaded = []
+    for name, save in (("optuna", lambda study, batch: study.add_trials(batch)), ("bulk", _insert_trials)):
+        url = f"sqlite:///{tmp_path / name}.db"
+        study = optuna.create_study(storage=url, study_name="s", direction="maximize")
+        study.enqueue_trial({"fast": 3})
+        study.optimize(lambda t: t.suggest_int("fast", 2, 12) * 1.0, n_trials=1)
+        save(study, trials[:6])
+        save(study, trials[6:])
+        loaded.append([_fields(t) for t in optuna.load_study(study_name="s", storage=url).get_trials()])
+    assert len(loaded[1]) == 12 and [f[0] for f in loaded[1]] == list(range(12))
+    assert loaded[1][1:] == loaded[0][1:]  # the first trial ran in each study, at its own time
+
+
+def test_bulk_save_refuses_a_distribution_the_study_stores_differently(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    study.optimize(lambda t: t.suggest_int("fast", 2, 12) * 1.0, n_trials=1)
+    memory = optuna.create_study()
+    memory.optimize(lambda t: len(t.suggest_categorical("fast", ["a", "bc"])) * 1.0, n_trials=1)
+    with pytest.raises(ValueError):
+        _insert_trials(study, memory.get_trials())
+    assert len(study.get_trials()) == 1  # nothing of the refused batch was written
 
 
 def _raw(pairs: list[str]) -> dict:
