@@ -15,14 +15,13 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from distributed import LocalCluster
 
 from btc_quant.core.config import load_run_config
 from btc_quant.core.data import SAMPLE, read_bars_file
 from btc_quant.core.errors import ConfigError
 from btc_quant.core.config import gather
 from btc_quant.core.optimize import Constraint, SearchSpace, StopFlag, metric_names, optimize, plan_study
-from btc_quant.core.optimize.runner import _insert_trials
+from btc_quant.core.optimize.runner import BarsOnWorkers, _insert_trials, keep_freed_memory, local_cluster
 from btc_quant.core.optimize.space import parse_distribution
 
 # Real bars: the bundled BTCUSDT perpetual 1m sample (January 2022); a few days keep trials short.
@@ -124,10 +123,35 @@ def test_cli_bad_search_space_is_one_line_naming_the_key(quant):
 
 @pytest.fixture(scope="module")
 def cluster():
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", scheduler_port=0, dashboard_address=None
-    ) as local:
+    with local_cluster(2) as local:  # the LocalCluster `quant optimize` starts
         yield local.scheduler_address
+
+
+def _page_faults_of_new_arrays(count: int = 40) -> int:
+    """Minor page faults of this process while it makes and drops ``count`` 1 MiB arrays."""
+    import resource
+
+    import numpy as np
+
+    np.ones(2**17).sum()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(count):
+        np.ones(2**17).sum()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_workers_with_the_bars_reuse_freed_memory_instead_of_faulting_pages_in(cluster):
+    """Trials make and drop many arrays of a few MiB; on the optimiser's workers they reuse the
+    memory of the last trial (each fresh 1 MiB mapping would fault in 256 pages)."""
+    from distributed import Client
+
+    if not keep_freed_memory():
+        pytest.skip("the C library has no mallopt (not glibc): nothing to tune")
+    bars = read_bars_file(SAMPLE.path)
+    with Client(cluster) as client:
+        client.register_plugin(BarsOnWorkers("fault-test", bars))
+        faults = [client.submit(_page_faults_of_new_arrays, pure=False, workers=[w]).result() for w in client.nthreads()]
+    assert len(faults) == 2 and max(faults) < 40 * 16, faults
 
 
 def test_grid_study_on_two_workers_writes_trials_report_and_a_runnable_best_config(cluster, tmp_path, plugins, quant):

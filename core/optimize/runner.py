@@ -18,6 +18,7 @@ command again resumes the study and runs exactly what is missing.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -91,9 +92,34 @@ class BarsOnWorkers(WorkerPlugin):
 
     def setup(self, worker=None) -> None:
         _worker_bars[self.token] = PreloadedStore(self.bars, self.funding)
+        keep_freed_memory()
 
     def teardown(self, worker=None) -> None:
         _worker_bars.pop(self.token, None)
+
+
+#: glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Let this process's malloc keep freed arrays for the next trial instead of giving them back.
+
+    Dask starts workers with MALLOC_TRIM_THRESHOLD_=64 KiB, so that freed memory goes back to the
+    system at once. Setting it also fixes glibc's mmap threshold at 128 KiB: every array of a
+    backtest (one 130k-bar column is 1 MiB) is then a fresh mmap whose pages fault in on first
+    touch and are unmapped when freed. A sma_cross trial cost 70-78 ms of CPU in a worker against
+    40 ms in a plain process, and two workers faulting pages at once slowed each other down
+    (bench/RESULTS.md, issue 7). Here arrays up to 32 MiB (glibc's own ceiling for its dynamic
+    threshold) come from the heap, which keeps up to 64 MiB of freed memory. Done at run time
+    with mallopt, so it holds on any cluster's workers; False where the C library has no mallopt
+    (not glibc), which changes nothing else."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)) and bool(mallopt(_M_TRIM_THRESHOLD, 64 * 2**20))
 
 
 def evaluate(config: dict[str, Any], bars_token: str, start_ms: int | None, end_ms: int | None, keep_result: bool = False) -> dict[str, Any]:
