@@ -203,4 +203,4 @@ def test_compiled_trades_match_trades_frame(rows):
 
 def test_base36_array_matches_base36():
     values = np.array([1, 35, 36, 1295, 1296, 1_764_000_000_000, 2**40 + 12345])
-    assert base36_array(values).tolist() == [base36(int(v)) for v in values]
+    assert base36_array(values).to_pylist() == [base36(int(v)) for v in values]

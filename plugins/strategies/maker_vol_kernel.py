@@ -38,6 +38,8 @@ from collections import Counter
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from numba import njit
 
 # --- state vector S (float64) --------------------------------------------------------------------
@@ -1163,19 +1165,27 @@ def _trades_frame(fills: pd.DataFrame) -> pd.DataFrame:
 
     if fills.empty:
         return trades_frame(fills)
-    columns = ["entry_time", "exit_time", "side", "max_quantity", "entry_price", "exit_price", "pnl", "fees"]
-    signs = np.where(fills["side"].to_numpy() == "buy", 1.0, -1.0)
+    signs = np.where((fills["side"] == "buy").to_numpy(), 1.0, -1.0)
     rows = flat_to_flat(signs, np.array(fills["price"].to_numpy(), dtype=np.float64), np.array(fills["quantity"].to_numpy(), dtype=np.float64),
                         np.array(fills["fee"].to_numpy(), dtype=np.float64))
-    ts = fills["ts"]
-    out = []
-    for start, end, long_, max_qty, entry_cost, bought, exit_value, sold, fees in rows.tolist():
-        buy_px = entry_cost / bought if bought else float("nan")
-        sell_px = exit_value / sold if sold else float("nan")
-        pnl = (exit_value - entry_cost) - fees
-        side = "long" if long_ else "short"
-        out.append((ts.iloc[int(start)], ts.iloc[int(end)], side, max_qty, buy_px if long_ else sell_px, sell_px if long_ else buy_px, pnl, fees))
-    return pd.DataFrame(out, columns=columns)
+    if len(rows) == 0:  # never flat again after the first fill: trades_frame's frame of no rows
+        return pd.DataFrame([], columns=["entry_time", "exit_time", "side", "max_quantity", "entry_price", "exit_price", "pnl", "fees"])
+    start, end, long_ = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64), rows[:, 2] != 0
+    max_qty, entry_cost, bought, exit_value, sold, fees = rows[:, 3:].T
+    with np.errstate(divide="ignore", invalid="ignore"):  # no buy (sell) in the trade: NaN, as trades_frame
+        buy_px = np.where(bought != 0, entry_cost / bought, np.nan)
+        sell_px = np.where(sold != 0, exit_value / sold, np.nan)
+    times = fills["ts"].array
+    return pd.DataFrame({
+        "entry_time": times.take(start),
+        "exit_time": times.take(end),
+        "side": _text(_labels(["short", "long"], long_)),
+        "max_quantity": max_qty,
+        "entry_price": np.where(long_, buy_px, sell_px),
+        "exit_price": np.where(long_, sell_px, buy_px),
+        "pnl": (exit_value - entry_cost) - fees,
+        "fees": fees,
+    })
 
 
 # --- the Python side: conditions, inputs, and the RunResult -----------------------------------------
@@ -1219,22 +1229,58 @@ def why_not(strategy, engine) -> str | None:
     return None
 
 
+# The RunResult's text and time columns are built as whole arrays (arrow strings, datetime64), not
+# one Python object per row: a run has up to about one order per bar. They must come out with the
+# dtypes the event path's frames get from Python strings and pd.to_datetime.
+_TEXT = pd.Series(["text"]).dtype  # "str" (arrow-backed) in pandas 3, object before
+_TIME = pd.to_datetime(np.zeros(1, dtype=np.int64), unit="ms", utc=True).dtype
+
+
+def _text(values: pa.Array):
+    """A column of the strings in ``values`` (nulls are missing), with the dtype pandas gives a
+    column of Python strings."""
+    if _TEXT == object:
+        return values.to_numpy(zero_copy_only=False)
+    return pd.array(values, dtype=_TEXT)
+
+
+def _times(ms: np.ndarray):
+    """``pd.to_datetime(ms, unit="ms", utc=True)`` as an array: the same values and dtype."""
+    return pd.array(np.asarray(ms, dtype=np.int64).astype("M8[ms]").astype(f"M8[{_TIME.unit}]"), dtype=_TIME)
+
+
+def _decimal(values: np.ndarray) -> pa.Array:
+    """``str(v)`` of every integer."""
+    return pc.cast(pa.array(np.asarray(values, dtype=np.int64)), pa.large_string())
+
+
+def _join(*parts) -> pa.Array:
+    """Row by row concatenation of string arrays and constant strings (an f-string over arrays)."""
+    as_text = lambda part: pa.scalar(part, type=pa.large_string()) if isinstance(part, str) else part  # noqa: E731
+    return pc.binary_join_element_wise(*map(as_text, parts), pa.scalar("", type=pa.large_string()))
+
+
+def _labels(names: list, codes: np.ndarray) -> pa.Array:
+    """``names[code]`` for every code."""
+    return pa.array(names, type=pa.large_string()).take(np.asarray(codes, dtype=np.int64))
+
+
 _B36 = np.frombuffer(b"0123456789abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
 
 
-def base36_array(values: np.ndarray) -> np.ndarray:
+def base36_array(values: np.ndarray) -> pa.Array:
     """``sdk.ordersync.base36`` of every value (>= 1), vectorised."""
     values = np.asarray(values, dtype=np.int64)
     if len(values) == 0:
-        return np.empty(0, dtype=str)
+        return pa.array([], type=pa.large_string())
     width = max(1, int(math.ceil(math.log(max(int(values.max()), 1) + 1, 36))) + 1)
     digits = np.empty((len(values), width), dtype=np.uint8)
-    rest = values.copy()
+    rest = values
     for col in range(width - 1, -1, -1):
-        digits[:, col] = _B36[rest % 36]
-        rest //= 36
-    out = digits.view(f"S{width}").ravel().astype(str)
-    return np.char.lstrip(out, "0")
+        rest, digit = np.divmod(rest, 36)
+        digits[:, col] = _B36[digit]
+    padded = pa.array(digits.view(f"S{width}").ravel()).cast(pa.large_string())
+    return pc.utf8_ltrim(padded, characters="0")
 
 
 def _ladder_tables(strategy, bars, wake_idx, inst):
@@ -1374,49 +1420,62 @@ def compiled_backtest(strategy, engine, bars):
     return result
 
 
-def _client_ids(strategy, engine, O):
+def _client_ids(strategy, engine, O) -> tuple[pa.Array, pa.Array]:
+    """The client id and the tag of every order (in order of creation), as the event path gives them."""
     kind = O[:, O_KIND].astype(np.int64)
     ref = O[:, O_REF].astype(np.int64)
-    gen = O[:, O_GEN].astype(np.int64)
-    ids = np.empty(len(O), dtype=object)
-    tags = np.empty(len(O), dtype=object)
-    prefix = strategy.sync.prefix
-    for letter, k in (("b", K_ENTRY), ("t", K_TP)):
+    rows, ids, tags = [], [], []
+    for letter, k in (("b", K_ENTRY), ("t", K_TP)):  # OrderSync: f"{prefix}{key}.{base36(generation)}", key: letter + level
         sel = np.flatnonzero(kind == k)
-        if len(sel):
-            keys = [f"{letter}{r}" for r in ref[sel].tolist()]
-            tags[sel] = keys
-            ids[sel] = [f"{prefix}{key}.{g}" for key, g in zip(keys, base36_array(gen[sel]).tolist())]
-    for oi in np.flatnonzero(kind == K_CLOSE).tolist():  # in creation order, as the engine hands them out
-        ids[oi] = engine.next_client_id()
-        tags[oi] = f"saturation:{ref[oi]}"
-    for oi in np.flatnonzero(kind == K_LIQ).tolist():
-        ids[oi] = f"liquidation-{ref[oi]}"
-        tags[oi] = "liquidation"
-    return ids, tags
+        keys = _join(letter, _decimal(ref[sel]))
+        rows.append(sel)
+        ids.append(_join(strategy.sync.prefix, keys, ".", base36_array(O[sel, O_GEN])))
+        tags.append(keys)
+    sel = np.flatnonzero(kind == K_CLOSE)
+    prefix, first = engine.take_client_ids(len(sel))  # in creation order, as the engine hands them out
+    rows.append(sel)
+    ids.append(_join(f"{prefix}-", _decimal(np.arange(first, first + len(sel)))))
+    tags.append(_join("saturation:", _decimal(ref[sel])))
+    sel = np.flatnonzero(kind == K_LIQ)
+    rows.append(sel)
+    ids.append(_join("liquidation-", _decimal(ref[sel])))
+    tags.append(_labels(["liquidation"], np.zeros(len(sel))))
+    rows = np.concatenate(rows)
+    if len(rows) != len(O):
+        raise RuntimeError(f"maker_vol kernel: {len(O) - len(rows)} orders of an unknown kind")
+    place = np.empty(len(O), dtype=np.int64)  # row of each order among the concatenated kinds
+    place[rows] = np.arange(len(O))
+    return pa.concat_arrays(ids).take(place), pa.concat_arrays(tags).take(place)
 
 
 _STATUS = {ST_PENDING: "pending", ST_NEW: "new", ST_PARTIAL: "partially_filled", ST_FILLED: "filled", ST_CANCELED: "canceled", ST_REJECTED: "rejected", ST_EXPIRED: "expired"}
-_STATUS_NAMES = np.array([_STATUS.get(k) for k in range(max(_STATUS) + 1)], dtype=object)
+_STATUS_NAMES = [_STATUS.get(k) for k in range(max(_STATUS) + 1)]
 
 
-def _reasons(O) -> np.ndarray:
-    out = np.full(len(O), None, dtype=object)
+def _reasons(O):
+    """The ``reason`` column: why each order was refused, missing for the others (the event path's
+    None; a column of None alone stays an object column)."""
     code = O[:, O_REASON].astype(np.int64)
-    for oi in np.flatnonzero(code != R_NONE).tolist():
+    refused = np.flatnonzero(code != R_NONE)
+    if len(refused) == 0:
+        return np.full(len(O), None, dtype=object)
+    texts = []
+    for oi in refused.tolist():
         r = code[oi]
         if r == R_RO_GONE:
-            out[oi] = "reduce-only: no position left to reduce"
+            texts.append("reduce-only: no position left to reduce")
         elif r == R_MARGIN:
-            out[oi] = f"margin is insufficient: needs {O[oi, O_NEED]:,.2f}, available {O[oi, O_FREE]:,.2f} (Binance -2019)"
+            texts.append(f"margin is insufficient: needs {O[oi, O_NEED]:,.2f}, available {O[oi, O_FREE]:,.2f} (Binance -2019)")
         elif r == R_LIQ:
-            out[oi] = "liquidation"
+            texts.append("liquidation")
         elif r == R_REDUCE:
-            out[oi] = "reduce-only order would not reduce the position (Binance -2022)"
+            texts.append("reduce-only order would not reduce the position (Binance -2022)")
         else:
             side = "buy" if O[oi, O_SIDE] > 0 else "sell"
-            out[oi] = f"post-only {side} at {O[oi, O_PRICE]} would cross {O[oi, O_NEED]} (GTX)"
-    return out
+            texts.append(f"post-only {side} at {O[oi, O_PRICE]} would cross {O[oi, O_NEED]} (GTX)")
+    at = np.full(len(O), -1, dtype=np.int64)
+    at[refused] = np.arange(len(refused))
+    return _text(pa.array(texts, type=pa.large_string()).take(pa.array(at, mask=at < 0)))
 
 
 def _result(strategy, engine, broker, bars, k):
@@ -1426,42 +1485,38 @@ def _result(strategy, engine, broker, bars, k):
     S, O, FL = k["S"], k["O"], k["FL"]
     n = len(bars)
     ids, tags = _client_ids(strategy, engine, O)
-    side = np.where(O[:, O_SIDE] > 0, "buy", "sell").astype(object)
-    market = np.isnan(O[:, O_PRICE])
-    to_time = lambda ms: pd.to_datetime(pd.Series(np.asarray(ms, dtype=np.int64)).astype("int64"), unit="ms", utc=True)  # noqa: E731
-    status = O[:, O_STATUS].astype(np.int64)
+    side = _labels(["sell", "buy"], O[:, O_SIDE] > 0)
     orders = pd.DataFrame({
-        "client_id": ids,
-        "side": side,
-        "type": np.where(market, "market", "limit").astype(object),
+        "client_id": _text(ids),
+        "side": _text(side),
+        "type": _text(_labels(["limit", "market"], np.isnan(O[:, O_PRICE]))),
         "price": O[:, O_PRICE],
         "quantity": O[:, O_QTY],
         "filled_qty": O[:, O_FILLED],
         "avg_fill_price": O[:, O_AVG],
         "post_only": O[:, O_PO] != 0,
         "reduce_only": O[:, O_RO] != 0,
-        "status": _STATUS_NAMES[status],
+        "status": _text(_labels(_STATUS_NAMES, O[:, O_STATUS])),
         "reason": _reasons(O),
-        "created": to_time(O[:, O_CREATED]),
-        "updated": to_time(O[:, O_UPDATED]),
-        "tag": tags,
+        "created": _times(O[:, O_CREATED]),
+        "updated": _times(O[:, O_UPDATED]),
+        "tag": _text(tags),
     })
     fo = FL[:, F_ORDER].astype(np.int64)
     fbar = FL[:, F_BAR].astype(np.int64)
     fills = pd.DataFrame({
-        "ts": np.asarray(bars.ts, dtype=np.int64)[fbar],
-        "trade_id": [f"sim-{s}" for s in FL[:, F_SEQ].astype(np.int64).tolist()],
-        "client_id": ids[fo],
-        "side": side[fo],
+        "ts": _times(np.asarray(bars.ts, dtype=np.int64)[fbar]),
+        "trade_id": _text(_join("sim-", _decimal(FL[:, F_SEQ]))),
+        "client_id": _text(ids.take(fo)),
+        "side": _text(side.take(fo)),
         "price": FL[:, F_PRICE],
         "quantity": FL[:, F_QTY],
         "fee": FL[:, F_FEE],
         "is_maker": FL[:, F_MAKER] != 0,
         "is_liquidation": FL[:, F_LIQ] != 0,
-        "tag": tags[fo],
+        "tag": _text(tags.take(fo)),
+        "bar": fbar,
     })
-    fills["ts"] = pd.to_datetime(fills["ts"].astype("int64"), unit="ms", utc=True)
-    fills["bar"] = fbar
     if len(fills) == 0:  # the engine's builders give these their dtypes
         fills = fills_frame([], np.empty(0, dtype=np.int64))
     if len(orders) == 0:
@@ -1474,10 +1529,9 @@ def _result(strategy, engine, broker, bars, k):
     FR = k["FUNDR"]
     fk = FR[:, 0].astype(np.int64)
     funding = pd.DataFrame({
-        "ts": k["fund_ts"][fk], "bar": FR[:, 1].astype(np.int64), "rate": k["fund_rate"][fk],
+        "ts": _times(k["fund_ts"][fk]), "bar": FR[:, 1].astype(np.int64), "rate": k["fund_rate"][fk],
         "mark": FR[:, 2], "position": FR[:, 3], "amount": FR[:, 4],
     })
-    funding["ts"] = pd.to_datetime(funding["ts"].astype("int64"), unit="ms", utc=True)
     if len(funding) == 0:  # the broker's own (empty) frame has its dtypes
         funding = broker.funding_payments()
     paid = float(funding["amount"].sum()) if len(funding) else 0.0
@@ -1487,7 +1541,7 @@ def _result(strategy, engine, broker, bars, k):
         orders=orders, trades=trades, metrics=metrics, initial_equity=initial,
     )
     result.extra["position"] = pd.Series(position, index=index, name="position")
-    result.extra["rejections"] = int((status == ST_REJECTED).sum())
+    result.extra["rejections"] = int((O[:, O_STATUS] == ST_REJECTED).sum())
     result.extra["bars"] = bars
     result.extra["funding"] = funding
     liq = np.full(n, np.nan)
