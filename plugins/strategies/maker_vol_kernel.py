@@ -39,7 +39,6 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from numba import njit
 
 # --- state vector S (float64) --------------------------------------------------------------------
@@ -1249,38 +1248,104 @@ def _times(ms: np.ndarray):
     return pd.array(np.asarray(ms, dtype=np.int64).astype("M8[ms]").astype(f"M8[{_TIME.unit}]"), dtype=_TIME)
 
 
-def _decimal(values: np.ndarray) -> pa.Array:
-    """``str(v)`` of every integer."""
-    return pc.cast(pa.array(np.asarray(values, dtype=np.int64)), pa.large_string())
-
-
-def _join(*parts) -> pa.Array:
-    """Row by row concatenation of string arrays and constant strings (an f-string over arrays)."""
-    as_text = lambda part: pa.scalar(part, type=pa.large_string()) if isinstance(part, str) else part  # noqa: E731
-    return pc.binary_join_element_wise(*map(as_text, parts), pa.scalar("", type=pa.large_string()))
-
-
 def _labels(names: list, codes: np.ndarray) -> pa.Array:
     """``names[code]`` for every code."""
     return pa.array(names, type=pa.large_string()).take(np.asarray(codes, dtype=np.int64))
 
 
-_B36 = np.frombuffer(b"0123456789abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
+_DIGITS = np.frombuffer(b"0123456789abcdefghijklmnopqrstuvwxyz", dtype=np.uint8).copy()
+_U10, _U36 = np.uint64(10), np.uint64(36)  # uint64 with a plain int would be float64 in numba
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _digit_split(rest, base):  # pragma: no cover - compiled
+    """``divmod(rest, base)`` for base 10 or 36 (uint64): constant divisors, which compile to multiplications."""
+    if base == 10:
+        return rest // _U10, rest % _U10
+    return rest // _U36, rest % _U36
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _digit_count(number, base):  # pragma: no cover - compiled
+    """How many digits ``number`` has in ``base`` (none when the base is 0)."""
+    if base == 0:
+        return 0
+    count = 1
+    rest, _ = _digit_split(number, base)
+    while rest:
+        count += 1
+        rest, _ = _digit_split(rest, base)
+    return count
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _put(data, at, number, base, count, digits):  # pragma: no cover - compiled
+    """Write the ``count`` digits of ``number`` in ``base`` at ``data[at:]``; returns the position after them."""
+    end = at + count
+    rest = number
+    for k in range(count):  # the digits from the last one back
+        rest, digit = _digit_split(rest, base)
+        data[end - 1 - k] = digits[digit]
+    return end
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _copy(data, at, text, start, stop):  # pragma: no cover - compiled
+    for j in range(start, stop):
+        data[at] = text[j]
+        at += 1
+    return at
+
+
+@njit(cache=True, nogil=True)
+def numbered_utf8(text, bounds, bases, form_of_row, first, second, digits):  # pragma: no cover - compiled
+    """Offsets and UTF-8 bytes of one string per row ``i`` in its form ``f = form_of_row[i]``: the
+    head ``text[bounds[2f]:bounds[2f + 1]]``, ``first[i]`` in base ``bases[f, 0]``, the middle
+    ``text[bounds[2f + 1]:bounds[2f + 2]]``, ``second[i]`` in base ``bases[f, 1]`` (uint64 numbers;
+    base 10 or 36 written with ``digits``, or 0: no number)."""
+    n = len(form_of_row)
+    offsets = np.empty(n + 1, dtype=np.int64)
+    offsets[0] = 0
+    for i in range(n):
+        f = form_of_row[i]
+        size = bounds[2 * f + 2] - bounds[2 * f]
+        offsets[i + 1] = offsets[i] + size + _digit_count(first[i], bases[f, 0]) + _digit_count(second[i], bases[f, 1])
+    data = np.empty(offsets[n], dtype=np.uint8)
+    for i in range(n):
+        f = form_of_row[i]
+        at = _copy(data, offsets[i], text, bounds[2 * f], bounds[2 * f + 1])
+        at = _put(data, at, first[i], bases[f, 0], _digit_count(first[i], bases[f, 0]), digits)
+        at = _copy(data, at, text, bounds[2 * f + 1], bounds[2 * f + 2])
+        _put(data, at, second[i], bases[f, 1], offsets[i + 1] - at, digits)
+    return offsets, data
+
+
+def numbered_text(forms: list[tuple], form_of_row: np.ndarray, first: np.ndarray, second: np.ndarray | None = None) -> pa.Array:
+    """One string per row, an f-string over arrays: ``(head, base1, middle, base2) = forms[form_of_row[i]]``
+    gives ``f"{head}{first[i]}{middle}{second[i]}"`` with the numbers (>= 0) in base 10, or 36 in
+    lower-case digits as :func:`~btc_quant.sdk.ordersync.base36` writes them; base 0 leaves that
+    number out. Forms may stop early: ``(head, base1)`` is ``(head, base1, "", 0)``."""
+    forms = [(*form, "", 0)[:4] for form in forms]
+    form_of_row = np.asarray(form_of_row, dtype=np.int64)
+    first = np.asarray(first, dtype=np.int64)
+    second = np.zeros(len(first), dtype=np.int64) if second is None else np.asarray(second, dtype=np.int64)
+    if len(first) and (min(first.min(), second.min()) < 0 or form_of_row.min() < 0 or form_of_row.max() >= len(forms)):
+        raise ValueError("numbered_text: numbers must be >= 0 and every row's form one of the forms")
+    bases = np.array([(b1, b2) for _, b1, _, b2 in forms], dtype=np.uint64).reshape(len(forms), 2)
+    if not np.isin(bases, (0, 10, 36)).all():
+        raise ValueError("numbered_text: a base must be 10, 36 or 0 (no number)")
+    parts = [part.encode() for head, _, middle, _ in forms for part in (head, middle)]
+    bounds = np.zeros(len(parts) + 1, dtype=np.int64)
+    bounds[1:] = np.cumsum([len(p) for p in parts])
+    text = np.array(bytearray(b"".join(parts)), dtype=np.uint8)
+    # unsigned numbers: plain divisions (signed // and % carry Python's rounding rules)
+    offsets, data = numbered_utf8(text, bounds, bases, form_of_row, first.astype(np.uint64), second.astype(np.uint64), _DIGITS)
+    return pa.LargeStringArray.from_buffers(len(first), pa.py_buffer(offsets), pa.py_buffer(data))
 
 
 def base36_array(values: np.ndarray) -> pa.Array:
-    """``sdk.ordersync.base36`` of every value (>= 1), vectorised."""
-    values = np.asarray(values, dtype=np.int64)
-    if len(values) == 0:
-        return pa.array([], type=pa.large_string())
-    width = max(1, int(math.ceil(math.log(max(int(values.max()), 1) + 1, 36))) + 1)
-    digits = np.empty((len(values), width), dtype=np.uint8)
-    rest = values
-    for col in range(width - 1, -1, -1):
-        rest, digit = np.divmod(rest, 36)
-        digits[:, col] = _B36[digit]
-    padded = pa.array(digits.view(f"S{width}").ravel()).cast(pa.large_string())
-    return pc.utf8_ltrim(padded, characters="0")
+    """``sdk.ordersync.base36`` of every value, vectorised."""
+    return numbered_text([("", 36)], np.zeros(len(values), dtype=np.int64), values)
 
 
 def _ladder_tables(strategy, bars, wake_idx, inst):
@@ -1424,28 +1489,17 @@ def _client_ids(strategy, engine, O) -> tuple[pa.Array, pa.Array]:
     """The client id and the tag of every order (in order of creation), as the event path gives them."""
     kind = O[:, O_KIND].astype(np.int64)
     ref = O[:, O_REF].astype(np.int64)
-    rows, ids, tags = [], [], []
-    for letter, k in (("b", K_ENTRY), ("t", K_TP)):  # OrderSync: f"{prefix}{key}.{base36(generation)}", key: letter + level
-        sel = np.flatnonzero(kind == k)
-        keys = _join(letter, _decimal(ref[sel]))
-        rows.append(sel)
-        ids.append(_join(strategy.sync.prefix, keys, ".", base36_array(O[sel, O_GEN])))
-        tags.append(keys)
-    sel = np.flatnonzero(kind == K_CLOSE)
-    prefix, first = engine.take_client_ids(len(sel))  # in creation order, as the engine hands them out
-    rows.append(sel)
-    ids.append(_join(f"{prefix}-", _decimal(np.arange(first, first + len(sel)))))
-    tags.append(_join("saturation:", _decimal(ref[sel])))
-    sel = np.flatnonzero(kind == K_LIQ)
-    rows.append(sel)
-    ids.append(_join("liquidation-", _decimal(ref[sel])))
-    tags.append(_labels(["liquidation"], np.zeros(len(sel))))
-    rows = np.concatenate(rows)
-    if len(rows) != len(O):
-        raise RuntimeError(f"maker_vol kernel: {len(O) - len(rows)} orders of an unknown kind")
-    place = np.empty(len(O), dtype=np.int64)  # row of each order among the concatenated kinds
-    place[rows] = np.arange(len(O))
-    return pa.concat_arrays(ids).take(place), pa.concat_arrays(tags).take(place)
+    closes = np.flatnonzero(kind == K_CLOSE)
+    prefix, first = engine.take_client_ids(len(closes))  # in creation order, as the engine hands them out
+    generation = O[:, O_GEN].astype(np.int64)
+    generation[kind > K_TP] = 0  # unused: closes and liquidations have one number
+    number = ref.copy()
+    number[closes] = np.arange(first, first + len(closes))
+    # by kind (K_ENTRY, K_TP, K_CLOSE, K_LIQ); entries and take-profits: OrderSync's f"{prefix}{key}.{base36(generation)}"
+    sync = strategy.sync.prefix
+    ids = numbered_text([(f"{sync}b", 10, ".", 36), (f"{sync}t", 10, ".", 36), (f"{prefix}-", 10), ("liquidation-", 10)], kind, number, generation)
+    tags = numbered_text([("b", 10), ("t", 10), ("saturation:", 10), ("liquidation", 0)], kind, ref)
+    return ids, tags
 
 
 _STATUS = {ST_PENDING: "pending", ST_NEW: "new", ST_PARTIAL: "partially_filled", ST_FILLED: "filled", ST_CANCELED: "canceled", ST_REJECTED: "rejected", ST_EXPIRED: "expired"}
@@ -1506,7 +1560,7 @@ def _result(strategy, engine, broker, bars, k):
     fbar = FL[:, F_BAR].astype(np.int64)
     fills = pd.DataFrame({
         "ts": _times(np.asarray(bars.ts, dtype=np.int64)[fbar]),
-        "trade_id": _text(_join("sim-", _decimal(FL[:, F_SEQ]))),
+        "trade_id": _text(numbered_text([("sim-", 10)], np.zeros(len(FL), dtype=np.int64), FL[:, F_SEQ])),
         "client_id": _text(ids.take(fo)),
         "side": _text(side.take(fo)),
         "price": FL[:, F_PRICE],
