@@ -1575,7 +1575,7 @@ def _result(strategy, engine, broker, bars, k):
         fills = fills_frame([], np.empty(0, dtype=np.int64))
     if len(orders) == 0:
         orders = orders_frame({})
-    index = pd.to_datetime(bars.ts, unit="ms", utc=True)
+    index = pd.DatetimeIndex(_times(bars.ts))
     initial = float(broker.config.initial_cash)
     equity = pd.Series(initial + np.cumsum(k["CASH"]) + np.cumsum(k["QTYD"]) * bars.close, index=index, name="equity")
     trades = _trades_frame(fills)
