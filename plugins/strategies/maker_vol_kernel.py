@@ -1158,13 +1158,14 @@ def flat_to_flat(signs, price, qty, fee):  # pragma: no cover - compiled
     return rows[:k]
 
 
-def _trades_frame(fills: pd.DataFrame) -> pd.DataFrame:
-    """What ``core.metrics.trades_frame(fills)`` returns, from :func:`flat_to_flat`."""
+def _trades_frame(fills: pd.DataFrame, buy: np.ndarray | None = None) -> pd.DataFrame:
+    """What ``core.metrics.trades_frame(fills)`` returns, from :func:`flat_to_flat`. ``buy``: whether
+    each fill is a buy, when the caller has it (else read from ``fills.side``)."""
     from btc_quant.core.metrics import trades_frame
 
     if fills.empty:
         return trades_frame(fills)
-    signs = np.where((fills["side"] == "buy").to_numpy(), 1.0, -1.0)
+    signs = np.where((fills["side"] == "buy").to_numpy() if buy is None else buy, 1.0, -1.0)
     rows = flat_to_flat(signs, np.array(fills["price"].to_numpy(), dtype=np.float64), np.array(fills["quantity"].to_numpy(), dtype=np.float64),
                         np.array(fills["fee"].to_numpy(), dtype=np.float64))
     if len(rows) == 0:  # never flat again after the first fill: trades_frame's frame of no rows
@@ -1439,27 +1440,29 @@ def compiled_backtest(strategy, engine, bars):
 
         SB = np.array([(math.inf, DEFAULT_MMR, 0.0)])
     max_len = int(tables["lad_len"].max()) if len(tables["lad_len"]) else 1
-    # np.zeros maps pages lazily: unused capacity costs address space, not memory (real 1m
-    # stretches need up to ~1 order per bar; an overflow re-runs the kernel with twice the room)
+    # Rows of the orders, fills, lots and the logs are written whole before they are read (orders,
+    # fills and log entries are appended, a lot row is filled when the lot opens): np.empty leaves
+    # the unused capacity untouched address space, where np.zeros may have to clear it (real 1m
+    # stretches need up to ~1 order per bar; an overflow re-runs the kernel with twice the room).
     capacity = n + 16384
     while True:
         S = np.zeros(NSTATE)
         S[WALLET], S[LEV], S[PRICE], S[NOW] = broker.config.initial_cash, broker.leverage, op[0], ts[0]
         S[NEXT_RC] = -1
         S[LIQ_CACHE] = np.nan
-        O = np.zeros((capacity, NO))
+        O = np.empty((capacity, NO))
         OPEN = np.zeros(max_len + 2 * c.max_live_orders + 64, dtype=np.int64)
-        FL = np.zeros((capacity, NF))
-        L = np.zeros((capacity + 1, NL))
+        FL = np.empty((capacity, NF))
+        L = np.empty((capacity + 1, NL))
         LOTS = np.zeros(max_len + 64, dtype=np.int64)
         TPAT = np.zeros(max_len + 1, dtype=np.int64)
         SQ, SM = np.zeros(max_len + 1), np.zeros(max_len + 1)
         CASH, QTYD = np.zeros(n), np.zeros(n)
         LIQM, HASM = np.full(n, np.nan), np.zeros(n, dtype=np.bool_)
-        ENT, TPF = np.zeros((capacity, 2)), np.zeros(capacity)
-        SAT, RT = np.zeros((capacity, 7)), np.zeros((capacity, 5))
-        SAMP = np.zeros((capacity, 10))
-        FUNDR = np.zeros((len(fund_bar) + 1, 5))
+        ENT, TPF = np.empty((capacity, 2)), np.empty(capacity)
+        SAT, RT = np.empty((capacity, 7)), np.empty((capacity, 5))
+        SAMP = np.empty((capacity, 10))
+        FUNDR = np.empty((len(fund_bar) + 1, 5))
         kernel_started = time.perf_counter()
         code = kernel(
             ts, op, hi, lo, cl, wake, next_wake, tables["lad_at"], tables["lad_off"], tables["lad_len"], tables["lad_first"],
@@ -1578,7 +1581,7 @@ def _result(strategy, engine, broker, bars, k):
     index = pd.DatetimeIndex(_times(bars.ts))
     initial = float(broker.config.initial_cash)
     equity = pd.Series(initial + np.cumsum(k["CASH"]) + np.cumsum(k["QTYD"]) * bars.close, index=index, name="equity")
-    trades = _trades_frame(fills)
+    trades = _trades_frame(fills, buy=O[fo, O_SIDE] > 0)
     position = position_per_bar(n, fills)
     FR = k["FUNDR"]
     fk = FR[:, 0].astype(np.int64)
