@@ -1350,44 +1350,37 @@ def base36_array(values: np.ndarray) -> pa.Array:
 
 
 def _ladder_tables(strategy, bars, wake_idx, inst):
-    """Every ladder the run will use (one per distinct lookback high), flattened for the kernel."""
+    """Every ladder the run will use (one per distinct lookback high at a wake bar, numbered in
+    order of first use), flattened for the kernel."""
     from .maker_vol_grid import Ladder
 
     c = strategy.config
     lookback_ms = int(c.lookback.total_seconds() * 1000)
     n_window = int(c.lookback.total_seconds() // 60) + 1
     highs = lookback_highs(np.array(bars.ts, dtype=np.int64), np.array(bars.high, dtype=np.float64), wake_idx.astype(np.int64), n_window, lookback_ms)
-    tick, pdec = inst.tick_size, inst.price_decimals
-    index: dict[float, int] = {}
+    distinct, first_use, ladder_of_wake = np.unique(highs, return_index=True, return_inverse=True)
+    by_first_use = np.argsort(first_use, kind="stable")
+    number = np.empty(len(distinct), dtype=np.int64)
+    number[by_first_use] = np.arange(len(distinct))
     lad_at = np.full(len(bars), -1, dtype=np.int64)
-    raw, entry, etarget, tprice, offs, lens, firsts, tops, bottoms = [], [], [], [], [], [], [], [], []
-    total = 0
-    for i, high in zip(wake_idx.tolist(), highs.tolist()):
-        k = index.get(high)
-        if k is None:
-            k = index[high] = len(offs)
-            ladder = Ladder(c.top_ratio * high, c.bottom_ratio * high, c.step_pct, 1)
-            prices = ladder.prices
-            targets = np.searchsorted(-prices, -(prices * (1.0 + c.tp_pct)), side="right") - 1
-            late = np.flatnonzero(np.maximum(targets, 0) < np.arange(len(prices)))
-            first = int(late[0]) if len(late) else len(prices)
-            e = np.round(np.floor(prices / tick + 1e-9) * tick, pdec)  # MakerVol._size
-            raw.append(prices)
-            entry.append(e)
-            etarget.append(np.round(np.floor(e / tick + 1e-9) * tick, pdec))  # OrderSync.targets, buys
-            tprice.append(np.round(np.ceil(prices / tick - 1e-9) * tick, pdec))  # OrderSync.targets, sells
-            offs.append(total)
-            lens.append(len(prices))
-            firsts.append(first)
-            tops.append(ladder.top)
-            bottoms.append(ladder.bottom)
-            total += len(prices)
-        lad_at[i] = k
-    cat = lambda parts: np.concatenate(parts) if parts else np.empty(0)  # noqa: E731
+    lad_at[wake_idx] = number[ladder_of_wake]
+    ladders = [Ladder(c.top_ratio * high, c.bottom_ratio * high, c.step_pct, 1) for high in distinct[by_first_use].tolist()]
+    firsts = []
+    for ladder in ladders:
+        prices = ladder.prices
+        targets = np.searchsorted(-prices, -(prices * (1.0 + c.tp_pct)), side="right") - 1
+        late = np.flatnonzero(np.maximum(targets, 0) < np.arange(len(prices)))
+        firsts.append(int(late[0]) if len(late) else len(prices))
+    lens = np.array([len(ladder) for ladder in ladders], dtype=np.int64)
+    raw = np.concatenate([ladder.prices for ladder in ladders]) if ladders else np.empty(0)
+    tick, pdec = inst.tick_size, inst.price_decimals
+    entry = np.round(np.floor(raw / tick + 1e-9) * tick, pdec)  # MakerVol._size
     return dict(
-        lad_at=lad_at, lad_off=np.asarray(offs, np.int64), lad_len=np.asarray(lens, np.int64),
-        lad_first=np.asarray(firsts, np.int64), lad_top=np.asarray(tops), lad_bottom=np.asarray(bottoms),
-        LADP=cat(raw), LAD_E=cat(entry), LAD_ET=cat(etarget), LAD_TP=cat(tprice),
+        lad_at=lad_at, lad_off=np.cumsum(lens) - lens, lad_len=lens, lad_first=np.asarray(firsts, np.int64),
+        lad_top=np.array([ladder.top for ladder in ladders]), lad_bottom=np.array([ladder.bottom for ladder in ladders]),
+        LADP=raw, LAD_E=entry,
+        LAD_ET=np.round(np.floor(entry / tick + 1e-9) * tick, pdec),  # OrderSync.targets, buys
+        LAD_TP=np.round(np.ceil(raw / tick - 1e-9) * tick, pdec),  # OrderSync.targets, sells
     )
 
 
