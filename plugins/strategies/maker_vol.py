@@ -496,6 +496,8 @@ class MakerVol(Strategy):
 
     def diagnostics(self) -> dict[str, Any]:
         samples = _frame(self.samples, ["ts_ms", "price", "liquidation_price", "broker_liquidation_price", "distance_to_liquidation", "tp_levels_occupied", "levels", "live_orders", "virtual_orders", "equity"])
+        live = samples["live_orders"].to_numpy()
+        distance = samples["distance_to_liquidation"].to_numpy(dtype=np.float64)
         levels = sorted(set(self.entry_fills) | set(self.tp_fills))
         fills_per_level = pd.DataFrame(
             [(d, p, self.entry_fills[(d, p)], self.tp_fills[(d, p)]) for d, p in levels],
@@ -526,8 +528,8 @@ class MakerVol(Strategy):
             "post_only_rearmed": self.sync.stats.rearmed,
             "orders_submitted": self.sync.stats.submitted,
             "orders_canceled": self.sync.stats.canceled,
-            "max_live_orders_seen": int(samples["live_orders"].max()) if len(samples) else 0,
-            "min_distance_to_liquidation": float(samples["distance_to_liquidation"].min()) if samples["distance_to_liquidation"].notna().any() else None,
+            "max_live_orders_seen": int(live.max()) if len(live) else 0,
+            "min_distance_to_liquidation": float(np.nanmin(distance)) if (~np.isnan(distance)).any() else None,
             "halted": self.halted,
         }
         return {

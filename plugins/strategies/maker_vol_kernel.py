@@ -1407,8 +1407,9 @@ def compiled_backtest(strategy, engine, bars):
     op, hi, lo, cl = (np.array(getattr(bars, k), dtype=np.float64) for k in ("open", "high", "low", "close"))
     wake = np.array(strategy.wake_bars(bars), dtype=np.bool_)
     wake_idx = np.flatnonzero(wake)
-    pos = np.searchsorted(wake_idx, np.arange(n + 1))
-    next_wake = np.where(pos < len(wake_idx), wake_idx[np.minimum(pos, max(len(wake_idx) - 1, 0))] if len(wake_idx) else n, n).astype(np.int64)
+    next_wake = np.full(n + 1, n, dtype=np.int64)  # the first wake bar at or after each bar (n: none)
+    next_wake[wake_idx] = wake_idx
+    next_wake = np.minimum.accumulate(next_wake[::-1])[::-1].copy()
     tables = _ladder_tables(strategy, bars, wake_idx, inst)
     # the sim's funding schedule after load(); writable C arrays only: a read-only or strided
     # array is another numba type (another compile)
