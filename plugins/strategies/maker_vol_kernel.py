@@ -1292,6 +1292,7 @@ def _put(data, at, number, base, count, digits):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True, inline="always")
 def _copy(data, at, text, start, stop):  # pragma: no cover - compiled
+    """Copy ``text[start:stop]`` to ``data[at:]``; returns the position after it."""
     for j in range(start, stop):
         data[at] = text[j]
         at += 1
