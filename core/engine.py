@@ -16,7 +16,6 @@ whose close lies in the future of the event being handled.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 import uuid
@@ -312,15 +311,24 @@ class Engine:
         self.rejections: list[Order] = []
         self.halted: KillSwitch | None = None
         self._local: deque = deque()
-        prefix = client_id_prefix or (self.info.strategy[:10] + "-" + self.info.run_id[:6])
-        self._ids = (f"{prefix}-{n}" for n in itertools.count(1))
+        self._id_prefix = client_id_prefix or (self.info.strategy[:10] + "-" + self.info.run_id[:6])
+        self._ids_issued = 0
         self._observers = [(n, c) for n, c in self.risk_checks if type(c).observe is not RiskCheck.observe]
         self._hook_fill = plugins.has_impls("quant_on_fill")
         self._hook_order = plugins.has_impls("quant_on_order")
 
     # --- orders ---------------------------------------------------------------------------
     def next_client_id(self) -> str:
-        return next(self._ids)
+        self._ids_issued += 1
+        return f"{self._id_prefix}-{self._ids_issued}"
+
+    def take_client_ids(self, count: int) -> tuple[str, int]:
+        """Hand out the next ``count`` client ids at once, for code that builds them as arrays:
+        returns ``(prefix, first)``; the ids are ``f"{prefix}-{first + k}"`` for ``k < count``,
+        exactly what ``count`` calls of :meth:`next_client_id` would have returned."""
+        first = self._ids_issued + 1
+        self._ids_issued += count
+        return self._id_prefix, first
 
     def submit(self, order: Order) -> Order:
         if order.status is not OrderStatus.PENDING:

@@ -132,7 +132,7 @@ def trades_frame(fills: pd.DataFrame) -> pd.DataFrame:
     start = None
     side = None
     # Rows hold fill positions for the entry and exit times; the times are taken in one go at the end.
-    signs = np.where(fills["side"].to_numpy() == "buy", 1.0, -1.0).tolist()
+    signs = np.where((fills["side"] == "buy").to_numpy(), 1.0, -1.0).tolist()
     prices, quantities, paid = (fills[c].to_numpy(dtype=np.float64).tolist() for c in ("price", "quantity", "fee"))
     for k, sign in enumerate(signs):
         price, qty, fee = prices[k], quantities[k], paid[k]
@@ -283,7 +283,8 @@ def position_per_bar(n_bars: int, fills: pd.DataFrame) -> np.ndarray:
     """Net position at each bar's close, from the fills and the bars they happened on."""
     delta = np.zeros(n_bars)
     if len(fills):
-        signed = np.where(fills["side"].to_numpy() == "buy", 1.0, -1.0) * fills["quantity"].to_numpy()
+        # compare as a column: an arrow-backed str column to_numpy() is one Python object per fill
+        signed = np.where((fills["side"] == "buy").to_numpy(), 1.0, -1.0) * fills["quantity"].to_numpy()
         np.add.at(delta, fills["bar"].to_numpy(), signed)
     position = np.cumsum(delta)
     position[np.abs(position) < 1e-12] = 0.0

@@ -22,7 +22,7 @@ from btc_quant.core.config import merge_layers, parse_assignments, resolve
 from btc_quant.core.data import SAMPLE, read_bars_file
 from btc_quant.core.plugins import load_plugins
 from btc_quant.core.run import backtest, build_engine, build_runtime
-from btc_quant.plugins.strategies.maker_vol_kernel import base36_array, why_not
+from btc_quant.plugins.strategies.maker_vol_kernel import base36_array, numbered_text, why_not
 from btc_quant.sdk.ordersync import base36
 from btc_quant.sdk.testing import bars_from
 
@@ -202,5 +202,17 @@ def test_compiled_trades_match_trades_frame(rows):
 
 
 def test_base36_array_matches_base36():
-    values = np.array([1, 35, 36, 1295, 1296, 1_764_000_000_000, 2**40 + 12345])
-    assert base36_array(values).tolist() == [base36(int(v)) for v in values]
+    values = np.array([0, 1, 35, 36, 1295, 1296, 1_764_000_000_000, 2**40 + 12345])
+    assert base36_array(values).to_pylist() == [base36(int(v)) for v in values]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2**53), st.integers(0, 2**53)), max_size=40))
+def test_numbered_text_matches_fstrings(rows):
+    forms = [("mv:b", 10, ".", 36), ("sim-", 10), ("", 36, "x", 10), ("liquidation", 0)]
+    expected = [
+        f"mv:b{a}.{base36(b)}" if f == 0 else f"sim-{a}" if f == 1 else f"{base36(a)}x{b}" if f == 2 else "liquidation"
+        for f, a, b in rows
+    ]
+    form, first, second = (np.array([row[k] for row in rows], dtype=np.int64) for k in range(3))
+    assert numbered_text(forms, form, first, second).to_pylist() == expected

@@ -495,7 +495,9 @@ class MakerVol(Strategy):
         self.samples.append((ctx.now_ms, price, liq, broker_liq, dist, occupied, levels, live, virtual, ctx.equity))
 
     def diagnostics(self) -> dict[str, Any]:
-        samples = pd.DataFrame(self.samples, columns=["ts_ms", "price", "liquidation_price", "broker_liquidation_price", "distance_to_liquidation", "tp_levels_occupied", "levels", "live_orders", "virtual_orders", "equity"])
+        samples = _frame(self.samples, ["ts_ms", "price", "liquidation_price", "broker_liquidation_price", "distance_to_liquidation", "tp_levels_occupied", "levels", "live_orders", "virtual_orders", "equity"])
+        live = samples["live_orders"].to_numpy()
+        distance = samples["distance_to_liquidation"].to_numpy(dtype=np.float64)
         levels = sorted(set(self.entry_fills) | set(self.tp_fills))
         fills_per_level = pd.DataFrame(
             [(d, p, self.entry_fills[(d, p)], self.tp_fills[(d, p)]) for d, p in levels],
@@ -526,19 +528,27 @@ class MakerVol(Strategy):
             "post_only_rearmed": self.sync.stats.rearmed,
             "orders_submitted": self.sync.stats.submitted,
             "orders_canceled": self.sync.stats.canceled,
-            "max_live_orders_seen": int(samples["live_orders"].max()) if len(samples) else 0,
-            "min_distance_to_liquidation": float(samples["distance_to_liquidation"].min()) if samples["distance_to_liquidation"].notna().any() else None,
+            "max_live_orders_seen": int(live.max()) if len(live) else 0,
+            "min_distance_to_liquidation": float(np.nanmin(distance)) if (~np.isnan(distance)).any() else None,
             "halted": self.halted,
         }
         return {
             "summary": summary,
             "pnl_attribution": attribution,
             "fills_per_level": fills_per_level,
-            "entries": pd.DataFrame(self.entry_log, columns=["ts_ms", "direction", "price"]),
-            "saturations": pd.DataFrame(self.saturations, columns=["ts_ms", "entry", "take_profit", "exit", "quantity", "pnl", "fee"]),
-            "round_trips": pd.DataFrame(self.round_trips, columns=["ts_ms", "direction", "entry", "exit", "quantity", "gross"]),
+            "entries": _frame(self.entry_log, ["ts_ms", "direction", "price"]),
+            "saturations": _frame(self.saturations, ["ts_ms", "entry", "take_profit", "exit", "quantity", "pnl", "fee"]),
+            "round_trips": _frame(self.round_trips, ["ts_ms", "direction", "entry", "exit", "quantity", "gross"]),
             "samples": samples,
         }
+
+
+def _frame(rows, columns: list[str]) -> pd.DataFrame:
+    """``rows`` as a frame with ``columns``: the event path's list of tuples, or the compiled path's
+    frame with these columns already (copied: rebuilding it with ``columns=`` is a slow reindex)."""
+    if isinstance(rows, pd.DataFrame) and list(rows.columns) == columns:
+        return rows.copy()
+    return pd.DataFrame(rows, columns=columns)
 
 
 @hookimpl

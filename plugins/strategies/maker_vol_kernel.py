@@ -38,6 +38,7 @@ from collections import Counter
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from numba import njit
 
 # --- state vector S (float64) --------------------------------------------------------------------
@@ -1157,25 +1158,34 @@ def flat_to_flat(signs, price, qty, fee):  # pragma: no cover - compiled
     return rows[:k]
 
 
-def _trades_frame(fills: pd.DataFrame) -> pd.DataFrame:
-    """What ``core.metrics.trades_frame(fills)`` returns, from :func:`flat_to_flat`."""
+def _trades_frame(fills: pd.DataFrame, buy: np.ndarray | None = None) -> pd.DataFrame:
+    """What ``core.metrics.trades_frame(fills)`` returns, from :func:`flat_to_flat`. ``buy``: whether
+    each fill is a buy, when the caller has it (else read from ``fills.side``)."""
     from btc_quant.core.metrics import trades_frame
 
     if fills.empty:
         return trades_frame(fills)
-    columns = ["entry_time", "exit_time", "side", "max_quantity", "entry_price", "exit_price", "pnl", "fees"]
-    signs = np.where(fills["side"].to_numpy() == "buy", 1.0, -1.0)
+    signs = np.where((fills["side"] == "buy").to_numpy() if buy is None else buy, 1.0, -1.0)
     rows = flat_to_flat(signs, np.array(fills["price"].to_numpy(), dtype=np.float64), np.array(fills["quantity"].to_numpy(), dtype=np.float64),
                         np.array(fills["fee"].to_numpy(), dtype=np.float64))
-    ts = fills["ts"]
-    out = []
-    for start, end, long_, max_qty, entry_cost, bought, exit_value, sold, fees in rows.tolist():
-        buy_px = entry_cost / bought if bought else float("nan")
-        sell_px = exit_value / sold if sold else float("nan")
-        pnl = (exit_value - entry_cost) - fees
-        side = "long" if long_ else "short"
-        out.append((ts.iloc[int(start)], ts.iloc[int(end)], side, max_qty, buy_px if long_ else sell_px, sell_px if long_ else buy_px, pnl, fees))
-    return pd.DataFrame(out, columns=columns)
+    if len(rows) == 0:  # never flat again after the first fill: trades_frame's frame of no rows
+        return pd.DataFrame([], columns=["entry_time", "exit_time", "side", "max_quantity", "entry_price", "exit_price", "pnl", "fees"])
+    start, end, long_ = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64), rows[:, 2] != 0
+    max_qty, entry_cost, bought, exit_value, sold, fees = rows[:, 3:].T
+    with np.errstate(divide="ignore", invalid="ignore"):  # no buy (sell) in the trade: NaN, as trades_frame
+        buy_px = np.where(bought != 0, entry_cost / bought, np.nan)
+        sell_px = np.where(sold != 0, exit_value / sold, np.nan)
+    times = fills["ts"].array
+    return pd.DataFrame({
+        "entry_time": times.take(start),
+        "exit_time": times.take(end),
+        "side": _text(_labels(["short", "long"], long_)),
+        "max_quantity": max_qty,
+        "entry_price": np.where(long_, buy_px, sell_px),
+        "exit_price": np.where(long_, sell_px, buy_px),
+        "pnl": (exit_value - entry_cost) - fees,
+        "fees": fees,
+    })
 
 
 # --- the Python side: conditions, inputs, and the RunResult -----------------------------------------
@@ -1219,63 +1229,159 @@ def why_not(strategy, engine) -> str | None:
     return None
 
 
-_B36 = np.frombuffer(b"0123456789abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
+# The RunResult's text and time columns are built as whole arrays (arrow strings, datetime64), not
+# one Python object per row: a run has up to about one order per bar. They must come out with the
+# dtypes the event path's frames get from Python strings and pd.to_datetime.
+_TEXT = pd.Series(["text"]).dtype  # "str" (arrow-backed) in pandas 3, object before
+_TIME = pd.to_datetime(np.zeros(1, dtype=np.int64), unit="ms", utc=True).dtype
 
 
-def base36_array(values: np.ndarray) -> np.ndarray:
-    """``sdk.ordersync.base36`` of every value (>= 1), vectorised."""
-    values = np.asarray(values, dtype=np.int64)
-    if len(values) == 0:
-        return np.empty(0, dtype=str)
-    width = max(1, int(math.ceil(math.log(max(int(values.max()), 1) + 1, 36))) + 1)
-    digits = np.empty((len(values), width), dtype=np.uint8)
-    rest = values.copy()
-    for col in range(width - 1, -1, -1):
-        digits[:, col] = _B36[rest % 36]
-        rest //= 36
-    out = digits.view(f"S{width}").ravel().astype(str)
-    return np.char.lstrip(out, "0")
+def _text(values: pa.Array):
+    """A column of the strings in ``values`` (nulls are missing), with the dtype pandas gives a
+    column of Python strings."""
+    if _TEXT == object:
+        return values.to_numpy(zero_copy_only=False)
+    return pd.array(values, dtype=_TEXT)
+
+
+def _times(ms: np.ndarray):
+    """``pd.to_datetime(ms, unit="ms", utc=True)`` as an array: the same values and dtype."""
+    return pd.array(np.asarray(ms, dtype=np.int64).astype("M8[ms]").astype(f"M8[{_TIME.unit}]"), dtype=_TIME)
+
+
+def _labels(names: list, codes: np.ndarray) -> pa.Array:
+    """``names[code]`` for every code."""
+    return pa.array(names, type=pa.large_string()).take(np.asarray(codes, dtype=np.int64))
+
+
+_DIGITS = np.frombuffer(b"0123456789abcdefghijklmnopqrstuvwxyz", dtype=np.uint8).copy()
+_U10, _U36 = np.uint64(10), np.uint64(36)  # uint64 with a plain int would be float64 in numba
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _digit_split(rest, base):  # pragma: no cover - compiled
+    """``divmod(rest, base)`` for base 10 or 36 (uint64): constant divisors, which compile to multiplications."""
+    if base == 10:
+        return rest // _U10, rest % _U10
+    return rest // _U36, rest % _U36
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _digit_count(number, base):  # pragma: no cover - compiled
+    """How many digits ``number`` has in ``base`` (none when the base is 0)."""
+    if base == 0:
+        return 0
+    count = 1
+    rest, _ = _digit_split(number, base)
+    while rest:
+        count += 1
+        rest, _ = _digit_split(rest, base)
+    return count
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _put(data, at, number, base, count, digits):  # pragma: no cover - compiled
+    """Write the ``count`` digits of ``number`` in ``base`` at ``data[at:]``; returns the position after them."""
+    end = at + count
+    rest = number
+    for k in range(count):  # the digits from the last one back
+        rest, digit = _digit_split(rest, base)
+        data[end - 1 - k] = digits[digit]
+    return end
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _copy(data, at, text, start, stop):  # pragma: no cover - compiled
+    """Copy ``text[start:stop]`` to ``data[at:]``; returns the position after it."""
+    for j in range(start, stop):
+        data[at] = text[j]
+        at += 1
+    return at
+
+
+@njit(cache=True, nogil=True)
+def numbered_utf8(text, bounds, bases, form_of_row, first, second, digits):  # pragma: no cover - compiled
+    """Offsets and UTF-8 bytes of one string per row ``i`` in its form ``f = form_of_row[i]``: the
+    head ``text[bounds[2f]:bounds[2f + 1]]``, ``first[i]`` in base ``bases[f, 0]``, the middle
+    ``text[bounds[2f + 1]:bounds[2f + 2]]``, ``second[i]`` in base ``bases[f, 1]`` (uint64 numbers;
+    base 10 or 36 written with ``digits``, or 0: no number)."""
+    n = len(form_of_row)
+    offsets = np.empty(n + 1, dtype=np.int64)
+    offsets[0] = 0
+    for i in range(n):
+        f = form_of_row[i]
+        size = bounds[2 * f + 2] - bounds[2 * f]
+        offsets[i + 1] = offsets[i] + size + _digit_count(first[i], bases[f, 0]) + _digit_count(second[i], bases[f, 1])
+    data = np.empty(offsets[n], dtype=np.uint8)
+    for i in range(n):
+        f = form_of_row[i]
+        at = _copy(data, offsets[i], text, bounds[2 * f], bounds[2 * f + 1])
+        at = _put(data, at, first[i], bases[f, 0], _digit_count(first[i], bases[f, 0]), digits)
+        at = _copy(data, at, text, bounds[2 * f + 1], bounds[2 * f + 2])
+        _put(data, at, second[i], bases[f, 1], offsets[i + 1] - at, digits)
+    return offsets, data
+
+
+def numbered_text(forms: list[tuple], form_of_row: np.ndarray, first: np.ndarray, second: np.ndarray | None = None) -> pa.Array:
+    """One string per row, an f-string over arrays: ``(head, base1, middle, base2) = forms[form_of_row[i]]``
+    gives ``f"{head}{first[i]}{middle}{second[i]}"`` with the numbers (>= 0) in base 10, or 36 in
+    lower-case digits as :func:`~btc_quant.sdk.ordersync.base36` writes them; base 0 leaves that
+    number out. Forms may stop early: ``(head, base1)`` is ``(head, base1, "", 0)``."""
+    forms = [(*form, "", 0)[:4] for form in forms]
+    form_of_row = np.asarray(form_of_row, dtype=np.int64)
+    first = np.asarray(first, dtype=np.int64)
+    second = np.zeros(len(first), dtype=np.int64) if second is None else np.asarray(second, dtype=np.int64)
+    if len(first) and (min(first.min(), second.min()) < 0 or form_of_row.min() < 0 or form_of_row.max() >= len(forms)):
+        raise ValueError("numbered_text: numbers must be >= 0 and every row's form one of the forms")
+    bases = np.array([(b1, b2) for _, b1, _, b2 in forms], dtype=np.uint64).reshape(len(forms), 2)
+    if not np.isin(bases, (0, 10, 36)).all():
+        raise ValueError("numbered_text: a base must be 10, 36 or 0 (no number)")
+    parts = [part.encode() for head, _, middle, _ in forms for part in (head, middle)]
+    bounds = np.zeros(len(parts) + 1, dtype=np.int64)
+    bounds[1:] = np.cumsum([len(p) for p in parts])
+    text = np.array(bytearray(b"".join(parts)), dtype=np.uint8)
+    # unsigned numbers: plain divisions (signed // and % carry Python's rounding rules)
+    offsets, data = numbered_utf8(text, bounds, bases, form_of_row, first.astype(np.uint64), second.astype(np.uint64), _DIGITS)
+    return pa.LargeStringArray.from_buffers(len(first), pa.py_buffer(offsets), pa.py_buffer(data))
+
+
+def base36_array(values: np.ndarray) -> pa.Array:
+    """``sdk.ordersync.base36`` of every value, vectorised."""
+    return numbered_text([("", 36)], np.zeros(len(values), dtype=np.int64), values)
 
 
 def _ladder_tables(strategy, bars, wake_idx, inst):
-    """Every ladder the run will use (one per distinct lookback high), flattened for the kernel."""
+    """Every ladder the run will use (one per distinct lookback high at a wake bar, numbered in
+    order of first use), flattened for the kernel."""
     from .maker_vol_grid import Ladder
 
     c = strategy.config
     lookback_ms = int(c.lookback.total_seconds() * 1000)
     n_window = int(c.lookback.total_seconds() // 60) + 1
     highs = lookback_highs(np.array(bars.ts, dtype=np.int64), np.array(bars.high, dtype=np.float64), wake_idx.astype(np.int64), n_window, lookback_ms)
-    tick, pdec = inst.tick_size, inst.price_decimals
-    index: dict[float, int] = {}
+    distinct, first_use, ladder_of_wake = np.unique(highs, return_index=True, return_inverse=True)
+    by_first_use = np.argsort(first_use, kind="stable")
+    number = np.empty(len(distinct), dtype=np.int64)
+    number[by_first_use] = np.arange(len(distinct))
     lad_at = np.full(len(bars), -1, dtype=np.int64)
-    raw, entry, etarget, tprice, offs, lens, firsts, tops, bottoms = [], [], [], [], [], [], [], [], []
-    total = 0
-    for i, high in zip(wake_idx.tolist(), highs.tolist()):
-        k = index.get(high)
-        if k is None:
-            k = index[high] = len(offs)
-            ladder = Ladder(c.top_ratio * high, c.bottom_ratio * high, c.step_pct, 1)
-            prices = ladder.prices
-            targets = np.searchsorted(-prices, -(prices * (1.0 + c.tp_pct)), side="right") - 1
-            late = np.flatnonzero(np.maximum(targets, 0) < np.arange(len(prices)))
-            first = int(late[0]) if len(late) else len(prices)
-            e = np.round(np.floor(prices / tick + 1e-9) * tick, pdec)  # MakerVol._size
-            raw.append(prices)
-            entry.append(e)
-            etarget.append(np.round(np.floor(e / tick + 1e-9) * tick, pdec))  # OrderSync.targets, buys
-            tprice.append(np.round(np.ceil(prices / tick - 1e-9) * tick, pdec))  # OrderSync.targets, sells
-            offs.append(total)
-            lens.append(len(prices))
-            firsts.append(first)
-            tops.append(ladder.top)
-            bottoms.append(ladder.bottom)
-            total += len(prices)
-        lad_at[i] = k
-    cat = lambda parts: np.concatenate(parts) if parts else np.empty(0)  # noqa: E731
+    lad_at[wake_idx] = number[ladder_of_wake]
+    ladders = [Ladder(c.top_ratio * high, c.bottom_ratio * high, c.step_pct, 1) for high in distinct[by_first_use].tolist()]
+    firsts = []
+    for ladder in ladders:
+        prices = ladder.prices
+        targets = np.searchsorted(-prices, -(prices * (1.0 + c.tp_pct)), side="right") - 1
+        late = np.flatnonzero(np.maximum(targets, 0) < np.arange(len(prices)))
+        firsts.append(int(late[0]) if len(late) else len(prices))
+    lens = np.array([len(ladder) for ladder in ladders], dtype=np.int64)
+    raw = np.concatenate([ladder.prices for ladder in ladders]) if ladders else np.empty(0)
+    tick, pdec = inst.tick_size, inst.price_decimals
+    entry = np.round(np.floor(raw / tick + 1e-9) * tick, pdec)  # MakerVol._size
     return dict(
-        lad_at=lad_at, lad_off=np.asarray(offs, np.int64), lad_len=np.asarray(lens, np.int64),
-        lad_first=np.asarray(firsts, np.int64), lad_top=np.asarray(tops), lad_bottom=np.asarray(bottoms),
-        LADP=cat(raw), LAD_E=cat(entry), LAD_ET=cat(etarget), LAD_TP=cat(tprice),
+        lad_at=lad_at, lad_off=np.cumsum(lens) - lens, lad_len=lens, lad_first=np.asarray(firsts, np.int64),
+        lad_top=np.array([ladder.top for ladder in ladders]), lad_bottom=np.array([ladder.bottom for ladder in ladders]),
+        LADP=raw, LAD_E=entry,
+        LAD_ET=np.round(np.floor(entry / tick + 1e-9) * tick, pdec),  # OrderSync.targets, buys
+        LAD_TP=np.round(np.ceil(raw / tick - 1e-9) * tick, pdec),  # OrderSync.targets, sells
     )
 
 
@@ -1302,8 +1408,9 @@ def compiled_backtest(strategy, engine, bars):
     op, hi, lo, cl = (np.array(getattr(bars, k), dtype=np.float64) for k in ("open", "high", "low", "close"))
     wake = np.array(strategy.wake_bars(bars), dtype=np.bool_)
     wake_idx = np.flatnonzero(wake)
-    pos = np.searchsorted(wake_idx, np.arange(n + 1))
-    next_wake = np.where(pos < len(wake_idx), wake_idx[np.minimum(pos, max(len(wake_idx) - 1, 0))] if len(wake_idx) else n, n).astype(np.int64)
+    next_wake = np.full(n + 1, n, dtype=np.int64)  # the first wake bar at or after each bar (n: none)
+    next_wake[wake_idx] = wake_idx
+    next_wake = np.minimum.accumulate(next_wake[::-1])[::-1].copy()
     tables = _ladder_tables(strategy, bars, wake_idx, inst)
     # the sim's funding schedule after load(); writable C arrays only: a read-only or strided
     # array is another numba type (another compile)
@@ -1328,27 +1435,29 @@ def compiled_backtest(strategy, engine, bars):
 
         SB = np.array([(math.inf, DEFAULT_MMR, 0.0)])
     max_len = int(tables["lad_len"].max()) if len(tables["lad_len"]) else 1
-    # np.zeros maps pages lazily: unused capacity costs address space, not memory (real 1m
-    # stretches need up to ~1 order per bar; an overflow re-runs the kernel with twice the room)
+    # Rows of the orders, fills, lots and the logs are written whole before they are read (orders,
+    # fills and log entries are appended, a lot row is filled when the lot opens): np.empty leaves
+    # the unused capacity untouched address space, where np.zeros may have to clear it (real 1m
+    # stretches need up to ~1 order per bar; an overflow re-runs the kernel with twice the room).
     capacity = n + 16384
     while True:
         S = np.zeros(NSTATE)
         S[WALLET], S[LEV], S[PRICE], S[NOW] = broker.config.initial_cash, broker.leverage, op[0], ts[0]
         S[NEXT_RC] = -1
         S[LIQ_CACHE] = np.nan
-        O = np.zeros((capacity, NO))
+        O = np.empty((capacity, NO))
         OPEN = np.zeros(max_len + 2 * c.max_live_orders + 64, dtype=np.int64)
-        FL = np.zeros((capacity, NF))
-        L = np.zeros((capacity + 1, NL))
+        FL = np.empty((capacity, NF))
+        L = np.empty((capacity + 1, NL))
         LOTS = np.zeros(max_len + 64, dtype=np.int64)
         TPAT = np.zeros(max_len + 1, dtype=np.int64)
         SQ, SM = np.zeros(max_len + 1), np.zeros(max_len + 1)
         CASH, QTYD = np.zeros(n), np.zeros(n)
         LIQM, HASM = np.full(n, np.nan), np.zeros(n, dtype=np.bool_)
-        ENT, TPF = np.zeros((capacity, 2)), np.zeros(capacity)
-        SAT, RT = np.zeros((capacity, 7)), np.zeros((capacity, 5))
-        SAMP = np.zeros((capacity, 10))
-        FUNDR = np.zeros((len(fund_bar) + 1, 5))
+        ENT, TPF = np.empty((capacity, 2)), np.empty(capacity)
+        SAT, RT = np.empty((capacity, 7)), np.empty((capacity, 5))
+        SAMP = np.empty((capacity, 10))
+        FUNDR = np.empty((len(fund_bar) + 1, 5))
         kernel_started = time.perf_counter()
         code = kernel(
             ts, op, hi, lo, cl, wake, next_wake, tables["lad_at"], tables["lad_off"], tables["lad_len"], tables["lad_first"],
@@ -1374,49 +1483,51 @@ def compiled_backtest(strategy, engine, bars):
     return result
 
 
-def _client_ids(strategy, engine, O):
+def _client_ids(strategy, engine, O) -> tuple[pa.Array, pa.Array]:
+    """The client id and the tag of every order (in order of creation), as the event path gives them."""
     kind = O[:, O_KIND].astype(np.int64)
     ref = O[:, O_REF].astype(np.int64)
-    gen = O[:, O_GEN].astype(np.int64)
-    ids = np.empty(len(O), dtype=object)
-    tags = np.empty(len(O), dtype=object)
-    prefix = strategy.sync.prefix
-    for letter, k in (("b", K_ENTRY), ("t", K_TP)):
-        sel = np.flatnonzero(kind == k)
-        if len(sel):
-            keys = [f"{letter}{r}" for r in ref[sel].tolist()]
-            tags[sel] = keys
-            ids[sel] = [f"{prefix}{key}.{g}" for key, g in zip(keys, base36_array(gen[sel]).tolist())]
-    for oi in np.flatnonzero(kind == K_CLOSE).tolist():  # in creation order, as the engine hands them out
-        ids[oi] = engine.next_client_id()
-        tags[oi] = f"saturation:{ref[oi]}"
-    for oi in np.flatnonzero(kind == K_LIQ).tolist():
-        ids[oi] = f"liquidation-{ref[oi]}"
-        tags[oi] = "liquidation"
+    closes = np.flatnonzero(kind == K_CLOSE)
+    prefix, first = engine.take_client_ids(len(closes))  # in creation order, as the engine hands them out
+    generation = O[:, O_GEN].astype(np.int64)
+    generation[kind > K_TP] = 0  # unused: closes and liquidations have one number
+    number = ref.copy()
+    number[closes] = np.arange(first, first + len(closes))
+    # by kind (K_ENTRY, K_TP, K_CLOSE, K_LIQ); entries and take-profits: OrderSync's f"{prefix}{key}.{base36(generation)}"
+    sync = strategy.sync.prefix
+    ids = numbered_text([(f"{sync}b", 10, ".", 36), (f"{sync}t", 10, ".", 36), (f"{prefix}-", 10), ("liquidation-", 10)], kind, number, generation)
+    tags = numbered_text([("b", 10), ("t", 10), ("saturation:", 10), ("liquidation", 0)], kind, ref)
     return ids, tags
 
 
 _STATUS = {ST_PENDING: "pending", ST_NEW: "new", ST_PARTIAL: "partially_filled", ST_FILLED: "filled", ST_CANCELED: "canceled", ST_REJECTED: "rejected", ST_EXPIRED: "expired"}
-_STATUS_NAMES = np.array([_STATUS.get(k) for k in range(max(_STATUS) + 1)], dtype=object)
+_STATUS_NAMES = [_STATUS.get(k) for k in range(max(_STATUS) + 1)]
 
 
-def _reasons(O) -> np.ndarray:
-    out = np.full(len(O), None, dtype=object)
+def _reasons(O):
+    """The ``reason`` column: why each order was refused, missing for the others (the event path's
+    None; a column of None alone stays an object column)."""
     code = O[:, O_REASON].astype(np.int64)
-    for oi in np.flatnonzero(code != R_NONE).tolist():
+    refused = np.flatnonzero(code != R_NONE)
+    if len(refused) == 0:
+        return np.full(len(O), None, dtype=object)
+    texts = []
+    for oi in refused.tolist():
         r = code[oi]
         if r == R_RO_GONE:
-            out[oi] = "reduce-only: no position left to reduce"
+            texts.append("reduce-only: no position left to reduce")
         elif r == R_MARGIN:
-            out[oi] = f"margin is insufficient: needs {O[oi, O_NEED]:,.2f}, available {O[oi, O_FREE]:,.2f} (Binance -2019)"
+            texts.append(f"margin is insufficient: needs {O[oi, O_NEED]:,.2f}, available {O[oi, O_FREE]:,.2f} (Binance -2019)")
         elif r == R_LIQ:
-            out[oi] = "liquidation"
+            texts.append("liquidation")
         elif r == R_REDUCE:
-            out[oi] = "reduce-only order would not reduce the position (Binance -2022)"
+            texts.append("reduce-only order would not reduce the position (Binance -2022)")
         else:
             side = "buy" if O[oi, O_SIDE] > 0 else "sell"
-            out[oi] = f"post-only {side} at {O[oi, O_PRICE]} would cross {O[oi, O_NEED]} (GTX)"
-    return out
+            texts.append(f"post-only {side} at {O[oi, O_PRICE]} would cross {O[oi, O_NEED]} (GTX)")
+    at = np.full(len(O), -1, dtype=np.int64)
+    at[refused] = np.arange(len(refused))
+    return _text(pa.array(texts, type=pa.large_string()).take(pa.array(at, mask=at < 0)))
 
 
 def _result(strategy, engine, broker, bars, k):
@@ -1426,58 +1537,53 @@ def _result(strategy, engine, broker, bars, k):
     S, O, FL = k["S"], k["O"], k["FL"]
     n = len(bars)
     ids, tags = _client_ids(strategy, engine, O)
-    side = np.where(O[:, O_SIDE] > 0, "buy", "sell").astype(object)
-    market = np.isnan(O[:, O_PRICE])
-    to_time = lambda ms: pd.to_datetime(pd.Series(np.asarray(ms, dtype=np.int64)).astype("int64"), unit="ms", utc=True)  # noqa: E731
-    status = O[:, O_STATUS].astype(np.int64)
+    side = _labels(["sell", "buy"], O[:, O_SIDE] > 0)
     orders = pd.DataFrame({
-        "client_id": ids,
-        "side": side,
-        "type": np.where(market, "market", "limit").astype(object),
+        "client_id": _text(ids),
+        "side": _text(side),
+        "type": _text(_labels(["limit", "market"], np.isnan(O[:, O_PRICE]))),
         "price": O[:, O_PRICE],
         "quantity": O[:, O_QTY],
         "filled_qty": O[:, O_FILLED],
         "avg_fill_price": O[:, O_AVG],
         "post_only": O[:, O_PO] != 0,
         "reduce_only": O[:, O_RO] != 0,
-        "status": _STATUS_NAMES[status],
+        "status": _text(_labels(_STATUS_NAMES, O[:, O_STATUS])),
         "reason": _reasons(O),
-        "created": to_time(O[:, O_CREATED]),
-        "updated": to_time(O[:, O_UPDATED]),
-        "tag": tags,
+        "created": _times(O[:, O_CREATED]),
+        "updated": _times(O[:, O_UPDATED]),
+        "tag": _text(tags),
     })
     fo = FL[:, F_ORDER].astype(np.int64)
     fbar = FL[:, F_BAR].astype(np.int64)
     fills = pd.DataFrame({
-        "ts": np.asarray(bars.ts, dtype=np.int64)[fbar],
-        "trade_id": [f"sim-{s}" for s in FL[:, F_SEQ].astype(np.int64).tolist()],
-        "client_id": ids[fo],
-        "side": side[fo],
+        "ts": _times(np.asarray(bars.ts, dtype=np.int64)[fbar]),
+        "trade_id": _text(numbered_text([("sim-", 10)], np.zeros(len(FL), dtype=np.int64), FL[:, F_SEQ])),
+        "client_id": _text(ids.take(fo)),
+        "side": _text(side.take(fo)),
         "price": FL[:, F_PRICE],
         "quantity": FL[:, F_QTY],
         "fee": FL[:, F_FEE],
         "is_maker": FL[:, F_MAKER] != 0,
         "is_liquidation": FL[:, F_LIQ] != 0,
-        "tag": tags[fo],
+        "tag": _text(tags.take(fo)),
+        "bar": fbar,
     })
-    fills["ts"] = pd.to_datetime(fills["ts"].astype("int64"), unit="ms", utc=True)
-    fills["bar"] = fbar
     if len(fills) == 0:  # the engine's builders give these their dtypes
         fills = fills_frame([], np.empty(0, dtype=np.int64))
     if len(orders) == 0:
         orders = orders_frame({})
-    index = pd.to_datetime(bars.ts, unit="ms", utc=True)
+    index = pd.DatetimeIndex(_times(bars.ts))
     initial = float(broker.config.initial_cash)
     equity = pd.Series(initial + np.cumsum(k["CASH"]) + np.cumsum(k["QTYD"]) * bars.close, index=index, name="equity")
-    trades = _trades_frame(fills)
+    trades = _trades_frame(fills, buy=O[fo, O_SIDE] > 0)
     position = position_per_bar(n, fills)
     FR = k["FUNDR"]
     fk = FR[:, 0].astype(np.int64)
     funding = pd.DataFrame({
-        "ts": k["fund_ts"][fk], "bar": FR[:, 1].astype(np.int64), "rate": k["fund_rate"][fk],
+        "ts": _times(k["fund_ts"][fk]), "bar": FR[:, 1].astype(np.int64), "rate": k["fund_rate"][fk],
         "mark": FR[:, 2], "position": FR[:, 3], "amount": FR[:, 4],
     })
-    funding["ts"] = pd.to_datetime(funding["ts"].astype("int64"), unit="ms", utc=True)
     if len(funding) == 0:  # the broker's own (empty) frame has its dtypes
         funding = broker.funding_payments()
     paid = float(funding["amount"].sum()) if len(funding) else 0.0
@@ -1487,7 +1593,7 @@ def _result(strategy, engine, broker, bars, k):
         orders=orders, trades=trades, metrics=metrics, initial_equity=initial,
     )
     result.extra["position"] = pd.Series(position, index=index, name="position")
-    result.extra["rejections"] = int((status == ST_REJECTED).sum())
+    result.extra["rejections"] = int((O[:, O_STATUS] == ST_REJECTED).sum())
     result.extra["bars"] = bars
     result.extra["funding"] = funding
     liq = np.full(n, np.nan)
