@@ -357,3 +357,39 @@ def test_a_fill_the_strategy_never_handled_is_handed_over_after_a_restart(exchan
     journal.close()
     run(exchange, tmp_path, plugins, later_life)
     assert handed[-1] == []
+
+
+def test_a_late_push_does_not_reopen_an_order_whose_fill_waited_for_its_commission(exchange, tmp_path, plugins):
+    """A partial fill's pushes are delayed, the order is then canceled by the user and that push
+    arrives first: its fill is new (not the push's own trade), so the order's trades are read for
+    the fee and the news waits. The late TRADE push (the order still open) must not replace that
+    news: ccxt.pro merges every push of an order into one cached dict, so news kept by reference
+    would turn back into the older state and leave a canceled order open in the mirror."""
+    async def body(broker, server):
+        watcher = asyncio.create_task(broker.watch())
+        try:
+            order = resting_buy(broker)
+            await settled(broker)
+            await asyncio.sleep(0.5)  # the stream is subscribed
+            plan, trading = server.state.faults, server.state.trading
+            plan.ws_delay_s, plan.slow_s = 0.2, 0.6
+            plan.script("ws", "ws_delay", "ws_delay")  # the fill's ACCOUNT_UPDATE and ORDER_TRADE_UPDATE
+            plan.script("userTrades", "slow")  # the late push lands while the trades are read
+            exchange_id = exchange_orders(server, order.client_id)[0].order_id
+            trading.partial_fill("local-test-key", exchange_id, 0.001)
+            trading.cancel("local-test-key", {"symbol": "BTCUSDT", "orderId": exchange_id})
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if order.client_id in broker._commission_lookups:
+                    break
+            await settled(broker)
+            await asyncio.sleep(0.3)  # both late pushes are in
+            assert server.state.faults.counts().get("ws_delay") == 2
+            assert not broker.open_orders(), [(o.client_id, o.status, o.filled_qty) for o in broker.open_orders()]
+            events = broker.events()
+            assert [e.fill.quantity for e in events if hasattr(e, "fill")] == [pytest.approx(0.001)]
+            assert [e.order.status for e in events if not hasattr(e, "fill")][-1] is OrderStatus.CANCELED
+        finally:
+            watcher.cancel()
+
+    run(exchange, tmp_path, plugins, body)

@@ -553,12 +553,17 @@ class LiveBroker(Broker):
 
     def _hold(self, cid: str, data: dict) -> None:
         """Keep the newest news of an order whose fill waits for its commission (the largest
-        cumulative quantity; at equal quantity a final status over an open one)."""
-        def rank(d: dict) -> tuple[float, bool]:
-            return float(d.get("filled") or 0.0), d.get("status") in STATUS
+        cumulative quantity; at equal quantity a final status over an open one, then the later
+        exchange update time).
+
+        A copy is kept: ccxt.pro merges every push of an order into one cached dict
+        (``ArrayCacheBySymbolById.append`` updates it in place), so a push delivered late would
+        turn news held by reference back into the older state (a canceled order open again)."""
+        def rank(d: dict) -> tuple[float, bool, int]:
+            return float(d.get("filled") or 0.0), d.get("status") in STATUS, int(d.get("lastUpdateTimestamp") or 0)
         held = self._held.get(cid)
         if held is None or rank(data) >= rank(held):
-            self._held[cid] = data
+            self._held[cid] = dict(data)
 
     def _pushed_commission(self, data: dict, before: float, filled: float) -> float | None:
         """The commission a Binance ``ORDER_TRADE_UPDATE`` push reports (``n``, in asset ``N``)
