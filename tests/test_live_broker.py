@@ -393,3 +393,35 @@ def test_a_late_push_does_not_reopen_an_order_whose_fill_waited_for_its_commissi
             watcher.cancel()
 
     run(exchange, tmp_path, plugins, body)
+
+
+def test_a_lot_below_the_minimum_notional_is_closed_at_market_reduce_only(exchange, tmp_path, plugins):
+    """A partial fill leaves 0.001 BTC (about 38 USDT, under BTCUSDT's 100 minimum). Closing it at
+    market works reduce-only (Binance -4164: "...unless you choose reduce only"); the same order
+    without the flag is refused before it is sent."""
+    async def body(broker, server):
+        order = resting_buy(broker)
+        await settled(broker)
+        trading = server.state.trading
+        trading.partial_fill("local-test-key", exchange_orders(server, order.client_id)[0].order_id, 0.001)
+        broker.cancel(order.client_id)
+        await settled(broker)
+        await broker.reconcile()
+        assert broker.position().quantity == pytest.approx(0.001)
+        price = broker.last_price
+        assert 0.001 * price < broker.instrument.min_notional
+        posts = server.state.calls[("POST", ORDER)]
+        opening = Order.create(broker.instrument, "t-1-2", Side.SELL, 0.001, ts_ms=START_MS)
+        broker.submit(opening)
+        refused = [e.order for e in broker.events() if not hasattr(e, "fill") and e.order.client_id == "t-1-2"]
+        assert [o.status for o in refused] == [OrderStatus.REJECTED] and "below the exchange minimum" in refused[0].reason
+        assert server.state.calls[("POST", ORDER)] == posts
+        close = Order.create(broker.instrument, "t-1-3", Side.SELL, 0.001, reduce_only=True, ts_ms=START_MS)
+        broker.submit(close)
+        await settled(broker)
+        assert exchange_orders(server, "t-1-3")[0].status == "FILLED"
+        assert trading.account("local-test-key").position("BTCUSDT").amt == 0.0
+        assert broker.position().quantity == pytest.approx(0.0, abs=1e-12)
+        assert [e.fill.quantity for e in broker.events() if hasattr(e, "fill") and e.fill.client_id == "t-1-3"] == [pytest.approx(0.001)]
+
+    run(exchange, tmp_path, plugins, body)
