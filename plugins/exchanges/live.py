@@ -603,8 +603,14 @@ class LiveBroker(Broker):
                 trades = await self._retry(self.exchange.fetch_my_trades, self.symbol, None, None, {"orderId": exchange_id})
         except (ccxt.ExchangeError, *RETRYABLE) as exc:
             log.info("trades of %s: %s; fee from the fee schedule", cid, type(exc).__name__)
-        del self._commission_lookups[cid]
-        self.on_exchange_order(self._held.pop(cid), trades=trades)
+        finally:
+            # whatever ends the read (also a cancel, or an error not caught above), the order must
+            # not stay marked as waiting: its news would be held for good and reconciliation would
+            # skip it as busy
+            self._commission_lookups.pop(cid, None)
+            held = self._held.pop(cid, None)
+        if held is not None:
+            self.on_exchange_order(held, trades=trades)
 
     def _order_from(self, data: dict) -> Order:
         return Order(
