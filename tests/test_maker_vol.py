@@ -403,3 +403,28 @@ def test_side_both_closes_a_small_lot_reduce_only_and_waits_while_the_close_woul
     assert list(zip(closes.side, closes.quantity, closes.reduce_only, closes.status)) == [
         ("sell", 0.001, True, "filled"), ("buy", 0.001, True, "filled")]
     assert not result.extra["diagnostics"]["pnl_attribution"]["open_lots"]
+
+
+def test_side_both_take_profit_of_a_lot_under_the_minimum_notional_is_reduce_only():
+    """side=both take-profits are plain limits (the net position may be on the other side), but one
+    under the 100 USDT minimum can only rest reduce-only (Binance -4164)."""
+    class Probe(MakerVol):
+        name = "probe_small_tp"
+        flags: dict = {}
+
+        def on_bar(self, ctx, bar):
+            super().on_bar(ctx, bar)
+            if Probe.flags:
+                return
+            book = self.grids[0].book
+            level = self.grids[0].first_entry + 3
+            small = book.open_lot(level, float(book.ladder.prices[level]), 0.001, 4.0, 10.0)
+            full = book.open_lot(level + 1, float(book.ladder.prices[level + 1]), 0.003, 12.0, 10.0)
+            book.place_tp(small), book.place_tp(full)
+            below = float(book.ladder.prices[level + 5])  # the price under both lots: their take-profits are live
+            orders, _, _ = self.desired(ctx, below, ctx.equity)
+            Probe.flags.update({vo.quantity: vo.reduce_only for vo in orders if vo.key.startswith("t")})
+
+    rows = [(40_000.0, 42_000.0, 38_000.0, 40_000.0), (40_000.0, 40_010.0, 39_990.0, 40_000.0)]
+    run_strategy(Probe, bars_from(rows), *PERP, "strategy.side=both", "strategy.max_live_orders=2")
+    assert Probe.flags == {0.001: True, 0.003: False}

@@ -451,6 +451,7 @@ class MakerVol(Strategy):
         armed_total = 0
         paused = False
         reduce_only = self.config.side != "both"
+        min_notional = ctx.instrument.min_notional
         n = self.config.max_live_orders
         for grid in self.grids:
             ladder, book = grid.ladder, grid.book
@@ -467,7 +468,13 @@ class MakerVol(Strategy):
                     if vo is None:
                         if len(cache) > 50_000:
                             cache.clear()
-                        vo = cache[ident] = VirtualOrder(f"{grid.tp_key}{lot.lot_id}", tp_side, book.tp_price(lot), lot.quantity, reduce_only=reduce_only)
+                        tp_price = book.tp_price(lot)
+                        # side=both: a take-profit under the minimum notional (a lot left small by
+                        # partial fills) can rest only reduce-only (Binance -4164); while the net
+                        # position is on the other side the exchange refuses it (-2022) and the
+                        # next sync sends it again
+                        small = lot.quantity * tp_price < min_notional
+                        vo = cache[ident] = VirtualOrder(f"{grid.tp_key}{lot.lot_id}", tp_side, tp_price, lot.quantity, reduce_only=reduce_only or small)
                     orders.append(vo)
             start = max(k, grid.first_entry)
             armed_total += len(ladder) - start - (len(book.tp_levels) - bisect.bisect_left(book.tp_levels, start)) + len(book.lots)
