@@ -350,12 +350,11 @@ class MakerVol(Strategy):
         on one side, when the position no longer holds any of it, the lot is gone (liquidated or
         closed outside the strategy) and leaves the book (``lots_gone``)."""
         one_side = self.config.side != "both"
-        covered = self._covered(ctx, grid.direction, lot.quantity)
         if again and one_side and not self._covered(ctx, grid.direction, ctx.instrument.lot_size):
             grid.book.close_lot(lot.lot_id)
             self.counts["lots_gone"] += 1
             return
-        reduce_only = one_side or covered
+        reduce_only = one_side or self._covered(ctx, grid.direction, lot.quantity)
         if not reduce_only and lot.quantity * ctx.price < ctx.instrument.min_notional:
             if not again:
                 self.counts["closes_waiting"] += 1
