@@ -372,7 +372,7 @@ def test_a_late_push_does_not_reopen_an_order_whose_fill_waited_for_its_commissi
             await settled(broker)
             await asyncio.sleep(0.5)  # the stream is subscribed
             plan, trading = server.state.faults, server.state.trading
-            plan.ws_delay_s, plan.slow_s = 0.2, 0.6
+            plan.ws_delay_s, plan.slow_s = 0.5, 1.5  # wide margins: a loaded machine must not reorder them
             plan.script("ws", "ws_delay", "ws_delay")  # the fill's ACCOUNT_UPDATE and ORDER_TRADE_UPDATE
             plan.script("userTrades", "slow")  # the late push lands while the trades are read
             exchange_id = exchange_orders(server, order.client_id)[0].order_id
@@ -382,8 +382,9 @@ def test_a_late_push_does_not_reopen_an_order_whose_fill_waited_for_its_commissi
                 await asyncio.sleep(0.05)
                 if order.client_id in broker._commission_lookups:
                     break
+            assert order.client_id in broker._commission_lookups  # the CANCELED push came first and waits for the fee
             await settled(broker)
-            await asyncio.sleep(0.3)  # both late pushes are in
+            await asyncio.sleep(0.6)  # both late pushes are in
             assert server.state.faults.counts().get("ws_delay") == 2
             assert not broker.open_orders(), [(o.client_id, o.status, o.filled_qty) for o in broker.open_orders()]
             events = broker.events()
@@ -392,7 +393,7 @@ def test_a_late_push_does_not_reopen_an_order_whose_fill_waited_for_its_commissi
         finally:
             watcher.cancel()
 
-    run(exchange, tmp_path, plugins, body)
+    run(exchange, tmp_path, plugins, body, timeout_ms=4000)
 
 
 def test_a_lot_below_the_minimum_notional_is_closed_at_market_reduce_only(exchange, tmp_path, plugins):
