@@ -426,3 +426,29 @@ def test_a_lot_below_the_minimum_notional_is_closed_at_market_reduce_only(exchan
         assert [e.fill.quantity for e in broker.events() if hasattr(e, "fill") and e.fill.client_id == "t-1-3"] == [pytest.approx(0.001)]
 
     run(exchange, tmp_path, plugins, body)
+
+
+def test_a_reconcile_during_a_fee_read_hands_the_order_state_it_found_to_that_read(exchange, tmp_path, plugins):
+    """A reconciliation finds a partial fill and reads the order's trades for its fee (slowly).
+    Meanwhile the order is canceled and the bot hears nothing of it (a dropped stream). The next
+    reconciliation must not skip the order as busy: what it finds waits with the fill, so once the
+    fee read ends the order is final in the mirror, not left open with no request under way."""
+    async def body(broker, server):
+        order = resting_buy(broker)
+        await settled(broker)
+        plan, trading = server.state.faults, server.state.trading
+        plan.slow_s = 1.5
+        plan.script("userTrades", "slow")
+        exchange_id = exchange_orders(server, order.client_id)[0].order_id
+        trading.partial_fill("local-test-key", exchange_id, 0.001)
+        await broker.reconcile()
+        assert order.client_id in broker._commission_lookups
+        trading.cancel("local-test-key", {"symbol": "BTCUSDT", "orderId": exchange_id})
+        await broker.reconcile()
+        await settled(broker)
+        assert not broker.open_orders(), [(o.client_id, o.status, o.filled_qty) for o in broker.open_orders()]
+        events = broker.events()
+        assert [e.fill.quantity for e in events if hasattr(e, "fill")] == [pytest.approx(0.001)]
+        assert [e.order.status for e in events if not hasattr(e, "fill")][-1] is OrderStatus.CANCELED
+
+    run(exchange, tmp_path, plugins, body, timeout_ms=4000)

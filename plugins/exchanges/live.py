@@ -681,14 +681,18 @@ class LiveBroker(Broker):
                 live_ids.add(data["clientOrderId"])
                 self.on_exchange_order(data)
         # orders the mirror holds open that the exchange does not list: filled or canceled
-        # while an update was lost, or never placed. Requests under way settle their own orders.
-        busy = self._placing.keys() | self._canceling.keys() | self._commission_lookups.keys()
+        # while an update was lost, or never placed. A place or cancel under way settles its own
+        # order (its answer is the order's state). An order whose fill waits for its fee is
+        # looked up all the same: what is found waits with that fill (_hold), so the state the
+        # fee read applies is at least as new as this pass (else news from before the pass could
+        # leave a canceled order open with nothing under way to correct it).
+        busy = self._placing.keys() | self._canceling.keys()
         missing = [cid for cid in self._orders if cid not in live_ids and cid not in busy]
         found = await asyncio.gather(*(self._lookup(cid) for cid in missing))
         for cid, data in zip(missing, found):
             if data is not None:
                 self.on_exchange_order(data)
-            elif cid in self._orders and cid not in self._placing:
+            elif cid in self._orders and cid not in self._placing and cid not in self._commission_lookups:
                 order = self._orders[cid]
                 status = OrderStatus.REJECTED if order.status is OrderStatus.PENDING else OrderStatus.CANCELED
                 self._final(cid, status, "never reached the exchange" if status is OrderStatus.REJECTED else "gone from the exchange", inferred=True)
