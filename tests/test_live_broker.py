@@ -452,3 +452,27 @@ def test_a_reconcile_during_a_fee_read_hands_the_order_state_it_found_to_that_re
         assert [e.order.status for e in events if not hasattr(e, "fill")][-1] is OrderStatus.CANCELED
 
     run(exchange, tmp_path, plugins, body, timeout_ms=4000)
+
+
+def test_a_reconcile_with_a_cancel_under_way_is_not_a_settled_one(exchange, tmp_path, plugins):
+    """A pass leaves an order whose cancel is under way to that cancel (which may give up and leave
+    it to a later pass): only a pass with no place or cancel under way from start to end says the
+    mirror is the exchange's (``last_settled_reconcile_ms``, what the soak's checks wait for)."""
+    async def body(broker, server):
+        order = resting_buy(broker)
+        await settled(broker)
+        await broker.reconcile()
+        first = broker.last_settled_reconcile_ms
+        assert first is not None
+        server.state.faults.slow_s = 1.0
+        server.state.faults.script("order", "slow")  # the DELETE takes a second
+        await asyncio.sleep(0.01)
+        broker.cancel(order.client_id)
+        await broker.reconcile()
+        assert broker.last_reconcile_ms > first and broker.last_settled_reconcile_ms == first
+        await settled(broker)
+        await broker.reconcile()
+        assert broker.last_settled_reconcile_ms == broker.last_reconcile_ms > first
+        assert not broker.open_orders()
+
+    run(exchange, tmp_path, plugins, body, timeout_ms=4000)

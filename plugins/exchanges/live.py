@@ -224,6 +224,10 @@ class LiveBroker(Broker):
         self.stats = {"retries": 0, "lookups": 0, "orphans_canceled": 0, "ws_errors": 0, "reconciles": 0, "disagreements": 0,
                       "reconcile_failures": 0, "cancels_coalesced": 0, "requests_timed_out": 0, "gave_up": 0, "stale_updates": 0, "fees_estimated": 0, "revived": 0}
         self.last_reconcile_ms: int | None = None
+        #: start of the last reconciliation with no place or cancel under way from its start to its
+        #: end: every order was read, none left unresolved, so the mirror was the exchange's
+        self.last_settled_reconcile_ms: int | None = None
+        self._requests_sent = 0  # place and cancel tasks started (to tell whether one ran during a pass)
 
     @property
     def request_bound_s(self) -> float:
@@ -335,6 +339,7 @@ class LiveBroker(Broker):
         self.journal.save_order(order)  # before sending: a crash after this can always find it
         self._known.add(order.client_id)
         self._placing[order.client_id] = self._spawn(self._place(order), f"place {order.client_id}")
+        self._requests_sent += 1
 
     def _apply_filters(self, order: Order) -> Order:
         """Round to the exchange's tick and lot and check its minimum notional (Binance filters)."""
@@ -395,6 +400,8 @@ class LiveBroker(Broker):
     def _give_up(self, what: str, attempts: int) -> None:
         self.stats["gave_up"] += 1
         log.warning("%s: unresolved after %d attempts; reconciliation will settle it", what, attempts)
+        if self.reconcile_wanted is not None:
+            self.reconcile_wanted.set()  # soon, not at the next periodic pass
 
     async def _lookup(self, cid: str) -> dict | None:
         """The exchange's order with client id ``cid``, None if it has none; network errors are
@@ -415,6 +422,7 @@ class LiveBroker(Broker):
             self.stats["cancels_coalesced"] += 1
             return
         self._canceling[client_id] = self._spawn(self._cancel(client_id), f"cancel {client_id}")
+        self._requests_sent += 1
 
     async def _cancel(self, cid: str) -> None:
         try:
@@ -669,6 +677,7 @@ class LiveBroker(Broker):
         started_ms = int(time.time() * 1000)
         first = None
         busy_at_start = self._fills_in_flight()
+        requests_at_start = bool(self._placing or self._canceling), self._requests_sent
         if self.instrument.is_perpetual:
             first = self.on_exchange_position(await self._retry(ex.fetch_positions, [self.symbol]))
             if not self._entry_known:
@@ -719,6 +728,8 @@ class LiveBroker(Broker):
         after = self._account.position(self.symbol).quantity
         self.stats["reconciles"] += 1
         self.last_reconcile_ms = started_ms  # what it saw is at least as new as this
+        if requests_at_start == (False, self._requests_sent) and not (self._placing or self._canceling):
+            self.last_settled_reconcile_ms = started_ms
         return {"open": sorted(live_ids), "position": after, "wallet": self._account.wallet_balance}
 
     async def watch(self) -> None:
