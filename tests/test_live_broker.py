@@ -476,3 +476,17 @@ def test_a_reconcile_with_a_cancel_under_way_is_not_a_settled_one(exchange, tmp_
         assert not broker.open_orders()
 
     run(exchange, tmp_path, plugins, body, timeout_ms=4000)
+
+
+def test_a_setting_the_exchange_does_not_answer_on_start_is_sent_again_in_the_background(exchange, tmp_path, plugins):
+    """Every try to set the margin mode on start fails (5xx): the bot does not die at start-up, it
+    notes it and sends the setting again in the background."""
+    exchange.state.faults.script("marginType", *["server_error"] * 4)  # 3 tries on start, 1 more in the background
+
+    async def body(broker, server):
+        await settled(broker)
+        assert server.state.trading.account("local-test-key").margin_type.get("BTCUSDT") == "ISOLATED"
+        assert [m for _, kind, m in broker.journal.notes() if kind == "setup"] == [
+            "could not set margin mode isolated on start (OperationFailed); trying again"]
+
+    run(exchange, tmp_path, plugins, body, margin_mode="isolated")

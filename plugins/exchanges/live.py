@@ -272,6 +272,10 @@ class LiveBroker(Broker):
             except ccxt.ExchangeError as exc:  # e.g. Binance -4046 (already set) or -4047 (open orders)
                 log.warning("could not set %s %s: %s; the exchange keeps its setting", what, arg, exc)
                 self.journal.note("setup", f"could not set {what} {arg}: {exc}")
+            except RETRYABLE as exc:  # no answer after every try: not refused, so try again in the background
+                log.warning("could not set %s %s on start (%s); trying again in the background", what, arg, type(exc).__name__)
+                self.journal.note("setup", f"could not set {what} {arg} on start ({type(exc).__name__}); trying again")
+                self._setting(what, arg, fn)
         # the first reconciliation must succeed before the strategy starts; each try is bounded
         for attempt in range(self.config.max_attempts):
             try:
