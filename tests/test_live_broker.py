@@ -357,3 +357,136 @@ def test_a_fill_the_strategy_never_handled_is_handed_over_after_a_restart(exchan
     journal.close()
     run(exchange, tmp_path, plugins, later_life)
     assert handed[-1] == []
+
+
+def test_a_late_push_does_not_reopen_an_order_whose_fill_waited_for_its_commission(exchange, tmp_path, plugins):
+    """A partial fill's pushes are delayed, the order is then canceled by the user and that push
+    arrives first: its fill is new (not the push's own trade), so the order's trades are read for
+    the fee and the news waits. The late TRADE push (the order still open) must not replace that
+    news: ccxt.pro merges every push of an order into one cached dict, so news kept by reference
+    would turn back into the older state and leave a canceled order open in the mirror."""
+    async def body(broker, server):
+        watcher = asyncio.create_task(broker.watch())
+        try:
+            order = resting_buy(broker)
+            await settled(broker)
+            await asyncio.sleep(0.5)  # the stream is subscribed
+            plan, trading = server.state.faults, server.state.trading
+            plan.ws_delay_s, plan.slow_s = 0.5, 1.5  # wide margins: a loaded machine must not reorder them
+            plan.script("ws", "ws_delay", "ws_delay")  # the fill's ACCOUNT_UPDATE and ORDER_TRADE_UPDATE
+            plan.script("userTrades", "slow")  # the late push lands while the trades are read
+            exchange_id = exchange_orders(server, order.client_id)[0].order_id
+            trading.partial_fill("local-test-key", exchange_id, 0.001)
+            trading.cancel("local-test-key", {"symbol": "BTCUSDT", "orderId": exchange_id})
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if order.client_id in broker._commission_lookups:
+                    break
+            assert order.client_id in broker._commission_lookups  # the CANCELED push came first and waits for the fee
+            await settled(broker)
+            await asyncio.sleep(0.6)  # both late pushes are in
+            assert server.state.faults.counts().get("ws_delay") == 2
+            assert not broker.open_orders(), [(o.client_id, o.status, o.filled_qty) for o in broker.open_orders()]
+            events = broker.events()
+            assert [e.fill.quantity for e in events if hasattr(e, "fill")] == [pytest.approx(0.001)]
+            assert [e.order.status for e in events if not hasattr(e, "fill")][-1] is OrderStatus.CANCELED
+        finally:
+            watcher.cancel()
+
+    run(exchange, tmp_path, plugins, body, timeout_ms=4000)
+
+
+def test_a_lot_below_the_minimum_notional_is_closed_at_market_reduce_only(exchange, tmp_path, plugins):
+    """A partial fill leaves 0.001 BTC (about 38 USDT, under BTCUSDT's 100 minimum). Closing it at
+    market works reduce-only (Binance -4164: "...unless you choose reduce only"); the same order
+    without the flag is refused before it is sent."""
+    async def body(broker, server):
+        order = resting_buy(broker)
+        await settled(broker)
+        trading = server.state.trading
+        trading.partial_fill("local-test-key", exchange_orders(server, order.client_id)[0].order_id, 0.001)
+        broker.cancel(order.client_id)
+        await settled(broker)
+        await broker.reconcile()
+        assert broker.position().quantity == pytest.approx(0.001)
+        price = broker.last_price
+        assert 0.001 * price < broker.instrument.min_notional
+        posts = server.state.calls[("POST", ORDER)]
+        opening = Order.create(broker.instrument, "t-1-2", Side.SELL, 0.001, ts_ms=START_MS)
+        broker.submit(opening)
+        refused = [e.order for e in broker.events() if not hasattr(e, "fill") and e.order.client_id == "t-1-2"]
+        assert [o.status for o in refused] == [OrderStatus.REJECTED] and "below the exchange minimum" in refused[0].reason
+        assert server.state.calls[("POST", ORDER)] == posts
+        close = Order.create(broker.instrument, "t-1-3", Side.SELL, 0.001, reduce_only=True, ts_ms=START_MS)
+        broker.submit(close)
+        await settled(broker)
+        assert exchange_orders(server, "t-1-3")[0].status == "FILLED"
+        assert trading.account("local-test-key").position("BTCUSDT").amt == 0.0
+        assert broker.position().quantity == pytest.approx(0.0, abs=1e-12)
+        assert [e.fill.quantity for e in broker.events() if hasattr(e, "fill") and e.fill.client_id == "t-1-3"] == [pytest.approx(0.001)]
+
+    run(exchange, tmp_path, plugins, body)
+
+
+def test_a_reconcile_during_a_fee_read_hands_the_order_state_it_found_to_that_read(exchange, tmp_path, plugins):
+    """A reconciliation finds a partial fill and reads the order's trades for its fee (slowly).
+    Meanwhile the order is canceled and the bot hears nothing of it (a dropped stream). The next
+    reconciliation must not skip the order as busy: what it finds waits with the fill, so once the
+    fee read ends the order is final in the mirror, not left open with no request under way."""
+    async def body(broker, server):
+        order = resting_buy(broker)
+        await settled(broker)
+        plan, trading = server.state.faults, server.state.trading
+        plan.slow_s = 1.5
+        plan.script("userTrades", "slow")
+        exchange_id = exchange_orders(server, order.client_id)[0].order_id
+        trading.partial_fill("local-test-key", exchange_id, 0.001)
+        await broker.reconcile()
+        assert order.client_id in broker._commission_lookups
+        trading.cancel("local-test-key", {"symbol": "BTCUSDT", "orderId": exchange_id})
+        await broker.reconcile()
+        await settled(broker)
+        assert not broker.open_orders(), [(o.client_id, o.status, o.filled_qty) for o in broker.open_orders()]
+        events = broker.events()
+        assert [e.fill.quantity for e in events if hasattr(e, "fill")] == [pytest.approx(0.001)]
+        assert [e.order.status for e in events if not hasattr(e, "fill")][-1] is OrderStatus.CANCELED
+
+    run(exchange, tmp_path, plugins, body, timeout_ms=4000)
+
+
+def test_a_reconcile_with_a_cancel_under_way_is_not_a_settled_one(exchange, tmp_path, plugins):
+    """A pass leaves an order whose cancel is under way to that cancel (which may give up and leave
+    it to a later pass): only a pass with no place or cancel under way from start to end says the
+    mirror is the exchange's (``last_settled_reconcile_ms``, what the soak's checks wait for)."""
+    async def body(broker, server):
+        order = resting_buy(broker)
+        await settled(broker)
+        await broker.reconcile()
+        first = broker.last_settled_reconcile_ms
+        assert first is not None
+        server.state.faults.slow_s = 1.0
+        server.state.faults.script("order", "slow")  # the DELETE takes a second
+        await asyncio.sleep(0.01)
+        broker.cancel(order.client_id)
+        await broker.reconcile()
+        assert broker.last_reconcile_ms > first and broker.last_settled_reconcile_ms == first
+        await settled(broker)
+        await broker.reconcile()
+        assert broker.last_settled_reconcile_ms == broker.last_reconcile_ms > first
+        assert not broker.open_orders()
+
+    run(exchange, tmp_path, plugins, body, timeout_ms=4000)
+
+
+def test_a_setting_the_exchange_does_not_answer_on_start_is_sent_again_in_the_background(exchange, tmp_path, plugins):
+    """Every try to set the margin mode on start fails (5xx): the bot does not die at start-up, it
+    notes it and sends the setting again in the background."""
+    exchange.state.faults.script("marginType", *["server_error"] * 4)  # 3 tries on start, 1 more in the background
+
+    async def body(broker, server):
+        await settled(broker)
+        assert server.state.trading.account("local-test-key").margin_type.get("BTCUSDT") == "ISOLATED"
+        assert [m for _, kind, m in broker.journal.notes() if kind == "setup"] == [
+            "could not set margin mode isolated on start (OperationFailed); trying again"]
+
+    run(exchange, tmp_path, plugins, body, margin_mode="isolated")

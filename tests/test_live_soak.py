@@ -3,10 +3,12 @@
 The exchange runs as its own process (it keeps its books while the bot dies) at 240x real time
 with seeded faults on every trading endpoint, the user-data stream and the matcher (rates in
 :data:`FAULTS`). The bot (``tests/live_bot.py`` running the real ``maker_vol`` strategy, set up
-to trade often: :data:`MAKER_VOL`) lives six times: five lives end with SIGKILL at a random
-point, the last with ``quant stop``'s command. In every life the exchange clock is frozen once
-(no bar closes, nothing matches), the test waits for a reconciliation that began after the
-freeze with no request of the bot under way, and then checks:
+to trade often: :data:`MAKER_VOL`, ``side=long`` and ``side=both`` in turn) lives six times: five
+lives end with SIGKILL at a random point, the last with ``quant stop``'s command. In every life
+the exchange clock is frozen once (no bar closes, nothing matches), the test waits for a
+reconciliation that began after the freeze with no place or cancel of the bot under way from its
+start to its end (a request under way, or one that gave up, leaves its order to the next pass by
+design) and for no request to be under way, and then checks:
 
 * no orphans: every open order on the exchange with the bot's prefixes is one the journal knows,
   and the bot's mirror shows exactly the exchange's open orders;
@@ -61,14 +63,17 @@ BROKER = [
 ]
 GRID_PROBE = ["strategy=grid_probe", "strategy.levels=1"]
 #: maker_vol set up to trade often on a 50-minute warm-up: a long ladder from just above the recent
-#: high down to 90% of it, levels and take-profits 0.05% apart, 6 live entries, re-sized every 30
-#: exchange minutes. (side=long: its take-profits and saturation closes are reduce-only. With
-#: side=both they are not, and a lot left small by partial fills cannot be closed at market
-#: below the minimum notional: maker_vol raises OrderError, see the report of issue 6.)
+#: high down to 90% of it (with side=both from the mid of the range down, and a short ladder from
+#: just above the mid up to 110% of the low), levels and take-profits 0.05% apart, 6 live entries
+#: per side, re-sized every 30 exchange minutes. Lives alternate :data:`SIDES`: ``long`` (every take-profit and close
+#: reduce-only) and ``both`` (two grids on one net position: a close is reduce-only only while it
+#: reduces, and a lot left small by partial fills must still close).
 MAKER_VOL = [
-    "strategy=maker_vol", "strategy.side=long", "strategy.top_ratio=1.01", "strategy.bottom_ratio=0.9",
+    "strategy=maker_vol", "strategy.top_ratio=1.01", "strategy.bottom_ratio=0.9",
+    "strategy.short_top_ratio=0.99", "strategy.short_bottom_ratio=1.1",
     "strategy.step_pct=0.0005", "strategy.tp_pct=0.0005", "strategy.max_live_orders=6", "strategy.recompute=30m",
 ]
+SIDES = ("long", "both")
 
 
 def _post(url: str, body: dict) -> dict:
@@ -155,12 +160,13 @@ def _check(exchange_url: str, bot: Bot, client) -> dict:
         while time.time() < deadline:
             assert bot.proc.poll() is None, "the bot died:\n" + (bot.home / "bot.log").read_text()[-3000:]
             state = journal.get("state")
-            # a reconciliation that began after the freeze has finished and no request is under way
-            if state and (state["last_reconcile"] or 0) > frozen and state["requests_in_flight"] == 0:
+            # a reconciliation that began after the freeze, with no place or cancel under way while
+            # it ran, has finished, and no request is under way
+            if state and (state["last_settled_reconcile"] or 0) > frozen and state["requests_in_flight"] == 0:
                 break
             time.sleep(0.3)
-        assert state and (state["last_reconcile"] or 0) > frozen and state["requests_in_flight"] == 0, (
-            f"the bot did not settle within 60 s of the freeze: {state and {k: state[k] for k in ('stats', 'in_flight', 'last_reconcile', 'updated')}}\n"
+        assert state and (state["last_settled_reconcile"] or 0) > frozen and state["requests_in_flight"] == 0, (
+            f"the bot did not settle within 60 s of the freeze: {state and {k: state[k] for k in ('stats', 'in_flight', 'last_reconcile', 'last_settled_reconcile', 'updated')}}\n"
             + (bot.home / "bot.log").read_text()[-4000:])
         truth = _get(exchange_url + "/_control/truth")
         known = {o.client_id for o in journal.orders()}
@@ -215,7 +221,7 @@ def test_soak_faults_and_kills(tmp_path):
         checks, kills = [], 0
         try:
             for life in range(LIVES):
-                bot.start(MAKER_VOL)
+                bot.start([*MAKER_VOL, f"strategy.side={SIDES[life % len(SIDES)]}"])
                 bot.wait_running()
                 time.sleep(rng.uniform(4, 7))
                 checks.append(_check(exchange.url, bot, client))
@@ -281,7 +287,7 @@ def test_quant_flatten_cancels_the_bots_orders_and_closes_its_position(tmp_path,
         low = float(client.price_to_precision("BTC/USDT:USDT", client.fetch_ticker("BTC/USDT:USDT")["last"] * 0.8))
         client.create_order("BTC/USDT:USDT", "limit", "buy", 0.003, low, {"clientOrderId": "manual-1", "postOnly": True})
         bot = Bot(exchange.url, tmp_path, tmp_path / "fills.jsonl")
-        bot.start(MAKER_VOL)
+        bot.start([*MAKER_VOL, "strategy.side=long"])
         try:
             bot.wait_running()
             deadline = time.time() + 60

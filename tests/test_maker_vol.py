@@ -371,3 +371,60 @@ def test_spot_instrument_is_refused_in_one_line(quant):
     proc = quant("run", "strategy=maker_vol", "exchange=binance", "symbol=BTC/USDT", "data.start=2022-01-02", "data.end=2022-01-03")
     assert proc.returncode == 2
     assert "maker_vol trades a perpetual with leverage; binance BTC/USDT is spot" in proc.stderr
+
+
+def test_side_both_closes_a_small_lot_reduce_only_and_waits_while_the_close_would_open_below_the_minimum():
+    """side=both nets both grids in one position. A lot of 0.001 BTC (about 40 USDT, under the
+    100 minimum) is closed reduce-only while the position holds it on its side (Binance exempts
+    reduce-only orders from MIN_NOTIONAL); while the position is on the other side the close would
+    open a new position below the minimum, so it waits and goes out once it can."""
+    class Probe(MakerVol):
+        name = "probe_small_close"
+        needs_every_bar = True
+        seen: list = []
+
+        def on_bar(self, ctx, bar):
+            super().on_bar(ctx, bar)
+            step = len(Probe.seen)
+            long_grid, short_grid = self.grids
+            if step == 0:
+                ctx.buy(0.003)  # the net position: long 0.003
+            elif step == 1:
+                self._close_lot(ctx, long_grid, long_grid.book.open_lot(5, 40_000.0, 0.001, 4.0, 10.0), "stop")
+                self._close_lot(ctx, short_grid, short_grid.book.open_lot(5, 40_000.0, 0.001, 4.0, 10.0), "stop")
+            elif step == 2:
+                ctx.sell(0.003)  # long 0.002 -> short 0.001: now the short lot's close reduces
+            Probe.seen.append((round(ctx.position.quantity, 6), self.counts["closes_waiting"]))
+
+    rows = [(40_000.0, 42_000.0, 38_000.0, 40_000.0)] + [(40_000.0, 40_010.0, 39_990.0, 40_000.0)] * 5
+    result = run_strategy(Probe, bars_from(rows), *PERP, "strategy.side=both", "strategy.max_live_orders=2")
+    assert Probe.seen[:5] == [(0.0, 0), (0.003, 1), (0.002, 1), (-0.001, 1), (0.0, 1)]
+    closes = result.orders[result.orders.tag.fillna("").str.startswith("stop:")]
+    assert list(zip(closes.side, closes.quantity, closes.reduce_only, closes.status)) == [
+        ("sell", 0.001, True, "filled"), ("buy", 0.001, True, "filled")]
+    assert not result.extra["diagnostics"]["pnl_attribution"]["open_lots"]
+
+
+def test_side_both_take_profit_of_a_lot_under_the_minimum_notional_is_reduce_only():
+    """side=both take-profits are plain limits (the net position may be on the other side), but one
+    under the 100 USDT minimum can only rest reduce-only (Binance -4164)."""
+    class Probe(MakerVol):
+        name = "probe_small_tp"
+        flags: dict = {}
+
+        def on_bar(self, ctx, bar):
+            super().on_bar(ctx, bar)
+            if Probe.flags:
+                return
+            book = self.grids[0].book
+            level = self.grids[0].first_entry + 3
+            small = book.open_lot(level, float(book.ladder.prices[level]), 0.001, 4.0, 10.0)
+            full = book.open_lot(level + 1, float(book.ladder.prices[level + 1]), 0.003, 12.0, 10.0)
+            book.place_tp(small), book.place_tp(full)
+            below = float(book.ladder.prices[level + 5])  # the price under both lots: their take-profits are live
+            orders, _, _ = self.desired(ctx, below, ctx.equity)
+            Probe.flags.update({vo.quantity: vo.reduce_only for vo in orders if vo.key.startswith("t")})
+
+    rows = [(40_000.0, 42_000.0, 38_000.0, 40_000.0), (40_000.0, 40_010.0, 39_990.0, 40_000.0)]
+    run_strategy(Probe, bars_from(rows), *PERP, "strategy.side=both", "strategy.max_live_orders=2")
+    assert Probe.flags == {0.001: True, 0.003: False}

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from btc_quant.core.plugins import load_plugins
-from btc_quant.sdk import Store, Strategy
+from btc_quant.sdk import Order, Side, Store, Strategy
 from btc_quant.sdk.testing import bars_from, run_strategy
 
 from conftest import registering
@@ -203,6 +203,26 @@ def test_an_order_beyond_the_available_margin_is_rejected():
     assert ("big", "rejected") in statuses(log) and ("fits", "new") in statuses(log)
     reason = [e[3] for e in log if e[0] == "order" and e[1] == "big"][0]
     assert "margin is insufficient" in reason
+
+
+def test_an_order_below_the_minimum_notional_is_refused_unless_it_is_reduce_only():
+    """Binance -4164 "Order's notional must be no smaller than 100 (unless you choose reduce
+    only)": the sim refuses what the live broker refuses before sending (orders that OrderSync
+    makes skip ``ctx.buy``'s own check), and closes a small remainder reduce-only."""
+    def first(ctx):
+        ctx.buy(2, client_id="long")
+
+    def second(ctx):
+        ctx.submit(Order.create(ctx.instrument, "small", Side.BUY, 0.5, 99.0, check_notional=False))
+        ctx.sell(0.5, reduce_only=True, client_id="close")
+
+    script, log = scripted({0: first, 1: second})
+    result = run_strategy(script, bars_from([FLAT] * 4), "instrument.min_notional=100", "broker.funding=off")
+    assert ("small", "rejected") in statuses(log)
+    reason = [e[3] for e in log if e[0] == "order" and e[1] == "small"][0]
+    assert "below the minimum 100" in reason and "-4164" in reason
+    assert [f[:3] for f in fills_of(log)] == [("buy", 100.0, 2.0), ("sell", 100.0, 0.5)]
+    assert result.extra["position"].iloc[-1] == pytest.approx(1.5)
 
 
 def test_spot_cannot_sell_what_it_does_not_hold():

@@ -373,6 +373,13 @@ class SimBroker(SimulatedBroker):
         pos = self._position.quantity
         if order.reduce_only and (abs(pos) < _EPS or (pos > 0) == (order.side is Side.BUY)):
             return "reduce-only order would not reduce the position (Binance -2022)"
+        if not order.reduce_only:
+            # Binance MIN_NOTIONAL: -4164 "Order's notional must be no smaller than ... (unless
+            # you choose reduce only)"; a market order is valued at the last price. The live
+            # broker refuses the same orders before sending them.
+            notional = order.quantity * (order.price if order.price is not None else self._price)
+            if notional < self.instrument.min_notional - 1e-9:
+                return f"notional {notional:.2f} is below the minimum {self.instrument.min_notional:g} (Binance -4164; reduce-only orders are exempt)"
         if not self.config.check_margin or order.reduce_only:
             return None
         against = abs(pos) if (pos > 0) != (order.side is Side.BUY) and abs(pos) > _EPS else 0.0

@@ -327,7 +327,9 @@ class LiveRun:
             "wallet_balance": broker.account().wallet_balance, "equity": broker.equity(), "margin": margin_view,
             "open_orders_virtual": virtual, "open_orders_live": live, "bars": self.bars_seen,
             "fills": len(engine.fills), "halted": None if engine.halted is None else engine.halted.reason,
-            "last_reconcile": getattr(broker, "last_reconcile_ms", None), "requests_in_flight": len(getattr(broker, "_tasks", ())),
+            "last_reconcile": getattr(broker, "last_reconcile_ms", None),
+            "last_settled_reconcile": getattr(broker, "last_settled_reconcile_ms", None),
+            "requests_in_flight": len(getattr(broker, "_tasks", ())),
             "in_flight": sorted(t.get_name() for t in getattr(broker, "_tasks", ())), "stats": dict(getattr(broker, "stats", {})),
         }
 

@@ -224,6 +224,10 @@ class LiveBroker(Broker):
         self.stats = {"retries": 0, "lookups": 0, "orphans_canceled": 0, "ws_errors": 0, "reconciles": 0, "disagreements": 0,
                       "reconcile_failures": 0, "cancels_coalesced": 0, "requests_timed_out": 0, "gave_up": 0, "stale_updates": 0, "fees_estimated": 0, "revived": 0}
         self.last_reconcile_ms: int | None = None
+        #: start of the last reconciliation with no place or cancel under way from its start to its
+        #: end: every order was read, none left unresolved, so the mirror was the exchange's
+        self.last_settled_reconcile_ms: int | None = None
+        self._requests_sent = 0  # place and cancel tasks started (to tell whether one ran during a pass)
 
     @property
     def request_bound_s(self) -> float:
@@ -268,6 +272,10 @@ class LiveBroker(Broker):
             except ccxt.ExchangeError as exc:  # e.g. Binance -4046 (already set) or -4047 (open orders)
                 log.warning("could not set %s %s: %s; the exchange keeps its setting", what, arg, exc)
                 self.journal.note("setup", f"could not set {what} {arg}: {exc}")
+            except RETRYABLE as exc:  # no answer after every try: not refused, so try again in the background
+                log.warning("could not set %s %s on start (%s); trying again in the background", what, arg, type(exc).__name__)
+                self.journal.note("setup", f"could not set {what} {arg} on start ({type(exc).__name__}); trying again")
+                self._setting(what, arg, fn)
         # the first reconciliation must succeed before the strategy starts; each try is bounded
         for attempt in range(self.config.max_attempts):
             try:
@@ -335,6 +343,7 @@ class LiveBroker(Broker):
         self.journal.save_order(order)  # before sending: a crash after this can always find it
         self._known.add(order.client_id)
         self._placing[order.client_id] = self._spawn(self._place(order), f"place {order.client_id}")
+        self._requests_sent += 1
 
     def _apply_filters(self, order: Order) -> Order:
         """Round to the exchange's tick and lot and check its minimum notional (Binance filters)."""
@@ -395,6 +404,8 @@ class LiveBroker(Broker):
     def _give_up(self, what: str, attempts: int) -> None:
         self.stats["gave_up"] += 1
         log.warning("%s: unresolved after %d attempts; reconciliation will settle it", what, attempts)
+        if self.reconcile_wanted is not None:
+            self.reconcile_wanted.set()  # soon, not at the next periodic pass
 
     async def _lookup(self, cid: str) -> dict | None:
         """The exchange's order with client id ``cid``, None if it has none; network errors are
@@ -415,6 +426,7 @@ class LiveBroker(Broker):
             self.stats["cancels_coalesced"] += 1
             return
         self._canceling[client_id] = self._spawn(self._cancel(client_id), f"cancel {client_id}")
+        self._requests_sent += 1
 
     async def _cancel(self, cid: str) -> None:
         try:
@@ -553,12 +565,17 @@ class LiveBroker(Broker):
 
     def _hold(self, cid: str, data: dict) -> None:
         """Keep the newest news of an order whose fill waits for its commission (the largest
-        cumulative quantity; at equal quantity a final status over an open one)."""
-        def rank(d: dict) -> tuple[float, bool]:
-            return float(d.get("filled") or 0.0), d.get("status") in STATUS
+        cumulative quantity; at equal quantity a final status over an open one, then the later
+        exchange update time).
+
+        A copy is kept: ccxt.pro merges every push of an order into one cached dict
+        (``ArrayCacheBySymbolById.append`` updates it in place), so a push delivered late would
+        turn news held by reference back into the older state (a canceled order open again)."""
+        def rank(d: dict) -> tuple[float, bool, int]:
+            return float(d.get("filled") or 0.0), d.get("status") in STATUS, int(d.get("lastUpdateTimestamp") or 0)
         held = self._held.get(cid)
         if held is None or rank(data) >= rank(held):
-            self._held[cid] = data
+            self._held[cid] = dict(data)
 
     def _pushed_commission(self, data: dict, before: float, filled: float) -> float | None:
         """The commission a Binance ``ORDER_TRADE_UPDATE`` push reports (``n``, in asset ``N``)
@@ -598,8 +615,14 @@ class LiveBroker(Broker):
                 trades = await self._retry(self.exchange.fetch_my_trades, self.symbol, None, None, {"orderId": exchange_id})
         except (ccxt.ExchangeError, *RETRYABLE) as exc:
             log.info("trades of %s: %s; fee from the fee schedule", cid, type(exc).__name__)
-        del self._commission_lookups[cid]
-        self.on_exchange_order(self._held.pop(cid), trades=trades)
+        finally:
+            # whatever ends the read (also a cancel, or an error not caught above), the order must
+            # not stay marked as waiting: its news would be held for good and reconciliation would
+            # skip it as busy
+            self._commission_lookups.pop(cid, None)
+            held = self._held.pop(cid, None)
+        if held is not None:
+            self.on_exchange_order(held, trades=trades)
 
     def _order_from(self, data: dict) -> Order:
         return Order(
@@ -658,6 +681,7 @@ class LiveBroker(Broker):
         started_ms = int(time.time() * 1000)
         first = None
         busy_at_start = self._fills_in_flight()
+        requests_at_start = bool(self._placing or self._canceling), self._requests_sent
         if self.instrument.is_perpetual:
             first = self.on_exchange_position(await self._retry(ex.fetch_positions, [self.symbol]))
             if not self._entry_known:
@@ -670,14 +694,18 @@ class LiveBroker(Broker):
                 live_ids.add(data["clientOrderId"])
                 self.on_exchange_order(data)
         # orders the mirror holds open that the exchange does not list: filled or canceled
-        # while an update was lost, or never placed. Requests under way settle their own orders.
-        busy = self._placing.keys() | self._canceling.keys() | self._commission_lookups.keys()
+        # while an update was lost, or never placed. A place or cancel under way settles its own
+        # order (its answer is the order's state). An order whose fill waits for its fee is
+        # looked up all the same: what is found waits with that fill (_hold), so the state the
+        # fee read applies is at least as new as this pass (else news from before the pass could
+        # leave a canceled order open with nothing under way to correct it).
+        busy = self._placing.keys() | self._canceling.keys()
         missing = [cid for cid in self._orders if cid not in live_ids and cid not in busy]
         found = await asyncio.gather(*(self._lookup(cid) for cid in missing))
         for cid, data in zip(missing, found):
             if data is not None:
                 self.on_exchange_order(data)
-            elif cid in self._orders and cid not in self._placing:
+            elif cid in self._orders and cid not in self._placing and cid not in self._commission_lookups:
                 order = self._orders[cid]
                 status = OrderStatus.REJECTED if order.status is OrderStatus.PENDING else OrderStatus.CANCELED
                 self._final(cid, status, "never reached the exchange" if status is OrderStatus.REJECTED else "gone from the exchange", inferred=True)
@@ -704,6 +732,8 @@ class LiveBroker(Broker):
         after = self._account.position(self.symbol).quantity
         self.stats["reconciles"] += 1
         self.last_reconcile_ms = started_ms  # what it saw is at least as new as this
+        if requests_at_start == (False, self._requests_sent) and not (self._placing or self._canceling):
+            self.last_settled_reconcile_ms = started_ms
         return {"open": sorted(live_ids), "position": after, "wallet": self._account.wallet_balance}
 
     async def watch(self) -> None:

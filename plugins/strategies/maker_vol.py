@@ -117,6 +117,7 @@ class MakerVol(Strategy):
         self._next_recompute = -1
         self._partial: dict[str, float] = {}  # entry client id -> quantity filled so far
         self._closing: dict[str, tuple[Grid, Lot, str]] = {}  # market close client id -> (grid, lot, why)
+        self._close_later: list[tuple[Grid, Lot, str]] = []  # closes to send (again) at the next bar
         self._paused = False
         self._peak = -math.inf
         self.halted: str | None = None
@@ -235,6 +236,8 @@ class MakerVol(Strategy):
             self._margin_calls = False  # the broker models no isolated margin: the strategy's own lot book is used
 
     def on_bar(self, ctx, bar):
+        if self._close_later:
+            self._retry_closes(ctx)
         if self.halted:
             return
         if ctx.now_ms >= self._next_recompute or not self.grids:
@@ -271,6 +274,12 @@ class MakerVol(Strategy):
 
     def on_order(self, ctx, order):
         self.sync.on_order(order)
+        closing = self._closing.pop(order.client_id, None) if not order.is_open else None
+        if closing is not None and closing[0].book.lots.get(closing[1].lot_id) is closing[1]:
+            # a close refused, expired or cut short (reduce-only, the position was smaller): the
+            # rest of the lot is closed at the next bar
+            self.counts["closes_retried"] += 1
+            self._close_later.append(closing)
         got = self._partial.pop(order.client_id, None) if not order.is_open else None
         if got:  # a partly filled entry was canceled: what filled is a lot and gets its take-profit
             key = self.sync.key_of(order.client_id)
@@ -324,12 +333,53 @@ class MakerVol(Strategy):
     def _close_lot(self, ctx, grid: Grid, lot: Lot, why: str) -> None:
         """Close ``lot`` at market (saturation or stop); the level it held is already free."""
         lot.closing = True
-        side = Side.SELL if grid.direction > 0 else Side.BUY
-        reduce_only = self.config.side != "both"
-        order = (ctx.sell if side is Side.SELL else ctx.buy)(lot.quantity, reduce_only=reduce_only, tag=f"{why}:{lot.lot_id}")
-        self._closing[order.client_id] = (grid, lot, why)
         if why == "saturation":
             self.counts["saturations"] += 1
+        self._send_close(ctx, grid, lot, why)
+
+    def _send_close(self, ctx, grid: Grid, lot: Lot, why: str, again: bool = False) -> None:
+        """The market order that closes ``lot``, reduce-only whenever it reduces the position.
+
+        Binance exempts reduce-only orders from MIN_NOTIONAL (-4164 "Order's notional must be no
+        smaller than 100 (unless you choose reduce only)"), so a lot left small by partial fills
+        can be closed. One side: every close reduces. ``side=both`` runs both grids on one net
+        position, so a close reduces only while the position, less what closes of the same
+        side under way will take off it, still holds the lot on its side; otherwise it opens the
+        other way, must meet the minimum notional, and below it waits for the next bar
+        (``closes_waiting``). ``again``: a retry of a close that ended without closing the lot;
+        on one side, when the position no longer holds any of it, the lot is gone (liquidated or
+        closed outside the strategy) and leaves the book (``lots_gone``)."""
+        one_side = self.config.side != "both"
+        if again and one_side and not self._covered(ctx, grid.direction, ctx.instrument.lot_size):
+            grid.book.close_lot(lot.lot_id)
+            self.counts["lots_gone"] += 1
+            return
+        reduce_only = one_side or self._covered(ctx, grid.direction, lot.quantity)
+        if not reduce_only and lot.quantity * ctx.price < ctx.instrument.min_notional:
+            if not again:
+                self.counts["closes_waiting"] += 1
+            self._close_later.append((grid, lot, why))
+            return
+        side = Side.SELL if grid.direction > 0 else Side.BUY
+        order = (ctx.sell if side is Side.SELL else ctx.buy)(lot.quantity, reduce_only=reduce_only, tag=f"{why}:{lot.lot_id}")
+        self._closing[order.client_id] = (grid, lot, why)
+
+    def _covered(self, ctx, direction: int, quantity: float) -> bool:
+        """Does the position, less the rest of the closes of ``direction``'s lots under way, hold
+        ``quantity`` on that side?"""
+        held = direction * ctx.position.quantity
+        for cid, (grid, _, _) in self._closing.items():
+            order = ctx.order(cid) if grid.direction == direction else None
+            if order is not None and order.is_open:
+                held -= order.remaining_qty
+        return held >= quantity - ctx.instrument.lot_size / 2
+
+    def _retry_closes(self, ctx) -> None:
+        """Send again the closes that waited or ended without closing their lot."""
+        waiting, self._close_later = self._close_later, []
+        for grid, lot, why in waiting:
+            if grid.book.lots.get(lot.lot_id) is lot:
+                self._send_close(ctx, grid, lot, why, again=True)
 
     def _closed_at_market(self, ctx, fill, order) -> None:
         grid, lot, why = self._closing[fill.client_id]
@@ -340,6 +390,8 @@ class MakerVol(Strategy):
                 grid.book.close_lot(lot.lot_id)
         elif lot.lot_id in grid.book.lots:
             grid.book.reduce_lot(lot, fill.quantity)
+            if lot.quantity < ctx.instrument.lot_size / 2:
+                grid.book.close_lot(lot.lot_id)
         if why == "saturation":
             self.pnl["saturation_loss"] += pnl
             self.saturations.append({"ts_ms": fill.ts_ms, "entry": lot.entry, "take_profit": lot.freed_tp, "exit": fill.price, "quantity": fill.quantity, "pnl": pnl, "fee": fill.fee})
@@ -398,6 +450,7 @@ class MakerVol(Strategy):
         armed_total = 0
         paused = False
         reduce_only = self.config.side != "both"
+        min_notional = ctx.instrument.min_notional
         n = self.config.max_live_orders
         for grid in self.grids:
             ladder, book = grid.ladder, grid.book
@@ -414,7 +467,13 @@ class MakerVol(Strategy):
                     if vo is None:
                         if len(cache) > 50_000:
                             cache.clear()
-                        vo = cache[ident] = VirtualOrder(f"{grid.tp_key}{lot.lot_id}", tp_side, book.tp_price(lot), lot.quantity, reduce_only=reduce_only)
+                        tp_price = book.tp_price(lot)
+                        # side=both: a take-profit under the minimum notional (a lot left small by
+                        # partial fills) can rest only reduce-only (Binance -4164); while the net
+                        # position is on the other side the exchange refuses it (-2022) and the
+                        # next sync sends it again
+                        small = lot.quantity * tp_price < min_notional
+                        vo = cache[ident] = VirtualOrder(f"{grid.tp_key}{lot.lot_id}", tp_side, tp_price, lot.quantity, reduce_only=reduce_only or small)
                     orders.append(vo)
             start = max(k, grid.first_entry)
             armed_total += len(ladder) - start - (len(book.tp_levels) - bisect.bisect_left(book.tp_levels, start)) + len(book.lots)
@@ -523,6 +582,9 @@ class MakerVol(Strategy):
             "invariant_violations": self.counts["invariant_violations"],
             "broker_invariant_violations": self.counts["broker_invariant_violations"] if self._margin_calls else None,
             "levels_raised_to_min_notional": self.counts["levels_raised_to_min_notional"],
+            "closes_waiting": self.counts["closes_waiting"],
+            "closes_retried": self.counts["closes_retried"],
+            "lots_gone": self.counts["lots_gone"],
             "isolated_margin_calls": "yes" if self._margin_calls else "no (the broker has no isolated margin; the strategy's lot book is checked)",
             "margin_call_refused": self.counts["margin_call_refused"],
             "post_only_rearmed": self.sync.stats.rearmed,
