@@ -332,6 +332,23 @@ def test_bulk_save_refuses_a_distribution_the_study_stores_differently(tmp_path)
     assert len(study.get_trials()) == 1  # nothing of the refused batch was written
 
 
+def test_batches_hold_about_a_second_of_trials_and_stay_small_for_a_learning_sampler():
+    from types import SimpleNamespace
+
+    from btc_quant.core.optimize.runner import MAX_BATCH, MAX_BATCH_LEARNING, StudyRunner
+
+    def batch(sampler: str, elapsed: list[float], remaining: int = 1000) -> int:
+        runner = SimpleNamespace(_elapsed=elapsed, settings=SimpleNamespace(sampler=sampler))
+        return StudyRunner._batch_size(runner, remaining, slots=4)
+
+    assert batch("random", []) == 1  # a trial's duration is not known yet
+    assert batch("random", [0.5] * 5) == 2  # ~1 s of trials a task
+    assert batch("random", [0.01] * 20) == MAX_BATCH > MAX_BATCH_LEARNING
+    assert batch("grid", [0.01] * 20) == MAX_BATCH
+    assert batch("tpe", [0.01] * 20) == MAX_BATCH_LEARNING  # TPE would ask for many trials blind
+    assert batch("random", [0.01] * 20, remaining=9) == 2  # near the end every slot gets a share
+
+
 def _raw(pairs: list[str]) -> dict:
     return gather(pairs, env={})
 

@@ -189,8 +189,12 @@ def stop_run(run: str) -> None:
 #: A task runs several trials in a row when trials are short, so that Dask's cost per task (~5-10
 #: ms of driver CPU for the scheduler's and the client's bookkeeping and the ~10 messages a task
 #: takes) is paid about once per TASK_SECONDS of backtests; at most MAX_BATCH trials a task.
+#: A sampler that learns from finished trials (TPE) asks for every trial of a batch before any of
+#: them has a result, so its batches stay small (MAX_BATCH_LEARNING); random and grid samplers
+#: pick the same trials however they are batched.
 TASK_SECONDS = 1.0
-MAX_BATCH = 8
+MAX_BATCH = 32
+MAX_BATCH_LEARNING = 8
 
 
 #: Dask settings for the LocalCluster the optimiser starts. The tasks are alike (trials of one
@@ -624,7 +628,8 @@ class StudyRunner:
             return 1
         typical = float(np.median(recent))  # not the mean: a worker's first trial compiles numba code
         per_task = int(TASK_SECONDS / max(typical, 1e-3))
-        return max(1, min(MAX_BATCH, per_task, remaining // slots))
+        cap = MAX_BATCH if self.settings.sampler in ("random", "grid") else MAX_BATCH_LEARNING
+        return max(1, min(cap, per_task, remaining // slots))
 
     def _interrupted(self, study: optuna.Study, trial: optuna.trial.Trial, saver: TrialSaver) -> None:
         trial.set_user_attr(INTERRUPTED, True)
