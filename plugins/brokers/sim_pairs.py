@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
-from .sim_path import first_event_bar, next_resting_fill, resting_bounds
+from .sim_path import fill_bar_path, first_event_bar, liquidation_price, next_resting_fill, resting_bounds
 
 log = logging.getLogger(__name__)
 EPS = 1e-12
@@ -60,37 +60,11 @@ def why_not(broker) -> str | None:
 
 # --- compiled pieces (each mirrors the SimBroker method named in its docstring) --------------------
 @njit(cache=True, nogil=True)
-def _liq_price(qty, entry, wallet, BB):  # pragma: no cover - compiled
-    """core.margin.liquidation_price with no other positions; NaN for None."""
-    if abs(qty) < 1e-12:
-        return np.nan
-    side = 1.0 if qty > 0 else -1.0
-    size = abs(qty)
-    best = np.nan
-    best_miss = np.inf
-    for k in range(BB.shape[0]):
-        denominator = size * BB[k, 2] - side * size
-        if denominator == 0:
-            continue
-        price = (wallet + BB[k, 3] - side * size * entry) / denominator
-        notional = size * price
-        miss = max(BB[k, 0] - notional, notional - BB[k, 1], 0.0)
-        if miss == 0.0 and notional < BB[k, 1]:
-            return price if price > 0 else np.nan
-        if miss < best_miss:
-            best = price
-            best_miss = miss
-    if best == best and best > 0:
-        return best
-    return np.nan
-
-
-@njit(cache=True, nogil=True)
 def _changed(S, P, BB, LIQM, HASM):  # pragma: no cover - compiled
     """SimBroker._changed: the liquidation price after an event, marked on the bar."""
     liq = np.nan
     if P[P_PERP] != 0 and abs(S[PQ]) >= 1e-12:
-        liq = _liq_price(S[PQ], S[PE], S[ISO] if P[P_ISOLATED] != 0 else S[WALLET], BB)
+        liq = liquidation_price(S[PQ], S[PE], S[ISO] if P[P_ISOLATED] != 0 else S[WALLET], BB)
     S[LIQ] = liq
     b = int(S[BAR])
     LIQM[b] = liq
@@ -410,17 +384,7 @@ def pair_kernel(ts, op, hi, lo, cl, fund_bar, fund_rate, LS, LQ, LE, LT, LPO, P,
         S[BAR] = i
         prev = cl[i - 1] if i > 0 else op[i]
         o, h, low, c = op[i], hi[i], lo[i], cl[i]
-        low_first = c >= o
-        if P[P_PATHDIR] == 0:
-            down = o - low
-            up = h - o
-            if down != up:
-                low_first = down < up
-        path[0] = prev
-        path[1] = o
-        path[2] = low if low_first else h
-        path[3] = h if low_first else low
-        path[4] = c
+        fill_bar_path(path, prev, o, h, low, c, P[P_PATHDIR] == 0)
         S[NOW] = ts[i]
         S[PRICE] = prev
         seg = 0

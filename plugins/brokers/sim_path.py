@@ -34,6 +34,21 @@ def bar_path(prev_close: float, o: float, h: float, low: float, c: float, mode: 
 
 
 @njit(cache=True, nogil=True)
+def fill_bar_path(path, prev_close, o, h, low, c, nearest):  # pragma: no cover - compiled
+    """:func:`bar_path` into ``path`` (5 floats), for the compiled loops; ``nearest``: the mode."""
+    low_first = c >= o
+    if nearest:
+        down, up = o - low, h - o
+        if down != up:
+            low_first = down < up
+    path[0] = prev_close
+    path[1] = o
+    path[2] = low if low_first else h
+    path[3] = h if low_first else low
+    path[4] = c
+
+
+@njit(cache=True, nogil=True)
 def first_event_bar(low, high, start, stop, buy_max, sell_min, strict, liq_long, liq_short, alert_low, alert_high):  # pragma: no cover - compiled
     """First bar in ``[start, stop)`` on which something can happen, else ``stop``.
 
@@ -177,3 +192,34 @@ def resting_bounds(rows, size):  # pragma: no cover - compiled
         elif p < sell_min:
             sell_min = p
     return buy_max, sell_min, market
+
+
+@njit(cache=True, nogil=True)
+def liquidation_price(qty, entry, wallet, BB):  # pragma: no cover - compiled
+    """:func:`btc_quant.core.margin.liquidation_price` (Binance USDⓈ-M, formula and source in that
+    module's docstring) for one position and no other contracts, NaN where it gives None.
+    ``wallet``: the cross wallet balance, or the position's isolated margin. ``BB`` rows: notional
+    floor, notional cap, maintenance rate, maintenance amount (cum) of each bracket."""
+    if abs(qty) < 1e-12:
+        return np.nan
+    side = 1.0 if qty > 0 else -1.0
+    size = abs(qty)
+    best = np.nan
+    best_miss = np.inf
+    found = False
+    for k in range(BB.shape[0]):
+        denominator = size * BB[k, 2] - side * size
+        if denominator == 0:
+            continue
+        price = (wallet + BB[k, 3] - side * size * entry) / denominator
+        notional = size * price
+        miss = max(BB[k, 0] - notional, notional - BB[k, 1], 0.0)
+        if miss == 0.0 and notional < BB[k, 1]:
+            return price if price > 0 else np.nan
+        if miss < best_miss:  # float rounding can put the price exactly on a cap: keep the nearest
+            best = price
+            best_miss = miss
+            found = True
+    if found and best > 0:
+        return best
+    return np.nan

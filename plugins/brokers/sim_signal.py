@@ -26,7 +26,7 @@ from .sim_pairs import (
     R_MARGIN, R_REDUCE, R_RO_GONE, R_SPOT, ST_EXPIRED, ST_REJECTED, WALLET, _available, _fill, _fund, _liquidate, _new_order,
     _quiet, _rest, _unrest, build_result, why_not,
 )
-from .sim_path import first_event_bar, next_resting_fill, resting_bounds
+from .sim_path import fill_bar_path, first_event_bar, next_resting_fill, resting_bounds
 
 log = logging.getLogger(__name__)
 
@@ -171,17 +171,7 @@ def signal_kernel(ts, op, hi, lo, cl, fund_bar, fund_rate, decide, value, P, BB,
         S[BAR] = i
         prev = cl[i - 1] if i > 0 else op[i]
         o, h, low, c = op[i], hi[i], lo[i], cl[i]
-        low_first = c >= o
-        if P[P_PATHDIR] == 0:
-            down = o - low
-            up = h - o
-            if down != up:
-                low_first = down < up
-        path[0] = prev
-        path[1] = o
-        path[2] = low if low_first else h
-        path[3] = h if low_first else low
-        path[4] = c
+        fill_bar_path(path, prev, o, h, low, c, P[P_PATHDIR] == 0)
         S[NOW] = ts[i]
         S[PRICE] = prev
         seg = 0

@@ -41,6 +41,8 @@ import pandas as pd
 import pyarrow as pa
 from numba import njit
 
+from ..brokers.sim_path import fill_bar_path, liquidation_price
+
 # --- state vector S (float64) --------------------------------------------------------------------
 WALLET, PQ, PE, ISO, LEV, PRICE, NOW, BAR = 0, 1, 2, 3, 4, 5, 6, 7
 TRADE_SEQ, NORD, NFILL, NOPEN, BQ, BMARGIN, BCOST, NLOTS = 8, 9, 10, 11, 12, 13, 14, 15
@@ -93,35 +95,6 @@ def _bracket(notional, caps):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _liq_price(qty, entry, wallet, BB):  # pragma: no cover - compiled
-    """core.margin.liquidation_price (isolated: wallet = the position's margin); NaN for None."""
-    if abs(qty) < 1e-12:
-        return np.nan
-    side = 1.0 if qty > 0 else -1.0
-    size = abs(qty)
-    base = wallet - 0.0 + 0.0
-    best = np.nan
-    best_miss = np.inf
-    have = False
-    for k in range(BB.shape[0]):
-        denominator = size * BB[k, 2] - side * size
-        if denominator == 0:
-            continue
-        price = (base + BB[k, 3] - side * size * entry) / denominator
-        notional = size * price
-        miss = max(BB[k, 0] - notional, notional - BB[k, 1], 0.0)
-        if miss == 0.0 and notional < BB[k, 1]:
-            return price if price > 0 else np.nan
-        if miss < best_miss:
-            best = price
-            best_miss = miss
-            have = True
-    if have and best > 0:
-        return best
-    return np.nan
-
-
-@njit(cache=True, nogil=True)
 def _count_ge(prices, off, length, x):  # pragma: no cover - compiled
     """Number of ladder levels (descending prices) at or above ``x``: Ladder.first_adverse."""
     lo, hi = 0, length
@@ -155,7 +128,7 @@ def _equity(S):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True)
 def _changed(S, BB, LIQM, HASM):  # pragma: no cover - compiled
     b = int(S[BAR])
-    S[LIQ_CACHE] = LIQM[b] = _liq_price(S[PQ], S[PE], S[ISO], BB)  # the sim's cached liquidation price
+    S[LIQ_CACHE] = LIQM[b] = liquidation_price(S[PQ], S[PE], S[ISO], BB)  # the sim's cached liquidation price
     HASM[b] = True
 
 
@@ -721,20 +694,7 @@ def kernel(ts, op, hi, lo, cl, wake, next_wake, lad_at, lad_off, lad_len, lad_fi
         i = j
         prev = cl[i - 1] if i > 0 else op[i]
         o_, h_, l_, c_ = op[i], hi[i], lo[i], cl[i]
-        low_first = c_ >= o_
-        if P[P_PATHDIR] == 0:
-            down, up = o_ - l_, h_ - o_
-            if down != up:
-                low_first = down < up
-        path[0] = prev
-        path[1] = o_
-        if low_first:
-            path[2] = l_
-            path[3] = h_
-        else:
-            path[2] = h_
-            path[3] = l_
-        path[4] = c_
+        fill_bar_path(path, prev, o_, h_, l_, c_, P[P_PATHDIR] == 0)
         S[NOW] = ts[i]
         S[BAR] = i
         S[PRICE] = prev
