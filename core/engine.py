@@ -317,6 +317,18 @@ class Engine:
         self._hook_fill = plugins.has_impls("quant_on_fill")
         self._hook_order = plugins.has_impls("quant_on_order")
 
+    def why_not_compiled(self) -> str | None:
+        """Why a strategy's compiled backtest cannot stand in for this engine's event path, as far
+        as the engine is concerned (risk checks, plugins observing every order or fill, a halt);
+        None if nothing here stops it. The strategy and the broker add their own reasons."""
+        if self.risk_checks:
+            return "risk checks are configured"
+        if self.plugins.has_impls("quant_on_fill") or self.plugins.has_impls("quant_on_order"):
+            return "a plugin observes every order or fill (quant_on_order / quant_on_fill)"
+        if self.halted is not None:
+            return "the engine is halted"
+        return None
+
     # --- orders ---------------------------------------------------------------------------
     def next_client_id(self) -> str:
         self._ids_issued += 1

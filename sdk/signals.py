@@ -105,13 +105,7 @@ class SignalStrategy(Strategy):
                 return f"{type(self).__name__} overrides {name}"
         if type(self).needs_every_bar:
             return "needs_every_bar is set"
-        if engine.risk_checks:
-            return "risk checks are configured"
-        if engine.plugins.has_impls("quant_on_fill") or engine.plugins.has_impls("quant_on_order"):
-            return "a plugin observes every order or fill (quant_on_order / quant_on_fill)"
-        if engine.halted is not None:
-            return "the engine is halted"
-        return None
+        return engine.why_not_compiled()
 
     def compiled_backtest(self, engine: "Engine", bars: "BarArrays") -> "RunResult | None":
         """The whole backtest in the broker's compiled signal loop when it has one and it applies;

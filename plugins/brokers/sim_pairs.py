@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
-from .sim_path import fill_bar_path, first_event_bar, liquidation_price, next_resting_fill, resting_bounds
+from .sim_path import fill_bar_path, first_event_bar, liquidation_price, next_resting_fill, position_after_fill, resting_bounds
 
 log = logging.getLogger(__name__)
 EPS = 1e-12
@@ -239,24 +239,8 @@ def _fill(S, P, BB, O, FL, rows, slot_order, held, CASH, QTYD, LIQM, HASM, ts, s
             S[ISO] -= S[ISO] * closing / abs(before)
         S[ISO] += (qty - closing) * price / P[P_LEV]
     # Account.apply -> Position.apply
-    pq = S[PQ]
     sq = side * qty
-    realized = 0.0
-    if abs(pq) < 1e-12 or (pq > 0) == (sq > 0):
-        new_qty = pq + sq
-        S[PE] = (S[PE] * abs(pq) + price * abs(sq)) / abs(new_qty)
-        S[PQ] = new_qty
-    else:
-        closing2 = min(abs(sq), abs(pq))
-        direction = 1.0 if pq > 0 else -1.0
-        realized = closing2 * (price - S[PE]) * direction
-        remainder = abs(sq) - closing2
-        S[PQ] += sq
-        if abs(S[PQ]) < 1e-12:
-            S[PQ] = 0.0
-            S[PE] = 0.0
-        elif remainder > 0:
-            S[PE] = price
+    S[PQ], S[PE], realized = position_after_fill(S[PQ], S[PE], sq, price)
     S[WALLET] += realized - fee
     cash = -sq * price - fee
     if liquidation:

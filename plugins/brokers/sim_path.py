@@ -223,3 +223,20 @@ def liquidation_price(qty, entry, wallet, BB):  # pragma: no cover - compiled
     if found and best > 0:
         return best
     return np.nan
+
+
+@njit(cache=True, nogil=True)
+def position_after_fill(qty, entry, signed_fill, price):  # pragma: no cover - compiled
+    """:meth:`btc_quant.core.model.Position.apply` for the compiled loops: the position's new
+    signed quantity and entry price after a fill of ``signed_fill`` at ``price``, and the PnL it
+    realised. Adding keeps the average entry; reducing keeps it; flipping starts at ``price``."""
+    if abs(qty) < 1e-12 or (qty > 0) == (signed_fill > 0):
+        new_qty = qty + signed_fill
+        return new_qty, (entry * abs(qty) + price * abs(signed_fill)) / abs(new_qty), 0.0
+    closing = min(abs(signed_fill), abs(qty))
+    realized = closing * (price - entry) * (1.0 if qty > 0 else -1.0)
+    remainder = abs(signed_fill) - closing
+    new_qty = qty + signed_fill
+    if abs(new_qty) < 1e-12:
+        return 0.0, 0.0, realized
+    return new_qty, (price if remainder > 0 else entry), realized

@@ -41,7 +41,7 @@ import pandas as pd
 import pyarrow as pa
 from numba import njit
 
-from ..brokers.sim_path import fill_bar_path, liquidation_price
+from ..brokers.sim_path import fill_bar_path, liquidation_price, position_after_fill
 
 # --- state vector S (float64) --------------------------------------------------------------------
 WALLET, PQ, PE, ISO, LEV, PRICE, NOW, BAR = 0, 1, 2, 3, 4, 5, 6, 7
@@ -250,22 +250,7 @@ def _fill(S, P, BB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, oi, price, maker, l
     S[ISO] += (qty - closing) * price / S[LEV]
     # Position.apply + Account.apply
     sq = side * qty
-    realized2 = 0.0
-    if abs(pq) < 1e-12 or (pq > 0) == (sq > 0):
-        new_qty = pq + sq
-        S[PE] = (S[PE] * abs(pq) + price * abs(sq)) / abs(new_qty)
-        S[PQ] = new_qty
-    else:
-        closing2 = min(abs(sq), abs(pq))
-        direction = 1.0 if pq > 0 else -1.0
-        realized2 = closing2 * (price - S[PE]) * direction
-        remainder = abs(sq) - closing2
-        S[PQ] += sq
-        if abs(S[PQ]) < 1e-12:
-            S[PQ] = 0.0
-            S[PE] = 0.0
-        elif remainder > 0:
-            S[PE] = price
+    S[PQ], S[PE], realized2 = position_after_fill(pq, S[PE], sq, price)
     S[PFEES] += fee
     S[WALLET] += realized2 - fee
     cash = -sq * price - fee
@@ -1180,13 +1165,7 @@ def why_not(strategy, engine) -> str | None:
         return "global_stop is set"
     if c.max_requests is not None:
         return "max_requests is set"
-    if engine.risk_checks:
-        return "risk checks are configured"
-    if engine.plugins.has_impls("quant_on_fill") or engine.plugins.has_impls("quant_on_order"):
-        return "a plugin observes every order or fill (quant_on_order / quant_on_fill)"
-    if engine.halted is not None:
-        return "the engine is halted"
-    return None
+    return engine.why_not_compiled()
 
 
 # The RunResult's text and time columns are built as whole arrays (arrow strings, datetime64), not
