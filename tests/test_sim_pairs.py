@@ -108,6 +108,27 @@ def test_liquidation_fill_for_fill(plugins, real_1m, mode):
     assert_same_run(event, fast)
 
 
+@pytest.mark.parametrize("model", ["through", "touch"])
+def test_bundled_sample_fill_for_fill(plugins, model):
+    """The bundled real sample (BTCUSDT perpetual 1m, January 2022, in the repository: this runs
+    wherever the tests do, the shared data set or not): the grid fills and re-arms through the
+    month's fall and pays funding."""
+    bars = read_bars_file(SAMPLE.path)
+    event, fast = both(plugins, bars, f"broker.fill_model={model}", "broker.funding=constant")
+    assert len(event.fills) > 50 and len(event.extra["funding"]) > 20
+    assert_same_run(event, fast)
+
+
+@pytest.mark.parametrize("mode", ["isolated", "cross"])
+def test_bundled_sample_liquidation_fill_for_fill(plugins, mode):
+    """0.5 BTC a level at 50x through January 2022's fall (47k -> 33k) on the bundled sample."""
+    bars = read_bars_file(SAMPLE.path)
+    settings = ("strategy.quantity=0.5", "broker.leverage=50", f"broker.margin_mode={mode}", "broker.funding=constant", "broker.fill_model=touch")
+    event, fast = both(plugins, bars, *settings)
+    assert event.metrics["liquidations"] >= 1 and event.fills.is_liquidation.any()
+    assert_same_run(event, fast)
+
+
 def test_short_grid_with_margin_refusals_fill_for_fill(plugins, real_1m):
     """A short grid (sell entries above the first price, buy take-profits below) through the
     2024-02 rally, cross margin at 5x: refusals, funding received and paid."""

@@ -108,6 +108,20 @@ def test_long_short_signal_fill_for_fill(plugins, real_1m, mode):
     assert_same_run(event, fast)
 
 
+@pytest.mark.parametrize("mode", ["cross", "isolated"])
+def test_bundled_sample_long_short_and_liquidations_fill_for_fill(plugins, mode):
+    """The bundled real sample (in the repository: runs with or without the shared data set): the
+    long/short signal at 50x; isolated, a 2 % move against a position liquidates it."""
+    if "flip" not in plugins.registry.names("strategy"):
+        plugins.registry.add("strategy", "flip", Flip, "tests")
+    bars = read_bars_file(SAMPLE.path)
+    event, fast = both(plugins, bars, *PERP, "broker.funding=constant", f"broker.margin_mode={mode}", "broker.leverage=50", strategy="flip")
+    assert set(event.fills.side) == {"buy", "sell"} and (event.orders.reduce_only).any()
+    assert (event.extra["position"] < 0).any() and (event.extra["position"] > 0).any()
+    assert (event.metrics["liquidations"] >= 1) == (mode == "isolated")
+    assert_same_run(event, fast)
+
+
 def test_signal_wake_bars_are_causal(real_1m):
     bars = between(real_1m, "2024-08-01", "2024-08-03")
     assert_causal(Flip(), bars)
