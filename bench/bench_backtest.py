@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -67,6 +66,7 @@ def take_profits(levels: np.ndarray, step: float) -> np.ndarray:
     """Each level's take-profit ``step`` above it, rounded up to the 0.1 tick as ``ctx.sell`` does
     (an exchange takes tick prices only; the three engines must trade the same prices)."""
     return np.ceil(levels * (1 + step) * 10 - 1e-9) / 10
+
 
 class Grid(Strategy):
     """Static long grid: buy levels every STEP below the first price, take-profit one STEP up."""
@@ -202,7 +202,9 @@ def native(strategy, bars: BarArrays, *settings: str, event_path: bool = False):
     global PLUGINS
     PLUGINS = PLUGINS or load_plugins()
     started = time.perf_counter()
-    result = run_strategy(strategy, bars, "broker.funding=off", "instrument.min_notional=0", *settings, plugins=PLUGINS, compiled=not event_path)
+    result = run_strategy(
+        strategy, bars, "broker.funding=off", "instrument.min_notional=0", *settings, plugins=PLUGINS, compiled=not event_path
+    )
     return time.perf_counter() - started, result
 
 
@@ -216,7 +218,9 @@ def backtrader_grid(bars: BarArrays):
     cerebro.addstrategy(BtGrid)
     cerebro.broker.setcash(10_000.0)
     cerebro.broker.set_checksubmit(False)
-    cerebro.broker.addcommissioninfo(bt.CommInfoBase(commission=PERP.maker_fee, commtype=bt.CommInfoBase.COMM_PERC, percabs=True, stocklike=True))
+    cerebro.broker.addcommissioninfo(
+        bt.CommInfoBase(commission=PERP.maker_fee, commtype=bt.CommInfoBase.COMM_PERC, percabs=True, stocklike=True)
+    )
     started = time.perf_counter()
     strat = cerebro.run()[0]
     return time.perf_counter() - started, strat.fills, cerebro.broker.getvalue()
@@ -285,14 +289,22 @@ def main() -> None:
     started = time.perf_counter()
     r_bt = run_backtrader(SmaCross(), slice_, PERP)
     t_bt_sma = time.perf_counter() - started
-    same = len(r_sma.fills) == len(r_bt.fills) and np.allclose(r_sma.fills.price, r_bt.fills.price) and (r_sma.fills.bar.to_numpy() == r_bt.fills.bar.to_numpy()).all()
+    same = (
+        len(r_sma.fills) == len(r_bt.fills)
+        and np.allclose(r_sma.fills.price, r_bt.fills.price)
+        and (r_sma.fills.bar.to_numpy() == r_bt.fills.bar.to_numpy()).all()
+    )
     cols = ["ts", "side", "price", "quantity", "fee", "bar"]
     same_event = r_sma.fills[cols].equals(r_sma_event.fills[cols]) and r_sma.equity.equals(r_sma_event.equity)
-    print(f"sma_cross native (compiled signal loop: {bool(r_sma.extra.get('compiled'))}): {total:,} bars in {t_sma:.2f} s = {total / t_sma:,.0f} bars/s; "
-          f"event path {t_sma_event:.2f} s")
-    print(f"sma_cross slice {len(slice_):,} bars: native {t_sma_slice:.4f} s, backtrader {t_bt_sma:.2f} s -> {t_bt_sma / t_sma_slice:.0f}x; "
-          f"identical fills: {same} ({len(r_sma.fills)} fills); event path {t_sma_event_slice:.3f} s -> {t_bt_sma / t_sma_event_slice:.0f}x, "
-          f"identical fills and equity to the compiled run: {same_event}")
+    print(
+        f"sma_cross native (compiled signal loop: {bool(r_sma.compiled)}): {total:,} bars in {t_sma:.2f} s = {total / t_sma:,.0f} bars/s; "
+        f"event path {t_sma_event:.2f} s"
+    )
+    print(
+        f"sma_cross slice {len(slice_):,} bars: native {t_sma_slice:.4f} s, backtrader {t_bt_sma:.2f} s -> {t_bt_sma / t_sma_slice:.0f}x; "
+        f"identical fills: {same} ({len(r_sma.fills)} fills); event path {t_sma_event_slice:.3f} s -> {t_bt_sma / t_sma_event_slice:.0f}x, "
+        f"identical fills and equity to the compiled run: {same_event}"
+    )
 
     # grid: native (the SDK's PairGrid: compiled pair loop; and the same grid on the event path),
     # numba loop over every stretch; Backtrader on the slice
@@ -311,25 +323,33 @@ def main() -> None:
         t_nb = min(t_nb, sum(t for t, _, _ in passes))
         fills_nb = sum(f for _, f, _ in passes)
     fills_grid = sum(len(r.fills) for r in pairs_runs)
-    compiled = all(r.extra.get("compiled") for r in pairs_runs)
+    compiled = all(r.compiled for r in pairs_runs)
     cols = ["ts", "side", "price", "quantity", "fee", "bar"]
     same_event = all(a.fills[cols].equals(b.fills[cols]) and a.equity.equals(b.equity) for a, b in zip(pairs_runs, event_runs))
     t_grid_slice, r_grid = best(native, PairsGrid, slice_, touch)
     t_event_slice, _ = best(native, Grid, slice_, touch)
     t_bt_grid, bt_fills, _ = backtrader_grid(slice_)
     t_nb_slice, nb_fills, _ = best(numba_run, slice_)
-    print(f"grid native (sdk PairGrid, compiled pair loop: {compiled}): {total:,} bars in {t_grid:.3f} s = {total / t_grid:,.0f} bars/s, {fills_grid:,} fills; "
-          f"numba loop {t_nb:.3f} s, {fills_nb:,} fills -> native/numba {t_grid / t_nb:.1f}x; same fill count: {fills_grid == fills_nb}")
-    print(f"grid on the event path (Strategy with on_fill, as before): {t_event:.2f} s -> {t_event / t_nb:.1f}x numba; "
-          f"fills and equity identical to the PairGrid run in every stretch: {same_event}")
-    print(f"grid slice {len(slice_):,} bars: native {t_grid_slice:.4f} s ({len(r_grid.fills)} fills; event path {t_event_slice:.3f} s), "
-          f"backtrader {t_bt_grid:.2f} s ({bt_fills} fills) -> {t_bt_grid / t_grid_slice:.0f}x, numba {t_nb_slice:.4f} s ({nb_fills} fills)")
+    print(
+        f"grid native (sdk PairGrid, compiled pair loop: {compiled}): {total:,} bars in {t_grid:.3f} s = {total / t_grid:,.0f} bars/s, {fills_grid:,} fills; "
+        f"numba loop {t_nb:.3f} s, {fills_nb:,} fills -> native/numba {t_grid / t_nb:.1f}x; same fill count: {fills_grid == fills_nb}"
+    )
+    print(
+        f"grid on the event path (Strategy with on_fill, as before): {t_event:.2f} s -> {t_event / t_nb:.1f}x numba; "
+        f"fills and equity identical to the PairGrid run in every stretch: {same_event}"
+    )
+    print(
+        f"grid slice {len(slice_):,} bars: native {t_grid_slice:.4f} s ({len(r_grid.fills)} fills; event path {t_event_slice:.3f} s), "
+        f"backtrader {t_bt_grid:.2f} s ({bt_fills} fills) -> {t_bt_grid / t_grid_slice:.0f}x, numba {t_nb_slice:.4f} s ({nb_fills} fills)"
+    )
 
     mem = memory_child(args.boot_bars, args.data)
-    print(f"bootstrapped {mem['bars']:,} bars (block bootstrap of the real 1m bars, not market data): "
-          f"sma_cross {mem['sma_s']:.2f} s ({mem['sma_fills']} fills; event path {mem['sma_event_s']:.2f} s), grid event path {mem['grid_s']:.2f} s ({mem['grid_fills']} fills), "
-          f"grid PairGrid {mem['pairs_s']:.2f} s ({mem['pairs_fills']} fills); "
-          f"peak RSS {mem['peak_rss_mb']:.0f} MB (after loading bars {mem['rss_after_load_mb']:.0f} MB)")
+    print(
+        f"bootstrapped {mem['bars']:,} bars (block bootstrap of the real 1m bars, not market data): "
+        f"sma_cross {mem['sma_s']:.2f} s ({mem['sma_fills']} fills; event path {mem['sma_event_s']:.2f} s), grid event path {mem['grid_s']:.2f} s ({mem['grid_fills']} fills), "
+        f"grid PairGrid {mem['pairs_s']:.2f} s ({mem['pairs_fills']} fills); "
+        f"peak RSS {mem['peak_rss_mb']:.0f} MB (after loading bars {mem['rss_after_load_mb']:.0f} MB)"
+    )
 
 
 if __name__ == "__main__":

@@ -35,13 +35,16 @@ import numpy as np
 
 from .config import QuantModel
 from .errors import ExchangeError
-from .model import Account, Fill, Order, Position
+from .model import Account, Fill, Order, Position, PositionSide
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from .data import BarArrays
+    from .engine import Engine
+    from .results import RunResult
     from .runtime import Runtime
+    from .strategy import CompiledDecisions
 
 
 class BrokerConfig(QuantModel):
@@ -103,7 +106,7 @@ class Broker(ABC):
 
     Config: ClassVar[type[BrokerConfig]] = BrokerConfig
 
-    def __init__(self, config: BrokerConfig, runtime: "Runtime") -> None:
+    def __init__(self, config: BrokerConfig, runtime: Runtime) -> None:
         self.config = config
         self.runtime = runtime
         self.instrument = runtime.instrument
@@ -143,9 +146,15 @@ class Broker(ABC):
     def account(self) -> Account:
         """Wallet balance and positions (the broker's object; do not modify it)."""
 
-    def position(self) -> Position:
-        """The position in the run's instrument."""
-        return self.account().position(self.instrument.symbol)
+    #: ``one_way`` (one net position per symbol) or ``hedge`` (Binance ``dualSidePosition``: a LONG
+    #: and a SHORT position, orders say which with ``Order.position_side``); set from
+    #: ``broker.position_mode`` by the brokers that support it
+    position_mode: str = "one_way"
+
+    def position(self, position_side: PositionSide | str = PositionSide.BOTH) -> Position:
+        """The position in the run's instrument: the net one (one-way mode), or in hedge mode the
+        LONG or SHORT one."""
+        return self.account().position(self.instrument.symbol, position_side)
 
     # --- margin (perpetuals). Spot-only brokers keep these defaults, which refuse. -------------
     def set_leverage(self, leverage: float) -> None:
@@ -156,13 +165,33 @@ class Broker(ABC):
         """``isolated`` or ``cross`` (Binance: POST /fapi/v1/marginType)."""
         raise ExchangeError(f"{type(self).__name__} does not support margin modes")
 
+    def set_position_mode(self, mode: str) -> None:
+        """``one_way`` or ``hedge`` (Binance: POST /fapi/v1/positionSide/dual ``dualSidePosition``)."""
+        raise ExchangeError(f"{type(self).__name__} does not support position modes")
+
     def adjust_margin(self, amount: float) -> None:
-        """Isolated mode: add (``amount`` > 0) or remove margin of the position (Binance: POST /fapi/v1/positionMargin)."""
+        """Isolated mode: add (``amount`` > 0) or remove margin of the position (Binance: POST
+        /fapi/v1/positionMargin). Brokers with hedge mode also take ``position_side`` (LONG/SHORT)."""
         raise ExchangeError(f"{type(self).__name__} does not support isolated margin")
 
-    def margin(self) -> MarginState:
-        """Margin, maintenance and liquidation price of the run's symbol."""
+    def margin(self, position_side: PositionSide | str = PositionSide.BOTH) -> MarginState:
+        """Margin, maintenance and liquidation price of the run's symbol; brokers with hedge mode
+        give one position's with ``position_side`` LONG or SHORT (its isolated margin, maintenance
+        and liquidation price; wallet, leverage and available balance are the account's)."""
         raise ExchangeError(f"{type(self).__name__} does not report margin")
+
+    # --- the compiled fast path (backtests; see core/strategy.py) -----------------------------
+    def compiled_refusal(self, engine: Engine, offer: CompiledDecisions) -> str | None:
+        """The one eligibility check of a strategy's compiled decisions on this broker: None when
+        :meth:`run_compiled` may run ``offer`` in ``engine``, else the reason (the run log shows
+        it). Brokers without a compiled path keep this default."""
+        return f"the {type(self).__name__} broker has no compiled backtest"
+
+    def run_compiled(self, engine: Engine, bars: BarArrays, offer: CompiledDecisions) -> RunResult | None:
+        """Run the backtest of ``offer`` (accepted by :meth:`compiled_refusal`) in compiled code:
+        the RunResult, or None when the loop met a case it does not implement (it logs which;
+        the event path then runs)."""
+        return None
 
     def set_price_alert(self, low: float | None, high: float | None) -> None:
         """Ask to be woken at the close of the first bar that trades at or below ``low`` or at
@@ -188,7 +217,7 @@ class SimulatedBroker(Broker):
     """A broker that replays bars: the engine drives it with :meth:`advance`."""
 
     @abstractmethod
-    def load(self, bars: "BarArrays") -> None:
+    def load(self, bars: BarArrays) -> None:
         """Take the bars of the run; called once before ``start``."""
 
     @abstractmethod
@@ -210,9 +239,10 @@ class SimulatedBroker(Broker):
         """For each fill of the run, in order, the index of the bar it happened on."""
 
     def bar_series(self) -> dict[str, np.ndarray]:
-        """Extra per-bar series for the results (e.g. ``liquidation_price``); none by default."""
+        """Per-bar series for the results, keyed by their :class:`~btc_quant.core.results.RunResult`
+        field (``liquidation_price``); none by default."""
         return {}
 
-    def funding_payments(self) -> "pd.DataFrame | None":
+    def funding_payments(self) -> pd.DataFrame | None:
         """Funding payments of the run (ts, bar, rate, mark, position, amount > 0 = paid), or None."""
         return None

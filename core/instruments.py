@@ -10,6 +10,10 @@ defaults (lowest fee tier) as of 2024-2026:
   maker, 0.05% taker (binance.com/en/fee/futureFee). Maintenance-margin brackets come from
   ``core/data/binance_usdm_brackets.json`` (Binance ``GET /fapi/v1/leverageBracket``; see
   :mod:`btc_quant.core.margin`); plugins can replace them with :func:`register_brackets`.
+- Bybit BTCUSDT USDT perpetual: tickSize 0.10, qtyStep 0.001, minNotionalValue 5 USDT
+  (``GET /v5/market/instruments-info``); fees 0.02% maker, 0.055% taker (Bybit "Trading Fee
+  Structure", non-VIP derivatives); risk-limit tiers from ``core/data/bybit_linear_risk_limits.json``
+  and Bybit's own liquidation formula (:func:`btc_quant.core.margin.bybit_liquidation_price`).
 - Coinbase BTC-USD: quote_increment 0.01, base_increment 0.00000001, min market funds 1 USD;
   Advanced Trade lowest tier 0.40% maker / 0.60% taker.
 """
@@ -19,25 +23,24 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .config import InstrumentConfig
-from .margin import load_brackets
+from .margin import BYBIT_RISK_LIMITS_FILE, load_brackets
 from .model import Instrument, MarginBracket, MarketKind
 
 _KNOWN: dict[tuple[str, str], Instrument] = {
-    ("binance", "BTC/USDT"): Instrument(
-        "binance", "BTC/USDT", MarketKind.SPOT, tick_size=0.01, lot_size=0.00001, min_notional=5.0,
-        maker_fee=0.001, taker_fee=0.001,
-    ),
-    ("binanceusdm", "BTC/USDT:USDT"): Instrument(
-        "binanceusdm", "BTC/USDT:USDT", MarketKind.PERPETUAL, tick_size=0.1, lot_size=0.001,
-        min_notional=100.0, maker_fee=0.0002, taker_fee=0.0005,
-    ),
-    ("coinbase", "BTC/USD"): Instrument(
-        "coinbase", "BTC/USD", MarketKind.SPOT, tick_size=0.01, lot_size=0.00000001, min_notional=1.0,
-        maker_fee=0.004, taker_fee=0.006,
-    ),
+    (i.exchange, i.symbol): i
+    for i in (
+        # exchange, symbol, kind, tick size, lot size, minimum notional, maker fee, taker fee (figures above)
+        Instrument("binance", "BTC/USDT", MarketKind.SPOT, 0.01, 0.00001, 5.0, 0.001, 0.001),
+        Instrument("binanceusdm", "BTC/USDT:USDT", MarketKind.PERPETUAL, 0.1, 0.001, 100.0, 0.0002, 0.0005),
+        Instrument("bybit", "BTC/USDT:USDT", MarketKind.PERPETUAL, 0.1, 0.001, 5.0, 0.0002, 0.00055),
+        Instrument("coinbase", "BTC/USD", MarketKind.SPOT, 0.01, 0.00000001, 1.0, 0.004, 0.006),
+    )
 }
 
-_BRACKETS: dict[tuple[str, str], tuple[MarginBracket, ...]] = {("binanceusdm", s): t for s, t in load_brackets().items()}
+_BRACKETS: dict[tuple[str, str], tuple[MarginBracket, ...]] = {
+    **{("binanceusdm", s): t for s, t in load_brackets().items()},
+    **{("bybit", s): t for s, t in load_brackets(BYBIT_RISK_LIMITS_FILE).items()},
+}
 
 
 def register_brackets(exchange: str, symbol: str, brackets: tuple[MarginBracket, ...]) -> None:

@@ -15,7 +15,7 @@ Conventions (stated because 24/7 markets have no trading-day calendar):
 * Exposure is the fraction of bars that end with a non-zero position.
 * ``fees`` and ``funding`` are what the account paid (positive = paid, funding negative when
   the account received more than it paid); both are already in the equity curve.
-* ``liquidation_distance`` (per bar, in ``RunResult.extra``) is how far the close is from the
+* ``liquidation_distance`` (per bar, ``RunResult.liquidation_distance``) is how far the close is from the
   liquidation price as a fraction of the close, positive while safe: (close - liq) / close for a
   long, (liq - close) / close for a short; NaN when flat or the position cannot be liquidated.
 """
@@ -23,7 +23,7 @@ Conventions (stated because 24/7 markets have no trading-day calendar):
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,7 +33,8 @@ from .data import BarArrays
 
 if TYPE_CHECKING:  # pragma: no cover
     from .broker import SimulatedBroker
-    from .engine import Engine, RunResult
+    from .engine import Engine
+    from .results import RunResult
 
 DAYS_PER_YEAR = 365
 
@@ -58,11 +59,26 @@ def _clean(value: float | None) -> float | None:
 
 
 _FILLS_COLUMNS = ["ts", "trade_id", "client_id", "side", "price", "quantity", "fee", "is_maker", "is_liquidation", "tag"]
-_ORDERS_COLUMNS = ["client_id", "side", "type", "price", "quantity", "filled_qty", "avg_fill_price", "post_only", "reduce_only", "status", "reason", "created", "updated", "tag"]
+_ORDERS_COLUMNS = [
+    "client_id",
+    "side",
+    "type",
+    "price",
+    "quantity",
+    "filled_qty",
+    "avg_fill_price",
+    "post_only",
+    "reduce_only",
+    "status",
+    "reason",
+    "created",
+    "updated",
+    "tag",
+]
 _TRADES_COLUMNS = ["entry_time", "exit_time", "side", "max_quantity", "entry_price", "exit_price", "pnl", "fees"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _empty_frame(kind: str) -> pd.DataFrame:
     """The frame of a run without fills / orders / trades, built once per process (callers copy it)."""
     columns = {"fills": _FILLS_COLUMNS, "orders": _ORDERS_COLUMNS, "trades": _TRADES_COLUMNS}[kind]
@@ -121,59 +137,44 @@ def orders_frame(orders: dict) -> pd.DataFrame:
     )
 
 
-def trades_frame(fills: pd.DataFrame) -> pd.DataFrame:
-    """Flat-to-flat round trips of the net position, with PnL net of their fills' fees."""
-    columns = _TRADES_COLUMNS
+def trades_frame(fills: pd.DataFrame, buy: np.ndarray | None = None) -> pd.DataFrame:
+    """Flat-to-flat round trips of the net position, with PnL net of their fills' fees.
+
+    The walk over the fills is :func:`btc_quant.core.round_trips.flat_to_flat` (compiled; every
+    path's trades come from it). ``buy``: whether each fill is a buy, when the caller has it as an
+    array (else read from ``fills.side``)."""
     if fills.empty:
         return _empty_frame("trades").copy()
-    rows = []
-    pos = 0.0
-    entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
-    start = None
-    side = None
-    # Rows hold fill positions for the entry and exit times; the times are taken in one go at the end.
-    signs = np.where((fills["side"] == "buy").to_numpy(), 1.0, -1.0).tolist()
-    prices, quantities, paid = (fills[c].to_numpy(dtype=np.float64).tolist() for c in ("price", "quantity", "fee"))
-    for k, sign in enumerate(signs):
-        price, qty, fee = prices[k], quantities[k], paid[k]
-        if abs(pos) < 1e-12:
-            start, side = k, ("long" if sign > 0 else "short")
-            entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
-        # Split a fill that flips the position: the closing part ends this trade.
-        remaining = qty
-        while remaining > 1e-12:
-            if abs(pos) > 1e-12 and (1.0 if pos > 0 else -1.0) != sign:
-                part = min(remaining, abs(pos))
-            else:
-                part = remaining
-            share = part / qty
-            if sign > 0:
-                bought += part
-                entry_cost += part * price
-            else:
-                sold += part
-                exit_value += part * price
-            fees += fee * share
-            pos += sign * part
-            max_qty = max(max_qty, abs(pos))
-            remaining -= part
-            if abs(pos) < 1e-9:
-                pos = 0.0
-                long = side == "long"
-                buy_px = entry_cost / bought if bought else float("nan")
-                sell_px = exit_value / sold if sold else float("nan")
-                pnl = (exit_value - entry_cost) - fees
-                ts = k
-                rows.append((start, ts, side, max_qty, buy_px if long else sell_px, sell_px if long else buy_px, pnl, fees))
-                if remaining > 1e-12:  # the rest opens a new trade in the other direction
-                    start, side = ts, ("long" if sign > 0 else "short")
-                    entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
-    frame = pd.DataFrame(rows, columns=columns)
-    if rows:
-        times = fills["ts"].array
-        for col in ("entry_time", "exit_time"):
-            frame[col] = times.take(frame[col].to_numpy())
-    return frame
+    from .round_trips import flat_to_flat
+
+    signs = np.where((fills["side"] == "buy").to_numpy() if buy is None else buy, 1.0, -1.0)
+    rows = flat_to_flat(
+        signs,
+        np.ascontiguousarray(fills["price"].to_numpy(), dtype=np.float64),
+        np.ascontiguousarray(fills["quantity"].to_numpy(), dtype=np.float64),
+        np.ascontiguousarray(fills["fee"].to_numpy(), dtype=np.float64),
+    )
+    if len(rows) == 0:  # never flat again after the first fill
+        return pd.DataFrame([], columns=_TRADES_COLUMNS)
+    start, end, long_ = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64), rows[:, 2] != 0
+    max_qty, entry_cost, bought, exit_value, sold, fees = rows[:, 3:].T
+    with np.errstate(divide="ignore", invalid="ignore"):  # no buy (sell) in the trade: NaN
+        buy_px = np.where(bought != 0, entry_cost / bought, np.nan)
+        sell_px = np.where(sold != 0, exit_value / sold, np.nan)
+    times = fills["ts"].array
+    return pd.DataFrame(
+        {
+            "entry_time": times.take(start),
+            "exit_time": times.take(end),
+            "side": pd.Series(np.where(long_, "long", "short").astype(object)).to_numpy(),
+            "max_quantity": max_qty,
+            "entry_price": np.where(long_, buy_px, sell_px),
+            "exit_price": np.where(long_, sell_px, buy_px),
+            "pnl": (exit_value - entry_cost) - fees,
+            "fees": fees,
+        },
+        columns=_TRADES_COLUMNS,
+    )
 
 
 def drawdown(equity: pd.Series) -> pd.Series:
@@ -279,6 +280,15 @@ def compute_metrics(
     }
 
 
+def count_trades(result: RunResult, strategy) -> None:
+    """``metrics["trades"]``: the strategy's completed round trips when it counts them (a grid
+    trades lot by lot; :meth:`Strategy.completed_round_trips`), else the flat-to-flat trades.
+    Called by every path that builds a result once the strategy has stopped."""
+    trips = strategy.completed_round_trips() if hasattr(strategy, "completed_round_trips") else None
+    if trips is not None:
+        result.metrics["trades"] = int(trips)
+
+
 def position_per_bar(n_bars: int, fills: pd.DataFrame) -> np.ndarray:
     """Net position at each bar's close, from the fills and the bars they happened on."""
     delta = np.zeros(n_bars)
@@ -291,41 +301,20 @@ def position_per_bar(n_bars: int, fills: pd.DataFrame) -> np.ndarray:
     return position
 
 
-def build_result(engine: "Engine", bars: BarArrays, broker: "SimulatedBroker") -> "RunResult":
-    from .engine import RunResult
+def build_result(engine: Engine, bars: BarArrays, broker: SimulatedBroker) -> RunResult:
+    """The event path's RunResult (:func:`btc_quant.core.results.assemble_result`)."""
+    from .results import assemble_result
 
-    index = pd.to_datetime(bars.ts, unit="ms", utc=True)
-    equity = pd.Series(broker.equity_curve(), index=index, name="equity")
-    fills = fills_frame(engine.fills, broker.fill_bar_indices())
-    trades = trades_frame(fills)
-    position = position_per_bar(len(bars), fills)
-    initial = float(getattr(broker.config, "initial_cash", equity.iloc[0]))
-    funding = broker.funding_payments()
-    paid = float(funding["amount"].sum()) if funding is not None and len(funding) else 0.0
-    metrics = compute_metrics(equity, fills, trades, initial_equity=initial, position=position, funding=paid)
-    result = RunResult(
-        info=engine.info,
-        bars=len(bars),
-        start_ms=bars.start_ms,
-        end_ms=bars.end_ms,
-        equity=equity,
-        fills=fills,
-        orders=orders_frame(engine.orders),
-        trades=trades,
-        metrics=metrics,
+    equity = broker.equity_curve()
+    initial = float(getattr(broker.config, "initial_cash", equity[0] if len(equity) else 0.0))
+    return assemble_result(
+        engine.info,
+        bars,
+        equity,
+        fills_frame(engine.fills, broker.fill_bar_indices()),
+        orders_frame(engine.orders),
         initial_equity=initial,
+        funding=broker.funding_payments(),
+        rejections=len(engine.rejections),
+        **broker.bar_series(),
     )
-    result.extra["position"] = pd.Series(position, index=index, name="position")
-    result.extra["rejections"] = len(engine.rejections)
-    result.extra["bars"] = bars
-    if funding is not None:
-        result.extra["funding"] = funding
-    for name, values in broker.bar_series().items():
-        result.extra[name] = pd.Series(values, index=index, name=name)
-    if "liquidation_price" in result.extra:
-        liq = result.extra["liquidation_price"].to_numpy()
-        side = np.sign(position)
-        with np.errstate(invalid="ignore"):
-            distance = np.where(side != 0, side * (bars.close - liq) / bars.close, np.nan)
-        result.extra["liquidation_distance"] = pd.Series(distance, index=index, name="liquidation_distance")
-    return result

@@ -13,10 +13,10 @@ through :meth:`Position.apply`, which refuses the same trade id twice.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import lru_cache
-from typing import Iterable
 
 from .errors import OrderError
 
@@ -160,8 +160,23 @@ class Side(str, Enum):
         return 1 if self is Side.BUY else -1
 
     @property
-    def opposite(self) -> "Side":
+    def opposite(self) -> Side:
         return Side.SELL if self is Side.BUY else Side.BUY
+
+
+class PositionSide(str, Enum):
+    """Which position an order trades (Binance ``positionSide``). ``BOTH`` in one-way mode (the
+    default: one net position per symbol); ``LONG`` / ``SHORT`` in hedge mode (Binance
+    ``dualSidePosition=true``), where a BUY LONG opens and a SELL LONG closes the long position,
+    a SELL SHORT opens and a BUY SHORT closes the short one."""
+
+    BOTH = "BOTH"
+    LONG = "LONG"
+    SHORT = "SHORT"
+
+    def closes(self, side: Side) -> bool:
+        """Does an order of ``side`` on this position side only close (SELL LONG, BUY SHORT)?"""
+        return (self is PositionSide.LONG and side is Side.SELL) or (self is PositionSide.SHORT and side is Side.BUY)
 
 
 class OrderType(str, Enum):
@@ -220,6 +235,7 @@ class Order:
     exchange_id: str | None = None
     reason: str | None = None  # why it was rejected, expired or canceled
     tag: str | None = None  # free text for the strategy (e.g. "tp" or a grid level)
+    position_side: PositionSide = PositionSide.BOTH  # LONG/SHORT only when the account is in hedge mode
 
     def __post_init__(self) -> None:
         if not self.client_id or len(self.client_id) > 36:
@@ -248,43 +264,71 @@ class Order:
         ts_ms: int = 0,
         tag: str | None = None,
         check_notional: bool = True,
-    ) -> "Order":
+        position_side: PositionSide | str = PositionSide.BOTH,
+    ) -> Order:
         """Make an order that satisfies the instrument's filters, or raise :class:`OrderError`.
 
         Values must already be on the tick and lot grid (use ``instrument.round_price`` /
         ``round_qty``); an off-grid value is an error rather than a silent change.
         """
         side = Side(side)
+        position_side = PositionSide(position_side)
         if not client_id or len(client_id) > 36:
             raise OrderError(f"order client_id must be 1-36 characters, got {client_id!r}")
         if post_only and price is None:
             raise OrderError(f"order {client_id}: post_only applies to limit orders only")
         _check_number(f"order {client_id}: quantity", quantity)
         if not _on_grid(quantity, instrument.lot_size):
-            raise OrderError(
-                f"order {client_id}: quantity {quantity!r} is not a multiple of the lot size {instrument.lot_size}"
-            )
+            raise OrderError(f"order {client_id}: quantity {quantity!r} is not a multiple of the lot size {instrument.lot_size}")
         if price is not None:
             _check_number(f"order {client_id}: price", price)
             if not _on_grid(price, instrument.tick_size):
-                raise OrderError(
-                    f"order {client_id}: price {price!r} is not a multiple of the tick size {instrument.tick_size}"
-                )
-            if check_notional and not reduce_only and price * quantity < instrument.min_notional:
+                raise OrderError(f"order {client_id}: price {price!r} is not a multiple of the tick size {instrument.tick_size}")
+            if check_notional and not reduce_only and not position_side.closes(side) and price * quantity < instrument.min_notional:
                 raise OrderError(
                     f"order {client_id}: notional {price * quantity:.2f} is below the minimum "
                     f"{instrument.min_notional:g} of {instrument.symbol}"
                 )
         if cls is not Order:
             return cls(
-                client_id=client_id, symbol=instrument.symbol, side=side, type=OrderType.MARKET if price is None else OrderType.LIMIT,
-                quantity=quantity, price=price, post_only=post_only, reduce_only=reduce_only, created_ms=ts_ms, updated_ms=ts_ms, tag=tag,
+                client_id=client_id,
+                symbol=instrument.symbol,
+                side=side,
+                type=OrderType.MARKET if price is None else OrderType.LIMIT,
+                quantity=quantity,
+                price=price,
+                post_only=post_only,
+                reduce_only=reduce_only,
+                created_ms=ts_ms,
+                updated_ms=ts_ms,
+                tag=tag,
+                position_side=position_side,
             )
         # Everything __post_init__ checks was checked above: build it without checking twice.
         return _order(
-            client_id, instrument.symbol, side, OrderType.MARKET if price is None else OrderType.LIMIT, quantity, price,
-            post_only, reduce_only, OrderStatus.PENDING, 0.0, 0.0, ts_ms, ts_ms, None, None, tag,
+            client_id,
+            instrument.symbol,
+            side,
+            OrderType.MARKET if price is None else OrderType.LIMIT,
+            quantity,
+            price,
+            post_only,
+            reduce_only,
+            OrderStatus.PENDING,
+            0.0,
+            0.0,
+            ts_ms,
+            ts_ms,
+            None,
+            None,
+            tag,
+            position_side,
         )
+
+    @property
+    def closes_only(self) -> bool:
+        """Can this order only reduce a position: reduce-only, or in hedge mode a SELL LONG / BUY SHORT?"""
+        return self.reduce_only or self.position_side.closes(self.side)
 
     @property
     def remaining_qty(self) -> float:
@@ -294,7 +338,7 @@ class Order:
     def is_open(self) -> bool:
         return self.status.is_open
 
-    def transition(self, status: OrderStatus, **changes) -> "Order":
+    def transition(self, status: OrderStatus, **changes) -> Order:
         """A copy in ``status``; raises :class:`OrderError` if the table does not allow it.
 
         Changing only the fields a status change carries (:data:`_STATE_FIELDS`) copies the order
@@ -306,9 +350,23 @@ class Order:
             return replace(self, status=status, **changes)
         get = changes.get
         return _order(
-            self.client_id, self.symbol, self.side, self.type, self.quantity, self.price, self.post_only, self.reduce_only, status,
-            get("filled_qty", self.filled_qty), get("avg_fill_price", self.avg_fill_price), self.created_ms,
-            get("updated_ms", self.updated_ms), get("exchange_id", self.exchange_id), get("reason", self.reason), self.tag,
+            self.client_id,
+            self.symbol,
+            self.side,
+            self.type,
+            self.quantity,
+            self.price,
+            self.post_only,
+            self.reduce_only,
+            status,
+            get("filled_qty", self.filled_qty),
+            get("avg_fill_price", self.avg_fill_price),
+            self.created_ms,
+            get("updated_ms", self.updated_ms),
+            get("exchange_id", self.exchange_id),
+            get("reason", self.reason),
+            self.tag,
+            self.position_side,
         )
 
 
@@ -317,7 +375,25 @@ _STATE_FIELDS = frozenset({"filled_qty", "avg_fill_price", "updated_ms", "exchan
 _set = object.__setattr__  # Order is frozen: it is filled in as the dataclass's own __init__ does
 
 
-def _order(client_id, symbol, side, type, quantity, price, post_only, reduce_only, status, filled_qty, avg_fill_price, created_ms, updated_ms, exchange_id, reason, tag) -> Order:
+def _order(
+    client_id,
+    symbol,
+    side,
+    type,
+    quantity,
+    price,
+    post_only,
+    reduce_only,
+    status,
+    filled_qty,
+    avg_fill_price,
+    created_ms,
+    updated_ms,
+    exchange_id,
+    reason,
+    tag,
+    position_side=PositionSide.BOTH,
+) -> Order:
     """An :class:`Order` from values already validated (by ``Order.create`` or the order it copies)."""
     order = object.__new__(Order)
     _set(order, "client_id", client_id)
@@ -336,8 +412,8 @@ def _order(client_id, symbol, side, type, quantity, price, post_only, reduce_onl
     _set(order, "exchange_id", exchange_id)
     _set(order, "reason", reason)
     _set(order, "tag", tag)
+    _set(order, "position_side", position_side)
     return order
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +431,7 @@ class Fill:
     is_maker: bool = False
     is_liquidation: bool = False
     tag: str | None = None
+    position_side: PositionSide = PositionSide.BOTH  # the position it traded (hedge mode: LONG/SHORT)
 
     def __post_init__(self) -> None:
         _check_number(f"fill {self.trade_id}: price", self.price)
@@ -373,6 +450,8 @@ class Fill:
 @dataclass(slots=True)
 class Position:
     """Net position in one symbol (one-way mode): signed ``quantity``, average ``entry_price``.
+    In hedge mode an account holds two per symbol, ``position_side`` LONG (quantity >= 0) and
+    SHORT (quantity <= 0), each with its own entry (see :meth:`Account.position`).
 
     Realised PnL follows the linear-contract rule used by Binance USD-M and by spot accounting:
     closing ``q`` at ``p`` from entry ``e`` realises ``q * (p - e)`` for a long and ``q * (e - p)``
@@ -386,6 +465,7 @@ class Position:
     fees: float = 0.0
     funding: float = 0.0
     _trade_ids: set[str] = field(default_factory=set, repr=False)
+    position_side: PositionSide = PositionSide.BOTH
 
     @property
     def is_flat(self) -> bool:
@@ -442,15 +522,18 @@ class Account:
     """
 
     wallet_balance: float
+    #: by :func:`position_key`: the symbol for one-way positions, ``"SYMBOL|LONG"`` / ``"SYMBOL|SHORT"`` in hedge mode
     positions: dict[str, Position] = field(default_factory=dict)
 
-    def position(self, symbol: str) -> Position:
-        if symbol not in self.positions:
-            self.positions[symbol] = Position(symbol)
-        return self.positions[symbol]
+    def position(self, symbol: str, position_side: PositionSide | str = PositionSide.BOTH) -> Position:
+        """The one-way position of ``symbol`` (``BOTH``), or in hedge mode its LONG or SHORT one."""
+        key = position_key(symbol, position_side)
+        if key not in self.positions:
+            self.positions[key] = Position(symbol, position_side=PositionSide(position_side))
+        return self.positions[key]
 
     def apply(self, fill: Fill) -> float:
-        realized = self.position(fill.symbol).apply(fill)
+        realized = self.position(fill.symbol, fill.position_side).apply(fill)
         self.wallet_balance += realized - fill.fee
         return realized
 
@@ -460,9 +543,13 @@ class Account:
         self.wallet_balance -= amount
 
     def equity(self, marks: dict[str, float]) -> float:
-        return self.wallet_balance + sum(
-            p.unrealized_pnl(marks[s]) for s, p in self.positions.items() if not p.is_flat
-        )
+        return self.wallet_balance + sum(p.unrealized_pnl(marks[p.symbol]) for p in self.positions.values() if not p.is_flat)
 
     def open_positions(self) -> Iterable[Position]:
         return (p for p in self.positions.values() if not p.is_flat)
+
+
+def position_key(symbol: str, position_side: PositionSide | str = PositionSide.BOTH) -> str:
+    """Key of a position in :attr:`Account.positions`: the symbol (one-way), else ``SYMBOL|SIDE``."""
+    side = PositionSide(position_side)
+    return symbol if side is PositionSide.BOTH else f"{symbol}|{side.value}"

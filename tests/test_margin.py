@@ -23,7 +23,9 @@ def test_the_shipped_table_is_consistent():
     # cum makes the maintenance margin continuous: cum_n = cum_(n-1) + floor_n * (mmr_n - mmr_(n-1))
     for prev, b in zip(table, table[1:]):
         assert b.notional_floor == prev.notional_cap
-        assert b.maintenance_amount == pytest.approx(prev.maintenance_amount + b.notional_floor * (b.maintenance_rate - prev.maintenance_rate))
+        assert b.maintenance_amount == pytest.approx(
+            prev.maintenance_amount + b.notional_floor * (b.maintenance_rate - prev.maintenance_rate)
+        )
     assert math.isinf(table[-1].notional_cap)
 
 

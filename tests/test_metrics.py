@@ -72,4 +72,4 @@ def test_metrics_of_a_real_run_match_an_independent_recomputation(sample_bars):
     for b, s in zip(buys.bar, list(sells.bar) + [len(sample_bars)] * (len(buys) - n)):
         held[b:s] = True
     assert m["exposure"] == pytest.approx(held.mean())
-    assert m["funding"] == pytest.approx(result.extra["funding"].amount.sum()) and m["liquidations"] == 0
+    assert m["funding"] == pytest.approx(result.funding.amount.sum()) and m["liquidations"] == 0

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from btc_quant.core.errors import OrderError
 from btc_quant.core.instruments import instrument_for
-from btc_quant.core.model import Account, Fill, Order, OrderStatus, Position, Side
+from btc_quant.core.model import Account, Fill, Order, OrderStatus, Position, PositionSide, Side
 
 PERP = instrument_for("binanceusdm", "BTC/USDT:USDT")
 
@@ -105,15 +105,44 @@ def test_order_built_without_dataclass_init_equals_the_validated_one():
 
     from btc_quant.core import model
 
-    assert [f.name for f in dataclasses.fields(Order)] == list(model._order.__code__.co_varnames[:16])
+    assert [f.name for f in dataclasses.fields(Order)] == list(model._order.__code__.co_varnames[: model._order.__code__.co_argcount])
     inst = instrument_for("binanceusdm", "BTC/USDT:USDT")
     made = Order.create(inst, "c-1", "buy", 0.01, 40000.0, post_only=True, ts_ms=5, tag="b1")
-    assert made == Order(client_id="c-1", symbol=inst.symbol, side=Side.BUY, type=made.type, quantity=0.01, price=40000.0, post_only=True, created_ms=5, updated_ms=5, tag="b1")
+    assert made == Order(
+        client_id="c-1",
+        symbol=inst.symbol,
+        side=Side.BUY,
+        type=made.type,
+        quantity=0.01,
+        price=40000.0,
+        post_only=True,
+        created_ms=5,
+        updated_ms=5,
+        tag="b1",
+    )
     filled = made.transition(OrderStatus.FILLED, filled_qty=0.01, avg_fill_price=40000.0, updated_ms=9, reason="r")
     assert filled == dataclasses.replace(made, status=OrderStatus.FILLED, filled_qty=0.01, avg_fill_price=40000.0, updated_ms=9, reason="r")
+    short = Order.create(inst, "c-3", "sell", 0.01, 40000.0, position_side="SHORT")
+    assert short.position_side is PositionSide.SHORT and short.transition(OrderStatus.NEW).position_side is PositionSide.SHORT
     with pytest.raises(OrderError, match="quantity"):  # a change of a validated field is validated
         made.transition(OrderStatus.NEW, quantity=-1.0)
     with pytest.raises(OrderError, match="1-36"):
         Order.create(inst, "x" * 37, "buy", 0.01, 40000.0)
     with pytest.raises(OrderError, match="post_only"):
         Order.create(inst, "c-2", "buy", 0.01, post_only=True)
+
+
+def test_hedge_mode_positions_are_kept_per_side_and_fills_go_to_their_side():
+    account = Account(1_000.0)
+    fills = [
+        Fill("t1", "c1", "BTC/USDT:USDT", Side.BUY, 100.0, 1.0, 0.0, 1, position_side=PositionSide.LONG),
+        Fill("t2", "c2", "BTC/USDT:USDT", Side.SELL, 110.0, 2.0, 0.0, 2, position_side=PositionSide.SHORT),
+        Fill("t3", "c3", "BTC/USDT:USDT", Side.SELL, 120.0, 1.0, 0.0, 3, position_side=PositionSide.LONG),
+    ]
+    for fill in fills:
+        account.apply(fill)
+    long, short = account.position("BTC/USDT:USDT", "LONG"), account.position("BTC/USDT:USDT", PositionSide.SHORT)
+    assert (long.quantity, long.realized_pnl) == (0.0, 20.0)  # SELL LONG closed the long, did not open a short
+    assert (short.quantity, short.entry_price) == (-2.0, 110.0)
+    assert account.position("BTC/USDT:USDT").is_flat  # the one-way position is another key
+    assert account.wallet_balance == 1_020.0 and account.equity({"BTC/USDT:USDT": 100.0}) == 1_040.0

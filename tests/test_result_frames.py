@@ -8,11 +8,12 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_sim_fast_path import BusyGrid
 
 from btc_quant.core import metrics
 from btc_quant.sdk.testing import run_strategy
-
-from test_sim_fast_path import BusyGrid
 
 
 def reference_fills_frame(fills, bar_index=None):
@@ -29,10 +30,40 @@ def reference_fills_frame(fills, bar_index=None):
 
 def reference_orders_frame(orders):
     rows = [
-        (o.client_id, o.side.value, o.type.value, o.price, o.quantity, o.filled_qty, o.avg_fill_price, o.post_only, o.reduce_only, o.status.value, o.reason, o.created_ms, o.updated_ms, o.tag)
+        (
+            o.client_id,
+            o.side.value,
+            o.type.value,
+            o.price,
+            o.quantity,
+            o.filled_qty,
+            o.avg_fill_price,
+            o.post_only,
+            o.reduce_only,
+            o.status.value,
+            o.reason,
+            o.created_ms,
+            o.updated_ms,
+            o.tag,
+        )
         for o in orders.values()
     ]
-    columns = ["client_id", "side", "type", "price", "quantity", "filled_qty", "avg_fill_price", "post_only", "reduce_only", "status", "reason", "created", "updated", "tag"]
+    columns = [
+        "client_id",
+        "side",
+        "type",
+        "price",
+        "quantity",
+        "filled_qty",
+        "avg_fill_price",
+        "post_only",
+        "reduce_only",
+        "status",
+        "reason",
+        "created",
+        "updated",
+        "tag",
+    ]
     frame = pd.DataFrame(rows, columns=columns)
     for col in ("created", "updated"):
         frame[col] = pd.to_datetime(frame[col].astype("int64"), unit="ms", utc=True)
@@ -48,7 +79,9 @@ def reference_trades_frame(fills):
     entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
     start = side = None
     signs = np.where(fills["side"].to_numpy() == "buy", 1.0, -1.0)
-    for ts, sign, price, qty, fee in zip(fills["ts"], signs, fills["price"].to_numpy(), fills["quantity"].to_numpy(), fills["fee"].to_numpy()):
+    for ts, sign, price, qty, fee in zip(
+        fills["ts"], signs, fills["price"].to_numpy(), fills["quantity"].to_numpy(), fills["fee"].to_numpy()
+    ):
         if abs(pos) < 1e-12:
             start, side = ts, ("long" if sign > 0 else "short")
             entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
@@ -71,7 +104,18 @@ def reference_trades_frame(fills):
                 long = side == "long"
                 buy_px = entry_cost / bought if bought else float("nan")
                 sell_px = exit_value / sold if sold else float("nan")
-                rows.append((start, ts, side, max_qty, buy_px if long else sell_px, sell_px if long else buy_px, (exit_value - entry_cost) - fees, fees))
+                rows.append(
+                    (
+                        start,
+                        ts,
+                        side,
+                        max_qty,
+                        buy_px if long else sell_px,
+                        sell_px if long else buy_px,
+                        (exit_value - entry_cost) - fees,
+                        fees,
+                    )
+                )
                 if remaining > 1e-12:
                     start, side = ts, ("long" if sign > 0 else "short")
                     entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
@@ -121,9 +165,14 @@ def check_run(result, engine_fills, engine_orders, bar_index):
     pd.testing.assert_frame_equal(result.fills, fills)
     pd.testing.assert_frame_equal(result.orders, reference_orders_frame(engine_orders))
     pd.testing.assert_frame_equal(result.trades, reference_trades_frame(fills))
-    position = result.extra["position"].to_numpy()
+    position = result.position.to_numpy()
     funding = result.metrics["funding"]
-    expected = reference_metrics(result.equity, fills, result.trades, initial_equity=result.initial_equity, position=position, funding=funding)
+    expected = reference_metrics(
+        result.equity, fills, result.trades, initial_equity=result.initial_equity, position=position, funding=funding
+    )
+    trips = result.strategy_object and result.strategy_object.completed_round_trips()
+    if trips is not None:  # a grid counts its round trips as its trades (Strategy.completed_round_trips)
+        expected["trades"] = trips
     assert result.metrics == expected
     assert result.metrics["trades"] == 0 or result.metrics["win_rate"] is not None
 
@@ -147,7 +196,15 @@ def test_result_frames_equal_the_row_by_row_frames(plugins, sample_bars, monkeyp
 
     monkeypatch.setattr(metrics, "build_result", spy)
     strategy = BusyGrid if name == "busy_grid" else name
-    result = run_strategy(strategy, sample_bars[:12_000], "exchange=binanceusdm", "symbol=BTC/USDT:USDT", "instrument.min_notional=0", *settings, plugins=plugins)
+    result = run_strategy(
+        strategy,
+        sample_bars[:12_000],
+        "exchange=binanceusdm",
+        "symbol=BTC/USDT:USDT",
+        "instrument.min_notional=0",
+        *settings,
+        plugins=plugins,
+    )
     assert len(result.fills) > 20 and (len(result.trades) > 0 or name == "maker_vol")  # maker_vol is never flat here
     check_run(result, seen["fills"], seen["orders"], seen["bars"])
 
@@ -160,3 +217,23 @@ def test_result_frames_of_a_run_without_orders(sample_bars, plugins):
 
     result = run_strategy(Idle, sample_bars[:3_000], plugins=plugins)
     check_run(result, [], {}, np.empty(0, np.int64))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 5), st.floats(0.5, 2.0)), min_size=1, max_size=60))
+def test_compiled_round_trips_match_the_row_by_row_walk(rows):
+    """trades_frame's compiled walk (core/round_trips.py) gives the row-by-row reference's round
+    trips: buys and sells that cross zero split at the flip, fees shared by quantity."""
+    fills = pd.DataFrame(
+        {
+            "ts": pd.to_datetime(np.arange(len(rows), dtype=np.int64) * 60_000, unit="ms", utc=True),
+            "side": ["buy" if b else "sell" for b, _, _ in rows],
+            "price": [100.0 * p for _, _, p in rows],
+            "quantity": [q * 0.001 for _, q, _ in rows],
+            "fee": [0.01 * q for _, q, _ in rows],
+        }
+    )
+    got, want = metrics.trades_frame(fills), reference_trades_frame(fills)
+    assert len(got) == len(want)
+    if len(want):
+        pd.testing.assert_frame_equal(got, want, check_dtype=False)

@@ -9,12 +9,11 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import registering
 
 from btc_quant.core.plugins import load_plugins
 from btc_quant.sdk import Order, Side, Store, Strategy
 from btc_quant.sdk.testing import bars_from, run_strategy
-
-from conftest import registering
 
 _names = itertools.count()
 
@@ -113,7 +112,10 @@ def test_market_order_fills_at_next_open_and_mid_bar_at_the_path_price():
     script, log = scripted({0: lambda ctx: ctx.buy(1, tag="open"), 1: lambda ctx: ctx.buy(1, 95, tag="entry")}, on_fill=react)
     result = run([FLAT, (101, 102, 100, 101), (101, 103, 94, 99)], script)
     assert [(f[0], f[1], f[3], f[5]) for f in fills_of(log)] == [
-        ("buy", 101.0, False, "open"), ("buy", 95.0, True, "entry"), ("sell", 95.0, False, "exit")]
+        ("buy", 101.0, False, "open"),
+        ("buy", 95.0, True, "entry"),
+        ("sell", 95.0, False, "exit"),
+    ]
     assert result.fills.fee.tolist() == pytest.approx([101 * 0.0005, 95 * 0.0002, 95 * 0.0005])
 
 
@@ -158,7 +160,7 @@ def test_reduce_only_is_refused_when_flat_and_cut_to_the_position():
     result = run([FLAT, FLAT, (100, 102, 100, 101)], script)
     assert ("nothing", "rejected") in statuses(log)
     assert [f[:3] for f in fills_of(log)] == [("buy", 100.0, 1.0), ("sell", 101.0, 1.0)]
-    assert result.extra["position"].iloc[-1] == 0
+    assert result.position.iloc[-1] == 0
 
 
 def test_amend_moves_the_order_and_it_can_only_fill_after_the_amend():
@@ -209,6 +211,7 @@ def test_an_order_below_the_minimum_notional_is_refused_unless_it_is_reduce_only
     """Binance -4164 "Order's notional must be no smaller than 100 (unless you choose reduce
     only)": the sim refuses what the live broker refuses before sending (orders that OrderSync
     makes skip ``ctx.buy``'s own check), and closes a small remainder reduce-only."""
+
     def first(ctx):
         ctx.buy(2, client_id="long")
 
@@ -222,7 +225,7 @@ def test_an_order_below_the_minimum_notional_is_refused_unless_it_is_reduce_only
     reason = [e[3] for e in log if e[0] == "order" and e[1] == "small"][0]
     assert "below the minimum 100" in reason and "-4164" in reason
     assert [f[:3] for f in fills_of(log)] == [("buy", 100.0, 2.0), ("sell", 100.0, 0.5)]
-    assert result.extra["position"].iloc[-1] == pytest.approx(1.5)
+    assert result.position.iloc[-1] == pytest.approx(1.5)
 
 
 def test_spot_cannot_sell_what_it_does_not_hold():
@@ -263,7 +266,7 @@ def test_isolated_long_is_liquidated_at_binances_price_losing_exactly_its_margin
     assert result.metrics["liquidations"] == 1
     # clearance fee = the margin left at LP (less than 1.25% of the notional)
     assert liq.fee.iloc[0] == pytest.approx(400 + 0.1 * (lp - 40000))
-    dist = result.extra["liquidation_distance"]
+    dist = result.liquidation_distance
     assert dist.iloc[2] == pytest.approx((39500 - lp) / 39500) and np.isnan(dist.iloc[3])
 
 
@@ -337,8 +340,10 @@ def funding_bars(hours=17):
 
 def test_constant_funding_every_eight_hours_on_the_position():
     script, _ = scripted({0: lambda ctx: ctx.buy(0.5)})
-    result = run_strategy(script, funding_bars(), "instrument.min_notional=0", "timeframe=1h", "broker.funding_rate=0.0001")
-    paid = result.extra["funding"]
+    result = run_strategy(
+        script, funding_bars(), "instrument.min_notional=0", "timeframe=1h", "broker.funding=constant", "broker.funding_rate=0.0001"
+    )
+    paid = result.funding
     # the long is opened at bar 1 (01:00): funding at 08:00 and 16:00, 0.5 * 40,000 * 0.0001 = 2 each
     assert paid.ts.dt.hour.tolist() == [8, 16]
     assert paid.amount.tolist() == pytest.approx([2.0, 2.0])
@@ -364,7 +369,7 @@ def test_funding_rates_come_from_the_store_when_it_has_them():
     plugins = load_plugins(extra={"store": registering("quant_register_stores", fundstore=FundingStore)})
     script, _ = scripted({0: lambda ctx: ctx.sell(0.5)})
     result = run_strategy(script, funding_bars(), "instrument.min_notional=0", "timeframe=1h", "store=fundstore", plugins=plugins)
-    paid = result.extra["funding"]
+    paid = result.funding
     assert paid.rate.tolist() == [0.0003, -0.0001]
     assert paid.amount.tolist() == pytest.approx([-0.5 * 40000 * 0.0003, 0.5 * 40000 * 0.0001])
 
@@ -384,6 +389,8 @@ def test_isolated_funding_is_taken_from_the_position_margin():
         ctx.buy(0.5)
 
     script, _ = scripted({0: enter, 10: lambda ctx: seen.append(ctx.margin.position_margin)})
-    run_strategy(script, funding_bars(), "instrument.min_notional=0", "timeframe=1h", "broker.funding_rate=0.0001")
+    run_strategy(
+        script, funding_bars(), "instrument.min_notional=0", "timeframe=1h", "broker.funding=constant", "broker.funding_rate=0.0001"
+    )
     # margin 0.5 * 40,000 / 10 = 2,000, less the 08:00 payment of 2
     assert seen == [pytest.approx(2_000 - 2)]

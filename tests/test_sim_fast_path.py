@@ -1,10 +1,11 @@
-"""The sim's compiled order book gives the same runs as the plain loops it replaced.
+"""The sim driven by the venue core gives the same runs as the plain Python simulator it replaced.
 
-``ReferenceSim`` below is the sim broker with the pre-compiled code path: it finds the next fill
-by looping over the open orders in queue order, finds the best resting prices the same way and
-re-sums the margin held by open orders on every check. Both brokers run the same strategies on
-the same real bars (the bundled January-2022 perpetual sample); the fills, the orders and the
-equity curve must be identical.
+``ReferenceSim`` below is the pre-core event-path sim (``tests/reference_sim.py``: every rule in
+Python over ``core.margin`` and ``Account``) with the loops it had before the compiled book: it
+finds the next fill by looping over the open orders in queue order, finds the best resting prices
+the same way and re-sums the margin held by open orders on every check. Both brokers run the same
+strategies on the same real bars (the bundled January-2022 perpetual sample); the fills, the
+orders and the equity curve must be identical.
 """
 
 from __future__ import annotations
@@ -12,21 +13,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from reference_sim import OldSimBroker
 
-from btc_quant.plugins.brokers.sim import _EPS, SimBroker
-from btc_quant.plugins.brokers.sim_path import first_event_bar
+from btc_quant.plugins.brokers.sim.venue import EPS as _EPS
+from btc_quant.plugins.strategies.sma_cross import SmaCross
 from btc_quant.sdk import Side, Strategy
 from btc_quant.sdk.indicators import sma
 from btc_quant.sdk.testing import run_strategy
-from btc_quant.plugins.strategies.sma_cross import SmaCross
 
 STEP = 0.002
 LEVELS = 30
 
 
-class ReferenceSim(SimBroker):
+class ReferenceSim(OldSimBroker):
     """The sim with the loops over ``self._orders`` it had before the compiled book, walking
     every segment of a bar, and the account's general equity."""
+
+    skip_quiet_bars = False
 
     def _next_event(self):
         a, b = self._price, self._path[self._seg + 1]
@@ -62,59 +65,21 @@ class ReferenceSim(SimBroker):
                 best = (liq, "liquidation", None)
         return best
 
-    def _skip(self, start, wake):
-        if self._pending:
-            return start
-        stop = self._next_wake(start, wake)
-        if not self._position.is_flat and self._fk < len(self._fund_bar):
-            stop = min(stop, int(self._fund_bar[self._fk]))
-        if stop <= start:
-            return start
+    def _resting_bounds(self):
         buy_max, sell_min = -np.inf, np.inf
         for o in self._orders.values():
             if o.price is None:
-                return start
+                return buy_max, sell_min, True
             if o.side is Side.BUY:
                 buy_max = max(buy_max, o.price)
             else:
                 sell_min = min(sell_min, o.price)
-        liq = self.liquidation_price()
-        qty = self._position.quantity
-        liq_long = liq if liq is not None and qty > 0 else -np.inf
-        liq_short = liq if liq is not None and qty < 0 else np.inf
-        alert_low, alert_high = self._alert if self._alert is not None else (-np.inf, np.inf)
-        bars = self.bars
-        return int(first_event_bar(bars.low, bars.high, start, stop, buy_max, sell_min, self.fill_model.strict, liq_long, liq_short, alert_low, alert_high))
-
-    def _walk(self):
-        queued = len(self._events)
-        bar_low, bar_high = float(self.bars.low[self._i]), float(self.bars.high[self._i])
-        while self._seg < 4:
-            event = self._next_event()
-            if event is not None:
-                price, kind, order = event
-                if self._seg == 0:
-                    price = min(max(price, bar_low), bar_high)
-                self._price = price
-                if kind == "liquidation":
-                    self._liquidate(price)
-                else:
-                    self._fill(order, price, maker=True)
-                if len(self._events) > queued:
-                    return True
-                continue
-            self._seg += 1
-            self._price = self._path[self._seg] if self._seg < 4 else self._price
-            if self._seg == 1:
-                self._at_open()
-                if len(self._events) > queued:
-                    return True
-        return False
+        return buy_max, sell_min, False
 
     def equity(self):
         return self._account.equity({self.instrument.symbol: self._price})
 
-    def _orders_margin(self, exclude=None):
+    def _order_values(self, exclude=None):
         buys = sells = 0.0
         for o in self._orders.values():
             if o.client_id == exclude or o.reduce_only:
@@ -124,12 +89,7 @@ class ReferenceSim(SimBroker):
                 buys += value
             else:
                 sells += value
-        pos_value = abs(self._position.quantity) * self._price
-        if self._position.quantity > 0:
-            sells = max(0.0, sells - pos_value)
-        elif self._position.quantity < 0:
-            buys = max(0.0, buys - pos_value)
-        return max(buys, sells) / self.leverage
+        return buys, sells
 
 
 class BusyGrid(Strategy):

@@ -17,16 +17,15 @@ import pandas.testing as pdt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_store import shared_file
 
 from btc_quant.core.config import merge_layers, parse_assignments, resolve
 from btc_quant.core.data import SAMPLE, read_bars_file
 from btc_quant.core.plugins import load_plugins
 from btc_quant.core.run import backtest, build_engine, build_runtime
-from btc_quant.plugins.brokers.sim_pairs import why_not as broker_why_not
+from btc_quant.plugins.brokers.sim.pairs import why_not as broker_why_not
 from btc_quant.sdk import OrderPair, PairGrid
 from btc_quant.sdk.testing import bars_from, run_strategy
-
-from test_store import shared_file
 
 PERP = ("exchange=binanceusdm", "symbol=BTC/USDT:USDT")
 
@@ -47,18 +46,19 @@ def between(bars, start, end):
     return out
 
 
-def _engine(plugins, strategy, settings):
-    config = resolve(merge_layers(parse_assignments([f"strategy={strategy}", *PERP, *settings])), plugins.registry)
+def engine_for(plugins, strategy, settings, market=PERP):
+    """An engine for ``strategy`` with ``settings`` after the ``market`` settings (a perpetual)."""
+    config = resolve(merge_layers(parse_assignments([f"strategy={strategy}", *market, *settings])), plugins.registry)
     return build_engine(config, build_runtime(config, plugins))
 
 
-def both(plugins, bars, *settings, strategy="grid"):
+def both(plugins, bars, *settings, strategy="grid", market=PERP):
     """(event path result, compiled result) for the same bars and settings."""
-    event = _engine(plugins, strategy, settings).run_backtest(bars)
-    engine = _engine(plugins, strategy, settings)
+    event = engine_for(plugins, strategy, settings, market).run_backtest(bars)
+    engine = engine_for(plugins, strategy, settings, market)
     fast = engine.strategy.compiled_backtest(engine, bars)
-    assert fast is not None, "the compiled pair loop refused a run it should handle"
-    assert fast.extra.get("compiled") is True and "compiled" not in event.extra
+    assert fast is not None, f"the compiled {strategy} loop refused a run it should handle"
+    assert fast.compiled is True and not event.compiled
     return event, fast
 
 
@@ -76,9 +76,9 @@ def assert_same_run(event, fast):
     pdt.assert_frame_equal(event.trades, fast.trades)
     pdt.assert_series_equal(event.equity, fast.equity, rtol=0, atol=0)
     for key in ("position", "liquidation_price", "liquidation_distance"):
-        pdt.assert_series_equal(event.extra[key], fast.extra[key])
-    pdt.assert_frame_equal(event.extra["funding"], fast.extra["funding"])
-    assert event.extra["rejections"] == fast.extra["rejections"]
+        pdt.assert_series_equal(getattr(event, key), getattr(fast, key))
+    pdt.assert_frame_equal(event.funding, fast.funding)
+    assert event.rejections == fast.rejections
     assert event.metrics == fast.metrics
 
 
@@ -89,9 +89,13 @@ def test_real_stretch_fill_for_fill(plugins, real_1m, model, path):
     """2021-05-17 .. 21 (the 2021-05-19 crash): the long grid fills, re-arms and pays funding."""
     bars = between(real_1m, "2021-05-17", "2021-05-21")
     event, fast = both(plugins, bars, f"broker.fill_model={model}", f"broker.path={path}", "broker.funding=constant")
-    assert len(event.fills) > 100 and len(event.extra["funding"]) > 5
+    assert len(event.fills) > 100 and len(event.funding) > 5
     assert (event.orders.status == "filled").sum() > 100
     assert_same_run(event, fast)
+
+
+#: half a BTC a level at 50x, filled on touch: a grid that the crashes below liquidate
+LIQUIDATING = ("strategy.quantity=0.5", "broker.leverage=50", "broker.funding=constant", "broker.fill_model=touch")
 
 
 @pytest.mark.parametrize("mode", ["isolated", "cross"])
@@ -100,10 +104,9 @@ def test_liquidation_fill_for_fill(plugins, real_1m, mode):
     orders are canceled, the position closed at Binance's liquidation price with the clearance fee;
     the margin check refuses the deeper levels first."""
     bars = between(real_1m, "2021-05-18", "2021-05-20")
-    settings = ("strategy.quantity=0.5", "broker.leverage=50", f"broker.margin_mode={mode}", "broker.funding=constant", "broker.fill_model=touch")
-    event, fast = both(plugins, bars, *settings)
+    event, fast = both(plugins, bars, *LIQUIDATING, f"broker.margin_mode={mode}")
     assert event.metrics["liquidations"] >= 1
-    assert (event.orders.reason == "liquidation").sum() > 0 and event.extra["rejections"] > 0
+    assert (event.orders.reason == "liquidation").sum() > 0 and event.rejections > 0
     assert event.fills.is_liquidation.any()
     assert_same_run(event, fast)
 
@@ -115,7 +118,7 @@ def test_bundled_sample_fill_for_fill(plugins, model):
     month's fall and pays funding."""
     bars = read_bars_file(SAMPLE.path)
     event, fast = both(plugins, bars, f"broker.fill_model={model}", "broker.funding=constant")
-    assert len(event.fills) > 50 and len(event.extra["funding"]) > 20
+    assert len(event.fills) > 50 and len(event.funding) > 20
     assert_same_run(event, fast)
 
 
@@ -123,8 +126,7 @@ def test_bundled_sample_fill_for_fill(plugins, model):
 def test_bundled_sample_liquidation_fill_for_fill(plugins, mode):
     """0.5 BTC a level at 50x through January 2022's fall (47k -> 33k) on the bundled sample."""
     bars = read_bars_file(SAMPLE.path)
-    settings = ("strategy.quantity=0.5", "broker.leverage=50", f"broker.margin_mode={mode}", "broker.funding=constant", "broker.fill_model=touch")
-    event, fast = both(plugins, bars, *settings)
+    event, fast = both(plugins, bars, *LIQUIDATING, f"broker.margin_mode={mode}")
     assert event.metrics["liquidations"] >= 1 and event.fills.is_liquidation.any()
     assert_same_run(event, fast)
 
@@ -133,8 +135,16 @@ def test_short_grid_with_margin_refusals_fill_for_fill(plugins, real_1m):
     """A short grid (sell entries above the first price, buy take-profits below) through the
     2024-02 rally, cross margin at 5x: refusals, funding received and paid."""
     bars = between(real_1m, "2024-02-13", "2024-02-23")
-    event, fast = both(plugins, bars, "strategy.side=short", "strategy.step_pct=0.002", "strategy.quantity=0.3", "broker.leverage=5", "broker.funding=constant")
-    assert len(event.fills) > 20 and event.extra["rejections"] > 0
+    event, fast = both(
+        plugins,
+        bars,
+        "strategy.side=short",
+        "strategy.step_pct=0.002",
+        "strategy.quantity=0.3",
+        "broker.leverage=5",
+        "broker.funding=constant",
+    )
+    assert len(event.fills) > 20 and event.rejections > 0
     assert_same_run(event, fast)
 
 
@@ -143,7 +153,7 @@ def test_spot_grid_fill_for_fill(plugins):
     bars = read_bars_file(SAMPLE.path)[:20_000]
     event, fast = both(plugins, bars, "exchange=binance", "symbol=BTC/USDT", "strategy.step_pct=0.003", "strategy.quantity=0.02")
     assert len(event.fills) > 50
-    assert event.extra["funding"].empty
+    assert event.funding.empty
     assert_same_run(event, fast)
 
 
@@ -174,38 +184,52 @@ def test_a_taker_leg_sends_the_run_to_the_event_path(plugins):
     """The compiled loop does not fill takers: it stops and the event path runs the backtest."""
     bars = read_bars_file(SAMPLE.path)[:3_000]
     result = run_strategy(CrossingTaker, bars, *PERP, plugins=plugins, compiled=True)
-    assert "compiled" not in result.extra
+    assert not result.compiled
     assert not result.fills.is_maker.iloc[0] and result.fills.tag.iloc[0] == "pair0:entry"
 
 
 # --- hypothesis: SYNTHETIC random-walk bars (not market data) -----------------------------------------
-@st.composite
-def walks(draw):
-    n = draw(st.integers(60, 400))
+def random_walk_bars(draw, max_bars, vols):
+    """60..max_bars bars 15 minutes apart, a random walk from 40,000 (volatility one of ``vols``) with
+    a crash somewhere half the time; the seed and the shape are drawn by hypothesis."""
+    n = draw(st.integers(60, max_bars))
     rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
-    vol = draw(st.sampled_from([0.001, 0.003, 0.008]))
+    vol = draw(st.sampled_from(vols))
     close = 40_000.0 * np.exp(np.cumsum(rng.normal(0.0, vol, n)))
     if draw(st.booleans()):  # a crash somewhere
-        close[draw(st.integers(0, n - 1)):] *= draw(st.floats(0.5, 0.9))
+        close[draw(st.integers(0, n - 1)) :] *= draw(st.floats(0.5, 0.9))
     open_ = np.r_[40_000.0, close[:-1]] * np.exp(rng.normal(0.0, vol / 4, n) * draw(st.sampled_from([0.0, 1.0])))
     span = np.abs(rng.normal(0.0, vol, n)) * close
     high = np.maximum(open_, close) + span * rng.random(n)
     low = np.minimum(open_, close) - span * rng.random(n)
     rows = [(round(o, 1), round(h, 1) + 0.1, round(lo, 1) - 0.1, round(c, 1)) for o, h, lo, c in zip(open_, high, low, close)]
     rows = [(o, max(h, o, c), min(lo, o, c), c) for o, h, lo, c in rows]
-    settings = [
+    return bars_from(rows, step_ms=900_000)
+
+
+def venue_settings(draw, leverages):
+    """The sim's settings a random-walk comparison draws: fill model, path, margin mode, leverage, funding."""
+    return [
         f"broker.fill_model={draw(st.sampled_from(['through', 'touch']))}",
         f"broker.path={draw(st.sampled_from(['nearest', 'direction']))}",
         f"broker.margin_mode={draw(st.sampled_from(['cross', 'isolated']))}",
-        f"broker.leverage={draw(st.sampled_from([2, 20, 100]))}",
+        f"broker.leverage={draw(st.sampled_from(leverages))}",
         f"broker.funding_interval={draw(st.sampled_from(['8h', '30m']))}",
         "broker.funding=constant",
+    ]
+
+
+@st.composite
+def walks(draw):
+    bars = random_walk_bars(draw, 400, [0.001, 0.003, 0.008])
+    settings = [
+        *venue_settings(draw, [2, 20, 100]),
         f"strategy.side={draw(st.sampled_from(['long', 'short']))}",
         f"strategy.step_pct={draw(st.sampled_from([0.001, 0.004, 0.01]))}",
         f"strategy.levels={draw(st.sampled_from([3, 40]))}",
         f"strategy.quantity={draw(st.sampled_from([0.01, 0.2, 1.0]))}",
     ]
-    return bars_from(rows, step_ms=900_000), settings
+    return bars, settings
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -238,7 +262,7 @@ def test_quant_run_uses_the_compiled_loop(plugins):
     bars = read_bars_file(SAMPLE.path)[:12_000]
     fast = backtest(["strategy=grid", *PERP], bars=bars, plugins=plugins)
     event = run_strategy("grid", bars, *PERP, plugins=plugins)
-    assert fast.extra.get("compiled") is True and "compiled" not in event.extra
+    assert fast.compiled is True and not event.compiled
     assert len(fast.fills) > 10 and fast.metrics == event.metrics
 
 
@@ -264,13 +288,28 @@ def test_conditions_send_other_runs_to_the_event_path(plugins, strategy, setting
     if isinstance(strategy, type):
         name = "observed"
         plugins.registry.add("strategy", name, strategy, "tests")
-    engine = _engine(plugins, name, setting)
+    engine = engine_for(plugins, name, setting)
     assert reason in (engine.strategy.why_not(engine) or "")
     assert engine.strategy.compiled_backtest(engine, read_bars_file(SAMPLE.path)[:2_000]) is None
 
 
 def test_volume_cap_sends_the_run_to_the_event_path(plugins):
-    engine = _engine(plugins, "grid", ("broker.max_volume_share=0.5",))
+    engine = engine_for(plugins, "grid", ("broker.max_volume_share=0.5",))
     assert engine.strategy.why_not(engine) is None
     assert "max_volume_share" in (broker_why_not(engine.broker) or "")
     assert engine.strategy.compiled_backtest(engine, read_bars_file(SAMPLE.path)[:2_000]) is None
+
+
+def test_a_third_party_fill_model_is_honoured_alike_by_both_paths(plugins):
+    """A fill model registered by another plugin is an object the venue core reads the same way on
+    every path (its ``strict`` flag): the compiled loop accepts it and fills as the event path."""
+    from btc_quant.sdk import FillModel
+
+    if "strict_copy" not in plugins.registry.names("fill_model"):
+        plugins.registry.add("fill_model", "strict_copy", FillModel("strict_copy", True, "a third party's through"), "tests")
+    bars = read_bars_file(SAMPLE.path)[:15_000]
+    event, fast = both(plugins, bars, "broker.fill_model=strict_copy", "broker.funding=constant")
+    _, through = both(plugins, bars, "broker.fill_model=through", "broker.funding=constant")
+    assert len(event.fills) > 20
+    assert_same_run(event, fast)
+    assert_same_run(through, fast)  # strict=True is `through`, whatever its name

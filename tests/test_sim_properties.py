@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import registering
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -13,8 +14,6 @@ from btc_quant.core.margin import margin_ratio
 from btc_quant.core.plugins import load_plugins
 from btc_quant.sdk import OrderError, Strategy
 from btc_quant.sdk.testing import run_strategy
-
-from conftest import registering
 
 WINDOW = 240
 
@@ -77,7 +76,15 @@ scripts = st.dictionaries(st.integers(0, WINDOW - 2), st.lists(action, min_size=
 
 def run_script(bars, script, mode, leverage, model):
     Scripted.script, Scripted.mode, Scripted.leverage = script, mode, leverage
-    return run_strategy("scripted", bars, f"broker.fill_model={model}", "broker.funding_rate=0.0005", "broker.funding_interval=1h", plugins=PLUGINS)
+    return run_strategy(
+        "scripted",
+        bars,
+        f"broker.fill_model={model}",
+        "broker.funding=constant",
+        "broker.funding_rate=0.0005",
+        "broker.funding_interval=1h",
+        plugins=PLUGINS,
+    )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -101,7 +108,18 @@ def test_properties_hold_through_liquidations_at_high_leverage(sample_bars):
     liquidations = 0
     for _ in range(12):
         start = rng.randint(0, 44_000)
-        script = {rng.randint(0, WINDOW - 2): [(rng.choice(["market", "limit"]), rng.choice(["buy", "sell"]), rng.choice([0.05, 0.2]), rng.uniform(0, 0.004), rng.random() < 0.5)] for _ in range(20)}
+        script = {
+            rng.randint(0, WINDOW - 2): [
+                (
+                    rng.choice(["market", "limit"]),
+                    rng.choice(["buy", "sell"]),
+                    rng.choice([0.05, 0.2]),
+                    rng.uniform(0, 0.004),
+                    rng.random() < 0.5,
+                )
+            ]
+            for _ in range(20)
+        }
         bars = sample_bars[start : start + WINDOW]
         result = run_script(bars, script, rng.choice(["cross", "isolated"]), rng.choice([75, 125]), "through")
         check_properties(bars, result)
@@ -130,7 +148,7 @@ def check_properties(bars, result):
     qty = np.zeros(n)
     np.add.at(cash, fills.bar.to_numpy(), -signed * fills.price.to_numpy() - fills.fee.to_numpy())
     np.add.at(qty, fills.bar.to_numpy(), signed)
-    funding = result.extra["funding"]
+    funding = result.funding
     np.add.at(cash, funding.bar.to_numpy().astype(int), -funding.amount.to_numpy())
     expected = 10_000 + np.cumsum(cash) + np.cumsum(qty) * bars.close
     insurance = result.equity.to_numpy() - expected  # only a liquidation past bankruptcy may add
@@ -144,7 +162,7 @@ def check_properties(bars, result):
 
     # 4. liquidation exactly when the margin ratio reaches 1: never at a close below it...
     liq_fills = iter(fills[fills.is_liquidation].itertuples())
-    for kind, price, q, entry, wallet, equity, _, _ in Scripted.records:
+    for kind, price, q, entry, wallet, _equity, _, _ in Scripted.records:
         if kind == "close" and abs(q) > 1e-12:
             assert margin_ratio(q, entry, price, wallet, brackets) < 1 + 1e-9
     # ...and at a liquidation fill the state just before it was at ratio 1

@@ -10,47 +10,30 @@ hypothesis random walks (labelled as such: not market data).
 
 from __future__ import annotations
 
+import importlib
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+import test_sim_pairs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_sim_pairs import PERP, assert_same_run, between, engine_for, random_walk_bars, venue_settings
+from test_sim_pairs import both as both_paths
 
-from btc_quant.core.config import merge_layers, parse_assignments, resolve
 from btc_quant.core.data import SAMPLE, read_bars_file
-from btc_quant.core.plugins import load_plugins
-from btc_quant.core.run import backtest, build_engine, build_runtime
+from btc_quant.core.run import backtest
 from btc_quant.sdk import SignalStrategy
 from btc_quant.sdk.indicators import sma
-from btc_quant.sdk.testing import assert_causal, bars_from, run_strategy
+from btc_quant.sdk.testing import assert_causal, run_strategy
 
-from test_sim_pairs import assert_same_run, between
-from test_store import shared_file
-
-PERP = ("exchange=binanceusdm", "symbol=BTC/USDT:USDT")
-
-
-@pytest.fixture(scope="module")
-def plugins():
-    return load_plugins(env={})
-
-
-@pytest.fixture(scope="module")
-def real_1m():
-    return read_bars_file(shared_file("binance_btcusdt_1m.parquet"))
-
-
-def _engine(plugins, strategy, settings):
-    config = resolve(merge_layers(parse_assignments([f"strategy={strategy}", *settings])), plugins.registry)
-    return build_engine(config, build_runtime(config, plugins))
+plugins, real_1m = test_sim_pairs.plugins, test_sim_pairs.real_1m  # the same module-scoped fixtures
 
 
 def both(plugins, bars, *settings, strategy="sma_cross"):
-    event = _engine(plugins, strategy, settings).run_backtest(bars)
-    engine = _engine(plugins, strategy, settings)
-    fast = engine.strategy.compiled_backtest(engine, bars)
-    assert fast is not None, "the compiled signal loop refused a run it should handle"
-    assert fast.extra.get("compiled") is True and "compiled" not in event.extra
-    return event, fast
+    """(event path result, compiled result); the market is the settings' (default: spot)."""
+    return both_paths(plugins, bars, *settings, strategy=strategy, market=())
 
 
 @pytest.mark.parametrize(
@@ -73,7 +56,7 @@ def test_isolated_liquidations_fill_for_fill(plugins, real_1m):
     """95 % of equity at 50x isolated: a 2 % move against the position liquidates it, many times."""
     bars = between(real_1m, "2021-04-26", "2021-05-20")
     event, fast = both(plugins, bars, *PERP, "broker.funding=constant", "broker.margin_mode=isolated", "broker.leverage=50")
-    assert event.metrics["liquidations"] > 3 and len(event.extra["funding"]) > 10
+    assert event.metrics["liquidations"] > 3 and len(event.funding) > 10
     assert_same_run(event, fast)
 
 
@@ -82,7 +65,7 @@ def test_bundled_sample_and_quant_run(plugins):
     event, fast = both(plugins, bars, *PERP)
     assert_same_run(event, fast)
     run = backtest(["strategy=sma_cross", *PERP], bars=bars[:20_000], plugins=plugins)
-    assert run.extra.get("compiled") is True
+    assert run.compiled is True
 
 
 class Flip(SignalStrategy):
@@ -104,7 +87,7 @@ def test_long_short_signal_fill_for_fill(plugins, real_1m, mode):
     bars = between(real_1m, "2024-08-01", "2024-08-10")  # the 2024-08-05 crash
     event, fast = both(plugins, bars, *PERP, "broker.funding=constant", f"broker.margin_mode={mode}", "broker.leverage=10", strategy="flip")
     assert set(event.fills.side) == {"buy", "sell"} and (event.orders.reduce_only).any()
-    assert (event.extra["position"] < 0).any() and (event.extra["position"] > 0).any()
+    assert (event.position < 0).any() and (event.position > 0).any()
     assert_same_run(event, fast)
 
 
@@ -117,7 +100,7 @@ def test_bundled_sample_long_short_and_liquidations_fill_for_fill(plugins, mode)
     bars = read_bars_file(SAMPLE.path)
     event, fast = both(plugins, bars, *PERP, "broker.funding=constant", f"broker.margin_mode={mode}", "broker.leverage=50", strategy="flip")
     assert set(event.fills.side) == {"buy", "sell"} and (event.orders.reduce_only).any()
-    assert (event.extra["position"] < 0).any() and (event.extra["position"] > 0).any()
+    assert (event.position < 0).any() and (event.position > 0).any()
     assert (event.metrics["liquidations"] >= 1) == (mode == "isolated")
     assert_same_run(event, fast)
 
@@ -132,7 +115,7 @@ def test_a_quantity_below_the_minimum_sends_the_run_to_the_event_path(plugins):
     loop stops and the event path raises it."""
     from btc_quant.core.errors import OrderError
 
-    engine = _engine(plugins, "sma_cross", (*PERP, "broker.initial_cash=50"))
+    engine = engine_for(plugins, "sma_cross", ("broker.initial_cash=50",))
     assert engine.strategy.compiled_backtest(engine, read_bars_file(SAMPLE.path)[:3_000]) is None
     with pytest.raises(OrderError, match="minimum notional"):
         run_strategy("sma_cross", read_bars_file(SAMPLE.path)[:3_000], *PERP, "broker.initial_cash=50", plugins=plugins, compiled=True)
@@ -147,7 +130,7 @@ class Watched(Flip):
 
 def test_overriding_a_handler_sends_the_run_to_the_event_path(plugins):
     plugins.registry.add("strategy", "watched", Watched, "tests")
-    engine = _engine(plugins, "watched", PERP)
+    engine = engine_for(plugins, "watched", ())
     assert "overrides on_fill" in engine.strategy.why_not(engine)
     assert engine.strategy.compiled_backtest(engine, read_bars_file(SAMPLE.path)[:2_000]) is None
 
@@ -155,29 +138,9 @@ def test_overriding_a_handler_sends_the_run_to_the_event_path(plugins):
 # --- hypothesis: SYNTHETIC random-walk bars (not market data) -----------------------------------------
 @st.composite
 def walks(draw):
-    n = draw(st.integers(60, 600))
-    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
-    vol = draw(st.sampled_from([0.001, 0.004, 0.01]))
-    close = 40_000.0 * np.exp(np.cumsum(rng.normal(0.0, vol, n)))
-    if draw(st.booleans()):
-        close[draw(st.integers(0, n - 1)):] *= draw(st.floats(0.5, 0.9))
-    open_ = np.r_[40_000.0, close[:-1]] * np.exp(rng.normal(0.0, vol / 4, n) * draw(st.sampled_from([0.0, 1.0])))
-    span = np.abs(rng.normal(0.0, vol, n)) * close
-    high = np.maximum(open_, close) + span * rng.random(n)
-    low = np.minimum(open_, close) - span * rng.random(n)
-    rows = [(round(o, 1), round(h, 1) + 0.1, round(lo, 1) - 0.1, round(c, 1)) for o, h, lo, c in zip(open_, high, low, close)]
-    rows = [(o, max(h, o, c), min(lo, o, c), c) for o, h, lo, c in rows]
-    settings = [
-        *PERP,
-        f"strategy={draw(st.sampled_from(['sma_cross', 'flip']))}",
-        f"broker.fill_model={draw(st.sampled_from(['through', 'touch']))}",
-        f"broker.path={draw(st.sampled_from(['nearest', 'direction']))}",
-        f"broker.margin_mode={draw(st.sampled_from(['cross', 'isolated']))}",
-        f"broker.leverage={draw(st.sampled_from([1, 20, 100]))}",
-        f"broker.funding_interval={draw(st.sampled_from(['8h', '30m']))}",
-        "broker.funding=constant",
-    ]
-    return bars_from(rows, step_ms=900_000), settings
+    bars = random_walk_bars(draw, 600, [0.001, 0.004, 0.01])
+    strategy = draw(st.sampled_from(["sma_cross", "flip"]))
+    return bars, [*PERP, f"strategy={strategy}", *venue_settings(draw, [1, 20, 100])]
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -190,3 +153,40 @@ def test_random_walks_fill_for_fill(plugins, case):
     rest = [s for s in settings if not s.startswith("strategy=")]
     event, fast = both(plugins, bars, *rest, strategy=strategy)
     assert_same_run(event, fast)
+
+
+# --- the declared fast-path protocol, from a third-party package ------------------------------------
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "quant-plugin-example"
+
+
+@pytest.fixture(scope="module")
+def donchian(plugins):
+    """The example third-party plugin's strategy, registered as its entry point would register it."""
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        module = importlib.import_module("quant_plugin_example")
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    if "donchian" not in plugins.registry.names("strategy"):
+        plugins.registry.add("strategy", "donchian", module.Donchian, "quant-plugin-example")
+    return module
+
+
+def test_a_third_party_signal_strategy_runs_compiled_through_the_protocol(plugins, donchian):
+    source = (EXAMPLE / "quant_plugin_example.py").read_text()
+    assert "btc_quant.plugins" not in source and "compiled_backtest" not in source  # no simulator import, no kernel of its own
+    bars = read_bars_file(SAMPLE.path)[:20_000]
+    event, fast = both(plugins, bars, "strategy.period=120", "strategy.exit_period=60", "broker.funding=constant", strategy="donchian")
+    assert len(fast.fills) > 20
+    assert_same_run(event, fast)
+
+
+def test_the_sim_refuses_a_compiled_offer_with_a_reason(plugins, donchian):
+    engine = engine_for(plugins, "donchian", ["broker.max_volume_share=0.5"], market=())
+    assert engine.strategy.compiled_backtest(engine, read_bars_file(SAMPLE.path)[:2_000]) is None
+    assert "max_volume_share" in engine.compiled_refusal
+    offer = engine.strategy.compiled_decisions(engine)
+    assert offer.kind == "signal" and offer.why_not is None  # the refusal is the broker's, not the strategy's
+    assert "no 'queue' decision loop" in engine.broker.compiled_refusal(
+        engine_for(plugins, "donchian", [], market=()), type(offer)("queue")
+    )

@@ -1,47 +1,8 @@
-"""``sim``: the native simulated broker for backtests (spot and USDⓈ-M perpetuals), and the
-``through``/``touch`` fill models.
-
-Execution rules (each one a test in ``tests/test_sim_broker.py``):
-
-* **Path.** Each bar is walked as previous close -> open -> one extreme -> the other -> close
-  (``broker.path``: ``nearest`` extreme first, the default, or by bar ``direction``; see
-  :mod:`.sim_path`). Events happen in path order; after each one the engine hands the events to
-  the strategy, and orders it places then can only trade on the rest of the path.
-* **Market orders** placed after a bar closed fill at the next bar's open, paying the taker fee
-  (Backtrader's default, so the two give the same trades). Placed during a bar (from ``on_fill``
-  or ``on_order``), they fill at once at the current path price.
-* **Limit orders** that would cross when they arrive are takers: during a bar they fill at once at
-  the current path price, after a close at the next open if the open still crosses (else they
-  rest). A resting limit fills at its price, paying the maker fee, when the path reaches it by the
-  fill model: ``through`` (default) needs the price to trade beyond it (low < price for a buy),
-  ``touch`` accepts low <= price. A resting limit that the gap between two bars jumps over fills
-  at its price clipped into the new bar's range (so no fill lies outside its bar).
-* **Post-only** (Binance GTX): an order that would cross on arrival (or on amend) is EXPIRED
-  without trading, and the strategy gets the order event with the reason.
-* **Reduce-only**: refused when it would not reduce the position; at fill time its quantity is
-  cut to the position, and it expires if the position is gone (Binance -2022).
-* **Amend** (:meth:`SimBroker.amend`): cancel-replace semantics -- same client id, new price and/or
-  quantity, the order loses its place: it can only fill on the path after the amend.
-* **Partial fills** (optional): with ``broker.max_volume_share`` an order fills at most that share
-  of a bar's volume per bar; the rest stays open (PARTIALLY_FILLED).
-* **Margin** (perpetuals): cross or isolated (``broker.margin_mode``), ``broker.leverage``;
-  orders that need more initial margin than is available are REJECTED; the liquidation price is
-  Binance's formula (:mod:`btc_quant.core.margin`) with the symbol's brackets; when the path
-  reaches it the whole position is closed there with the liquidation clearance fee
-  (``broker.liquidation_fee_rate``, Binance exchangeInfo ``liquidationFee``), open orders are
-  canceled, and the wallet never goes below zero (a shortfall is the insurance fund's).
-* **Funding** (perpetuals): at every funding time (00:00, 08:00, 16:00 UTC) a position pays
-  ``quantity * mark * rate`` (Binance: funding amount = position nominal value x funding rate;
-  longs pay when the rate is positive; an isolated position's margin carries it). The rate comes from the store's funding history when it
-  has one, else the constant ``broker.funding_rate``; the mark is the open of the bar at the
-  funding time (bars carry no mark price).
-
-Bars on which nothing can happen (no resting order reached, no liquidation, no funding with a
-position, no wake or alert) are skipped in compiled code (:func:`.sim_path.first_event_bar`).
-Strategies whose whole behaviour the broker knows in advance -- an :class:`~btc_quant.sdk.PairGrid`
-(:meth:`SimBroker.run_pairs`, :mod:`.sim_pairs`) or a :class:`~btc_quant.sdk.SignalStrategy`
-(:meth:`SimBroker.run_signal`, :mod:`.sim_signal`) -- can run the whole backtest in one compiled
-loop that repeats these rules and gives the same fills as the event path.
+"""The event-path sim broker as it was before the venue core (pure Python rules over the
+readable references :mod:`btc_quant.core.margin` and :class:`btc_quant.core.model.Account`),
+kept for the tests only: ``tests/test_sim_fast_path.py`` checks that the core-driven
+:class:`~btc_quant.plugins.brokers.sim.SimBroker` gives exactly its runs. Not production code:
+nothing outside the tests imports it.
 """
 
 from __future__ import annotations
@@ -50,20 +11,17 @@ import logging
 import math
 from dataclasses import replace
 from functools import lru_cache
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
 
 from btc_quant.core import margin as mm
+from btc_quant.plugins.brokers.sim.broker import SimBroker, SimConfig
+from btc_quant.plugins.brokers.sim.venue import bar_path, first_event_bar, liquidation_bounds, next_resting_fill, resting_bounds
 from btc_quant.sdk import (
-    THROUGH,
-    TOUCH,
     Account,
     BarArrays,
-    BrokerConfig,
-    Duration,
     ExchangeError,
     Fill,
     FillEvent,
@@ -76,36 +34,80 @@ from btc_quant.sdk import (
     Side,
     SimulatedBroker,
     Step,
-    StoreError,
-    hookimpl,
-    registered,
 )
-
-from .sim_path import RestingBook, bar_path, first_event_bar, next_resting_fill, resting_bounds
 
 log = logging.getLogger(__name__)
 _EPS = 1e-12
 FUNDING_PERIOD_MS = 8 * 3600 * 1000
 
 
-class SimConfig(BrokerConfig):
-    initial_cash: float = Field(10_000.0, gt=0, description="starting wallet balance in the quote currency (USDT)")
-    fill_model: registered("fill_model") = Field("through", description="rule for resting limit orders: through (default) or touch")
-    path: Literal["nearest", "direction"] = Field("nearest", description="intrabar path: nearest extreme first, or by bar direction (O-L-H-C up, O-H-L-C down)")
-    margin_mode: Literal["cross", "isolated"] = Field("cross", description="perpetuals: cross or isolated margin (Binance's default is cross)")
-    leverage: float = Field(20.0, ge=1, le=125, description="perpetuals: leverage of the symbol (Binance's default is 20)")
-    funding_rate: float = Field(0.0001, ge=-0.03, le=0.03, description="perpetuals: funding rate per period when the store has no history (0.0001 = 0.01%)")
-    funding: Literal["auto", "constant", "off"] = Field("auto", description="auto: store history if any, else funding_rate; constant: always funding_rate; off: none")
-    funding_interval: Duration = Field("8h", description="time between funding payments")
-    liquidation_fee_rate: float = Field(0.0125, ge=0, le=0.1, description="liquidation clearance fee on the liquidated notional (Binance BTCUSDT liquidationFee 1.25%)")
-    max_volume_share: float | None = Field(None, gt=0, le=1, description="cap each order's fills per bar at this share of the bar's volume (partial fills); None = no cap")
-    check_margin: bool = Field(True, description="reject orders that need more initial margin (perpetual) or cash/holdings (spot) than available")
+_PRICE, _SIDE, _STATE, _SEQ = 0, 1, 2, 3
 
 
-class SimBroker(SimulatedBroker):
-    """Native backtest broker: intrabar path, fill models, margin, liquidation and funding."""
+class RestingBook:
+    """The sim's open orders as a numpy table, kept in step with its ``client_id -> Order`` dict,
+    so that compiled code can find the next fill on a path segment and the best resting prices.
+
+    Slots are reused; the queue order (oldest first, as the dict keeps it) is the ``seq`` column.
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.rows = np.zeros((capacity, 4))
+        self.ids: list[str | None] = [None] * capacity  # client id in each slot
+        self._slot: dict[str, int] = {}
+        self._free = list(range(capacity - 1, -1, -1))
+        self._seq = 0.0
+        self.size = 0  # rows[:size] holds every used slot
+
+    def add(self, client_id: str, price: float | None, buy: bool, waiting: bool) -> None:
+        """A new order at the back of the queue (an amended one is removed and added again)."""
+        if not self._free:
+            grown = np.zeros((2 * len(self.rows), 4))
+            grown[: len(self.rows)] = self.rows
+            self._free = list(range(len(grown) - 1, len(self.rows) - 1, -1))
+            self.ids.extend([None] * (len(grown) - len(self.rows)))
+            self.rows = grown
+        slot = self._free.pop()
+        self._slot[client_id] = slot
+        self.ids[slot] = client_id
+        self._seq += 1.0
+        row = self.rows[slot]
+        row[_PRICE] = np.nan if price is None else price
+        row[_SIDE] = 1.0 if buy else -1.0
+        row[_STATE] = 2.0 if waiting else 1.0
+        row[_SEQ] = self._seq
+        if slot >= self.size:
+            self.size = slot + 1
+
+    def remove(self, client_id: str) -> None:
+        slot = self._slot.pop(client_id, None)
+        if slot is not None:
+            self.rows[slot, _STATE] = 0.0
+            self.ids[slot] = None
+            self._free.append(slot)
+
+    def set_waiting(self, client_id: str, waiting: bool) -> None:
+        slot = self._slot.get(client_id)
+        if slot is not None:
+            self.rows[slot, _STATE] = 2.0 if waiting else 1.0
+
+    def clear(self) -> None:
+        self.rows[:, _STATE] = 0.0
+        self.ids = [None] * len(self.rows)
+        self._slot.clear()
+        self._free = list(range(len(self.rows) - 1, -1, -1))
+        self.size = 0
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+
+class OldSimBroker(SimulatedBroker):
+    """The pre-core event-path sim (see the module docstring)."""
 
     Config: ClassVar[type[SimConfig]] = SimConfig
+    #: finish a bar without walking the rest of its path when nothing can happen on it (``_quiet``)
+    skip_quiet_bars: ClassVar[bool] = True
 
     def __init__(self, config: SimConfig, runtime) -> None:
         super().__init__(config, runtime)
@@ -149,6 +151,10 @@ class SimBroker(SimulatedBroker):
         self._fund_ts = self._fund_bar = np.empty(0, np.int64)
         self._fund_rate = np.empty(0)
         self._fk = 0
+        self._liq_of: BarArrays | None = None  # the bars _liq_low/_liq_high were computed for
+        self._liq_low = self._liq_high = np.empty(0)
+        self.liquidation_price_source = "last"  # "mark" when the bars carry the mark price (load)
+        self.funding_source = "off"  # where the funding rates come from (load)
 
     # --- data ----------------------------------------------------------------------------
     def load(self, bars: BarArrays) -> None:
@@ -158,39 +164,19 @@ class SimBroker(SimulatedBroker):
         self._wake_index: np.ndarray | None = None
         self._fund_ts, self._fund_bar, self._fund_rate = self._funding_arrays(bars)
         self._fk = 0
+        self._liq_bounds()
 
-    def _funding_schedule(self, bars: BarArrays) -> pd.DataFrame:
-        """Funding times inside the run, the bar each falls on and its rate."""
-        ts, bar, rate = self._funding_arrays(bars)
-        return pd.DataFrame({"ts": ts, "bar": bar, "rate": rate})
+    def _liq_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per bar, how far a liquidation can be triggered (:func:`.sim_path.liquidation_bounds`)."""
+        if self._liq_of is not self.bars:
+            self._liq_low, self._liq_high, self.liquidation_price_source = liquidation_bounds(self.bars)
+            self._liq_of = self.bars
+        return self._liq_low, self._liq_high
 
-    def _funding_arrays(self, bars: BarArrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`_funding_schedule` as arrays (ts, bar, rate): no frame built per run."""
-        cfg = self.config
-        if not self.perpetual or cfg.funding == "off" or len(bars) == 0:
-            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
-        start, end = int(bars.ts[0]), int(bars.ts[-1])
-        history = None
-        if cfg.funding == "auto" and self.runtime.config.store.name in self.runtime.registry.names("store"):
-            try:
-                frame = self.runtime.store().read_funding(self.instrument.exchange, self.instrument.symbol, start, end + 1)
-            except StoreError as exc:  # the bars may come from a file: a broken store must not stop the run
-                log.warning("funding history unavailable (%s); using broker.funding_rate=%g", exc, cfg.funding_rate)
-                frame = None
-            if frame is not None and len(frame):
-                history = frame
-        self.funding_source = "store" if history is not None else "constant"
-        if history is None:
-            period = int(cfg.funding_interval.total_seconds() * 1000)
-            first = -(-start // period) * period
-            ts = np.arange(first, end + 1, period, dtype=np.int64)
-            rates = np.full(len(ts), cfg.funding_rate)
-        else:
-            ts = history["ts"].to_numpy(np.int64)
-            rates = history["rate"].to_numpy(np.float64)
-        bar = np.searchsorted(bars.ts, ts, side="left")
-        keep = bar < len(bars)
-        return ts[keep], bar[keep].astype(np.int64), rates[keep]
+    # choosing the funding rates is not a rule under test: the broker's own code
+    _funding_schedule = SimBroker._funding_schedule
+    _funding_arrays = SimBroker._funding_arrays
+    _funding_history = SimBroker._funding_history
 
     # --- Broker API ------------------------------------------------------------------------
     def submit(self, order: Order) -> None:
@@ -321,14 +307,17 @@ class SimBroker(SimulatedBroker):
         )
 
     def liquidation_price(self) -> float | None:
-        """Binance's liquidation price of the current position (None: flat, spot, unreachable)."""
+        """The venue's liquidation price of the current position (None: flat, spot, unreachable):
+        Binance's formula, or the exchange's own (:func:`btc_quant.core.margin.liquidation_formula`)."""
         if self._liq_cache is False:
             pos = self._position
             if not self.perpetual or pos.is_flat:
                 self._liq_cache = None
             else:
-                wallet = self._iso_margin if self.mode == "isolated" else self._account.wallet_balance
-                self._liq_cache = mm.liquidation_price(pos.quantity, pos.entry_price, wallet, self.brackets)
+                isolated = self.mode == "isolated"
+                wallet = self._iso_margin if isolated else self._account.wallet_balance
+                formula = mm.liquidation_formula(self.instrument.exchange)
+                self._liq_cache = formula(pos.quantity, pos.entry_price, wallet, self.brackets, isolated=isolated)
         return self._liq_cache
 
     def margin_ratio(self, mark: float) -> float:
@@ -339,9 +328,9 @@ class SimBroker(SimulatedBroker):
         wallet = self._iso_margin if self.mode == "isolated" else self._account.wallet_balance
         return mm.margin_ratio(pos.quantity, pos.entry_price, mark, wallet, self.brackets)
 
-    def _orders_margin(self, exclude: str | None = None) -> float:
-        """Initial margin reserved by open orders: per side, the part that would grow the position
-        (orders against the position up to its size need none); the larger side counts."""
+    def _order_values(self, exclude: str | None = None) -> tuple[float, float]:
+        """The value of the open buy and sell orders (not reduce-only; market orders at the price),
+        the order ``exclude`` left out: from the running sums ``_held``."""
         limit_buys, limit_sells, market_buys, market_sells = self._held
         buys = limit_buys + market_buys * self._price
         sells = limit_sells + market_sells * self._price
@@ -352,6 +341,12 @@ class SimBroker(SimulatedBroker):
                 buys -= value
             else:
                 sells -= value
+        return buys, sells
+
+    def _orders_margin(self, exclude: str | None = None) -> float:
+        """Initial margin reserved by open orders: per side, the part that would grow the position
+        (orders against the position up to its size need none); the larger side counts."""
+        buys, sells = self._order_values(exclude)
         pos_value = abs(self._position.quantity) * self._price
         if self._position.quantity > 0:
             sells = max(0.0, sells - pos_value)
@@ -444,7 +439,10 @@ class SimBroker(SimulatedBroker):
 
     def _changed(self) -> None:
         self._liq_cache = False
-        self._liq_marks.append((self._i, self.liquidation_price() or math.nan))
+        # between bars (a margin change from on_bar) _i already names the next bar: the change
+        # holds from the close of the bar that just ended
+        bar = self._i if self._inside else max(self._i - 1, 0)
+        self._liq_marks.append((bar, self.liquidation_price() or math.nan))
 
     def _fill(self, order: Order, price: float, maker: bool, liquidation: bool = False) -> None:
         bar = self._i
@@ -529,8 +527,15 @@ class SimBroker(SimulatedBroker):
         side = Side.SELL if pos.quantity > 0 else Side.BUY
         self._trade_seq += 1
         order = Order(
-            client_id=f"liquidation-{self._trade_seq}", symbol=self.instrument.symbol, side=side, type=OrderType.MARKET,
-            quantity=abs(pos.quantity), status=OrderStatus.NEW, created_ms=self._now, updated_ms=self._now, tag="liquidation",
+            client_id=f"liquidation-{self._trade_seq}",
+            symbol=self.instrument.symbol,
+            side=side,
+            type=OrderType.MARKET,
+            quantity=abs(pos.quantity),
+            status=OrderStatus.NEW,
+            created_ms=self._now,
+            updated_ms=self._now,
+            tag="liquidation",
         )
         self._rest(order)
         self.liquidations += 1
@@ -575,13 +580,18 @@ class SimBroker(SimulatedBroker):
             if slot >= 0:
                 best = (at, "fill", self._orders[book.ids[slot]])
         liq = self.liquidation_price()
-        if liq is not None:
+        if liq is not None and self._liq_reachable(liq):
             long = self._position.quantity > 0
             if long and b < a and b <= liq <= a + _EPS and (best is None or abs(liq - a) < abs(best[0] - a)):
                 best = (liq, "liquidation", None)
             elif not long and b > a and a - _EPS <= liq <= b and (best is None or abs(liq - a) < abs(best[0] - a)):
                 best = (liq, "liquidation", None)
         return best
+
+    def _liq_reachable(self, liq: float) -> bool:
+        """Does the current bar trigger a liquidation at ``liq`` (mark and last price both reach it)?"""
+        low, high = self._liq_bounds()
+        return bool(low[self._i] <= liq) if self._position.quantity > 0 else bool(high[self._i] >= liq)
 
     def _exhausted(self, order: Order) -> bool:
         cap = self.config.max_volume_share * float(self.bars.volume[self._i])
@@ -610,7 +620,7 @@ class SimBroker(SimulatedBroker):
         calls (a paper broker fed bar by bar) still moves forward."""
         queued = len(self._events)
         bar_low, bar_high = float(self.bars.low[self._i]), float(self.bars.high[self._i])
-        look = self._seg >= 1  # past the open: the rest of the path lies inside the bar's range
+        look = self.skip_quiet_bars and self._seg >= 1  # past the open: the rest of the path lies inside the bar's range
         while self._seg < 4:
             if look:
                 look = False
@@ -636,7 +646,7 @@ class SimBroker(SimulatedBroker):
                 self._at_open()
                 if len(self._events) > queued:
                     return True
-                look = True
+                look = self.skip_quiet_bars
         return False
 
     def _quiet(self, low: float, high: float) -> bool:
@@ -646,16 +656,20 @@ class SimBroker(SimulatedBroker):
         if self._pending:
             return False
         liq = self.liquidation_price()
-        if liq is not None and (liq >= low if self._position.quantity > 0 else liq <= high):
+        if liq is not None and self._liq_reachable(liq):
             return False
         if not self._orders:
             return True
-        buy_max, sell_min, market = resting_bounds(self._book.rows, self._book.size)
+        buy_max, sell_min, market = self._resting_bounds()
         if market:
             return False
         if self.fill_model.strict:
             return not (low < buy_max or high > sell_min)
         return not (low <= buy_max or high >= sell_min)
+
+    def _resting_bounds(self) -> tuple[float, float, bool]:
+        """The highest resting buy, the lowest resting sell, and whether a market order waits."""
+        return resting_bounds(self._book.rows, self._book.size) if self._orders else (-np.inf, np.inf, False)
 
     def _next_wake(self, start: int, wake: np.ndarray | None) -> int:
         if wake is None:
@@ -674,7 +688,7 @@ class SimBroker(SimulatedBroker):
             stop = min(stop, int(self._fund_bar[self._fk]))
         if stop <= start:
             return start
-        buy_max, sell_min, market = resting_bounds(self._book.rows, self._book.size) if self._orders else (-np.inf, np.inf, False)
+        buy_max, sell_min, market = self._resting_bounds()
         if market:
             return start
         liq = self.liquidation_price()
@@ -683,7 +697,24 @@ class SimBroker(SimulatedBroker):
         liq_short = liq if liq is not None and qty < 0 else np.inf
         alert_low, alert_high = self._alert if self._alert is not None else (-np.inf, np.inf)
         bars = self.bars
-        return int(first_event_bar(bars.low, bars.high, start, stop, buy_max, sell_min, self.fill_model.strict, liq_long, liq_short, alert_low, alert_high))
+        liq_low, liq_high = self._liq_bounds()
+        return int(
+            first_event_bar(
+                bars.low,
+                bars.high,
+                liq_low,
+                liq_high,
+                start,
+                stop,
+                buy_max,
+                sell_min,
+                self.fill_model.strict,
+                liq_long,
+                liq_short,
+                alert_low,
+                alert_high,
+            )
+        )
 
     def advance(self, wake: np.ndarray | None) -> Step:
         bars, n = self.bars, len(self.bars)
@@ -695,7 +726,9 @@ class SimBroker(SimulatedBroker):
                     break
                 self._i = i = j
                 prev = float(bars.close[i - 1]) if i > 0 else float(bars.open[i])
-                self._path = bar_path(prev, float(bars.open[i]), float(bars.high[i]), float(bars.low[i]), float(bars.close[i]), self.config.path)
+                self._path = bar_path(
+                    prev, float(bars.open[i]), float(bars.high[i]), float(bars.low[i]), float(bars.close[i]), self.config.path
+                )
                 self._now = int(bars.ts[i])
                 self._price = prev
                 self._seg = 0
@@ -713,26 +746,6 @@ class SimBroker(SimulatedBroker):
             if wake is None or wake[i] or alert:
                 return Step(i, True, alert)
         return Step(n, True)
-
-    # --- compiled backtests ---------------------------------------------------------------------
-    def run_pairs(self, engine, bars: BarArrays, strategy):
-        """A :class:`~btc_quant.sdk.pairs.PairGrid` backtest in compiled code (:mod:`.sim_pairs`):
-        the RunResult, or None when it does not apply (the engine's event path then runs). Only the
-        sim itself: a subclass may change the rules the compiled loop repeats."""
-        if type(self) is not SimBroker:
-            return None
-        from .sim_pairs import run_pairs
-
-        return run_pairs(self, engine, bars, strategy)
-
-    def run_signal(self, engine, bars: BarArrays, strategy):
-        """A :class:`~btc_quant.sdk.signals.SignalStrategy` backtest in compiled code
-        (:mod:`.sim_signal`); None when it does not apply. Only the sim itself, as :meth:`run_pairs`."""
-        if type(self) is not SimBroker:
-            return None
-        from .sim_signal import run_signal
-
-        return run_signal(self, engine, bars, strategy)
 
     # --- results ----------------------------------------------------------------------------
     def equity_curve(self) -> np.ndarray:
@@ -778,14 +791,3 @@ def _no_funding() -> pd.DataFrame:
     frame = pd.DataFrame([], columns=["ts", "bar", "rate", "mark", "position", "amount"])
     frame["ts"] = pd.to_datetime(frame["ts"].astype("int64"), unit="ms", utc=True)
     return frame
-
-
-@hookimpl
-def quant_register_brokers(register):
-    register("sim", SimBroker)
-
-
-@hookimpl
-def quant_register_fill_models(register):
-    register("through", THROUGH)
-    register("touch", TOUCH)
