@@ -2,6 +2,7 @@
 
     python bench/bench_maker_vol.py                 # all real 1m stretches + 3M bootstrapped bars
     python bench/bench_maker_vol.py --bootstrap 0   # real stretches only
+    python bench/bench_maker_vol.py --sides long,short --bootstrap 0 --event-bars 0
 
 1. Every stretch of ``binance_btcusdt_1m.parquet`` (split at every jump in ``ts``, so no run spans
    a gap; pieces shorter than a day are skipped), each run exactly as ``quant run
@@ -19,12 +20,19 @@
    that both gave the same fills.
    The compiled path and the numba loop are timed ``--repeat`` times (default 3) and the best run
    counts, so that a burst from other processes on a shared machine does not decide the ratio.
+   The last column is the CPU time (``time.process_time``, best of the runs) of the compiled path
+   end to end and of the numba loop: on a loaded machine wall time is mostly waiting for a core.
 4. A hand-written numba loop of the same long grid (ladder from top to bottom recomputed hourly
    from the rolling 30-day high, entries at armed levels below the price, take-profit on the first
    free level ``tp_pct`` above with upward shifting, saturation close of the highest take-profit,
    ``through`` fills). It leaves out what the engine version does in Python (live window of
    ``max_live_orders``, sizing by equity, cash pauses, re-laying take-profits on recompute, fees),
    so it is a lower bound on time, not a second implementation to compare PnL with.
+   ``--sides short``: maker_vol with ``strategy.side=short`` against the same loop run on the
+   reciprocal prices (1/price, high and low swapped): a short grid rising from 1.05 x the low is a
+   long grid falling from 1/(1.05 x low) on 1/price, with the same work per bar. ``--sides both``:
+   maker_vol with ``strategy.side=both broker.position_mode=hedge`` (compiled: a long and a short
+   grid, each on its own position) against the long loop plus the short loop (the two grids' work).
 """
 
 from __future__ import annotations
@@ -61,8 +69,8 @@ def bootstrap(pieces: list[BarArrays], n: int, block: int = 1440, seed: int = 7)
         take = min(block, n - filled)
         scale = 1.0 if last is None else last / piece.open[i]
         for c in ("open", "high", "low", "close"):
-            cols[c][filled:filled + take] = getattr(piece, c)[i:i + take] * scale
-        cols["volume"][filled:filled + take] = piece.volume[i:i + take]
+            cols[c][filled : filled + take] = getattr(piece, c)[i : i + take] * scale
+        cols["volume"][filled : filled + take] = piece.volume[i : i + take]
         last = cols["close"][filled + take - 1]
         filled += take
     ts = 1_500_000_000_000 + 60_000 * np.arange(n, dtype=np.int64)
@@ -70,7 +78,10 @@ def bootstrap(pieces: list[BarArrays], n: int, block: int = 1440, seed: int = 7)
 
 
 def _config(plugins, settings: list[str]):
-    return resolve(merge_layers(parse_assignments(["strategy=maker_vol", "broker=sim", "exchange=binanceusdm", "symbol=BTC/USDT:USDT", *settings])), plugins.registry)
+    return resolve(
+        merge_layers(parse_assignments(["strategy=maker_vol", "broker=sim", "exchange=binanceusdm", "symbol=BTC/USDT:USDT", *settings])),
+        plugins.registry,
+    )
 
 
 def run_maker_vol(pieces: list[BarArrays], plugins, settings: list[str], *, event: bool = False):
@@ -78,21 +89,24 @@ def run_maker_vol(pieces: list[BarArrays], plugins, settings: list[str], *, even
     ``quant run`` runs it (compiled path), or the event path with ``event=True``."""
     config = _config(plugins, [*settings, "strategy.fast=false"] if event else settings)
     total, kernel, fills, bars, frames = 0.0, 0.0, 0, 0, []
+    cpu = 0.0
     # One runtime for all pieces: the store (asked for funding history by the sim's load) is
     # opened once, as in a sweep, instead of once per stretch (~0.3 s for chDB each time).
     runtime = build_runtime(config, plugins)
     for piece in pieces:
         engine = build_engine(config, runtime)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = engine.run_backtest(piece) if event else run_engine(engine, piece)
         total += time.perf_counter() - started
-        if not event and not result.extra.get("compiled"):
+        cpu += time.process_time() - cpu_started
+        if not event and not result.compiled:
             raise SystemExit("the compiled path did not apply: the benchmark would time the event path")
-        kernel += result.extra.get("compiled_kernel_s", 0.0)
+        kernel += result.compiled_kernel_s or 0.0
         fills += len(result.fills)
         bars += len(piece)
         frames.append(result.fills.drop(columns=["client_id"]))
     runtime.close()
+    run_maker_vol.cpu = cpu  # CPU seconds of the same runs (the load of a shared machine inflates wall time)
     return total, kernel, fills, bars, frames
 
 
@@ -178,15 +192,27 @@ def grid_loop(ts, high, low, close, lookback, recompute_ms, top_ratio, bottom_ra
     return fills, saturations, pnl
 
 
-def run_numba(pieces: list[BarArrays]) -> tuple[float, int]:
+def run_numba(pieces: list[BarArrays], side: str = "long") -> tuple[float, int]:
+    if side == "both":  # a long grid and a short grid: the two loops' work, one after the other
+        (t_long, f_long), cpu_long = run_numba(pieces, "long"), run_numba.cpu
+        t_short, f_short = run_numba(pieces, "short")
+        run_numba.cpu += cpu_long
+        return t_long + t_short, f_long + f_short
     small = pieces[0][:5000]
     grid_loop(small.ts, small.high, small.low, small.close, 30 * 86_400_000, 3_600_000, 0.95, 0.5, 0.002, 0.002)  # compile
+    if side == "short":  # the mirror image through 1/price (module docstring); ratios 1/1.05 and 1/2
+        pieces = [BarArrays(p.ts, 1.0 / p.open, 1.0 / p.low, 1.0 / p.high, 1.0 / p.close, p.volume) for p in pieces]
+        top_ratio, bottom_ratio = 1 / 1.05, 1 / 2.0
+    else:
+        top_ratio, bottom_ratio = 0.95, 0.5
     total, fills = 0.0, 0
+    cpu_started = time.process_time()
     for p in pieces:
         started = time.perf_counter()
-        f, _, _ = grid_loop(p.ts, p.high, p.low, p.close, 30 * 86_400_000, 3_600_000, 0.95, 0.5, 0.002, 0.002)
+        f, _, _ = grid_loop(p.ts, p.high, p.low, p.close, 30 * 86_400_000, 3_600_000, top_ratio, bottom_ratio, 0.002, 0.002)
         total += time.perf_counter() - started
         fills += f
+    run_numba.cpu = time.process_time() - cpu_started
     return total, fills
 
 
@@ -194,7 +220,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bootstrap", type=int, default=3_000_000)
     parser.add_argument("--event-bars", type=int, default=60_000, help="bars of the event-path slice (0: skip it)")
-    parser.add_argument("--repeat", type=int, default=3, help="compiled path and numba loop: best of this many runs (bursts from other processes)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="compiled path and numba loop: best of this many runs (bursts from other processes)"
+    )
+    parser.add_argument("--sides", default="long", help="comma-separated strategy.side values to time (long, short, both)")
     parser.add_argument("settings", nargs="*")
     args = parser.parse_args()
     # A fresh QUANT_HOME: no embedded store, so the sim's funding lookup (broker.funding=auto)
@@ -209,13 +238,33 @@ def main() -> None:
     print(f"warm-up (numba compile or on-disk cache load, imports): {warm:.1f} s")
     rows = [("real 1m stretches (binance_btcusdt_1m.parquet)", pieces)]
     if args.bootstrap:
-        rows.append((f"{args.bootstrap:,} bars BLOCK-BOOTSTRAPPED from the real 1m bars (not a real history)", [bootstrap(pieces, args.bootstrap)]))
-    print("| series | bars | fills | maker_vol (compiled path, as quant run) | of which the compiled loop | numba grid loop | ratio | ratio, loop alone |")
-    print("|---|---|---|---|---|---|---|---|")
+        rows.append(
+            (f"{args.bootstrap:,} bars BLOCK-BOOTSTRAPPED from the real 1m bars (not a real history)", [bootstrap(pieces, args.bootstrap)])
+        )
+    print(
+        "| series | side | bars | fills | maker_vol (compiled path, as quant run) | of which the compiled loop | numba grid loop | ratio | ratio, loop alone | CPU: maker_vol / numba loop |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, series in rows:
-        t_fast, t_kernel, fills, bars, _ = min((run_maker_vol(series, plugins, args.settings) for _ in range(args.repeat)), key=lambda r: r[0])
-        t_numba = min(run_numba(series)[0] for _ in range(args.repeat))
-        print(f"| {name} | {bars:,} | {fills:,} | {t_fast:.2f} s | {t_kernel:.2f} s | {t_numba:.2f} s | {t_fast / t_numba:.1f}x | {t_kernel / t_numba:.1f}x |", flush=True)
+        for side in args.sides.split(","):
+            # side=both runs compiled in hedge mode (each grid on its own position)
+            settings = [f"strategy.side={side}", *(["broker.position_mode=hedge"] if side == "both" else []), *args.settings]
+            run_maker_vol([pieces[0][:3000]], plugins, settings)  # this side's warm-up
+            runs = []
+            for _ in range(args.repeat):
+                runs.append((*run_maker_vol(series, plugins, settings)[:4], run_maker_vol.cpu))
+            t_fast, t_kernel, fills, bars, c_fast = min(runs, key=lambda r: r[0])
+            c_fast = min(r[4] for r in runs)
+            numba_runs = []
+            for _ in range(args.repeat):
+                numba_runs.append((run_numba(series, side)[0], run_numba.cpu))
+            t_numba = min(r[0] for r in numba_runs)
+            c_numba = min(r[1] for r in numba_runs)
+            print(
+                f"| {name} | {side} | {bars:,} | {fills:,} | {t_fast:.2f} s | {t_kernel:.2f} s | {t_numba:.2f} s | {t_fast / t_numba:.1f}x | {t_kernel / t_numba:.1f}x "
+                f"| {c_fast:.2f} s / {c_numba:.2f} s = {c_fast / c_numba:.1f}x |",
+                flush=True,
+            )
     if args.event_bars:
         start = next(k for k, p in enumerate(pieces) if p.ts[0] >= 1_616_727_600_000)  # 2021-03-26 03:00 UTC
         joined, need = [], args.event_bars
@@ -229,9 +278,14 @@ def main() -> None:
         t_numba, _ = run_numba(joined)
         same = all(a.equals(b) for a, b in zip(event_frames, fast_frames))
         print()
-        print("| real slice (from 2021-03-26) | bars | fills | event path | compiled path | numba grid loop | event / compiled | same fills |")
+        print(
+            "| real slice (from 2021-03-26) | bars | fills | event path | compiled path | numba grid loop | event / compiled | same fills |"
+        )
         print("|---|---|---|---|---|---|---|---|")
-        print(f"| {len(joined)} stretch(es) | {bars:,} | {fills:,} | {t_event:.1f} s | {t_fast:.2f} s | {t_numba:.2f} s | {t_event / t_fast:.0f}x | {'yes' if same else 'NO'} |", flush=True)
+        print(
+            f"| {len(joined)} stretch(es) | {bars:,} | {fills:,} | {t_event:.1f} s | {t_fast:.2f} s | {t_numba:.2f} s | {t_event / t_fast:.0f}x | {'yes' if same else 'NO'} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

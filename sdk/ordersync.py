@@ -61,11 +61,12 @@ import heapq
 import math
 import re
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Iterable, NamedTuple, Protocol
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol, cast
 
 from ..core.errors import OrderError
-from ..core.model import Fill, Instrument, Order, OrderStatus, Side
+from ..core.model import Fill, Instrument, Order, OrderStatus, PositionSide, Side
 
 _STRATEGY_ID = re.compile(r"^[A-Za-z0-9_-]{1,12}$")
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,14}$")
@@ -98,6 +99,7 @@ class VirtualOrder:
     quantity: float
     post_only: bool = True
     reduce_only: bool = False
+    position_side: PositionSide = PositionSide.BOTH  # hedge mode: LONG / SHORT
 
     def __post_init__(self) -> None:
         if not _KEY.match(self.key):
@@ -114,6 +116,7 @@ class Target(NamedTuple):
     quantity: float
     post_only: bool
     reduce_only: bool
+    position_side: PositionSide = PositionSide.BOTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +245,21 @@ class OrderSync:
         """Remove the desired order under ``key`` (its live order is canceled at the next sync)."""
         self.desired.pop(key, None)
 
+    def cancel_now(self, venue, key: str) -> int:
+        """Cancel the live order under ``key`` at once instead of at the next sync: an order whose
+        reason to exist just ended (the take-profit of a lot that is being closed at market, which
+        would otherwise close it a second time if the price reached it before the next sync).
+        Counted as a sync's cancel (``stats.canceled``, the request budget). Returns how many were sent."""
+        sent = 0
+        for cid, live in list(self._live.items()):
+            if live.key == key and not live.canceling:
+                live.canceling = True
+                venue.cancel(cid)
+                self._spend(int(venue.now_ms))
+                self.stats.canceled += 1
+                sent += 1
+        return sent
+
     # --- ids -----------------------------------------------------------------------------------
     def owns(self, client_id: str) -> bool:
         """True when ``client_id`` carries this strategy's prefix."""
@@ -251,7 +269,7 @@ class OrderSync:
         """``(key, generation)`` of one of our client ids, None for anyone else's."""
         cached = self._parsed.get(client_id, False)
         if cached is not False:
-            return cached
+            return cast("tuple[str, int] | None", cached)
         if len(self._parsed) > 100_000:
             self._parsed.clear()
         self._parsed[client_id] = parsed = self._parse(client_id)
@@ -260,7 +278,7 @@ class OrderSync:
     def _parse(self, client_id: str) -> tuple[str, int] | None:
         if not self.owns(client_id):
             return None
-        key, dot, gen = client_id[len(self.prefix):].rpartition(".")
+        key, dot, gen = client_id[len(self.prefix) :].rpartition(".")
         if not dot or not _KEY.match(key):
             return None
         try:
@@ -319,13 +337,13 @@ class OrderSync:
         if self.max_requests is not None:
             self._requests.append(now_ms)
 
-    def targets(self, price: float, instrument: Instrument) -> tuple[dict[str, "Target"], int]:
+    def targets(self, price: float, instrument: Instrument) -> tuple[dict[str, Target], int]:
         """The orders that should be live now, by key: per side the ``max_live_orders`` desired
         orders nearest ``price``, leaving out post-only ones that would cross it (their number is
         the second value). Prices and quantities are rounded as the order will be."""
         tick, lot = instrument.tick_size, instrument.lot_size
         pdec, qdec = instrument.price_decimals, instrument.qty_decimals
-        per_side: dict[Side, list[tuple[float, str, float, VirtualOrder]]] = {Side.BUY: [], Side.SELL: []}
+        per_side: dict[Side, list[tuple[float, str, tuple[float, float], VirtualOrder]]] = {Side.BUY: [], Side.SELL: []}
         held = 0
         rounded = self._rounded
         if len(rounded) > 100_000:
@@ -354,16 +372,17 @@ class OrderSync:
             if len(rows) > self.max_live_orders:
                 rows = heapq.nsmallest(self.max_live_orders, rows, key=lambda r: (r[0], r[1]))
             for _, key, (p, qty), vo in rows:
-                chosen[key] = Target(vo.side, p, qty, vo.post_only, vo.reduce_only)
+                chosen[key] = Target(vo.side, p, qty, vo.post_only, vo.reduce_only, vo.position_side)
         return chosen, held
 
     @staticmethod
-    def _matches(order: Order, want: "Target") -> bool:
+    def _matches(order: Order, want: Target) -> bool:
         return (
             order.side is want.side
             and order.price == want.price
             and order.post_only == want.post_only
             and order.reduce_only == want.reduce_only
+            and order.position_side is want.position_side
             and (order.quantity == want.quantity or abs(order.remaining_qty - want.quantity) < 1e-12)
         )
 
@@ -438,6 +457,7 @@ class OrderSync:
                 ts_ms=now_ms,
                 tag=key,
                 check_notional=False,
+                position_side=template.position_side,
             )
             self._live[order.client_id] = _Live(order, key)
             self._spend(now_ms)

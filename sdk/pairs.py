@@ -12,7 +12,7 @@ What exchange grid bots and OTO ("one triggers the other") orders do, as a strat
 The class runs everywhere a strategy runs: on paper and live it places and re-arms the legs from
 ``on_fill`` like any strategy (the code in this module). In a backtest on the ``sim`` broker the
 whole run -- matching, re-arming, fees, margin, liquidation, funding -- can execute in one compiled
-loop (:mod:`btc_quant.plugins.brokers.sim_pairs`) that follows the sim's rules and gives the same
+loop (:mod:`btc_quant.plugins.brokers.sim.pairs`) that follows the sim's rules and gives the same
 fills, orders and equity; it applies when the strategy asks for nothing else (see
 :meth:`PairGrid.why_not`), otherwise the event path runs.
 
@@ -35,13 +35,14 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from ..core.compiled import njit
 from ..core.errors import OrderError
 from ..core.model import OrderStatus, Side
-from ..core.strategy import Strategy
+from ..core.strategy import CompiledDecisions, Strategy
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..core.data import BarArrays
-    from ..core.engine import Context, Engine, RunResult
+    from ..core.engine import Context, Engine
     from ..core.model import Fill, Instrument
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class PairLegs:
         return len(self.quantity)
 
 
-def pair_legs(pairs: list[OrderPair], instrument: "Instrument") -> PairLegs:
+def pair_legs(pairs: list[OrderPair], instrument: Instrument) -> PairLegs:
     """Round and check ``pairs`` as ``ctx.buy`` / ``ctx.sell`` would; a bad pair is an OrderError naming it."""
     n = len(pairs)
     side, qty, entry, tp = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
@@ -100,6 +101,16 @@ def pair_legs(pairs: list[OrderPair], instrument: "Instrument") -> PairLegs:
     return PairLegs(side, qty, entry, tp, post_only, entry_tags, tp_tags)
 
 
+@njit(cache=True, nogil=True)
+def pair_leg(side, entry_price, take_profit_price, take_profit):  # pragma: no cover - compiled
+    """The order of a pair's leg, written once (the event path's :class:`PairGrid` and the sim's
+    compiled pair loop both call it): (side +1 buy / -1 sell, limit price). The entry trades the
+    pair's side at its entry price, the take-profit the other side at its price."""
+    if take_profit:
+        return -side, take_profit_price
+    return side, entry_price
+
+
 class PairGrid(Strategy):
     """A strategy made of :class:`OrderPair` s (see the module docstring). Override :meth:`pairs`.
 
@@ -109,30 +120,29 @@ class PairGrid(Strategy):
 
     needs_every_bar: ClassVar[bool] = False
 
-    def pairs(self, ctx: "Context") -> list[OrderPair]:
+    def pairs(self, ctx: Context) -> list[OrderPair]:
         """The pairs to trade, called once before the first bar (``ctx.price`` is the first open)."""
         raise NotImplementedError(f"{type(self).__name__} must implement pairs(ctx)")
 
-    def wake_bars(self, bars: "BarArrays") -> np.ndarray:
+    def wake_bars(self, bars: BarArrays) -> np.ndarray:
         return np.zeros(len(bars), dtype=bool)  # the legs act through fills only
 
     # --- the event path (paper, live, and backtests the compiled loop does not take) ----------
-    def on_start(self, ctx: "Context") -> None:
+    def on_start(self, ctx: Context) -> None:
         self.legs = pair_legs(list(self.pairs(ctx)), ctx.instrument)
         self._leg_of: dict[str, tuple[int, bool]] = {}  # client id -> (pair, is take-profit)
         for k in range(len(self.legs)):
             self._place(ctx, k, take_profit=False)
 
-    def _place(self, ctx: "Context", k: int, *, take_profit: bool) -> None:
+    def _place(self, ctx: Context, k: int, *, take_profit: bool) -> None:
         legs = self.legs
-        buy = (legs.side[k] > 0) != take_profit
-        price = float(legs.take_profit_price[k] if take_profit else legs.entry_price[k])
+        side, price = pair_leg(float(legs.side[k]), float(legs.entry_price[k]), float(legs.take_profit_price[k]), take_profit)
         tag = legs.take_profit_tag[k] if take_profit else legs.entry_tag[k]
-        place = ctx.buy if buy else ctx.sell
-        order = place(float(legs.quantity[k]), price, post_only=bool(legs.post_only[k]), tag=tag)
+        place = ctx.buy if side > 0 else ctx.sell
+        order = place(float(legs.quantity[k]), float(price), post_only=bool(legs.post_only[k]), tag=tag)
         self._leg_of[order.client_id] = (k, take_profit)
 
-    def on_fill(self, ctx: "Context", fill: "Fill") -> None:
+    def on_fill(self, ctx: Context, fill: Fill) -> None:
         leg = self._leg_of.get(fill.client_id)
         if leg is None:  # not a leg (a liquidation)
             return
@@ -144,7 +154,7 @@ class PairGrid(Strategy):
     # --- the compiled backtest ---------------------------------------------------------------------
     _HANDLERS: ClassVar[tuple[str, ...]] = ("on_start", "on_bar", "on_fill", "on_order", "on_stop", "wake_bars")
 
-    def why_not(self, engine: "Engine") -> str | None:
+    def why_not(self, engine: Engine) -> str | None:
         """Why the compiled backtest does not apply to this strategy in ``engine`` (None: it may;
         the broker has its own conditions). It needs the strategy to do nothing but its pairs: no
         handler of :class:`PairGrid` overridden, no risk checks, no plugin observing every order
@@ -156,17 +166,10 @@ class PairGrid(Strategy):
             return "needs_every_bar is set"
         return engine.why_not_compiled()
 
-    def compiled_backtest(self, engine: "Engine", bars: "BarArrays") -> "RunResult | None":
-        """The whole backtest in the broker's compiled pair loop when it has one and it applies;
-        None otherwise (the caller, ``core.run.run_engine``, then runs the event path)."""
-        run_pairs = getattr(engine.broker, "run_pairs", None)
-        if run_pairs is None or len(bars) == 0:
-            return None
-        reason = self.why_not(engine)
-        if reason is not None:
-            log.info("%s: event path (%s)", engine.info.strategy, reason)
-            return None
-        return run_pairs(engine, bars, self)
+    def compiled_decisions(self, engine: Engine) -> CompiledDecisions:
+        """The pair loop: the broker re-arms each pair's other leg in compiled code (the sim:
+        :mod:`btc_quant.plugins.brokers.sim.pairs`) when :meth:`why_not` and the broker allow."""
+        return CompiledDecisions("pairs", why_not=self.why_not(engine))
 
 
 __all__ = ["OrderPair", "PairGrid", "PairLegs", "pair_legs"]

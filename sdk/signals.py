@@ -21,7 +21,7 @@ which is ``~isnan(signal)``). At a decision, with no order open:
 
 Market orders placed at a close fill at the next open (the sim's rule, Backtrader's default).
 The class runs everywhere a strategy runs. In a backtest on the ``sim`` broker the whole run can
-execute in one compiled loop (:mod:`btc_quant.plugins.brokers.sim_signal`) that follows the sim's
+execute in one compiled loop (:mod:`btc_quant.plugins.brokers.sim.signals`) that follows the sim's
 rules and gives the same fills, orders and equity; it applies when the strategy does nothing but
 its signal (:meth:`SignalStrategy.why_not`), otherwise the event path runs. Live, where bars arrive
 one at a time, :meth:`SignalStrategy.live_signal` gives the value at the newest bar (by default
@@ -35,15 +35,28 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from ..core.compiled import njit
 from ..core.errors import StrategyError
-from ..core.strategy import Strategy
+from ..core.strategy import CompiledDecisions, Strategy
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..core.data import BarArrays
-    from ..core.engine import Context, Engine, RunResult
+    from ..core.engine import Context, Engine
     from ..core.model import Bar
 
 log = logging.getLogger(__name__)
+
+
+@njit(cache=True, nogil=True)
+def signal_order(value, position, equity, close):  # pragma: no cover - compiled
+    """The rule of a decision (module docstring), written once: the event path's :meth:`SignalStrategy.on_bar`
+    and the sim's compiled signal loop both call it. Returns (side, quantity, reduce_only): side
+    +1 buy, -1 sell, 0 no order; the quantity before rounding to the lot."""
+    if value != 0 and position == 0:
+        return (1.0 if value > 0 else -1.0), abs(value) * equity / close, False
+    if position != 0 and (value == 0 or (value > 0) != (position > 0)):
+        return (-1.0 if position > 0 else 1.0), abs(position), True
+    return 0.0, 0.0, False
 
 
 class SignalStrategy(Strategy):
@@ -55,24 +68,24 @@ class SignalStrategy(Strategy):
 
     _known: tuple | None = None  # (ts, close, signal) of the bars wake_bars saw
 
-    def signal(self, bars: "BarArrays") -> np.ndarray:
+    def signal(self, bars: BarArrays) -> np.ndarray:
         """Share of equity to hold from each bar's close (NaN: no decision). Causal."""
         raise NotImplementedError(f"{type(self).__name__} must implement signal(bars)")
 
-    def wake_bars(self, bars: "BarArrays") -> np.ndarray:
+    def wake_bars(self, bars: BarArrays) -> np.ndarray:
         values = np.asarray(self.signal(bars), dtype=np.float64)
         if len(values) != len(bars):
             raise StrategyError(f"{type(self).__name__}.signal returned {len(values)} values for {len(bars)} bars")
         self._known = (bars.ts, bars.close, values)
         return ~np.isnan(values)
 
-    def live_signal(self, ctx: "Context", bar: "Bar") -> float:
+    def live_signal(self, ctx: Context, bar: Bar) -> float:
         """The value at ``bar`` when it is not one ``wake_bars`` saw (live): :meth:`signal` over
         the last :attr:`lookback` closed bars."""
         values = self.signal(ctx.bars(self.lookback))
         return float(values[-1]) if len(values) else float("nan")
 
-    def _value(self, ctx: "Context", bar: "Bar") -> float:
+    def _value(self, ctx: Context, bar: Bar) -> float:
         if self._known is not None:
             ts, close, values = self._known
             i = int(ts.searchsorted(bar.ts_ms))
@@ -81,22 +94,20 @@ class SignalStrategy(Strategy):
         return self.live_signal(ctx, bar)
 
     # --- the event path -------------------------------------------------------------------------
-    def on_bar(self, ctx: "Context", bar: "Bar") -> None:
+    def on_bar(self, ctx: Context, bar: Bar) -> None:
         value = self._value(ctx, bar)
         if value != value or ctx.open_orders:
             return
         position = ctx.position.quantity
-        if value != 0 and position == 0:
-            place = ctx.buy if value > 0 else ctx.sell
-            place(abs(value) * ctx.equity / bar.close)
-        elif position != 0 and (value == 0 or (value > 0) != (position > 0)):
-            close = ctx.sell if position > 0 else ctx.buy
-            close(abs(position), reduce_only=True)
+        equity = ctx.equity if position == 0 else 0.0  # the equity sizes entries only (from flat)
+        side, quantity, reduce_only = signal_order(value, position, equity, bar.close)
+        if side != 0:
+            (ctx.buy if side > 0 else ctx.sell)(quantity, reduce_only=reduce_only)
 
     # --- the compiled backtest ---------------------------------------------------------------------
     _HANDLERS: ClassVar[tuple[str, ...]] = ("on_start", "on_bar", "on_fill", "on_order", "on_stop", "wake_bars", "_value")
 
-    def why_not(self, engine: "Engine") -> str | None:
+    def why_not(self, engine: Engine) -> str | None:
         """Why the compiled backtest does not apply (None: it may; the broker has its own
         conditions): a handler of :class:`SignalStrategy` overridden, risk checks, or a plugin
         observing every order or fill (``quant_on_order`` / ``quant_on_fill``)."""
@@ -107,17 +118,10 @@ class SignalStrategy(Strategy):
             return "needs_every_bar is set"
         return engine.why_not_compiled()
 
-    def compiled_backtest(self, engine: "Engine", bars: "BarArrays") -> "RunResult | None":
-        """The whole backtest in the broker's compiled signal loop when it has one and it applies;
-        None otherwise (``core.run.run_engine`` then runs the event path)."""
-        run_signal = getattr(engine.broker, "run_signal", None)
-        if run_signal is None or len(bars) == 0:
-            return None
-        reason = self.why_not(engine)
-        if reason is not None:
-            log.info("%s: event path (%s)", engine.info.strategy, reason)
-            return None
-        return run_signal(engine, bars, self)
+    def compiled_decisions(self, engine: Engine) -> CompiledDecisions:
+        """The signal loop: the broker trades :meth:`signal` in compiled code (the sim:
+        :mod:`btc_quant.plugins.brokers.sim.signals`) when :meth:`why_not` and the broker allow."""
+        return CompiledDecisions("signal", why_not=self.why_not(engine))
 
 
 __all__ = ["SignalStrategy"]

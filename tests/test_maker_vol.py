@@ -9,11 +9,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from btc_quant.sdk.testing import bars_from, run_strategy
+from btc_quant.core import margin as mm
+from btc_quant.core.model import MarginBracket
 from btc_quant.plugins.strategies.maker_vol import MakerVol, MakerVolConfig
-from btc_quant.plugins.strategies.maker_vol_grid import GridBook, Ladder, isolated_liquidation_price, order_leverage
+from btc_quant.plugins.strategies.maker_vol_grid import GridBook, Ladder, bracket_table, order_leverage
+from btc_quant.sdk.testing import bars_from, run_strategy
 
 PERP = ("exchange=binanceusdm", "symbol=BTC/USDT:USDT")
+
+
+def isolated_liquidation_price(quantity, entry, margin, mmr, direction=1):
+    """Binance's liquidation price of one isolated position with one bracket of rate ``mmr``: the
+    readable reference (core.margin), not the strategy's code."""
+    bracket = MarginBracket(notional_floor=0.0, notional_cap=math.inf, max_leverage=125.0, maintenance_rate=mmr, maintenance_amount=0.0)
+    return mm.liquidation_price(direction * quantity, entry, margin, (bracket,))
 
 
 # --- ladder and leverage (pure) -------------------------------------------------------------------
@@ -55,7 +64,7 @@ def test_book_of_lots_liquidates_at_or_below_bottom(lots):
         p = frac * high
         lev = order_leverage(p, ladder.bottom, mmr)
         book.open_lot(0, p, qty, qty * p / lev, lev)
-    assert book.liquidation_price(mmr) <= ladder.bottom * (1 + 1e-9)
+    assert book.liquidation_price(bracket_table((), mmr)) <= ladder.bottom * (1 + 1e-9)
 
 
 # --- take-profit rules (pure) ------------------------------------------------------------------
@@ -135,7 +144,7 @@ def test_filled_entry_gets_its_take_profit_and_the_round_trip_closes():
     result = run_strategy("maker_vol", bars_from(opening(rows)), *PERP)
     assert list(result.fills.side) == ["buy", "sell"]
     assert result.fills.price.tolist() == [L1, TOP]  # the take-profit sat on the next level up
-    diag = result.extra["diagnostics"]
+    diag = result.diagnostics
     assert diag["summary"]["round_trips"] == 1
     assert diag["pnl_attribution"]["grid_profit"] == pytest.approx((TOP - L1) * result.fills.quantity.iloc[0])
 
@@ -149,7 +158,14 @@ def test_only_max_live_orders_nearest_the_price_are_live():
             super().on_bar(ctx, bar)
             Probe.seen.append(sorted(o.price for o in ctx.open_orders))
 
-    run_strategy(Probe, bars_from(opening([(40_000.0, 40_010.0, 39_990.0, 40_000.0)])), *PERP, "strategy.max_live_orders=3")
+    # 1% a level: every level's order is over the minimum notional (none merged)
+    run_strategy(
+        Probe,
+        bars_from(opening([(40_000.0, 40_010.0, 39_990.0, 40_000.0)])),
+        *PERP,
+        "strategy.max_live_orders=3",
+        "strategy.order_pct=0.01",
+    )
     live = Probe.seen[0]
     # top itself is no entry (its take-profit would have no room): levels 1, 2, 3
     assert live == [39_661.0, 39_740.5, L1]
@@ -167,7 +183,7 @@ def test_no_new_order_when_free_margin_is_short():
     # each order takes 30% of equity as margin: three fit, the fourth does not
     result = run_strategy(Probe, bars_from(opening([(40_000.0, 40_010.0, 39_990.0, 40_000.0)])), *PERP, "strategy.order_pct=0.3")
     assert Probe.seen[0] == 3
-    assert result.extra["diagnostics"]["summary"]["cash_pauses"] == 1
+    assert result.diagnostics["summary"]["cash_pauses"] == 1
 
 
 def test_levels_are_relaid_when_top_moves():
@@ -205,12 +221,25 @@ def test_config_rejects_inverted_ratios():
 
 def test_runs_on_the_bundled_sample(sample_bars):
     result = run_strategy("maker_vol", sample_bars[:15000], *PERP)  # Jan 1-11 2022: 47k -> 41k
-    diag = result.extra["diagnostics"]
+    diag = result.diagnostics
     assert diag["summary"]["round_trips"] > 0
-    assert diag["summary"]["invariant_violations"] == 0
+    assert diag["summary"]["liq_line_breaches"] == 0 and diag["summary"]["liquidations_above_bottom"] == 0
     assert diag["summary"]["max_live_orders_seen"] <= 40
     attribution = diag["pnl_attribution"]
-    explained = sum(attribution[k] for k in ("grid_profit", "maker_fees", "taker_fees", "funding", "saturation_loss", "liquidation_loss", "stop_pnl", "unrealised_inventory"))
+    explained = sum(
+        attribution[k]
+        for k in (
+            "grid_profit",
+            "maker_fees",
+            "taker_fees",
+            "funding",
+            "saturation_loss",
+            "liquidation_loss",
+            "stop_pnl",
+            "restore_pnl",
+            "unrealised_inventory",
+        )
+    )
     assert explained == pytest.approx(result.equity.iloc[-1] - result.initial_equity, abs=1e-6)
 
 
@@ -241,7 +270,7 @@ def test_readme_main_command_runs_maker_vol_on_the_bundled_sample(quant):
     assert "bundled sample" in proc.stderr
     assert (summary["strategy"], summary["bars"]) == ("maker_vol", 45031)
     diag = summary["diagnostics"]
-    assert diag["round_trips"] > 1000 and diag["invariant_violations"] == 0
+    assert diag["round_trips"] > 1000 and diag["liq_line_breaches"] == 0
     explained = sum(v for k, v in diag.items() if k.startswith("pnl.") and k != "pnl.open_lots")
     assert explained == pytest.approx(summary["final_equity"] - summary["initial_equity"], abs=1e-6)
 
@@ -256,7 +285,7 @@ def test_each_filled_order_gets_the_leverage_that_liquidates_it_at_bottom():
             Probe.lots.extend(l for g in self.grids for l in g.book.lots.values() if l not in Probe.lots)
 
     rows = [(40_000.0, 40_010.0, 39_000.0, 39_100.0), (39_100.0, 39_150.0, 38_000.0, 38_100.0)]
-    run_strategy(Probe, bars_from(opening(rows)), *PERP)
+    run_strategy(Probe, bars_from(opening(rows)), *PERP, "strategy.order_pct=0.01")  # no level merged
     assert len(Probe.lots) >= 20
     bottom = 0.5 * 42_000.0
     for lot in Probe.lots:
@@ -289,10 +318,12 @@ def test_both_sides_run_a_long_grid_below_mid_and_a_short_grid_above():
 
 def test_global_stop_closes_everything_and_halts():
     # the grid fills on the way down; equity falls 1% below its peak and the stop closes all at market
-    rows = [(40_000.0, 40_010.0, 39_990.0, 40_000.0)] + [(40_000.0 - 400 * k, 40_000.0 - 400 * k, 39_600.0 - 400 * k, 39_600.0 - 400 * k) for k in range(8)]
+    rows = [(40_000.0, 40_010.0, 39_990.0, 40_000.0)] + [
+        (40_000.0 - 400 * k, 40_000.0 - 400 * k, 39_600.0 - 400 * k, 39_600.0 - 400 * k) for k in range(8)
+    ]
     rows += [(36_800.0, 36_900.0, 36_700.0, 36_800.0)] * 3
-    result = run_strategy("maker_vol", bars_from(opening(rows)), *PERP, "strategy.global_stop=0.01")
-    diag = result.extra["diagnostics"]
+    result = run_strategy("maker_vol", bars_from(opening(rows)), *PERP, "strategy.global_stop=0.01", "strategy.order_pct=0.01")
+    diag = result.diagnostics
     assert diag["summary"]["halted"] and "global stop" in diag["summary"]["halted"]
     fills = result.fills
     assert not fills[~fills.is_maker].empty  # closed at market
@@ -333,10 +364,15 @@ def test_report_figures_from_diagnostics(sample_bars):
     from btc_quant.plugins.strategies.maker_vol_report import grid_figures
 
     result = run_strategy("maker_vol", sample_bars[:15000], *PERP)
-    diagnostics = result.extra["diagnostics"]
+    diagnostics = result.diagnostics
     figures = grid_figures(diagnostics)
     titles = [t for t, _ in figures]
-    assert titles[:4] == ["Grid: fills per level", "Grid: entries per level over time (heatmap)", "Grid: take-profit occupancy, live vs virtual orders", "Grid: distance to the lots' liquidation price"]
+    assert titles[:4] == [
+        "Grid: fills per level",
+        "Grid: entries per level over time (heatmap)",
+        "Grid: take-profit occupancy, live vs virtual orders",
+        "Grid: distance to the lots' liquidation price",
+    ]
     assert len(figures[1][1].data[0].x) == diagnostics["fills_per_level"].entry_fills.sum()
     assert titles[-1] == "Grid: PnL attribution" and any(t.startswith("Grid: saturation closes") for t in titles)
     fills = figures[0][1].data[0]
@@ -352,18 +388,22 @@ def test_report_section_hook_when_installed(sample_bars, plugins):
     if not hasattr(sdk, "ReportSection"):
         pytest.skip("the quant_report_sections hook (backtester issue) is not in this tree yet")
     result = run_strategy("maker_vol", sample_bars[:15000], *PERP)
-    sections = [s for answer in plugins.hook.quant_report_sections(result=result) if answer for s in (answer if isinstance(answer, list) else [answer])]
+    sections = [
+        s
+        for answer in plugins.hook.quant_report_sections(result=result)
+        if answer
+        for s in (answer if isinstance(answer, list) else [answer])
+    ]
     assert [s.title for s in sections][0] == "Grid: fills per level" and all(s.order >= 200 for s in sections)
 
 
 def test_broker_liquidation_price_stays_at_or_below_bottom_when_the_broker_models_isolated_margin(sample_bars):
     """The spec's invariant checked against the broker's own Binance-formula liquidation price."""
     result = run_strategy("maker_vol", sample_bars[:15000], *PERP)
-    summary = result.extra["diagnostics"]["summary"]
-    if summary["broker_invariant_violations"] is None:
-        pytest.skip("the sim broker in this tree has no isolated margin (set_margin_mode) yet: backtester issue")
-    assert summary["broker_invariant_violations"] == 0 and summary["margin_call_refused"] == 0
-    samples = result.extra["diagnostics"]["samples"].dropna(subset=["broker_liquidation_price"])
+    summary = result.diagnostics["summary"]
+    assert summary["isolated_margin_calls"] == "yes"
+    assert summary["liq_line_breaches"] == 0 and summary["margin_call_refused"] == 0
+    samples = result.diagnostics["samples"].dropna(subset=["broker_liquidation_price"])
     assert len(samples) > 100
 
 
@@ -378,6 +418,7 @@ def test_side_both_closes_a_small_lot_reduce_only_and_waits_while_the_close_woul
     100 minimum) is closed reduce-only while the position holds it on its side (Binance exempts
     reduce-only orders from MIN_NOTIONAL); while the position is on the other side the close would
     open a new position below the minimum, so it waits and goes out once it can."""
+
     class Probe(MakerVol):
         name = "probe_small_close"
         needs_every_bar = True
@@ -401,13 +442,16 @@ def test_side_both_closes_a_small_lot_reduce_only_and_waits_while_the_close_woul
     assert Probe.seen[:5] == [(0.0, 0), (0.003, 1), (0.002, 1), (-0.001, 1), (0.0, 1)]
     closes = result.orders[result.orders.tag.fillna("").str.startswith("stop:")]
     assert list(zip(closes.side, closes.quantity, closes.reduce_only, closes.status)) == [
-        ("sell", 0.001, True, "filled"), ("buy", 0.001, True, "filled")]
-    assert not result.extra["diagnostics"]["pnl_attribution"]["open_lots"]
+        ("sell", 0.001, True, "filled"),
+        ("buy", 0.001, True, "filled"),
+    ]
+    assert not result.diagnostics["pnl_attribution"]["open_lots"]
 
 
 def test_side_both_take_profit_of_a_lot_under_the_minimum_notional_is_reduce_only():
     """side=both take-profits are plain limits (the net position may be on the other side), but one
     under the 100 USDT minimum can only rest reduce-only (Binance -4164)."""
+
     class Probe(MakerVol):
         name = "probe_small_tp"
         flags: dict = {}

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from btc_quant.core.config import merge_layers, parse_assignments, resolve
 from btc_quant.core.run import build_runtime
-from btc_quant.sdk import FillEvent, Order, OrderError, OrderEvent, Side
+from btc_quant.plugins.brokers.sim import SimBroker
+from btc_quant.sdk import FillEvent, Order, OrderError, Side
 from btc_quant.sdk.ordersync import BrokerVenue, OrderSync, VirtualOrder
 from btc_quant.sdk.testing import bars_from
-from btc_quant.plugins.brokers.sim import SimBroker
 
 
 def make_broker(plugins, rows, *extra):
-    config = resolve(merge_layers(parse_assignments(["strategy=sma_cross", "exchange=binanceusdm", "symbol=BTC/USDT:USDT", *extra])), plugins.registry)
+    config = resolve(
+        merge_layers(parse_assignments(["strategy=sma_cross", "exchange=binanceusdm", "symbol=BTC/USDT:USDT", *extra])), plugins.registry
+    )
     runtime = build_runtime(config, plugins)
     broker = SimBroker(config.broker.config, runtime)
     broker.load(bars_from(rows))

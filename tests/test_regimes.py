@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+from conftest import REPO
 
 from btc_quant.core.errors import DataError
-from conftest import REPO
 
 spec = importlib.util.spec_from_file_location("regimes", REPO / "bench" / "regimes.py")
 regimes = importlib.util.module_from_spec(spec)
@@ -22,7 +22,9 @@ def write(tmp_path, body):
 
 def test_rows_come_from_the_toml_periods(tmp_path, sample_bars):
     sample_bars[:9000].to_frame().to_parquet(tmp_path / "jan.parquet")
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 [[period]]
 name = "first days"
 file = "jan.parquet"
@@ -35,13 +37,14 @@ name = "next days"
 file = "jan.parquet"
 start = "2022-01-04"
 end = "2022-01-07"
-""")
+""",
+    )
     data_dir, periods = regimes.load_periods(path)
     rows = [regimes.run_period(data_dir, p, []) for p in periods]
     assert [r["period"] for r in rows] == ["first days", "next days"]
     assert rows[0]["bars"] == 2 * 1440 and rows[0]["note"] == "quiet"
     table = regimes.table(rows)
-    assert table.count("\n") == 3 and "| first days | 2880 | 2.00 |" in table
+    assert table.count("\n") == 3 and "| first days | long | through | 2880 | 2.00 |" in table
 
 
 def test_a_period_with_a_jump_in_ts_is_refused(tmp_path, sample_bars):

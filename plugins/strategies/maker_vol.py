@@ -17,8 +17,19 @@ Design decisions where the spec leaves room (each is a parameter or documented h
 
 * Sizing is refreshed at every re-computation (``recompute``), with the equity of that moment:
   re-sizing on every bar would cancel and replace every live order whenever equity moved.
-* An order whose notional would be under the exchange's minimum is raised to the minimum (its
-  margin grows with it, so its liquidation line stays at bottom); such orders are counted.
+* An order whose notional would be under the exchange's minimum is never raised to it: its level
+  takes the margin of as many levels toward bottom as the minimum needs and those levels hold no
+  entry (``levels_merged_min_notional`` counts them; :func:`~.maker_vol_grid.level_sizes`).
+* The liquidation promise is kept on the position, not only lot by lot: after every entry fill
+  and at every wake-up the position's isolated margin is brought to what puts its liquidation
+  price (Binance formula, the symbol's brackets) at bottom
+  (:func:`~.maker_vol_grid.required_margin`), from the available balance; when that cannot fund
+  it (at a wake-up, price on the safe side), the most leveraged lots are closed at market, enough
+  that the margin they release funds the rest (:func:`~.maker_vol_grid.restore_share`).
+  Diagnostics: ``liq_line_restores`` (wake-ups that moved margin or closed lots to restore the
+  line), ``liq_line_breaches`` (wake-ups that still find the line beyond bottom while the price
+  is on the safe side: must be 0), ``liquidations_above_bottom`` (must be 0). Each lot's leverage
+  is capped at its bracket's maximum, the position's at the bracket of its notional.
 * The lookback uses the bars available when a run starts with less history than ``lookback``.
 * Free margin for the cash-shortage pause is equity minus the margin held by open lots minus the
   margin reserved by live entry orders: the isolated-margin picture of the strategy's own lots.
@@ -38,10 +49,21 @@ import pandas as pd
 from pydantic import model_validator
 
 from btc_quant import sdk
-from btc_quant.sdk import Duration, ExchangeError, Field, OrderStatus, Side, Strategy, StrategyConfig, StrategyError, hookimpl
+from btc_quant.sdk import Duration, ExchangeError, Field, OrderStatus, PositionSide, Side, Strategy, StrategyConfig, StrategyError, hookimpl
 from btc_quant.sdk.ordersync import OrderSync, VirtualOrder
 
-from .maker_vol_grid import GridBook, Ladder, Lot, order_leverage
+from .maker_vol_grid import (
+    GridBook,
+    Ladder,
+    Lot,
+    bracket_table,
+    first_entry_level,
+    level_sizes,
+    lot_leverage,
+    position_leverage,
+    required_margin,
+    restore_share,
+)
 
 #: Used when the instrument carries no maintenance brackets: Binance BTCUSDT's first tier
 #: (maintenance margin rate 0.40%, maintenance amount 0), from Binance's leverage-bracket table.
@@ -64,7 +86,9 @@ class MakerVolConfig(StrategyConfig):
     strategy_id: str = Field("mv", pattern=r"^[A-Za-z0-9_-]{1,12}$", description="prefix of this bot's client order ids")
     max_requests: int | None = Field(None, ge=1, description="order requests (submit + cancel) per request_interval; none = unlimited")
     request_interval: Duration = Field(timedelta(seconds=10), description="window of max_requests")
-    fast: bool = Field(True, description="backtests on the sim broker: use the compiled path when it applies (false: always the event path)")
+    fast: bool = Field(
+        True, description="backtests on the sim broker: use the compiled path when it applies (false: always the event path)"
+    )
 
     @model_validator(mode="after")
     def _ratios(self):
@@ -95,6 +119,13 @@ class Grid:
     @property
     def entry_side(self) -> Side:
         return Side.BUY if self.direction > 0 else Side.SELL
+
+    def position_side(self, ctx) -> PositionSide:
+        """Hedge mode (``broker.position_mode=hedge``): the long grid trades LONG, the short grid
+        SHORT, and its closes are SELL LONG / BUY SHORT (never reduce-only); one-way: BOTH."""
+        if ctx.position_mode != "hedge":
+            return PositionSide.BOTH
+        return PositionSide.LONG if self.direction > 0 else PositionSide.SHORT
 
 
 class MakerVol(Strategy):
@@ -133,12 +164,16 @@ class MakerVol(Strategy):
         self.counts = Counter()
         self.pnl = Counter()
 
-    def compiled_backtest(self, engine, bars):
-        """The whole backtest in compiled code when it applies (see ``maker_vol_kernel.why_not``),
-        else None and the engine's event path runs. Both give the same fills."""
-        from .maker_vol_kernel import compiled_backtest
+    def compiled_decisions(self, engine):
+        """The declared fast path (``docs/strategy-guide.md``): maker_vol's decisions as a compiled
+        loop over the sim's venue core (``maker_vol_kernel``), with this run's reason not to when
+        there is one (``maker_vol_kernel.strategy_reason``); the broker decides. Both paths give
+        the same fills."""
+        from .maker_vol_kernel import run_kernel, strategy_reason
 
-        return compiled_backtest(self, engine, bars)
+        return sdk.CompiledDecisions(
+            "kernel", why_not=strategy_reason(self, engine), run=lambda engine, bars: run_kernel(self, engine, bars)
+        )
 
     # --- the parts that read config and bars ------------------------------------------------------
     def wake_bars(self, bars):
@@ -148,12 +183,12 @@ class MakerVol(Strategy):
         wake[1:] = period[1:] != period[:-1]
         return wake
 
-    def _mmr(self, ctx, notional: float) -> tuple[float, float]:
-        inst = ctx.instrument
-        if inst.margin_brackets:
-            b = inst.bracket_for(notional)
-            return b.maintenance_rate, b.maintenance_amount
-        return DEFAULT_MMR, 0.0
+    def _brackets(self, ctx) -> np.ndarray:
+        """The instrument's maintenance brackets as the compiled rules take them."""
+        table = getattr(self, "_bracket_table", None)
+        if table is None:
+            table = self._bracket_table = bracket_table(ctx.instrument.margin_brackets, DEFAULT_MMR)
+        return table
 
     def levels_from(self, high: float, low: float) -> list[tuple[int, float, float]]:
         """(direction, top, bottom) of each ladder for a lookback ``high`` and ``low``."""
@@ -176,7 +211,8 @@ class MakerVol(Strategy):
         equity = ctx.equity
         new = self.levels_from(high, low)
         grids: list[Grid] = []
-        for n, (direction, top, bottom) in enumerate(new):
+        self.counts["levels_merged_min_notional"] = 0
+        for direction, top, bottom in new:
             ladder = Ladder(top, bottom, c.step_pct, direction)
             old = next((g for g in self.grids if g.direction == direction), None)
             if old is None:
@@ -201,26 +237,28 @@ class MakerVol(Strategy):
         raw = ladder.prices[first:]
         ticks = np.floor(raw / inst.tick_size + 1e-9) if grid.direction > 0 else np.ceil(raw / inst.tick_size - 1e-9)
         prices = np.round(ticks * inst.tick_size, inst.price_decimals)
-        mmr, _ = self._mmr(ctx, margin * 2)
-        if grid.direction > 0:  # order_leverage, vectorised
-            lev = 1.0 / (1.0 + mmr - ladder.bottom / prices)
-        else:
-            lev = 1.0 / ((1.0 + mmr) * ladder.bottom / prices - 1.0)
-        qty = np.floor(margin * lev / prices / inst.lot_size + 1e-9) * inst.lot_size
-        min_qty = np.ceil(inst.min_notional / prices / inst.lot_size - 1e-9) * inst.lot_size
-        raised = (qty * prices < inst.min_notional) | (qty <= 0)
-        qty = np.round(np.where(raised, np.maximum(min_qty, inst.lot_size), qty), inst.qty_decimals)
-        self.counts["levels_raised_to_min_notional"] = int(raised.sum())
-        grid.sizes = {first + i: (float(q), float(q * p / l), float(l)) for i, (q, p, l) in enumerate(zip(qty, prices, lev))}
+        qty, lev = np.zeros(len(prices)), np.zeros(len(prices))
+        merged = level_sizes(
+            prices,
+            ladder.bottom,
+            grid.direction,
+            margin,
+            self._brackets(ctx),
+            inst.lot_size,
+            10.0**inst.qty_decimals,
+            inst.min_notional,
+            qty,
+            lev,
+        )
+        self.counts["levels_merged_min_notional"] += merged
+        # merged levels (quantity 0) hold no entry
+        grid.sizes = {first + i: (float(q), float(q * p / l), float(l)) for i, (q, p, l) in enumerate(zip(qty, prices, lev)) if q > 0}
         grid.entry_prices = {first + i: float(p) for i, p in enumerate(prices)}
         grid.entry_orders = {}
 
     def _first_entry(self, ladder: Ladder) -> int:
         """The first level whose take-profit target lies beyond it (top itself has no room)."""
-        for level in range(len(ladder)):
-            if ladder.tp_target(float(ladder.prices[level]), self.config.tp_pct) < level:
-                return level
-        return len(ladder)
+        return int(first_entry_level(ladder.prices, self.config.tp_pct, ladder.direction))
 
     # --- handlers ----------------------------------------------------------------------------------
     def on_start(self, ctx):
@@ -234,6 +272,12 @@ class MakerVol(Strategy):
             self._margin_calls = True
         except ExchangeError:
             self._margin_calls = False  # the broker models no isolated margin: the strategy's own lot book is used
+        if self.config.side == "both" and ctx.position_mode == "hedge":
+            # each grid is its own position and keeps its own max_live_orders take-profits and
+            # entries (desired() hands over no more): one order side carries one grid's
+            # take-profits and the other grid's entries, so it is not cut to max_live_orders
+            # across both (as the compiled kernel, whose sync caps nothing beyond desired)
+            self.sync.max_live_orders = 2 * self.config.max_live_orders
 
     def on_bar(self, ctx, bar):
         if self._close_later:
@@ -242,6 +286,7 @@ class MakerVol(Strategy):
             return
         if ctx.now_ms >= self._next_recompute or not self.grids:
             self._recompute(ctx)
+        self._fund_position(ctx, wake=True)
         equity = ctx.equity
         self._peak = max(self._peak, equity)
         if self.config.global_stop is not None and equity <= self._peak * (1 - self.config.global_stop):
@@ -289,10 +334,14 @@ class MakerVol(Strategy):
 
     def on_stop(self, ctx):
         self._sample(ctx)
-        position = ctx.position
-        self.pnl["funding"] = 0.0 - position.funding
-        # by lot, not by the position's average entry: grid profit is booked per lot as well
-        self.pnl["unrealised"] = sum(g.direction * (ctx.price - lot.entry) * lot.quantity for g in self.grids for lot in g.book.lots.values())
+        if ctx.position_mode == "hedge":  # both positions' funding
+            self.pnl["funding"] = 0.0 - sum(ctx.position_of(side).funding for side in (PositionSide.LONG, PositionSide.SHORT))
+        else:
+            self.pnl["funding"] = 0.0 - ctx.position.funding
+        # by lot, not by the position's average entry: grid profit is booked per lot as well; at the
+        # last bar's close, as the equity curve (the broker's last price is the last bar it visited)
+        last = float(ctx.bars(1).close[-1])
+        self.pnl["unrealised"] = sum(g.direction * (last - lot.entry) * lot.quantity for g in self.grids for lot in g.book.lots.values())
 
     # --- fills ----------------------------------------------------------------------------------------
     def _entry_filled(self, ctx, grid: Grid, level: int, fill, order) -> None:
@@ -303,11 +352,8 @@ class MakerVol(Strategy):
         self._open_lot(ctx, grid, level, fill.price, got)
 
     def _open_lot(self, ctx, grid: Grid, level: int, price: float, quantity: float) -> None:
-        mmr, _ = self._mmr(ctx, quantity * price)
-        try:
-            lev = order_leverage(price, grid.ladder.bottom, mmr, grid.direction)
-        except ValueError:  # an order of an older ladder filled beyond the new bottom: fund it fully
-            lev = 1.0
+        lev = lot_leverage(price, grid.ladder.bottom, grid.direction, quantity * price, self._brackets(ctx))
+        if grid.direction * (price - grid.ladder.bottom) <= 0:  # an order of an older ladder filled beyond the new bottom: funded fully
             self.counts["entries_beyond_bottom"] += 1
         lot = grid.book.open_lot(level, price, quantity, quantity * price / lev, lev)
         self.entry_fills[(grid.direction, round(price, 1))] += 1
@@ -315,7 +361,7 @@ class MakerVol(Strategy):
         victim = grid.book.place_tp(lot)
         if victim is not None:
             self._close_lot(ctx, grid, victim, "saturation")
-        self._fund_position(ctx)
+        self._fund_position(ctx, grid=grid)
 
     def _tp_filled(self, ctx, grid: Grid, lot_id: int, fill) -> None:
         lot = grid.book.lots.get(lot_id)
@@ -328,13 +374,28 @@ class MakerVol(Strategy):
             grid.book.reduce_lot(lot, fill.quantity)
         else:
             grid.book.close_lot(lot_id)
-            self.round_trips.append({"ts_ms": fill.ts_ms, "direction": grid.direction, "entry": lot.entry, "exit": fill.price, "quantity": fill.quantity, "gross": gross})
+            self.round_trips.append(
+                {
+                    "ts_ms": fill.ts_ms,
+                    "direction": grid.direction,
+                    "entry": lot.entry,
+                    "exit": fill.price,
+                    "quantity": fill.quantity,
+                    "gross": gross,
+                }
+            )
+        # one-way side=both: one grid's exit can grow the net position the other grid's lots make
+        if self.config.side == "both" and ctx.position_mode != "hedge":
+            self._fund_position(ctx)
 
     def _close_lot(self, ctx, grid: Grid, lot: Lot, why: str) -> None:
         """Close ``lot`` at market (saturation or stop); the level it held is already free."""
         lot.closing = True
         if why == "saturation":
             self.counts["saturations"] += 1
+        # its take-profit order stays live until the next sync: canceled now, it cannot close the
+        # lot a second time when the price reaches it on the same bar
+        self.sync.cancel_now(ctx, f"{grid.tp_key}{lot.lot_id}")
         self._send_close(ctx, grid, lot, why)
 
     def _send_close(self, ctx, grid: Grid, lot: Lot, why: str, again: bool = False) -> None:
@@ -349,6 +410,15 @@ class MakerVol(Strategy):
         (``closes_waiting``). ``again``: a retry of a close that ended without closing the lot;
         on one side, when the position no longer holds any of it, the lot is gone (liquidated or
         closed outside the strategy) and leaves the book (``lots_gone``)."""
+        pside = grid.position_side(ctx)
+        if pside is not PositionSide.BOTH:  # hedge mode: each grid closes its own position
+            if again and not self._covered(ctx, grid.direction, ctx.instrument.lot_size):
+                grid.book.close_lot(lot.lot_id)  # its position holds none of it: gone
+                self.counts["lots_gone"] += 1
+                return
+            order = (ctx.sell if grid.direction > 0 else ctx.buy)(lot.quantity, position_side=pside, tag=f"{why}:{lot.lot_id}")
+            self._closing[order.client_id] = (grid, lot, why)
+            return
         one_side = self.config.side != "both"
         if again and one_side and not self._covered(ctx, grid.direction, ctx.instrument.lot_size):
             grid.book.close_lot(lot.lot_id)
@@ -367,7 +437,10 @@ class MakerVol(Strategy):
     def _covered(self, ctx, direction: int, quantity: float) -> bool:
         """Does the position, less the rest of the closes of ``direction``'s lots under way, hold
         ``quantity`` on that side?"""
-        held = direction * ctx.position.quantity
+        if ctx.position_mode == "hedge":  # the grid's own position (LONG: quantity >= 0, SHORT: <= 0)
+            held = direction * ctx.position_of(PositionSide.LONG if direction > 0 else PositionSide.SHORT).quantity
+        else:
+            held = direction * ctx.position.quantity
         for cid, (grid, _, _) in self._closing.items():
             order = ctx.order(cid) if grid.direction == direction else None
             if order is not None and order.is_open:
@@ -394,39 +467,130 @@ class MakerVol(Strategy):
                 grid.book.close_lot(lot.lot_id)
         if why == "saturation":
             self.pnl["saturation_loss"] += pnl
-            self.saturations.append({"ts_ms": fill.ts_ms, "entry": lot.entry, "take_profit": lot.freed_tp, "exit": fill.price, "quantity": fill.quantity, "pnl": pnl, "fee": fill.fee})
+            self.saturations.append(
+                {
+                    "ts_ms": fill.ts_ms,
+                    "entry": lot.entry,
+                    "take_profit": lot.freed_tp,
+                    "exit": fill.price,
+                    "quantity": fill.quantity,
+                    "pnl": pnl,
+                    "fee": fill.fee,
+                }
+            )
+        elif why == "restore":
+            self.pnl["restore_pnl"] += pnl
+            self._fund_position(ctx, grid=grid)  # the margin the close released funds the rest of the position
+            ctx.wake_when_price_outside(math.inf, None)  # and the line is looked at again at this bar's close
         else:
             self.pnl["stop_pnl"] += pnl
+        # one-way side=both, as a take-profit: it can grow the net position
+        if why != "restore" and self.config.side == "both" and ctx.position_mode != "hedge":
+            self._fund_position(ctx)
 
     def _liquidated(self, ctx, fill) -> None:
         self.counts["liquidations"] += 1
+        held = -fill.side.sign  # the side of the liquidated position
         for grid in self.grids:
+            if grid.direction == held and grid.direction * (fill.price - grid.ladder.bottom) > 1e-9 * grid.ladder.bottom:
+                self.counts["liquidations_above_bottom"] += 1
+        hedge = ctx.position_mode == "hedge"
+        for grid in self.grids:
+            if hedge and grid.direction != held:  # hedge mode: the other grid's position is still there
+                continue
             for lot in list(grid.book.lots.values()):
                 self.pnl["liquidation_loss"] += grid.direction * (fill.price - lot.entry) * lot.quantity
                 grid.book.close_lot(lot.lot_id)
 
-    def _fund_position(self, ctx) -> None:
-        """Brokers with isolated margin: set the leverage the deepest lot needs and keep the
-        position's margin at least the sum of the lots' margins (its liquidation price at or
-        beyond bottom). A refusal (leverage above the bracket's cap, not enough available
-        balance) is counted in the diagnostics; the invariant check then shows its effect."""
+    def _fund_position(self, ctx, wake: bool = False, grid: Grid | None = None) -> None:
+        """Brokers with isolated margin, one side: keep the position's liquidation price at or
+        beyond bottom. Sets the leverage its most leveraged lot needs (capped at the bracket's
+        maximum) and brings its isolated margin up to :func:`~.maker_vol_grid.required_margin`
+        from the available balance. When the balance cannot fund it at a wake-up (``wake``) with
+        the price on the safe side of bottom, the most leveraged lots are closed at market, enough
+        that what their close releases funds the rest (:func:`~.maker_vol_grid.restore_share`;
+        the top-up follows their fill). Refusals are counted (``margin_call_refused``).
+
+        ``side=both`` nets its two grids into one position (one-way mode): the line kept is the
+        one of the side the net position is on (long: at or below the long bottom; short: at or
+        above the short bottom), with that grid's lots. In hedge mode each grid keeps the line of
+        its own position (LONG or SHORT, :meth:`Context.margin_of`): ``grid``'s, or at a wake-up
+        each grid's in turn (as the compiled kernel's ``_fund_position``, grid by grid)."""
         if not self._margin_calls:
             return
-        lots = [lot for g in self.grids for lot in g.book.lots.values()]
-        if not lots:
+        if ctx.position_mode == "hedge":
+            for g in (grid,) if grid is not None else self.grids:
+                self._fund_side(ctx, g, g.position_side(ctx), wake)
             return
-        try:
-            wanted_leverage = math.ceil(max(lot.leverage for lot in lots))
-            if ctx.margin.leverage != wanted_leverage:
-                ctx.set_leverage(wanted_leverage)
-            want = sum(g.book.margin for g in self.grids)
-            have = ctx.margin.position_margin
-            if want - have > 1e-6:
-                ctx.adjust_margin(want - have)
-                self.counts["margin_added"] += 1
-        except ExchangeError as exc:
-            self.counts["margin_call_refused"] += 1
-            self._last_margin_error = str(exc)
+        grid = self._line_grid(ctx)
+        if grid is not None:
+            self._fund_side(ctx, grid, PositionSide.BOTH, wake)
+
+    def _fund_side(self, ctx, grid: Grid, pside: PositionSide, wake: bool) -> None:
+        """:meth:`_fund_position` for ``grid`` on the position ``pside`` (BOTH: the net one)."""
+        position = ctx.position if pside is PositionSide.BOTH else ctx.position_of(pside)
+        qty = abs(position.quantity)
+        if qty < 1e-12 or not grid.book.lots:
+            return
+        brackets = self._brackets(ctx)
+        wanted = position_leverage(max(lot.leverage for lot in grid.book.lots.values()), qty * ctx.price, brackets)
+        if ctx.margin.leverage != wanted:
+            try:
+                ctx.set_leverage(wanted)
+            except ExchangeError as exc:
+                self.counts["margin_call_refused"] += 1
+                self._last_margin_error = str(exc)
+        state = ctx.margin_of(pside)
+        required = required_margin(qty, position.entry_price, grid.ladder.bottom, grid.direction, brackets)
+        need = required - state.position_margin
+        if need <= 1e-6:
+            return
+        if need <= state.available_balance + 1e-9:
+            try:
+                ctx.adjust_margin(need, position_side=pside)
+            except ExchangeError as exc:
+                self.counts["margin_call_refused"] += 1
+                self._last_margin_error = str(exc)
+                return
+            self.counts["margin_added"] += 1
+            if wake:
+                self.counts["liq_line_restores"] += 1
+            return
+        self.counts["margin_call_refused"] += 1
+        if not wake or grid.direction * (ctx.price - grid.ladder.bottom) <= 0:
+            return
+        share = restore_share(
+            required,
+            state.position_margin,
+            state.available_balance,
+            qty,
+            position.entry_price,
+            ctx.price,
+            grid.direction,
+            ctx.instrument.taker_fee,
+        )
+        closing = sum(lot.quantity for lot in grid.book.lots.values() if lot.closing)
+        todo = share * qty - closing
+        if todo <= 0:
+            return
+        self.counts["liq_line_restores"] += 1
+        for lot in sorted((lot for lot in grid.book.lots.values() if not lot.closing), key=lambda lot: (-lot.leverage, lot.lot_id)):
+            if todo <= 0:
+                break
+            grid.book.withdraw_tp(lot)
+            self._close_lot(ctx, grid, lot, "restore")
+            self.counts["liq_line_restore_closes"] += 1
+            todo -= lot.quantity
+
+    def _line_grid(self, ctx) -> Grid | None:
+        """The grid whose bottom the position's liquidation price must respect: the one grid, or
+        with ``side=both`` the grid on the side of the net position (None when flat)."""
+        if len(self.grids) == 1:
+            return self.grids[0]
+        quantity = ctx.position.quantity
+        if abs(quantity) < 1e-12:
+            return None
+        return next((g for g in self.grids if g.direction == (1 if quantity > 0 else -1)), None)
 
     def _stop(self, ctx, reason: str) -> None:
         self.halted = reason
@@ -455,6 +619,7 @@ class MakerVol(Strategy):
         for grid in self.grids:
             ladder, book = grid.ladder, grid.book
             tp_side = grid.entry_side.opposite
+            pside = grid.position_side(ctx)
             cache = self._tp_orders
             # Only the take-profits nearest the price can be among the live ones (OrderSync keeps
             # the nearest max_live_orders per side), so only they are handed over: sync stays O(n).
@@ -473,7 +638,14 @@ class MakerVol(Strategy):
                         # position is on the other side the exchange refuses it (-2022) and the
                         # next sync sends it again
                         small = lot.quantity * tp_price < min_notional
-                        vo = cache[ident] = VirtualOrder(f"{grid.tp_key}{lot.lot_id}", tp_side, tp_price, lot.quantity, reduce_only=reduce_only or small)
+                        vo = cache[ident] = VirtualOrder(
+                            f"{grid.tp_key}{lot.lot_id}",
+                            tp_side,
+                            tp_price,
+                            lot.quantity,
+                            reduce_only=(reduce_only or small) and pside is PositionSide.BOTH,
+                            position_side=pside,
+                        )
                     orders.append(vo)
             start = max(k, grid.first_entry)
             armed_total += len(ladder) - start - (len(book.tp_levels) - bisect.bisect_left(book.tp_levels, start)) + len(book.lots)
@@ -481,16 +653,19 @@ class MakerVol(Strategy):
             for level in range(start, len(ladder)):
                 if placed >= n:
                     break
-                if level in book.tp_at:
+                size = grid.sizes.get(level)
+                if size is None or level in book.tp_at:  # merged into a level nearer top, or holds a take-profit
                     continue
-                qty, margin, _ = grid.sizes[level]
+                qty, margin, _ = size
                 if margin > free:
                     paused = True
                     break
                 free -= margin
                 vo = grid.entry_orders.get(level)
                 if vo is None:
-                    vo = grid.entry_orders[level] = VirtualOrder(f"{grid.entry_key}{level}", grid.entry_side, grid.entry_prices[level], qty)
+                    vo = grid.entry_orders[level] = VirtualOrder(
+                        f"{grid.entry_key}{level}", grid.entry_side, grid.entry_prices[level], qty, position_side=pside
+                    )
                 orders.append(vo)
                 placed += 1
         return orders, armed_total, paused
@@ -530,31 +705,76 @@ class MakerVol(Strategy):
         for grid in self.grids:
             if not grid.book.lots:
                 continue
-            q = grid.book.quantity
-            mmr, cum = self._mmr(ctx, q * price)
-            liq = grid.book.liquidation_price(mmr, cum)
+            liq = grid.book.liquidation_price(self._brackets(ctx))
             dist = grid.direction * (price - liq) / price
             beyond_bottom = grid.direction * (price - grid.ladder.bottom) <= 0
             if not beyond_bottom and grid.direction * (liq - grid.ladder.bottom) > 1e-6 * grid.ladder.bottom:
                 violation = True
-        if violation:
-            self.counts["invariant_violations"] += 1
         broker_liq = math.nan
-        if self._margin_calls and len(self.grids) == 1 and self.grids[0].book.lots:
+        grid = self._line_grid(ctx) if self.grids else None
+        if self._margin_calls and ctx.position_mode == "hedge":
+            liq, broker_liq, dist = self._position_lines(ctx, price)
+        elif self._margin_calls and grid is not None and grid.book.lots:
             # the broker's own liquidation price of the position (Binance formula, its brackets)
-            grid = self.grids[0]
             broker_liq = ctx.margin.liquidation_price or math.nan
             above_bottom = grid.direction * (price - grid.ladder.bottom) > 0
-            if above_bottom and grid.direction * (broker_liq - grid.ladder.bottom) > 1e-6 * grid.ladder.bottom:
-                self.counts["broker_invariant_violations"] += 1
+            # a market close sent at this wake-up fills at the next open (the sim's market orders
+            # placed between bars): a restore close, or a saturation close whose lot the restore
+            # counts on (_fund_position sends no more when the lots already closing cover it); the
+            # line they restore is not a breach
+            restoring = any(why in ("restore", "saturation") for _, _, why in self._closing.values())
+            if above_bottom and grid.direction * (broker_liq - grid.ladder.bottom) > 1e-6 * grid.ladder.bottom and not restoring:
+                self.counts["liq_line_breaches"] += 1
+            dist = grid.direction * (price - broker_liq) / price  # the position's, not the lot book's
+        elif violation and not self._margin_calls:  # no isolated margin at the broker: the lot book's line
+            self.counts["liq_line_breaches"] += 1
         occupied = sum(len(g.book.tp_at) for g in self.grids)
         levels = sum(len(g.ladder) for g in self.grids)
         live = report.live if report is not None else self.sync.live_count
         virtual = getattr(self, "_armed", 0)  # armed entry levels + open lots' take-profits
         self.samples.append((ctx.now_ms, price, liq, broker_liq, dist, occupied, levels, live, virtual, ctx.equity))
 
+    def _position_lines(self, ctx, price: float) -> tuple[float, float, float]:
+        """Hedge mode: each grid's own position's liquidation price (:meth:`Context.margin_of`)
+        against its bottom. A breach: the line beyond bottom while the price is on the safe side
+        and no restore or saturation close of that grid waits for the next open. Returns the lot
+        book's line, the position's line and the distance of the grid nearest its liquidation."""
+        liq = broker_liq = dist = math.nan
+        for grid in self.grids:
+            if not grid.book.lots:
+                continue
+            d, bottom = grid.direction, grid.ladder.bottom
+            g_liq = grid.book.liquidation_price(self._brackets(ctx))
+            g_broker = ctx.margin_of(grid.position_side(ctx)).liquidation_price
+            g_broker = math.nan if g_broker is None else g_broker
+            restoring = any(g is grid and why in ("restore", "saturation") for g, _, why in self._closing.values())
+            if d * (price - bottom) > 0 and d * (g_broker - bottom) > 1e-6 * bottom and not restoring:
+                self.counts["liq_line_breaches"] += 1
+            g_dist = d * (price - g_broker) / price
+            if not dist <= g_dist:  # the first grid, or one nearer its liquidation
+                liq, broker_liq, dist = g_liq, g_broker, g_dist
+        return liq, broker_liq, dist
+
+    def completed_round_trips(self) -> int:
+        """Entries whose take-profit filled: the run's ``trades``."""
+        return len(self.round_trips)
+
     def diagnostics(self) -> dict[str, Any]:
-        samples = _frame(self.samples, ["ts_ms", "price", "liquidation_price", "broker_liquidation_price", "distance_to_liquidation", "tp_levels_occupied", "levels", "live_orders", "virtual_orders", "equity"])
+        samples = _frame(
+            self.samples,
+            [
+                "ts_ms",
+                "price",
+                "liquidation_price",
+                "broker_liquidation_price",
+                "distance_to_liquidation",
+                "tp_levels_occupied",
+                "levels",
+                "live_orders",
+                "virtual_orders",
+                "equity",
+            ],
+        )
         live = samples["live_orders"].to_numpy()
         distance = samples["distance_to_liquidation"].to_numpy(dtype=np.float64)
         levels = sorted(set(self.entry_fills) | set(self.tp_fills))
@@ -571,6 +791,7 @@ class MakerVol(Strategy):
             "saturation_loss": self.pnl["saturation_loss"],
             "liquidation_loss": self.pnl["liquidation_loss"],
             "stop_pnl": self.pnl["stop_pnl"],
+            "restore_pnl": self.pnl["restore_pnl"],
             "open_lots": sum(len(g.book.lots) for g in self.grids),
         }
         summary = {
@@ -579,13 +800,17 @@ class MakerVol(Strategy):
             "saturation_loss": round(self.pnl["saturation_loss"], 2),
             "liquidations": self.counts["liquidations"],
             "cash_pauses": self.counts["cash_pauses"],
-            "invariant_violations": self.counts["invariant_violations"],
-            "broker_invariant_violations": self.counts["broker_invariant_violations"] if self._margin_calls else None,
-            "levels_raised_to_min_notional": self.counts["levels_raised_to_min_notional"],
+            "liq_line_breaches": self.counts["liq_line_breaches"],
+            "liq_line_restores": self.counts["liq_line_restores"],
+            "liq_line_restore_closes": self.counts["liq_line_restore_closes"],
+            "liquidations_above_bottom": self.counts["liquidations_above_bottom"],
+            "levels_merged_min_notional": self.counts["levels_merged_min_notional"],
             "closes_waiting": self.counts["closes_waiting"],
             "closes_retried": self.counts["closes_retried"],
             "lots_gone": self.counts["lots_gone"],
-            "isolated_margin_calls": "yes" if self._margin_calls else "no (the broker has no isolated margin; the strategy's lot book is checked)",
+            "isolated_margin_calls": "yes"
+            if self._margin_calls
+            else "no (the broker has no isolated margin; the strategy's lot book is checked)",
             "margin_call_refused": self.counts["margin_call_refused"],
             "post_only_rearmed": self.sync.stats.rearmed,
             "orders_submitted": self.sync.stats.submitted,
@@ -627,5 +852,4 @@ if hasattr(sdk, "ReportSection"):  # the run report's section hook (backtester i
             return None
         from .maker_vol_report import grid_figures
 
-        diagnostics = result.extra.get("diagnostics") or {}
-        return [sdk.ReportSection(title, figure=fig, order=200 + n) for n, (title, fig) in enumerate(grid_figures(diagnostics))]
+        return [sdk.ReportSection(title, figure=fig, order=200 + n) for n, (title, fig) in enumerate(grid_figures(result.diagnostics))]

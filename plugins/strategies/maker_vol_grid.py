@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from btc_quant.core.compiled import njit
+
+from ..brokers.sim.venue import bracket_index, liquidation_price, maintenance_margin
+
 
 def order_leverage(price: float, bottom: float, mmr: float, direction: int = 1) -> float:
     """Leverage that puts an isolated position entered at ``price`` into liquidation at ``bottom``.
@@ -26,7 +30,7 @@ def order_leverage(price: float, bottom: float, mmr: float, direction: int = 1) 
     Long: margin = loss at bottom + maintenance on the entry notional = q(p - b) + mmr q p, so
     L = notional / margin = 1 / (1 + mmr - b/p) (the spec's formula). Binance charges maintenance
     on the notional at the liquidation price (q b < q p for a long), so the exchange's liquidation
-    price of the lot (:func:`isolated_liquidation_price`) lies at or just below bottom.
+    price of the lot (:func:`book_liquidation_price`) lies at or just below bottom.
 
     Short (direction -1), the mirror image: the notional at bottom is the larger one (b > p), so
     maintenance is taken there to stay on the safe side: margin = q(b - p) + mmr q b,
@@ -41,18 +45,148 @@ def order_leverage(price: float, bottom: float, mmr: float, direction: int = 1) 
     return 1.0 / denominator
 
 
-def isolated_liquidation_price(quantity: float, entry: float, margin: float, mmr: float, cum: float = 0.0, direction: int = 1) -> float:
-    """Binance USD-M liquidation price of an isolated one-way position.
+# --- sizing and the liquidation line: compiled, called by the event path (MakerVol) and by the
+# compiled backtest (maker_vol_kernel) alike. ``BB`` is a bracket table with rows (notional floor,
+# notional cap, maintenance rate, maintenance amount, maximum leverage), as the sim's.
 
-    Binance's published formula (USD-M Futures "Liquidation Price Calculation", one-way mode):
-    LP = (WB - TMM1 + UPNL1 + cumB - side*Q*EP) / (Q*MMR - side*Q), where for an isolated
-    position WB is its isolated margin and TMM1 = UPNL1 = 0; side = +1 long, -1 short; cumB is
-    the bracket's maintenance amount.
-    """
-    if quantity <= 0:
-        return math.nan
-    side = direction
-    return (margin + cum - side * quantity * entry) / (quantity * mmr - side * quantity)
+
+def bracket_table(brackets, default_mmr: float) -> np.ndarray:
+    """The ``BB`` table of an instrument's maintenance brackets (one open-ended row of
+    ``default_mmr`` and leverage 125 when it has none)."""
+    if not brackets:
+        return np.array([(0.0, math.inf, default_mmr, 0.0, 125.0)], dtype=np.float64)
+    return np.array(
+        [(b.notional_floor, b.notional_cap, b.maintenance_rate, b.maintenance_amount, b.max_leverage) for b in brackets], dtype=np.float64
+    )
+
+
+@njit(cache=True, nogil=True)
+def levels_at_or_beyond(prices, off, length, x, d):  # pragma: no cover - compiled
+    """Number of ladder levels (``prices[off:off + length]``, from top) at or beyond ``x`` toward
+    top -- long (prices descending): at or above it; short (ascending): at or below it. It is the
+    index of the first level strictly adverse of ``x`` (:meth:`Ladder.first_adverse`)."""
+    lo, hi = 0, length
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if d * prices[off + mid] >= d * x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True, nogil=True)
+def tp_level(prices, off, length, entry, tp_pct, d):  # pragma: no cover - compiled
+    """The take-profit level of a lot entered at ``entry``: the first level at or beyond ``entry x
+    (1 + d x tp_pct)``, i.e. the adverse-most such level; 0 (top) when even top is not that far."""
+    return max(levels_at_or_beyond(prices, off, length, entry * (1.0 + d * tp_pct), d) - 1, 0)
+
+
+@njit(cache=True, nogil=True)
+def first_entry_level(prices, tp_pct, d):  # pragma: no cover - compiled
+    """The first level whose take-profit level lies beyond it (top itself has no room)."""
+    n = prices.shape[0]
+    for level in range(n):
+        if tp_level(prices, 0, n, prices[level], tp_pct, d) < level:
+            return level
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _leverage_for(price, bottom, direction, mmr):  # pragma: no cover - compiled
+    if direction > 0:
+        return 1.0 / (1.0 + mmr - bottom / price)
+    return 1.0 / ((1.0 + mmr) * bottom / price - 1.0)
+
+
+@njit(cache=True, nogil=True)
+def lot_leverage(price, bottom, direction, notional, BB):  # pragma: no cover - compiled
+    """:func:`order_leverage` with the maintenance rate of the bracket that holds the order's
+    ``notional``, capped at that bracket's maximum leverage (a capped order holds more margin than
+    its loss at bottom: its own line lies beyond bottom, on the safe side). 1 for a price at or
+    beyond bottom (an order of an older ladder that filled there: funded in full)."""
+    if direction * (price - bottom) <= 0:
+        return 1.0
+    k = bracket_index(notional, BB)
+    return min(_leverage_for(price, bottom, direction, BB[k, 2]), BB[k, 4])
+
+
+@njit(cache=True, nogil=True)
+def level_sizes(prices, bottom, direction, margin, BB, lot, qscale, min_notional, QTY, LEV):  # pragma: no cover - compiled
+    """Quantity and leverage of the entry at each level of ``prices`` (spec: margin = ``margin``
+    each, leverage :func:`lot_leverage`), written into ``QTY`` / ``LEV``; returns the number of
+    levels *merged*.
+
+    An order whose notional would be under the exchange minimum is not raised to it: the level
+    takes the margin of as many levels as the minimum needs (itself and the next ones toward
+    bottom, which then hold no entry: quantity 0) -- the same capital over the same stretch of
+    the ladder, in fewer, larger orders."""
+    n = prices.shape[0]
+    merged = 0
+    i = 0
+    while i < n:
+        p = prices[i]
+        lev = lot_leverage(p, bottom, direction, margin * _leverage_for(p, bottom, direction, BB[0, 2]), BB)
+        k = 1
+        qty = math.floor(margin * lev / p / lot + 1e-9) * lot
+        while qty * p < min_notional - 1e-9 or qty <= 0:
+            k += 1
+            qty = math.floor(k * margin * lev / p / lot + 1e-9) * lot
+        QTY[i] = np.rint(qty * qscale) / qscale
+        LEV[i] = lev
+        for j in range(i + 1, min(i + k, n)):
+            QTY[j] = 0.0
+            LEV[j] = lev
+            merged += 1
+        i += k
+    return merged
+
+
+@njit(cache=True, nogil=True)
+def required_margin(qty, entry, bottom, direction, BB):  # pragma: no cover - compiled
+    """Isolated margin a position of ``qty`` (> 0) at ``entry`` must hold for its liquidation
+    price to lie at or beyond ``bottom`` (long: at or below it).
+
+    Binance liquidates an isolated position when its margin balance (isolated margin + unrealised
+    PnL) falls to its maintenance margin (USD-M "Liquidation Price Calculation", and the formula in
+    :mod:`btc_quant.core.margin`); at the price ``bottom`` that is margin + side x qty x (bottom -
+    entry) = maintenance margin of the notional qty x bottom, so the margin is
+    side x qty x (entry - bottom) + maintenance_margin(qty x bottom)."""
+    return direction * qty * (entry - bottom) + maintenance_margin(qty * bottom, BB)
+
+
+@njit(cache=True, nogil=True)
+def book_liquidation_price(qty, cost, margin, direction, BB):  # pragma: no cover - compiled
+    """Liquidation price of lots of total ``qty`` (> 0), entry value ``cost`` and margin ``margin``
+    held as one isolated position of ``direction``: the venue's Binance formula
+    (:func:`~btc_quant.plugins.brokers.sim.venue.liquidation_price`, the one implementation);
+    NaN when there is none."""
+    if qty <= 0:
+        return np.nan
+    return liquidation_price(direction * qty, cost / qty, margin, BB)
+
+
+@njit(cache=True, nogil=True)
+def position_leverage(max_lot_leverage, notional, BB):  # pragma: no cover - compiled
+    """The leverage setting of the position: what its most leveraged lot needs (rounded up, as
+    exchanges take whole numbers), capped at the bracket maximum for its ``notional``."""
+    return min(float(math.ceil(max_lot_leverage)), BB[bracket_index(notional, BB), 4])
+
+
+@njit(cache=True, nogil=True)
+def restore_share(required, held, available, qty, entry, price, direction, fee_rate):  # pragma: no cover - compiled
+    """Share of the position (0..1) to close at market when its margin ``held`` plus the
+    ``available`` balance cannot reach ``required``: closing a share f releases f x ``held`` of
+    isolated margin and realises f x the unrealised PnL (less the taker fee), which added back to
+    the rest funds it when (1 - f)(required - held) <= available + f (held + upnl - fee), i.e.
+    f = (required - held - available) / (required + upnl - fee)."""
+    short = required - held - available
+    if short <= 0:
+        return 0.0
+    room = required + direction * qty * (price - entry) - qty * price * fee_rate
+    if room <= short:
+        return 1.0
+    return short / room
 
 
 @dataclass(frozen=True)
@@ -85,21 +219,11 @@ class Ladder:
 
     def first_adverse(self, price: float) -> int:
         """Index of the first level strictly adverse of ``price`` (long: strictly below it)."""
-        if self.direction > 0:  # prices descending
-            return int(np.searchsorted(-self.prices, -price, side="right"))
-        return int(np.searchsorted(self.prices, price, side="right"))
+        return int(levels_at_or_beyond(self.prices, 0, len(self.prices), float(price), self.direction))
 
     def tp_target(self, entry: float, tp_pct: float) -> int:
-        """Level of the take-profit of a lot entered at ``entry``: the first level at or beyond
-        ``entry x (1 + tp_pct)`` (short: ``1 - tp_pct``), i.e. the adverse-most such level;
-        0 (top) when even top is not that far."""
-        target = entry * (1.0 + self.direction * tp_pct)
-        # levels at or beyond target toward top are indexes 0..k-1 where k = first strictly adverse of target
-        if self.direction > 0:
-            k = int(np.searchsorted(-self.prices, -target, side="right"))
-        else:
-            k = int(np.searchsorted(self.prices, target, side="right"))
-        return max(k - 1, 0)
+        """Level of the take-profit of a lot entered at ``entry`` (:func:`tp_level`)."""
+        return int(tp_level(self.prices, 0, len(self.prices), float(entry), float(tp_pct), self.direction))
 
     def level_at_or_beyond(self, price: float) -> int:
         """The adverse-most level at or beyond ``price`` toward top (0 when none)."""
@@ -172,7 +296,7 @@ class GridBook:
         """Up to ``n`` take-profit levels on the favourable side of the price nearest to it
         (``first_adverse`` = ``ladder.first_adverse(price)``)."""
         stop = bisect.bisect_left(self.tp_levels, first_adverse)
-        return self.tp_levels[max(0, stop - n):stop]
+        return self.tp_levels[max(0, stop - n) : stop]
 
     def free_tp_level(self, start: int, stop: int = 0) -> int | None:
         """First level from ``start`` toward top (down to ``stop``) that holds no take-profit."""
@@ -255,10 +379,7 @@ class GridBook:
     def tp_price(self, lot: Lot) -> float:
         return float(self.ladder.prices[lot.tp_level])
 
-    def liquidation_price(self, mmr: float, cum: float = 0.0) -> float:
-        """Liquidation price of all open lots as one isolated position holding their margins."""
-        q = self.quantity
-        if q <= 0:
-            return math.nan
-        entry = self._cost / q
-        return isolated_liquidation_price(q, entry, self.margin, mmr, cum, self.ladder.direction)
+    def liquidation_price(self, BB: np.ndarray) -> float:
+        """Liquidation price of all open lots as one isolated position holding their margins
+        (``BB``: the bracket table, :func:`bracket_table`)."""
+        return float(book_liquidation_price(self.quantity, self._cost, self.margin, self.ladder.direction, BB))

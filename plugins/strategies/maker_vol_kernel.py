@@ -1,380 +1,242 @@
-"""A compiled backtest of ``maker_vol`` on the ``sim`` broker: the event path's rules in one numba loop.
+"""The compiled backtest of ``maker_vol`` on the ``sim`` broker: the strategy's decisions over the venue core.
 
 The event path (engine + :class:`~btc_quant.plugins.brokers.sim.SimBroker` + :class:`MakerVol` +
-:class:`~btc_quant.sdk.ordersync.OrderSync`) stays the reference. This module runs the *same*
-sequence of decisions over the bar arrays in compiled code and builds the same
-:class:`~btc_quant.core.engine.RunResult` (fills, orders, equity curve, funding, liquidation marks,
-the strategy's diagnostics) from what the kernel recorded:
+:class:`~btc_quant.sdk.ordersync.OrderSync`) stays the reference. As :mod:`..brokers.sim.pairs`
+and :mod:`..brokers.sim.signals` do, this module is a *decision loop over the venue core*: the
+account, its orders and every venue rule (bar skipping, the intrabar path, the fill models, fees,
+isolated margin, leverage, Binance's liquidation price and the liquidation itself, funding) are
+the functions of :mod:`..brokers.sim.venue` that the event path's SimBroker calls too; the loop
+runs :func:`~..brokers.sim.venue.advance` and hands each event the core logs to the strategy's
+decisions, in the order the engine would:
 
-* the sim's bar skipping (a bar is visited when a resting order, the liquidation price, the price
-  alert, a wake bar, a pending market order or a funding time with a position can act on it), its
-  five-point intrabar path (``nearest`` / ``direction``), the ``through`` / ``touch`` fill models,
-  gap fills clipped into the new bar, isolated margin, Binance's liquidation price with the
-  symbol's brackets, the liquidation clearance fee, funding at the bar's open, the margin check of
-  new orders (Binance -2019) and reduce-only refusals (-2022);
-* the strategy: hourly re-computation of the ladder and re-laying of take-profits, sizing by
-  equity, the desired set (take-profits nearest the price, entries nearest the price that free
-  margin funds), saturation closes at market, per-lot leverage and the position funding
-  (``set_leverage`` / ``adjust_margin`` with the broker's refusals), the wake-ups (hourly, price
-  alert on the next level up, the close of every bar with a fill);
-* :class:`OrderSync`: per key, an open order whose side, price, quantity and flags match the
-  target is kept, any other is canceled; new orders go nearest the price first, under client ids
-  ``f"{strategy_id}:{key}.{base36(generation)}"`` with the generation counter seeded by the first
-  sync's clock.
+* on a fill: open a lot and give it its take-profit level (saturation close at market when none
+  is free), or book a take-profit or a market close; keep the position's isolated margin at what
+  puts its liquidation price at bottom (``maker_vol_grid.required_margin``);
+* at a wake-up (the first bar, each ``recompute`` period, a price alert on the next level up, the
+  close of every bar with a fill): re-send closes that ended without closing their lot, recompute
+  the ladder and re-lay take-profits, size the entries (``maker_vol_grid.level_sizes``), restore
+  the liquidation line (``restore_share``), then the desired set (take-profits nearest the price,
+  entries nearest the price that free margin funds) and :class:`OrderSync`'s diff: per key, an open
+  order whose side, price and quantity match is kept, any other is canceled (nearest first); new
+  orders go nearest the price first, under client ids ``f"{strategy_id}:{key}.{base36(generation)}"``
+  with the generation counter seeded by the first sync's clock.
 
-When the kernel meets a situation it does not implement (a reduce-only order cut to a position
-smaller than the order by more than half a lot, i.e. a partial fill; more orders or lots than its
-arrays hold even after growing them) it stops and reports it; :func:`compiled_backtest` then returns None and the caller runs the
-event path. The conditions under which the fast path is tried at all are in :func:`why_not`.
-
-Fill for fill equality with the event path is what ``tests/test_maker_vol_kernel.py`` checks.
+The grid's rules are ``maker_vol_grid``'s compiled functions, which the event path calls too.
+When the loop runs out of room it re-runs with larger arrays; :func:`compiled_backtest` returns
+None (the event path runs) for a run :func:`why_not` refuses. Fill for fill equality with the
+event path is what ``tests/test_maker_vol_kernel.py`` checks.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from numba import njit
 
-from ..brokers.sim_path import fill_bar_path, liquidation_price, position_after_fill
+from btc_quant.core.compiled import njit
 
-# --- state vector S (float64) --------------------------------------------------------------------
-WALLET, PQ, PE, ISO, LEV, PRICE, NOW, BAR = 0, 1, 2, 3, 4, 5, 6, 7
-TRADE_SEQ, NORD, NFILL, NOPEN, BQ, BMARGIN, BCOST, NLOTS = 8, 9, 10, 11, 12, 13, 14, 15
-NEXTLOT, GEN, ENGN, ALERT_ON, ALERT_LO, ALERT_HI, PFEES, PFUNDING = 16, 17, 18, 19, 20, 21, 22, 23
-INSUR, FK, BAIL, LAD, NPEND = 24, 25, 26, 27, 28
-GRID_PROFIT, FEES_MAKER, FEES_TAKER, SAT_LOSS, LIQ_LOSS = 30, 31, 32, 33, 34
-SATS, LIQS, CASH_PAUSES, PAUSED, INV_VIOL, BRK_VIOL, RAISED, MREFUSED = 40, 41, 42, 43, 44, 45, 46, 47
-MADDED, SUBMITTED, CANCELED, REJECTED, RECOMPUTES, BEYOND, NENTRY, NTP = 48, 49, 50, 51, 52, 53, 54, 55
-NSAT, NRT, NSAMP, NFUND, BROKER_LIQS, ARMED, NEXT_RC, HAS_GRID = 56, 57, 58, 59, 60, 61, 62, 63
-FIRST_SYNC, REARMED, SYNC_FILLS, INSIDE, LIQ_CACHE = 64, 65, 66, 67, 68
-NSTATE = 80
+from ..brokers.sim import venue as vc
+from ..brokers.sim.venue import (
+    EV_FILL,
+    EV_STATUS,
+    F_FEE,
+    F_ORDER,
+    F_PRICE,
+    F_QTY,
+    NEV,
+    O_FILLED,
+    O_LIQ,
+    O_QTY,
+    O_REASON,
+    O_SIDE,
+    O_STATUS,
+    O_TAG0,
+    O_TAG1,
+    Q_ENTRY,
+    Q_ISO,
+    Q_LIQ,
+    Q_QTY,
+)
+from .maker_vol_grid import (
+    book_liquidation_price,
+    bracket_table,
+    first_entry_level,
+    level_sizes,
+    levels_at_or_beyond,
+    lot_leverage,
+    position_leverage,
+    required_margin,
+    restore_share,
+    tp_level,
+)
 
-# --- parameters P ---------------------------------------------------------------------------------
-P_MAKER, P_TAKER, P_LIQFEE, P_LOT, P_TICK, P_MINNOT, P_QSCALE, P_PSCALE = 0, 1, 2, 3, 4, 5, 6, 7
-P_TP, P_ORDER_PCT, P_NLIVE, P_STRICT, P_PATHDIR, P_CHECK, P_RECOMPUTE, P_CASH, P_LEV0 = 8, 9, 10, 11, 12, 13, 14, 15, 16
-NPARAM = 20
+# --- the strategy's state M (float64): counters and running totals ----------------------------------
+GEN, ALERT_ON, ALERT_LO, ALERT_HI, BAIL, LAD = 0, 1, 2, 3, 4, 5
+GRID_PROFIT, FEES_MAKER, FEES_TAKER, SAT_LOSS, LIQ_LOSS = 11, 12, 13, 14, 15
+SATS, LIQS, CASH_PAUSES, PAUSED, BRK_VIOL, RAISED, MREFUSED = 16, 17, 18, 19, 20, 21, 22
+MADDED, SUBMITTED, CANCELED, REJECTED, RECOMPUTES, BEYOND, NENTRY, NTP = 23, 24, 25, 26, 27, 28, 29, 30
+NSAT, NRT, NSAMP, ARMED, NEXT_RC, HAS_GRID = 31, 32, 33, 34, 35, 36
+FIRST_SYNC, REARMED, SYNC_FILLS, RESTORES, LIQ_ABOVE, RESTORE_CLOSES, RESTORE_PNL = 37, 38, 39, 40, 41, 42, 43
+NRETRY, CLOSES_RETRIED, LOTS_GONE = 44, 45, 46
+NSTATE = 48
 
-# --- orders O (float64 rows) ------------------------------------------------------------------------
-O_KIND, O_REF, O_GEN, O_SIDE, O_PRICE, O_QTY, O_FILLED, O_AVG = 0, 1, 2, 3, 4, 5, 6, 7
-O_STATUS, O_REASON, O_NEED, O_FREE, O_CREATED, O_UPDATED, O_PENDING, O_RO, O_PO = 8, 9, 10, 11, 12, 13, 14, 15, 16
-NO = 17
-K_ENTRY, K_TP, K_CLOSE, K_LIQ = 0, 1, 2, 3
-ST_PENDING, ST_NEW, ST_PARTIAL, ST_FILLED, ST_CANCELED, ST_REJECTED, ST_EXPIRED = 0, 1, 2, 3, 4, 5, 6
-R_NONE, R_MARGIN, R_LIQ, R_REDUCE, R_CROSS, R_RO_GONE = 0, 1, 2, 3, 4, 5
+# --- each grid's state MG[g] (float64): its book's totals, its ladder, its position row ---------------
+# G_RO / G_PSIDE: how its closing orders are flagged (one-way: reduce-only, position side BOTH;
+# hedge mode: no flag, position side LONG or SHORT)
+G_NLOTS, G_BQ, G_BMARGIN, G_BCOST, G_NEXTLOT, G_OFF, G_LEN, G_FIRST, G_BOTTOM, G_D, G_ROW, G_PSIDE, G_RO = range(13)
+NMG = 13
 
-# --- fills F ----------------------------------------------------------------------------------------
-F_ORDER, F_PRICE, F_QTY, F_FEE, F_BAR, F_MAKER, F_LIQ, F_SEQ = 0, 1, 2, 3, 4, 5, 6, 7
-NF = 8
+# --- the strategy's parameters G ---------------------------------------------------------------------
+G_TP, G_ORDER_PCT, G_NLIVE, G_RECOMPUTE, G_NGRID = 0, 1, 2, 3, 4
+NPARAM = 5
+
+# --- what each order is to the strategy: O_TAG0 its kind + NKIND x its grid, O_TAG1 its level
+# (entry) or lot --------------------------------------------------------------------------------------
+K_ENTRY, K_TP, K_CLOSE, K_LIQ, K_RESTORE = 0, 1, 2, 3, 4  # K_CLOSE: saturation; K_RESTORE: restores the liquidation line
+NKIND = 8
 
 # --- lots L (row = lot id) ------------------------------------------------------------------------
+# L_CLOSING: 0 open, 1 a close at market under way, >= 2 a close that ended without closing the lot
+# and is sent again at the next wake-up (2 + 2 x its place in that queue, + 1 for a restore close)
 L_LEVEL, L_ENTRY, L_QTY, L_MARGIN, L_LEV, L_TP, L_CLOSING, L_FREED = 0, 1, 2, 3, 4, 5, 6, 7
 NL = 8
 
 # kernel exit codes
-OK, BAIL_REDUCE_CUT, BAIL_CAPACITY, BAIL_NO_LADDER = 0, 1, 4, 5
+OK, BAIL_CAPACITY, BAIL_NO_LADDER = 0, 4, 5
 BAIL_REASONS = {
-    BAIL_REDUCE_CUT: "a reduce-only order was cut to a smaller position (a partial fill)",
     BAIL_CAPACITY: "more orders, fills or lots than the kernel's arrays hold",
     BAIL_NO_LADDER: "a re-computation outside a wake bar",
 }
-EPS = 1e-12
+EPS = vc.EPS
 
 
 @njit(cache=True, nogil=True)
-def _bracket(notional, caps):  # pragma: no cover - compiled
-    for k in range(len(caps)):
-        if notional < caps[k]:
-            return k
-    return len(caps) - 1
+def _equity(v):  # pragma: no cover - compiled
+    """Wallet balance plus the unrealised PnL of both position rows at the current price."""
+    out = v.S[vc.WALLET]
+    for r in range(2):
+        q = v.POS[r, Q_QTY]
+        if abs(q) >= 1e-12:
+            out += q * (v.S[vc.PRICE] - v.POS[r, Q_ENTRY])
+    return out
 
 
 @njit(cache=True, nogil=True)
-def _count_ge(prices, off, length, x):  # pragma: no cover - compiled
-    """Number of ladder levels (descending prices) at or above ``x``: Ladder.first_adverse."""
-    lo, hi = 0, length
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if prices[off + mid] >= x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+def _book_add(MG, q, cost, margin):  # pragma: no cover - compiled
+    MG[G_BQ] += q
+    MG[G_BCOST] += cost
+    MG[G_BMARGIN] += margin
+    if MG[G_NLOTS] == 0:
+        MG[G_BQ] = 0.0
+        MG[G_BCOST] = 0.0
+        MG[G_BMARGIN] = 0.0
 
 
 @njit(cache=True, nogil=True)
-def _tp_target(prices, off, length, entry, tp_pct):  # pragma: no cover - compiled
-    k = _count_ge(prices, off, length, entry * (1.0 + tp_pct))
-    return max(k - 1, 0)
+def _is_open(MG, LOTS, lot):  # pragma: no cover - compiled
+    for k in range(int(MG[G_NLOTS])):
+        if LOTS[k] == lot:
+            return True
+    return False
 
 
 @njit(cache=True, nogil=True)
-def _round_qty(q, lot, qscale):  # pragma: no cover - compiled
-    return np.rint(math.floor(q / lot + 1e-9) * lot * qscale) / qscale
-
-
-@njit(cache=True, nogil=True)
-def _equity(S):  # pragma: no cover - compiled
-    if abs(S[PQ]) < 1e-12:
-        return S[WALLET]
-    return S[WALLET] + S[PQ] * (S[PRICE] - S[PE])
-
-
-@njit(cache=True, nogil=True)
-def _changed(S, BB, LIQM, HASM):  # pragma: no cover - compiled
-    b = int(S[BAR])
-    S[LIQ_CACHE] = LIQM[b] = liquidation_price(S[PQ], S[PE], S[ISO], BB)  # the sim's cached liquidation price
-    HASM[b] = True
-
-
-@njit(cache=True, nogil=True)
-def _remove_open(S, OPEN, oi):  # pragma: no cover - compiled
-    n = int(S[NOPEN])
-    j = 0
-    for k in range(n):
-        if OPEN[k] != oi:
-            OPEN[j] = OPEN[k]
-            j += 1
-    S[NOPEN] = j
-
-
-@njit(cache=True, nogil=True)
-def _orders_margin(S, O, OPEN):  # pragma: no cover - compiled
-    buys = 0.0
-    sells = 0.0
-    for k in range(int(S[NOPEN])):
-        oi = OPEN[k]
-        if O[oi, O_RO] != 0:
-            continue
-        price = O[oi, O_PRICE]
-        if np.isnan(price):
-            price = S[PRICE]
-        value = max(O[oi, O_QTY] - O[oi, O_FILLED], 0.0) * price
-        if O[oi, O_SIDE] > 0:
-            buys += value
-        else:
-            sells += value
-    pos_value = abs(S[PQ]) * S[PRICE]
-    if S[PQ] > 0:
-        sells = max(0.0, sells - pos_value)
-    elif S[PQ] < 0:
-        buys = max(0.0, buys - pos_value)
-    return max(buys, sells) / S[LEV]
-
-
-@njit(cache=True, nogil=True)
-def _available(S, O, OPEN):  # pragma: no cover - compiled
-    return S[WALLET] - S[ISO] - _orders_margin(S, O, OPEN)
-
-
-@njit(cache=True, nogil=True)
-def _new_order(S, O, kind, ref, gen, side, price, qty, ro, po):  # pragma: no cover - compiled
-    oi = int(S[NORD])
-    if oi >= O.shape[0]:
-        S[BAIL] = BAIL_CAPACITY
-        return -1
-    S[NORD] = oi + 1
-    O[oi, O_KIND] = kind
-    O[oi, O_REF] = ref
-    O[oi, O_GEN] = gen
-    O[oi, O_SIDE] = side
-    O[oi, O_PRICE] = price
-    O[oi, O_QTY] = qty
-    O[oi, O_FILLED] = 0.0
-    O[oi, O_AVG] = 0.0
-    O[oi, O_STATUS] = ST_PENDING
-    O[oi, O_REASON] = R_NONE
-    O[oi, O_NEED] = 0.0
-    O[oi, O_FREE] = 0.0
-    O[oi, O_CREATED] = S[NOW]
-    O[oi, O_UPDATED] = S[NOW]
-    O[oi, O_PENDING] = 0
-    O[oi, O_RO] = ro
-    O[oi, O_PO] = po
-    return oi
-
-
-@njit(cache=True, nogil=True)
-def _fill(S, P, BB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, oi, price, maker, liquidation):  # pragma: no cover - compiled
-    """SimBroker._fill for a whole order (no volume cap). Returns the fill row, -2 when a
-    reduce-only order expired instead, -1 on a bail."""
-    bar = int(S[BAR])
-    pq = S[PQ]
-    side = O[oi, O_SIDE]
-    qty = max(O[oi, O_QTY] - O[oi, O_FILLED], 0.0)
-    if O[oi, O_RO] != 0:
-        if abs(pq) < 1e-12 or (pq > 0) == (side > 0):  # nothing left to reduce: the order expires
-            O[oi, O_STATUS] = ST_EXPIRED
-            O[oi, O_REASON] = R_RO_GONE
-            O[oi, O_UPDATED] = S[NOW]
-            O[oi, O_PENDING] = 0
-            _remove_open(S, OPEN, oi)
-            if O[oi, O_KIND] == K_TP:  # OrderSync: a post-only order of ours expired, sent again later
-                S[REARMED] += 1
-            return -2
-        qty = min(qty, abs(pq))  # cut to the position: may leave the order partly filled
-    notional = qty * price
-    before = pq
-    closing = 0.0
-    if abs(before) > EPS and (before > 0) != (side > 0):
-        closing = min(qty, abs(before))
-    if liquidation:
-        realized = closing * (price - S[PE]) * (1.0 if before > 0 else -1.0)
-        left = S[ISO] + realized
-        fee = min(notional * P[P_LIQFEE], max(left, 0.0))
-    else:
-        fee = notional * (P[P_MAKER] if maker else P[P_TAKER])
-        left = 0.0
-    S[TRADE_SEQ] += 1
-    fi = int(S[NFILL])
-    if fi >= FL.shape[0]:
-        S[BAIL] = BAIL_CAPACITY
-        return -1
-    S[NFILL] = fi + 1
-    FL[fi, F_ORDER] = oi
-    FL[fi, F_PRICE] = price
-    FL[fi, F_QTY] = qty
-    FL[fi, F_FEE] = fee
-    FL[fi, F_BAR] = bar
-    FL[fi, F_MAKER] = 1.0 if maker else 0.0
-    FL[fi, F_LIQ] = 1.0 if liquidation else 0.0
-    FL[fi, F_SEQ] = S[TRADE_SEQ]
-    # isolated margin (the strategy always runs the sim in isolated mode)
-    if closing > 0:
-        S[ISO] -= S[ISO] * closing / abs(before)
-    S[ISO] += (qty - closing) * price / S[LEV]
-    # Position.apply + Account.apply
-    sq = side * qty
-    S[PQ], S[PE], realized2 = position_after_fill(pq, S[PE], sq, price)
-    S[PFEES] += fee
-    S[WALLET] += realized2 - fee
-    cash = -sq * price - fee
-    if liquidation:
-        shortfall = max(-left, 0.0)
-        if shortfall > 0:
-            S[WALLET] += shortfall
-            S[INSUR] += shortfall
-            cash += shortfall
-        S[ISO] = 0.0
-    elif abs(S[PQ]) < 1e-12:
-        S[ISO] = 0.0
-    CASH[bar] += cash
-    QTYD[bar] += sq
-    filled = O[oi, O_FILLED] + qty
-    O[oi, O_AVG] = (O[oi, O_AVG] * O[oi, O_FILLED] + price * qty) / filled
-    O[oi, O_UPDATED] = ts[bar]
-    O[oi, O_PENDING] = 0
-    if O[oi, O_QTY] - filled <= P[P_LOT] / 2:
-        O[oi, O_FILLED] = O[oi, O_QTY]
-        O[oi, O_STATUS] = ST_FILLED
-        _remove_open(S, OPEN, oi)
-    else:  # stays open, in its place
-        O[oi, O_FILLED] = filled
-        O[oi, O_STATUS] = ST_PARTIAL
-    _changed(S, BB, LIQM, HASM)
-    return fi
-
-
-@njit(cache=True, nogil=True)
-def _book_add(S, q, cost, margin):  # pragma: no cover - compiled
-    S[BQ] += q
-    S[BCOST] += cost
-    S[BMARGIN] += margin
-    if S[NLOTS] == 0:
-        S[BQ] = 0.0
-        S[BCOST] = 0.0
-        S[BMARGIN] = 0.0
-
-
-@njit(cache=True, nogil=True)
-def _close_lot_book(S, L, LOTS, TPAT, lot):  # pragma: no cover - compiled
+def _close_lot_book(MG, L, LOTS, TPAT, lot):  # pragma: no cover - compiled
     """GridBook.close_lot."""
-    n = int(S[NLOTS])
+    n = int(MG[G_NLOTS])
     j = 0
     for k in range(n):
         if LOTS[k] != lot:
             LOTS[j] = LOTS[k]
             j += 1
-    S[NLOTS] = j
+    MG[G_NLOTS] = j
     tp = int(L[lot, L_TP])
     if tp >= 0 and TPAT[tp] == lot:
         TPAT[tp] = 0
     q = L[lot, L_QTY]
-    _book_add(S, -q, -q * L[lot, L_ENTRY], -L[lot, L_MARGIN])
+    _book_add(MG, -q, -q * L[lot, L_ENTRY], -L[lot, L_MARGIN])
 
 
 @njit(cache=True, nogil=True)
-def _reduce_lot(S, L, lot, quantity):  # pragma: no cover - compiled
+def _reduce_lot(MG, L, lot, quantity):  # pragma: no cover - compiled
     """GridBook.reduce_lot: part of the lot closed, its margin shrinks pro rata."""
     q = L[lot, L_QTY]
     share = min(quantity / q, 1.0)
-    _book_add(S, -q * share, -q * share * L[lot, L_ENTRY], -L[lot, L_MARGIN] * share)
+    _book_add(MG, -q * share, -q * share * L[lot, L_ENTRY], -L[lot, L_MARGIN] * share)
     L[lot, L_MARGIN] *= 1.0 - share
     L[lot, L_QTY] = np.rint(q * (1.0 - share) * 1e12) / 1e12
 
 
 @njit(cache=True, nogil=True)
-def _submit_close(S, P, BB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, L, lot):  # pragma: no cover - compiled
-    """MakerVol._close_lot (saturation) through Context.sell and SimBroker.submit. Returns the fill
-    row when it filled at once (during a bar), else -1."""
-    L[lot, L_CLOSING] = 1.0
-    qty = _round_qty(L[lot, L_QTY], P[P_LOT], P[P_QSCALE])
-    S[ENGN] += 1
-    oi = _new_order(S, O, K_CLOSE, lot, S[ENGN], -1.0, np.nan, qty, 1.0, 0.0)
-    S[SATS] += 1
-    if oi < 0:
-        return -1
-    if abs(S[PQ]) < EPS or S[PQ] < 0:  # reduce-only refusal (Binance -2022); the lot stays "closing"
-        O[oi, O_STATUS] = ST_REJECTED
-        O[oi, O_REASON] = R_REDUCE
-        return -1
-    O[oi, O_STATUS] = ST_NEW
-    n = int(S[NOPEN])
-    if n >= OPEN.shape[0]:
-        S[BAIL] = BAIL_CAPACITY
-        return -1
-    OPEN[n] = oi
-    S[NOPEN] = n + 1
-    if S[INSIDE] != 0:
-        return _fill(S, P, BB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, oi, S[PRICE], False, False)
-    O[oi, O_PENDING] = 1
-    S[NPEND] += 1
-    return -1
+def _retry_later(M, L, lot, kind):  # pragma: no cover - compiled
+    """MakerVol.on_order for a close that ended without closing its lot: sent again at the next
+    wake-up (``closes_retried``), in this order."""
+    M[CLOSES_RETRIED] += 1
+    L[lot, L_CLOSING] = 2.0 + 2.0 * M[NRETRY] + (1.0 if kind == K_RESTORE else 0.0)
+    M[NRETRY] += 1
 
 
 @njit(cache=True, nogil=True)
-def _closed_at_market(S, O, FL, L, LOTS, TPAT, SAT, ts, fi):  # pragma: no cover - compiled
-    oi = int(FL[fi, F_ORDER])
-    lot = int(O[oi, O_REF])
-    price = FL[fi, F_PRICE]
-    qty = FL[fi, F_QTY]
-    S[FEES_TAKER] += FL[fi, F_FEE]
-    pnl = (price - L[lot, L_ENTRY]) * qty
-    open_ = False
-    for k in range(int(S[NLOTS])):
-        if LOTS[k] == lot:
-            open_ = True
-            break
-    if open_:
-        if O[oi, O_STATUS] == ST_PARTIAL:  # the close was cut to a smaller position
-            _reduce_lot(S, L, lot, qty)
+def _tag(kind, g):  # pragma: no cover - compiled
+    """An order's O_TAG0: its kind and its grid."""
+    return kind + NKIND * g
+
+
+@njit(cache=True, nogil=True)
+def _submit_close(v, M, MG, L, g, lot, kind, again, inside):  # pragma: no cover - compiled
+    """MakerVol._close_lot: a market order through the venue that closes ``lot`` of grid ``g``
+    (one-way: reduce-only; hedge mode: a SELL LONG / BUY SHORT); inside a bar's walk it fills at
+    once, between bars at the next open."""
+    L[lot, L_CLOSING] = 1.0
+    if kind == K_CLOSE and not again:
+        M[SATS] += 1
+    if not again:  # OrderSync.cancel_now: its take-profit order goes at once (it would close the lot twice)
+        for k in range(v.BOOK.shape[0]):
+            if v.BOOK[k, vc.B_STATE] != 0.0:
+                oi = v.BOOK_ORDER[k]
+                if v.O[oi, O_TAG0] == _tag(K_TP, g) and v.O[oi, O_TAG1] == lot and v.O[oi, O_LIQ] == 0:
+                    vc.cancel(v, oi, vc.R_NONE)
+                    M[CANCELED] += 1
+    oi = vc.new_order(v, -MG[G_D], np.nan, vc.round_qty(L[lot, L_QTY], v.P), 0.0, MG[G_RO], MG[G_PSIDE])
+    if oi < 0:
+        M[BAIL] = BAIL_CAPACITY
+        return
+    v.O[oi, O_TAG0] = _tag(kind, g)
+    v.O[oi, O_TAG1] = lot
+    if vc.submit(v, oi, inside) == vc.SUB_FULL:
+        M[BAIL] = BAIL_CAPACITY
+
+
+@njit(cache=True, nogil=True)
+def _closed_at_market(v, M, MG, L, LOTS, TPAT, SAT, fi):  # pragma: no cover - compiled
+    """MakerVol._closed_at_market."""
+    oi = int(v.FL[fi, F_ORDER])
+    lot = int(v.O[oi, O_TAG1])
+    price = v.FL[fi, F_PRICE]
+    qty = v.FL[fi, F_QTY]
+    M[FEES_TAKER] += v.FL[fi, F_FEE]
+    pnl = MG[G_D] * (price - L[lot, L_ENTRY]) * qty
+    if _is_open(MG, LOTS, lot):
+        if v.O[oi, O_STATUS] == vc.ST_PARTIAL:  # the close was cut to a smaller position
+            _reduce_lot(MG, L, lot, qty)
         else:
-            _close_lot_book(S, L, LOTS, TPAT, lot)
-    S[SAT_LOSS] += pnl
-    k = int(S[NSAT])
-    SAT[k, 0] = ts[int(FL[fi, F_BAR])]
+            _close_lot_book(MG, L, LOTS, TPAT, lot)
+    if int(v.O[oi, O_TAG0]) % NKIND == K_RESTORE:
+        M[RESTORE_PNL] += pnl
+        return
+    M[SAT_LOSS] += pnl
+    k = int(M[NSAT])
+    SAT[k, 0] = v.S[vc.NOW]
     SAT[k, 1] = L[lot, L_ENTRY]
     SAT[k, 2] = L[lot, L_FREED]
     SAT[k, 3] = price
     SAT[k, 4] = qty
     SAT[k, 5] = pnl
-    SAT[k, 6] = FL[fi, F_FEE]
-    S[NSAT] = k + 1
+    SAT[k, 6] = v.FL[fi, F_FEE]
+    M[NSAT] = k + 1
 
 
 @njit(cache=True, nogil=True)
@@ -386,61 +248,93 @@ def _free_from(TPAT, start):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _fund_position(S, BB, O, OPEN, L, LOTS, LIQM, HASM):  # pragma: no cover - compiled
-    n = int(S[NLOTS])
-    if n == 0:
+def _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, wake):  # pragma: no cover - compiled
+    """MakerVol._fund_position for grid ``g``'s position row (its rules are maker_vol_grid's;
+    leverage and margin calls are the venue's, as SimBroker.set_leverage / adjust_margin make them)."""
+    n = int(MG[G_NLOTS])
+    POS = v.POS
+    r = int(MG[G_ROW])
+    qty = abs(POS[r, Q_QTY])
+    if n == 0 or qty < 1e-12:
+        return
+    if v.S[vc.NMARK] + 8 >= v.MARKS.shape[0]:
+        M[BAIL] = BAIL_CAPACITY
         return
     top = -np.inf
     for k in range(n):
         top = max(top, L[LOTS[k], L_LEV])
-    wanted = float(math.ceil(top))
-    if S[LEV] != wanted:
-        notional = abs(S[PQ]) * S[PRICE]
-        cap = BB[_bracket(notional, BB[:, 1]), 4]
-        if not (1 <= wanted <= cap):
-            S[MREFUSED] += 1
+    d = MG[G_D]
+    bottom = MG[G_BOTTOM]
+    wanted = position_leverage(top, qty * v.S[vc.PRICE], SB)
+    if v.P[vc.P_LEV] != wanted and not vc.set_leverage(v, wanted):
+        M[MREFUSED] += 1
+    required = required_margin(qty, POS[r, Q_ENTRY], bottom, d, SB)
+    need = required - POS[r, Q_ISO]
+    if need <= 1e-6:
+        return
+    available = max(vc.available(v), 0.0)
+    if need <= available + 1e-9:
+        vc.add_isolated_margin(v, r, need)
+        M[MADDED] += 1
+        if wake:
+            M[RESTORES] += 1
+        return
+    M[MREFUSED] += 1
+    if not wake or d * (v.S[vc.PRICE] - bottom) <= 0:
+        return
+    share = restore_share(required, POS[r, Q_ISO], available, qty, POS[r, Q_ENTRY], v.S[vc.PRICE], d, v.P[vc.P_TAKER])
+    closing = 0.0
+    for k in range(n):
+        if L[LOTS[k], L_CLOSING] != 0:
+            closing += L[LOTS[k], L_QTY]
+    todo = share * qty - closing
+    if todo <= 0:
+        return
+    M[RESTORES] += 1
+    while todo > 0:  # the most leveraged lot not closing yet (the oldest first on a tie)
+        best = -1
+        for k in range(int(MG[G_NLOTS])):
+            lot = LOTS[k]
+            if L[lot, L_CLOSING] != 0:
+                continue
+            if best < 0 or L[lot, L_LEV] > L[best, L_LEV] or (L[lot, L_LEV] == L[best, L_LEV] and lot < best):
+                best = lot
+        if best < 0:
+            break
+        tp = int(L[best, L_TP])  # GridBook.withdraw_tp
+        if tp >= 0 and TPAT[tp] == best:
+            TPAT[tp] = 0
+        L[best, L_TP] = -1
+        _submit_close(v, M, MG, L, g, best, K_RESTORE, False, False)  # between bars: fills at the next open
+        if M[BAIL] != 0:
             return
-        S[LEV] = wanted
-    want = 0 + S[BMARGIN]
-    have = S[ISO]
-    if want - have > 1e-6:
-        amount = want - have
-        if abs(S[PQ]) < 1e-12:
-            S[MREFUSED] += 1
-            return
-        if amount > 0 and amount > _available(S, O, OPEN) + 1e-9:
-            S[MREFUSED] += 1
-            return
-        S[ISO] += amount
-        _changed(S, BB, LIQM, HASM)
-        S[MADDED] += 1
+        M[RESTORE_CLOSES] += 1
+        todo -= L[best, L_QTY]
 
 
 @njit(cache=True, nogil=True)
-def _on_maker_fill(S, P, BB, SB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, L, LOTS, TPAT, LADP, off, length, bottom, ENT, TPF, SAT, RT, fi):  # pragma: no cover - compiled
-    """MakerVol.on_fill for an entry or a take-profit (and the saturation close it may cause)."""
-    oi = int(FL[fi, F_ORDER])
-    S[SYNC_FILLS] += 1
-    S[FEES_MAKER] += FL[fi, F_FEE]
-    price = FL[fi, F_PRICE]
-    qty = FL[fi, F_QTY]
-    bar = int(FL[fi, F_BAR])
-    if O[oi, O_KIND] == K_ENTRY:
+def _on_maker_fill(v, M, G, MG, SB, L, LOTS, TPAT, LADP, g, ENT, TPF, RT, fi):  # pragma: no cover - compiled
+    """MakerVol.on_fill for an entry or a take-profit of grid ``g`` (and the saturation close it may cause)."""
+    oi = int(v.FL[fi, F_ORDER])
+    M[SYNC_FILLS] += 1
+    M[FEES_MAKER] += v.FL[fi, F_FEE]
+    price = v.FL[fi, F_PRICE]
+    qty = v.FL[fi, F_QTY]
+    d = MG[G_D]
+    bottom = MG[G_BOTTOM]
+    off = int(MG[G_OFF])
+    length = int(MG[G_LEN])
+    if int(v.O[oi, O_TAG0]) % NKIND == K_ENTRY:
         # _open_lot
-        k = _bracket(qty * price, SB[:, 0])
-        mmr = SB[k, 1]
-        denominator = 1.0 + mmr - bottom / price
-        if denominator <= 0 or price - bottom <= 0:
-            lev = 1.0
-            S[BEYOND] += 1
-        else:
-            lev = 1.0 / denominator
-        lot = int(S[NEXTLOT]) + 1
-        if lot >= L.shape[0] or int(S[NLOTS]) >= LOTS.shape[0]:
-            S[BAIL] = BAIL_CAPACITY
+        lev = lot_leverage(price, bottom, d, qty * price, SB)
+        if d * (price - bottom) <= 0:
+            M[BEYOND] += 1
+        lot = int(MG[G_NEXTLOT]) + 1
+        if lot >= L.shape[0] or int(MG[G_NLOTS]) >= LOTS.shape[0]:
+            M[BAIL] = BAIL_CAPACITY
             return
-        S[NEXTLOT] = lot
-        L[lot, L_LEVEL] = O[oi, O_REF]
+        MG[G_NEXTLOT] = lot
+        L[lot, L_LEVEL] = v.O[oi, O_TAG1]
         L[lot, L_ENTRY] = price
         L[lot, L_QTY] = qty
         L[lot, L_MARGIN] = qty * price / lev
@@ -448,15 +342,16 @@ def _on_maker_fill(S, P, BB, SB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, L, LOT
         L[lot, L_TP] = -1
         L[lot, L_CLOSING] = 0
         L[lot, L_FREED] = np.nan
-        LOTS[int(S[NLOTS])] = lot
-        S[NLOTS] += 1
-        _book_add(S, qty, qty * price, L[lot, L_MARGIN])
-        e = int(S[NENTRY])
-        ENT[e, 0] = ts[bar]
+        LOTS[int(MG[G_NLOTS])] = lot
+        MG[G_NLOTS] += 1
+        _book_add(MG, qty, qty * price, L[lot, L_MARGIN])
+        e = int(M[NENTRY])
+        ENT[e, 0] = v.S[vc.NOW]
         ENT[e, 1] = price
-        S[NENTRY] = e + 1
+        ENT[e, 2] = d
+        M[NENTRY] = e + 1
         # GridBook.place_tp
-        target = _tp_target(LADP, off, length, price, P[P_TP])
+        target = tp_level(LADP, off, length, price, G[G_TP], d)
         level = _free_from(TPAT, target)
         victim = 0
         if level < 0:
@@ -473,559 +368,568 @@ def _on_maker_fill(S, P, BB, SB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, L, LOT
             level = _free_from(TPAT, target)
         L[lot, L_TP] = level
         TPAT[level] = lot
-        close_fill = -1
-        if victim != 0:
-            close_fill = _submit_close(S, P, BB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, L, victim)
-            if S[BAIL] != 0:
+        if victim != 0:  # inside the bar: fills at once; its fill event is handled after this one
+            _submit_close(v, M, MG, L, g, victim, K_CLOSE, False, True)
+            if M[BAIL] != 0:
                 return
-        _fund_position(S, BB, O, OPEN, L, LOTS, LIQM, HASM)
-        if close_fill >= 0:  # the close's fill event is handled after this one
-            _closed_at_market(S, O, FL, L, LOTS, TPAT, SAT, ts, close_fill)
+        _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, False)
     else:
-        lot = int(O[oi, O_REF])
-        open_ = False
-        for k in range(int(S[NLOTS])):
-            if LOTS[k] == lot:
-                open_ = True
-                break
-        if open_:
-            gross = (price - L[lot, L_ENTRY]) * qty
-            S[GRID_PROFIT] += gross
-            t = int(S[NTP])
-            TPF[t] = price
-            S[NTP] = t + 1
+        lot = int(v.O[oi, O_TAG1])
+        if _is_open(MG, LOTS, lot):
+            gross = d * (price - L[lot, L_ENTRY]) * qty
+            M[GRID_PROFIT] += gross
+            t = int(M[NTP])
+            TPF[t, 0] = price
+            TPF[t, 1] = d
+            M[NTP] = t + 1
             if qty < L[lot, L_QTY] - 1e-12:  # a take-profit cut to a smaller position
-                _reduce_lot(S, L, lot, qty)
+                _reduce_lot(MG, L, lot, qty)
             else:
-                _close_lot_book(S, L, LOTS, TPAT, lot)
-                r = int(S[NRT])
-                RT[r, 0] = ts[bar]
+                _close_lot_book(MG, L, LOTS, TPAT, lot)
+                r = int(M[NRT])
+                RT[r, 0] = v.S[vc.NOW]
                 RT[r, 1] = L[lot, L_ENTRY]
                 RT[r, 2] = price
                 RT[r, 3] = qty
                 RT[r, 4] = gross
-                S[NRT] = r + 1
-    # wake at this bar's close
-    S[ALERT_ON] = 1
-    S[ALERT_LO] = np.inf
-    S[ALERT_HI] = np.inf
+                RT[r, 5] = d
+                M[NRT] = r + 1
+    _wake_at_close(M)
 
 
 @njit(cache=True, nogil=True)
-def _liquidate(S, P, BB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, L, LOTS, TPAT, price):  # pragma: no cover - compiled
-    """SimBroker._liquidate and MakerVol._liquidated."""
-    for k in range(int(S[NOPEN])):
-        oi = OPEN[k]
-        O[oi, O_STATUS] = ST_CANCELED
-        O[oi, O_REASON] = R_LIQ
-        O[oi, O_UPDATED] = S[NOW]
-        O[oi, O_PENDING] = 0
-    S[NOPEN] = 0
-    S[NPEND] = 0
-    S[TRADE_SEQ] += 1
-    side = -1.0 if S[PQ] > 0 else 1.0
-    oi = _new_order(S, O, K_LIQ, S[TRADE_SEQ], 0.0, side, np.nan, abs(S[PQ]), 0.0, 0.0)
-    if oi < 0:
-        return
-    O[oi, O_STATUS] = ST_NEW
-    OPEN[0] = oi
-    S[NOPEN] = 1
-    S[BROKER_LIQS] += 1
-    fi = _fill(S, P, BB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, oi, price, False, True)
-    if fi < 0:
-        return
-    S[FEES_TAKER] += FL[fi, F_FEE]
-    S[LIQS] += 1
-    while S[NLOTS] > 0:
-        lot = LOTS[0]
-        S[LIQ_LOSS] += (FL[fi, F_PRICE] - L[lot, L_ENTRY]) * L[lot, L_QTY]
-        _close_lot_book(S, L, LOTS, TPAT, lot)
+def _wake_at_close(M):  # pragma: no cover - compiled
+    """ctx.wake_when_price_outside(inf, None): the strategy acts again at this bar's close."""
+    M[ALERT_ON] = 1
+    M[ALERT_LO] = np.inf
+    M[ALERT_HI] = np.inf
 
 
 @njit(cache=True, nogil=True)
-def _sample(S, SB, BB, O, OPEN, TPAT, SAMP, length, bottom, live):  # pragma: no cover - compiled
-    price = S[PRICE]
+def _liquidated(v, M, MG, L, LOTS, TPAT, fi, ngrid):  # pragma: no cover - compiled
+    """MakerVol._liquidated (the venue has canceled the orders and closed the position): the lots
+    of the grid(s) on the liquidated position row leave the books."""
+    M[FEES_TAKER] += v.FL[fi, F_FEE]
+    M[LIQS] += 1
+    price = v.FL[fi, F_PRICE]
+    row = int(v.FL[fi, vc.F_ROW])
+    for g in range(ngrid):
+        if int(MG[g, G_ROW]) != row:
+            continue
+        d = MG[g, G_D]
+        bottom = MG[g, G_BOTTOM]
+        if d * (price - bottom) > 1e-9 * bottom:
+            M[LIQ_ABOVE] += 1
+        while MG[g, G_NLOTS] > 0:
+            lot = LOTS[g, 0]
+            M[LIQ_LOSS] += d * (price - L[g, lot, L_ENTRY]) * L[g, lot, L_QTY]
+            _close_lot_book(MG[g], L[g], LOTS[g], TPAT[g], lot)
+
+
+@njit(cache=True, nogil=True)
+def _drain(v, M, G, MG, SB, L, LOTS, TPAT, LADP, ENT, TPF, SAT, RT):  # pragma: no cover - compiled
+    """The engine's pump: every event the core logged, in order, to the strategy's handlers
+    (which may add more: a close that fills at once is handled after the fill that caused it)."""
+    ngrid = int(G[G_NGRID])
+    e = 0
+    while e < int(v.S[NEV]):
+        if M[BAIL] != 0:
+            return
+        kind = int(v.EV[e, 0])
+        oi = int(v.EV[e, 1])
+        fi = int(v.EV[e, 2])
+        e += 1
+        if v.O[oi, O_LIQ] != 0:
+            if kind == EV_FILL:
+                _liquidated(v, M, MG, L, LOTS, TPAT, fi, ngrid)
+            continue
+        tag = int(v.O[oi, O_TAG0]) % NKIND
+        g = int(v.O[oi, O_TAG0]) // NKIND
+        if kind == EV_FILL:
+            if tag == K_ENTRY or tag == K_TP:
+                _on_maker_fill(v, M, G, MG[g], SB, L[g], LOTS[g], TPAT[g], LADP, g, ENT, TPF, RT, fi)
+            else:
+                _closed_at_market(v, M, MG[g], L[g], LOTS[g], TPAT[g], SAT, fi)
+                if tag == K_RESTORE:
+                    _fund_position(v, M, MG[g], SB, L[g], LOTS[g], TPAT[g], g, False)  # the released margin funds the rest
+                    _wake_at_close(M)  # and the line is looked at again at this bar's close
+        elif kind == EV_STATUS:
+            status = v.O[oi, O_STATUS]
+            if tag == K_CLOSE or tag == K_RESTORE:
+                lot = int(v.O[oi, O_TAG1])
+                if status != vc.ST_FILLED and _is_open(MG[g], LOTS[g], lot):
+                    _retry_later(M, L[g], lot, tag)
+            elif tag == K_TP and status == vc.ST_EXPIRED and v.O[oi, O_REASON] == vc.R_RO_GONE:
+                M[REARMED] += 1  # OrderSync: a post-only order of ours expired, sent again later
+    v.S[NEV] = 0
+
+
+@njit(cache=True, nogil=True)
+def _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid):  # pragma: no cover - compiled
+    """MakerVol._sample: per grid, its lot book's and its position's liquidation price; with two
+    grids the columns show the grid nearest its liquidation. A breach: a position's line beyond
+    its bottom while the price is on the safe side (no restore close under way)."""
+    price = v.S[vc.PRICE]
     liq = np.nan
     dist = np.nan
     broker_liq = np.nan
-    if S[NLOTS] > 0:
-        q = S[BQ]
-        k = _bracket(q * price, SB[:, 0])
-        mmr, cum = SB[k, 1], SB[k, 2]
-        if q > 0:
-            entry = S[BCOST] / q
-            liq = (S[BMARGIN] + cum - q * entry) / (q * mmr - q)
-        dist = (price - liq) / price
-        if not (price - bottom <= 0) and liq - bottom > 1e-6 * bottom:
-            S[INV_VIOL] += 1
-        broker_liq = S[LIQ_CACHE]
-        if price - bottom > 0 and broker_liq - bottom > 1e-6 * bottom:
-            S[BRK_VIOL] += 1
     occupied = 0
-    for lv in range(length):
-        if TPAT[lv] != 0:
-            occupied += 1
-    r = int(S[NSAMP])
+    levels = 0
+    for g in range(ngrid):
+        length = int(MG[g, G_LEN])
+        levels += length
+        for lv in range(length):
+            if TPAT[g, lv] != 0:
+                occupied += 1
+        if MG[g, G_NLOTS] == 0:
+            continue
+        d = MG[g, G_D]
+        bottom = MG[g, G_BOTTOM]
+        g_liq = book_liquidation_price(MG[g, G_BQ], MG[g, G_BCOST], MG[g, G_BMARGIN], d, SB)
+        g_broker = v.POS[int(MG[g, G_ROW]), Q_LIQ]
+        restoring = False  # a restore or saturation close of this grid waiting for the next open
+        for k in range(v.BOOK.shape[0]):
+            if v.BOOK[k, vc.B_STATE] != 0.0:
+                tag = v.O[v.BOOK_ORDER[k], O_TAG0]
+                if tag == _tag(K_RESTORE, g) or tag == _tag(K_CLOSE, g):
+                    restoring = True
+        if d * (price - bottom) > 0 and d * (g_broker - bottom) > 1e-6 * bottom and not restoring:
+            M[BRK_VIOL] += 1
+        g_dist = d * (price - g_broker) / price
+        if not (dist <= g_dist):  # the first grid, or one nearer its liquidation
+            liq, broker_liq, dist = g_liq, g_broker, g_dist
+    r = int(M[NSAMP])
     if r >= SAMP.shape[0]:
-        S[BAIL] = BAIL_CAPACITY
+        M[BAIL] = BAIL_CAPACITY
         return
-    SAMP[r, 0] = S[NOW]
+    SAMP[r, 0] = v.S[vc.NOW]
     SAMP[r, 1] = price
     SAMP[r, 2] = liq
     SAMP[r, 3] = broker_liq
     SAMP[r, 4] = dist
     SAMP[r, 5] = occupied
-    SAMP[r, 6] = length
+    SAMP[r, 6] = levels
     SAMP[r, 7] = live
-    SAMP[r, 8] = S[ARMED]
-    SAMP[r, 9] = _equity(S)
-    S[NSAMP] = r + 1
+    SAMP[r, 8] = M[ARMED]
+    SAMP[r, 9] = _equity(v)
+    M[NSAMP] = r + 1
 
 
 @njit(cache=True, nogil=True)
-def _size(S, P, SB, LAD_E, off, length, first, bottom, equity, SQ, SM):  # pragma: no cover - compiled
-    """MakerVol._size: quantity and margin of an entry at each level (same float operations)."""
-    margin = P[P_ORDER_PCT] * equity
-    k = _bracket(margin * 2, SB[:, 0])
-    mmr = SB[k, 1]
-    lot, qscale, minnot = P[P_LOT], P[P_QSCALE], P[P_MINNOT]
-    raised = 0
+def _size(v, M, G, MG, SB, LAD_E, SQ, SM, equity):  # pragma: no cover - compiled
+    """MakerVol._size: quantity and margin of an entry at each level of one grid
+    (maker_vol_grid.level_sizes); adds the levels merged for the exchange minimum."""
+    off, length, first = int(MG[G_OFF]), int(MG[G_LEN]), int(MG[G_FIRST])
+    margin = G[G_ORDER_PCT] * equity
+    LEVS = np.empty(length - first)
+    P = v.P
+    M[RAISED] += level_sizes(
+        LAD_E[off + first : off + length],
+        MG[G_BOTTOM],
+        MG[G_D],
+        margin,
+        SB,
+        P[vc.P_LOT],
+        P[vc.P_QSCALE],
+        P[vc.P_MINNOT],
+        SQ[first:length],
+        LEVS,
+    )
     for lv in range(first, length):
-        p = LAD_E[off + lv]
-        lev = 1.0 / (1.0 + mmr - bottom / p)
-        qty = math.floor(margin * lev / p / lot + 1e-9) * lot
-        min_qty = math.ceil(minnot / p / lot - 1e-9) * lot
-        if qty * p < minnot or qty <= 0:
-            raised += 1
-            qty = max(min_qty, lot)
-        qty = np.rint(qty * qscale) / qscale
-        SQ[lv] = qty
-        SM[lv] = qty * p / lev
-    S[RAISED] = raised
+        q = SQ[lv]
+        SM[lv] = q * LAD_E[off + lv] / LEVS[lv - first] if q > 0 else 0.0
 
 
 @njit(cache=True, nogil=True)
-def kernel(ts, op, hi, lo, cl, wake, next_wake, lad_at, lad_off, lad_len, lad_first, lad_bottom,
-           LADP, LAD_E, LAD_ET, LAD_TP, fund_bar, fund_rate, P, BB, SB,
-           S, O, OPEN, FL, L, LOTS, TPAT, SQ, SM, CASH, QTYD, LIQM, HASM, ENT, TPF, SAT, RT, SAMP, FUNDR):  # pragma: no cover - compiled
-    """The run (see the module docstring). Returns an exit code (0 = done)."""
-    n = len(ts)
-    strict = P[P_STRICT] != 0
-    nlive = int(P[P_NLIVE])
-    nf = len(fund_bar)
-    path = np.empty(5)
-    # targets of one sync: kind, ref, side, price, qty, ro
-    TK = np.empty(2 * nlive + 4, dtype=np.int64)
-    TR = np.empty(2 * nlive + 4, dtype=np.int64)
-    TS = np.empty(2 * nlive + 4)
-    TP_ = np.empty(2 * nlive + 4)
-    TQ = np.empty(2 * nlive + 4)
-    TKEEP = np.zeros(2 * nlive + 4, dtype=np.bool_)
-    ORDER = np.empty(2 * nlive + 4, dtype=np.int64)
-    KEEPL = np.empty(OPEN.shape[0], dtype=np.int64)
-    T_BY_LEVEL = np.full(TPAT.shape[0], -1, dtype=np.int64)  # entry level -> its target this sync
-    T_BY_LOT = np.full(L.shape[0], -1, dtype=np.int64)  # lot -> its take-profit target this sync
-    i = 0
-    seg = 0
-    off = 0
-    length = 0
-    first = 0
-    bottom = 0.0
-    while True:
-        if S[BAIL] != 0:
-            return int(S[BAIL])
-        # ---- SimBroker._skip: the first bar on which something can happen
-        j = i
-        if S[NPEND] == 0:
-            stop = next_wake[i]
-            if abs(S[PQ]) >= 1e-12 and int(S[FK]) < nf:
-                stop = min(stop, fund_bar[int(S[FK])])
-            if stop > i:
-                buy_max = -np.inf
-                sell_min = np.inf
-                market = False
-                for k in range(int(S[NOPEN])):
-                    oi = OPEN[k]
-                    p = O[oi, O_PRICE]
-                    if np.isnan(p):
-                        market = True
-                        break
-                    if O[oi, O_SIDE] > 0:
-                        buy_max = max(buy_max, p)
-                    else:
-                        sell_min = min(sell_min, p)
-                if not market:
-                    liq = S[LIQ_CACHE]
-                    liq_long = liq if (not np.isnan(liq)) and S[PQ] > 0 else -np.inf
-                    liq_short = liq if (not np.isnan(liq)) and S[PQ] < 0 else np.inf
-                    alo = S[ALERT_LO] if S[ALERT_ON] != 0 else -np.inf
-                    ahi = S[ALERT_HI] if S[ALERT_ON] != 0 else np.inf
-                    j = stop
-                    for b in range(i, stop):
-                        lb = lo[b]
-                        hb = hi[b]
-                        if strict:
-                            if lb < buy_max or hb > sell_min:
-                                j = b
-                                break
-                        elif lb <= buy_max or hb >= sell_min:
-                            j = b
-                            break
-                        if lb <= liq_long or hb >= liq_short or lb <= alo or hb >= ahi:
-                            j = b
-                            break
-        if j >= n:
-            break
-        i = j
-        prev = cl[i - 1] if i > 0 else op[i]
-        o_, h_, l_, c_ = op[i], hi[i], lo[i], cl[i]
-        fill_bar_path(path, prev, o_, h_, l_, c_, P[P_PATHDIR] == 0)
-        S[NOW] = ts[i]
-        S[BAR] = i
-        S[PRICE] = prev
-        S[INSIDE] = 1
-        seg = 0
-        # ---- SimBroker._walk, with each event handed to the strategy at once (the engine's pump)
-        while seg < 4:
-            a = S[PRICE]
-            bpt = path[seg + 1]
-            best_at = np.nan
-            best_oi = -1
-            for k in range(int(S[NOPEN])):
-                oi = OPEN[k]
-                p = O[oi, O_PRICE]
-                if np.isnan(p) or O[oi, O_PENDING] != 0:
-                    continue
-                if O[oi, O_SIDE] > 0:
-                    if p > a + EPS:
-                        at = a
-                    elif bpt < a and ((bpt < p) if strict else (bpt <= p)):
-                        at = p
-                    else:
-                        continue
-                else:
-                    if p < a - EPS:
-                        at = a
-                    elif bpt > a and ((bpt > p) if strict else (bpt >= p)):
-                        at = p
-                    else:
-                        continue
-                if best_oi < 0 or abs(at - a) < abs(best_at - a):
-                    best_at = at
-                    best_oi = oi
-            is_liq = False
-            if abs(S[PQ]) >= 1e-12:
-                liq = S[LIQ_CACHE]
-                if not np.isnan(liq):
-                    if S[PQ] > 0:
-                        if bpt < a and bpt <= liq and liq <= a + EPS and (best_oi < 0 or abs(liq - a) < abs(best_at - a)):
-                            is_liq = True
-                            best_at = liq
-                    else:
-                        if bpt > a and a - EPS <= liq and liq <= bpt and (best_oi < 0 or abs(liq - a) < abs(best_at - a)):
-                            is_liq = True
-                            best_at = liq
-            if is_liq or best_oi >= 0:
-                at = best_at
-                if seg == 0:
-                    at = min(max(at, l_), h_)
-                S[PRICE] = at
-                if is_liq:
-                    _liquidate(S, P, BB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, L, LOTS, TPAT, at)
-                else:
-                    fi = _fill(S, P, BB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, best_oi, at, True, False)
-                    if fi >= 0:
-                        _on_maker_fill(S, P, BB, SB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, L, LOTS, TPAT, LADP, off, length, bottom, ENT, TPF, SAT, RT, fi)
-                if S[BAIL] != 0:
-                    return int(S[BAIL])
-                continue
-            seg += 1
-            if seg < 4:
-                S[PRICE] = path[seg]
-            if seg == 1:
-                # _at_open: funding, then the market orders that waited for the open
-                while int(S[FK]) < nf and fund_bar[int(S[FK])] <= i:
-                    fk = int(S[FK])
-                    S[FK] = fk + 1
-                    qty = S[PQ]
-                    if abs(qty) < EPS:
-                        continue
-                    mark = op[i]
-                    amount = qty * mark * fund_rate[fk]
-                    S[PFUNDING] += amount
-                    S[WALLET] -= amount
-                    S[ISO] -= amount
-                    CASH[i] += -amount
-                    r = int(S[NFUND])
-                    FUNDR[r, 0] = fk
-                    FUNDR[r, 1] = i
-                    FUNDR[r, 2] = mark
-                    FUNDR[r, 3] = qty
-                    FUNDR[r, 4] = amount
-                    S[NFUND] = r + 1
-                    _changed(S, BB, LIQM, HASM)
-                if S[NPEND] > 0:
-                    pend = 0
-                    for k in range(int(S[NOPEN])):
-                        if O[OPEN[k], O_PENDING] != 0:
-                            KEEPL[pend] = OPEN[k]
-                            pend += 1
-                    S[NPEND] = 0
-                    for k in range(pend):
-                        oi = KEEPL[k]
-                        O[oi, O_PENDING] = 0
-                        if O[oi, O_STATUS] != ST_NEW:
-                            continue
-                        fi = _fill(S, P, BB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, oi, S[PRICE], False, False)
-                        if fi == -1:
-                            return int(S[BAIL])
-                        if fi >= 0:
-                            _closed_at_market(S, O, FL, L, LOTS, TPAT, SAT, ts, fi)
-        # ---- the bar closed
-        S[INSIDE] = 0
-        S[PRICE] = c_
-        i += 1
-        alert = S[ALERT_ON] != 0 and (l_ <= S[ALERT_LO] or h_ >= S[ALERT_HI])
-        if alert:
-            S[ALERT_ON] = 0
-        if not (wake[i - 1] or alert):
-            continue
-        # ---- MakerVol.on_bar
-        bar = i - 1
-        equity = _equity(S)
-        if S[HAS_GRID] == 0 or S[NOW] >= S[NEXT_RC]:
-            lad = lad_at[bar]
-            if lad < 0:
-                return BAIL_NO_LADDER
-            noff, nlen = lad_off[lad], lad_len[lad]
-            nbottom = lad_bottom[lad]
-            if S[HAS_GRID] != 0:
-                # GridBook.relay: nearest-top take-profits first keep the top-most levels
-                nrel = 0
-                for lv in range(length):
-                    if TPAT[lv] != 0:
-                        KEEPL[nrel] = TPAT[lv]
-                        nrel += 1
-                        TPAT[lv] = 0
-                for k in range(nrel):
-                    lot = KEEPL[k]
-                    old_price = LADP[off + int(L[lot, L_TP])]
-                    L[lot, L_TP] = -1
-                    target = _tp_target(LADP, noff, nlen, L[lot, L_ENTRY], P[P_TP])
-                    at_or_beyond = max(_count_ge(LADP, noff, nlen, old_price * 1.0) - 1, 0)
-                    start = min(at_or_beyond, target)
-                    level = _free_from(TPAT, start)
-                    if level < 0:
-                        for lv in range(0, target + 1):
-                            if TPAT[lv] == 0:
-                                level = lv
-                                break
-                    if level < 0:
-                        L[lot, L_CLOSING] = 1
-                        KEEPL[k] = -lot  # a victim, closed below in this order
-                    else:
-                        L[lot, L_TP] = level
-                        TPAT[level] = lot
-                for k in range(nrel):
-                    if KEEPL[k] < 0:
-                        _submit_close(S, P, BB, O, OPEN, FL, CASH, QTYD, LIQM, HASM, ts, L, -KEEPL[k])
-                        if S[BAIL] != 0:
-                            return int(S[BAIL])
-                S[RECOMPUTES] += 1
-            off, length, first, bottom = noff, nlen, lad_first[lad], nbottom
-            S[LAD] = lad
-            S[HAS_GRID] = 1
-            _size(S, P, SB, LAD_E, off, length, first, bottom, equity, SQ, SM)
-            S[NEXT_RC] = (S[NOW] // P[P_RECOMPUTE] + 1) * P[P_RECOMPUTE]
-        price = S[PRICE]
-        equity = _equity(S)
-        # -- desired(): take-profits nearest the price, then entries free margin can fund
-        free = equity - (0 + S[BMARGIN])
-        kk = _count_ge(LADP, off, length, price)
-        nt = 0
+def _desired(v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TS, TP_, TQ):  # pragma: no cover - compiled
+    """MakerVol.desired: per grid, the take-profits nearest the price, then the entries nearest the
+    price that the free margin (shared by the grids) funds. Returns the number of targets."""
+    nlive = int(G[G_NLIVE])
+    free = _equity(v)
+    for g in range(int(G[G_NGRID])):
+        free -= MG[g, G_BMARGIN]
+    nt = 0
+    paused = False
+    armed = 0.0
+    for g in range(int(G[G_NGRID])):
+        off, length, first = int(MG[g, G_OFF]), int(MG[g, G_LEN]), int(MG[g, G_FIRST])
+        d = MG[g, G_D]
+        kk = levels_at_or_beyond(LADP, off, length, price, d)
         got = 0
         lv = min(kk, length) - 1
         stack = 0
         while lv >= 0 and got < nlive:  # the nearest nlive take-profit levels below kk
-            if TPAT[lv] != 0:
+            if TPAT[g, lv] != 0:
                 got += 1
                 stack = lv
             lv -= 1
         if got > 0:
             for lv2 in range(stack, min(kk, length)):
-                lot = TPAT[lv2]
+                lot = TPAT[g, lv2]
                 if lot == 0:
                     continue
-                if L[lot, L_CLOSING] != 0:
+                if L[g, lot, L_CLOSING] != 0:
                     continue
                 tprice = LAD_TP[off + lv2]
-                if tprice <= price:  # post-only sell that would cross: held back
+                if d * (tprice - price) <= 0:  # post-only take-profit that would cross: held back
                     continue
                 TK[nt] = K_TP
+                TG[nt] = g
                 TR[nt] = lot
-                TS[nt] = -1.0
+                TS[nt] = -d
                 TP_[nt] = tprice
-                TQ[nt] = _round_qty(L[lot, L_QTY], P[P_LOT], P[P_QSCALE])
+                TQ[nt] = vc.round_qty(L[g, lot, L_QTY], v.P)
                 nt += 1
         start = max(kk, first)
         tp_from = 0
         for lv2 in range(start, length):
-            if TPAT[lv2] != 0:
+            if TPAT[g, lv2] != 0:
                 tp_from += 1
-        S[ARMED] = length - start - tp_from + S[NLOTS]
+        armed += length - start - tp_from + MG[g, G_NLOTS]
         placed = 0
-        paused = False
         for lv2 in range(start, length):
             if placed >= nlive:
                 break
-            if TPAT[lv2] != 0:
+            if TPAT[g, lv2] != 0 or SQ[g, lv2] <= 0:  # holds a take-profit, or merged into a level nearer top
                 continue
-            margin = SM[lv2]
+            margin = SM[g, lv2]
             if margin > free:
                 paused = True
                 break
             free -= margin
             eprice = LAD_ET[off + lv2]
             placed += 1
-            if eprice >= price:
+            if d * (eprice - price) >= 0:
                 continue
             TK[nt] = K_ENTRY
+            TG[nt] = g
             TR[nt] = lv2
-            TS[nt] = 1.0
+            TS[nt] = d
             TP_[nt] = eprice
-            TQ[nt] = _round_qty(SQ[lv2], P[P_LOT], P[P_QSCALE])
+            TQ[nt] = vc.round_qty(SQ[g, lv2], v.P)
             nt += 1
-        if paused and S[PAUSED] == 0:
-            S[CASH_PAUSES] += 1
-        S[PAUSED] = 1 if paused else 0
-        # -- OrderSync.sync: keep matching live orders, cancel the rest, submit nearest first
-        if S[FIRST_SYNC] == 0:
-            S[FIRST_SYNC] = 1
-            S[GEN] = S[NOW]
-        for t in range(nt):
-            TKEEP[t] = False
-            if TK[t] == K_ENTRY:
-                T_BY_LEVEL[TR[t]] = t
-            else:
-                T_BY_LOT[TR[t]] = t
-        nkeep = 0
-        ncancel = 0
-        nopen = int(S[NOPEN])
-        for k in range(nopen):
-            oi = OPEN[k]
-            kind = O[oi, O_KIND]
-            if kind != K_ENTRY and kind != K_TP:
-                KEEPL[k] = 1
-                continue
-            ref = int(O[oi, O_REF])
-            if kind == K_ENTRY:
-                match = T_BY_LEVEL[ref] if ref < T_BY_LEVEL.shape[0] else -1
-            else:
-                match = T_BY_LOT[ref]
-            keep = False
-            if match >= 0 and not TKEEP[match]:
-                t = match
-                rem = max(O[oi, O_QTY] - O[oi, O_FILLED], 0.0)
-                if (O[oi, O_SIDE] == TS[t] and O[oi, O_PRICE] == TP_[t]
-                        and (O[oi, O_QTY] == TQ[t] or abs(rem - TQ[t]) < 1e-12)):
-                    keep = True
-                    TKEEP[t] = True
-            KEEPL[k] = 1 if keep else 0
-            if keep:
-                nkeep += 1
-        # cancels (their order does not matter: nothing in the sim depends on it)
-        j2 = 0
-        for k in range(nopen):
-            oi = OPEN[k]
-            if KEEPL[k] != 0:
-                OPEN[j2] = oi
-                j2 += 1
-            else:
-                O[oi, O_STATUS] = ST_CANCELED
-                O[oi, O_UPDATED] = S[NOW]
-                ncancel += 1
-        S[NOPEN] = j2
-        # submits sorted by (distance, key): on equal distance a buy ("b...") before a sell ("t...")
-        ns = 0
-        for t in range(nt):
-            if not TKEEP[t]:
-                ORDER[ns] = t
-                ns += 1
-        for x in range(1, ns):
-            y = ORDER[x]
-            dy = abs(TP_[y] - price)
-            z = x - 1
-            while z >= 0:
-                w = ORDER[z]
-                dw = abs(TP_[w] - price)
-                if dw > dy or (dw == dy and TS[w] < TS[y]):
-                    ORDER[z + 1] = w
-                    z -= 1
-                else:
-                    break
-            ORDER[z + 1] = y
-        for x in range(ns):
-            t = ORDER[x]
-            S[GEN] += 1
-            ro = 1.0 if TK[t] == K_TP else 0.0
-            oi = _new_order(S, O, TK[t], TR[t], S[GEN], TS[t], TP_[t], TQ[t], ro, 1.0)
-            if oi < 0:
-                return int(S[BAIL])
-            status = ST_NEW
-            if ro != 0:
-                if abs(S[PQ]) < EPS or (S[PQ] > 0) == (TS[t] > 0):
-                    status = ST_REJECTED
-                    O[oi, O_REASON] = R_REDUCE
-            elif P[P_CHECK] != 0:
-                against = 0.0
-                if (S[PQ] > 0) != (TS[t] > 0) and abs(S[PQ]) > EPS:
-                    against = abs(S[PQ])
-                opening = max(TQ[t] - against, 0.0)
-                if opening > EPS:
-                    need = opening * TP_[t] / S[LEV]
-                    avail = _available(S, O, OPEN)
-                    if need > avail + 1e-9:
-                        status = ST_REJECTED
-                        O[oi, O_REASON] = R_MARGIN
-                        O[oi, O_NEED] = need
-                        O[oi, O_FREE] = avail
-            if status == ST_NEW and ((TP_[t] >= S[PRICE]) if TS[t] > 0 else (TP_[t] <= S[PRICE])):
-                status = ST_EXPIRED
-                O[oi, O_REASON] = R_CROSS
-                O[oi, O_NEED] = S[PRICE]
-            O[oi, O_STATUS] = status
-            if status == ST_NEW:
-                nopen = int(S[NOPEN])
-                if nopen >= OPEN.shape[0]:
-                    return BAIL_CAPACITY
-                OPEN[nopen] = oi
-                S[NOPEN] = nopen + 1
-            elif status == ST_REJECTED:
-                S[REJECTED] += 1
-            else:
-                S[REARMED] += 1
-        S[SUBMITTED] += ns
-        S[CANCELED] += ncancel
-        for t in range(nt):
-            if TK[t] == K_ENTRY:
-                T_BY_LEVEL[TR[t]] = -1
-            else:
-                T_BY_LOT[TR[t]] = -1
-        _sample(S, SB, BB, O, OPEN, TPAT, SAMP, length, bottom, nkeep + ns)
-        # -- _set_alert: wake when the price passes the next level up
-        if kk == 0:
-            S[ALERT_ON] = 0
+    M[ARMED] = armed
+    if paused and M[PAUSED] == 0:
+        M[CASH_PAUSES] += 1
+    M[PAUSED] = 1 if paused else 0
+    return nt
+
+
+@njit(cache=True, nogil=True)
+def _sync(
+    v, M, MG, nt, TK, TG, TR, TS, TP_, TQ, TKEEP, ORDER, OPENL, SEQL, KEEPL, CDIST, T_BY_LEVEL, T_BY_LOT, GENS, price
+):  # pragma: no cover - compiled
+    """OrderSync.sync: keep the open orders that match a target, cancel the rest (nearest the price
+    first), submit the missing ones nearest the price first. Returns the live count, or -1 (room)."""
+    S, O, BOOK = v.S, v.O, v.BOOK
+    if M[FIRST_SYNC] == 0:
+        M[FIRST_SYNC] = 1
+        M[GEN] = S[vc.NOW]
+    for t in range(nt):
+        TKEEP[t] = False
+        if TK[t] == K_ENTRY:
+            T_BY_LEVEL[TG[t], TR[t]] = t
         else:
-            S[ALERT_ON] = 1
-            S[ALERT_LO] = -np.inf
-            S[ALERT_HI] = LADP[off + kk - 1]
+            T_BY_LOT[TG[t], TR[t]] = t
+    nopen = 0
+    for k in range(int(S[vc.NSLOT])):  # the open orders, oldest first (slots past NSLOT were never used)
+        if BOOK[k, vc.B_STATE] != 0.0:
+            x = nopen
+            while x > 0 and SEQL[x - 1] > BOOK[k, vc.B_SEQ]:
+                SEQL[x] = SEQL[x - 1]
+                OPENL[x] = OPENL[x - 1]
+                x -= 1
+            SEQL[x] = BOOK[k, vc.B_SEQ]
+            OPENL[x] = v.BOOK_ORDER[k]
+            nopen += 1
+    nkeep = 0
+    ncancel = 0
+    for k in range(nopen):
+        oi = OPENL[k]
+        kind = int(O[oi, O_TAG0]) % NKIND
+        g = int(O[oi, O_TAG0]) // NKIND
+        if O[oi, O_LIQ] != 0 or (kind != K_ENTRY and kind != K_TP):
+            continue
+        ref = int(O[oi, O_TAG1])
+        if kind == K_ENTRY:
+            match = T_BY_LEVEL[g, ref] if ref < T_BY_LEVEL.shape[1] else -1
+        else:
+            match = T_BY_LOT[g, ref]
+        if match >= 0 and not TKEEP[match]:
+            t = match
+            rem = max(O[oi, O_QTY] - O[oi, O_FILLED], 0.0)
+            if O[oi, O_SIDE] == TS[t] and O[oi, vc.O_PRICE] == TP_[t] and (O[oi, O_QTY] == TQ[t] or abs(rem - TQ[t]) < 1e-12):
+                TKEEP[t] = True
+                nkeep += 1
+                continue
+        x = ncancel  # to cancel, nearest the price first (stable)
+        dist = abs(O[oi, vc.O_PRICE] - price)
+        while x > 0 and CDIST[x - 1] > dist:
+            CDIST[x] = CDIST[x - 1]
+            KEEPL[x] = KEEPL[x - 1]
+            x -= 1
+        CDIST[x] = dist
+        KEEPL[x] = oi
+        ncancel += 1
+    for k in range(ncancel):
+        vc.cancel(v, KEEPL[k], vc.R_NONE)
+    # submits sorted by (distance, key): on equal distance an entry ("b..." / "s...") before a
+    # take-profit ("t..." / "u...")
+    ns = 0
+    for t in range(nt):
+        if not TKEEP[t]:
+            ORDER[ns] = t
+            ns += 1
+    for x in range(1, ns):
+        y = ORDER[x]
+        dy = abs(TP_[y] - price)
+        z = x - 1
+        while z >= 0:
+            w = ORDER[z]
+            dw = abs(TP_[w] - price)
+            if dw > dy or (dw == dy and TK[w] > TK[y]):
+                ORDER[z + 1] = w
+                z -= 1
+            else:
+                break
+        ORDER[z + 1] = y
+    for x in range(ns):
+        t = ORDER[x]
+        g = TG[t]
+        M[GEN] += 1
+        oi = vc.new_order(v, TS[t], TP_[t], TQ[t], 1.0, MG[g, G_RO] if TK[t] == K_TP else 0.0, MG[g, G_PSIDE])
+        if oi < 0:
+            return -1
+        O[oi, O_TAG0] = _tag(TK[t], g)
+        O[oi, O_TAG1] = TR[t]
+        GENS[oi] = M[GEN]
+        out = vc.submit(v, oi, False)
+        if out == vc.SUB_FULL:
+            return -1
+        if out == vc.SUB_REJECTED:
+            M[REJECTED] += 1
+        elif out == vc.SUB_EXPIRED:
+            M[REARMED] += 1
+    M[SUBMITTED] += ns
+    M[CANCELED] += ncancel
+    for t in range(nt):
+        if TK[t] == K_ENTRY:
+            T_BY_LEVEL[TG[t], TR[t]] = -1
+        else:
+            T_BY_LOT[TG[t], TR[t]] = -1
+    return nkeep + ns
+
+
+@njit(cache=True, nogil=True)
+def _relay(v, M, G, MG, L, TPAT, KEEPL, LADP, g, noff, nlen):  # pragma: no cover - compiled
+    """GridBook.relay of grid ``g`` onto the ladder at ``noff``/``nlen``: nearest-top take-profits
+    first keep the top-most levels; the ones left without a level are closed at market."""
+    d = MG[G_D]
+    off, length = int(MG[G_OFF]), int(MG[G_LEN])
+    nrel = 0
+    for lv in range(length):
+        if TPAT[lv] != 0:
+            KEEPL[nrel] = TPAT[lv]
+            nrel += 1
+            TPAT[lv] = 0
+    for k in range(nrel):
+        lot = KEEPL[k]
+        old_price = LADP[off + int(L[lot, L_TP])]
+        L[lot, L_TP] = -1
+        target = tp_level(LADP, noff, nlen, L[lot, L_ENTRY], G[G_TP], d)
+        at_or_beyond = max(levels_at_or_beyond(LADP, noff, nlen, old_price * 1.0, d) - 1, 0)
+        start = min(at_or_beyond, target)
+        level = _free_from(TPAT, start)
+        if level < 0:
+            for lv in range(0, target + 1):
+                if TPAT[lv] == 0:
+                    level = lv
+                    break
+        if level < 0:
+            L[lot, L_CLOSING] = 1
+            KEEPL[k] = -lot  # a victim, closed below in this order
+        else:
+            L[lot, L_TP] = level
+            TPAT[level] = lot
+    for k in range(nrel):
+        if KEEPL[k] < 0:
+            _submit_close(v, M, MG, L, g, -KEEPL[k], K_CLOSE, False, False)
+            if M[BAIL] != 0:
+                return
+    M[RECOMPUTES] += 1
+
+
+@njit(cache=True, nogil=True)
+def kernel(
+    ts,
+    op,
+    hi,
+    lo,
+    cl,
+    vol,
+    llo,
+    lhi,
+    next_wake,
+    lad_at,
+    lad_off,
+    lad_len,
+    lad_first,
+    lad_bottom,
+    LADP,
+    LAD_E,
+    LAD_ET,
+    LAD_TP,
+    fund_bar,
+    fund_rate,
+    G,
+    SB,
+    v,
+    M,
+    MG,
+    GENS,
+    L,
+    LOTS,
+    TPAT,
+    SQ,
+    SM,
+    ENT,
+    TPF,
+    SAT,
+    RT,
+    SAMP,
+):  # pragma: no cover - compiled
+    """The run (see the module docstring): the venue core's bar loop, the strategy's decisions at
+    each event and wake-up. Returns an exit code (0 = done)."""
+    ngrid = int(G[G_NGRID])
+    nlive = int(G[G_NLIVE])
+    S, O, BOOK = v.S, v.O, v.BOOK
+    # targets of one sync: kind, grid, ref, side, price, qty
+    size = 2 * ngrid * nlive + 4
+    TK = np.empty(size, dtype=np.int64)
+    TG = np.empty(size, dtype=np.int64)
+    TR = np.empty(size, dtype=np.int64)
+    TS = np.empty(size)
+    TP_ = np.empty(size)
+    TQ = np.empty(size)
+    TKEEP = np.zeros(size, dtype=np.bool_)
+    ORDER = np.empty(size, dtype=np.int64)
+    OPENL = np.empty(BOOK.shape[0], dtype=np.int64)
+    SEQL = np.empty(BOOK.shape[0])
+    KEEPL = np.empty(max(BOOK.shape[0], TPAT.shape[1]), dtype=np.int64)
+    CDIST = np.empty(BOOK.shape[0])
+    T_BY_LEVEL = np.full((ngrid, TPAT.shape[1]), -1, dtype=np.int64)  # entry level -> its target this sync
+    T_BY_LOT = np.full((ngrid, L.shape[1]), -1, dtype=np.int64)  # lot -> its take-profit target this sync
+    S[vc.NOW] = ts[0]
+    S[vc.PRICE] = op[0]
+    i = 0
+    inside = False
+    while True:
+        if M[BAIL] != 0:
+            return int(M[BAIL])
+        alo = M[ALERT_LO] if M[ALERT_ON] != 0 else -np.inf
+        ahi = M[ALERT_HI] if M[ALERT_ON] != 0 else np.inf
+        code, i, inside = vc.advance(v, ts, op, hi, lo, cl, vol, llo, lhi, fund_bar, fund_rate, i, inside, next_wake[i], alo, ahi)
+        if code == vc.ADV_ROOM:
+            return BAIL_CAPACITY
+        if code == vc.ADV_END:
+            break
+        _drain(v, M, G, MG, SB, L, LOTS, TPAT, LADP, ENT, TPF, SAT, RT)
+        if M[BAIL] != 0:
+            return int(M[BAIL])
+        if code == vc.ADV_EVENT:
+            continue
+        # ---- the bar closed at a wake-up (a wake bar or the alert): MakerVol.on_bar
+        if code == vc.ADV_ALERT:
+            M[ALERT_ON] = 0
+        bar = i
+        i += 1
+        inside = False
+        if not vc.has_room(v, min(len(fund_bar) - int(S[vc.FK]), 4)) or S[vc.NMARK] + 4 * LOTS.shape[1] + 16 >= v.MARKS.shape[0]:
+            return BAIL_CAPACITY
+        if M[NRETRY] > 0:  # MakerVol._retry_closes, in the order the closes ended
+            for _ in range(int(M[NRETRY])):
+                lot = -1
+                lg = 0
+                for g in range(ngrid):
+                    for k in range(int(MG[g, G_NLOTS])):
+                        c = L[g, LOTS[g, k], L_CLOSING]
+                        if c >= 2 and (lot < 0 or c < L[lg, lot, L_CLOSING]):
+                            lot = LOTS[g, k]
+                            lg = g
+                if lot < 0:
+                    break
+                kind = K_RESTORE if int(L[lg, lot, L_CLOSING]) % 2 == 1 else K_CLOSE
+                L[lg, lot, L_CLOSING] = 1.0
+                held = MG[lg, G_D] * v.POS[int(MG[lg, G_ROW]), Q_QTY]  # MakerVol._covered: the position less the closes under way
+                for k in range(int(S[vc.NSLOT])):
+                    if BOOK[k, vc.B_STATE] != 0.0:
+                        oi = v.BOOK_ORDER[k]
+                        if O[oi, O_TAG0] == _tag(K_CLOSE, lg) or O[oi, O_TAG0] == _tag(K_RESTORE, lg):
+                            held -= max(O[oi, O_QTY] - O[oi, O_FILLED], 0.0)
+                if not (held >= v.P[vc.P_LOT] - v.P[vc.P_LOT] / 2):  # the position holds none of it: the lot is gone
+                    _close_lot_book(MG[lg], L[lg], LOTS[lg], TPAT[lg], lot)
+                    M[LOTS_GONE] += 1
+                else:
+                    _submit_close(v, M, MG[lg], L[lg], lg, lot, kind, True, False)
+                    if M[BAIL] != 0:
+                        return int(M[BAIL])
+            M[NRETRY] = 0
+        equity = _equity(v)
+        if M[HAS_GRID] == 0 or S[vc.NOW] >= M[NEXT_RC]:
+            lad = lad_at[bar]
+            if lad < 0:
+                return BAIL_NO_LADDER
+            M[RAISED] = 0
+            for g in range(ngrid):
+                noff, nlen = lad_off[g, lad], lad_len[g, lad]
+                if M[HAS_GRID] != 0:
+                    _relay(v, M, G, MG[g], L[g], TPAT[g], KEEPL, LADP, g, noff, nlen)
+                    if M[BAIL] != 0:
+                        return int(M[BAIL])
+                MG[g, G_OFF], MG[g, G_LEN], MG[g, G_FIRST], MG[g, G_BOTTOM] = noff, nlen, lad_first[g, lad], lad_bottom[g, lad]
+                _size(v, M, G, MG[g], SB, LAD_E, SQ[g], SM[g], equity)
+            M[LAD] = lad
+            M[HAS_GRID] = 1
+            M[NEXT_RC] = (S[vc.NOW] // G[G_RECOMPUTE] + 1) * G[G_RECOMPUTE]
+        for g in range(ngrid):
+            _fund_position(v, M, MG[g], SB, L[g], LOTS[g], TPAT[g], g, True)
+            if M[BAIL] != 0:
+                return int(M[BAIL])
+        price = S[vc.PRICE]
+        nt = _desired(v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TS, TP_, TQ)
+        live = _sync(v, M, MG, nt, TK, TG, TR, TS, TP_, TQ, TKEEP, ORDER, OPENL, SEQL, KEEPL, CDIST, T_BY_LEVEL, T_BY_LOT, GENS, price)
+        if live < 0:
+            return BAIL_CAPACITY
+        _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid)
+        # the engine's pump after on_bar: closes refused or expired go to the retry queue
+        _drain(v, M, G, MG, SB, L, LOTS, TPAT, LADP, ENT, TPF, SAT, RT)
+        # -- _set_alert: wake when the price passes the next level toward top (a new level is armed)
+        alo = np.nan
+        ahi = np.nan
+        for g in range(ngrid):
+            off, length = int(MG[g, G_OFF]), int(MG[g, G_LEN])
+            kk = levels_at_or_beyond(LADP, off, length, price, MG[g, G_D])
+            if kk == 0:
+                continue
+            nxt = LADP[off + kk - 1]
+            if MG[g, G_D] > 0:
+                ahi = nxt if ahi != ahi else min(ahi, nxt)
+            else:
+                alo = nxt if alo != alo else max(alo, nxt)
+        if alo != alo and ahi != ahi:
+            M[ALERT_ON] = 0
+        else:
+            M[ALERT_ON] = 1
+            M[ALERT_LO] = -np.inf if alo != alo else alo
+            M[ALERT_HI] = np.inf if ahi != ahi else ahi
     # ---- on_stop
     live = 0
-    for k in range(int(S[NOPEN])):
-        kind = O[OPEN[k], O_KIND]
-        if kind == K_ENTRY or kind == K_TP:
-            live += 1
-    _sample(S, SB, BB, O, OPEN, TPAT, SAMP, length, bottom, live)
+    for k in range(BOOK.shape[0]):
+        if BOOK[k, vc.B_STATE] != 0.0:
+            kind = int(O[v.BOOK_ORDER[k], O_TAG0]) % NKIND
+            if (kind == K_ENTRY or kind == K_TP) and O[v.BOOK_ORDER[k], O_LIQ] == 0:
+                live += 1
+    _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid)
     return OK
 
 
@@ -1052,120 +956,37 @@ def lookback_highs(ts, high, at, n_bars, lookback_ms):  # pragma: no cover - com
     return out
 
 
-@njit(cache=True, nogil=True)
-def flat_to_flat(signs, price, qty, fee):  # pragma: no cover - compiled
-    """``core.metrics.trades_frame``'s walk over the fills, compiled, with its float operations in
-    the same order: one row per flat-to-flat round trip (start fill, end fill, long, max quantity,
-    buy value, bought, sell value, sold, fees). The frame is built by :func:`_trades_frame`."""
-    rows = np.empty((len(qty) + 1, 9))
-    k = 0
-    pos = 0.0
-    entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
-    start = 0
-    long_ = True
-    for i in range(len(qty)):
-        sign = signs[i]
-        if abs(pos) < 1e-12:
-            start, long_ = i, sign > 0
-            entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
-        remaining = qty[i]
-        while remaining > 1e-12:
-            if abs(pos) > 1e-12 and np.sign(pos) != sign:
-                part = min(remaining, abs(pos))
-            else:
-                part = remaining
-            share = part / qty[i]
-            if sign > 0:
-                bought += part
-                entry_cost += part * price[i]
-            else:
-                sold += part
-                exit_value += part * price[i]
-            fees += fee[i] * share
-            pos += sign * part
-            max_qty = max(max_qty, abs(pos))
-            remaining -= part
-            if abs(pos) < 1e-9:
-                pos = 0.0
-                rows[k, 0] = start
-                rows[k, 1] = i
-                rows[k, 2] = 1.0 if long_ else 0.0
-                rows[k, 3] = max_qty
-                rows[k, 4] = entry_cost
-                rows[k, 5] = bought
-                rows[k, 6] = exit_value
-                rows[k, 7] = sold
-                rows[k, 8] = fees
-                k += 1
-                if remaining > 1e-12:
-                    start, long_ = i, sign > 0
-                    entry_cost = exit_value = fees = max_qty = bought = sold = 0.0
-    return rows[:k]
-
-
-def _trades_frame(fills: pd.DataFrame, buy: np.ndarray | None = None) -> pd.DataFrame:
-    """What ``core.metrics.trades_frame(fills)`` returns, from :func:`flat_to_flat`. ``buy``: whether
-    each fill is a buy, when the caller has it (else read from ``fills.side``)."""
-    from btc_quant.core.metrics import trades_frame
-
-    if fills.empty:
-        return trades_frame(fills)
-    signs = np.where((fills["side"] == "buy").to_numpy() if buy is None else buy, 1.0, -1.0)
-    rows = flat_to_flat(signs, np.array(fills["price"].to_numpy(), dtype=np.float64), np.array(fills["quantity"].to_numpy(), dtype=np.float64),
-                        np.array(fills["fee"].to_numpy(), dtype=np.float64))
-    if len(rows) == 0:  # never flat again after the first fill: trades_frame's frame of no rows
-        return pd.DataFrame([], columns=["entry_time", "exit_time", "side", "max_quantity", "entry_price", "exit_price", "pnl", "fees"])
-    start, end, long_ = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64), rows[:, 2] != 0
-    max_qty, entry_cost, bought, exit_value, sold, fees = rows[:, 3:].T
-    with np.errstate(divide="ignore", invalid="ignore"):  # no buy (sell) in the trade: NaN, as trades_frame
-        buy_px = np.where(bought != 0, entry_cost / bought, np.nan)
-        sell_px = np.where(sold != 0, exit_value / sold, np.nan)
-    times = fills["ts"].array
-    return pd.DataFrame({
-        "entry_time": times.take(start),
-        "exit_time": times.take(end),
-        "side": _text(_labels(["short", "long"], long_)),
-        "max_quantity": max_qty,
-        "entry_price": np.where(long_, buy_px, sell_px),
-        "exit_price": np.where(long_, sell_px, buy_px),
-        "pnl": (exit_value - entry_cost) - fees,
-        "fees": fees,
-    })
-
-
 # --- the Python side: conditions, inputs, and the RunResult -----------------------------------------
 
 
-def why_not(strategy, engine) -> str | None:
-    """Why the compiled path does not apply to this run (None: it applies).
+def strategy_reason(strategy, engine) -> str | None:
+    """maker_vol's own reason not to run this backtest compiled (None: it can; the broker's check
+    comes next, ``Broker.compiled_refusal``).
 
-    It applies when all of these hold: ``strategy.fast`` is true; the broker is ``sim`` with the
-    ``through`` or ``touch`` fill model and no ``max_volume_share`` (no partial fills); the
-    instrument is a perpetual; ``side=long``; no ``global_stop``; no request budget
-    (``max_requests``); no risk checks; no plugin implements the per-event observer hooks
-    ``quant_on_order`` / ``quant_on_fill`` (run start/end hooks are called as usual).
+    The kernel implements: ``strategy.fast`` true; a perpetual; ``side=long`` or ``short`` (a short
+    grid is the same loop with the direction flipped), or ``side=both`` in hedge mode
+    (``broker.position_mode=hedge``: each grid on its own position); no ``global_stop``; no request
+    budget (``max_requests``). The sim adds its own conditions (the ``through`` or ``touch`` fill
+    model, no ``max_volume_share``, no risk checks, no plugin observing every order or fill).
     """
-    from btc_quant.plugins.brokers.sim import SimBroker
-
     c = strategy.config
     if not c.fast:
         return "strategy.fast=false"
-    broker = engine.broker
-    if type(broker) is not SimBroker:
-        return f"broker {type(broker).__name__} is not the sim broker"
-    if broker.config.fill_model not in ("through", "touch"):
-        return f"fill model {broker.config.fill_model!r} is not through or touch"
-    if broker.config.max_volume_share is not None:
-        return "broker.max_volume_share (partial fills) is set"
     if not engine.instrument.is_perpetual:
         return "the instrument is not a perpetual"
-    if c.side != "long":
-        return f"side={c.side} (only long is compiled)"
+    if c.side == "both" and getattr(engine.broker, "position_mode", "one_way") != "hedge":
+        return "side=both nets both grids into one position (one-way mode): the event path runs it; with broker.position_mode=hedge it is compiled"
     if c.global_stop is not None:
         return "global_stop is set"
     if c.max_requests is not None:
         return "max_requests is set"
-    return engine.why_not_compiled()
+    return None
+
+
+def why_not(strategy, engine) -> str | None:
+    """Why this run does not take the compiled path (None: it does): the strategy's reason, else
+    the broker's answer to the offer (:meth:`~btc_quant.core.broker.Broker.compiled_refusal`)."""
+    return engine.broker.compiled_refusal(engine, strategy.compiled_decisions(engine))
 
 
 # The RunResult's text and time columns are built as whole arrays (arrow strings, datetime64), not
@@ -1178,7 +999,7 @@ _TIME = pd.to_datetime(np.zeros(1, dtype=np.int64), unit="ms", utc=True).dtype
 def _text(values: pa.Array):
     """A column of the strings in ``values`` (nulls are missing), with the dtype pandas gives a
     column of Python strings."""
-    if _TEXT == object:
+    if _TEXT == object:  # noqa: E721 - a numpy dtype equals object without being it
         return values.to_numpy(zero_copy_only=False)
     return pd.array(values, dtype=_TEXT)
 
@@ -1290,267 +1111,328 @@ def base36_array(values: np.ndarray) -> pa.Array:
 
 
 def _ladder_tables(strategy, bars, wake_idx, inst):
-    """Every ladder the run will use (one per distinct lookback high at a wake bar, numbered in
-    order of first use), flattened for the kernel."""
+    """Every ladder set the run will use (one per distinct lookback high and low at a wake bar,
+    numbered in order of first use; a set is one ladder per grid: ``strategy.levels_from``),
+    flattened for the kernel: ``lad_off[g, s]`` etc. locate grid ``g``'s ladder of set ``s`` in
+    the flat price tables."""
     from .maker_vol_grid import Ladder
 
     c = strategy.config
     lookback_ms = int(c.lookback.total_seconds() * 1000)
     n_window = int(c.lookback.total_seconds() // 60) + 1
-    highs = lookback_highs(np.array(bars.ts, dtype=np.int64), np.array(bars.high, dtype=np.float64), wake_idx.astype(np.int64), n_window, lookback_ms)
-    distinct, first_use, ladder_of_wake = np.unique(highs, return_index=True, return_inverse=True)
+    ts = np.array(bars.ts, dtype=np.int64)
+    at = wake_idx.astype(np.int64)
+    highs = lookback_highs(ts, np.array(bars.high, dtype=np.float64), at, n_window, lookback_ms)
+    lows = -lookback_highs(ts, -np.array(bars.low, dtype=np.float64), at, n_window, lookback_ms)  # the lowest low
+    # only what the ladders depend on tells sets apart (long: the high; short: the low)
+    key = np.stack([highs if c.side != "short" else np.zeros_like(highs), lows if c.side != "long" else np.zeros_like(lows)], axis=1)
+    if len(key):
+        distinct, first_use, set_of_wake = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    else:
+        distinct, first_use, set_of_wake = np.empty((0, 2)), np.empty(0, np.int64), np.empty(0, np.int64)
+    set_of_wake = np.asarray(set_of_wake).reshape(-1)
     by_first_use = np.argsort(first_use, kind="stable")
     number = np.empty(len(distinct), dtype=np.int64)
     number[by_first_use] = np.arange(len(distinct))
     lad_at = np.full(len(bars), -1, dtype=np.int64)
-    lad_at[wake_idx] = number[ladder_of_wake]
-    ladders = [Ladder(c.top_ratio * high, c.bottom_ratio * high, c.step_pct, 1) for high in distinct[by_first_use].tolist()]
-    firsts = []
-    for ladder in ladders:
-        prices = ladder.prices
-        targets = np.searchsorted(-prices, -(prices * (1.0 + c.tp_pct)), side="right") - 1
-        late = np.flatnonzero(np.maximum(targets, 0) < np.arange(len(prices)))
-        firsts.append(int(late[0]) if len(late) else len(prices))
-    lens = np.array([len(ladder) for ladder in ladders], dtype=np.int64)
-    raw = np.concatenate([ladder.prices for ladder in ladders]) if ladders else np.empty(0)
+    lad_at[wake_idx] = number[set_of_wake]
+    sets = []
+    for high, low in distinct[by_first_use].tolist():
+        # the long side reads only the high, the short side only the low (levels_from)
+        high, low = (high, high) if c.side == "long" else (low, low) if c.side == "short" else (high, low)
+        sets.append([Ladder(top, bottom, c.step_pct, d) for d, top, bottom in strategy.levels_from(high, low)])
+    ngrid = 2 if c.side == "both" else 1
     tick, pdec = inst.tick_size, inst.price_decimals
-    entry = np.round(np.floor(raw / tick + 1e-9) * tick, pdec)  # MakerVol._size
+
+    def down(x):
+        return np.round(np.floor(x / tick + 1e-9) * tick, pdec)
+
+    def up(x):
+        return np.round(np.ceil(x / tick - 1e-9) * tick, pdec)
+
+    lad_off = np.zeros((ngrid, len(sets)), dtype=np.int64)
+    lad_len = np.zeros((ngrid, len(sets)), dtype=np.int64)
+    lad_first = np.zeros((ngrid, len(sets)), dtype=np.int64)
+    lad_top = np.zeros((ngrid, len(sets)))
+    lad_bottom = np.zeros((ngrid, len(sets)))
+    raw, entry, entry_t, tp = [], [], [], []
+    at_ = 0
+    for s, ladders in enumerate(sets):
+        for g, ladder in enumerate(ladders):
+            d = ladder.direction
+            lad_off[g, s], lad_len[g, s] = at_, len(ladder)
+            lad_first[g, s] = first_entry_level(ladder.prices, c.tp_pct, d)  # MakerVol._first_entry
+            lad_top[g, s], lad_bottom[g, s] = ladder.top, ladder.bottom
+            at_ += len(ladder)
+            # MakerVol._size: entries rounded away from the market (long: down); OrderSync.targets:
+            # buys down, sells up (long entries are buys and take-profits sells; short the other way round)
+            e = down(ladder.prices) if d > 0 else up(ladder.prices)
+            raw.append(ladder.prices)
+            entry.append(e)
+            entry_t.append(down(e) if d > 0 else up(e))
+            tp.append(up(ladder.prices) if d > 0 else down(ladder.prices))
+
+    def flat(parts):
+        return np.concatenate(parts) if parts else np.empty(0)
+
     return dict(
-        lad_at=lad_at, lad_off=np.cumsum(lens) - lens, lad_len=lens, lad_first=np.asarray(firsts, np.int64),
-        lad_top=np.array([ladder.top for ladder in ladders]), lad_bottom=np.array([ladder.bottom for ladder in ladders]),
-        LADP=raw, LAD_E=entry,
-        LAD_ET=np.round(np.floor(entry / tick + 1e-9) * tick, pdec),  # OrderSync.targets, buys
-        LAD_TP=np.round(np.ceil(raw / tick - 1e-9) * tick, pdec),  # OrderSync.targets, sells
+        ngrid=ngrid,
+        directions=[ladder.direction for ladder in sets[0]] if sets else [],
+        lad_at=lad_at,
+        lad_off=lad_off,
+        lad_len=lad_len,
+        lad_first=lad_first,
+        lad_top=lad_top,
+        lad_bottom=lad_bottom,
+        LADP=flat(raw),
+        LAD_E=flat(entry),
+        LAD_ET=flat(entry_t),
+        LAD_TP=flat(tp),
     )
 
 
-def compiled_backtest(strategy, engine, bars):
-    """Run ``strategy`` (a MakerVol) over ``bars`` in compiled code; None when the kernel does
-    not apply (:func:`why_not`) or met a case it does not implement (the caller then runs the
-    event path, which is the reference)."""
+def run_kernel(strategy, engine, bars):
+    """Run ``strategy`` (a MakerVol) over ``bars`` in compiled code, once the broker accepted the
+    offer (:meth:`MakerVol.compiled_decisions`); the RunResult, or None when the loop could not
+    finish (the caller then runs the event path, which is the reference)."""
     import logging
 
     log = logging.getLogger(__name__)
-    reason = why_not(strategy, engine)
-    if reason is not None:
-        log.info("maker_vol: event path (%s)", reason)
-        return None
-    if len(bars) == 0:
-        return None
+    from ..brokers.sim.pairs import bar_arrays
+
     started = time.perf_counter()
     broker = engine.broker
     broker.load(bars)
     inst = engine.instrument
     c = strategy.config
     n = len(bars)
-    ts = np.array(bars.ts, dtype=np.int64)
-    op, hi, lo, cl = (np.array(getattr(bars, k), dtype=np.float64) for k in ("open", "high", "low", "close"))
+    arrays = bar_arrays(bars)
+    llo, lhi = broker._liq_bounds()  # mark or last (venue.liquidation_bounds)
+    llo, lhi = np.require(llo, np.float64, "C"), np.require(lhi, np.float64, "C")
     wake = np.array(strategy.wake_bars(bars), dtype=np.bool_)
     wake_idx = np.flatnonzero(wake)
     next_wake = np.full(n + 1, n, dtype=np.int64)  # the first wake bar at or after each bar (n: none)
     next_wake[wake_idx] = wake_idx
     next_wake = np.minimum.accumulate(next_wake[::-1])[::-1].copy()
     tables = _ladder_tables(strategy, bars, wake_idx, inst)
-    # the sim's funding schedule after load(); writable C arrays only: a read-only or strided
-    # array is another numba type (another compile)
-    fund_bar = np.array(broker._fund_bar, dtype=np.int64)
-    fund_rate = np.array(broker._fund_rate, dtype=np.float64)
-    fund_ts = np.array(broker._fund_ts, dtype=np.int64)
-    P = np.zeros(NPARAM)
-    P[P_MAKER], P[P_TAKER], P[P_LIQFEE] = inst.maker_fee, inst.taker_fee, broker.config.liquidation_fee_rate
-    P[P_LOT], P[P_TICK], P[P_MINNOT] = inst.lot_size, inst.tick_size, inst.min_notional
-    P[P_QSCALE], P[P_PSCALE] = 10.0 ** inst.qty_decimals, 10.0 ** inst.price_decimals
-    P[P_TP], P[P_ORDER_PCT], P[P_NLIVE] = c.tp_pct, c.order_pct, c.max_live_orders
-    P[P_STRICT] = 1.0 if broker.fill_model.strict else 0.0
-    P[P_PATHDIR] = 1.0 if broker.config.path == "direction" else 0.0
-    P[P_CHECK] = 1.0 if broker.config.check_margin else 0.0
-    P[P_RECOMPUTE] = float(strategy._recompute_ms)
-    P[P_CASH], P[P_LEV0] = broker.config.initial_cash, broker.leverage
-    BB = np.array([(b.notional_floor, b.notional_cap, b.maintenance_rate, b.maintenance_amount, b.max_leverage) for b in broker.brackets], dtype=np.float64)
-    if inst.margin_brackets:
-        SB = np.array([(b.notional_cap, b.maintenance_rate, b.maintenance_amount) for b in inst.margin_brackets], dtype=np.float64)
-    else:
-        from .maker_vol import DEFAULT_MMR
+    fund_bar, fund_rate = broker.funding_arrays()
+    G = np.zeros(NPARAM)
+    G[G_TP], G[G_ORDER_PCT], G[G_NLIVE] = c.tp_pct, c.order_pct, c.max_live_orders
+    G[G_RECOMPUTE] = float(strategy._recompute_ms)
+    ngrid = tables["ngrid"]
+    G[G_NGRID] = ngrid
+    hedge = broker.position_mode == "hedge" if hasattr(broker, "position_mode") else False
+    from .maker_vol import DEFAULT_MMR
 
-        SB = np.array([(math.inf, DEFAULT_MMR, 0.0)])
-    max_len = int(tables["lad_len"].max()) if len(tables["lad_len"]) else 1
-    # Rows of the orders, fills, lots and the logs are written whole before they are read (orders,
-    # fills and log entries are appended, a lot row is filled when the lot opens): np.empty leaves
-    # the unused capacity untouched address space, where np.zeros may have to clear it (real 1m
-    # stretches need up to ~1 order per bar; an overflow re-runs the kernel with twice the room).
+    SB = bracket_table(inst.margin_brackets, DEFAULT_MMR)  # the strategy's view of the brackets (the instrument's)
+    max_len = int(tables["lad_len"].max()) if tables["lad_len"].size else 1
+    # open orders: each grid's live entries and take-profits, plus market closes waiting for the
+    # next open; the book starts small and doubles with the other arrays when a run needs more
+    slots = ngrid * 2 * c.max_live_orders + 32
     capacity = n + 16384
     while True:
-        S = np.zeros(NSTATE)
-        S[WALLET], S[LEV], S[PRICE], S[NOW] = broker.config.initial_cash, broker.leverage, op[0], ts[0]
-        S[NEXT_RC] = -1
-        S[LIQ_CACHE] = np.nan
-        O = np.empty((capacity, NO))
-        OPEN = np.zeros(max_len + 2 * c.max_live_orders + 64, dtype=np.int64)
-        FL = np.empty((capacity, NF))
-        L = np.empty((capacity + 1, NL))
-        LOTS = np.zeros(max_len + 64, dtype=np.int64)
-        TPAT = np.zeros(max_len + 1, dtype=np.int64)
-        SQ, SM = np.zeros(max_len + 1), np.zeros(max_len + 1)
-        CASH, QTYD = np.zeros(n), np.zeros(n)
-        LIQM, HASM = np.full(n, np.nan), np.zeros(n, dtype=np.bool_)
-        ENT, TPF = np.empty((capacity, 2)), np.empty(capacity)
-        SAT, RT = np.empty((capacity, 7)), np.empty((capacity, 5))
+        # zeroed=False: the results read the logs only up to their counters (_result)
+        v = broker.new_venue(
+            log_events=True,
+            orders=capacity,
+            slots=slots,
+            fills=capacity,
+            funding=2 * len(fund_bar) + 8,
+            events=4 * slots + 8 * c.max_live_orders + 1024,
+            marks=2 * capacity + 2 * len(fund_bar) + 64,
+            zeroed=False,
+        )
+        v.P[vc.P_ISOLATED] = 1.0  # MakerVol.on_start: isolated margin
+        v.P[vc.P_HEDGE] = 1.0 if hedge else 0.0
+        M = np.zeros(NSTATE)
+        M[NEXT_RC] = -1
+        MG = np.zeros((ngrid, NMG))
+        for g, d in enumerate(tables["directions"]):
+            MG[g, G_D] = d
+            # hedge mode: the long grid on the LONG position (row 0), the short grid on SHORT (row 1)
+            MG[g, G_ROW] = (0 if d > 0 else 1) if hedge else 0
+            MG[g, G_PSIDE] = (vc.PS_LONG if d > 0 else vc.PS_SHORT) if hedge else vc.PS_BOTH
+            MG[g, G_RO] = 0.0 if hedge else 1.0
+        GENS = np.zeros(capacity)
+        L = np.empty((ngrid, capacity + 1, NL))
+        LOTS = np.zeros((ngrid, max_len + 64), dtype=np.int64)
+        TPAT = np.zeros((ngrid, max_len + 1), dtype=np.int64)
+        SQ, SM = np.zeros((ngrid, max_len + 1)), np.zeros((ngrid, max_len + 1))
+        ENT, TPF = np.empty((capacity, 3)), np.empty((capacity, 2))
+        SAT, RT = np.empty((capacity, 7)), np.empty((capacity, 6))
         SAMP = np.empty((capacity, 10))
-        FUNDR = np.empty((len(fund_bar) + 1, 5))
         kernel_started = time.perf_counter()
         code = kernel(
-            ts, op, hi, lo, cl, wake, next_wake, tables["lad_at"], tables["lad_off"], tables["lad_len"], tables["lad_first"],
-            tables["lad_bottom"], tables["LADP"], tables["LAD_E"], tables["LAD_ET"], tables["LAD_TP"], fund_bar, fund_rate,
-            P, BB, SB, S, O, OPEN, FL, L, LOTS, TPAT, SQ, SM, CASH, QTYD, LIQM, HASM, ENT, TPF, SAT, RT, SAMP, FUNDR,
+            *arrays,
+            llo,
+            lhi,
+            next_wake,
+            tables["lad_at"],
+            tables["lad_off"],
+            tables["lad_len"],
+            tables["lad_first"],
+            tables["lad_bottom"],
+            tables["LADP"],
+            tables["LAD_E"],
+            tables["LAD_ET"],
+            tables["LAD_TP"],
+            fund_bar,
+            fund_rate,
+            G,
+            SB,
+            v,
+            M,
+            MG,
+            GENS,
+            L,
+            LOTS,
+            TPAT,
+            SQ,
+            SM,
+            ENT,
+            TPF,
+            SAT,
+            RT,
+            SAMP,
         )
         kernel_s = time.perf_counter() - kernel_started
         if code == BAIL_CAPACITY and capacity < 16 * n + 65536:
             capacity *= 2
+            slots *= 2
             continue
         break
     if code != OK:
         log.info("maker_vol: compiled path stopped (%s); running the event path", BAIL_REASONS.get(code, code))
         return None
     engine.start()  # on_start (isolated margin on the broker) and the run-start hooks, as the event path
-    k = dict(S=S, O=O[: int(S[NORD])], FL=FL[: int(S[NFILL])], L=L, LOTS=LOTS[: int(S[NLOTS])], TPAT=TPAT, CASH=CASH, QTYD=QTYD,
-             LIQM=LIQM, HASM=HASM, ENT=ENT[: int(S[NENTRY])], TPF=TPF[: int(S[NTP])], SAT=SAT[: int(S[NSAT])], RT=RT[: int(S[NRT])],
-             SAMP=SAMP[: int(S[NSAMP])], FUNDR=FUNDR[: int(S[NFUND])], fund_ts=fund_ts, fund_rate=fund_rate, tables=tables)
+    broker.venue = v  # the run's account: funding payments, liquidation marks
+    k = dict(
+        M=M,
+        MG=MG,
+        v=v,
+        GENS=GENS,
+        L=L,
+        LOTS=LOTS,
+        TPAT=TPAT,
+        ENT=ENT[: int(M[NENTRY])],
+        TPF=TPF[: int(M[NTP])],
+        SAT=SAT[: int(M[NSAT])],
+        RT=RT[: int(M[NRT])],
+        SAMP=SAMP[: int(M[NSAMP])],
+        tables=tables,
+    )
     result = _result(strategy, engine, broker, bars, k)
     result.elapsed_s = time.perf_counter() - started
-    result.extra["compiled_kernel_s"] = kernel_s  # the compiled loop alone (the rest builds the RunResult)
+    result.compiled_kernel_s = kernel_s  # the compiled loop alone (the rest builds the RunResult)
     engine.plugins.call_optional("quant_on_run_end", result=result)
     return result
 
 
-def _client_ids(strategy, engine, O) -> tuple[pa.Array, pa.Array]:
+def _kinds(O) -> tuple[np.ndarray, np.ndarray]:
+    """Each order's kind (``K_*``: its tag, or K_LIQ for the venue's liquidation orders) and grid."""
+    tag = O[:, O_TAG0].astype(np.int64)
+    return np.where(O[:, O_LIQ] != 0, K_LIQ, tag % NKIND), np.where(O[:, O_LIQ] != 0, 0, tag // NKIND)
+
+
+def _client_ids(strategy, engine, O, GENS, directions) -> tuple[pa.Array, pa.Array]:
     """The client id and the tag of every order (in order of creation), as the event path gives them."""
-    kind = O[:, O_KIND].astype(np.int64)
-    ref = O[:, O_REF].astype(np.int64)
-    closes = np.flatnonzero(kind == K_CLOSE)
+    kind, grid = _kinds(O)
+    ref = np.where(kind == K_LIQ, O[:, vc.O_REF], O[:, O_TAG1]).astype(np.int64)
+    closes = np.flatnonzero((kind == K_CLOSE) | (kind == K_RESTORE))
     prefix, first = engine.take_client_ids(len(closes))  # in creation order, as the engine hands them out
-    generation = O[:, O_GEN].astype(np.int64)
+    generation = GENS[: len(O)].astype(np.int64)
     generation[kind > K_TP] = 0  # unused: closes and liquidations have one number
     number = ref.copy()
     number[closes] = np.arange(first, first + len(closes))
-    # by kind (K_ENTRY, K_TP, K_CLOSE, K_LIQ); entries and take-profits: OrderSync's f"{prefix}{key}.{base36(generation)}"
+    # by grid, by kind (K_ENTRY, K_TP, K_CLOSE, K_LIQ, K_RESTORE); entries and take-profits:
+    # OrderSync's f"{prefix}{key}.{base36(generation)}"
     sync = strategy.sync.prefix
-    ids = numbered_text([(f"{sync}b", 10, ".", 36), (f"{sync}t", 10, ".", 36), (f"{prefix}-", 10), ("liquidation-", 10)], kind, number, generation)
-    tags = numbered_text([("b", 10), ("t", 10), ("saturation:", 10), ("liquidation", 0)], kind, ref)
-    return ids, tags
+    id_forms, tag_forms = [], []
+    for d in directions or [1]:
+        e, t = ("b", "t") if d > 0 else ("s", "u")  # the grid's entry and take-profit keys
+        id_forms += [(f"{sync}{e}", 10, ".", 36), (f"{sync}{t}", 10, ".", 36), (f"{prefix}-", 10), ("liquidation-", 10), (f"{prefix}-", 10)]
+        tag_forms += [(e, 10), (t, 10), ("saturation:", 10), ("liquidation", 0), ("restore:", 10)]
+    form = kind + 5 * grid
+    return numbered_text(id_forms, form, number, generation), numbered_text(tag_forms, form, ref)
 
 
-_STATUS = {ST_PENDING: "pending", ST_NEW: "new", ST_PARTIAL: "partially_filled", ST_FILLED: "filled", ST_CANCELED: "canceled", ST_REJECTED: "rejected", ST_EXPIRED: "expired"}
-_STATUS_NAMES = [_STATUS.get(k) for k in range(max(_STATUS) + 1)]
-
-
-def _reasons(O):
+def _reasons(v, O):
     """The ``reason`` column: why each order was refused, missing for the others (the event path's
-    None; a column of None alone stays an object column)."""
-    code = O[:, O_REASON].astype(np.int64)
-    refused = np.flatnonzero(code != R_NONE)
+    None; a column of None alone stays an object column). Texts: :func:`venue.reason_text`."""
+    refused = np.flatnonzero(O[:, O_REASON] != vc.R_NONE)
     if len(refused) == 0:
         return np.full(len(O), None, dtype=object)
-    texts = []
-    for oi in refused.tolist():
-        r = code[oi]
-        if r == R_RO_GONE:
-            texts.append("reduce-only: no position left to reduce")
-        elif r == R_MARGIN:
-            texts.append(f"margin is insufficient: needs {O[oi, O_NEED]:,.2f}, available {O[oi, O_FREE]:,.2f} (Binance -2019)")
-        elif r == R_LIQ:
-            texts.append("liquidation")
-        elif r == R_REDUCE:
-            texts.append("reduce-only order would not reduce the position (Binance -2022)")
-        else:
-            side = "buy" if O[oi, O_SIDE] > 0 else "sell"
-            texts.append(f"post-only {side} at {O[oi, O_PRICE]} would cross {O[oi, O_NEED]} (GTX)")
+    texts = [vc.reason_text(v, oi) for oi in refused.tolist()]
     at = np.full(len(O), -1, dtype=np.int64)
     at[refused] = np.arange(len(refused))
     return _text(pa.array(texts, type=pa.large_string()).take(pa.array(at, mask=at < 0)))
 
 
 def _result(strategy, engine, broker, bars, k):
-    from btc_quant.core.engine import RunResult
-    from btc_quant.core.metrics import compute_metrics, fills_frame, orders_frame, position_per_bar
+    from btc_quant.core.metrics import count_trades, fills_frame, orders_frame
+    from btc_quant.core.results import assemble_result
 
-    S, O, FL = k["S"], k["O"], k["FL"]
-    n = len(bars)
-    ids, tags = _client_ids(strategy, engine, O)
+    v = k["v"]
+    O, FL = v.O[: int(v.S[vc.NORD])], v.FL[: int(v.S[vc.NFILL])]
+    ids, tags = _client_ids(strategy, engine, O, k["GENS"], k["tables"]["directions"])
     side = _labels(["sell", "buy"], O[:, O_SIDE] > 0)
-    orders = pd.DataFrame({
-        "client_id": _text(ids),
-        "side": _text(side),
-        "type": _text(_labels(["limit", "market"], np.isnan(O[:, O_PRICE]))),
-        "price": O[:, O_PRICE],
-        "quantity": O[:, O_QTY],
-        "filled_qty": O[:, O_FILLED],
-        "avg_fill_price": O[:, O_AVG],
-        "post_only": O[:, O_PO] != 0,
-        "reduce_only": O[:, O_RO] != 0,
-        "status": _text(_labels(_STATUS_NAMES, O[:, O_STATUS])),
-        "reason": _reasons(O),
-        "created": _times(O[:, O_CREATED]),
-        "updated": _times(O[:, O_UPDATED]),
-        "tag": _text(tags),
-    })
+    orders = pd.DataFrame(
+        {
+            "client_id": _text(ids),
+            "side": _text(side),
+            "type": _text(_labels(["limit", "market"], np.isnan(O[:, vc.O_PRICE]))),
+            "price": O[:, vc.O_PRICE],
+            "quantity": O[:, O_QTY],
+            "filled_qty": O[:, O_FILLED],
+            "avg_fill_price": O[:, vc.O_AVG],
+            "post_only": O[:, vc.O_PO] != 0,
+            "reduce_only": O[:, vc.O_RO] != 0,
+            "status": _text(_labels(list(vc.STATUS_NAMES), O[:, O_STATUS])),
+            "reason": _reasons(v, O),
+            "created": _times(O[:, vc.O_CREATED]),
+            "updated": _times(O[:, vc.O_UPDATED]),
+            "tag": _text(tags),
+        }
+    )
     fo = FL[:, F_ORDER].astype(np.int64)
-    fbar = FL[:, F_BAR].astype(np.int64)
-    fills = pd.DataFrame({
-        "ts": _times(np.asarray(bars.ts, dtype=np.int64)[fbar]),
-        "trade_id": _text(numbered_text([("sim-", 10)], np.zeros(len(FL), dtype=np.int64), FL[:, F_SEQ])),
-        "client_id": _text(ids.take(fo)),
-        "side": _text(side.take(fo)),
-        "price": FL[:, F_PRICE],
-        "quantity": FL[:, F_QTY],
-        "fee": FL[:, F_FEE],
-        "is_maker": FL[:, F_MAKER] != 0,
-        "is_liquidation": FL[:, F_LIQ] != 0,
-        "tag": _text(tags.take(fo)),
-        "bar": fbar,
-    })
+    fbar = FL[:, vc.F_BAR].astype(np.int64)
+    fills = pd.DataFrame(
+        {
+            "ts": _times(np.asarray(bars.ts, dtype=np.int64)[fbar]),
+            "trade_id": _text(numbered_text([("sim-", 10)], np.zeros(len(FL), dtype=np.int64), FL[:, vc.F_SEQ])),
+            "client_id": _text(ids.take(fo)),
+            "side": _text(side.take(fo)),
+            "price": FL[:, F_PRICE],
+            "quantity": FL[:, F_QTY],
+            "fee": FL[:, F_FEE],
+            "is_maker": FL[:, vc.F_MAKER] != 0,
+            "is_liquidation": FL[:, vc.F_LIQ] != 0,
+            "tag": _text(tags.take(fo)),
+            "bar": fbar,
+        }
+    )
     if len(fills) == 0:  # the engine's builders give these their dtypes
         fills = fills_frame([], np.empty(0, dtype=np.int64))
     if len(orders) == 0:
         orders = orders_frame({})
-    index = pd.DatetimeIndex(_times(bars.ts))
-    initial = float(broker.config.initial_cash)
-    equity = pd.Series(initial + np.cumsum(k["CASH"]) + np.cumsum(k["QTYD"]) * bars.close, index=index, name="equity")
-    trades = _trades_frame(fills, buy=O[fo, O_SIDE] > 0)
-    position = position_per_bar(n, fills)
-    FR = k["FUNDR"]
-    fk = FR[:, 0].astype(np.int64)
-    funding = pd.DataFrame({
-        "ts": _times(k["fund_ts"][fk]), "bar": FR[:, 1].astype(np.int64), "rate": k["fund_rate"][fk],
-        "mark": FR[:, 2], "position": FR[:, 3], "amount": FR[:, 4],
-    })
-    if len(funding) == 0:  # the broker's own (empty) frame has its dtypes
-        funding = broker.funding_payments()
-    paid = float(funding["amount"].sum()) if len(funding) else 0.0
-    metrics = compute_metrics(equity, fills, trades, initial_equity=initial, position=position, funding=paid)
-    result = RunResult(
-        info=engine.info, bars=n, start_ms=bars.start_ms, end_ms=bars.end_ms, equity=equity, fills=fills,
-        orders=orders, trades=trades, metrics=metrics, initial_equity=initial,
+    # the one result builder (position, trades, metrics, liquidation distance), as every path;
+    # the per-bar liquidation lines are the venue's marks (broker.venue is the run's)
+    result = assemble_result(
+        engine.info,
+        bars,
+        vc.equity_curve(v, bars.close, float(broker.config.initial_cash)),
+        fills,
+        orders,
+        initial_equity=float(broker.config.initial_cash),
+        funding=broker.funding_payments(),
+        rejections=int(v.S[vc.NREJ]),
+        compiled=True,
+        **broker.bar_series(),
     )
-    result.extra["position"] = pd.Series(position, index=index, name="position")
-    result.extra["rejections"] = int((O[:, O_STATUS] == ST_REJECTED).sum())
-    result.extra["bars"] = bars
-    result.extra["funding"] = funding
-    liq = np.full(n, np.nan)
-    marked = np.flatnonzero(k["HASM"])
-    if len(marked):
-        idx = np.zeros(n, dtype=np.int64) - 1
-        idx[marked] = marked
-        idx = np.maximum.accumulate(idx)
-        have = idx >= 0
-        liq[have] = k["LIQM"][idx[have]]
-    result.extra["liquidation_price"] = pd.Series(liq, index=index, name="liquidation_price")
-    side_sign = np.sign(position)
-    with np.errstate(invalid="ignore"):
-        distance = np.where(side_sign != 0, side_sign * (bars.close - liq) / bars.close, np.nan)
-    result.extra["liquidation_distance"] = pd.Series(distance, index=index, name="liquidation_distance")
-    result.extra["compiled"] = True
+    k["last_close"] = float(bars.close[-1])
     _restore_strategy(strategy, engine, k, fills)
-    result.extra["diagnostics"] = strategy.diagnostics()
+    result.diagnostics = strategy.diagnostics()
+    count_trades(result, strategy)
     return result
 
 
@@ -1559,54 +1441,98 @@ def _restore_strategy(strategy, engine, k, fills):
     from .maker_vol import Grid
     from .maker_vol_grid import GridBook, Ladder, Lot
 
-    S, L = k["S"], k["L"]
+    S, L, MG = k["M"], k["L"], k["MG"]
     c = strategy.config
     tables = k["tables"]
     lad = int(S[LAD])
-    ladder = Ladder(float(tables["lad_top"][lad]), float(tables["lad_bottom"][lad]), c.step_pct, 1)
-    book = GridBook(ladder, c.tp_pct)
-    for lot_id in k["LOTS"].tolist():
-        row = L[lot_id]
-        lot = Lot(lot_id, int(row[L_LEVEL]), float(row[L_ENTRY]), float(row[L_QTY]), float(row[L_MARGIN]), float(row[L_LEV]),
-                  int(row[L_TP]), bool(row[L_CLOSING]), float(row[L_FREED]))
-        book.lots[lot_id] = lot
-    for level in np.flatnonzero(k["TPAT"][: len(ladder)]).tolist():
-        book._set(level, int(k["TPAT"][level]))
-    book._next_lot = int(S[NEXTLOT])
-    book.quantity, book.margin, book._cost = float(S[BQ]), float(S[BMARGIN]), float(S[BCOST])
-    strategy.grids = [Grid(1, "b", "t", book)]
+    grids = []
+    for g, d in enumerate(tables["directions"]):
+        ladder = Ladder(float(tables["lad_top"][g, lad]), float(tables["lad_bottom"][g, lad]), c.step_pct, d)
+        book = GridBook(ladder, c.tp_pct)
+        for lot_id in k["LOTS"][g, : int(MG[g, G_NLOTS])].tolist():
+            row = L[g, lot_id]
+            book.lots[lot_id] = Lot(
+                lot_id,
+                int(row[L_LEVEL]),
+                float(row[L_ENTRY]),
+                float(row[L_QTY]),
+                float(row[L_MARGIN]),
+                float(row[L_LEV]),
+                int(row[L_TP]),
+                bool(row[L_CLOSING]),
+                float(row[L_FREED]),
+            )
+        for level in np.flatnonzero(k["TPAT"][g, : len(ladder)]).tolist():
+            book._set(level, int(k["TPAT"][g, level]))
+        book._next_lot = int(MG[g, G_NEXTLOT])
+        book.quantity, book.margin, book._cost = float(MG[g, G_BQ]), float(MG[g, G_BMARGIN]), float(MG[g, G_BCOST])
+        grids.append(Grid(d, "b", "t", book) if d > 0 else Grid(d, "s", "u", book))
+    strategy.grids = grids
     strategy._margin_calls = True
     strategy._armed = int(S[ARMED])
     strategy._paused = bool(S[PAUSED])
     strategy._next_recompute = int(S[NEXT_RC])
-    strategy.entry_fills = _level_counts(k["ENT"][:, 1])
-    strategy.tp_fills = _level_counts(k["TPF"])
-    ENT = k["ENT"]
-    strategy.entry_log = pd.DataFrame({"ts_ms": ENT[:, 0].astype(np.int64), "direction": np.ones(len(ENT), np.int64), "price": ENT[:, 1]})
+    ENT, TPF = k["ENT"], k["TPF"]
+    strategy.entry_fills = _level_counts(ENT[:, 1], ENT[:, 2])
+    strategy.tp_fills = _level_counts(TPF[:, 0], TPF[:, 1])
+    strategy.entry_log = pd.DataFrame({"ts_ms": ENT[:, 0].astype(np.int64), "direction": ENT[:, 2].astype(np.int64), "price": ENT[:, 1]})
     SAT = k["SAT"]
-    strategy.saturations = pd.DataFrame({
-        "ts_ms": SAT[:, 0].astype(np.int64), "entry": SAT[:, 1], "take_profit": SAT[:, 2], "exit": SAT[:, 3],
-        "quantity": SAT[:, 4], "pnl": SAT[:, 5], "fee": SAT[:, 6],
-    })
+    strategy.saturations = pd.DataFrame(
+        {
+            "ts_ms": SAT[:, 0].astype(np.int64),
+            "entry": SAT[:, 1],
+            "take_profit": SAT[:, 2],
+            "exit": SAT[:, 3],
+            "quantity": SAT[:, 4],
+            "pnl": SAT[:, 5],
+            "fee": SAT[:, 6],
+        }
+    )
     RT = k["RT"]
-    strategy.round_trips = pd.DataFrame({
-        "ts_ms": RT[:, 0].astype(np.int64), "direction": np.ones(len(RT), np.int64), "entry": RT[:, 1], "exit": RT[:, 2],
-        "quantity": RT[:, 3], "gross": RT[:, 4],
-    })
+    strategy.round_trips = pd.DataFrame(
+        {
+            "ts_ms": RT[:, 0].astype(np.int64),
+            "direction": RT[:, 5].astype(np.int64),
+            "entry": RT[:, 1],
+            "exit": RT[:, 2],
+            "quantity": RT[:, 3],
+            "gross": RT[:, 4],
+        }
+    )
     SAMP = k["SAMP"]
-    strategy.samples = pd.DataFrame({
-        "ts_ms": SAMP[:, 0].astype(np.int64), "price": SAMP[:, 1], "liquidation_price": SAMP[:, 2],
-        "broker_liquidation_price": SAMP[:, 3], "distance_to_liquidation": SAMP[:, 4],
-        "tp_levels_occupied": SAMP[:, 5].astype(np.int64), "levels": SAMP[:, 6].astype(np.int64),
-        "live_orders": SAMP[:, 7].astype(np.int64), "virtual_orders": SAMP[:, 8].astype(np.int64), "equity": SAMP[:, 9],
-    })
+    strategy.samples = pd.DataFrame(
+        {
+            "ts_ms": SAMP[:, 0].astype(np.int64),
+            "price": SAMP[:, 1],
+            "liquidation_price": SAMP[:, 2],
+            "broker_liquidation_price": SAMP[:, 3],
+            "distance_to_liquidation": SAMP[:, 4],
+            "tp_levels_occupied": SAMP[:, 5].astype(np.int64),
+            "levels": SAMP[:, 6].astype(np.int64),
+            "live_orders": SAMP[:, 7].astype(np.int64),
+            "virtual_orders": SAMP[:, 8].astype(np.int64),
+            "equity": SAMP[:, 9],
+        }
+    )
     counts = Counter()
-    for key, idx in (("saturations", SATS), ("liquidations", LIQS), ("cash_pauses", CASH_PAUSES), ("invariant_violations", INV_VIOL),
-                     ("broker_invariant_violations", BRK_VIOL), ("recomputes", RECOMPUTES), ("margin_call_refused", MREFUSED),
-                     ("margin_added", MADDED), ("entries_beyond_bottom", BEYOND)):
+    for key, idx in (
+        ("saturations", SATS),
+        ("liquidations", LIQS),
+        ("cash_pauses", CASH_PAUSES),
+        ("liq_line_breaches", BRK_VIOL),
+        ("liq_line_restores", RESTORES),
+        ("liq_line_restore_closes", RESTORE_CLOSES),
+        ("liquidations_above_bottom", LIQ_ABOVE),
+        ("recomputes", RECOMPUTES),
+        ("margin_call_refused", MREFUSED),
+        ("margin_added", MADDED),
+        ("entries_beyond_bottom", BEYOND),
+        ("closes_retried", CLOSES_RETRIED),
+        ("lots_gone", LOTS_GONE),
+    ):
         if S[idx]:
             counts[key] = int(S[idx])
-    counts["levels_raised_to_min_notional"] = int(S[RAISED])
+    counts["levels_merged_min_notional"] = int(S[RAISED])
     strategy.counts = counts
     pnl = Counter()
     maker = fills["is_maker"].to_numpy()
@@ -1620,19 +1546,23 @@ def _restore_strategy(strategy, engine, k, fills):
         pnl["saturation_loss"] = float(S[SAT_LOSS])
     if S[LIQS]:
         pnl["liquidation_loss"] = float(S[LIQ_LOSS])
-    pnl["funding"] = 0.0 - float(S[PFUNDING])
-    price = float(S[PRICE])
-    pnl["unrealised"] = sum((price - lot.entry) * lot.quantity for lot in book.lots.values())
+    if S[RESTORE_CLOSES]:
+        pnl["restore_pnl"] = float(S[RESTORE_PNL])
+    pnl["funding"] = 0.0 - float(k["v"].POS[0, vc.Q_FUNDING] + k["v"].POS[1, vc.Q_FUNDING])
+    price = k["last_close"]  # MakerVol.on_stop: at the last bar's close
+    pnl["unrealised"] = sum(g.direction * (price - lot.entry) * lot.quantity for g in grids for lot in g.book.lots.values())
     strategy.pnl = pnl
     stats = strategy.sync.stats
     stats.submitted, stats.canceled, stats.rejected = int(S[SUBMITTED]), int(S[CANCELED]), int(S[REJECTED])
     stats.rearmed, stats.fills, stats.syncs = int(S[REARMED]), int(S[SYNC_FILLS]), int(S[NSAMP]) - 1
 
 
-def _level_counts(prices: np.ndarray) -> Counter:
-    """Counter of (direction, round(price, 1)), built from the distinct prices."""
+def _level_counts(prices: np.ndarray, directions: np.ndarray) -> Counter:
+    """Counter of (direction, round(price, 1)), built from the distinct (direction, price) pairs."""
     counts: Counter = Counter()
-    values, times = np.unique(prices, return_counts=True)
-    for value, count in zip(values.tolist(), times.tolist()):
-        counts[(1, round(value, 1))] += count
+    if not len(prices):
+        return counts
+    pairs, times = np.unique(np.stack([directions, prices], axis=1), axis=0, return_counts=True)
+    for (d, value), count in zip(pairs.tolist(), times.tolist()):
+        counts[(int(d), round(value, 1))] += count
     return counts

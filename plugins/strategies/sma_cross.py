@@ -14,8 +14,8 @@ import numpy as np
 from pydantic import field_validator
 
 from btc_quant.sdk import Field, StrategyConfig, hookimpl
-from btc_quant.sdk.signals import SignalStrategy
 from btc_quant.sdk.indicators import crossed, sma
+from btc_quant.sdk.signals import SignalStrategy
 
 
 class SmaCrossConfig(StrategyConfig):
