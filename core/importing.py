@@ -21,12 +21,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import COLUMNS, BarArrays, timeframe_ms
+from .data import COLUMNS, BarArrays, check_timeframe, timeframe_ms
 from .errors import DataError
 
 TIME_COLUMNS = ("ts", "timestamp", "open_time", "time", "date", "datetime")
-ARCHIVE_COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume",
-                   "trades", "taker_buy_base", "taker_buy_quote", "ignore")
+ARCHIVE_COLUMNS = (
+    "open_time",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "close_time",
+    "quote_volume",
+    "trades",
+    "taker_buy_base",
+    "taker_buy_quote",
+    "ignore",
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,33 @@ class BadRow:
     where: str  # "line 17" / "row 17"
     problem: str
     raw: dict
+
+
+class RowChecks:
+    """The row-by-row checks of an imported file: each row keeps the first problem found for it,
+    and a row already found bad is not flagged again (used by bar and trade/quote imports)."""
+
+    def __init__(self, rows: int) -> None:
+        self.problems: dict[int, str] = {}
+        self.bad = np.zeros(rows, dtype=bool)  # updated in place: callers may hold it
+
+    def flag(self, mask: np.ndarray, problem: str) -> None:
+        for i in np.flatnonzero(mask & ~self.bad):
+            self.problems[int(i)] = problem
+        self.bad[mask] = True
+
+    def bad_rows(self, frame: pd.DataFrame, unit: str, first_line: int) -> list[BadRow]:
+        """One :class:`BadRow` per flagged row, in file order, named as the file numbers it."""
+        return [
+            BadRow(f"{unit} {i + first_line}", self.problems[i], {k: _plain(v) for k, v in frame.iloc[i].items()})
+            for i in sorted(self.problems)
+        ]
+
+
+def missing_columns(path: Path, frame: pd.DataFrame, missing: list[str], hint: str) -> None:
+    """Raise the one-line error for a file that lacks columns, naming what it has."""
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, frame.columns)) or 'none'}", hint=hint)
 
 
 @dataclass
@@ -72,7 +111,9 @@ def _frame_of(path: Path) -> tuple[pd.DataFrame, int, str]:
             has_header = not first.split(",")[0].strip().lstrip("-").isdigit()
             frame = pd.read_csv(io.StringIO(text), header=0 if has_header else None, dtype=str, keep_default_na=False)
             if not has_header:
-                frame.columns = list(ARCHIVE_COLUMNS[: frame.shape[1]]) + [f"extra{i}" for i in range(frame.shape[1] - len(ARCHIVE_COLUMNS))]
+                frame.columns = list(ARCHIVE_COLUMNS[: frame.shape[1]]) + [
+                    f"extra{i}" for i in range(frame.shape[1] - len(ARCHIVE_COLUMNS))
+                ]
             return frame, 2 if has_header else 1, "line"
     except DataError:
         raise
@@ -91,19 +132,10 @@ def read_import_file(path: Path | str, timeframe: str = "1m") -> ImportRead:
     frame.columns = [str(c).strip().lower() for c in frame.columns]
     time_col = next((c for c in TIME_COLUMNS if c in frame.columns), None)
     missing = ([] if time_col else ["ts"]) + [c for c in COLUMNS[1:] if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, frame.columns)) or 'none'}",
-            hint="need ts (or timestamp/open_time/date), open, high, low, close, volume",
-        )
+    missing_columns(path, frame, missing, "need ts (or timestamp/open_time/date), open, high, low, close, volume")
     n = len(frame)
-    problems: dict[int, str] = {}
-    bad_mask = np.zeros(n, dtype=bool)
-
-    def flag(mask: np.ndarray, problem: str) -> None:
-        for i in np.flatnonzero(mask & ~bad_mask):
-            problems[int(i)] = problem
-        bad_mask[mask] = True
+    checks = RowChecks(n)
+    flag, bad_mask = checks.flag, checks.bad
 
     # Timestamps: numbers (s/ms/us/ns) or date strings.
     raw_ts = frame[time_col]
@@ -117,6 +149,8 @@ def read_import_file(path: Path | str, timeframe: str = "1m") -> ImportRead:
             parsed = pd.to_datetime(raw_ts, utc=True, errors="coerce", format="mixed")
             ts = np.array([np.nan if pd.isna(p) else p.value // 1_000_000 for p in parsed], dtype="float64")
     flag(~np.isfinite(ts), f"{time_col} is not a time")
+    # A file of 1m bars imported as 1h (or 1h bars as 1m) is a wrong setting, not 59 bad rows in 60.
+    check_timeframe(ts[np.isfinite(ts)].astype(np.int64), timeframe, str(path))
 
     values = {}
     for column in COLUMNS[1:]:
@@ -142,8 +176,7 @@ def read_import_file(path: Path | str, timeframe: str = "1m") -> ImportRead:
         unsorted = np.zeros(n, dtype=bool)
         unsorted[good_idx[tg < before]] = True
         flag(unsorted, "timestamp before an earlier row's (unsorted)")
-    bad = [BadRow(f"{unit} {i + first_line}", problems[i], {k: _plain(v) for k, v in frame.iloc[i].items()})
-           for i in sorted(problems)]
+    bad = checks.bad_rows(frame, unit, first_line)
     good = ~bad_mask
     bars = BarArrays(
         np.ascontiguousarray(ts[good].astype(np.int64)),
@@ -156,3 +189,113 @@ def _plain(value):
     if isinstance(value, (np.generic,)):
         return value.item()
     return value if isinstance(value, (int, float, str)) or value is None else str(value)
+
+
+# -- overwriting stored bars ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Changes:
+    """How the bars of a file differ from the ones already stored at the same times."""
+
+    overlapping: int  # bars of the file whose time is already stored
+    differing: int  # of those, bars with any of open/high/low/close/volume different
+    max_price_diff: float  # largest |file - stored| over open/high/low/close
+    max_price_diff_pct: float  # the same, relative to the stored price, in percent
+    volume_differs: int
+    first_ms: int | None  # time of the first differing bar
+
+    def describe(self) -> str:
+        from .data import ms_to_iso
+
+        return (
+            f"{self.differing:,} of the {self.overlapping:,} bars already stored at the file's times differ "
+            f"(largest price difference {self.max_price_diff:,.8g} = {self.max_price_diff_pct:.4g}%, "
+            f"volume differs on {self.volume_differs:,}; first at {ms_to_iso(self.first_ms)} UTC)"
+        )
+
+
+def changes_against(stored: BarArrays, new: BarArrays) -> Changes:
+    """Compare ``new`` with ``stored`` on the timestamps both have (exactly: a re-import of the same
+    file, or a re-fetch of the same bars, differs nowhere)."""
+    _, i_new, i_old = np.intersect1d(new.ts, stored.ts, assume_unique=True, return_indices=True)
+    if len(i_new) == 0:
+        return Changes(0, 0, 0.0, 0.0, 0, None)
+    price_diff = np.zeros(len(i_new))
+    price_pct = np.zeros(len(i_new))
+    for column in ("open", "high", "low", "close"):
+        a, b = getattr(new, column)[i_new], getattr(stored, column)[i_old]
+        d = np.abs(a - b)
+        price_diff = np.maximum(price_diff, d)
+        price_pct = np.maximum(price_pct, d / np.abs(b) * 100)
+    volume_differs = new.volume[i_new] != stored.volume[i_old]
+    differs = (price_diff > 0) | volume_differs
+    first = int(new.ts[i_new][differs][0]) if differs.any() else None
+    return Changes(len(i_new), int(differs.sum()), float(price_diff.max()), float(price_pct.max()), int(volume_differs.sum()), first)
+
+
+# -- interrupted imports ----------------------------------------------------------------------
+
+
+class ImportJournal:
+    """An import in progress, as a small JSON file under ``<data dir>/imports/``.
+
+    Written before the first chunk goes to the store and removed after the last one, so an import
+    that was killed leaves it behind: ``quant data ls`` and ``quant data gaps`` then show that series
+    as incomplete, and running the same import again resumes after the chunks already written
+    (bars are keyed by time, so writing one twice never duplicates it). The file names the store by
+    :meth:`where` (never with a password), so an import into another store does not count.
+    """
+
+    def __init__(self, folder: Path, store_where: str, exchange: str, symbol: str, timeframe: str, source: Path):
+        import hashlib
+
+        self.folder = folder
+        self.entry = {
+            "store": store_where,
+            "exchange": exchange,
+            "symbol": symbol,
+            "timeframe": timeframe,
+            "file": str(source.resolve()),
+            "size": source.stat().st_size,
+            "mtime_ns": source.stat().st_mtime_ns,
+        }
+        key = "|".join(str(self.entry[k]) for k in ("store", "exchange", "symbol", "timeframe", "file"))
+        self.path = folder / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+
+    def resume_from(self) -> int:
+        """Rows already written by an earlier, interrupted import of this same (unchanged) file."""
+        previous = _read_entry(self.path)
+        if previous is None or any(previous.get(k) != v for k, v in self.entry.items()):
+            return 0
+        return int(previous.get("written", 0))
+
+    def update(self, written: int, rows: int, first_ms: int, last_ms: int) -> None:
+        import json
+        import os
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        entry = dict(self.entry, written=written, rows=rows, first_ms=first_ms, last_ms=last_ms)
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entry))
+        os.replace(tmp, self.path)  # atomic: a kill leaves the old entry or the new one
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _read_entry(path: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def unfinished_imports(folder: Path, store_where: str) -> list[dict]:
+    """Imports into this store that were started and never finished (see :class:`ImportJournal`)."""
+    if not folder.is_dir():
+        return []
+    entries = (_read_entry(p) for p in sorted(folder.glob("*.json")))
+    return [e for e in entries if e is not None and e.get("store") == store_where]

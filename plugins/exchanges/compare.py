@@ -1,0 +1,250 @@
+"""``quant compare BOT``: a live (or paper) bot's fills against the sim's over the same period.
+
+The bot's journal (``$QUANT_HOME/live/BOT.db``, :mod:`.journal`) holds every fill it got from the
+exchange. The same strategy settings are backtested on the ``sim`` broker over the bot's period
+(from its first order to its last order update or fill; ``start=``/``end=`` override) on the stored
+bars (else the bundled sample), and the two fill lists are matched. A paper bot's journal also
+holds its sim settings (fill model, cash, margin), and the replay uses them; ``broker.*`` settings
+given to ``quant compare`` that the sim has override them. The period ends after the
+last bar the bot saw (its last snapshot's bar count) or its last order update, whichever is later.
+
+Matching:
+
+* a live fill and a sim fill **match** when they are the same side of the same virtual order (the
+  order tag, e.g. ``g6:entry``; orders without a tag: the same side within ``--price-tol`` of each
+  other) within ``--time-tol`` of each other, nearest in time first;
+* live fills with no partner are **missed** by the sim, sim fills with no partner are **extra**.
+
+The PnL of each side is its fills marked at the period's last close ``P`` (both start flat):
+``sum(s * q * (P - price) - fee)`` with ``s`` +1 for a buy, -1 for a sell. So the gap splits exactly
+into: missed fills (their ``s*q*(P - price)``), extra fills (minus theirs), price and quantity
+differences of matched fills, and fees; the parts add up to the gap. Funding is shown beside it:
+the sim's from its run, the bot's where the journal has it (it records fills, not funding).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import typer
+
+from btc_quant.sdk import ConfigError, DataError, hookimpl
+
+MINUTE_MS = 60_000
+
+
+@dataclass
+class Comparison:
+    live_fills: int
+    sim_fills: int
+    matched: int
+    missed: int
+    extra: int
+    mark: float
+    pnl_live: float
+    pnl_sim: float
+    parts: dict[str, float]  # missed fills, extra fills, matched price/qty, fees: they add up to the gap
+    time_to_fill_s: list[float] = field(default_factory=list)  # live minus sim, per matched pair
+    price_diff: list[float] = field(default_factory=list)  # live minus sim, per matched pair
+
+    @property
+    def gap(self) -> float:
+        return self.pnl_live - self.pnl_sim
+
+
+def _value(side: np.ndarray, qty: np.ndarray, price: np.ndarray, mark: float) -> np.ndarray:
+    return side * qty * (mark - price)
+
+
+def compare_fills(live: pd.DataFrame, sim: pd.DataFrame, mark: float, *, time_tol_ms: int, price_tol: float) -> Comparison:
+    """Match two fill lists (columns ts_ms, side +1/-1, price, quantity, fee, tag) and split the
+    PnL gap (see module doc). Pure: no I/O."""
+    live = live.sort_values("ts_ms", kind="stable").reset_index(drop=True)
+    sim = sim.sort_values("ts_ms", kind="stable").reset_index(drop=True)
+    partner = np.full(len(live), -1)
+    used = np.zeros(len(sim), dtype=bool)
+    for i, row in live.iterrows():
+        same = (sim["side"].to_numpy() == row["side"]) & ~used & (np.abs(sim["ts_ms"].to_numpy() - row["ts_ms"]) <= time_tol_ms)
+        if row["tag"]:
+            same &= sim["tag"].to_numpy() == row["tag"]
+        else:
+            same &= np.abs(sim["price"].to_numpy() - row["price"]) <= price_tol
+        candidates = np.flatnonzero(same)
+        if len(candidates):
+            j = candidates[np.argmin(np.abs(sim["ts_ms"].to_numpy()[candidates] - row["ts_ms"]))]
+            partner[i], used[j] = j, True
+    m = partner >= 0
+    lv = _value(live["side"].to_numpy(float), live["quantity"].to_numpy(float), live["price"].to_numpy(float), mark)
+    sv = _value(sim["side"].to_numpy(float), sim["quantity"].to_numpy(float), sim["price"].to_numpy(float), mark)
+    fees_live, fees_sim = float(live["fee"].sum()), float(sim["fee"].sum())
+    parts = {
+        "missed fills": float(lv[~m].sum()),
+        "extra fills": float(-sv[~used].sum()),
+        "price/qty of matched fills": float(lv[m].sum() - sv[partner[m]].sum()),
+        "fees": float(-(fees_live - fees_sim)),
+    }
+    return Comparison(
+        live_fills=len(live),
+        sim_fills=len(sim),
+        matched=int(m.sum()),
+        missed=int((~m).sum()),
+        extra=int((~used).sum()),
+        mark=mark,
+        pnl_live=float(lv.sum() - fees_live),
+        pnl_sim=float(sv.sum() - fees_sim),
+        parts=parts,
+        time_to_fill_s=[(live["ts_ms"][i] - sim["ts_ms"][partner[i]]) / 1000 for i in np.flatnonzero(m)],
+        price_diff=[float(live["price"][i] - sim["price"][partner[i]]) for i in np.flatnonzero(m)],
+    )
+
+
+def read_journal(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(fills, orders, run meta) of a bot's journal, read only."""
+    if not path.exists():
+        raise ConfigError(f"no journal {path}", hint="quant status lists the bots; BOT is broker.bot of the run (default: paper)")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        fills = pd.read_sql_query(
+            "select f.ts_ms, f.side, f.price, f.quantity, f.fee, f.client_id, o.tag from fills f "
+            "left join orders o on o.client_id = f.client_id order by f.ts_ms, f.rowid",
+            db,
+        )
+        orders = pd.read_sql_query(
+            "select client_id, side, type, quantity, price, post_only, status, filled_qty, created_ms, updated_ms, tag from orders", db
+        )
+        meta = dict(db.execute("select key, value from meta where key in ('run', 'state')").fetchall())
+    finally:
+        db.close()
+    run = json.loads(meta["run"]) if meta.get("run") else {}
+    state = json.loads(meta["state"]) if meta.get("state") else {}
+    if "bars" in state:
+        run["bars"] = int(state["bars"])  # live bars the bot saw (its last snapshot)
+    return fills, orders, run
+
+
+def bot_period(orders: pd.DataFrame, fills: pd.DataFrame, run: dict, step: int = MINUTE_MS) -> tuple[int, int]:
+    """``(start, end)`` ms of a bot's period: from its first order to its last order update or fill,
+    and through the last bar it saw (its last snapshot's bar count), on whole bars of ``step``."""
+    start = int(orders["created_ms"].min()) // step * step
+    end = (int(max(orders["updated_ms"].max(), fills["ts_ms"].max() if len(fills) else 0)) // step + 1) * step
+    return start, max(end, start + (int(run.get("bars", 0)) + 1) * step)
+
+
+def _frame_of_sim(fills: pd.DataFrame) -> pd.DataFrame:
+    from btc_quant.plugins.brokers.calibrate import epoch_ms
+
+    return pd.DataFrame(
+        {
+            "ts_ms": epoch_ms(fills["ts"]),
+            "side": np.where(fills["side"] == "buy", 1, -1),
+            "price": fills["price"].to_numpy(float),
+            "quantity": fills["quantity"].to_numpy(float),
+            "fee": fills["fee"].to_numpy(float),
+            "tag": fills["tag"].fillna("").astype(str).to_numpy(),
+        }
+    )
+
+
+def register(app) -> None:
+    @app.command("compare")
+    def compare_cmd(
+        bot: str = typer.Argument(..., help="the bot's name (broker.bot of its run)"),
+        settings: Optional[list[str]] = typer.Argument(
+            None, help="the bot's strategy settings (strategy=grid strategy.levels=6 ...), start= end="
+        ),
+        time_tol: float = typer.Option(180.0, "--time-tol", help="seconds between a live fill and its sim partner at most"),
+        price_tol: float = typer.Option(1.0, "--price-tol", help="price difference at most when orders have no tag"),
+    ) -> None:
+        """Match a bot's fills against the sim's over its period; split the PnL gap into causes."""
+        from btc_quant.core.config import load_run_config
+        from btc_quant.core.data import ms_to_iso
+        from btc_quant.core.paths import data_dir
+        from btc_quant.core.plugins import load_plugins
+        from btc_quant.core.run import backtest
+
+        from .journal import journal_path
+
+        fills, orders, run = read_journal(journal_path(data_dir(), bot))
+        if orders.empty:
+            raise DataError(f"bot {bot!r}: its journal has no orders; nothing to compare")
+        from btc_quant.plugins.brokers.sim import SimConfig
+
+        given = [s for s in (settings or []) if "=" in s]
+        dropped = [
+            s
+            for s in given
+            if s.split("=", 1)[0].split(".")[0] == "broker" and s.split("=", 1)[0].partition(".")[2] not in SimConfig.model_fields
+        ]
+        if dropped:
+            typer.echo(f"not used (not a setting of the sim broker the comparison runs): {' '.join(dropped)}", err=True)
+        keys = {s.split("=", 1)[0] for s in given}
+        base = [f"{k}={run[k]}" for k in ("exchange", "symbol", "strategy") if k in run and k not in keys]
+        # a paper bot ran the sim's rules with its own settings (journalled): the replay uses them
+        base += [f"broker.{k}={v}" for k, v in run.get("sim", {}).items() if f"broker.{k}" not in keys]
+        start, end = bot_period(orders, fills, run)
+        shorthand = {"start": "data.start", "end": "data.end"}
+        pairs = [f"{shorthand.get(k, k)}={v}" for k, _, v in (s.partition("=") for s in given if s not in dropped)]
+        if not any(p.startswith("data.start=") for p in pairs):
+            pairs.append(f"data.start={pd.Timestamp(start, unit='ms', tz='UTC').isoformat()}")
+        if not any(p.startswith("data.end=") for p in pairs):
+            pairs.append(f"data.end={pd.Timestamp(end, unit='ms', tz='UTC').isoformat()}")
+        plugins = load_plugins()
+        cfg = load_run_config([*base, *pairs, "broker=sim"], plugins.registry)
+        result = backtest(cfg, plugins=plugins)
+        sim = _frame_of_sim(result.fills)
+        live = pd.DataFrame(
+            {
+                "ts_ms": fills["ts_ms"].astype("int64"),
+                "side": np.where(fills["side"] == "buy", 1, -1),
+                "price": fills["price"],
+                "quantity": fills["quantity"],
+                "fee": fills["fee"],
+                "tag": fills["tag"].fillna("").astype(str),
+            }
+        )
+        mark = _last_close(cfg, plugins)
+        c = compare_fills(live, sim, mark, time_tol_ms=int(time_tol * 1000), price_tol=price_tol)
+        typer.echo(
+            f"bot {bot} ({run.get('mode', '?')} {cfg.exchange.name} {cfg.symbol} {cfg.strategy.name}) vs sim, "
+            f"{ms_to_iso(result.start_ms)} .. {ms_to_iso(result.end_ms)} UTC, {result.bars} bars"
+        )
+        if run.get("sim"):
+            typer.echo("sim settings from the journal: " + " ".join(f"{k}={v}" for k, v in run["sim"].items()))
+        typer.echo(
+            f"fills: bot {c.live_fills}, sim {c.sim_fills}; matched {c.matched}, missed by the sim {c.missed}, extra in the sim {c.extra}"
+        )
+        if c.matched:
+            t, p = np.array(c.time_to_fill_s), np.array(c.price_diff)
+            typer.echo(
+                f"matched: fill time bot - sim median {np.median(t):+.1f} s (range {t.min():+.1f} .. {t.max():+.1f}); "
+                f"price bot - sim mean {p.mean():+.4f} (largest {p[np.argmax(np.abs(p))]:+.4f})"
+            )
+        typer.echo(f"PnL marked at the last close {c.mark:,.2f}: bot {c.pnl_live:+,.4f}, sim {c.pnl_sim:+,.4f}, gap {c.gap:+,.4f}")
+        for name, value in c.parts.items():
+            typer.echo(f"  {name:<28} {value:+,.4f}")
+        typer.echo(f"  {'= gap':<28} {sum(c.parts.values()):+,.4f}")
+        funding = result.metrics.get("funding")
+        typer.echo(f"funding: sim {float(funding or 0.0):+,.4f}; the journal records the bot's fills, not its funding")
+
+
+def _last_close(cfg, plugins) -> float:
+    """The close of the period's last bar (the mark for both PnLs)."""
+    from btc_quant.core.run import build_runtime, load_bars
+
+    runtime = build_runtime(cfg, plugins, mode="data")
+    try:
+        bars = load_bars(cfg, runtime).bars
+    finally:
+        runtime.close()
+    return float(bars.close[-1])
+
+
+@hookimpl
+def quant_register_commands(cli):
+    register(cli)

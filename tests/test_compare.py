@@ -1,0 +1,94 @@
+"""``quant compare BOT``: a bot's journalled fills against the sim's, and a PnL gap that adds up."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+
+from btc_quant.core.config import load_run_config
+from btc_quant.plugins.exchanges.compare import compare_fills, read_journal
+from btc_quant.plugins.exchanges.driver import LiveRun
+from btc_quant.testing.exchange import ExchangeServer, binance_state
+
+START_MS = 1641772800000  # 2022-01-10 00:00 UTC, inside the bundled real perp sample
+GRID = ["strategy=grid", "strategy.levels=6", "strategy.step_pct=0.0005", "strategy.quantity=0.01"]
+
+
+def fills(*rows) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["ts_ms", "side", "price", "quantity", "fee", "tag"])
+
+
+def test_gap_splits_into_missed_extra_matched_and_fees():
+    live = fills((0, 1, 100.0, 1.0, 0.02, "a"), (60_000, 1, 99.0, 1.0, 0.02, "b"), (120_000, -1, 100.5, 1.0, 0.02, "a:tp"))
+    sim = fills((30_000, 1, 100.5, 1.0, 0.01, "a"), (90_000, 1, 98.0, 2.0, 0.01, "c"), (600_000, -1, 101.0, 1.0, 0.01, "a:tp"))
+    c = compare_fills(live, sim, 101.0, time_tol_ms=120_000, price_tol=1.0)
+    assert (c.matched, c.missed, c.extra) == (1, 2, 2)  # a:tp is 480 s apart: beyond the tolerance
+    assert c.parts["missed fills"] == pytest.approx((101 - 99) + -(101 - 100.5))
+    assert c.parts["extra fills"] == pytest.approx(-(2 * (101 - 98) + -(101 - 101)))
+    assert c.parts["price/qty of matched fills"] == pytest.approx((101 - 100) - (101 - 100.5))
+    assert c.parts["fees"] == pytest.approx(-(0.06 - 0.03))
+    assert sum(c.parts.values()) == pytest.approx(c.gap)
+    assert c.time_to_fill_s == [-30.0] and c.price_diff == [-0.5]
+
+
+def test_compare_a_live_run_on_the_local_exchange(plugins, quant, isolated_env):
+    state = binance_state(clock_start_ms=START_MS, speed=60)  # a 1m bar a second
+    with ExchangeServer(state) as server:
+        cfg = load_run_config(
+            [*GRID, "broker=live", "broker.api_key=local-test-key", "broker.secret=local-test-secret", "broker.bot=cmp"], plugins.registry
+        )
+        out = LiveRun(cfg, plugins, url=server.url, max_seconds=25, real_money=True, warmup=50).run()
+    assert out["bars"] >= 10
+    done = quant("compare", "cmp", *GRID, "broker.bot=cmp", env={"QUANT_HOME": str(isolated_env)}, check=True)
+    text = done.stdout
+    assert "not used" in done.stderr and "broker.bot=cmp" in done.stderr  # said, not dropped silently
+    n_bot, n_sim, matched, missed, extra = map(
+        int, re.search(r"fills: bot (\d+), sim (\d+); matched (\d+), missed by the sim (\d+), extra in the sim (\d+)", text).groups()
+    )
+    assert matched + missed == n_bot == out["fills"] and matched + extra == n_sim
+    assert n_bot >= 1 and n_sim >= 1, text  # a 0.05 % grid trades within 10+ real 1m bars
+    gap = float(re.search(r"gap ([+-][\d,.]+)", text).group(1).replace(",", ""))
+    parts = [
+        float(v.replace(",", ""))
+        for v in re.findall(r"^  (?:missed fills|extra fills|price/qty of matched fills|fees)\s+([+-][\d,.]+)$", text, re.M)
+    ]
+    assert len(parts) == 4 and sum(parts) == pytest.approx(gap, abs=5e-4)
+
+
+def test_compare_a_paper_run_on_the_local_exchange(plugins, quant, isolated_env):
+    """A paper bot journals its orders and fills (and its sim settings); quant compare replays its
+    period through the sim with them and accounts for every fill on both sides."""
+    state = binance_state(clock_start_ms=START_MS, speed=600)  # a 1m bar every 0.1 s
+    with ExchangeServer(state) as server:
+        cfg = load_run_config([*GRID, "broker=paper", "broker.bot=pcmp", "broker.fill_model=touch"], plugins.registry)
+        run = LiveRun(cfg, plugins, url=server.url, max_seconds=120, max_bars=40, warmup=50)
+        out = run.run()
+    paper = run.engine.fills
+    assert out["bars"] >= 20 and paper, "a 0.05 % grid trades within 20+ real 1m bars"
+    done = quant("compare", "pcmp", *GRID, env={"QUANT_HOME": str(isolated_env)}, check=True)
+    text = done.stdout
+    assert "(paper " in text and "sim settings from the journal: fill_model=touch" in text, text
+    n_bot, n_sim, matched, missed, extra = map(
+        int, re.search(r"fills: bot (\d+), sim (\d+); matched (\d+), missed by the sim (\d+), extra in the sim (\d+)", text).groups()
+    )
+    assert matched + missed == n_bot == len(paper) and matched + extra == n_sim, text
+    # the journal holds exactly the fills the paper engine handed the strategy
+    journal = read_journal(isolated_env / "live" / "pcmp.db")[0]
+    assert journal["client_id"].tolist() == [f.client_id for f in paper]
+    assert journal["price"].tolist() == [f.price for f in paper] and journal["fee"].tolist() == [f.fee for f in paper]
+    assert journal["tag"].tolist() == [f.tag for f in paper]
+    # the bot's PnL is its journalled fills marked at the last close: the paper engine's own fills
+    mark = float(re.search(r"PnL marked at the last close ([\d,.]+)", text).group(1).replace(",", ""))
+    pnl_bot = float(re.search(r"bot ([+-][\d,.]+), sim", text).group(1).replace(",", ""))
+    expected = sum((1 if f.side.value == "buy" else -1) * f.quantity * (mark - f.price) - f.fee for f in paper)
+    assert pnl_bot == pytest.approx(expected, abs=5e-4)
+    pnl_sim = float(re.search(r"sim ([+-][\d,.]+), gap", text).group(1).replace(",", ""))
+    gap = float(re.search(r"gap ([+-][\d,.]+)", text).group(1).replace(",", ""))
+    assert gap == pytest.approx(pnl_bot - pnl_sim, abs=1e-3)
+    parts = [
+        float(v.replace(",", ""))
+        for v in re.findall(r"^  (?:missed fills|extra fills|price/qty of matched fills|fees)\s+([+-][\d,.]+)$", text, re.M)
+    ]
+    assert len(parts) == 4 and sum(parts) == pytest.approx(gap, abs=5e-4)
