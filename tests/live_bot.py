@@ -6,6 +6,10 @@ fill delivered to the strategy is appended to ``$LIVE_BOT_FILLS`` (one JSON line
 can check that each fill reached the strategy exactly once across kills and restarts, whatever
 the strategy.
 
+With ``--wait`` it loads everything, then waits for one line on stdin before it starts the bot (a
+test starts the next life's process while the current one trades, so Python's imports are off
+the clock; the bot's lock is still taken only once it goes).
+
 It also registers ``grid_probe``, a small test strategy (post-only limits around the price,
 re-centred every bar, a reduce-only market exit every few bars).
 """
@@ -63,8 +67,21 @@ def quant_on_fill(fill, run):
     global _FILLS
     if _FILLS is None:
         _FILLS = open(os.environ["LIVE_BOT_FILLS"], "a", buffering=1)
-    _FILLS.write(json.dumps({"trade_id": fill.trade_id, "client_id": fill.client_id, "side": fill.side.value,
-                             "qty": fill.quantity, "price": fill.price, "fee": fill.fee, "pid": os.getpid()}) + "\n")
+    _FILLS.write(
+        json.dumps(
+            {
+                "trade_id": fill.trade_id,
+                "client_id": fill.client_id,
+                "side": fill.side.value,
+                "qty": fill.quantity,
+                "price": fill.price,
+                "fee": fill.fee,
+                "position_side": fill.position_side.value,
+                "pid": os.getpid(),
+            }
+        )
+        + "\n"
+    )
 
 
 def main() -> int:
@@ -75,6 +92,13 @@ def main() -> int:
     url = next((a.split("=", 1)[1] for a in args if a.startswith("--url=")), None)
     settings = [a for a in args if not a.startswith("--")]
     cfg = load_run_config(settings, plugins.registry)
+    if "--wait" in args:
+        # started ahead of its life: imports and config done, wait for the go (one line on stdin;
+        # end of input: the test no longer needs this life) before taking the bot's lock
+        import ccxt.pro  # noqa: F401 - the driver's client, imported now rather than on the clock
+
+        if not sys.stdin.readline():
+            return 0
     LiveRun(cfg, plugins, url=url, warmup=50, **flags).run()
     return 0
 

@@ -8,12 +8,11 @@ import json
 import aiohttp
 import ccxt
 import pytest
+from test_exchange_trading import KEYS, START, SYMBOL, first_cross_below, user_streams_open
 
 from btc_quant.plugins.exchanges.ccxt_client import make_exchange
 from btc_quant.testing.exchange import ExchangeServer, FaultPlan, binance_state
 from btc_quant.testing.exchange.faults import TRADING_PATHS
-
-from test_exchange_trading import KEYS, START, SYMBOL, first_cross_below, user_streams_open
 
 
 def trading_server(plan: FaultPlan) -> ExchangeServer:
@@ -107,7 +106,9 @@ def test_same_seed_same_faults_and_same_exchange_truth():
             client.enableRateLimit = False
             for k in range(12):
                 try:
-                    client.create_order(SYMBOL, "limit", "buy", 0.02, below(server, 20 * (k + 1)), {"postOnly": True, "clientOrderId": f"s{k}"})
+                    client.create_order(
+                        SYMBOL, "limit", "buy", 0.02, below(server, 20 * (k + 1)), {"postOnly": True, "clientOrderId": f"s{k}"}
+                    )
                 except ccxt.OperationFailed:
                     pass
             server.state.clock.set(START + 6 * 3_600_000)
@@ -134,7 +135,9 @@ def test_user_stream_drops_and_delays_events_out_of_order():
                 async with session.ws_connect(f"{server.url}/fstream/private/ws?listenKey={key}") as ws:
                     await user_streams_open(server.state)
                     for k in range(2):
-                        await client.create_order(SYMBOL, "limit", "buy", 0.01, below(server, 100 + k), {"postOnly": True, "clientOrderId": f"o{k}"})
+                        await client.create_order(
+                            SYMBOL, "limit", "buy", 0.01, below(server, 100 + k), {"postOnly": True, "clientOrderId": f"o{k}"}
+                        )
                     while len(seen) < 2:
                         event = json.loads((await asyncio.wait_for(ws.receive(), 5)).data)
                         seen.append((event["o"]["c"], event["o"]["x"]))
@@ -157,13 +160,17 @@ def test_control_api_replaces_the_fault_plan_with_trading_faults():
 
     with trading_server(FaultPlan()) as server:
         body = json.dumps({"seed": 3, "paths": None, "script": [["order", "accepted_error"]]}).encode()
-        urllib.request.urlopen(urllib.request.Request(server.url + "/_control/faults", data=body, headers={"Content-Type": "application/json"}))
+        urllib.request.urlopen(
+            urllib.request.Request(server.url + "/_control/faults", data=body, headers={"Content-Type": "application/json"})
+        )
         client = client_for(server)
         with pytest.raises(ccxt.RequestTimeout):
             client.create_order(SYMBOL, "market", "buy", 0.01)
         assert server.state.trading.truth()["positions"]["BTCUSDT"]["amt"] == pytest.approx(0.01)
         body = json.dumps({"script": [["openOrders", "server_error"]]}).encode()
-        urllib.request.urlopen(urllib.request.Request(server.url + "/_control/inject", data=body, headers={"Content-Type": "application/json"}))
+        urllib.request.urlopen(
+            urllib.request.Request(server.url + "/_control/inject", data=body, headers={"Content-Type": "application/json"})
+        )
         with pytest.raises(ccxt.OperationFailed):
             client.fetch_open_orders(SYMBOL)
         assert server.state.faults.counts() == {"accepted_error": 1, "server_error": 1}

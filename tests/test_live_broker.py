@@ -42,9 +42,14 @@ def run(exchange, tmp_path, plugins, body, **settings):
     broker = LiveBroker(cfg.broker.config, build_runtime(cfg, plugins, mode="live"))
 
     async def main():
-        client = make_exchange("binanceusdm", pro=True, url=exchange.url, timeout_ms=options["timeout_ms"],
-                               credentials={"apiKey": "local-test-key", "secret": "local-test-secret"},
-                               options={"warnOnFetchOpenOrdersWithoutSymbol": False})
+        client = make_exchange(
+            "binanceusdm",
+            pro=True,
+            url=exchange.url,
+            timeout_ms=options["timeout_ms"],
+            credentials={"apiKey": "local-test-key", "secret": "local-test-secret"},
+            options={"warnOnFetchOpenOrdersWithoutSymbol": False},
+        )
         install_gate(client)
         journal = Journal(tmp_path / "t.db")
         try:
@@ -84,6 +89,7 @@ def exchange_orders(server, cid: str) -> list:
 def test_timed_out_order_is_looked_up_by_client_id_and_not_sent_twice(exchange, tmp_path, plugins):
     """accepted_timeout: the order is placed, the answer never comes. The broker must find it by
     client id instead of sending it again."""
+
     async def body(broker, server):
         server.state.faults.script("order", "accepted_timeout")
         order = resting_buy(broker)
@@ -100,6 +106,7 @@ def test_timed_out_order_is_looked_up_by_client_id_and_not_sent_twice(exchange, 
 def test_one_cancel_request_per_order_however_often_it_is_asked(exchange, tmp_path, plugins):
     """A strategy that cancels its open orders on every bar asks again while the first cancel is
     still failing: only one cancel task may run, and exactly one CANCELED event comes out."""
+
     async def body(broker, server):
         order = resting_buy(broker)
         await settled(broker)
@@ -121,6 +128,7 @@ def test_one_cancel_request_per_order_however_often_it_is_asked(exchange, tmp_pa
 
 def test_cancel_asked_while_the_order_is_being_placed_waits_for_it(exchange, tmp_path, plugins):
     """The cancel must not race its own order's placement (an unknown-order answer would drop it)."""
+
     async def body(broker, server):
         server.state.faults.script("order", "accepted_timeout")
         order = resting_buy(broker)
@@ -136,6 +144,7 @@ def test_cancel_asked_while_the_order_is_being_placed_waits_for_it(exchange, tmp
 def test_a_cancel_that_gave_up_is_sent_again_by_reconcile(exchange, tmp_path, plugins):
     """Every try fails (cancels and look-ups): the cancel gives up within its bound, the order stays
     wanted-canceled, and the next reconciliation sends the cancel again."""
+
     async def body(broker, server):
         order = resting_buy(broker)
         await settled(broker)
@@ -153,6 +162,7 @@ def test_a_cancel_that_gave_up_is_sent_again_by_reconcile(exchange, tmp_path, pl
 def test_a_request_stuck_before_it_is_sent_is_bounded(exchange, tmp_path, plugins):
     """A request can wait in ccxt's throttle or the 429 back-off beyond ccxt's own timeout: the
     broker's bound ends it, the placement gives up and reconciliation settles the order."""
+
     async def body(broker, server):
         broker.exchange._quant_cooldown[0] = time.monotonic() + 3600  # an hour-long Retry-After
         order = resting_buy(broker)
@@ -161,16 +171,20 @@ def test_a_request_stuck_before_it_is_sent_is_bounded(exchange, tmp_path, plugin
         assert broker.stats["gave_up"] == 1 and broker.stats["requests_timed_out"] >= 1
         assert not exchange_orders(server, order.client_id)
         broker.exchange._quant_cooldown[0] = 0.0
+        await broker.reconcile()  # not found, but within its recvWindow it could still land: kept
+        assert [o.client_id for o in broker.open_orders()] == [order.client_id]
+        await broker._wait_out(order.client_id)
         await broker.reconcile()  # never reached the exchange: rejected, not left pending
         assert not broker.open_orders()
         assert [e.order.status for e in broker.events()][-1] is OrderStatus.REJECTED
 
-    run(exchange, tmp_path, plugins, body, max_attempts=1)
+    run(exchange, tmp_path, plugins, body, max_attempts=1, recv_window_ms=300)
 
 
 def test_reconcile_cannot_hang_on_a_request_that_never_answers(exchange, tmp_path, plugins):
     """Every open-orders read times out: reconcile fails within its bounded retries (the driver
     then tries again later), it does not wait forever."""
+
     async def body(broker, server):
         server.state.faults.script("openOrders", *["timeout"] * 3)
         t0 = time.monotonic()
@@ -186,6 +200,7 @@ def test_reconcile_cannot_hang_on_a_request_that_never_answers(exchange, tmp_pat
 def test_reconcile_looks_up_missing_orders_side_by_side(exchange, tmp_path, plugins):
     """Orders the mirror holds open but the exchange no longer lists (canceled while the update was
     lost) are looked up concurrently: a pass costs about one look-up time, not one per order."""
+
     async def body(broker, server):
         orders = [resting_buy(broker, n) for n in range(1, 7)]
         await settled(broker)
@@ -212,6 +227,7 @@ def test_rate_limit_setting_reaches_ccxts_throttle():
 def test_a_late_balance_push_does_not_overwrite_a_newer_rest_balance(exchange, tmp_path, plugins):
     """ws_delay holds an ACCOUNT_UPDATE while a newer fill happens and REST reads the wallet: the
     late push (older transaction time) must not put the older wallet back."""
+
     async def body(broker, server):
         trading = server.state.trading
         account = trading.account("local-test-key")
@@ -237,6 +253,7 @@ def test_fill_fee_is_the_commission_the_push_reports(exchange, tmp_path, plugins
     """A fill seen on the user-data stream carries its commission (ORDER_TRADE_UPDATE n/N): that
     is the fee, not an estimate from the fee schedule (set off on purpose here), and no trades
     are read for it."""
+
     async def body(broker, server):
         watcher = asyncio.create_task(broker.watch())
         try:
@@ -263,6 +280,7 @@ def test_fill_fee_is_the_commission_the_push_reports(exchange, tmp_path, plugins
 def test_fill_fee_over_several_trades_comes_from_the_orders_trades(exchange, tmp_path, plugins):
     """Two trades happened while the bot was not listening: reconciliation sees one larger
     cumulative quantity, reads the order's trades and books their summed commission."""
+
     async def body(broker, server):
         order = resting_buy(broker)
         await settled(broker)
@@ -292,6 +310,7 @@ def test_a_restarted_bot_starts_from_its_journals_position(exchange, tmp_path, p
     reconciliation found beyond them (here a manual trade), not 0: a reconcile that cannot
     take the exchange's position (it moves, or answers carrying fills are pending) would
     otherwise leave the earlier lives' fills out."""
+
     def notes():
         journal = Journal(tmp_path / "t.db")
         try:
@@ -305,8 +324,9 @@ def test_a_restarted_bot_starts_from_its_journals_position(exchange, tmp_path, p
         server.state.trading.partial_fill("local-test-key", exchange_orders(server, order.client_id)[0].order_id, 0.001)
         await broker.reconcile()
         assert broker.position().quantity == pytest.approx(0.001)
-        server.state.trading.place("local-test-key", {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET",
-                                                      "quantity": "0.003", "newClientOrderId": "manual-1"})
+        server.state.trading.place(
+            "local-test-key", {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.003", "newClientOrderId": "manual-1"}
+        )
 
     async def later_life(broker, server):
         assert broker.position().quantity == pytest.approx(0.004)
@@ -321,6 +341,7 @@ def test_a_restarted_bot_starts_from_its_journals_position(exchange, tmp_path, p
 def test_a_journalled_fill_is_handed_to_the_strategy_in_the_same_step(exchange, tmp_path, plugins):
     """The fill is recorded as delivered in the journal; if the strategy only got it at the next
     pump of the driver, a SIGKILL in between would lose it for good (the journal says delivered)."""
+
     async def body(broker, server):
         order = resting_buy(broker)
         await settled(broker)
@@ -337,6 +358,7 @@ def test_a_journalled_fill_is_handed_to_the_strategy_in_the_same_step(exchange, 
 def test_a_fill_the_strategy_never_handled_is_handed_over_after_a_restart(exchange, tmp_path, plugins):
     """Killed after the fill was journalled but before the strategy handled it: the next life
     hands it over (once: a handled fill leaves the journal's undelivered list)."""
+
     async def first_life(broker, server):
         order = resting_buy(broker)
         await settled(broker)
@@ -365,6 +387,7 @@ def test_a_late_push_does_not_reopen_an_order_whose_fill_waited_for_its_commissi
     the fee and the news waits. The late TRADE push (the order still open) must not replace that
     news: ccxt.pro merges every push of an order into one cached dict, so news kept by reference
     would turn back into the older state and leave a canceled order open in the mirror."""
+
     async def body(broker, server):
         watcher = asyncio.create_task(broker.watch())
         try:
@@ -400,6 +423,7 @@ def test_a_lot_below_the_minimum_notional_is_closed_at_market_reduce_only(exchan
     """A partial fill leaves 0.001 BTC (about 38 USDT, under BTCUSDT's 100 minimum). Closing it at
     market works reduce-only (Binance -4164: "...unless you choose reduce only"); the same order
     without the flag is refused before it is sent."""
+
     async def body(broker, server):
         order = resting_buy(broker)
         await settled(broker)
@@ -433,6 +457,7 @@ def test_a_reconcile_during_a_fee_read_hands_the_order_state_it_found_to_that_re
     Meanwhile the order is canceled and the bot hears nothing of it (a dropped stream). The next
     reconciliation must not skip the order as busy: what it finds waits with the fill, so once the
     fee read ends the order is final in the mirror, not left open with no request under way."""
+
     async def body(broker, server):
         order = resting_buy(broker)
         await settled(broker)
@@ -458,6 +483,7 @@ def test_a_reconcile_with_a_cancel_under_way_is_not_a_settled_one(exchange, tmp_
     """A pass leaves an order whose cancel is under way to that cancel (which may give up and leave
     it to a later pass): only a pass with no place or cancel under way from start to end says the
     mirror is the exchange's (``last_settled_reconcile_ms``, what the soak's checks wait for)."""
+
     async def body(broker, server):
         order = resting_buy(broker)
         await settled(broker)
@@ -487,6 +513,57 @@ def test_a_setting_the_exchange_does_not_answer_on_start_is_sent_again_in_the_ba
         await settled(broker)
         assert server.state.trading.account("local-test-key").margin_type.get("BTCUSDT") == "ISOLATED"
         assert [m for _, kind, m in broker.journal.notes() if kind == "setup"] == [
-            "could not set margin mode isolated on start (OperationFailed); trying again"]
+            "could not set margin mode isolated on start (OperationFailed); trying again"
+        ]
 
     run(exchange, tmp_path, plugins, body, margin_mode="isolated")
+
+
+def test_an_order_canceled_while_its_placement_retries_is_not_sent_again(exchange, tmp_path, plugins):
+    """The first try fails before reaching the book (503) and the strategy cancels the order while
+    the broker waits out that try's window: once the look-up says the exchange has no such order,
+    the broker ends it canceled instead of sending it again only to cancel it (one POST, no
+    DELETE), and the cancel waiting for the placement has nothing left to do."""
+
+    async def body(broker, server):
+        server.state.faults.script("order", "server_error")
+        order = resting_buy(broker)
+        await asyncio.sleep(0.3)  # the 503 is in; the broker looks the order up and waits out its window
+        broker.cancel(order.client_id)
+        await settled(broker)
+        assert server.state.calls[("POST", ORDER)] == 1 and server.state.calls[("DELETE", ORDER)] == 0
+        assert not exchange_orders(server, order.client_id) and not broker.open_orders()
+        events = [e.order for e in broker.events()]
+        assert [(o.status, o.reason) for o in events] == [(OrderStatus.CANCELED, "canceled before it reached the exchange")]
+        await broker.reconcile()
+        assert broker.last_settled_reconcile_ms == broker.last_reconcile_ms and not broker.open_orders()
+
+    run(exchange, tmp_path, plugins, body, recv_window_ms=1000)
+
+
+def test_a_reconcile_that_finds_a_fill_waiting_for_its_fee_is_not_a_settled_one(exchange, tmp_path, plugins):
+    """A market buy executes but its answer never comes and the placement gives up; the next pass
+    finds it filled, and the fill waits for its fee (the order's trades, slow here). That pass is
+    not settled: the mirror does not hold the fill yet (the sweep's seed 32685 under load checked
+    right after such a pass: order still pending, position 0, exchange 0.003). Once the fee is
+    read, the fill is delivered and the next pass is settled."""
+
+    async def body(broker, server):
+        plan = server.state.faults
+        plan.slow_s = 1.5
+        plan.script("order", "accepted_timeout")
+        broker.submit(Order.create(broker.instrument, "t-1-1", Side.BUY, 0.003, ts_ms=START_MS))
+        await settled(broker)  # one try, no answer: given up
+        await broker._wait_out("t-1-1")
+        plan.script("userTrades", "slow")
+        before = broker.last_settled_reconcile_ms
+        await broker.reconcile()
+        assert "t-1-1" in broker._commission_lookups and [o.client_id for o in broker.open_orders()] == ["t-1-1"]
+        assert broker.last_settled_reconcile_ms == before  # found, not yet in the mirror: not settled
+        await settled(broker)
+        assert not broker.open_orders() and broker.position().quantity == pytest.approx(0.003)
+        assert [e.fill.quantity for e in broker.events() if hasattr(e, "fill")] == [pytest.approx(0.003)]
+        await broker.reconcile()
+        assert broker.last_settled_reconcile_ms == broker.last_reconcile_ms
+
+    run(exchange, tmp_path, plugins, body, max_attempts=1, recv_window_ms=1000)

@@ -22,7 +22,7 @@ def fast_exchange():
 
 def test_paper_run_trades_live_bars_with_the_sim_rules(fast_exchange, plugins):
     cfg = load_run_config(["strategy=sma_cross", "strategy.fast=3", "strategy.slow=8", "broker=paper"], plugins.registry)
-    run = LiveRun(cfg, plugins, url=fast_exchange.url, max_seconds=10)  # >= 20 bars even on a loaded machine
+    run = LiveRun(cfg, plugins, url=fast_exchange.url, max_seconds=180, max_bars=60)  # bars counted, not guessed from wall time
     out = run.run()
     bars = run.broker.bar_arrays
     market = fast_exchange.state.market("usdm", "BTCUSDT")
@@ -51,7 +51,7 @@ def test_paper_run_places_and_rearms_order_pairs(fast_exchange, plugins):
     cfg = load_run_config(
         ["strategy=grid", "strategy.levels=6", "strategy.step_pct=0.0005", "strategy.quantity=0.01", "broker=paper"], plugins.registry
     )
-    run = LiveRun(cfg, plugins, url=fast_exchange.url, max_seconds=10)
+    run = LiveRun(cfg, plugins, url=fast_exchange.url, max_seconds=180, max_bars=60)
     run.run()
     fills = run.engine.fills
     assert any(fill.tag.endswith(":tp") for fill in fills), "a 0.05 % grid takes profit within 20+ real 1m bars"
@@ -97,9 +97,21 @@ def test_quant_run_paper_status_and_stop_through_the_cli(fast_exchange, tmp_path
     exe = Path(sys.executable).with_name("quant")
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUANT_") or k == "QUANT_HOME"}
     bot = subprocess.Popen(
-        [str(exe), "run", "broker=paper", "strategy=sma_cross", "strategy.fast=3", "strategy.slow=8",
-         f"exchange.url={fast_exchange.url}", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        [
+            str(exe),
+            "run",
+            "broker=paper",
+            "strategy=sma_cross",
+            "strategy.fast=3",
+            "strategy.slow=8",
+            f"exchange.url={fast_exchange.url}",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
     )
     try:
         deadline = time.time() + 60

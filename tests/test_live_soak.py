@@ -19,8 +19,15 @@ design) and for no request to be under way, and then checks:
   per order the quantity the strategy saw equals the exchange's executed quantity, so the signed
   sum equals the exchange position.
 
-It prints the seed, the time it took and the faults injected by kind. ``BTCQ_SOAK_SEED=N``
-replays it with another fault schedule.
+Each next life's bot process is started while the current life trades (``live_bot.py --wait``:
+Python's imports off the clock) and starts its bot - lock, journal, exchange - only when the
+current one is dead. It prints the seed, the time it took, the faults injected by kind and per
+life the seconds to start, to settle after the freeze and to check. ``BTCQ_SOAK_SEED=N``
+replays it with another fault schedule. It runs against the Binance USD-M dialect and against the
+Bybit v5 dialect (the same bot settings plus ``exchange=bybit``; three lives there, see :data:`DIALECTS`),
+and once more on Binance USD-M in hedge mode (``broker.position_mode=hedge``, ``side=both`` in
+both of its two lives: the long grid trades the LONG position and the short grid the SHORT one,
+each side's position is checked against the exchange's, and both sides must have traded).
 """
 
 from __future__ import annotations
@@ -50,16 +57,35 @@ HERE = Path(__file__).parent
 #: back off); of every websocket push 3% close the socket and 60% of user-data pushes are delayed
 #: (delivered out of order); half of all fills are partial; 5% of orders are canceled "by the user".
 FAULTS = {
-    "rate_limit": 0.02, "server_error": 0.15, "timeout": 0.05, "accepted_timeout": 0.10, "accepted_error": 0.10,
-    "partial_fill": 0.5, "user_cancel": 0.05, "drop": 0.03, "ws_delay": 0.6,
+    "rate_limit": 0.02,
+    "server_error": 0.15,
+    "timeout": 0.05,
+    "accepted_timeout": 0.10,
+    "accepted_error": 0.10,
+    "partial_fill": 0.5,
+    "user_cancel": 0.05,
+    "drop": 0.03,
+    "ws_delay": 0.6,
 }
 SPEED = 240  # exchange seconds per real second: a 1m bar every 0.25 s
 LIVES = 6  # 5 SIGKILLs, then a clean stop
 KEY, SECRET = "local-test-key", "local-test-secret"
 BROKER = [
-    "broker=live", f"broker.api_key={KEY}", f"broker.secret={SECRET}", "broker.bot=soak", "broker.own_prefixes=[\"mv:\"]",
-    "broker.leverage=10", "broker.margin_mode=isolated", "broker.reconcile_s=1", "broker.reconcile_timeout_s=15",
-    "broker.rate_limit_ms=5", "broker.timeout_ms=700", "broker.backoff_s=0.1",
+    "broker=live",
+    f"broker.api_key={KEY}",
+    f"broker.secret={SECRET}",
+    "broker.bot=soak",
+    'broker.own_prefixes=["mv:"]',
+    "broker.leverage=10",
+    "broker.margin_mode=isolated",
+    "broker.reconcile_s=1",
+    "broker.reconcile_timeout_s=15",
+    "broker.rate_limit_ms=5",
+    "broker.timeout_ms=700",
+    "broker.backoff_s=0.1",
+    # a failed place waits this (plus the clock's uncertainty) before its look-up is final: the
+    # default 5 s only lengthens the settling after each freeze, the rule tested is the same
+    "broker.recv_window_ms=2000",
 ]
 GRID_PROBE = ["strategy=grid_probe", "strategy.levels=1"]
 #: maker_vol set up to trade often on a 50-minute warm-up: a long ladder from just above the recent
@@ -69,9 +95,15 @@ GRID_PROBE = ["strategy=grid_probe", "strategy.levels=1"]
 #: reduce-only) and ``both`` (two grids on one net position: a close is reduce-only only while it
 #: reduces, and a lot left small by partial fills must still close).
 MAKER_VOL = [
-    "strategy=maker_vol", "strategy.top_ratio=1.01", "strategy.bottom_ratio=0.9",
-    "strategy.short_top_ratio=0.99", "strategy.short_bottom_ratio=1.1",
-    "strategy.step_pct=0.0005", "strategy.tp_pct=0.0005", "strategy.max_live_orders=6", "strategy.recompute=30m",
+    "strategy=maker_vol",
+    "strategy.top_ratio=1.01",
+    "strategy.bottom_ratio=0.9",
+    "strategy.short_top_ratio=0.99",
+    "strategy.short_bottom_ratio=1.1",
+    "strategy.step_pct=0.0005",
+    "strategy.tp_pct=0.0005",
+    "strategy.max_live_orders=6",
+    "strategy.recompute=30m",
 ]
 SIDES = ("long", "both")
 
@@ -88,19 +120,53 @@ def _get(url: str) -> dict:
 
 
 class Bot:
-    def __init__(self, url: str, home: Path, fills: Path):
-        self.url, self.home, self.fills = url, home, fills
+    def __init__(self, url: str, home: Path, fills: Path, exchange_id: str = "binanceusdm"):
+        self.url, self.home, self.fills, self.exchange_id = url, home, fills, exchange_id
         self.proc: subprocess.Popen | None = None
+        self.ready: tuple[list[str], subprocess.Popen] | None = None  # the next life's process, imported and waiting
         self.log = open(home / "bot.log", "a")
 
-    def start(self, strategy: list[str] = GRID_PROBE) -> None:
+    def prepare(self, strategy: list[str] = GRID_PROBE) -> None:
+        """Start the next life's process ahead (``live_bot.py --wait``): it imports and reads its
+        config while this life trades, and starts the bot (lock, journal, exchange) at :meth:`start`."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("QUANT_")}
         env.update(QUANT_HOME=str(self.home), LIVE_BOT_FILLS=str(self.fills))
         env["QUANT_LOAD_PLUGINS"] = "live,sim,ccxt_source,maker_vol"  # start-up in seconds on a busy machine
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "live_bot.py"), "--testnet", f"--url={self.url}", *strategy, *BROKER],
-            env=env, stdout=self.log, stderr=self.log,
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "live_bot.py"),
+                "--testnet",
+                "--wait",
+                f"--url={self.url}",
+                *strategy,
+                *BROKER,
+                f"exchange={self.exchange_id}",
+                "symbol=BTC/USDT:USDT",
+            ],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=self.log,
+            stderr=self.log,
         )
+        self.ready = (strategy, proc)
+
+    def start(self, strategy: list[str] = GRID_PROBE) -> None:
+        if self.ready is None or self.ready[0] != strategy:
+            self.discard()
+            self.prepare(strategy)
+        self.proc = self.ready[1]
+        self.ready = None
+        self.proc.stdin.write(b"go\n")
+        self.proc.stdin.close()
+
+    def discard(self) -> None:
+        """End a prepared process that will not be used (it exits at the end of its input)."""
+        if self.ready is not None:
+            proc = self.ready[1]
+            self.ready = None
+            proc.stdin.close()
+            proc.wait(60)
 
     def wait_running(self) -> None:
         """Until the bot has connected, reconciled and written its first snapshot."""
@@ -136,6 +202,8 @@ def _patient(fn, *args):
 
 def _all_orders(client) -> list[dict]:
     """Every order of the account (allOrders, paged by id), retrying through the faults."""
+    if client.id == "bybit":
+        return _all_bybit_orders(client)
     out: dict[str, dict] = {}
     since_id = None
     while True:
@@ -149,8 +217,23 @@ def _all_orders(client) -> list[dict]:
         since_id = int(max(int(o["id"]) for o in page)) + 1
 
 
+def _all_bybit_orders(client) -> list[dict]:
+    """Bybit: the open orders plus the order history, paged by its cursor (50 a page)."""
+    market = client.market("BTC/USDT:USDT")
+    out = {o["id"]: o for o in _patient(client.fetch_open_orders, "BTC/USDT:USDT")}
+    cursor = None
+    while True:
+        params = {"category": "linear", "symbol": "BTCUSDT", "limit": 50, **({"cursor": cursor} if cursor else {})}
+        page = _patient(client.private_get_v5_order_history, params)["result"]
+        for o in client.parse_orders(page["list"], market):
+            out[o["id"]] = o
+        cursor = page.get("nextPageCursor")
+        if not cursor:
+            return list(out.values())
+
+
 def _check(exchange_url: str, bot: Bot, client) -> dict:
-    """Freeze the exchange, wait for two reconciliations after it, compare bot and exchange."""
+    """Freeze the exchange, wait for a settled reconciliation that began after it, compare bot and exchange."""
     _post(exchange_url + "/_control/clock", {"speed": 0})
     frozen = time.time() * 1000
     journal = bot.journal()
@@ -165,16 +248,23 @@ def _check(exchange_url: str, bot: Bot, client) -> dict:
             if state and (state["last_settled_reconcile"] or 0) > frozen and state["requests_in_flight"] == 0:
                 break
             time.sleep(0.3)
+        settle_s = time.time() - frozen / 1000
         assert state and (state["last_settled_reconcile"] or 0) > frozen and state["requests_in_flight"] == 0, (
-            f"the bot did not settle within 60 s of the freeze: {state and {k: state[k] for k in ('stats', 'in_flight', 'last_reconcile', 'last_settled_reconcile', 'updated')}}\n"
-            + (bot.home / "bot.log").read_text()[-4000:])
+            f"the bot did not settle within 60 s of the freeze: {state and {k: state[k] for k in ('stats', 'in_flight', 'open_orders_live', 'last_reconcile', 'last_settled_reconcile', 'updated')}}\n"
+            + (bot.home / "bot.log").read_text()[-4000:]
+        )
         truth = _get(exchange_url + "/_control/truth")
         known = {o.client_id for o in journal.orders()}
         exchange_open = {o["clientOrderId"] for o in truth["open_orders"]}
         mirror_open = {o["client_id"] for o in state["open_orders_live"]}
         assert exchange_open <= known, f"orphans on the exchange: {sorted(exchange_open - known)}"
         assert mirror_open == exchange_open, f"mirror {sorted(mirror_open)} != exchange {sorted(exchange_open)}"
-        amt = truth["positions"].get("BTCUSDT", {}).get("amt", 0.0)
+        # the exchange's position by side: BOTH (one-way), or LONG and SHORT (hedge mode)
+        legs = {key.partition("|")[2] or "BOTH": p["amt"] for key, p in truth["positions"].items() if key.startswith("BTCUSDT")}
+        amt = sum(legs.values())
+        if state["position"].get("sides"):
+            for side, held in state["position"]["sides"].items():
+                assert held["quantity"] == pytest.approx(legs.get(side, 0.0), abs=1e-9), side
         assert state["position"]["quantity"] == pytest.approx(amt, abs=1e-9)
         # and at every reconciliation so far that could compare them (the exchange's position held
         # still and no answer carrying a fill was pending), the bot's position was the exchange's
@@ -196,36 +286,79 @@ def _check(exchange_url: str, bot: Bot, client) -> dict:
         assert set(per_order) == set(executed), f"fills missing: {set(executed) ^ set(per_order)}"
         for cid, qty in executed.items():
             assert per_order[cid] == pytest.approx(qty, abs=1e-9), cid
-        signed = sum(f["qty"] * (1 if f["side"] == "buy" else -1) for f in seen_fills)
-        assert signed == pytest.approx(amt, abs=1e-9)
-        return {"orders": len(orders), "fills": len(seen_fills)}
+        signed = Counter()
+        for f in seen_fills:
+            signed[f.get("position_side", "BOTH")] += f["qty"] * (1 if f["side"] == "buy" else -1)
+        for side in set(signed) | set(legs):
+            assert signed[side] == pytest.approx(legs.get(side, 0.0), abs=1e-9), side
+        return {"orders": len(orders), "fills": len(seen_fills), "settle_s": settle_s, "check_s": time.time() - frozen / 1000 - settle_s}
     finally:
         journal.close()
         _post(exchange_url + "/_control/clock", {"speed": SPEED})
 
 
-def test_soak_faults_and_kills(tmp_path):
+#: the same soak on each dialect the live broker trades: case -> (exchange id, exchange process
+#: arguments, lives, least faults, maker_vol sides by life, more broker settings). Bybit's runs half
+#: the lives (2 SIGKILLs, >= 400 faults) and hedge mode (Binance USD-M, ``side=both`` on a LONG and
+#: a SHORT position) two (1 SIGKILL and the restart that adopts both positions, >= 300 faults) to
+#: keep the suite's time: the invariants checked in every life are the same, per position side.
+DIALECTS = {
+    "binanceusdm": ("binanceusdm", ["--trading-faults"], LIVES, 1000, SIDES, []),
+    "bybit": ("bybit", ["--dialect", "bybit", "--trading-faults"], 3, 400, SIDES, []),
+    "hedge": ("binanceusdm", ["--trading-faults"], 2, 300, ("both",), ["broker.position_mode=hedge"]),
+}
+
+
+@pytest.mark.parametrize("case", list(DIALECTS))
+def test_soak_faults_and_kills(tmp_path, case):
     seed = int(os.environ.get("BTCQ_SOAK_SEED", "20260601"))
-    args = ["--clock-start", "2022-01-10T06:00", "--speed", str(SPEED), "--seed", str(seed), "--trading-faults",
-            "--timeout-s", "1.0", "--retry-after", "0.2", "--ban-s", "0.5", "--ws-delay-s", "0.3", "--user-cancel-after-ms", "20000"]
+    exchange_id, dialect_args, lives, least_faults, sides, settings = DIALECTS[case]
+    args = [
+        "--clock-start",
+        "2022-01-10T06:00",
+        "--speed",
+        str(SPEED),
+        "--seed",
+        str(seed),
+        *dialect_args,
+        "--timeout-s",
+        "1.0",
+        "--retry-after",
+        "0.2",
+        "--ban-s",
+        "0.5",
+        "--ws-delay-s",
+        "0.3",
+        "--user-cancel-after-ms",
+        "20000",
+    ]
     for kind, rate in FAULTS.items():
         args += ["--fault", f"{kind}={rate}"]
     rng = random.Random(seed)
     started = time.monotonic()
     with ServerProcess("btc_quant.testing.exchange", *args) as exchange:
-        client = make_exchange("binanceusdm", url=exchange.url, timeout_ms=5000,
-                               credentials={"apiKey": KEY, "secret": SECRET}, options={"warnOnFetchOpenOrdersWithoutSymbol": False})
+        client = make_exchange(
+            exchange_id,
+            url=exchange.url,
+            timeout_ms=5000,
+            credentials={"apiKey": KEY, "secret": SECRET},
+            options={"warnOnFetchOpenOrdersWithoutSymbol": False},
+        )
         _patient(client.load_markets)
-        bot = Bot(exchange.url, tmp_path, tmp_path / "fills.jsonl")
+        bot = Bot(exchange.url, tmp_path, tmp_path / "fills.jsonl", exchange_id)
         bot.fills.touch()
         checks, kills = [], 0
         try:
-            for life in range(LIVES):
-                bot.start([*MAKER_VOL, f"strategy.side={SIDES[life % len(SIDES)]}"])
+            for life in range(lives):
+                t0 = time.monotonic()
+                bot.start([*MAKER_VOL, f"strategy.side={sides[life % len(sides)]}", *settings])
                 bot.wait_running()
+                start_s = time.monotonic() - t0
+                if life < lives - 1:
+                    bot.prepare([*MAKER_VOL, f"strategy.side={sides[(life + 1) % len(sides)]}", *settings])
                 time.sleep(rng.uniform(4, 7))
-                checks.append(_check(exchange.url, bot, client))
-                if life < LIVES - 1:
+                checks.append({**_check(exchange.url, bot, client), "start_s": start_s})
+                if life < lives - 1:
                     time.sleep(rng.uniform(0.2, 2.5))  # killed at a random point of the trading after the check
                     bot.kill()
                     kills += 1
@@ -239,21 +372,33 @@ def test_soak_faults_and_kills(tmp_path):
         finally:
             if bot.proc and bot.proc.poll() is None:
                 bot.kill()
+            bot.discard()
         faults = _get(exchange.url + "/_control/state")["faults"]
     took = time.monotonic() - started
-    print(f"\nsoak (seed {seed}, {took:.0f} s): {kills} SIGKILLs, {len(checks)} checks, {sum(c['fills'] for c in checks[-1:])} fills "
-          f"of {checks[-1]['orders']} orders; faults injected: " + ", ".join(f"{k}={v}" for k, v in sorted(faults.items()))
-          + f"; total {sum(faults.values())}")
-    assert kills == LIVES - 1 >= 5 and checks[-1]["fills"] > 0
-    assert sum(faults.values()) >= 1000, faults
+    print(
+        f"\nsoak (seed {seed}, {took:.0f} s): {kills} SIGKILLs, {len(checks)} checks, {sum(c['fills'] for c in checks[-1:])} fills "
+        f"of {checks[-1]['orders']} orders; faults injected: "
+        + ", ".join(f"{k}={v}" for k, v in sorted(faults.items()))
+        + f"; total {sum(faults.values())}; per life start/settle/check s: "
+        + ", ".join(f"{c['start_s']:.1f}/{c['settle_s']:.1f}/{c['check_s']:.1f}" for c in checks)
+    )
+    assert kills == lives - 1 >= (1 if case == "hedge" else 2) and checks[-1]["fills"] > 0
+    if case == "hedge":  # both grids traded, each on its own position side
+        traded = {json.loads(line)["position_side"] for line in (tmp_path / "fills.jsonl").read_text().splitlines()}
+        assert traded == {"LONG", "SHORT"}, traded
+    assert sum(faults.values()) >= least_faults, faults
 
 
 def test_restart_cancels_only_own_unknown_orders_and_leaves_manual_ones(tmp_path):
     """Reconciliation on start: an open order with the bot's prefix that its journal never recorded
     is canceled; an order placed by hand (another client id) is not touched."""
     with ServerProcess("btc_quant.testing.exchange", "--clock-start", "2022-01-10T06:00", "--speed", "0") as exchange:
-        client = make_exchange("binanceusdm", url=exchange.url, credentials={"apiKey": KEY, "secret": SECRET},
-                               options={"warnOnFetchOpenOrdersWithoutSymbol": False})
+        client = make_exchange(
+            "binanceusdm",
+            url=exchange.url,
+            credentials={"apiKey": KEY, "secret": SECRET},
+            options={"warnOnFetchOpenOrdersWithoutSymbol": False},
+        )
         client.load_markets()
         price = client.fetch_ticker("BTC/USDT:USDT")["last"]
         low = float(client.price_to_precision("BTC/USDT:USDT", price * 0.9))
@@ -281,8 +426,12 @@ def test_quant_flatten_cancels_the_bots_orders_and_closes_its_position(tmp_path,
     """``quant flatten`` against a running live bot: its orders are canceled and its position is
     closed on the exchange, a manual order stays, and the bot exits."""
     with ServerProcess("btc_quant.testing.exchange", "--clock-start", "2022-01-10T06:00", "--speed", str(SPEED)) as exchange:
-        client = make_exchange("binanceusdm", url=exchange.url, credentials={"apiKey": KEY, "secret": SECRET},
-                               options={"warnOnFetchOpenOrdersWithoutSymbol": False})
+        client = make_exchange(
+            "binanceusdm",
+            url=exchange.url,
+            credentials={"apiKey": KEY, "secret": SECRET},
+            options={"warnOnFetchOpenOrdersWithoutSymbol": False},
+        )
         client.load_markets()
         low = float(client.price_to_precision("BTC/USDT:USDT", client.fetch_ticker("BTC/USDT:USDT")["last"] * 0.8))
         client.create_order("BTC/USDT:USDT", "limit", "buy", 0.003, low, {"clientOrderId": "manual-1", "postOnly": True})

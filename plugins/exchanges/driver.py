@@ -14,7 +14,8 @@ One event loop carries everything; the engine and the strategy are called from i
   picks up.
 
 Safety switches (checked before any request is sent): ``broker=live`` needs ``--testnet``
-(ccxt sandbox mode) or ``--i-understand-this-trades-real-money``; a live run refuses a config
+(ccxt sandbox mode) or ``--i-understand-this-trades-real-money`` (real money only on an exchange in
+:data:`LIVE_VERIFIED`); a live run refuses a config
 file holding secrets that others can read; an exchange lacking what the run needs (post-only
 orders, leverage, margin modes, a sandbox for ``--testnet``) fails with one line naming it.
 """
@@ -28,6 +29,8 @@ import signal
 import time
 from typing import Any
 
+import ccxt
+
 from btc_quant.core import secrets
 from btc_quant.core.data import timeframe_ms
 from btc_quant.core.engine import Engine, RunInfo
@@ -37,23 +40,36 @@ from btc_quant.sdk import Bar, ConfigError, ExchangeError, hookimpl
 from btc_quant.sdk.ordersync import base36
 
 from .ccxt_client import make_exchange, point_at
-from .journal import Journal, journal_path
+from .journal import BotLock, Journal, account_fingerprint, journal_path
 from .live import LiveBroker, PaperBroker, install_gate, retrying
 
 log = logging.getLogger(__name__)
 
 REAL_MONEY_FLAG = "--i-understand-this-trades-real-money"
+#: Exchanges whose live path (order look-up by client id, order/balance/position streams, fees)
+#: has been run end to end against a local dialect, soak included (``quant exchanges --tested``,
+#: column "live"). Real money is refused elsewhere: ccxt may offer every capability while the
+#: broker does not speak that venue's order look-up and streams; its sandbox (``--testnet``) is allowed.
+LIVE_VERIFIED = frozenset({"binanceusdm", "bybit"})
+
+
+def live_capabilities(perpetual: bool, leverage: bool = False, margin_mode: bool = False) -> list[str]:
+    """ccxt ``has`` keys ``broker=live`` needs (also what ``quant exchanges`` calls "live")."""
+    need = ["fetchOHLCV", "createPostOnlyOrder", "cancelOrder", "fetchOrder", "fetchOpenOrders", "fetchBalance"]
+    if leverage or perpetual:
+        need += ["setLeverage"]
+    if margin_mode or perpetual:
+        need += ["setMarginMode", "fetchPositions"]
+    return need
 
 
 def required_capabilities(broker: Any, instrument, testnet: bool) -> list[str]:
     """ccxt ``has`` keys the run needs."""
     need = ["fetchOHLCV"]
     if isinstance(broker, LiveBroker):
-        need += ["createPostOnlyOrder", "cancelOrder", "fetchOrder", "fetchOpenOrders", "fetchBalance"]
-        if broker.config.leverage or instrument.is_perpetual:
-            need += ["setLeverage"]
-        if broker.config.margin_mode or instrument.is_perpetual:
-            need += ["setMarginMode", "fetchPositions"]
+        need = live_capabilities(instrument.is_perpetual, bool(broker.config.leverage), bool(broker.config.margin_mode))
+        if getattr(broker.config, "position_mode", None):
+            need.append("setPositionMode")
     if testnet:
         need.append("sandbox")
     return need
@@ -75,14 +91,26 @@ def exchange_url(config) -> str | None:
 class LiveRun:
     """One paper or live bot (see module docstring). ``run()`` blocks until it stops."""
 
-    def __init__(self, config, plugins, *, testnet: bool = False, real_money: bool = False,
-                 url: str | None = None, warmup: int = 500, max_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        config,
+        plugins,
+        *,
+        testnet: bool = False,
+        real_money: bool = False,
+        url: str | None = None,
+        warmup: int = 500,
+        max_seconds: float | None = None,
+        max_bars: int | None = None,
+    ) -> None:
         self.config = config
         self.plugins = plugins
         self.testnet = testnet
         self.url = url or exchange_url(config)
         self.warmup = warmup
         self.max_seconds = max_seconds
+        #: stop after this many live bars (tests and scripted runs: a count, not a wall-clock guess)
+        self.max_bars = max_bars
         broker_name = config.broker.name
         self.mode = "live" if broker_name == "live" else "paper"
         if self.mode == "live" and not (testnet or real_money):
@@ -92,21 +120,56 @@ class LiveRun:
             )
         if self.mode == "live" and testnet and real_money:
             raise ConfigError(f"--testnet and {REAL_MONEY_FLAG} contradict each other; give one")
+        if self.mode == "live" and real_money and config.exchange.name not in LIVE_VERIFIED:
+            raise ConfigError(
+                f"broker=live with real money on {config.exchange.name}: the live broker has been run end to end only on "
+                f"{', '.join(sorted(LIVE_VERIFIED))}",
+                hint="try it on the exchange's sandbox with --testnet first; quant exchanges --tested lists what is verified",
+            )
         if self.mode == "live" and secrets.insecure_files:
             raise ConfigError(next(iter(secrets.insecure_files.values())), hint="a live bot refuses keys that others can read")
+        # One bot per name and per client-id prefix and account, decided before anything else
+        # (no network call, no journal write): see journal.BotLock.
+        self.bot = getattr(config.broker.config, "bot", None) or "paper"
+        strategy_config = _strategy_config_for(config.strategy.config, self.bot) if self.mode == "live" else config.strategy.config
+        own = _own_prefixes(config.broker.config, strategy_config, self.bot) if self.mode == "live" else ()
+        api_key = getattr(config.broker.config, "api_key", None)
+        self.account = (
+            account_fingerprint(config.exchange.name, api_key.get_secret_value() if api_key else None) if self.mode == "live" else "paper"
+        )
+        self.lock = BotLock(data_dir(), self.bot, self.account, own)
+        try:
+            self._set_up(config, plugins, broker_name, strategy_config, own)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _set_up(self, config, plugins, broker_name: str, strategy_config, own: tuple[str, ...]) -> None:
         self.runtime = build_runtime(config, plugins, mode=self.mode)
         registry = self.runtime.registry
-        strategy = registry.get("strategy", config.strategy.name, key="strategy").factory(config.strategy.config)
+        strategy = registry.get("strategy", config.strategy.name, key="strategy").factory(strategy_config)
         self.broker = registry.get("broker", broker_name, key="broker").factory(config.broker.config, self.runtime)
         if not isinstance(self.broker, (LiveBroker, PaperBroker)):
             raise ConfigError(f"broker={broker_name} cannot run live; use broker=paper or broker=live")
-        self.bot = getattr(config.broker.config, "bot", None) or "paper"
+        if isinstance(self.broker, LiveBroker):
+            self.broker.prefixes = tuple(dict.fromkeys((*self.broker.prefixes, *own)))
         self.journal = Journal(journal_path(data_dir(), self.bot))
-        running = self.journal.get("pid")
-        if running and running != os.getpid() and _alive(running):
-            raise ConfigError(f"bot {self.bot!r} is already running (pid {running})", hint="quant stop first, or pick another broker.bot")
-        generation = int(self.journal.get("generation", 0)) + 1
+        owner = self.journal.get("account")
+        if owner is not None and owner != self.account:
+            self.journal.close()
+            raise ConfigError(f"the journal of bot {self.bot!r} belongs to another account", hint="each account needs its own broker.bot")
+        self.journal.set("account", self.account)
+        self.journal.set("pid", os.getpid())
+        if isinstance(self.broker, PaperBroker):
+            # a paper bot starts from broker.initial_cash with nothing open: its journal holds this
+            # run's orders and fills only (what quant compare replays), and the broker writes them
+            self.journal.clear_trading()
+            self.broker.journal = self.journal
+        # the generation is never reused, also when the journal was lost: at least the wall clock
+        # in tenths of a second (one life per bot at a time, held by the lock above)
+        generation = max(int(self.journal.get("generation", 0)) + 1, int(time.time() * 10))
         self.journal.set("generation", generation)
+        self.generation = generation
         checks = [(c.name, registry.get("risk_check", c.name, key=f"risk.{c.name}").factory(c.config)) for c in config.risk.checks]
         prefix = f"{self.bot}-{base36(generation)}" if self.mode == "live" else None
         self._marker = None
@@ -117,23 +180,62 @@ class LiveRun:
             self._marker = _DeliveredMarker(self.journal)
             plugins.pm.register(self._marker)
         info = RunInfo(f"{self.bot}-{generation}", self.mode, config.strategy.name, broker_name, self.runtime.instrument, config)
-        self.engine = Engine(strategy, self.broker, plugins=plugins, instrument=self.runtime.instrument,
-                             risk_checks=checks, info=info, client_id_prefix=prefix)
+        self.engine = Engine(
+            strategy,
+            self.broker,
+            plugins=plugins,
+            instrument=self.runtime.instrument,
+            risk_checks=checks,
+            info=info,
+            client_id_prefix=prefix,
+        )
         self.tf_ms = timeframe_ms(config.timeframe)
         self.stopping: asyncio.Event | None = None
         self.last_bar_ts: int | None = None
         self.bars_seen = 0
         self.result = None
+        # heartbeat fields for quant serve and its watchdog (wall-clock seconds): the last market
+        # data of any kind, the last kline pushed by the websocket, the equity when this bot
+        # (this journal) first ran and at the start of the UTC day (PnL since start / today;
+        # kept in the journal so a restart does not reset them)
+        self.market_s: float | None = None
+        self.stream_s: float | None = None
+        self.equity_start: float | None = self.journal.get("equity_start")
+        day = self.journal.get("equity_day")
+        self.equity_day: tuple[str, float] | None = tuple(day) if day else None
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> dict:
         try:
             return asyncio.run(self._main())
+        except ccxt.AuthenticationError as exc:  # no key, or a key the exchange refuses: a setting, not a crash
+            given = getattr(self.config.broker.config, "api_key", None) is not None
+            raise ConfigError(
+                f"broker.api_key: {self.config.exchange.name} "
+                + (
+                    f"refused the API key ({_exchange_message(exc)})"
+                    if given
+                    else "needs an API key and secret for a live bot, and none is set"
+                ),
+                hint="set QUANT_BROKER__API_KEY and QUANT_BROKER__SECRET (or broker.api_key/broker.secret in quant.toml) "
+                "to a key with futures trading rights",
+            ) from None
         finally:
             if self._marker is not None:
                 self.plugins.pm.unregister(self._marker)
+            self.close()
+
+    def close(self) -> None:
+        """Leave the journal and give up the bot's lock and leases (``run()`` does this itself)."""
+        if self.journal.db is not None:
             self.journal.set("pid", None)
             self.journal.close()
+        # the next life (which cannot start before the lock is given up) must see a later wall
+        # clock than this life's generation, or a lost journal could hand it the same ids
+        generation = getattr(self, "generation", None)
+        while generation is not None and int(time.time() * 10) <= generation:
+            time.sleep(0.01)
+        self.lock.release()
 
     async def _main(self) -> dict:
         cfg = self.config
@@ -151,9 +253,18 @@ class LiveRun:
         timeout_ms = getattr(cfg.broker.config, "timeout_ms", 10_000)
         # positions come from watch_positions' pushes and the broker's own REST reconciliation:
         # ccxt.pro's background snapshot request would only add an unbounded, unretried request
-        options = {"warnOnFetchOpenOrdersWithoutSymbol": False, "watchPositions": {"fetchPositionsSnapshot": False, "awaitPositionsSnapshot": False}}
-        exchange = make_exchange(cfg.exchange.name, pro=True, credentials=credentials, timeout_ms=timeout_ms, options=options,
-                                 rate_limit_ms=getattr(cfg.broker.config, "rate_limit_ms", None))
+        options = {
+            "warnOnFetchOpenOrdersWithoutSymbol": False,
+            "watchPositions": {"fetchPositionsSnapshot": False, "awaitPositionsSnapshot": False},
+        }
+        exchange = make_exchange(
+            cfg.exchange.name,
+            pro=True,
+            credentials=credentials,
+            timeout_ms=timeout_ms,
+            options=options,
+            rate_limit_ms=getattr(cfg.broker.config, "rate_limit_ms", None),
+        )
         try:
             check_capabilities(exchange, cfg.exchange.name, required_capabilities(self.broker, self.runtime.instrument, self.testnet))
             if self.testnet:
@@ -165,8 +276,20 @@ class LiveRun:
             if self.runtime.instrument.symbol not in exchange.markets:
                 raise ConfigError(f"symbol: {cfg.exchange.name} lists no market {self.runtime.instrument.symbol}")
             self.journal.set("pid", os.getpid())
-            self.journal.set("run", {"mode": self.mode, "exchange": cfg.exchange.name, "symbol": cfg.symbol,
-                                     "strategy": cfg.strategy.name, "testnet": self.testnet, "started": time.time()})
+            self.journal.set(
+                "run",
+                {
+                    "mode": self.mode,
+                    "exchange": cfg.exchange.name,
+                    "symbol": cfg.symbol,
+                    "strategy": cfg.strategy.name,
+                    # a paper bot's sim settings (fill model, cash, margin: those not at their
+                    # default), so quant compare replays it with the same rules
+                    **({"sim": _sim_settings(cfg.broker.config)} if self.mode == "paper" else {}),
+                    "testnet": self.testnet,
+                    "started": time.time(),
+                },
+            )
             await self._warm_up(exchange)
             if isinstance(self.broker, LiveBroker):
                 await self.broker.connect(exchange, self.journal)
@@ -210,6 +333,7 @@ class LiveRun:
         self._set_market(float(last[4]), int(last[0]))
 
     def _set_market(self, price: float, now_ms: int) -> None:
+        self.market_s = time.time()
         if isinstance(self.broker, PaperBroker):
             if self.broker.bar_arrays is None:
                 self.broker.seed_price(price, now_ms)
@@ -225,6 +349,7 @@ class LiveRun:
                 try:
                     candles = await exchange.watch_ohlcv(symbol, tf)
                     newest = int(candles[-1][0])
+                    self.stream_s = time.time()
                     self._set_market(float(candles[-1][4]), newest)
                 except asyncio.CancelledError:
                     raise
@@ -255,6 +380,8 @@ class LiveRun:
     def _on_bar(self, bar: Bar) -> None:
         self.last_bar_ts = bar.ts_ms
         self.bars_seen += 1
+        if self.max_bars is not None and self.bars_seen >= self.max_bars:
+            self.stopping.set()  # this bar is still handled; the loop ends at its next await
         if isinstance(self.broker, PaperBroker):
             self.broker.add_bar(bar)
             while not self.broker.step():
@@ -279,11 +406,24 @@ class LiveRun:
     async def _command(self, command: str) -> None:
         log.warning("received quant %s", command)
         if command == "flatten":
+            # Flat means flat on the exchange: a resting order can fill while its cancel is on the
+            # way, after the close was sized. So the bot stops only once a reconciliation that
+            # settled after it looked flat agrees; a position found then is closed again (once
+            # nothing of the bot's is open or in flight). Up to 60 s, then it stops anyway.
             self.engine.halt("quant flatten", flatten=True)
-            for _ in range(200):
+            lot, flat_since = self.runtime.instrument.lot_size, None
+            for _ in range(600):
                 await asyncio.sleep(0.1)
                 self.engine.pump()
-                if not self.broker.open_orders() and abs(self.broker.position().quantity) < self.runtime.instrument.lot_size / 2:
+                quiet = not self.broker.open_orders() and not getattr(self.broker, "_tasks", ())
+                if not quiet or _held(self.broker) >= lot / 2:
+                    flat_since = None
+                    if quiet:
+                        self.engine.flatten()
+                    continue
+                flat_since = flat_since or time.time()
+                settled_ms = getattr(self.broker, "last_settled_reconcile_ms", None)
+                if not isinstance(self.broker, LiveBroker) or (settled_ms and settled_ms / 1000 > flat_since):
                     break
         else:
             self.engine.halt("quant stop")
@@ -291,20 +431,7 @@ class LiveRun:
 
     async def _reconcile_loop(self) -> None:
         """Reconcile every ``broker.reconcile_s`` seconds, sooner when a websocket failed."""
-        broker = self.broker
-        while True:
-            try:
-                await asyncio.wait_for(broker.reconcile_wanted.wait(), broker.config.reconcile_s)
-            except TimeoutError:
-                pass
-            broker.reconcile_wanted.clear()
-            # bounded: a request that never answers must not stall reconciliation for good
-            try:
-                await asyncio.wait_for(broker.reconcile(), broker.config.reconcile_timeout_s)
-            except Exception as exc:  # noqa: BLE001 - exchange trouble: the next turn tries again
-                broker.stats["reconcile_failures"] += 1
-                log.warning("reconcile failed (%s: %s); retrying in %g s", type(exc).__name__, exc, broker.config.reconcile_s)
-            self.engine.pump()
+        await self.broker.reconcile_forever(after=self.engine.pump)
 
     # --- reporting ------------------------------------------------------------------------
     def state(self) -> dict:
@@ -312,25 +439,62 @@ class LiveRun:
         pos = broker.position()
         try:
             margin = broker.margin()
-            margin_view = {"mode": margin.mode, "leverage": margin.leverage, "position_margin": margin.position_margin,
-                           "maintenance_margin": margin.maintenance_margin, "available": margin.available_balance,
-                           "liquidation_price": margin.liquidation_price}
+            margin_view = {
+                "mode": margin.mode,
+                "leverage": margin.leverage,
+                "position_margin": margin.position_margin,
+                "maintenance_margin": margin.maintenance_margin,
+                "available": margin.available_balance,
+                "liquidation_price": margin.liquidation_price,
+            }
         except ExchangeError:
             margin_view = None
         virtual = sorted(cid for cid, o in engine.orders.items() if o.is_open)
-        live = [{"client_id": o.client_id, "side": o.side.value, "qty": o.quantity, "price": o.price, "status": o.status.value}
-                for o in broker.open_orders()]
+        live = [
+            {"client_id": o.client_id, "side": o.side.value, "qty": o.quantity, "price": o.price, "status": o.status.value}
+            for o in broker.open_orders()
+        ]
+        # orders the engine refused before sending (its reasons "risk <check>: ..." and "kill
+        # switch engaged: ..."); the exchange's own rejections (e.g. a post-only that would cross)
+        # are routine for a maker grid and not counted here
+        refused = [o for o in engine.rejections if (o.reason or "").startswith(("risk ", "kill switch"))]
+        now, equity = time.time(), broker.equity()
+        if self.equity_start is None:
+            self.equity_start = equity
+            self.journal.set("equity_start", equity)
+        day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        if self.equity_day is None or self.equity_day[0] != day:
+            self.equity_day = (day, equity)
+            self.journal.set("equity_day", list(self.equity_day))
         return {
-            "bot": self.bot, "mode": self.mode, "pid": os.getpid(), "updated": time.time(),
-            "exchange": self.config.exchange.name, "symbol": self.config.symbol, "strategy": self.config.strategy.name,
-            "price": broker.last_price, "position": {"quantity": pos.quantity, "entry_price": pos.entry_price},
-            "wallet_balance": broker.account().wallet_balance, "equity": broker.equity(), "margin": margin_view,
-            "open_orders_virtual": virtual, "open_orders_live": live, "bars": self.bars_seen,
-            "fills": len(engine.fills), "halted": None if engine.halted is None else engine.halted.reason,
+            "bot": self.bot,
+            "mode": self.mode,
+            "pid": os.getpid(),
+            "updated": now,
+            "market_s": self.market_s,
+            "stream_s": self.stream_s,
+            "equity_start": self.equity_start,
+            "equity_day_start": self.equity_day[1],
+            "exchange": self.config.exchange.name,
+            "symbol": self.config.symbol,
+            "strategy": self.config.strategy.name,
+            "price": broker.last_price,
+            "position": _position_view(broker, pos),
+            "wallet_balance": broker.account().wallet_balance,
+            "equity": broker.equity(),
+            "margin": margin_view,
+            "open_orders_virtual": virtual,
+            "open_orders_live": live,
+            "bars": self.bars_seen,
+            "fills": len(engine.fills),
+            "halted": None if engine.halted is None else engine.halted.reason,
+            "risk_refusals": len(refused),
+            "last_risk_refusal": refused[-1].reason if refused else None,
             "last_reconcile": getattr(broker, "last_reconcile_ms", None),
             "last_settled_reconcile": getattr(broker, "last_settled_reconcile_ms", None),
             "requests_in_flight": len(getattr(broker, "_tasks", ())),
-            "in_flight": sorted(t.get_name() for t in getattr(broker, "_tasks", ())), "stats": dict(getattr(broker, "stats", {})),
+            "in_flight": sorted(t.get_name() for t in getattr(broker, "_tasks", ())),
+            "stats": dict(getattr(broker, "stats", {})),
         }
 
     def _snapshot(self) -> None:
@@ -344,6 +508,25 @@ class LiveRun:
             self.result = build_result(self.engine, self.broker.bar_arrays, self.broker)
             out["report"] = self.result.summary()
         return out
+
+
+def _held(broker) -> float:
+    """The largest position the broker holds: the one-way one, or in hedge mode either side's."""
+    sides = ("LONG", "SHORT") if getattr(broker, "position_mode", "one_way") == "hedge" else ("BOTH",)
+    return max(abs(broker.position(side).quantity) for side in sides)
+
+
+def _position_view(broker, pos) -> dict:
+    """The state's position: quantity and entry (one-way); in hedge mode the net quantity, no
+    single entry, and each side under ``sides`` (``LONG``/``SHORT``: quantity, entry)."""
+    if getattr(broker, "position_mode", "one_way") != "hedge":
+        return {"quantity": pos.quantity, "entry_price": pos.entry_price}
+    sides = {side: broker.position(side) for side in ("LONG", "SHORT")}
+    return {
+        "quantity": sum(p.quantity for p in sides.values()),
+        "entry_price": None,
+        "sides": {side: {"quantity": p.quantity, "entry_price": p.entry_price} for side, p in sides.items()},
+    }
 
 
 class _DeliveredMarker:
@@ -361,9 +544,50 @@ def _bar(row) -> Bar:
     return Bar(int(row[0]), float(row[1]), float(row[2]), float(row[3]), float(row[4]), float(row[5] or 0.0))
 
 
+def _strategy_config_for(strategy_config, bot: str):
+    """A strategy whose client ids carry its own prefix (``strategy_id``, e.g. maker_vol's ``mv``)
+    trades live under the bot's name unless the user chose the id: two bots (two names, see
+    BotLock) on one account then get distinct prefixes by construction."""
+    if strategy_config is None or "strategy_id" not in type(strategy_config).model_fields:
+        return strategy_config
+    if "strategy_id" in strategy_config.model_fields_set:
+        return strategy_config
+    return strategy_config.model_copy(update={"strategy_id": bot})
+
+
+def _own_prefixes(broker_config, strategy_config, bot: str) -> tuple[str, ...]:
+    """Every client-id prefix this live bot trades under (each one leased per account)."""
+    prefixes = [f"{bot}-", *getattr(broker_config, "own_prefixes", ())]
+    strategy_id = getattr(strategy_config, "strategy_id", None)
+    if strategy_id:
+        prefixes.append(f"{strategy_id}:")
+    return tuple(dict.fromkeys(prefixes))
+
+
+def _sim_settings(broker_config) -> dict:
+    """The paper broker's settings the user gave (config file, environment, command line) that the
+    sim has, as ``quant run`` values."""
+    from btc_quant.plugins.brokers.sim import SimConfig
+
+    given = broker_config.model_dump(mode="json", include=set(broker_config.model_fields_set))
+    return {k: v for k, v in given.items() if k in SimConfig.model_fields and v is not None}
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(int(pid), 0)
     except (OSError, ValueError):
         return False
     return True
+
+
+def _exchange_message(exc: BaseException) -> str:
+    """The exchange's own words from a ccxt error (``binanceusdm {"code": -2015, "msg": "..."}``)."""
+    import json
+
+    text = secrets.mask(str(exc))
+    _, _, body = text.partition(" ")
+    try:
+        return str(json.loads(body).get("msg", body))
+    except (ValueError, AttributeError):
+        return text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import typer
 
@@ -17,12 +17,14 @@ from .journal import Journal, journal_path
 def _open(bot: str) -> Journal:
     path = journal_path(data_dir(), bot)
     if not path.exists():
-        raise ConfigError(f"no bot named {bot!r}: {path} does not exist", hint="start one with quant run broker=paper (or live) broker.bot=NAME")
+        raise ConfigError(
+            f"no bot named {bot!r}: {path} does not exist", hint="start one with quant run broker=paper (or live) broker.bot=NAME"
+        )
     return Journal(path)
 
 
 def _ms(ms) -> str:
-    return "-" if not ms else datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return "-" if not ms else datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _running(journal: Journal) -> int | None:
@@ -32,30 +34,42 @@ def _running(journal: Journal) -> int | None:
     return pid if pid and _alive(pid) else None
 
 
+def _position_text(pos: dict) -> str:
+    """``q @ entry``; hedge mode: each side, ``LONG q @ entry, SHORT q @ entry``."""
+    if pos.get("sides"):
+        return ", ".join(f"{side} {p['quantity']:g} @ {p['entry_price']:.2f}" for side, p in pos["sides"].items())
+    return f"{pos['quantity']:g} @ {pos['entry_price']:.2f}"
+
+
 def status_text(state: dict, running: int | None) -> str:
     pos, margin = state["position"], state.get("margin") or {}
     lines = [
         f"bot {state['bot']} ({state['mode']}, {state['strategy']} on {state['exchange']} {state['symbol']}): "
         + (f"running, pid {running}" if running else "not running; last known state"),
-        f"price {state['price']:.2f}  position {pos['quantity']:g} @ {pos['entry_price']:.2f}  "
-        f"wallet {state['wallet_balance']:.2f}  equity {state['equity']:.2f}",
+        f"price {state['price']:.2f}  position {_position_text(pos)}  wallet {state['wallet_balance']:.2f}  equity {state['equity']:.2f}",
     ]
     if margin:
         liq = margin.get("liquidation_price")
-        lines.append(f"margin {margin['mode']} x{margin['leverage']:g}: position margin {margin['position_margin']:.2f}, "
-                     f"maintenance {margin['maintenance_margin']:.2f}, available {margin['available']:.2f}, "
-                     f"liquidation price {'-' if not liq else f'{liq:.2f}'}")
+        lines.append(
+            f"margin {margin['mode']} x{margin['leverage']:g}: position margin {margin['position_margin']:.2f}, "
+            f"maintenance {margin['maintenance_margin']:.2f}, available {margin['available']:.2f}, "
+            f"liquidation price {'-' if not liq else f'{liq:.2f}'}"
+        )
     virtual, live = state["open_orders_virtual"], state["open_orders_live"]
     lines.append(f"open orders: {len(virtual)} virtual (strategy), {len(live)} live (exchange)")
     live_ids = {o["client_id"] for o in live}
     for o in live:
         mark = "" if o["client_id"] in virtual else "  (not in the strategy's view)"
-        lines.append(f"  {o['client_id']}  {o['side']} {o['qty']:g} @ {o['price'] if o['price'] is not None else 'market'}  {o['status']}{mark}")
+        lines.append(
+            f"  {o['client_id']}  {o['side']} {o['qty']:g} @ {o['price'] if o['price'] is not None else 'market'}  {o['status']}{mark}"
+        )
     for cid in virtual:
         if cid not in live_ids:
             lines.append(f"  {cid}  virtual only (in flight or awaiting reconcile)")
-    lines.append(f"fills {state['fills']}, bars {state['bars']}, halted: {state['halted'] or 'no'}, "
-                 f"last reconcile {_ms(state.get('last_reconcile'))}, snapshot {time.time() - state['updated']:.0f}s old")
+    lines.append(
+        f"fills {state['fills']}, bars {state['bars']}, halted: {state['halted'] or 'no'}, "
+        f"last reconcile {_ms(state.get('last_reconcile'))}, snapshot {time.time() - state['updated']:.0f}s old"
+    )
     return "\n".join(lines)
 
 
@@ -89,7 +103,9 @@ def register(app: typer.Typer) -> None:
         _command(bot, "stop", wait)
 
     @app.command("flatten")
-    def flatten(bot: str = typer.Option("bot", "--bot"), wait: float = typer.Option(60.0, help="seconds to wait for the bot to exit")) -> None:
+    def flatten(
+        bot: str = typer.Option("bot", "--bot"), wait: float = typer.Option(60.0, help="seconds to wait for the bot to exit")
+    ) -> None:
         """Cancel the bot's orders, close its position at market, then shut it down."""
         _command(bot, "flatten", wait)
 

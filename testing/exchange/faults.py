@@ -32,15 +32,37 @@ Kinds of fault (``KINDS``), by channel:
 ``accepted_timeout`` (http) the request IS executed, then the answer is held ``timeout_s``
                      seconds: the order exists although the client saw a timeout.
 ``slow``             (http) the answer is held ``slow_s`` seconds, then given normally.
+``late_execution``   (http) the request reaches the book ``late_s`` seconds after it arrived (a
+                     request delayed in the network), after the client gave up on it (its answer
+                     is held ``timeout_s``) and typically after the client looked it up and was
+                     told "no such order". Binance's rule decides then: the signed request is
+                     executed only while the exchange clock is within ``timestamp + recvWindow``,
+                     else refused -1021 (counted as ``late_refused``, executed ones as
+                     ``late_executed``).
+``recv_window``      (http) answered -1021 "Timestamp for this request is outside of the
+                     recvWindow" at once; the request was NOT executed.
+``clock_skew``       (http) the exchange clock the recvWindow check and the ``Date`` header use
+                     jumps by ``skew_step_ms`` (either way, at most ``skew_max_ms`` off the real
+                     clock) from this request on; this request is then handled normally.
 ``short_page``       (http) a list answer (klines, funding) is cut to its first half.
 ``empty_page``       (http) a list answer is empty.
 ``drop``             (ws) the connection is closed without a close frame.
 ``ws_delay``         (ws, user-data stream) the event is held ``ws_delay_s`` seconds; later events
                      overtake it (out-of-order delivery).
+``silent``           (ws, user-data stream) the stream stops pushing without a word: the socket
+                     stays open and answers pings, nothing more arrives on it.
 ``partial_fill``     (match) a fill takes only part (20-80%, at least one lot) of what the price
                      allowed; the rest stays open and fills when the price trades through again.
 ``user_cancel``      (match) an accepted order is cancelled "by the user" ``user_cancel_after_ms``
                      of exchange time later, unless it is done by then.
+
+Behaviour of the book the client must never trigger, counted in :meth:`FaultPlan.counts` when it
+happens: ``duplicate_client_id`` - an order accepted under the client id of an earlier order that
+is no longer open (Binance refuses a duplicate only while the first is open, -4116).
+
+Plans per account: ``state.trading.plans[api_key] = FaultPlan(seed=...)`` gives one account its
+own seeded streams and counts (requests carrying that API key, its user-data stream, its
+fills), so many seeded lives can share one exchange and each still replays from its seed.
 
 By default faults apply only to the data endpoints (``klines``, ``fundingRate``) and websocket
 pushes, so ``load_markets`` works; pass ``paths=None`` to make every request, push and fill
@@ -55,19 +77,44 @@ import threading
 from dataclasses import dataclass, field
 
 HTTP_KINDS = (
-    "rate_limit", "server_error", "timeout", "slow", "short_page", "empty_page",
-    "accepted_timeout", "accepted_error", "ip_ban",
+    "rate_limit",
+    "server_error",
+    "timeout",
+    "slow",
+    "short_page",
+    "empty_page",
+    "accepted_timeout",
+    "accepted_error",
+    "ip_ban",
+    "late_execution",
+    "recv_window",
+    "clock_skew",
 )
-WS_KINDS = ("drop", "ws_delay")
+WS_KINDS = ("drop", "ws_delay", "silent")
 MATCH_KINDS = ("partial_fill", "user_cancel")
 KINDS = HTTP_KINDS + WS_KINDS + MATCH_KINDS
 CHANNELS = {"http": HTTP_KINDS, "ws": WS_KINDS, "match": MATCH_KINDS}
 #: Last path segments of the USD-M trading endpoints (for ``FaultPlan(paths=...)``), plus the
 #: websocket and matching channels.
 TRADING_PATHS = (
-    "order", "allOpenOrders", "openOrders", "allOrders", "userTrades", "positionRisk", "account", "balance",
-    "leverage", "marginType", "positionMargin", "symbolConfig", "leverageBracket", "income", "listenKey",
-    "ws", "match",
+    "order",
+    "allOpenOrders",
+    "openOrders",
+    "allOrders",
+    "userTrades",
+    "positionRisk",
+    "account",
+    "balance",
+    "leverage",
+    "marginType",
+    "positionMargin",
+    "dual",
+    "symbolConfig",
+    "leverageBracket",
+    "income",
+    "listenKey",
+    "ws",
+    "match",
 )
 
 
@@ -101,6 +148,11 @@ class FaultPlan:
     ban_after: int = 3
     ban_s: float = 2.0
     user_cancel_after_ms: int = 30_000
+    late_s: float = 1.0
+    skew_step_ms: int = 3000
+    skew_max_ms: int = 6000
+    #: current offset of the exchange's recvWindow clock from the real one (``clock_skew`` moves it)
+    skew_ms: int = 0
 
     def __post_init__(self) -> None:
         unknown = set(self.rates) - set(KINDS)
@@ -109,9 +161,7 @@ class FaultPlan:
         for channel, members in CHANNELS.items():
             if sum(self.rates.get(kind, 0.0) for kind in members) > 1:
                 raise ValueError(f"fault rates of the {channel} channel add up to more than 1")
-        self._rngs = {
-            name: random.Random(self.seed if name == "http" else f"{self.seed}/{name}") for name in CHANNELS
-        }
+        self._rngs = {name: random.Random(self.seed if name == "http" else f"{self.seed}/{name}") for name in CHANNELS}
         self._lock = threading.Lock()
         self._scripts: list[tuple[str, list[str]]] = []
         self._n = dict.fromkeys(CHANNELS, 0)
@@ -120,7 +170,7 @@ class FaultPlan:
         self._violations = 0
         self._banned_until = 0.0
 
-    def script(self, path_suffix: str, *kinds: str) -> "FaultPlan":
+    def script(self, path_suffix: str, *kinds: str) -> FaultPlan:
         """The next requests whose path ends in ``path_suffix`` get these faults, in order."""
         for kind in kinds:
             if kind not in KINDS:
@@ -165,6 +215,16 @@ class FaultPlan:
             if kind is not None:
                 self.injected.append(Injected(n, path, kind))
             return kind
+
+    def skew(self) -> int:
+        """A ``clock_skew`` fault: move the exchange clock ``skew_step_ms`` one way or the other
+        (the way drawn from the http stream), staying within ``skew_max_ms``; returns the offset."""
+        with self._lock:
+            step = self.skew_step_ms if self._rngs["http"].random() < 0.5 else -self.skew_step_ms
+            if abs(self.skew_ms + step) > self.skew_max_ms:
+                step = -step
+            self.skew_ms += step
+            return self.skew_ms
 
     def draw(self, channel: str = "match") -> float:
         """One more number from a channel's stream (e.g. the size of a partial fill)."""
