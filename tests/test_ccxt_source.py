@@ -31,12 +31,20 @@ def source(server, exchange_id="binance", **settings) -> CcxtSource:
 
 
 def klines_starts(server) -> list[int]:
-    return [int(q["startTime"]) for _, path, q, status in server.state.requests if path.endswith("klines") and "startTime" in q and status == 200]
+    return [
+        int(q["startTime"])
+        for _, path, q, status in server.state.requests
+        if path.endswith("klines") and "startTime" in q and status == 200
+    ]
 
 
 def test_fetch_through_429_5xx_timeouts_short_and_empty_pages_is_exact(store):
-    faults = FaultPlan(seed=11, rates={"rate_limit": 0.1, "server_error": 0.1, "timeout": 0.05, "short_page": 0.15, "empty_page": 0.1},
-                       retry_after_s=0.05, timeout_s=2.0)
+    faults = FaultPlan(
+        seed=11,
+        rates={"rate_limit": 0.1, "server_error": 0.1, "timeout": 0.05, "short_page": 0.15, "empty_page": 0.1},
+        retry_after_s=0.05,
+        timeout_s=2.0,
+    )
     with ExchangeServer(binance_state(faults=faults, clock_start_ms=SPOT_END)) as server:
         report = source(server, page_limit=300).fetch_bars(store, "BTC/USDT", "1m", int(SPOT.ts[0]))
     kinds = {f.kind for f in faults.injected}

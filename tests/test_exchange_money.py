@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_exchange_trading import START
 
 from btc_quant.testing.exchange import binance_state
 from btc_quant.testing.exchange.trading import BRACKETS, TAKER_FEE, bracket_for
-
-from test_exchange_trading import START
 
 STATE = binance_state(clock_start_ms=START)
 KEYS = itertools.count()

@@ -46,6 +46,7 @@ def first_cross_below(level: float, after_ms: int) -> int:
 
 async def user_streams_open(state, count: int = 1, timeout_s: float = 10.0) -> None:
     """Wait until ``count`` user-data connections follow the account (events from then on reach them)."""
+
     async def poll():
         while state.count("/fstream/private/ws") < count:
             await asyncio.sleep(0.01)
@@ -200,10 +201,9 @@ def test_async_client_trades_and_sees_the_same_truth(server):
         try:
             await client.load_markets()
             price = server.state.trading.price("BTCUSDT")
-            orders = await asyncio.gather(*[
-                client.create_order(SYMBOL, "limit", "sell", 0.01, round(price + 50 * (k + 1), 1), {"postOnly": True})
-                for k in range(3)
-            ])
+            orders = await asyncio.gather(
+                *[client.create_order(SYMBOL, "limit", "sell", 0.01, round(price + 50 * (k + 1), 1), {"postOnly": True}) for k in range(3)]
+            )
             await client.cancel_all_orders(SYMBOL)
             return orders, await client.fetch_open_orders(SYMBOL)
         finally:
@@ -264,7 +264,9 @@ def test_ticker_and_funding_rate_come_from_the_recorded_data(client, server):
     market = server.state.market("usdm", "BTCUSDT")
     k = int(np.searchsorted(market.funding_ts, START, "right"))
     assert (rate["markPrice"], rate["fundingRate"], rate["fundingTimestamp"]) == (
-        last_price(server), pytest.approx(market.funding_rate[k]), market.funding_ts[k]
+        last_price(server),
+        pytest.approx(market.funding_rate[k]),
+        market.funding_ts[k],
     )
 
 

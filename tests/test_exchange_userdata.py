@@ -6,13 +6,12 @@ import asyncio
 
 import ccxt
 import pytest
+from test_exchange_trading import START, SYMBOL, first_cross_below, user_streams_open
 
 from btc_quant.plugins.exchanges.ccxt_client import make_exchange
 from btc_quant.testing.exchange import ExchangeServer, FaultPlan, binance_state
 from btc_quant.testing.exchange.faults import TRADING_PATHS
 from btc_quant.testing.exchange.trading import TEST_API_KEY, TEST_SECRET
-
-from test_exchange_trading import START, SYMBOL, first_cross_below, user_streams_open
 
 KEYS = {"apiKey": TEST_API_KEY, "secret": TEST_SECRET}
 
@@ -40,9 +39,9 @@ def test_watch_orders_and_my_trades_follow_a_resting_order_to_its_fill():
         client = pro_client(url)
         try:
             await client.load_markets()
-            orders_task = asyncio.create_task(collect(
-                lambda: client.watch_orders(SYMBOL), lambda s: any(o["status"] == "closed" for o in s)
-            ))
+            orders_task = asyncio.create_task(
+                collect(lambda: client.watch_orders(SYMBOL), lambda s: any(o["status"] == "closed" for o in s))
+            )
             trades_task = asyncio.create_task(collect(lambda: client.watch_my_trades(SYMBOL), lambda s: len(s) >= 1))
             await user_streams_open(state)  # both subscriptions share one connection
             level = round(state.trading.price("BTCUSDT") - 150, 1)

@@ -26,7 +26,10 @@ def exchange():
 
 
 def test_load_markets_calls_only_exchange_info_of_its_family(exchange):
-    for exchange_id, path, symbol in (("binance", "/api/v3/exchangeInfo", "BTC/USDT"), ("binanceusdm", "/fapi/v1/exchangeInfo", "BTC/USDT:USDT")):
+    for exchange_id, path, symbol in (
+        ("binance", "/api/v3/exchangeInfo", "BTC/USDT"),
+        ("binanceusdm", "/fapi/v1/exchangeInfo", "BTC/USDT:USDT"),
+    ):
         client = make_exchange(exchange_id, url=exchange.url, credentials={"apiKey": "key-for-test", "secret": "secret-for-test"})
         before = len(exchange.state.requests)
         markets = client.load_markets()
@@ -69,7 +72,14 @@ def test_higher_intervals_are_aggregated_from_minutes(exchange):
     start = 1641600000000  # 2022-01-08 00:00 UTC
     hour = client.fetch_ohlcv("BTC/USDT:USDT", "1h", since=start, limit=2)
     minutes = bars.between(start, start + 3_600_000)
-    assert hour[0] == [start, minutes.open[0], minutes.high.max(), minutes.low.min(), minutes.close[-1], pytest.approx(minutes.volume.sum())]
+    assert hour[0] == [
+        start,
+        minutes.open[0],
+        minutes.high.max(),
+        minutes.low.min(),
+        minutes.close[-1],
+        pytest.approx(minutes.volume.sum()),
+    ]
     week = client.fetch_ohlcv("BTC/USDT:USDT", "1w", since=1641772800000, limit=1)  # Monday 2022-01-10
     assert week[0][0] == 1641772800000
 
@@ -78,7 +88,9 @@ def test_funding_history_is_served_by_time(exchange):
     client = make_exchange("binanceusdm", url=exchange.url)
     rates = client.fetch_funding_rate_history("BTC/USDT:USDT", since=1641945600000, limit=3)  # 2022-01-12 00:00
     assert [(r["timestamp"], r["fundingRate"]) for r in rates] == [
-        (1641945600012, -0.00004772), (1641974400015, 0.00009625), (1642003200000, -0.00005342)
+        (1641945600012, -0.00004772),
+        (1641974400015, 0.00009625),
+        (1642003200000, -0.00005342),
     ]
 
 

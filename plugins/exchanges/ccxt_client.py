@@ -18,7 +18,11 @@ share paths like ``/ws``.
 (``exchangeInfo`` of one family instead of spot + USD-M + COIN-M), and ``fetchCurrencies`` /
 ``fetchMargins`` are off (with API keys they call ``/sapi`` capital and margin endpoints that
 market data does not need). With these, ccxt 4.5's ``load_markets`` calls exactly
-``GET /api/v3/exchangeInfo`` (binance) or ``GET /fapi/v1/exchangeInfo`` (binanceusdm).
+``GET /api/v3/exchangeInfo`` (binance) or ``GET /fapi/v1/exchangeInfo`` (binanceusdm). A ``bybit``
+client loads the linear (USDT perpetual) markets only: ``GET /v5/market/instruments-info`` with
+``category=linear`` (twice: trading and pre-launch), instead of spot, inverse and six option
+chains. ``coinbase`` has no such switch: its ``load_markets`` always asks for the currencies
+(``/v2/currencies``, ``/v2/currencies/crypto``, ``/v2/exchange-rates``) and the products.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import ccxt
 from btc_quant.sdk import ConfigError
 
 #: ccxt ``fetchMarkets`` types a market-data client of each exchange needs.
-MARKET_TYPES = {"binance": ["spot"], "binanceusdm": ["linear"], "binancecoinm": ["inverse"]}
+MARKET_TYPES = {"binance": ["spot"], "binanceusdm": ["linear"], "binancecoinm": ["inverse"], "bybit": ["linear"]}
 
 
 def market_options(exchange_id: str) -> dict[str, Any]:
@@ -65,7 +69,14 @@ def _rewrite_tree(node: Any, origin: str) -> Any:
 
 
 #: Binance API families by path prefix, for ccxt's per-market-type error tables.
-_BINANCE_FAMILIES = (("/fapi", "linear"), ("/dapi", "inverse"), ("/eapi", "option"), ("/papi", "portfolioMargin"), ("/api", "spot"), ("/sapi", "spot"))
+_BINANCE_FAMILIES = (
+    ("/fapi", "linear"),
+    ("/dapi", "inverse"),
+    ("/eapi", "option"),
+    ("/papi", "portfolioMargin"),
+    ("/api", "spot"),
+    ("/sapi", "spot"),
+)
 
 
 def _keep_error_tables(exchange: Any, origin: str) -> None:
@@ -80,7 +91,7 @@ def _keep_error_tables(exchange: Any, origin: str) -> None:
 
     def by_url(url, exact_or_broad):
         if url and url.startswith(prefix):
-            path = url[len(prefix):]
+            path = url[len(prefix) :]
             for start, kind in _BINANCE_FAMILIES:
                 if path.startswith(start + "/"):
                     return exchange.safe_dict(exchange.safe_dict(exchange.exceptions, kind, {}), exact_or_broad, {})
@@ -100,9 +111,16 @@ def point_at(exchange: Any, origin: str) -> Any:
     return exchange
 
 
-def make_exchange(exchange_id: str, *, url: str | None = None, timeout_ms: int = 10_000, pro: bool = False,
-                  options: dict[str, Any] | None = None, credentials: dict[str, str] | None = None,
-                  rate_limit_ms: int | None = None) -> Any:
+def make_exchange(
+    exchange_id: str,
+    *,
+    url: str | None = None,
+    timeout_ms: int = 10_000,
+    pro: bool = False,
+    options: dict[str, Any] | None = None,
+    credentials: dict[str, str] | None = None,
+    rate_limit_ms: int | None = None,
+) -> Any:
     """A ccxt (or ccxt.pro) client for ``exchange_id`` with the rate limiter on (``rate_limit_ms``:
     ccxt ``rateLimit``, default the exchange's; ccxt builds its throttle from it in the
     constructor, so it cannot be changed afterwards)."""

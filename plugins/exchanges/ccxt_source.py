@@ -25,8 +25,9 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import ccxt
 import pandas as pd
@@ -38,8 +39,11 @@ from .ccxt_client import make_exchange
 
 log = logging.getLogger(__name__)
 
-#: Largest ``limit`` each exchange's klines endpoint accepts (Binance spot 1000, USD-M 1500, Coinbase 300).
-PAGE_LIMITS = {"binance": 1000, "binanceusdm": 1500, "binancecoinm": 1500, "coinbase": 300, "coinbaseexchange": 300}
+#: Largest ``limit`` each exchange's klines endpoint accepts (Binance spot 1000, USD-M 1500, Bybit v5
+#: 1000; Coinbase 350 per request, of which ccxt asks for 300).
+PAGE_LIMITS = {"binance": 1000, "binanceusdm": 1500, "binancecoinm": 1500, "bybit": 1000, "coinbase": 300, "coinbaseexchange": 300}
+#: Largest ``limit`` of each exchange's funding-history endpoint (Binance 1000, Bybit v5 200).
+FUNDING_LIMITS = {"bybit": 200}
 #: Exchanges whose klines endpoint answers the first bars at or after ``since`` (however far on).
 SCANS_FORWARD = {"binance", "binanceusdm", "binancecoinm"}
 #: Empty answers in a row after which a page is believed to be empty.
@@ -96,6 +100,7 @@ class CcxtSource:
         self.sleep: Callable[[float], None] = time.sleep
         #: Set to stop a fetch between pages (``quant collect`` on SIGTERM).
         self.stop = threading.Event()
+        self._ohlcv = "fetch_ohlcv"  # the ccxt call for klines: fetch_mark_ohlcv for mark prices (fetch_bars)
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -178,20 +183,37 @@ class CcxtSource:
             wanted = []
             if start_ms < first:
                 wanted.append((start_ms, min(first, end_ms)))
-            wanted += [(g.start_ms, g.end_ms) for g in store.gaps(self.exchange_id, symbol, timeframe, start_ms, end_ms)
-                       if g.reason == "not fetched"]
+            wanted += [
+                (g.start_ms, g.end_ms)
+                for g in store.gaps(self.exchange_id, symbol, timeframe, start_ms, end_ms)
+                if g.reason == "not fetched"
+            ]
             if last + step < end_ms:
                 wanted.append((max(last + step, start_ms), end_ms))
         known_empty = [(a, b) for a, b, _e, received in store.short_pages(self.exchange_id, symbol, timeframe)]
         return [piece for a, b in sorted(wanted) for piece in _subtract((a, b), known_empty) if piece[1] - piece[0] >= step]
 
-    def fetch_bars(self, store, symbol: str, timeframe: str, start_ms: int, end_ms: int | None = None,
-                   progress: Callable[[int, int], None] | None = None, report: FetchReport | None = None) -> FetchReport:
+    def fetch_bars(
+        self,
+        store,
+        symbol: str,
+        timeframe: str,
+        start_ms: int,
+        end_ms: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        report: FetchReport | None = None,
+        price: str = "trade",
+    ) -> FetchReport:
         """Fetch closed bars in ``[start_ms, end_ms)`` (default: up to now) that the store lacks.
 
+        ``price="mark"``: mark-price klines (ccxt ``fetch_mark_ohlcv``, Binance
+        ``/fapi/v1/markPriceKlines``) into a store switched to them (``store.prices("mark")``).
         ``progress(ms_covered, bars_written_so_far)`` is called after every page."""
         step = timeframe_ms(timeframe)
         self.market(symbol)
+        if price == "mark" and not self.client.has.get("fetchMarkOHLCV"):
+            raise ExchangeError(f"{self.exchange_id} has no mark-price klines (ccxt fetchMarkOHLCV)")
+        self._ohlcv = "fetch_mark_ohlcv" if price == "mark" else "fetch_ohlcv"
         closed_end = self.now_ms() // step * step  # bars starting before this are closed
         end = closed_end if end_ms is None else min(end_ms, closed_end)
         report = report or FetchReport(self.exchange_id, symbol, timeframe)
@@ -225,7 +247,7 @@ class CcxtSource:
 
         while since < hi and not self.stop.is_set():
             limit = int(min(limit_max, (hi - since) // step))
-            rows = self.call("fetch_ohlcv", symbol, timeframe, since=since, limit=limit, report=report)
+            rows = self.call(self._ohlcv, symbol, timeframe, since=since, limit=limit, report=report)
             rows = [r for r in rows if since <= r[0] < hi and (r[0] - since) % step == 0]
             if not rows:
                 if not self._really_empty(symbol, timeframe, since, empty_tries, report):
@@ -262,7 +284,7 @@ class CcxtSource:
         other exchanges, the page is believed after :data:`EMPTY_CONFIRMATIONS` empty answers in a row.
         """
         if self.exchange_id in SCANS_FORWARD:
-            latest = self.call("fetch_ohlcv", symbol, timeframe, limit=1, report=report)
+            latest = self.call(self._ohlcv, symbol, timeframe, limit=1, report=report)
             if latest and latest[-1][0] < since:
                 return True
             if latest:
@@ -273,7 +295,7 @@ class CcxtSource:
                         hint="run the same command again later to resume",
                     )
                 report.retries += 1
-                self.sleep(min(self.config.backoff_s * 2 ** tries, self.config.max_backoff_s))
+                self.sleep(min(self.config.backoff_s * 2**tries, self.config.max_backoff_s))
                 return False
         return tries + 1 >= EMPTY_CONFIRMATIONS
 
@@ -288,8 +310,7 @@ class CcxtSource:
         market = self.market(symbol)
         return bool(market.get("swap")) and bool(self.client.has.get("fetchFundingRateHistory"))
 
-    def fetch_funding(self, store, symbol: str, start_ms: int, end_ms: int | None = None,
-                      report: FetchReport | None = None) -> FetchReport:
+    def fetch_funding(self, store, symbol: str, start_ms: int, end_ms: int | None = None, report: FetchReport | None = None) -> FetchReport:
         """Funding rates of a perpetual from the last stored one (or ``start_ms``) to ``end_ms``/now."""
         report = report or FetchReport(self.exchange_id, symbol, "funding")
         if not self.is_perpetual(symbol):
@@ -307,7 +328,8 @@ class CcxtSource:
 
     def _fetch_funding_range(self, store, symbol: str, since: int, end: int, report: FetchReport) -> None:
         while since < end:
-            rows = self.call("fetch_funding_rate_history", symbol, since=since, limit=1000, report=report)
+            limit = FUNDING_LIMITS.get(self.exchange_id, 1000)
+            rows = self.call("fetch_funding_rate_history", symbol, since=since, limit=limit, report=report)
             rows = [r for r in rows if since <= r["timestamp"] < end]
             if not rows:
                 break
@@ -317,8 +339,9 @@ class CcxtSource:
 
     # -- live collection --------------------------------------------------------------------
 
-    def collect(self, store, symbol: str, timeframe: str, start_ms: int, stop: threading.Event,
-                on_event: Callable[[str], None] | None = None) -> CollectStats:
+    def collect(
+        self, store, symbol: str, timeframe: str, start_ms: int, stop: threading.Event, on_event: Callable[[str], None] | None = None
+    ) -> CollectStats:
         """Keep the store current until ``stop`` is set (``quant collect``).
 
         First a REST catch-up from ``start_ms`` (resuming after the last stored bar, so any downtime
@@ -417,6 +440,22 @@ class CcxtSource:
             newest = max(pending)
             flush(newest)
 
+    def fetch_trades(
+        self, store, symbol: str, start_ms: int, end_ms: int | None = None, progress: Callable[[int, int], None] | None = None
+    ):
+        """Trade prints into the store (``quant data fetch ... kind=trades``); see :mod:`.ccxt_trades`."""
+        from .ccxt_trades import fetch_trades
+
+        return fetch_trades(self, store, symbol, start_ms, end_ms, progress)
+
+    def collect_trades(
+        self, store, symbol: str, start_ms: int, stop: threading.Event, on_event: Callable[[str], None] | None = None
+    ) -> CollectStats:
+        """``quant collect ... kind=trades`` (see :func:`.ccxt_trades.collect_trades`)."""
+        from .ccxt_trades import collect_trades
+
+        return collect_trades(self, store, symbol, start_ms, stop, on_event)
+
     def close(self) -> None:
         close = getattr(self.client, "close", None)
         if callable(close):
@@ -436,11 +475,14 @@ class CollectStats:
 
 
 def _has_pro(exchange_id: str) -> bool:
+    """Does ccxt.pro stream this exchange's klines? (Coinbase's ccxt.pro client has no ``watchOHLCV``.)"""
     try:
         import ccxt.pro
     except ImportError:
         return False
-    return exchange_id in getattr(ccxt.pro, "exchanges", [])
+    if exchange_id not in getattr(ccxt.pro, "exchanges", []):
+        return False
+    return bool(getattr(ccxt.pro, exchange_id)().has.get("watchOHLCV"))
 
 
 def _connection(client) -> Any:

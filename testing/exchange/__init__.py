@@ -1,4 +1,6 @@
-"""A local Binance (spot ``/api/v3`` and USD-M ``/fapi/v1``) on 127.0.0.1 for tests and demos.
+"""A local exchange on 127.0.0.1 for tests and demos: one venue, several API dialects
+(:mod:`.dialects`: Binance spot ``/api/v3`` and USD-M ``/fapi/v1``, Bybit v5, Coinbase Advanced
+Trade market data). What follows describes the Binance dialect, the first one.
 
 It answers the endpoints the real ccxt client calls for ``load_markets``, ``fetch_time``,
 ``fetch_ohlcv`` and ``fetch_funding_rate_history``, and the kline websocket streams ccxt.pro's

@@ -15,7 +15,9 @@ def state_of(request: web.Request):
     return request.app[STATE]
 
 
-def int_param(request: web.Request, name: str, default: int | None = None, *, low: int | None = None, high: int | None = None) -> int | None:
+def int_param(
+    request: web.Request, name: str, default: int | None = None, *, low: int | None = None, high: int | None = None
+) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default

@@ -26,14 +26,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from btc_quant.core.data import SAMPLE, BarArrays, read_bars_file
+from btc_quant.core.data import SAMPLE, SAMPLE_MARK, BarArrays, read_bars_file
 
 MINUTE_MS = 60_000
 #: Kline intervals served (Binance names), in ms. ``1M`` (calendar month) is not served.
 INTERVALS_MS = {
-    "1m": MINUTE_MS, "3m": 3 * MINUTE_MS, "5m": 5 * MINUTE_MS, "15m": 15 * MINUTE_MS, "30m": 30 * MINUTE_MS,
-    "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "6h": 21_600_000, "8h": 28_800_000,
-    "12h": 43_200_000, "1d": 86_400_000, "3d": 3 * 86_400_000, "1w": 7 * 86_400_000,
+    "1m": MINUTE_MS,
+    "3m": 3 * MINUTE_MS,
+    "5m": 5 * MINUTE_MS,
+    "15m": 15 * MINUTE_MS,
+    "30m": 30 * MINUTE_MS,
+    "1h": 3_600_000,
+    "2h": 7_200_000,
+    "4h": 14_400_000,
+    "6h": 21_600_000,
+    "8h": 28_800_000,
+    "12h": 43_200_000,
+    "1d": 86_400_000,
+    "3d": 3 * 86_400_000,
+    "1w": 7 * 86_400_000,
 }
 #: Binance weeks open on Monday 00:00 UTC; the Unix epoch was a Thursday, so week buckets are
 #: shifted by four days (1970-01-05 was the first Monday).
@@ -87,6 +98,9 @@ class Market:
     min_notional: float = 5.0
     funding_ts: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     funding_rate: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    #: recorded mark-price klines (USD-M; real Binance 1h klines) and their interval in ms
+    mark: BarArrays | None = None
+    mark_ms: int = 3_600_000
 
     # -- the replayed price path ----------------------------------------------------------------
 
@@ -169,11 +183,62 @@ class Market:
         out = []
         for k in sel:
             t = int(rows_ts[k])
-            out.append([
-                t, _num(agg_open[k]), _num(agg_high[k]), _num(agg_low[k]), _num(agg_close[k]), _num(agg_vol[k]),
-                t + tf - 1, _num(agg_vol[k] * agg_close[k]), 0, "0", "0", "0",
-            ])
+            out.append(
+                [
+                    t,
+                    _num(agg_open[k]),
+                    _num(agg_high[k]),
+                    _num(agg_low[k]),
+                    _num(agg_close[k]),
+                    _num(agg_vol[k]),
+                    t + tf - 1,
+                    _num(agg_vol[k] * agg_close[k]),
+                    0,
+                    "0",
+                    "0",
+                    "0",
+                ]
+            )
         return out
+
+    def mark_klines(self, interval: str, now_ms: int, start_ms: int | None, end_ms: int | None, limit: int) -> list[list]:
+        """Rows of ``GET /fapi/v1/markPriceKlines``: the recorded mark klines, aggregated to
+        ``interval`` in epoch-aligned buckets (open of the first, extremes, close of the last;
+        volume "0", as Binance sends for mark klines). Only intervals that are whole multiples of the
+        recorded ones are served (the data has no finer mark path; Binance serves 1m too); only mark
+        klines that opened by ``now_ms`` count."""
+        if interval not in INTERVALS_MS:
+            raise BinanceError(-1120, "Invalid interval.")
+        tf = INTERVALS_MS[interval]
+        if self.mark is None or len(self.mark) == 0 or tf % self.mark_ms or interval == "1w":
+            raise BinanceError(-1120, f"Invalid interval: this exchange records mark prices every {self.mark_ms // 60_000} min.")
+        ts = self.mark.ts
+        upper = now_ms if end_ms is None else min(now_ms, end_ms + tf - 1)
+        hi = int(np.searchsorted(ts, upper, "right"))
+        lo = 0 if start_ms is None else int(np.searchsorted(ts, bucket_start(start_ms, tf), "left"))
+        if start_ms is None:
+            lo = int(np.searchsorted(ts, bucket_start(upper, tf) - (limit + 1) * tf, "left"))
+        if hi <= lo:
+            return []
+        keys = bucket_start(ts[lo:hi], tf)
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        ends = np.r_[starts[1:], len(keys)] - 1
+        rows_ts = keys[starts]
+        o = self.mark.open[lo:hi][starts]
+        c = self.mark.close[lo:hi][ends]
+        h = np.maximum.reduceat(self.mark.high[lo:hi], starts)
+        low = np.minimum.reduceat(self.mark.low[lo:hi], starts)
+        keep = np.ones(len(rows_ts), bool)
+        if start_ms is not None:
+            keep &= rows_ts >= start_ms
+        if end_ms is not None:
+            keep &= rows_ts <= end_ms
+        sel = np.flatnonzero(keep)
+        sel = sel[:limit] if start_ms is not None else sel[-limit:]
+        return [
+            [int(rows_ts[k]), _num(o[k]), _num(h[k]), _num(low[k]), _num(c[k]), "0", int(rows_ts[k]) + tf - 1, "0", 0, "0", "0", "0"]
+            for k in sel
+        ]
 
     def funding(self, now_ms: int, start_ms: int | None, end_ms: int | None, limit: int) -> list[dict]:
         """Rows of ``GET /fapi/v1/fundingRate``: settled rates with start <= fundingTime <= end."""
@@ -207,19 +272,35 @@ class Market:
         if self.family == "spot":
             filters.append({"filterType": "NOTIONAL", "minNotional": _num(self.min_notional), "applyMinToMarket": True})
             info.update(
-                baseAssetPrecision=8, quotePrecision=8, quoteAssetPrecision=8, isSpotTradingAllowed=True,
-                isMarginTradingAllowed=False, permissions=[], permissionSets=[["SPOT"]],
+                baseAssetPrecision=8,
+                quotePrecision=8,
+                quoteAssetPrecision=8,
+                isSpotTradingAllowed=True,
+                isMarginTradingAllowed=False,
+                permissions=[],
+                permissionSets=[["SPOT"]],
                 orderTypes=["LIMIT", "LIMIT_MAKER", "MARKET"],
             )
         else:
             filters.append({"filterType": "MIN_NOTIONAL", "notional": _num(self.min_notional)})
             info.update(
-                pair=self.symbol_id, contractType="PERPETUAL", deliveryDate=4133404800000,
-                onboardDate=1569398400000, marginAsset=self.quote, pricePrecision=_decimals(self.tick_size),
-                quantityPrecision=_decimals(self.lot_size), baseAssetPrecision=8, quotePrecision=8,
-                underlyingType="COIN", underlyingSubType=[], maintMarginPercent="2.5000",
-                requiredMarginPercent="5.0000", triggerProtect="0.0500", liquidationFee="0.012500",
-                marketTakeBound="0.05", timeInForce=["GTC", "IOC", "FOK", "GTX"],
+                pair=self.symbol_id,
+                contractType="PERPETUAL",
+                deliveryDate=4133404800000,
+                onboardDate=1569398400000,
+                marginAsset=self.quote,
+                pricePrecision=_decimals(self.tick_size),
+                quantityPrecision=_decimals(self.lot_size),
+                baseAssetPrecision=8,
+                quotePrecision=8,
+                underlyingType="COIN",
+                underlyingSubType=[],
+                maintMarginPercent="2.5000",
+                requiredMarginPercent="5.0000",
+                triggerProtect="0.0500",
+                liquidationFee="0.012500",
+                marketTakeBound="0.05",
+                timeInForce=["GTC", "IOC", "FOK", "GTX"],
                 orderTypes=["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET"],
             )
         info["filters"] = filters
@@ -259,6 +340,23 @@ class ExchangeState:
 
         #: the USD-M trading book (accounts, orders, positions); see :mod:`.trading`
         self.trading = Trading(self)
+        #: trade tapes served by ``aggTrades`` per (family, Binance id); see :mod:`.tapes`
+        self.tapes: dict = {}
+        self._agg: dict = {}
+
+    def agg_tape(self, family: str, symbol_id: str):
+        """The market's tape as Binance's aggregate trades (empty if none is attached)."""
+        from btc_quant.core.trades import TradeArrays
+
+        from .tapes import aggregate
+
+        tape = self.tapes.get((family, symbol_id))
+        if tape is None:
+            return TradeArrays.empty()
+        cached = self._agg.get((family, symbol_id))
+        if cached is None or cached[0] is not tape:
+            cached = self._agg[(family, symbol_id)] = (tape, aggregate(tape))
+        return cached[1]
 
     def market(self, family: str, symbol_id: str | None) -> Market:
         market = self.markets.get((family, symbol_id or ""))
@@ -320,6 +418,7 @@ def binance_state(
     spot_file: Path | str | None = DEFAULT_SPOT_FILE,
     usdm_file: Path | str | None = None,
     funding_file: Path | str | None = DEFAULT_FUNDING_FILE,
+    mark_file: Path | str | None = SAMPLE_MARK.path,
     clock_start_ms: int | None = None,
     speed: float = 0.0,
     faults=None,
@@ -328,7 +427,7 @@ def binance_state(
     """A Binance with spot BTCUSDT and USD-M BTCUSDT (perpetual) serving real recorded data.
 
     Defaults: spot bars from ``data/`` here, perpetual bars from the package's bundled sample
-    (January 2022) and real funding rates for it. The clock defaults to one minute after the last
+    (January 2022), real funding rates and real Binance 1h mark-price klines for it. The clock defaults to one minute after the last
     bar, frozen: a historical exchange where every bar is closed. One trading account exists:
     API key ``local-test-key``, secret ``local-test-secret`` (:mod:`.trading`), ``usdt`` in its
     USD-M wallet; add more with ``state.trading.add_account(...)``.
@@ -337,6 +436,9 @@ def binance_state(
     if spot_file is not None:
         markets.append(Market("BTCUSDT", "spot", "BTC", "USDT", read_bars_file(spot_file), 0.01, 0.00001, 5.0))
     perp = Market("BTCUSDT", "usdm", "BTC", "USDT", read_bars_file(usdm_file or SAMPLE.path), 0.1, 0.001, 100.0)
+    if mark_file is not None:
+        perp.mark = read_bars_file(mark_file)
+        perp.mark_ms = int(np.diff(perp.mark.ts).min()) if len(perp.mark) > 1 else 3_600_000
     if funding_file is not None:
         perp.funding_ts, perp.funding_rate = read_funding_file(funding_file)
     markets.append(perp)

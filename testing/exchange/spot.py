@@ -8,11 +8,14 @@ from .http import cut, int_param, required, state_of
 
 
 def routes() -> list[web.RouteDef]:
+    from . import tapes  # aggTrades of an attached trade tape
+
     return [
         web.get("/api/v3/ping", ping),
         web.get("/api/v3/time", server_time),
         web.get("/api/v3/exchangeInfo", exchange_info),
         web.get("/api/v3/klines", klines),
+        *tapes.routes("spot"),
     ]
 
 
@@ -33,7 +36,5 @@ async def klines(request: web.Request, family: str = "spot", max_limit: int = 10
     market = state.market(family, required(request, "symbol"))
     interval = required(request, "interval")
     limit = int_param(request, "limit", 500, low=1, high=max_limit)
-    rows = market.klines(
-        interval, state.clock.now_ms(), int_param(request, "startTime"), int_param(request, "endTime"), limit
-    )
+    rows = market.klines(interval, state.clock.now_ms(), int_param(request, "startTime"), int_param(request, "endTime"), limit)
     return web.json_response(cut(rows, request))

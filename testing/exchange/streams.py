@@ -1,4 +1,4 @@
-"""Binance market websocket streams (kline) as ccxt.pro subscribes to them.
+"""Binance market websocket streams (kline, aggTrade) as ccxt.pro subscribes to them.
 
 ccxt.pro connects to ``<ws base>/<n>`` and sends ``{"method": "SUBSCRIBE", "params":
 ["btcusdt@kline_1m"], "id": 1}``; the answer is ``{"result": null, "id": 1}`` and then kline events
@@ -16,11 +16,12 @@ import asyncio
 import json
 import logging
 
+import numpy as np
 from aiohttp import WSMsgType, web
 
 from .faults import WS_KINDS
 from .http import state_of
-from .market import INTERVALS_MS, BinanceError
+from .market import INTERVALS_MS, BinanceError, _num
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,23 @@ def _event(market, interval: str, row: list, closed: bool, now_ms: int) -> dict:
         "E": now_ms,
         "s": market.symbol_id,
         "k": {
-            "t": row[0], "T": row[6], "s": market.symbol_id, "i": interval, "f": 0, "L": 0,
-            "o": row[1], "c": row[4], "h": row[2], "l": row[3], "v": row[5], "n": 0, "x": closed,
-            "q": row[7], "V": "0", "Q": "0", "B": "0",
+            "t": row[0],
+            "T": row[6],
+            "s": market.symbol_id,
+            "i": interval,
+            "f": 0,
+            "L": 0,
+            "o": row[1],
+            "c": row[4],
+            "h": row[2],
+            "l": row[3],
+            "v": row[5],
+            "n": 0,
+            "x": closed,
+            "q": row[7],
+            "V": "0",
+            "Q": "0",
+            "B": "0",
         },
     }
 
@@ -100,6 +115,10 @@ async def _serve(request: web.Request, family: str) -> web.WebSocketResponse:
 
 def _subscription(state, family: str, name: str) -> tuple:
     symbol, _, channel = name.partition("@")
+    if channel == "aggTrade":  # aggregate trades of the attached tape (see .tapes), from now on
+        market = state.market(family, symbol.upper())
+        agg = state.agg_tape(family, market.symbol_id)
+        return (market, "aggTrade", int(np.searchsorted(agg.ts, state.clock.now_ms(), "right")))
     kind, _, interval = channel.partition("_")
     if kind != "kline" or interval not in INTERVALS_MS:
         raise BinanceError(2, f"Invalid request: stream {name!r} is not served by the local exchange")
@@ -116,6 +135,9 @@ async def _push(ws: web.WebSocketResponse, request: web.Request, state, subs: di
                     # an abrupt drop: the TCP connection goes away without a close frame
                     request.transport.close()
                     return
+                if interval == "aggTrade":
+                    subs[name] = (market, interval, await _push_trades(ws, state, market.family, market, last_open, now))
+                    continue
                 tf = INTERVALS_MS[interval]
                 start = now - tf if last_open is None else last_open
                 rows = market.klines(interval, now, start, None, 1000)
@@ -130,3 +152,28 @@ async def _push(ws: web.WebSocketResponse, request: web.Request, state, subs: di
         pass
     except Exception:  # a bug here must be visible in the test log, not a silent dead stream
         log.exception("kline stream push failed")
+
+
+async def _push_trades(ws: web.WebSocketResponse, state, family: str, market, sent: int, now: int) -> int:
+    """Aggregate-trade events (Binance ``<symbol>@aggTrade``) of the tape's prints up to ``now``
+    not sent yet; returns how many of the tape's rows have been sent."""
+    from .tapes import FIRST_AGG_ID
+
+    agg = state.agg_tape(family, market.symbol_id)
+    upto = int(np.searchsorted(agg.ts, now, "right"))
+    for i in range(sent, upto):
+        await ws.send_json(
+            {
+                "e": "aggTrade",
+                "E": now,
+                "s": market.symbol_id,
+                "a": FIRST_AGG_ID + i,
+                "p": _num(float(agg.price[i])),
+                "q": _num(float(agg.qty[i])),
+                "f": int(agg.trade_id[i]),
+                "l": int(agg.last_id[i]),
+                "T": int(agg.ts[i]),
+                "m": bool(agg.side[i] < 0),
+            }
+        )
+    return max(upto, sent)

@@ -6,8 +6,15 @@ or read the exchange's truth through :meth:`Trading.truth`.
 What it models, Binance USD-M style, for the perpetual markets of the :class:`~.market.ExchangeState`:
 
 * **Accounts** keyed by API key (each with its HMAC secret) holding a USDT wallet, per-symbol
-  leverage (default 20) and margin type (``CROSSED`` default, or ``ISOLATED``), one-way positions
-  (``positionSide`` ``BOTH``), orders and trades.
+  leverage (default 20) and margin type (``CROSSED`` default, or ``ISOLATED``), orders and trades;
+  one-way positions (``positionSide`` ``BOTH``, the default) or, after ``POST
+  /fapi/v1/positionSide/dual`` ``dualSidePosition=true``, hedge mode: a LONG and a SHORT position
+  per symbol, orders naming ``positionSide`` LONG/SHORT (else -4061), BUY LONG / SELL SHORT open,
+  SELL LONG / BUY SHORT close (never more than the side holds: -2022), ``reduceOnly`` refused
+  (-1106); the mode changes only without open orders (-4067) or positions (-4068), and asking for
+  the mode already set is -4059. In hedge mode cross margin, one liquidation price for both legs
+  (Binance's hedge-mode formula, :func:`btc_quant.plugins.brokers.sim.venue.hedged_liquidation_price`),
+  and a liquidation closes both.
 * **Orders**: ``LIMIT`` with ``timeInForce`` ``GTC``, ``GTX`` (post-only) or ``IOC``, and ``MARKET``;
   ``reduceOnly``; ``newClientOrderId`` unique among the account's open orders (else -4116). Filters:
   tick size (-4014), step size (-1111), minimum notional (-4164, not for reduce-only), margin
@@ -32,8 +39,7 @@ What it models, Binance USD-M style, for the perpetual markets of the :class:`~.
 Everything the exchange sends its users (order and account updates) is appended to
 ``Account.events`` in order; the user-data websocket (:mod:`.userdata`) delivers them.
 
-Not modelled (answered with Binance's error where a client could ask for it): hedge mode
-(``positionSide`` other than ``BOTH``: -4061), STOP/TAKE_PROFIT/TRAILING orders, FOK/GTD,
+Not modelled (answered with Binance's error where a client could ask for it): STOP/TAKE_PROFIT/TRAILING orders, FOK/GTD,
 ``priceMatch``, ``closePosition`` and ``batchOrders`` (no route), an order book (depth, queue
 position, slippage beyond the last price, self-trade prevention), separate mark/index prices,
 request-weight accounting (429/418 come only from the fault plan), multi-assets margin, ADL and
@@ -128,6 +134,7 @@ class Order:
     cum_quote: float = 0.0
     update_time: int = 0
     orig_type: str = ""
+    position_side: str = "BOTH"  # LONG / SHORT in hedge mode
 
     @property
     def sign(self) -> int:
@@ -158,6 +165,7 @@ class Trade:
     realized_pnl: float
     maker: bool
     time: int
+    position_side: str = "BOTH"
 
     @property
     def quote_qty(self) -> float:
@@ -187,9 +195,23 @@ class Account:
     #: funding and other income rows (GET /fapi/v1/income)
     income: list[dict] = field(default_factory=list)
     update_time: int = 0
+    #: hedge mode (Binance ``dualSidePosition``), for every symbol of the account
+    dual_side: bool = False
 
-    def position(self, symbol: str) -> Position:
-        return self.positions.setdefault(symbol, Position())
+    def position(self, symbol: str, position_side: str = "BOTH") -> Position:
+        """The symbol's one-way position (``BOTH``), or in hedge mode its LONG or SHORT one
+        (kept under ``SYMBOL|LONG`` / ``SYMBOL|SHORT`` in :attr:`positions`)."""
+        return self.positions.setdefault(symbol if position_side == "BOTH" else f"{symbol}|{position_side}", Position())
+
+    def legs(self, symbol: str) -> list[tuple[str, Position]]:
+        """(positionSide, position) of the symbol in the account's mode: BOTH, or LONG and SHORT."""
+        if self.dual_side:
+            return [("LONG", self.position(symbol, "LONG")), ("SHORT", self.position(symbol, "SHORT"))]
+        return [("BOTH", self.position(symbol))]
+
+    def holds(self, symbol: str) -> bool:
+        """Any position in ``symbol`` (either mode)?"""
+        return any(p.amt for key, p in self.positions.items() if symbol_of(key) == symbol)
 
     def lev(self, symbol: str) -> int:
         return self.leverage.get(symbol, DEFAULT_LEVERAGE)
@@ -225,7 +247,16 @@ class Trading:
         self.user_cancels: list[tuple[int, str, int]] = []
         #: added to the wall clock the recvWindow check compares ``timestamp`` with (-1021 faults)
         self.clock_skew_ms = 0
+        #: api key -> that account's own fault plan (see :mod:`.faults`); others use ``state.faults``
+        self.plans: dict = {}
         self._listen_serial = itertools.count(1)
+        #: the market family this book trades, and the venue's rules where a dialect's exchange
+        #: differs from Binance USD-M (set by e.g. :func:`.dialects.bybit.bybit_state`)
+        self.family = "usdm"
+        self.maker_fee, self.taker_fee = MAKER_FEE, TAKER_FEE
+        self.liquidation_rule = None  # (trading, account, symbol) -> price; None: Binance's below
+        #: what a dialect keeps beside the book, by dialect name (e.g. Bybit's cancelled PostOnly orders)
+        self.dialect_books: dict[str, object] = {}
 
     # -- accounts -------------------------------------------------------------------------------
 
@@ -234,6 +265,14 @@ class Trading:
             account = Account(api_key, secret, float(usdt), update_time=self.state.clock.now_ms())
             self.accounts[api_key] = account
             return account
+
+    def plan_for(self, api_key: str | None):
+        """The fault plan of the account with ``api_key`` (its own, else the exchange's)."""
+        return self.plans.get(api_key) or self.state.faults
+
+    def skew_ms(self, api_key: str | None) -> int:
+        """Offset of the clock the recvWindow check and ``Date`` use for this account's requests."""
+        return self.clock_skew_ms + self.plan_for(api_key).skew_ms
 
     def account(self, api_key: str | None) -> Account:
         account = self.accounts.get(api_key or "")
@@ -280,7 +319,7 @@ class Trading:
                 self.listen_key_deadlines.pop(key, None)
 
     def market(self, symbol: str | None) -> Market:
-        return self.state.market("usdm", symbol)
+        return self.state.market(self.family, symbol)
 
     def price(self, symbol: str, now: int | None = None) -> float:
         market = self.market(symbol)
@@ -297,35 +336,73 @@ class Trading:
     def _order_event(self, account: Account, order: Order, execution: str, now: int, trade: Trade | None = None) -> None:
         """``ORDER_TRADE_UPDATE`` as Binance sends it on the user-data stream."""
         o = {
-            "s": order.symbol, "c": order.client_id, "S": order.side, "o": order.type,
-            "f": order.time_in_force, "q": fmt(order.qty), "p": fmt(order.price), "ap": fmt(order.avg_price),
-            "sp": "0", "x": execution, "X": order.status, "i": order.order_id,
-            "l": fmt(trade.qty if trade else 0.0), "z": fmt(order.executed), "L": fmt(trade.price if trade else 0.0),
-            "n": fmt(trade.commission if trade else 0.0), "N": "USDT", "T": now, "t": trade.trade_id if trade else 0,
-            "b": "0", "a": "0", "m": bool(trade and trade.maker), "R": order.reduce_only, "wt": "CONTRACT_PRICE",
-            "ot": order.orig_type or order.type, "ps": "BOTH", "cp": False, "rp": fmt(trade.realized_pnl if trade else 0.0),
-            "pP": False, "si": 0, "ss": 0, "V": "NONE", "pm": "NONE", "gtd": 0,
+            "s": order.symbol,
+            "c": order.client_id,
+            "S": order.side,
+            "o": order.type,
+            "f": order.time_in_force,
+            "q": fmt(order.qty),
+            "p": fmt(order.price),
+            "ap": fmt(order.avg_price),
+            "sp": "0",
+            "x": execution,
+            "X": order.status,
+            "i": order.order_id,
+            "l": fmt(trade.qty if trade else 0.0),
+            "z": fmt(order.executed),
+            "L": fmt(trade.price if trade else 0.0),
+            "n": fmt(trade.commission if trade else 0.0),
+            "N": "USDT",
+            "T": now,
+            "t": trade.trade_id if trade else 0,
+            "b": "0",
+            "a": "0",
+            "m": bool(trade and trade.maker),
+            "R": order.reduce_only,
+            "wt": "CONTRACT_PRICE",
+            "ot": order.orig_type or order.type,
+            "ps": order.position_side,
+            "cp": False,
+            "rp": fmt(trade.realized_pnl if trade else 0.0),
+            "pP": False,
+            "si": 0,
+            "ss": 0,
+            "V": "NONE",
+            "pm": "NONE",
+            "gtd": 0,
         }
         self._emit(account, {"e": "ORDER_TRADE_UPDATE", "E": now, "T": now, "o": o})
 
     def _account_event(self, account: Account, symbol: str, reason: str, now: int) -> None:
         """``ACCOUNT_UPDATE``: the USDT balance and the symbol's position after a change."""
-        pos = account.position(symbol)
         mark = self.price(symbol, now)
-        upnl = pos.amt * (mark - pos.entry) if pos.amt else 0.0
         cross_wallet = self.cross_wallet(account)
-        self._emit(account, {
-            "e": "ACCOUNT_UPDATE", "E": now, "T": now,
-            "a": {
-                "m": reason,
-                "B": [{"a": "USDT", "wb": fmt(account.wallet), "cw": fmt(cross_wallet), "bc": "0"}],
-                "P": [{
-                    "s": symbol, "pa": fmt(pos.amt), "ep": fmt(pos.entry), "bep": fmt(pos.entry), "cr": "0",
-                    "up": fmt(upnl), "mt": "isolated" if account.isolated(symbol) else "cross",
-                    "iw": fmt(pos.isolated_wallet), "ps": "BOTH",
-                }],
+        self._emit(
+            account,
+            {
+                "e": "ACCOUNT_UPDATE",
+                "E": now,
+                "T": now,
+                "a": {
+                    "m": reason,
+                    "B": [{"a": "USDT", "wb": fmt(account.wallet), "cw": fmt(cross_wallet), "bc": "0"}],
+                    "P": [
+                        {
+                            "s": symbol,
+                            "pa": fmt(pos.amt),
+                            "ep": fmt(pos.entry),
+                            "bep": fmt(pos.entry),
+                            "cr": "0",
+                            "up": fmt(pos.amt * (mark - pos.entry) if pos.amt else 0.0),
+                            "mt": "isolated" if account.isolated(symbol) else "cross",
+                            "iw": fmt(pos.isolated_wallet),
+                            "ps": ps,
+                        }
+                        for ps, pos in account.legs(symbol)  # hedge mode: both sides, as Binance sends them
+                    ],
+                },
             },
-        })
+        )
 
     # -- margin ---------------------------------------------------------------------------------
 
@@ -334,6 +411,8 @@ class Trading:
 
     def _opening_qty(self, account: Account, order: Order) -> float:
         """The part of ``order`` (remaining) that would open or add to a position."""
+        if order.position_side != "BOTH":  # hedge mode: BUY LONG / SELL SHORT open, the others close
+            return order.remaining if (order.position_side == "LONG") == (order.sign > 0) else 0.0
         amt = account.position(order.symbol).amt
         closable = abs(amt) if amt * order.sign < 0 else 0.0
         return 0.0 if order.reduce_only else max(order.remaining - closable, 0.0)
@@ -346,7 +425,8 @@ class Trading:
         """``availableBalance``: cross wallet + cross unrealised PnL - cross position margin - order margin."""
         now = self.state.clock.now_ms() if now is None else now
         value = self.cross_wallet(account)
-        for symbol, pos in account.positions.items():
+        for key, pos in account.positions.items():
+            symbol = symbol_of(key)
             if not pos.amt or account.isolated(symbol):
                 continue
             mark = self.price(symbol, now)
@@ -354,20 +434,40 @@ class Trading:
         value -= sum(self._order_margin(account, o, now) for o in account.open_orders())
         return value
 
-    def liquidation_price(self, account: Account, symbol: str) -> float:
+    def liquidation_price(self, account: Account, symbol: str, position_side: str = "BOTH") -> float:
         """Binance's one-way liquidation price for a single position (USD-M FAQ "How to Calculate
         Liquidation Price of USDⓈ-M Futures Contracts"):
         ``LP = (WB + cum - side*|pos|*EP) / (|pos|*MMR - side*|pos|)`` with ``WB`` the isolated
         wallet (isolated) or the cross wallet balance (cross, one position), ``MMR``/``cum`` of
-        the position's notional bracket. 0 when flat."""
-        pos = account.position(symbol)
+        the position's notional bracket. 0 when flat. Hedge mode (``position_side`` LONG/SHORT):
+        the same FAQ's hedge-mode formula, through the venue core's one implementation
+        (:func:`~btc_quant.plugins.brokers.sim.venue.hedged_liquidation_price`): cross margin puts
+        both legs in it and gives one price; isolated margin one leg with its isolated wallet."""
+        pos = account.position(symbol, position_side)
         if not pos.amt:
             return 0.0
+        if position_side != "BOTH":
+            return self._hedged_liquidation(account, symbol, position_side)[0]
+        if self.liquidation_rule is not None:
+            return self.liquidation_rule(self, account, symbol)
         size, side = abs(pos.amt), (1 if pos.amt > 0 else -1)
         _, _, _, mmr, cum = bracket_for(size * pos.entry)
         wb = pos.isolated_wallet if account.isolated(symbol) else self.cross_wallet(account)
         lp = (wb + cum - side * size * pos.entry) / (size * mmr - side * size)
         return max(lp, 0.0)
+
+    def _hedged_liquidation(self, account: Account, symbol: str, position_side: str) -> tuple[float, float]:
+        """(price, direction: +1 reached falling, -1 rising) of a hedge-mode leg; (0, 0) when none."""
+        from btc_quant.plugins.brokers.sim.venue import hedged_liquidation_price
+
+        long, short = account.position(symbol, "LONG"), account.position(symbol, "SHORT")
+        if account.isolated(symbol):
+            pos = long if position_side == "LONG" else short
+            legs = (pos.amt, pos.entry, 0.0, 0.0) if position_side == "LONG" else (0.0, 0.0, -pos.amt, pos.entry)
+            lp, direction = hedged_liquidation_price(pos.isolated_wallet, *legs, _BB)
+        else:
+            lp, direction = hedged_liquidation_price(self.cross_wallet(account), long.amt, long.entry, -short.amt, short.entry, _BB)
+        return (0.0, 0.0) if math.isnan(lp) else (float(lp), float(direction))
 
     # -- placing and cancelling -----------------------------------------------------------------
 
@@ -384,8 +484,13 @@ class Trading:
             order_type = _required(params, "type").upper()
             if order_type not in ("LIMIT", "MARKET"):
                 raise BinanceError(-1116, "Invalid orderType.")
-            if params.get("positionSide", "BOTH").upper() != "BOTH":
+            position_side = str(params.get("positionSide", "BOTH")).upper()
+            if position_side not in ("BOTH", "LONG", "SHORT"):
+                raise BinanceError(-1130, "Invalid data sent for a parameter: positionSide.")
+            if (position_side != "BOTH") != account.dual_side:
                 raise BinanceError(-4061, "Order's position side does not match user's setting.")
+            if account.dual_side and "reduceOnly" in params:
+                raise BinanceError(-1106, "Parameter 'reduceonly' sent when not required.")
             qty = _decimal(params, "quantity", required=True)
             if qty <= 0:
                 raise BinanceError(-4003, "Quantity less than or equal to zero.")
@@ -409,16 +514,25 @@ class Trading:
                 raise BinanceError(-4015, "Client order id is not valid.")
             if any(o.client_id == client_id for o in account.open_orders()):
                 raise BinanceError(-4116, "ClientOrderId is duplicated.")
+            reused = params.get("newClientOrderId") and any(o.client_id == client_id for o in account.orders.values())
             last = self.price(market.symbol_id, now)
             ref_price = price if order_type == "LIMIT" else last
-            if not reduce_only and qty * ref_price < market.min_notional:
+            closes = str(params.get("positionSide", "BOTH")).upper() == ("LONG" if side == "SELL" else "SHORT")
+            if not reduce_only and not closes and qty * ref_price < market.min_notional:
                 raise BinanceError(
                     -4164, f"Order's notional must be no smaller than {fmt(market.min_notional)} (unless you choose reduce only)."
                 )
-            pos = account.position(market.symbol_id)
+            pos = account.position(market.symbol_id, position_side)
             sign = 1 if side == "BUY" else -1
+            closing = position_side != "BOTH" and (position_side == "LONG") != (sign > 0)  # SELL LONG, BUY SHORT
             if reduce_only and (pos.amt == 0 or pos.amt * sign > 0):
                 raise BinanceError(-2022, "ReduceOnly Order is rejected.")
+            if closing:  # a close may not exceed what the side holds less the closes already open
+                pending = sum(
+                    o.remaining for o in account.open_orders(market.symbol_id) if o.position_side == position_side and o.side == side
+                )
+                if qty + pending > abs(pos.amt) + 1e-12:
+                    raise BinanceError(-2022, "ReduceOnly Order is rejected.")
             crosses = order_type == "MARKET" or (price >= last if sign > 0 else price <= last)
             if order_type == "LIMIT" and tif == "GTX" and crosses:
                 raise BinanceError(
@@ -427,12 +541,25 @@ class Trading:
                     "The order will not be recorded in the order history",
                 )
             order = Order(
-                next(self._order_ids), client_id, market.symbol_id, side, order_type, tif, qty, price,
-                reduce_only, now, update_time=now, orig_type=order_type,
+                next(self._order_ids),
+                client_id,
+                market.symbol_id,
+                side,
+                order_type,
+                tif,
+                qty,
+                price,
+                reduce_only,
+                now,
+                update_time=now,
+                orig_type=order_type,
+                position_side=position_side,
             )
             if self._order_margin(account, order, now) > self.available(account, now) + 1e-9:
                 raise BinanceError(-2019, "Margin is insufficient.")
             account.orders[order.order_id] = order
+            if reused:  # accepted, as Binance does once the first order is no longer open
+                self.plan_for(api_key).record("order", "duplicate_client_id")
             self._order_event(account, order, "NEW", now)
             if crosses:
                 self._fill(account, order, last, now, maker=False)
@@ -441,8 +568,9 @@ class Trading:
                         self._close(account, order, "EXPIRED", now)
             elif tif == "IOC":
                 self._close(account, order, "EXPIRED", now)
-            if order.open and self.state.faults.decide("match", ("user_cancel",)):
-                due = now + self.state.faults.user_cancel_after_ms
+            plan = self.plan_for(api_key)
+            if order.open and plan.decide("match", ("user_cancel",)):
+                due = now + plan.user_cancel_after_ms
                 self.user_cancels.append((due, account.api_key, order.order_id))
                 self.user_cancels.sort()
             return order
@@ -546,8 +674,8 @@ class Trading:
             self.market(symbol)
             if not 1 <= leverage <= BRACKETS[0][2]:
                 raise BinanceError(-4028, f"Leverage {leverage} is not valid")
-            pos = account.position(symbol)
-            notional = abs(pos.amt) * self.price(symbol) if pos.amt else 0.0
+            size = sum(abs(p.amt) for _, p in account.legs(symbol))
+            notional = size * self.price(symbol) if size else 0.0
             if notional > max_notional(leverage):
                 raise BinanceError(-2027, "Exceeded the maximum allowable position at current leverage.")
             account.leverage[symbol] = leverage
@@ -565,19 +693,38 @@ class Trading:
                 raise BinanceError(-4046, "No need to change margin type.")
             if account.open_orders(symbol):
                 raise BinanceError(-4047, "Margin type cannot be changed if there exists open orders.")
-            if account.position(symbol).amt:
+            if account.holds(symbol):
                 raise BinanceError(-4048, "Margin type cannot be changed if there exists position.")
             account.margin_type[symbol] = margin_type
             return {"code": 200, "msg": "success"}
 
-    def position_margin(self, api_key: str, symbol: str, amount: float, kind: int) -> dict:
-        """``POST /fapi/v1/positionMargin``: type 1 adds, 2 reduces isolated margin."""
+    def set_position_mode(self, api_key: str, dual_side: bool) -> dict:
+        """``POST /fapi/v1/positionSide/dual`` (Binance USD-M "Change Position Mode"): for every
+        symbol of the account; -4059 when it is already so, -4067 with open orders, -4068 with a
+        position."""
+        with self.lock:
+            account = self.account(api_key)
+            self.sync(self.state.clock.now_ms())
+            if account.dual_side == dual_side:
+                raise BinanceError(-4059, "No need to change position side.")
+            if account.open_orders():
+                raise BinanceError(-4067, "Position side cannot be changed if there exists open orders.")
+            if any(p.amt for p in account.positions.values()):
+                raise BinanceError(-4068, "Position side cannot be changed if there exists position.")
+            account.dual_side = dual_side
+            return {"code": 200, "msg": "success"}
+
+    def position_margin(self, api_key: str, symbol: str, amount: float, kind: int, position_side: str = "BOTH") -> dict:
+        """``POST /fapi/v1/positionMargin``: type 1 adds, 2 reduces isolated margin (hedge mode: of
+        the ``positionSide`` LONG or SHORT position)."""
         with self.lock:
             account = self.account(api_key)
             now = self.state.clock.now_ms()
             self.sync(now)
             self.market(symbol)
-            pos = account.position(symbol)
+            if (position_side != "BOTH") != account.dual_side:
+                raise BinanceError(-4061, "Order's position side does not match user's setting.")
+            pos = account.position(symbol, position_side)
             if not account.isolated(symbol) or not pos.amt:
                 raise BinanceError(-4051, "Isolated balance insufficient.")
             if amount <= 0:
@@ -601,14 +748,15 @@ class Trading:
 
     def _fill(self, account: Account, order: Order, price: float, now: int, *, maker: bool, qty: float | None = None) -> None:
         market = self.market(order.symbol)
-        pos = account.position(order.symbol)
+        pos = account.position(order.symbol, order.position_side)
         if qty is None:
             qty = order.remaining
-            if maker and qty > market.lot_size * 1.5 and self.state.faults.decide("match", ("partial_fill",)):
-                share = 0.2 + 0.6 * self.state.faults.draw("match")
+            plan = self.plan_for(account.api_key)
+            if maker and qty > market.lot_size * 1.5 and plan.decide("match", ("partial_fill",)):
+                share = 0.2 + 0.6 * plan.draw("match")
                 qty = max(math.floor(qty * share / market.lot_size + 1e-9), 1) * market.lot_size
         qty = min(qty, order.remaining)
-        if order.reduce_only:
+        if order.reduce_only or _closes(order):
             closable = abs(pos.amt) if pos.amt * order.sign < 0 else 0.0
             if closable <= 0:
                 self._close(account, order, "EXPIRED", now)
@@ -640,13 +788,25 @@ class Trading:
             if account.isolated(order.symbol):
                 pos.isolated_wallet += qty * price / lev
         # commission on the trade's notional (binance.com/en/fee/futureFee)
-        commission = qty * price * (MAKER_FEE if maker else TAKER_FEE)
+        commission = qty * price * (self.maker_fee if maker else self.taker_fee)
         account.wallet += realized - commission
         if pos.amt == 0:
             pos.isolated_wallet = 0.0
         pos.update_time = now
         account.update_time = now
-        trade = Trade(next(self._trade_ids), order.order_id, order.symbol, order.side, price, qty, commission, realized, maker, now)
+        trade = Trade(
+            next(self._trade_ids),
+            order.order_id,
+            order.symbol,
+            order.side,
+            price,
+            qty,
+            commission,
+            realized,
+            maker,
+            now,
+            order.position_side,
+        )
         account.trades.append(trade)
         order.executed = round(order.executed + qty, 12)
         order.cum_quote += qty * price
@@ -664,13 +824,15 @@ class Trading:
             if now <= self.last_ms:
                 return
             start, self.last_ms = self.last_ms, now
-            for (family, symbol), market in self.state.markets.items():
-                if family != "usdm":
+            for (family, _symbol), market in self.state.markets.items():
+                if family != self.family:
                     continue
                 events = list(self._funding_times(market, start, now))
                 resting = [
-                    (account, order) for account in self.accounts.values()
-                    for order in account.open_orders(market.symbol_id) if order.type == "LIMIT"
+                    (account, order)
+                    for account in self.accounts.values()
+                    for order in account.open_orders(market.symbol_id)
+                    if order.type == "LIMIT"
                 ]  # no order can arrive during a sync (the lock is held), so this list only shrinks
                 for t0, p0, t1, p1 in _segments(market, start, now):
                     while events and events[0][0] <= t0:
@@ -703,19 +865,30 @@ class Trading:
         if mark is None:
             return
         for account in self.accounts.values():
-            pos = account.positions.get(market.symbol_id)
-            if pos is None or not pos.amt:
-                continue
-            payment = -pos.amt * mark * rate
-            account.wallet += payment
-            account.update_time = max(account.update_time or 0, t)  # the balance's last change (REST updateTime)
-            if account.isolated(market.symbol_id):
-                pos.isolated_wallet += payment
-            account.income.append({
-                "symbol": market.symbol_id, "incomeType": "FUNDING_FEE", "income": fmt(payment), "asset": "USDT",
-                "info": "FUNDING_FEE", "time": t, "tranId": next(self._trade_ids), "tradeId": "",
-            })
-            self._account_event(account, market.symbol_id, "FUNDING_FEE", t)
+            for _, pos in account.legs(market.symbol_id):
+                if pos.amt:
+                    self._fund_position(account, market, pos, t, mark, rate)
+
+    def _fund_position(self, account: Account, market: Market, pos: Position, t: int, mark: float, rate: float) -> None:
+        """One leg's funding payment at ``t``: ``-amt x mark x rate`` (> 0 received)."""
+        payment = -pos.amt * mark * rate
+        account.wallet += payment
+        account.update_time = max(account.update_time or 0, t)  # the balance's last change (REST updateTime)
+        if account.isolated(market.symbol_id):
+            pos.isolated_wallet += payment
+        account.income.append(
+            {
+                "symbol": market.symbol_id,
+                "incomeType": "FUNDING_FEE",
+                "income": fmt(payment),
+                "asset": "USDT",
+                "info": "FUNDING_FEE",
+                "time": t,
+                "tranId": next(self._trade_ids),
+                "tradeId": "",
+            }
+        )
+        self._account_event(account, market.symbol_id, "FUNDING_FEE", t)
 
     def _match_segment(self, market: Market, resting: list, t0: int, p0: float, t1: int, p1: float) -> None:
         lo, hi = min(p0, p1), max(p0, p1)
@@ -727,6 +900,14 @@ class Trading:
             if order.open:
                 self._fill(account, order, order.price, t, maker=True)
         for account in self.accounts.values():
+            if account.dual_side:
+                for ps, pos in account.legs(market.symbol_id):
+                    if not pos.amt:
+                        continue
+                    lp, direction = self._hedged_liquidation(account, market.symbol_id, ps)
+                    if lp > 0 and ((direction > 0 and lo <= lp) or (direction < 0 and hi >= lp)):
+                        self._liquidate(account, market, _cross_time(t0, p0, t1, p1, lp), lp, ps)
+                continue
             pos = account.positions.get(market.symbol_id)
             if pos is None or not pos.amt:
                 continue
@@ -734,17 +915,38 @@ class Trading:
             if lp > 0 and ((pos.amt > 0 and lo <= lp) or (pos.amt < 0 and hi >= lp)):
                 self._liquidate(account, market, _cross_time(t0, p0, t1, p1, lp), lp)
 
-    def _liquidate(self, account: Account, market: Market, now: int, lp: float) -> None:
+    def _liquidate(self, account: Account, market: Market, now: int, lp: float, position_side: str = "BOTH") -> None:
         """Close the whole position at the liquidation price; the margin left at that price (the
-        maintenance margin) goes to the insurance fund, as on Binance."""
+        maintenance margin) goes to the insurance fund, as on Binance. Hedge mode, cross margin:
+        both legs (one liquidation price for the account); isolated: the one leg."""
         symbol = market.symbol_id
         for order in account.open_orders(symbol):
             self._close(account, order, "CANCELED", now)
-        pos = account.position(symbol)
+        if position_side != "BOTH" and not account.isolated(symbol):
+            for ps, leg in account.legs(symbol):
+                if leg.amt:
+                    self._liquidate_leg(account, market, now, lp, ps)
+            return
+        self._liquidate_leg(account, market, now, lp, position_side)
+
+    def _liquidate_leg(self, account: Account, market: Market, now: int, lp: float, position_side: str) -> None:
+        symbol = market.symbol_id
+        pos = account.position(symbol, position_side)
         price = round(round(lp / market.tick_size) * market.tick_size, 10)
         order = Order(
-            next(self._order_ids), f"autoclose-{now}", symbol, "SELL" if pos.amt > 0 else "BUY", "MARKET", "IOC",
-            abs(pos.amt), 0.0, True, now, update_time=now, orig_type="LIQUIDATION",
+            next(self._order_ids),
+            f"autoclose-{now}",
+            symbol,
+            "SELL" if pos.amt > 0 else "BUY",
+            "MARKET",
+            "IOC",
+            abs(pos.amt),
+            0.0,
+            position_side == "BOTH",  # hedge mode knows no reduceOnly: SELL LONG / BUY SHORT close
+            now,
+            update_time=now,
+            orig_type="LIQUIDATION",
+            position_side=position_side,
         )
         account.orders[order.order_id] = order
         size, isolated_margin, wallet_before = abs(pos.amt), pos.isolated_wallet, account.wallet
@@ -784,10 +986,16 @@ class Trading:
                 "available": self.available(account, now),
                 "open_orders": [order_json(o) for o in account.open_orders()],
                 "orders": len(account.orders),
+                "dual_side": account.dual_side,
                 "positions": {
-                    s: {"amt": p.amt, "entry": p.entry, "isolated_wallet": p.isolated_wallet,
-                        "liquidation_price": self.liquidation_price(account, s)}
-                    for s, p in account.positions.items() if p.amt
+                    s: {
+                        "amt": p.amt,
+                        "entry": p.entry,
+                        "isolated_wallet": p.isolated_wallet,
+                        "liquidation_price": self.liquidation_price(account, *_key_parts(s)),
+                    }
+                    for s, p in account.positions.items()
+                    if p.amt
                 },
                 "fills": [trade_json(t) for t in account.trades],
                 "leverage": dict(account.leverage),
@@ -801,28 +1009,73 @@ class Trading:
 def order_json(order: Order) -> dict:
     """An order as ``GET /fapi/v1/order`` (and POST/DELETE) answer it."""
     return {
-        "orderId": order.order_id, "symbol": order.symbol, "status": order.status, "clientOrderId": order.client_id,
-        "price": fmt(order.price), "avgPrice": fmt(order.avg_price), "origQty": fmt(order.qty),
-        "executedQty": fmt(order.executed), "cumQty": fmt(order.executed), "cumQuote": fmt(order.cum_quote),
-        "timeInForce": order.time_in_force, "type": order.type, "reduceOnly": order.reduce_only,
-        "closePosition": False, "side": order.side, "positionSide": "BOTH", "stopPrice": "0",
-        "workingType": "CONTRACT_PRICE", "priceProtect": False, "origType": order.orig_type or order.type,
-        "priceMatch": "NONE", "selfTradePreventionMode": "NONE", "goodTillDate": 0,
-        "time": order.time, "updateTime": order.update_time,
+        "orderId": order.order_id,
+        "symbol": order.symbol,
+        "status": order.status,
+        "clientOrderId": order.client_id,
+        "price": fmt(order.price),
+        "avgPrice": fmt(order.avg_price),
+        "origQty": fmt(order.qty),
+        "executedQty": fmt(order.executed),
+        "cumQty": fmt(order.executed),
+        "cumQuote": fmt(order.cum_quote),
+        "timeInForce": order.time_in_force,
+        "type": order.type,
+        "reduceOnly": order.reduce_only,
+        "closePosition": False,
+        "side": order.side,
+        "positionSide": order.position_side,
+        "stopPrice": "0",
+        "workingType": "CONTRACT_PRICE",
+        "priceProtect": False,
+        "origType": order.orig_type or order.type,
+        "priceMatch": "NONE",
+        "selfTradePreventionMode": "NONE",
+        "goodTillDate": 0,
+        "time": order.time,
+        "updateTime": order.update_time,
     }
 
 
 def trade_json(trade: Trade) -> dict:
     """A row of ``GET /fapi/v1/userTrades``."""
     return {
-        "buyer": trade.side == "BUY", "commission": fmt(trade.commission), "commissionAsset": "USDT",
-        "id": trade.trade_id, "maker": trade.maker, "orderId": trade.order_id, "price": fmt(trade.price),
-        "qty": fmt(trade.qty), "quoteQty": fmt(trade.quote_qty), "realizedPnl": fmt(trade.realized_pnl),
-        "side": trade.side, "positionSide": "BOTH", "symbol": trade.symbol, "time": trade.time,
+        "buyer": trade.side == "BUY",
+        "commission": fmt(trade.commission),
+        "commissionAsset": "USDT",
+        "id": trade.trade_id,
+        "maker": trade.maker,
+        "orderId": trade.order_id,
+        "price": fmt(trade.price),
+        "qty": fmt(trade.qty),
+        "quoteQty": fmt(trade.quote_qty),
+        "realizedPnl": fmt(trade.realized_pnl),
+        "side": trade.side,
+        "positionSide": trade.position_side,
+        "symbol": trade.symbol,
+        "time": trade.time,
     }
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+#: the brackets as the venue core's rows (floor, cap, maintenance rate, cum, max leverage)
+_BB = np.array([(floor, cap, rate, cum, lev) for floor, cap, lev, rate, cum in BRACKETS], dtype=np.float64)
+
+
+def symbol_of(key: str) -> str:
+    """The symbol of a key of ``Account.positions`` (``SYMBOL`` or ``SYMBOL|LONG``/``SYMBOL|SHORT``)."""
+    return key.split("|", 1)[0]
+
+
+def _key_parts(key: str) -> tuple[str, str]:
+    symbol, _, side = key.partition("|")
+    return symbol, side or "BOTH"
+
+
+def _closes(order: Order) -> bool:
+    """A hedge-mode SELL LONG / BUY SHORT: it can only close its side (cut to the position)."""
+    return order.position_side != "BOTH" and (order.position_side == "LONG") != (order.sign > 0)
 
 
 def _required(params: dict, name: str) -> str:
@@ -837,7 +1090,9 @@ def _decimal(params: dict, name: str, required: bool = False) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise BinanceError(-1100, f"Illegal characters found in parameter '{name}'; legal range is '^([0-9]{{1,20}})(\\.[0-9]{{1,20}})?$'.") from None
+        raise BinanceError(
+            -1100, f"Illegal characters found in parameter '{name}'; legal range is '^([0-9]{{1,20}})(\\.[0-9]{{1,20}})?$'."
+        ) from None
     if not math.isfinite(value):
         raise BinanceError(-1100, f"Illegal characters found in parameter '{name}'.")
     return value

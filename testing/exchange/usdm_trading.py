@@ -27,6 +27,8 @@ fetch_leverages / margin modes    ``GET /fapi/v1/symbolConfig``
 set_leverage                      ``POST /fapi/v1/leverage``
 set_margin_mode                   ``POST /fapi/v1/marginType``
 add_margin / reduce_margin        ``POST /fapi/v1/positionMargin``
+set_position_mode                 ``POST /fapi/v1/positionSide/dual`` (``dualSidePosition``)
+fetch_position_mode               ``GET /fapi/v1/positionSide/dual``
 fetch_funding_history             ``GET /fapi/v1/income``
 (ccxt.pro authenticate)           ``POST/PUT/DELETE /fapi/v1/listenKey`` (API key only, unsigned)
 ================================  =============================================================
@@ -65,6 +67,8 @@ def routes() -> list[web.RouteDef]:
         web.post("/fapi/v1/leverage", set_leverage),
         web.post("/fapi/v1/marginType", set_margin_type),
         web.post("/fapi/v1/positionMargin", position_margin),
+        web.post("/fapi/v1/positionSide/dual", set_position_mode),
+        web.get("/fapi/v1/positionSide/dual", position_mode),
         web.get("/fapi/v1/income", income),
         web.post("/fapi/v1/listenKey", listen_key),
         web.put("/fapi/v1/listenKey", listen_key),
@@ -80,7 +84,7 @@ def _strip_signature(raw: str) -> tuple[str, str | None]:
     parts, signature = [], None
     for part in raw.split("&") if raw else []:
         if part.startswith("signature="):
-            signature = part[len("signature="):]
+            signature = part[len("signature=") :]
         else:
             parts.append(part)
     return "&".join(parts), signature
@@ -112,7 +116,7 @@ async def signed(request: web.Request) -> tuple[Account, dict]:
         window = int(params.get("recvWindow", 5000))
     except ValueError:
         raise BinanceError(-1100, "Illegal characters found in parameter 'timestamp'; legal range is '^[0-9]{1,20}$'.") from None
-    server_ms = int(time.time() * 1000) + trading.clock_skew_ms
+    server_ms = int(time.time() * 1000) + trading.skew_ms(key)
     if stamp < server_ms - window or stamp > server_ms + 1000:
         raise BinanceError(-1021, "Timestamp for this request is outside of the recvWindow.")
     return account, params
@@ -205,8 +209,8 @@ all_orders = reader(_all_orders)
 user_trades = reader(_user_trades)
 
 
-def _position_numbers(trading: Trading, account: Account, symbol: str) -> dict:
-    pos = account.position(symbol)
+def _position_numbers(trading: Trading, account: Account, symbol: str, position_side: str = "BOTH") -> dict:
+    pos = account.position(symbol, position_side)
     mark = trading.price(symbol)
     notional = pos.amt * mark
     upnl = pos.amt * (mark - pos.entry) if pos.amt else 0.0
@@ -214,14 +218,31 @@ def _position_numbers(trading: Trading, account: Account, symbol: str) -> dict:
     maint = max(abs(notional) * mmr - cum, 0.0) if pos.amt else 0.0
     lev = account.lev(symbol)
     position_im = abs(notional) / lev
-    order_im = sum(trading._order_margin(account, o, trading.state.clock.now_ms()) for o in account.open_orders(symbol))
+    order_im = sum(
+        trading._order_margin(account, o, trading.state.clock.now_ms())
+        for o in account.open_orders(symbol)
+        if position_side == "BOTH" or o.position_side == position_side
+    )
     isolated = account.isolated(symbol)
     return {
-        "pos": pos, "mark": mark, "notional": notional, "upnl": upnl, "maint": maint, "lev": lev,
-        "position_im": position_im, "order_im": order_im, "isolated": isolated,
+        "pos": pos,
+        "mark": mark,
+        "notional": notional,
+        "upnl": upnl,
+        "maint": maint,
+        "lev": lev,
+        "position_im": position_im,
+        "order_im": order_im,
+        "isolated": isolated,
         "isolated_margin": pos.isolated_wallet + upnl if isolated and pos.amt else 0.0,
-        "liq": trading.liquidation_price(account, symbol),
+        "liq": trading.liquidation_price(account, symbol, position_side),
+        "side": position_side,
     }
+
+
+def _legs(trading: Trading, account: Account, symbol: str) -> list[dict]:
+    """:func:`_position_numbers` of each of the symbol's positions: BOTH, or in hedge mode LONG and SHORT."""
+    return [_position_numbers(trading, account, symbol, ps) for ps, _ in account.legs(symbol)]
 
 
 def _symbols(trading: Trading, params: dict) -> list[str]:
@@ -234,34 +255,60 @@ def _symbols(trading: Trading, params: dict) -> list[str]:
 def _position_risk_v3(trading: Trading, account: Account, params: dict) -> list:
     rows = []
     for symbol in _symbols(trading, params):
-        n = _position_numbers(trading, account, symbol)
-        if not n["pos"].amt and not account.open_orders(symbol):
-            continue  # v3 lists only symbols with a position or open orders
-        rows.append({
-            "symbol": symbol, "positionSide": "BOTH", "positionAmt": fmt(n["pos"].amt),
-            "entryPrice": fmt(n["pos"].entry), "breakEvenPrice": fmt(n["pos"].entry), "markPrice": fmt(n["mark"]),
-            "unRealizedProfit": fmt(n["upnl"]), "liquidationPrice": fmt(n["liq"]),
-            "isolatedMargin": fmt(n["isolated_margin"]), "notional": fmt(n["notional"]), "marginAsset": "USDT",
-            "isolatedWallet": fmt(n["pos"].isolated_wallet), "initialMargin": fmt(n["position_im"] + n["order_im"]),
-            "maintMargin": fmt(n["maint"]), "positionInitialMargin": fmt(n["position_im"]),
-            "openOrderInitialMargin": fmt(n["order_im"]), "adl": 0, "bidNotional": "0", "askNotional": "0",
-            "updateTime": n["pos"].update_time,
-        })
+        for n in _legs(trading, account, symbol):
+            if not n["pos"].amt and not any(o.position_side == n["side"] for o in account.open_orders(symbol)):
+                continue  # v3 lists only positions with an amount or open orders
+            rows.append(
+                {
+                    "symbol": symbol,
+                    "positionSide": n["side"],
+                    "positionAmt": fmt(n["pos"].amt),
+                    "entryPrice": fmt(n["pos"].entry),
+                    "breakEvenPrice": fmt(n["pos"].entry),
+                    "markPrice": fmt(n["mark"]),
+                    "unRealizedProfit": fmt(n["upnl"]),
+                    "liquidationPrice": fmt(n["liq"]),
+                    "isolatedMargin": fmt(n["isolated_margin"]),
+                    "notional": fmt(n["notional"]),
+                    "marginAsset": "USDT",
+                    "isolatedWallet": fmt(n["pos"].isolated_wallet),
+                    "initialMargin": fmt(n["position_im"] + n["order_im"]),
+                    "maintMargin": fmt(n["maint"]),
+                    "positionInitialMargin": fmt(n["position_im"]),
+                    "openOrderInitialMargin": fmt(n["order_im"]),
+                    "adl": 0,
+                    "bidNotional": "0",
+                    "askNotional": "0",
+                    "updateTime": n["pos"].update_time,
+                }
+            )
     return rows
 
 
 def _position_risk_v2(trading: Trading, account: Account, params: dict) -> list:
     rows = []
     for symbol in _symbols(trading, params):
-        n = _position_numbers(trading, account, symbol)
-        rows.append({
-            "symbol": symbol, "positionAmt": fmt(n["pos"].amt), "entryPrice": fmt(n["pos"].entry),
-            "breakEvenPrice": fmt(n["pos"].entry), "markPrice": fmt(n["mark"]), "unRealizedProfit": fmt(n["upnl"]),
-            "liquidationPrice": fmt(n["liq"]), "leverage": str(n["lev"]), "maxNotionalValue": fmt(max_notional(n["lev"])),
-            "marginType": "isolated" if n["isolated"] else "cross", "isolatedMargin": fmt(n["isolated_margin"]),
-            "isAutoAddMargin": "false", "positionSide": "BOTH", "notional": fmt(n["notional"]),
-            "isolatedWallet": fmt(n["pos"].isolated_wallet), "updateTime": n["pos"].update_time,
-        })
+        for n in _legs(trading, account, symbol):
+            rows.append(
+                {
+                    "symbol": symbol,
+                    "positionAmt": fmt(n["pos"].amt),
+                    "entryPrice": fmt(n["pos"].entry),
+                    "breakEvenPrice": fmt(n["pos"].entry),
+                    "markPrice": fmt(n["mark"]),
+                    "unRealizedProfit": fmt(n["upnl"]),
+                    "liquidationPrice": fmt(n["liq"]),
+                    "leverage": str(n["lev"]),
+                    "maxNotionalValue": fmt(max_notional(n["lev"])),
+                    "marginType": "isolated" if n["isolated"] else "cross",
+                    "isolatedMargin": fmt(n["isolated_margin"]),
+                    "isAutoAddMargin": "false",
+                    "positionSide": n["side"],
+                    "notional": fmt(n["notional"]),
+                    "isolatedWallet": fmt(n["pos"].isolated_wallet),
+                    "updateTime": n["pos"].update_time,
+                }
+            )
     return rows
 
 
@@ -273,18 +320,24 @@ def _asset_numbers(trading: Trading, account: Account) -> dict:
     cross_upnl = upnl = position_im = order_im = maint = 0.0
     positions = []
     for symbol in [sym for fam, sym in trading.state.markets if fam == "usdm"]:
-        n = _position_numbers(trading, account, symbol)
-        upnl += n["upnl"]
-        if not n["isolated"]:
-            cross_upnl += n["upnl"]
-        position_im += n["position_im"]
-        order_im += n["order_im"]
-        maint += n["maint"]
-        positions.append((symbol, n))
+        for n in _legs(trading, account, symbol):
+            upnl += n["upnl"]
+            if not n["isolated"]:
+                cross_upnl += n["upnl"]
+            position_im += n["position_im"]
+            order_im += n["order_im"]
+            maint += n["maint"]
+            positions.append((symbol, n))
     wallet = account.wallet
     return {
-        "wallet": wallet, "cross_wallet": trading.cross_wallet(account), "upnl": upnl, "cross_upnl": cross_upnl,
-        "position_im": position_im, "order_im": order_im, "maint": maint, "available": trading.available(account),
+        "wallet": wallet,
+        "cross_wallet": trading.cross_wallet(account),
+        "upnl": upnl,
+        "cross_upnl": cross_upnl,
+        "position_im": position_im,
+        "order_im": order_im,
+        "maint": maint,
+        "available": trading.available(account),
         "positions": positions,
     }
 
@@ -292,12 +345,19 @@ def _asset_numbers(trading: Trading, account: Account) -> dict:
 def _account_body(trading: Trading, account: Account, v2: bool) -> dict:
     a = _asset_numbers(trading, account)
     asset = {
-        "asset": "USDT", "walletBalance": fmt(a["wallet"]), "unrealizedProfit": fmt(a["upnl"]),
-        "marginBalance": fmt(a["wallet"] + a["upnl"]), "maintMargin": fmt(a["maint"]),
-        "initialMargin": fmt(a["position_im"] + a["order_im"]), "positionInitialMargin": fmt(a["position_im"]),
-        "openOrderInitialMargin": fmt(a["order_im"]), "crossWalletBalance": fmt(a["cross_wallet"]),
-        "crossUnPnl": fmt(a["cross_upnl"]), "availableBalance": fmt(a["available"]),
-        "maxWithdrawAmount": fmt(max(a["available"], 0.0)), "updateTime": account.update_time or 1,
+        "asset": "USDT",
+        "walletBalance": fmt(a["wallet"]),
+        "unrealizedProfit": fmt(a["upnl"]),
+        "marginBalance": fmt(a["wallet"] + a["upnl"]),
+        "maintMargin": fmt(a["maint"]),
+        "initialMargin": fmt(a["position_im"] + a["order_im"]),
+        "positionInitialMargin": fmt(a["position_im"]),
+        "openOrderInitialMargin": fmt(a["order_im"]),
+        "crossWalletBalance": fmt(a["cross_wallet"]),
+        "crossUnPnl": fmt(a["cross_upnl"]),
+        "availableBalance": fmt(a["available"]),
+        "maxWithdrawAmount": fmt(max(a["available"], 0.0)),
+        "updateTime": account.update_time or 1,
     }
     if v2:
         asset["marginAvailable"] = True
@@ -306,25 +366,44 @@ def _account_body(trading: Trading, account: Account, v2: bool) -> dict:
         if not v2 and not n["pos"].amt:
             continue
         row = {
-            "symbol": symbol, "positionSide": "BOTH", "positionAmt": fmt(n["pos"].amt),
-            "unrealizedProfit": fmt(n["upnl"]), "isolatedMargin": fmt(n["isolated_margin"]), "notional": fmt(n["notional"]),
-            "isolatedWallet": fmt(n["pos"].isolated_wallet), "initialMargin": fmt(n["position_im"] + n["order_im"]),
-            "maintMargin": fmt(n["maint"]), "updateTime": n["pos"].update_time,
+            "symbol": symbol,
+            "positionSide": n["side"],
+            "positionAmt": fmt(n["pos"].amt),
+            "unrealizedProfit": fmt(n["upnl"]),
+            "isolatedMargin": fmt(n["isolated_margin"]),
+            "notional": fmt(n["notional"]),
+            "isolatedWallet": fmt(n["pos"].isolated_wallet),
+            "initialMargin": fmt(n["position_im"] + n["order_im"]),
+            "maintMargin": fmt(n["maint"]),
+            "updateTime": n["pos"].update_time,
         }
         if v2:
             row.update(
-                leverage=str(n["lev"]), isolated=n["isolated"], entryPrice=fmt(n["pos"].entry),
-                breakEvenPrice=fmt(n["pos"].entry), positionInitialMargin=fmt(n["position_im"]),
-                openOrderInitialMargin=fmt(n["order_im"]), maxNotional="0", bidNotional="0", askNotional="0",
+                leverage=str(n["lev"]),
+                isolated=n["isolated"],
+                entryPrice=fmt(n["pos"].entry),
+                breakEvenPrice=fmt(n["pos"].entry),
+                positionInitialMargin=fmt(n["position_im"]),
+                openOrderInitialMargin=fmt(n["order_im"]),
+                maxNotional="0",
+                bidNotional="0",
+                askNotional="0",
             )
         positions.append(row)
     body = {
-        "totalInitialMargin": asset["initialMargin"], "totalMaintMargin": asset["maintMargin"],
-        "totalWalletBalance": asset["walletBalance"], "totalUnrealizedProfit": asset["unrealizedProfit"],
-        "totalMarginBalance": asset["marginBalance"], "totalPositionInitialMargin": asset["positionInitialMargin"],
-        "totalOpenOrderInitialMargin": asset["openOrderInitialMargin"], "totalCrossWalletBalance": asset["crossWalletBalance"],
-        "totalCrossUnPnl": asset["crossUnPnl"], "availableBalance": asset["availableBalance"],
-        "maxWithdrawAmount": asset["maxWithdrawAmount"], "assets": [asset], "positions": positions,
+        "totalInitialMargin": asset["initialMargin"],
+        "totalMaintMargin": asset["maintMargin"],
+        "totalWalletBalance": asset["walletBalance"],
+        "totalUnrealizedProfit": asset["unrealizedProfit"],
+        "totalMarginBalance": asset["marginBalance"],
+        "totalPositionInitialMargin": asset["positionInitialMargin"],
+        "totalOpenOrderInitialMargin": asset["openOrderInitialMargin"],
+        "totalCrossWalletBalance": asset["crossWalletBalance"],
+        "totalCrossUnPnl": asset["crossUnPnl"],
+        "availableBalance": asset["availableBalance"],
+        "maxWithdrawAmount": asset["maxWithdrawAmount"],
+        "assets": [asset],
+        "positions": positions,
     }
     if v2:
         body.update(feeTier=0, canTrade=True, canDeposit=True, canWithdraw=True, updateTime=0, multiAssetsMargin=False)
@@ -337,19 +416,29 @@ account_v3 = reader(lambda trading, account, params: _account_body(trading, acco
 
 def _balance(trading: Trading, account: Account, params: dict) -> list:
     a = _asset_numbers(trading, account)
-    return [{
-        "accountAlias": "local", "asset": "USDT", "balance": fmt(a["wallet"]),
-        "crossWalletBalance": fmt(a["cross_wallet"]), "crossUnPnl": fmt(a["cross_upnl"]),
-        "availableBalance": fmt(a["available"]), "maxWithdrawAmount": fmt(max(a["available"], 0.0)),
-        "marginAvailable": True, "updateTime": account.update_time,
-    }]
+    return [
+        {
+            "accountAlias": "local",
+            "asset": "USDT",
+            "balance": fmt(a["wallet"]),
+            "crossWalletBalance": fmt(a["cross_wallet"]),
+            "crossUnPnl": fmt(a["cross_upnl"]),
+            "availableBalance": fmt(a["available"]),
+            "maxWithdrawAmount": fmt(max(a["available"], 0.0)),
+            "marginAvailable": True,
+            "updateTime": account.update_time,
+        }
+    ]
 
 
 def _symbol_config(trading: Trading, account: Account, params: dict) -> list:
     return [
         {
-            "symbol": symbol, "marginType": account.margin_type.get(symbol, "CROSSED"), "isAutoAddMargin": "false",
-            "leverage": account.lev(symbol), "maxNotionalValue": fmt(max_notional(account.lev(symbol))),
+            "symbol": symbol,
+            "marginType": account.margin_type.get(symbol, "CROSSED"),
+            "isAutoAddMargin": "false",
+            "leverage": account.lev(symbol),
+            "maxNotionalValue": fmt(max_notional(account.lev(symbol))),
         }
         for symbol in _symbols(trading, params)
     ]
@@ -387,9 +476,7 @@ async def set_leverage(request: web.Request) -> web.Response:
 
 async def set_margin_type(request: web.Request) -> web.Response:
     account, params = await signed(request)
-    return web.json_response(
-        trading_of(request).set_margin_type(account.api_key, params.get("symbol", ""), params.get("marginType", ""))
-    )
+    return web.json_response(trading_of(request).set_margin_type(account.api_key, params.get("symbol", ""), params.get("marginType", "")))
 
 
 async def position_margin(request: web.Request) -> web.Response:
@@ -398,7 +485,20 @@ async def position_margin(request: web.Request) -> web.Response:
         amount, kind = float(params.get("amount", "")), int(params.get("type", ""))
     except ValueError:
         raise BinanceError(-1102, "Mandatory parameter 'amount' or 'type' was not sent, was empty/null, or malformed.") from None
-    return web.json_response(trading_of(request).position_margin(account.api_key, params.get("symbol", ""), amount, kind))
+    position_side = str(params.get("positionSide", "BOTH")).upper()
+    return web.json_response(trading_of(request).position_margin(account.api_key, params.get("symbol", ""), amount, kind, position_side))
+
+
+async def set_position_mode(request: web.Request) -> web.Response:
+    """``POST /fapi/v1/positionSide/dual``: ``dualSidePosition`` ``true`` (hedge mode) or ``false``."""
+    account, params = await signed(request)
+    raw = str(params.get("dualSidePosition", "")).lower()
+    if raw not in ("true", "false"):
+        raise BinanceError(-1102, "Mandatory parameter 'dualSidePosition' was not sent, was empty/null, or malformed.")
+    return web.json_response(trading_of(request).set_position_mode(account.api_key, raw == "true"))
+
+
+position_mode = reader(lambda trading, account, params: {"dualSidePosition": account.dual_side})
 
 
 async def listen_key(request: web.Request) -> web.Response:

@@ -15,8 +15,9 @@ every event of the account that happens after the connection opened, in order:
 
 Events missed while disconnected are not replayed (as on Binance): a client re-reads state over
 REST after reconnecting. Faults (:class:`~.faults.FaultPlan`, websocket kinds, decided once per
-pushed event): ``drop`` closes the connection without a close frame; ``ws_delay`` holds the event
-back for ``FaultPlan.ws_delay_s`` (later events overtake it, so they arrive out of order).
+pushed event; the account's own plan if it has one): ``drop`` closes the connection without a
+close frame; ``ws_delay`` holds the event back for ``FaultPlan.ws_delay_s`` (later events overtake
+it, so they arrive out of order); ``silent`` stops pushing on this connection, which stays open.
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ async def user_stream(request: web.Request) -> web.StreamResponse:
 
 async def _push(ws: web.WebSocketResponse, request: web.Request, state, account, key: str, cursor: int) -> None:
     trading = state.trading
+    plan = trading.plan_for(account.api_key)
     held: list[asyncio.Task] = []
+    silent = False
     try:
         while not ws.closed:
             await asyncio.sleep(POLL_S)
@@ -75,15 +78,20 @@ async def _push(ws: web.WebSocketResponse, request: web.Request, state, account,
                 alive = trading.listen_key_alive(key)
             for _, event in fresh:
                 cursor += 1
-                fault = state.faults.decide("ws", WS_KINDS)
+                if silent:
+                    continue
+                fault = plan.decide("ws", WS_KINDS)
+                if fault == "silent":  # the socket stays open, nothing more is pushed on it
+                    silent = True
+                    continue
                 if fault == "drop":
                     request.transport.close()  # abrupt: no close frame
                     return
                 if fault == "ws_delay":
-                    held.append(asyncio.create_task(_later(ws, event, state.faults.ws_delay_s)))
+                    held.append(asyncio.create_task(_later(ws, event, plan.ws_delay_s)))
                     continue
                 await ws.send_json(event)
-            if not alive:
+            if not alive and not silent:
                 await ws.send_json({"e": "listenKeyExpired", "E": state.clock.now_ms(), "listenKey": key})
                 await ws.close()
                 return
