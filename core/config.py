@@ -9,8 +9,10 @@ Sources are merged in this order, later ones winning:
 
 Plugin sections (``strategy``, ``broker``, ``store``, ``exchange``) are chosen by name
 (``strategy=maker_vol`` is short for ``strategy.name=maker_vol``) and the rest of the section is
-validated by that plugin's own ``Config`` model. When a later source picks a different plugin for a
-section, the section's keys from earlier sources are dropped: they belonged to the other plugin.
+validated by that plugin's own ``Config`` model. Sections merge key by key like every other part:
+naming the plugin in a later source (``broker=live`` on the command line) chooses it and keeps the
+section's keys from earlier sources (``QUANT_BROKER__API_KEY``, ``[broker] leverage = 3``). Nothing
+is dropped: a key the chosen plugin's model does not know is an error naming it.
 
 Every mistake is a :class:`ConfigError` whose message names the full dotted key and, for unknown
 keys and names, the valid choices.
@@ -24,9 +26,10 @@ import os
 import re
 import tomllib
 import typing
-from datetime import date, datetime, timedelta, timezone
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Iterable
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -85,20 +88,20 @@ def parse_timestamp(value: Any) -> datetime | None:
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+        return datetime.fromtimestamp(value / 1000, tz=UTC)
     if isinstance(value, str):
         text = value.strip()
         if text.isdigit():
-            return datetime.fromtimestamp(int(text) / 1000, tz=timezone.utc)
+            return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
         try:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
             raise ValueError(f"expected a date like 2021-01-01 or 2021-01-01T12:00, got {value!r}") from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     raise ValueError(f"expected a date, got {value!r}")
 
 
@@ -140,10 +143,18 @@ class DataConfig(QuantModel):
     start: Timestamp = Field(None, description="first bar (UTC date or datetime); default: earliest available")
     end: Timestamp = Field(None, description="end of the range, exclusive; default: latest available")
     file: Path | None = Field(None, description="read bars from this parquet/CSV file instead of the store")
+    mark: typing.Literal["auto", "off"] = Field(
+        "auto",
+        description="liquidation on the mark price: auto = mark-price klines from data.mark_file, else the store, else "
+        "the bundled sample's, when they cover the run (else the last price); off = always the last price",
+    )
+    mark_file: Path | None = Field(None, description="mark-price klines (parquet/CSV, bar columns) for a run; must cover the run's bars")
+    price: typing.Literal["trade", "mark"] = Field(
+        "trade", description="quant data fetch/import/gaps/export: trade (last-price) klines, or mark-price klines (price=mark)"
+    )
     max_gap: Duration = Field(
         "6h",
-        description="longest jump in ts a run may span (exchange outages are shorter; stretches of "
-        "data are further apart)",
+        description="longest jump in ts a run may span (exchange outages are shorter; stretches of data are further apart)",
     )
 
 
@@ -304,15 +315,18 @@ def _normalise(layer: dict[str, Any]) -> dict[str, Any]:
 
 
 def merge_layers(*layers: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge, later layers winning; a section whose plugin name changes starts afresh."""
+    """Deep-merge key by key, later layers winning.
+
+    A plugin section is no exception: ``broker=live`` in a later layer sets ``broker.name`` and
+    keeps the ``broker.*`` keys of earlier layers, which the chosen plugin's model then validates
+    (an unknown key is an error there), so no setting the user gave is dropped without a word.
+    """
     merged: dict[str, Any] = {}
     for layer in layers:
         layer = _normalise(layer)
         for key, value in layer.items():
             old = merged.get(key)
-            if _is_section(key) and isinstance(old, dict) and "name" in value and value["name"] != old.get("name"):
-                merged[key] = dict(value)
-            elif isinstance(old, dict) and isinstance(value, dict):
+            if isinstance(old, dict) and isinstance(value, dict):
                 merged[key] = _deep_merge(old, value)
             else:
                 merged[key] = value

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 #: Config keys whose values are secrets, wherever they appear.
 SECRET_KEYS = frozenset({"api_key", "apikey", "secret", "api_secret", "password", "passphrase", "private_key", "token"})

@@ -15,6 +15,7 @@ import pandas as pd
 
 from .config import QuantModel
 from .data import BarArrays
+from .trades import QuoteArrays, TradeArrays
 
 
 class StoreConfig(QuantModel):
@@ -25,9 +26,7 @@ class Store(ABC):
     Config: ClassVar[type[StoreConfig]] = StoreConfig
 
     @abstractmethod
-    def read_bars(
-        self, exchange: str, symbol: str, timeframe: str, start_ms: int | None = None, end_ms: int | None = None
-    ) -> BarArrays:
+    def read_bars(self, exchange: str, symbol: str, timeframe: str, start_ms: int | None = None, end_ms: int | None = None) -> BarArrays:
         """De-duplicated bars with ``start_ms <= ts < end_ms``, sorted; empty arrays if none."""
 
     def read_funding(self, exchange: str, symbol: str, start_ms: int | None = None, end_ms: int | None = None) -> pd.DataFrame:
@@ -35,3 +34,28 @@ class Store(ABC):
         the funding time) and ``rate`` (float64, e.g. 0.0001 = 0.01% paid by longs to shorts),
         sorted, de-duplicated; empty if none are stored. Stores without funding data keep this default."""
         return pd.DataFrame({"ts": np.empty(0, dtype=np.int64), "rate": np.empty(0, dtype=np.float64)})
+
+    def read_mark_bars(
+        self, exchange: str, symbol: str, start_ms: int | None = None, end_ms: int | None = None
+    ) -> list[tuple[str, BarArrays]]:
+        """Mark-price klines of a perpetual with ``start_ms <= ts < end_ms``: ``[(timeframe, bars),
+        ...]``, finest timeframe first; empty if none are stored. A run triggers liquidation on
+        them when they cover its bars. Stores without mark prices keep this default."""
+        return []
+
+    def read_trades(self, exchange: str, symbol: str, start_ms: int | None = None, end_ms: int | None = None) -> TradeArrays:
+        """Trade prints with ``start_ms <= ts < end_ms`` (:class:`~btc_quant.core.trades.TradeArrays`,
+        sorted, de-duplicated); empty if none. The trade replay (``broker.fill_model=queue``) reads
+        them. Stores without trades keep this default."""
+        return TradeArrays.empty()
+
+    def read_quotes(self, exchange: str, symbol: str, start_ms: int | None = None, end_ms: int | None = None) -> QuoteArrays:
+        """Best bid/offer updates with ``start_ms <= ts < end_ms``; empty if none (the default)."""
+        return QuoteArrays.empty()
+
+    def trade_bars(
+        self, exchange: str, symbol: str, timeframe: str = "1m", start_ms: int | None = None, end_ms: int | None = None
+    ) -> BarArrays:
+        """Klines built from the stored trades (one per bucket with a print); empty if none (the
+        default). A run uses them when no klines are stored for its period."""
+        return BarArrays(*(np.empty(0, dtype=np.int64 if i == 0 else np.float64) for i in range(6)))

@@ -1,7 +1,7 @@
 """Config: precedence of sources, dotted keys, plugin sections, and every error path."""
 
 import tomllib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -40,16 +40,43 @@ def test_explicit_config_path_replaces_quant_toml(plugins, tmp_path):
     assert cfg(plugins, cwd=tmp_path, path=other).strategy.config.fast == 4
 
 
-def test_choosing_another_plugin_drops_the_old_plugins_keys(plugins, tmp_path):
+def test_naming_the_plugin_on_the_command_line_keeps_the_environments_keys_for_it(plugins, tmp_path):
+    env = {"QUANT_BROKER__API_KEY": "env-key-123456", "QUANT_BROKER__SECRET": "env-secret-123456"}
+    c = cfg(plugins, "broker=live", "broker.bot=b1", env=env, cwd=tmp_path)
+    assert c.broker.name == "live"
+    assert c.broker.config.api_key.get_secret_value() == "env-key-123456"
+    assert c.broker.config.secret.get_secret_value() == "env-secret-123456"
+
+
+def test_naming_the_same_plugin_on_the_command_line_keeps_quant_toml_settings(plugins, tmp_path):
+    (tmp_path / "quant.toml").write_text("[broker]\nleverage = 3\n")
+    assert cfg(plugins, "broker=sim", cwd=tmp_path).broker.config.leverage == 3.0
+    (tmp_path / "quant.toml").write_text('[broker]\nname = "sim"\nleverage = 3\n')
+    assert cfg(plugins, "broker=sim", cwd=tmp_path).broker.config.leverage == 3.0
+
+
+def test_a_bad_env_value_for_the_plugin_named_on_the_command_line_is_an_error(plugins, tmp_path):
+    with pytest.raises(ConfigError, match="strategy.fast: Input should be a valid integer"):
+        cfg(plugins, "strategy=sma_cross", env={"QUANT_STRATEGY__FAST": "abc"}, cwd=tmp_path)
+
+
+def test_a_lower_layers_key_the_chosen_plugin_does_not_know_is_an_error_naming_it(plugins, tmp_path):
     (tmp_path / "quant.toml").write_text('[strategy]\nname = "other"\nlookback = "30d"\n')
-    c = cfg(plugins, "strategy=sma_cross", "strategy.fast=5", cwd=tmp_path)
-    assert c.strategy.name == "sma_cross" and c.strategy.config.fast == 5
+    with pytest.raises(ConfigError, match=r"strategy.lookback: unknown key for strategy 'sma_cross'"):
+        cfg(plugins, "strategy=sma_cross", "strategy.fast=5", cwd=tmp_path)
+
+
+def test_cli_bad_env_value_with_the_plugin_on_the_command_line_exits_2(quant):
+    proc = quant("run", "strategy=sma_cross", env={"QUANT_STRATEGY__FAST": "abc"})
+    assert proc.returncode == 2, proc.stderr
+    assert "error: strategy.fast: Input should be a valid integer" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_dates_and_durations_parse(plugins, tmp_path):
     c = cfg(plugins, "data.start=2022-01-10", "data.end=2022-01-12T06:00", "data.max_gap=90m", cwd=tmp_path)
-    assert c.data.start == datetime(2022, 1, 10, tzinfo=timezone.utc)
-    assert c.data.end == datetime(2022, 1, 12, 6, tzinfo=timezone.utc)
+    assert c.data.start == datetime(2022, 1, 10, tzinfo=UTC)
+    assert c.data.end == datetime(2022, 1, 12, 6, tzinfo=UTC)
     assert c.data.max_gap == timedelta(minutes=90)
     assert parse_duration("30d") == timedelta(days=30)
 
@@ -57,12 +84,18 @@ def test_dates_and_durations_parse(plugins, tmp_path):
 @pytest.mark.parametrize(
     "pairs, message",
     [
-        (["strategy.fastt=5"], "strategy.fastt: unknown key for strategy 'sma_cross' (did you mean 'fast'?); valid keys: equity_pct, fast, slow"),
+        (
+            ["strategy.fastt=5"],
+            "strategy.fastt: unknown key for strategy 'sma_cross' (did you mean 'fast'?); valid keys: equity_pct, fast, slow",
+        ),
         (["strategy.fast=abc"], "strategy.fast: Input should be a valid integer, unable to parse string as an integer (got 'abc')"),
         (["strategy.fast=40"], "strategy.slow: must be greater than fast (40) (got 30)"),
         (["strategy=smacross"], "strategy: unknown strategy 'smacross' (did you mean 'sma_cross'?); available: grid, maker_vol, sma_cross"),
         (["broker=simm"], "broker: unknown broker 'simm' (did you mean 'sim'?)"),
-        (["broker.fill_model=toch"], "broker.fill_model: unknown fill model 'toch' (did you mean 'touch'?); available: through, touch"),
+        (
+            ["broker.fill_model=toch"],
+            "broker.fill_model: unknown fill model 'toch' (did you mean 'touch'?); available: prob, queue, through, touch",
+        ),
         (["strat=sma_cross"], "strat: unknown key (did you mean 'strategy'?)"),
         (["data.start=yesterday"], "data.start: expected a date like 2021-01-01 or 2021-01-01T12:00, got 'yesterday'"),
         (["data.max_gap=soon"], "data.max_gap: expected a duration like 30d, 1h, 15m or 90s, got 'soon'"),

@@ -6,14 +6,13 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import make_plugin
 
 from btc_quant.core.plugins import load_plugins
 from btc_quant.core.report import render_html, sections, write_html, write_png
 from btc_quant.core.results import list_runs, load_run, save_run
 from btc_quant.sdk import ReportSection
 from btc_quant.sdk.testing import run_strategy
-
-from conftest import make_plugin
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -50,12 +49,14 @@ def test_html_report_renders_in_headless_chromium_without_errors(isolated_run, t
     base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000"]
     dom = subprocess.run(base + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    html_tag = dom.stdout[dom.stdout.index("<html"): dom.stdout.index(">", dom.stdout.index("<html"))]
+    html_tag = dom.stdout[dom.stdout.index("<html") : dom.stdout.index(">", dom.stdout.index("<html"))]
     assert "data-report-errors" not in html_tag  # no script error while rendering
     assert "Uncaught" not in dom.stderr
     assert dom.stdout.count('class="main-svg"') >= figures  # every figure drew its SVG layer
     shot = tmp_path / "report.png"
-    subprocess.run(base + ["--hide-scrollbars", "--window-size=1400,3000", f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=180)
+    subprocess.run(
+        base + ["--hide-scrollbars", "--window-size=1400,3000", f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=180
+    )
     assert shot.stat().st_size > 50_000
 
 
@@ -65,14 +66,14 @@ def test_png_summary(isolated_run, tmp_path):
 
 
 def test_saved_run_loads_back_with_its_series_and_diagnostics(isolated_run, tmp_path):
-    isolated_run.extra["diagnostics"] = {"levels": isolated_run.trades.head(3), "pauses": 4}
+    isolated_run.diagnostics = {"levels": isolated_run.trades.head(3), "pauses": 4}
     folder = save_run(isolated_run, tmp_path)
     loaded = load_run(isolated_run.info.run_id[:6], tmp_path)
     assert loaded.metrics == isolated_run.metrics
     assert loaded.equity.equals(isolated_run.equity)
-    assert loaded.extra["liquidation_distance"].equals(isolated_run.extra["liquidation_distance"])
-    assert len(loaded.fills) == len(isolated_run.fills) and loaded.extra["diagnostics"]["pauses"] == 4
-    assert len(loaded.extra["diagnostics"]["levels"]) == 3
+    assert loaded.liquidation_distance.equals(isolated_run.liquidation_distance)
+    assert len(loaded.fills) == len(isolated_run.fills) and loaded.diagnostics["pauses"] == 4
+    assert len(loaded.diagnostics["levels"]) == 3
     assert list_runs(tmp_path)[0]["run_id"] == isolated_run.info.run_id
     assert (folder / "run.json").exists()
 

@@ -16,8 +16,9 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO
 
-from btc_quant.core.data import read_bars_file
+from btc_quant.core.data import BarArrays, read_bars_file
 from btc_quant.core.errors import StoreError
 from btc_quant.plugins.storage.clickhouse import (
     SCHEMA_VERSION,
@@ -27,8 +28,6 @@ from btc_quant.plugins.storage.clickhouse import (
     ServerStore,
 )
 from btc_quant.testing.process import ServerProcess
-
-from conftest import REPO
 
 PASSWORD = "tEst-pa55word"
 EX, SYM = "binance", "BTC/USDT"
@@ -132,8 +131,11 @@ def test_hourly_resampled_in_sql(store, spot_1m):
     hourly = store.read_bars(EX, SYM, "1h")
     frame = spot_1m[:-1].to_frame()
     frame["hour"] = frame.ts // 3_600_000 * 3_600_000
-    want = frame.groupby("hour").agg(open=("open", "first"), high=("high", "max"), low=("low", "min"),
-                                     close=("close", "last"), volume=("volume", "sum")).iloc[:-1]
+    want = (
+        frame.groupby("hour")
+        .agg(open=("open", "first"), high=("high", "max"), low=("low", "min"), close=("close", "last"), volume=("volume", "sum"))
+        .iloc[:-1]
+    )
     assert len(hourly) == len(want) == 72 - 2 - 1  # 2 hours Binance has no candles for, the forming hour
     np.testing.assert_array_equal(hourly.ts, want.index.to_numpy())
     for column in ("open", "high", "low", "close"):
@@ -203,16 +205,22 @@ def _funding_csv():
 
 def test_migration_brings_an_old_database_up_to_date(make_store, spot_1m):
     old = make_store()
-    # Roll the database back to version 1: the fetch_pages table (version 2) does not exist yet.
-    old._command(f"DROP TABLE {old.db}.fetch_pages")
+    # Roll the database back to version 1: the fetch_pages table (version 2) and the mark-price
+    # tables (version 3) do not exist yet.
+    for table in ("fetch_pages", "mark_klines", "mark_fetch_pages"):
+        old._command(f"DROP TABLE {old.db}.{table}")
     old._command(f"TRUNCATE TABLE {old.db}.schema_version")
     old._command(f"INSERT INTO {old.db}.schema_version (version) VALUES (1)")
     old.write_bars(EX, SYM, "1m", spot_1m[:10])
     assert old.schema_version() == 1
     old.close()
     new = make_store()
-    assert new.schema_version() == SCHEMA_VERSION == 2
+    assert new.schema_version() == SCHEMA_VERSION == 3
     new.record_page(EX, SYM, "1m", 0, 60_000, 1, 0)
+    assert len(new.read_bars(EX, SYM, "1m")) == 10
+    with new.prices("mark"):
+        new.write_bars(EX, SYM, "1m", spot_1m[:3])
+        assert len(new.read_bars(EX, SYM, "1m")) == 3
     assert len(new.read_bars(EX, SYM, "1m")) == 10
 
 
@@ -245,18 +253,27 @@ def test_password_is_masked_in_config_repr():
 
 def test_chdb_store_in_use_by_another_process_is_one_line(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys,time; from btc_quant.plugins.storage.clickhouse import ChdbStore, ChdbConfig;"
-         f"s=ChdbStore(ChdbConfig(path={str(tmp_path)!r})); s.series(); print('open', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys,time; from btc_quant.plugins.storage.clickhouse import ChdbStore, ChdbConfig;"
+            f"s=ChdbStore(ChdbConfig(path={str(tmp_path)!r})); s.series(); print('open', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "open"
         probe = subprocess.run(
-            [sys.executable, "-c",
-             "from btc_quant.plugins.storage.clickhouse import ChdbStore, ChdbConfig\n"
-             f"try:\n    ChdbStore(ChdbConfig(path={str(tmp_path)!r}, lock_wait_s=0.5)).series()\nexcept Exception as e:\n    print(e)"],
-            capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-c",
+                "from btc_quant.plugins.storage.clickhouse import ChdbStore, ChdbConfig\n"
+                f"try:\n    ChdbStore(ChdbConfig(path={str(tmp_path)!r}, lock_wait_s=0.5)).series()\nexcept Exception as e:\n    print(e)",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert "is in use by another process" in probe.stdout
     finally:
@@ -275,3 +292,21 @@ def test_quant_run_reads_bars_from_the_store(quant, isolated_env):
     assert re.search(r"^bars\s+1440\s*$", done.stdout, re.M)
     fallback = quant("run", "data.start=2022-01-05", "data.end=2022-01-06")  # not stored: the sample, with a note
     assert fallback.returncode == 0 and "bundled sample" in fallback.stdout + fallback.stderr
+
+
+def test_mark_price_klines_are_kept_beside_the_trade_klines(store, spot_1m):
+    """Mark klines of the same market, timeframe and times never replace the trade klines."""
+    trade = spot_1m[:120]
+    mark = BarArrays(trade.ts, trade.open + 1, trade.high + 1, trade.low + 1, trade.close + 1, np.zeros(120))
+    store.write_bars(EX, SYM, "1m", trade)
+    with store.prices("mark"):
+        store.write_bars(EX, SYM, "1m", mark)
+        assert store.read_bars(EX, SYM, "1m").close.tolist() == (trade.close + 1).tolist()
+        assert store.first_last(EX, SYM, "1m") == (int(trade.ts[0]), int(trade.ts[-1]))
+        hourly = store.read_bars(EX, SYM, "1h")  # resampled from the mark minutes
+    assert store.read_bars(EX, SYM, "1m").close.tolist() == trade.close.tolist()
+    assert hourly.ts[0] == trade.ts[0] and hourly.low.tolist()[:1] == [float(mark.low[:60].min())]
+    found = store.read_mark_bars(EX, SYM)
+    assert [tf for tf, _ in found] == ["1m"] and len(found[0][1]) == 120
+    listed = {(s.timeframe, s.price): s.rows for s in store.series()}
+    assert listed[("1m", "trade")] == 120 and listed[("1m", "mark")] == 120

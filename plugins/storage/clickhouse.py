@@ -11,6 +11,10 @@ Schema (version in ``schema_version``; :data:`MIGRATIONS` brings any older datab
   re-fetching a range never duplicates it, and the latest ingestion of a bar wins. Every read goes
   through ``FINAL``, so rows not yet merged in the background are de-duplicated too.
 * ``funding``: funding rates of perpetuals, same idea, keyed by (exchange, symbol, ts).
+* ``mark_klines`` and ``mark_fetch_pages``: the same two tables for **mark-price** klines (Binance
+  ``/fapi/v1/markPriceKlines``, ccxt ``fetch_mark_ohlcv``; volume is 0). Every klines method works
+  on them inside ``with store.prices("mark"):`` (``quant data fetch|import|gaps|export price=mark``);
+  :meth:`ClickHouseStore.read_mark_bars` is what a run reads.
 * ``fetch_pages``: pages the data source asked for and got fewer bars than the range holds
   (including none). They explain gaps: ``gaps()`` marks a hole the exchange itself has no bars for,
   so ``quant data fetch`` does not ask for it again and ``quant data gaps`` says why it is there.
@@ -28,9 +32,11 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -39,6 +45,8 @@ import pyarrow as pa
 from pydantic import Field, SecretStr
 
 from btc_quant.sdk import BarArrays, DataError, Store, StoreConfig, StoreError, hookimpl, timeframe_ms
+
+from .clickhouse_trades import TradeTables
 
 log = logging.getLogger(__name__)
 
@@ -49,25 +57,48 @@ WEEK_OFFSET_MS = 4 * 86_400_000
 
 #: (version, statements). Never edit an applied step; append a new one. ``{db}`` is the database.
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (1, (
-        """CREATE TABLE IF NOT EXISTS {db}.klines (
+    (
+        1,
+        (
+            """CREATE TABLE IF NOT EXISTS {db}.klines (
             exchange LowCardinality(String), symbol LowCardinality(String), timeframe LowCardinality(String),
             ts Int64 CODEC(Delta, ZSTD), open Float64, high Float64, low Float64, close Float64, volume Float64,
             ingested DateTime64(3, 'UTC') DEFAULT now64(3)
         ) ENGINE = ReplacingMergeTree(ingested) ORDER BY (exchange, symbol, timeframe, ts)""",
-        """CREATE TABLE IF NOT EXISTS {db}.funding (
+            """CREATE TABLE IF NOT EXISTS {db}.funding (
             exchange LowCardinality(String), symbol LowCardinality(String), ts Int64, rate Float64,
             ingested DateTime64(3, 'UTC') DEFAULT now64(3)
         ) ENGINE = ReplacingMergeTree(ingested) ORDER BY (exchange, symbol, ts)""",
-    )),
-    (2, (
-        """CREATE TABLE IF NOT EXISTS {db}.fetch_pages (
+        ),
+    ),
+    (
+        2,
+        (
+            """CREATE TABLE IF NOT EXISTS {db}.fetch_pages (
             exchange LowCardinality(String), symbol LowCardinality(String), timeframe LowCardinality(String),
             since Int64, until Int64, expected UInt32, received UInt32,
             at DateTime64(3, 'UTC') DEFAULT now64(3)
         ) ENGINE = ReplacingMergeTree(at) ORDER BY (exchange, symbol, timeframe, since, until)""",
-    )),
+        ),
+    ),
+    (
+        3,
+        (
+            """CREATE TABLE IF NOT EXISTS {db}.mark_klines (
+            exchange LowCardinality(String), symbol LowCardinality(String), timeframe LowCardinality(String),
+            ts Int64 CODEC(Delta, ZSTD), open Float64, high Float64, low Float64, close Float64, volume Float64,
+            ingested DateTime64(3, 'UTC') DEFAULT now64(3)
+        ) ENGINE = ReplacingMergeTree(ingested) ORDER BY (exchange, symbol, timeframe, ts)""",
+            """CREATE TABLE IF NOT EXISTS {db}.mark_fetch_pages (
+            exchange LowCardinality(String), symbol LowCardinality(String), timeframe LowCardinality(String),
+            since Int64, until Int64, expected UInt32, received UInt32,
+            at DateTime64(3, 'UTC') DEFAULT now64(3)
+        ) ENGINE = ReplacingMergeTree(at) ORDER BY (exchange, symbol, timeframe, since, until)""",
+        ),
+    ),
 )
+#: Kinds of klines the store keeps: last-trade prices (``klines``) and mark prices (``mark_klines``).
+PRICES = {"trade": ("klines", "fetch_pages"), "mark": ("mark_klines", "mark_fetch_pages")}
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -82,6 +113,7 @@ class Series:
     last_ms: int
     rows: int
     gaps: int
+    price: str = "trade"  # "trade" (last-price klines) or "mark" (mark-price klines)
 
 
 @dataclass(frozen=True)
@@ -95,7 +127,7 @@ class Gap:
     reason: str
 
 
-class ClickHouseStore(Store):
+class ClickHouseStore(TradeTables, Store):
     """The SQL layer both store plugins share; subclasses only build the client."""
 
     #: Name shown in messages.
@@ -109,6 +141,7 @@ class ClickHouseStore(Store):
             raise DataError(f"store.database: {self.db!r} is not a plain identifier")
         self._lock = threading.RLock()
         self.client = None
+        self.price = "trade"  # which klines the klines methods work on (see prices())
         if not self.lazy:
             self._open()
 
@@ -133,7 +166,7 @@ class ClickHouseStore(Store):
         if client is not None:
             client.close()
 
-    def __enter__(self) -> "ClickHouseStore":
+    def __enter__(self) -> ClickHouseStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -184,9 +217,45 @@ class ClickHouseStore(Store):
                 self._command(f"INSERT INTO {self.db}.schema_version (version) VALUES ({int(version)})")
                 log.debug("%s: schema migrated to version %d", self.where(), version)
                 current = version
+        self.migrate_trades()  # trades and best bid/offer: their own track (clickhouse_trades.py)
         return current
 
     # -- bars ---------------------------------------------------------------------------------
+
+    @property
+    def _klines(self) -> str:
+        return PRICES[self.price][0]
+
+    @property
+    def _pages(self) -> str:
+        return PRICES[self.price][1]
+
+    @contextmanager
+    def prices(self, price: str):
+        """Within the block, every klines method (write/read bars, first_last, gaps, pages, series
+        counts) works on ``price`` klines: ``"trade"`` (default) or ``"mark"``."""
+        if price not in PRICES:
+            raise DataError(f"price: {price!r} is not one of {', '.join(PRICES)}")
+        before, self.price = self.price, price
+        try:
+            yield self
+        finally:
+            self.price = before
+
+    def read_mark_bars(
+        self, exchange: str, symbol: str, start_ms: int | None = None, end_ms: int | None = None
+    ) -> list[tuple[str, BarArrays]]:
+        """Stored mark-price klines of every timeframe in ``[start_ms, end_ms)``, finest first."""
+        rows = self._query(
+            f"SELECT DISTINCT timeframe FROM {self.db}.mark_klines WHERE exchange = {{e:String}} AND symbol = {{s:String}}",
+            e=exchange,
+            s=symbol,
+        )
+        out = []
+        with self.prices("mark"):
+            for (timeframe,) in sorted(rows, key=lambda r: timeframe_ms(r[0])):
+                out.append((timeframe, ClickHouseStore.read_bars(self, exchange, symbol, timeframe, start_ms, end_ms)))
+        return out
 
     def write_bars(self, exchange: str, symbol: str, timeframe: str, bars: BarArrays | pd.DataFrame) -> int:
         """Insert bars (validated); rows already stored are replaced, never duplicated."""
@@ -200,12 +269,16 @@ class ClickHouseStore(Store):
         def tag(value: str) -> pa.DictionaryArray:
             return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value]))
 
-        table = pa.table({
-            "exchange": tag(exchange), "symbol": tag(symbol), "timeframe": tag(timeframe),
-            **{c: pa.array(getattr(bars, c)) for c in BAR_COLUMNS},
-        })
+        table = pa.table(
+            {
+                "exchange": tag(exchange),
+                "symbol": tag(symbol),
+                "timeframe": tag(timeframe),
+                **{c: pa.array(getattr(bars, c)) for c in BAR_COLUMNS},
+            }
+        )
         with self._lock:
-            self._guard(lambda: self.client.insert_arrow(f"{self.db}.klines", table))
+            self._guard(lambda: self.client.insert_arrow(f"{self.db}.{self._klines}", table))
         return n
 
     def _series_filter(self, timeframe: str = "{timeframe:String}") -> str:
@@ -221,8 +294,10 @@ class ClickHouseStore(Store):
 
     def has_series(self, exchange: str, symbol: str, timeframe: str) -> bool:
         rows = self._query(
-            f"SELECT count() FROM (SELECT 1 FROM {self.db}.klines WHERE {self._series_filter()} LIMIT 1)",
-            exchange=exchange, symbol=symbol, timeframe=timeframe,
+            f"SELECT count() FROM (SELECT 1 FROM {self.db}.{self._klines} WHERE {self._series_filter()} LIMIT 1)",
+            exchange=exchange,
+            symbol=symbol,
+            timeframe=timeframe,
         )
         return rows[0][0] > 0
 
@@ -238,9 +313,11 @@ class ClickHouseStore(Store):
         if timeframe != "1m" and step > MINUTE_MS and not self.has_series(exchange, symbol, timeframe):
             return self._resampled(exchange, symbol, timeframe, step, start_ms, end_ms)
         table = self._arrow(
-            f"SELECT ts, open, high, low, close, volume FROM {self.db}.klines FINAL "
+            f"SELECT ts, open, high, low, close, volume FROM {self.db}.{self._klines} FINAL "
             f"WHERE {self._series_filter()}{self._range_filter(start_ms, end_ms)} ORDER BY ts",
-            exchange=exchange, symbol=symbol, timeframe=timeframe,
+            exchange=exchange,
+            symbol=symbol,
+            timeframe=timeframe,
         )
         return _bar_arrays(table)
 
@@ -251,25 +328,28 @@ class ClickHouseStore(Store):
         lo = None if start_ms is None else (start_ms - offset) // step * step + offset
         table = self._arrow(
             f"""
-            WITH last_minute AS (SELECT max(ts) FROM {self.db}.klines
+            WITH last_minute AS (SELECT max(ts) FROM {self.db}.{self._klines}
                                  WHERE {self._series_filter("'1m'")})
             SELECT {bucket} AS b, argMin(open, ts) AS open, max(high) AS high, min(low) AS low,
                    argMax(close, ts) AS close, sum(volume) AS volume
-            FROM {self.db}.klines FINAL
+            FROM {self.db}.{self._klines} FINAL
             WHERE {self._series_filter("'1m'")}{self._range_filter(lo, end_ms)}
             GROUP BY b
             HAVING b + {step} <= (SELECT * FROM last_minute) + {MINUTE_MS}
-               {'' if start_ms is None else f'AND b >= {int(start_ms)}'}
+               {"" if start_ms is None else f"AND b >= {int(start_ms)}"}
             ORDER BY b
             """,
-            exchange=exchange, symbol=symbol,
+            exchange=exchange,
+            symbol=symbol,
         )
         return _bar_arrays(table.rename_columns(list(BAR_COLUMNS)))
 
     def first_last(self, exchange: str, symbol: str, timeframe: str) -> tuple[int, int] | None:
         rows = self._query(
-            f"SELECT min(ts), max(ts), count() FROM {self.db}.klines WHERE {self._series_filter()}",
-            exchange=exchange, symbol=symbol, timeframe=timeframe,
+            f"SELECT min(ts), max(ts), count() FROM {self.db}.{self._klines} WHERE {self._series_filter()}",
+            exchange=exchange,
+            symbol=symbol,
+            timeframe=timeframe,
         )
         first, last, count = rows[0]
         return None if count == 0 else (int(first), int(last))
@@ -277,55 +357,74 @@ class ClickHouseStore(Store):
     def count_rows(self, exchange: str, symbol: str, timeframe: str) -> tuple[int, int]:
         """(de-duplicated rows, physical rows): equal once ClickHouse has merged, or after OPTIMIZE."""
         rows = self._query(
-            f"SELECT (SELECT count() FROM {self.db}.klines FINAL WHERE {self._series_filter()}), "
-            f"(SELECT count() FROM {self.db}.klines WHERE {self._series_filter()})",
-            exchange=exchange, symbol=symbol, timeframe=timeframe,
+            f"SELECT (SELECT count() FROM {self.db}.{self._klines} FINAL WHERE {self._series_filter()}), "
+            f"(SELECT count() FROM {self.db}.{self._klines} WHERE {self._series_filter()})",
+            exchange=exchange,
+            symbol=symbol,
+            timeframe=timeframe,
         )
         return int(rows[0][0]), int(rows[0][1])
 
     def series(self) -> list[Series]:
-        """Every stored series with its span, row count and number of gaps."""
-        rows = self._query(
-            f"SELECT exchange, symbol, timeframe, min(ts), max(ts), count() FROM {self.db}.klines FINAL "
-            "GROUP BY exchange, symbol, timeframe ORDER BY exchange, symbol, timeframe"
-        )
-        return [
-            Series(ex, sym, tf, int(first), int(last), int(n), len(self.gaps(ex, sym, tf)))
-            for ex, sym, tf, first, last, n in rows
-        ]
+        """Every stored series (trade klines, then mark-price klines) with its span, row count and number of gaps."""
+        out = []
+        for price in PRICES:
+            with self.prices(price):
+                rows = self._query(
+                    f"SELECT exchange, symbol, timeframe, min(ts), max(ts), count() FROM {self.db}.{self._klines} FINAL "
+                    "GROUP BY exchange, symbol, timeframe ORDER BY exchange, symbol, timeframe"
+                )
+                out += [
+                    Series(ex, sym, tf, int(first), int(last), int(n), len(self.gaps(ex, sym, tf)), price)
+                    for ex, sym, tf, first, last, n in rows
+                ]
+        return out
 
     # -- gaps and fetch pages -----------------------------------------------------------------
 
     def record_page(self, exchange: str, symbol: str, timeframe: str, since_ms: int, until_ms: int, expected: int, received: int) -> None:
         """Remember that a fetch of ``[since_ms, until_ms)`` returned fewer bars than the range holds."""
         self._command(
-            f"INSERT INTO {self.db}.fetch_pages (exchange, symbol, timeframe, since, until, expected, received) "
+            f"INSERT INTO {self.db}.{self._pages} (exchange, symbol, timeframe, since, until, expected, received) "
             "VALUES ({exchange:String}, {symbol:String}, {timeframe:String}, {since:Int64}, {until:Int64}, "
             "{expected:UInt32}, {received:UInt32})",
-            exchange=exchange, symbol=symbol, timeframe=timeframe, since=int(since_ms), until=int(until_ms),
-            expected=int(expected), received=int(received),
+            exchange=exchange,
+            symbol=symbol,
+            timeframe=timeframe,
+            since=int(since_ms),
+            until=int(until_ms),
+            expected=int(expected),
+            received=int(received),
         )
 
     def short_pages(self, exchange: str, symbol: str, timeframe: str) -> list[tuple[int, int, int, int]]:
         """Recorded short or empty pages: ``(since_ms, until_ms, expected, received)``."""
-        return [tuple(int(v) for v in row) for row in self._query(
-            f"SELECT since, until, expected, received FROM {self.db}.fetch_pages FINAL "
-            f"WHERE {self._series_filter()} ORDER BY since",
-            exchange=exchange, symbol=symbol, timeframe=timeframe,
-        )]
+        return [
+            tuple(int(v) for v in row)
+            for row in self._query(
+                f"SELECT since, until, expected, received FROM {self.db}.{self._pages} FINAL WHERE {self._series_filter()} ORDER BY since",
+                exchange=exchange,
+                symbol=symbol,
+                timeframe=timeframe,
+            )
+        ]
 
-    def holes(self, exchange: str, symbol: str, timeframe: str, start_ms: int | None = None, end_ms: int | None = None) -> list[tuple[int, int]]:
+    def holes(
+        self, exchange: str, symbol: str, timeframe: str, start_ms: int | None = None, end_ms: int | None = None
+    ) -> list[tuple[int, int]]:
         """``[(first missing ts, next stored ts), ...]`` between stored bars, found by a query."""
         step = timeframe_ms(timeframe)
         rows = self._query(
             f"""
             SELECT prev + {step}, ts FROM (
                 SELECT ts, lagInFrame(ts, 1, toInt64(-1)) OVER (ORDER BY ts ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS prev
-                FROM (SELECT DISTINCT ts FROM {self.db}.klines
+                FROM (SELECT DISTINCT ts FROM {self.db}.{self._klines}
                       WHERE {self._series_filter()}{self._range_filter(start_ms, end_ms)})
             ) WHERE prev >= 0 AND ts - prev > {step} ORDER BY ts
             """,
-            exchange=exchange, symbol=symbol, timeframe=timeframe,
+            exchange=exchange,
+            symbol=symbol,
+            timeframe=timeframe,
         )
         return [(int(a), int(b)) for a, b in rows]
 
@@ -371,10 +470,14 @@ class ClickHouseStore(Store):
         if not np.isfinite(rate).all():
             raise DataError(f"{exchange} {symbol} funding: non-finite rate at row {int(np.flatnonzero(~np.isfinite(rate))[0])}")
         n = len(ts)
-        table = pa.table({
-            "exchange": pa.array([exchange] * n), "symbol": pa.array([symbol] * n),
-            "ts": pa.array(ts), "rate": pa.array(rate),
-        })
+        table = pa.table(
+            {
+                "exchange": pa.array([exchange] * n),
+                "symbol": pa.array([symbol] * n),
+                "ts": pa.array(ts),
+                "rate": pa.array(rate),
+            }
+        )
         with self._lock:
             self._guard(lambda: self.client.insert_arrow(f"{self.db}.funding", table))
         return n
@@ -383,31 +486,38 @@ class ClickHouseStore(Store):
         table = self._arrow(
             f"SELECT ts, rate FROM {self.db}.funding FINAL "
             f"WHERE exchange = {{exchange:String}} AND symbol = {{symbol:String}}{self._range_filter(start_ms, end_ms)} ORDER BY ts",
-            exchange=exchange, symbol=symbol,
+            exchange=exchange,
+            symbol=symbol,
         )
-        return pd.DataFrame({
-            "ts": np.asarray(table.column("ts").to_numpy(), dtype=np.int64),
-            "rate": np.asarray(table.column("rate").to_numpy(), dtype=np.float64),
-        })
+        return pd.DataFrame(
+            {
+                "ts": np.asarray(table.column("ts").to_numpy(), dtype=np.int64),
+                "rate": np.asarray(table.column("rate").to_numpy(), dtype=np.float64),
+            }
+        )
 
     def funding_span(self, exchange: str, symbol: str) -> tuple[int, int, int] | None:
         rows = self._query(
             f"SELECT min(ts), max(ts), count() FROM {self.db}.funding FINAL WHERE exchange = {{e:String}} AND symbol = {{s:String}}",
-            e=exchange, s=symbol,
+            e=exchange,
+            s=symbol,
         )
         first, last, n = rows[0]
         return None if n == 0 else (int(first), int(last), int(n))
 
     def funding_series(self) -> list[tuple[str, str, int, int, int]]:
         """``(exchange, symbol, first ts, last ts, rows)`` of every stored funding series."""
-        return [(ex, sym, int(a), int(b), int(n)) for ex, sym, a, b, n in self._query(
-            f"SELECT exchange, symbol, min(ts), max(ts), count() FROM {self.db}.funding FINAL "
-            "GROUP BY exchange, symbol ORDER BY exchange, symbol"
-        )]
+        return [
+            (ex, sym, int(a), int(b), int(n))
+            for ex, sym, a, b, n in self._query(
+                f"SELECT exchange, symbol, min(ts), max(ts), count() FROM {self.db}.funding FINAL "
+                "GROUP BY exchange, symbol ORDER BY exchange, symbol"
+            )
+        ]
 
     def optimize(self) -> None:
         """Merge parts now (ClickHouse does it in the background anyway); reads never need it."""
-        for table in ("klines", "funding", "fetch_pages"):
+        for table in ("klines", "funding", "fetch_pages", "mark_klines", "mark_fetch_pages"):
             self._command(f"OPTIMIZE TABLE {self.db}.{table} FINAL")
 
 
@@ -439,10 +549,7 @@ def _locked_by_other_process(status: Path) -> bool:
 
 
 def _bar_arrays(table: pa.Table) -> BarArrays:
-    return BarArrays(*(
-        np.ascontiguousarray(table.column(c).to_numpy(), dtype=np.int64 if c == "ts" else np.float64)
-        for c in BAR_COLUMNS
-    ))
+    return BarArrays(*(np.ascontiguousarray(table.column(c).to_numpy(), dtype=np.int64 if c == "ts" else np.float64) for c in BAR_COLUMNS))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -507,6 +614,16 @@ class ChdbStore(ClickHouseStore):
         held = self.client is not None
         try:
             return super().read_funding(exchange, symbol, start_ms, end_ms)
+        finally:
+            if not held:
+                self.close()
+
+    def read_mark_bars(self, exchange, symbol, start_ms=None, end_ms=None) -> list[tuple[str, BarArrays]]:
+        if self.client is None and not self._exists():
+            return []
+        held = self.client is not None
+        try:
+            return super().read_mark_bars(exchange, symbol, start_ms, end_ms)
         finally:
             if not held:
                 self.close()
