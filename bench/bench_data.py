@@ -57,8 +57,8 @@ def bootstrap(real: BarArrays, n: int, seed: int = 7) -> BarArrays:
         k = min(DAY, n - pos)
         scale = price / real.open[s]
         for c in ("open", "high", "low", "close"):
-            out[c][pos:pos + k] = getattr(real, c)[s:s + k] * scale
-        out["volume"][pos:pos + k] = real.volume[s:s + k]
+            out[c][pos : pos + k] = getattr(real, c)[s : s + k] * scale
+        out["volume"][pos : pos + k] = real.volume[s : s + k]
         price = out["close"][pos + k - 1]
         pos += k
     ts = 1_500_000_000_000 // 60_000 * 60_000 + np.arange(n, dtype=np.int64) * 60_000
@@ -115,8 +115,14 @@ def main() -> None:
         with ChdbStore(ChdbConfig(path=scratch / "chdb")) as store:
             rows += run_leg("chdb", store, real_path, boot, args.repeat, scratch)
         if args.http:
-            server = ServerProcess("btc_quant.testing.clickhouse_http", "--path", str(scratch / "http"), "--user", "bench",
-                                   env={**os.environ, "CLICKHOUSE_HTTP_PASSWORD": "bench-pass"}).start()
+            server = ServerProcess(
+                "btc_quant.testing.clickhouse_http",
+                "--path",
+                str(scratch / "http"),
+                "--user",
+                "bench",
+                env={**os.environ, "CLICKHOUSE_HTTP_PASSWORD": "bench-pass"},
+            ).start()
             try:
                 with ServerStore(ServerConfig(url=server.url, user="bench", password="bench-pass")) as store:
                     rows += run_leg("http", store, real_path, boot, args.repeat, scratch)

@@ -44,12 +44,16 @@ WORKLOADS = {
     "sma_cross": {
         "base": {"strategy": {"name": "sma_cross"}, "symbol": "BTC/USDT", "exchange": {"name": "binance"}},
         "search": {"fast": "3:30", "slow": "40:200:10"},
-        "data": DATA, "start": "2025-05-20T00:00", "end": "2025-08-18T18:00",
+        "data": DATA,
+        "start": "2025-05-20T00:00",
+        "end": "2025-08-18T18:00",
     },
     "maker_vol": {
         "base": {"strategy": {"name": "maker_vol"}, "symbol": "BTC/USDT:USDT", "exchange": {"name": "binanceusdm"}},
         "search": {"step_pct": "0.001:0.01", "tp_pct": "0.001:0.01", "lookback": "3d,7d,14d"},
-        "data": DATA, "start": "2025-05-20T00:00", "end": "2025-08-18T18:00",
+        "data": DATA,
+        "start": "2025-05-20T00:00",
+        "end": "2025-08-18T18:00",
     },
 }
 

@@ -20,35 +20,21 @@ import logging
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from .broker import Broker, FillEvent, MarginState, OrderEvent, SimulatedBroker
-from .config import RunConfig
 from .data import BarArrays
 from .errors import OrderError, StrategyError
-from .model import Bar, Fill, Instrument, Order, OrderStatus, Position, Side
+from .margin import LIQUIDATION_FORMULAS
+from .model import Bar, Fill, Instrument, Order, OrderStatus, Position, PositionSide, Side
 from .plugins import PluginManager
+from .results import RunInfo, RunResult
 from .risk import KillSwitch, RiskCheck, RiskState
 from .strategy import Strategy
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """Identifies a run for observer hooks."""
-
-    run_id: str
-    mode: str
-    strategy: str
-    broker: str
-    instrument: Instrument
-    config: RunConfig | None
 
 
 class BarHistory:
@@ -69,8 +55,12 @@ class BarHistory:
         n = self.closed + 1
         if n == len(self._arrays):
             grown = max(256, 2 * n)
-            self._arrays = BarArrays(*(np.resize(getattr(self._arrays, c), grown) for c in ("ts", "open", "high", "low", "close", "volume")))
-        for name, value in zip(("ts", "open", "high", "low", "close", "volume"), (bar.ts_ms, bar.open, bar.high, bar.low, bar.close, bar.volume)):
+            self._arrays = BarArrays(
+                *(np.resize(getattr(self._arrays, c), grown) for c in ("ts", "open", "high", "low", "close", "volume"))
+            )
+        for name, value in zip(
+            ("ts", "open", "high", "low", "close", "volume"), (bar.ts_ms, bar.open, bar.high, bar.low, bar.close, bar.volume)
+        ):
             getattr(self._arrays, name)[n] = value
         self.closed = n
 
@@ -86,7 +76,7 @@ class BarHistory:
 class Context:
     """What a strategy acts through. Reads reflect the broker's view; orders go through risk checks."""
 
-    def __init__(self, engine: "Engine") -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     # --- market ---------------------------------------------------------------------------
@@ -115,7 +105,18 @@ class Context:
     # --- account --------------------------------------------------------------------------
     @property
     def position(self) -> Position:
+        """The net position (one-way mode); in hedge mode see :meth:`position_of`."""
         return self._engine.broker.position()
+
+    @property
+    def position_mode(self) -> str:
+        """``one_way`` or ``hedge`` (``broker.position_mode``): in hedge mode every order names its
+        ``position_side`` (LONG or SHORT) and :meth:`position_of` gives each side's position."""
+        return self._engine.broker.position_mode
+
+    def position_of(self, position_side: PositionSide | str) -> Position:
+        """The LONG or SHORT position (hedge mode), or the net one for ``BOTH``."""
+        return self._engine.broker.position(position_side)
 
     @property
     def equity(self) -> float:
@@ -157,15 +158,17 @@ class Context:
         reduce_only: bool = False,
         client_id: str | None = None,
         tag: str | None = None,
+        position_side: PositionSide | str = PositionSide.BOTH,
     ) -> Order:
         inst = self.instrument
+        position_side = PositionSide(position_side)
         qty = inst.round_qty(quantity)
         if qty <= 0:
             raise OrderError(f"{side.value} quantity {quantity!r} rounds to 0 at lot size {inst.lot_size}")
         if price is not None:
             price = inst.round_price(price, "down" if side is Side.BUY else "up")
         ref = price if price is not None else self.price
-        notional_ok = reduce_only or ref * qty >= inst.min_notional
+        notional_ok = reduce_only or position_side.closes(side) or ref * qty >= inst.min_notional
         if not notional_ok:
             raise OrderError(f"{side.value} {qty} at {ref:.2f} is below the minimum notional {inst.min_notional:g}")
         order = Order.create(
@@ -179,6 +182,7 @@ class Context:
             ts_ms=self.now_ms,
             tag=tag,
             check_notional=False,
+            position_side=position_side,
         )
         return self._engine.submit(order)
 
@@ -213,15 +217,29 @@ class Context:
         """Leverage, margins, available balance and liquidation price (perpetuals)."""
         return self._engine.broker.margin()
 
+    def margin_of(self, position_side: PositionSide | str) -> MarginState:
+        """The margin picture of the LONG or SHORT position (hedge mode; ``BOTH``: :attr:`margin`):
+        its isolated margin (cross: its initial margin), maintenance margin and liquidation price,
+        with the account's wallet, leverage and available balance."""
+        side = PositionSide(position_side)
+        if side is PositionSide.BOTH:
+            return self._engine.broker.margin()
+        return self._engine.broker.margin(side)
+
     def set_leverage(self, leverage: float) -> None:
         self._engine.broker.set_leverage(leverage)
 
     def set_margin_mode(self, mode: str) -> None:
         self._engine.broker.set_margin_mode(mode)
 
-    def adjust_margin(self, amount: float) -> None:
-        """Isolated margin: add (> 0) or remove (< 0) margin of the position."""
-        self._engine.broker.adjust_margin(amount)
+    def adjust_margin(self, amount: float, position_side: PositionSide | str = PositionSide.BOTH) -> None:
+        """Isolated margin: add (> 0) or remove (< 0) margin of the position (hedge mode: of the
+        LONG or SHORT one)."""
+        side = PositionSide(position_side)
+        if side is PositionSide.BOTH:
+            self._engine.broker.adjust_margin(amount)
+        else:
+            self._engine.broker.adjust_margin(amount, position_side=side)
 
     def wake_when_price_outside(self, low: float | None, high: float | None) -> None:
         """Call ``on_bar`` at the close of the first bar trading at/below ``low`` or at/above ``high``.
@@ -244,46 +262,6 @@ class Context:
         log.info("[%s] " + message, self._engine.info.strategy, *args)
 
 
-@dataclass
-class RunResult:
-    """Everything a run produced. ``summary()`` is what ``quant run --json`` prints."""
-
-    info: RunInfo
-    bars: int
-    start_ms: int
-    end_ms: int
-    equity: pd.Series
-    fills: pd.DataFrame
-    orders: pd.DataFrame
-    trades: pd.DataFrame
-    metrics: dict[str, Any]
-    initial_equity: float
-    elapsed_s: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        def iso(ms: int) -> str:
-            return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
-
-        out: dict[str, Any] = {
-            "run_id": self.info.run_id,
-            "strategy": self.info.strategy,
-            "broker": self.info.broker,
-            "exchange": self.info.instrument.exchange,
-            "symbol": self.info.instrument.symbol,
-            "bars": self.bars,
-            "start": iso(self.start_ms),
-            "end": iso(self.end_ms),
-            "initial_equity": self.initial_equity,
-        }
-        out.update(self.metrics)
-        out["elapsed_s"] = round(self.elapsed_s, 3)
-        if self.notes:
-            out["notes"] = list(self.notes)
-        return out
-
-
 class Engine:
     """Routes orders strategy -> risk checks -> broker and events broker -> strategy."""
 
@@ -300,6 +278,8 @@ class Engine:
     ) -> None:
         self.strategy = strategy
         self.broker = broker
+        #: why the broker refused the strategy's compiled decisions (None: accepted or not offered)
+        self.compiled_refusal: str | None = None
         self.plugins = plugins
         self.instrument = instrument
         self.risk_checks = list(risk_checks or [])
@@ -327,6 +307,10 @@ class Engine:
             return "a plugin observes every order or fill (quant_on_order / quant_on_fill)"
         if self.halted is not None:
             return "the engine is halted"
+        if self.instrument.is_perpetual and self.instrument.exchange in LIQUIDATION_FORMULAS:
+            # the venue core follows the exchange's rule (P_LIQRULE), maker_vol's compiled kernel computes
+            # Binance's: such a run takes the event path (one decision here for every compiled loop)
+            return f"{self.instrument.exchange} liquidates by its own formula, which only the event path computes"
         return None
 
     # --- orders ---------------------------------------------------------------------------
@@ -350,10 +334,10 @@ class Engine:
         if order.symbol != self.instrument.symbol:
             raise OrderError(f"order {order.client_id}: symbol {order.symbol} is not the run's {self.instrument.symbol}")
         self.orders[order.client_id] = order
-        if self.halted is not None and not order.reduce_only:
+        if self.halted is not None and not order.closes_only:
             return self._reject(order, f"kill switch engaged: {self.halted.reason}")
         if self.risk_checks:
-            state = self.risk_state()
+            state = self.risk_state(order.position_side)
             for name, check in self.risk_checks:
                 reason = check.check(order, state)
                 if reason:
@@ -370,10 +354,12 @@ class Engine:
         return rejected
 
     # --- risk -----------------------------------------------------------------------------
-    def risk_state(self) -> RiskState:
+    def risk_state(self, position_side: PositionSide = PositionSide.BOTH) -> RiskState:
+        """The account as the checks see it; ``position`` is the one an order of ``position_side``
+        trades (hedge mode: its LONG or SHORT position)."""
         return RiskState(
             self.instrument,
-            self.broker.position(),
+            self.broker.position(position_side),
             self.broker.equity(),
             tuple(self.broker.open_orders()),
             self.broker.last_price,
@@ -400,21 +386,31 @@ class Engine:
             self.flatten()
 
     def flatten(self) -> Order | None:
-        """Cancel every open order and close the position at market (reduce-only)."""
+        """Cancel every open order and close the position at market (reduce-only; in hedge mode
+        each side's with a SELL LONG / BUY SHORT). Returns the (last) closing order, or None."""
         for order in self.broker.open_orders():
             self.broker.cancel(order.client_id)
         self.pump()
-        position = self.broker.position().quantity
-        if abs(position) < self.instrument.lot_size / 2:
-            return None
-        side = Side.SELL if position > 0 else Side.BUY
-        order = Order.create(
-            self.instrument, self.next_client_id(), side, self.instrument.round_qty(abs(position)),
-            reduce_only=True, ts_ms=self.broker.now_ms, tag="flatten",
-        )
-        self.submit(order)
-        self.pump()
-        return order
+        hedge = getattr(self.broker, "position_mode", "one_way") == "hedge"
+        last = None
+        for position_side in (PositionSide.LONG, PositionSide.SHORT) if hedge else (PositionSide.BOTH,):
+            position = self.broker.position(position_side).quantity
+            if abs(position) < self.instrument.lot_size / 2:
+                continue
+            last = Order.create(
+                self.instrument,
+                self.next_client_id(),
+                Side.SELL if position > 0 else Side.BUY,
+                self.instrument.round_qty(abs(position)),
+                reduce_only=not hedge,
+                ts_ms=self.broker.now_ms,
+                tag="flatten",
+                position_side=position_side,
+            )
+            self.submit(last)
+        if last is not None:
+            self.pump()
+        return last
 
     # --- events ---------------------------------------------------------------------------
     def pump(self) -> int:
@@ -466,7 +462,7 @@ class Engine:
 
     # --- backtest -------------------------------------------------------------------------
     def run_backtest(self, bars: BarArrays) -> RunResult:
-        from .metrics import build_result  # metrics imports pandas-heavy helpers
+        from .metrics import build_result, count_trades  # metrics imports pandas-heavy helpers
 
         if not isinstance(self.broker, SimulatedBroker):
             raise StrategyError(f"broker {self.info.broker!r} cannot run a backtest; use broker=sim")
@@ -497,9 +493,9 @@ class Engine:
                 self.pump()
         history.close_through(n - 1)
         self.stop()
-        result = build_result(self, bars, broker)
-        result.extra["diagnostics"] = self.strategy.diagnostics()
+        result = build_result(self, bars, broker).take_sources(broker)
+        result.diagnostics = self.strategy.diagnostics()
+        count_trades(result, self.strategy)
         result.elapsed_s = time.perf_counter() - started
         self.plugins.call_optional("quant_on_run_end", result=result)
         return result
-

@@ -117,11 +117,12 @@ def quant_register_fill_models(register):
 
 
 @hookspec
-def quant_register_commands(cli):
+def quant_register_commands(cli, plugins):
     """Add commands to the ``quant`` command line.
 
-    Called when the CLI starts, with the root ``typer.Typer`` app. Use ``@cli.command()`` or
-    ``cli.add_typer(...)``. Returns nothing.
+    Called when the CLI starts, with the root ``typer.Typer`` app and the loaded
+    :class:`btc_quant.core.plugins.PluginManager` (for commands that call other hooks, e.g. the
+    report sections). Use ``@cli.command()`` or ``cli.add_typer(...)``. Returns nothing.
     """
 
 
@@ -129,7 +130,7 @@ def quant_register_commands(cli):
 def quant_on_run_start(run):
     """Observe the start of a run (backtest, paper or live).
 
-    Called after the strategy's ``on_start``, with ``run`` a :class:`btc_quant.core.engine.RunInfo`
+    Called after the strategy's ``on_start``, with ``run`` a :class:`btc_quant.core.results.RunInfo`
     (run id, mode, resolved config, instrument). Return value ignored.
     """
 
@@ -139,7 +140,7 @@ def quant_on_order(order, run):
     """Observe an order's status change (accepted, rejected, canceled, expired, filled).
 
     Called after the strategy's ``on_order``, with the new :class:`btc_quant.core.model.Order` and the
-    run's :class:`~btc_quant.core.engine.RunInfo`. Return value ignored.
+    run's :class:`~btc_quant.core.results.RunInfo`. Return value ignored.
     """
 
 
@@ -148,7 +149,7 @@ def quant_on_fill(fill, run):
     """Observe a fill.
 
     Called after the strategy's ``on_fill``, with the :class:`btc_quant.core.model.Fill` and the run's
-    :class:`~btc_quant.core.engine.RunInfo`. Return value ignored.
+    :class:`~btc_quant.core.results.RunInfo`. Return value ignored.
     """
 
 
@@ -156,8 +157,10 @@ def quant_on_fill(fill, run):
 def quant_on_run_end(result):
     """Observe the end of a run, e.g. to write a report or send a notification.
 
-    Called once after the strategy's ``on_stop``, with the :class:`btc_quant.core.engine.RunResult`
-    (equity curve, fills, orders, metrics, config). Return value ignored.
+    Called once after the strategy's ``on_stop``, with the :class:`btc_quant.core.results.RunResult`
+    (equity curve, fills, orders, metrics, the per-bar series, funding, diagnostics: typed fields).
+    A plugin may keep its own additions in ``result.extra`` (scalars and per-bar Series are saved
+    with the run). Return value ignored.
     """
 
 
@@ -165,8 +168,8 @@ def quant_on_run_end(result):
 def quant_report_sections(result):
     """Add sections to a run's HTML report (``quant report``, ``quant run --report``).
 
-    Called once per report with the :class:`btc_quant.core.engine.RunResult` (a fresh run or one
-    loaded from disk; ``result.info.strategy`` names the strategy, ``result.extra["diagnostics"]``
+    Called once per report with the :class:`btc_quant.core.results.RunResult` (a fresh run or one
+    loaded from disk; ``result.info.strategy`` names the strategy, ``result.diagnostics``
     holds what :meth:`Strategy.diagnostics` returned). Return a
     :class:`btc_quant.sdk.ReportSection`, a list of them, or None when the run is not yours.
     Sections are shown after the standard ones, ordered by their ``order`` then title::
@@ -174,5 +177,23 @@ def quant_report_sections(result):
         @hookimpl
         def quant_report_sections(result):
             if result.info.strategy == "maker_vol":
-                return ReportSection("Grid", figure=grid_figure(result.extra["diagnostics"]))
+                return ReportSection("Grid", figure=grid_figure(result.diagnostics))
+    """
+
+
+@hookspec
+def quant_on_alert(alert):
+    """Observe an alert raised by the watchdog of ``quant serve`` (e.g. to forward or record it).
+
+    Called in the ``quant serve`` process for every alert, before it is sent to ``alerts.urls``,
+    with an ``Alert`` (made by the serve plugin, ``plugins/serve/alerts.py``): ``key`` (``<bot>:<kind>``), ``bot``,
+    ``kind`` (``dead``, ``stream``, ``market_data``, ``orders``, ``liquidation``, ``halted``,
+    ``reconcile``, ``risk``, ``fills``), ``level`` (``alert``, ``reminder``, ``recovered``, ``info``),
+    ``title``, ``message`` and ``ts`` (epoch seconds). An exception raised here is logged and the
+    watchdog carries on. Return value ignored::
+
+        @hookimpl
+        def quant_on_alert(alert):
+            if alert.level == "alert":
+                page_the_on_call_person(alert.title, alert.message)
     """

@@ -22,6 +22,7 @@ import difflib
 import logging
 import os
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -106,6 +107,22 @@ class Registry:
         self._items: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
         #: plugin name -> load error, so a lookup can say why a name may be missing
         self.load_errors: dict[str, str] = {}
+        #: names a plugin not imported yet registers (from the plugin cache): kind -> name -> its loader
+        self._deferred: dict[str, dict[str, Callable[[], None]]] = {kind: {} for kind in KINDS}
+
+    def defer(self, kind: str, name: str, load: Callable[[], None]) -> None:
+        """Know ``name`` now; import the plugin that registers it (``load``) when it is looked up."""
+        self._deferred[kind][name] = load
+
+    def _load_deferred(self, kind: str, name: str | None = None) -> None:
+        for reg_name, load in list(self._deferred[kind].items()):
+            if name is None or reg_name == name:
+                load()  # registers the plugin's names and drops them (every kind) from _deferred
+
+    def forget_deferred(self, load: Callable[[], None]) -> None:
+        for names in self._deferred.values():
+            for reg_name in [n for n, f in names.items() if f is load]:
+                del names[reg_name]
 
     def add(self, kind: str, name: str, factory: Any, plugin: str) -> None:
         if not isinstance(name, str) or not name or name != name.strip():
@@ -119,13 +136,16 @@ class Registry:
         self._items[kind][name] = Registration(kind, name, factory, plugin)
 
     def names(self, kind: str) -> list[str]:
-        return sorted(self._items[kind])
+        return sorted(set(self._items[kind]) | set(self._deferred[kind]))
 
     def all(self, kind: str) -> list[Registration]:
+        self._load_deferred(kind)
         return [self._items[kind][n] for n in self.names(kind)]
 
     def get(self, kind: str, name: str, *, key: str | None = None) -> Registration:
         """The registration, or a :class:`ConfigError` naming ``key`` and the valid choices."""
+        if name in self._deferred[kind] and name not in self._items[kind]:
+            self._load_deferred(kind, name)
         try:
             return self._items[kind][name]
         except KeyError:
@@ -134,8 +154,7 @@ class Registry:
             where = f"{key}: " if key else ""
             broken = "".join(f"; plugin {p!r} failed to load ({e})" for p, e in self.load_errors.items())
             raise ConfigError(
-                f"{where}unknown {label} {name!r}{did_you_mean(name, choices)}; "
-                f"available: {', '.join(choices) or 'none'}{broken}",
+                f"{where}unknown {label} {name!r}{did_you_mean(name, choices)}; available: {', '.join(choices) or 'none'}{broken}",
                 hint="`quant plugins` lists what is installed",
             ) from None
 
@@ -198,10 +217,22 @@ def _strict(env: dict[str, str]) -> bool:
     return env.get("QUANT_STRICT_PLUGINS", "").lower() in ("1", "true", "yes")
 
 
-def load_plugins(env: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> PluginManager:
+#: Hooks a plugin may implement and still be imported only when a name it registered is looked up:
+#: the registration hooks, and commands (only a command that needs none defers, see load_plugins).
+DEFERRABLE_HOOKS = frozenset([*KINDS.values(), "quant_register_commands"])
+
+
+def load_plugins(
+    env: dict[str, str] | None = None, extra: dict[str, Any] | None = None, *, known: dict[str, PluginInfo] | None = None
+) -> PluginManager:
     """Load every entry point of the ``btc_quant`` group (honouring ``QUANT_LOAD_PLUGINS``).
 
     ``extra`` maps names to plugin objects registered in addition (for tests and notebooks).
+    ``known``: what each plugin registered at the last full load, from the plugin cache (the CLI
+    passes it for ``quant run``). A plugin that implements nothing but registration hooks (and
+    ``quant_register_commands``) is then imported only when one of its names is looked up (a run
+    of ``maker_vol`` on ``sim`` imports neither ccxt nor Backtrader); its names are listed all the
+    same, and its commands are not added. Any other plugin (observers, report sections) loads now.
     """
     env = dict(os.environ if env is None else env)
     pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -219,27 +250,11 @@ def load_plugins(env: dict[str, str] | None = None, extra: dict[str, Any] | None
         seen.add(ep.name)
         if selected is not None and ep.name not in selected:
             continue
-        dist = getattr(ep, "dist", None)
-        dist_name = dist.metadata["Name"] if dist is not None else None
-        version = dist.version if dist is not None else None
-        try:
-            module = ep.load()
-            manager.register_module(module, ep.name, distribution=dist_name, version=version)
-        except PluginError:
-            raise
-        except Exception as exc:  # a broken plugin must not stop the others; it is reported
-            if ep.name in pm.list_name_plugin() and pm.get_plugin(ep.name) is not None:
-                pm.unregister(name=ep.name)
-            error = f"{type(exc).__name__}: {exc}"
-            manager.infos[ep.name] = PluginInfo(ep.name, dist_name, version, ep.value, error=error)
-            manager.registry.load_errors[ep.name] = error
-            log.warning("plugin %s (%s %s) failed to load: %s", ep.name, dist_name, version, error)
-            log.debug("%s", traceback.format_exc())
-            if _strict(env):
-                raise PluginError(
-                    f"plugin {ep.name!r} ({dist_name} {version}) failed to load: {error}",
-                    hint="unset QUANT_STRICT_PLUGINS to skip it",
-                ) from exc
+        info = (known or {}).get(ep.name)
+        if info is not None and info.error is None and info.module == ep.value and set(info.hooks) <= DEFERRABLE_HOOKS:
+            _defer(manager, ep, info, env)
+        else:
+            _load_entry_point(manager, ep, env)
     for name, obj in (extra or {}).items():
         manager.register_module(obj, name)
     try:
@@ -248,3 +263,41 @@ def load_plugins(env: dict[str, str] | None = None, extra: dict[str, Any] | None
         raise PluginError(f"a plugin implements a hook that does not exist: {exc}") from exc
     return manager
 
+
+def _defer(manager: PluginManager, ep: metadata.EntryPoint, info: PluginInfo, env: dict[str, str]) -> None:
+    def load() -> None:
+        manager.registry.forget_deferred(load)
+        _load_entry_point(manager, ep, env)
+        try:
+            manager.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"a plugin implements a hook that does not exist: {exc}") from exc
+
+    for kind, names in info.registered.items():
+        for name in names:
+            manager.registry.defer(kind, name, load)
+
+
+def _load_entry_point(manager: PluginManager, ep: metadata.EntryPoint, env: dict[str, str]) -> None:
+    pm = manager.pm
+    dist = getattr(ep, "dist", None)
+    dist_name = dist.metadata["Name"] if dist is not None else None
+    version = dist.version if dist is not None else None
+    try:
+        module = ep.load()
+        manager.register_module(module, ep.name, distribution=dist_name, version=version)
+    except PluginError:
+        raise
+    except Exception as exc:  # a broken plugin must not stop the others; it is reported
+        if ep.name in pm.list_name_plugin() and pm.get_plugin(ep.name) is not None:
+            pm.unregister(name=ep.name)
+        error = f"{type(exc).__name__}: {exc}"
+        manager.infos[ep.name] = PluginInfo(ep.name, dist_name, version, ep.value, error=error)
+        manager.registry.load_errors[ep.name] = error
+        log.warning("plugin %s (%s %s) failed to load: %s", ep.name, dist_name, version, error)
+        log.debug("%s", traceback.format_exc())
+        if _strict(env):
+            raise PluginError(
+                f"plugin {ep.name!r} ({dist_name} {version}) failed to load: {error}",
+                hint="unset QUANT_STRICT_PLUGINS to skip it",
+            ) from exc

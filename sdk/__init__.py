@@ -1,17 +1,17 @@
 """The stable surface for strategy and plugin authors: import from here, not from ``core``.
 
-    from btc_quant.sdk import Strategy, StrategyConfig, Field, hookimpl
+from btc_quant.sdk import Strategy, StrategyConfig, Field, hookimpl
 
-    class Breakout(Strategy):
-        class Config(StrategyConfig):
-            period: int = Field(20, gt=1, description="channel length in bars")
+class Breakout(Strategy):
+    class Config(StrategyConfig):
+        period: int = Field(20, gt=1, description="channel length in bars")
 
-        def on_bar(self, ctx, bar):
-            ...
+    def on_bar(self, ctx, bar):
+        ...
 
-    @hookimpl
-    def quant_register_strategies(register):
-        register("breakout", Breakout)
+@hookimpl
+def quant_register_strategies(register):
+    register("breakout", Breakout)
 """
 
 from pydantic import Field
@@ -19,7 +19,7 @@ from pydantic import Field
 from ..core.broker import Broker, BrokerConfig, BrokerEvent, FillEvent, MarginState, OrderEvent, SimulatedBroker, Step
 from ..core.config import Duration, QuantModel, Timestamp, parse_duration, registered
 from ..core.data import BarArrays, timeframe_ms
-from ..core.engine import Context, RunResult
+from ..core.engine import Context
 from ..core.errors import (
     ConfigError,
     DataError,
@@ -31,7 +31,7 @@ from ..core.errors import (
     StoreError,
     StrategyError,
 )
-from ..core.fills import THROUGH, TOUCH, FillModel
+from ..core.fills import PROB, QUEUE, THROUGH, TOUCH, FillModel
 from ..core.hookspecs import hookimpl
 from ..core.model import (
     Account,
@@ -44,23 +44,81 @@ from ..core.model import (
     OrderStatus,
     OrderType,
     Position,
+    PositionSide,
     Side,
 )
 from ..core.report import ReportSection
+from ..core.results import RunResult
 from ..core.risk import KillSwitch, RiskCheck, RiskCheckConfig, RiskState
 from ..core.runtime import Runtime
 from ..core.store import Store, StoreConfig
-from ..core.strategy import Strategy, StrategyConfig
+from ..core.strategy import CompiledDecisions, Strategy, StrategyConfig
 from .ordersync import BrokerVenue, OrderSync, SyncReport, VirtualOrder
 from .pairs import OrderPair, PairGrid
 from .signals import SignalStrategy
 
 __all__ = [
-    "Account", "Bar", "BarArrays", "Broker", "BrokerVenue", "OrderSync", "SyncReport", "VirtualOrder", "BrokerConfig", "BrokerEvent", "ConfigError", "Context",
-    "DataError", "Duration", "ExchangeError", "Field", "Fill", "FillEvent", "FillModel", "Instrument", "KillSwitch",
-    "MarginBracket", "MarginState", "MarketKind", "Order", "OrderError", "OrderPair", "PairGrid", "OrderEvent", "OrderStatus", "OrderType",
-    "PluginError", "Position", "QuantError", "QuantModel", "RiskCheck", "RiskCheckConfig", "RiskError",
-    "ReportSection", "RiskState", "RunResult", "Runtime", "Side", "SignalStrategy", "SimulatedBroker", "Step", "Store", "StoreConfig",
-    "StoreError", "Strategy", "StrategyConfig", "StrategyError", "THROUGH", "TOUCH", "Timestamp",
-    "hookimpl", "parse_duration", "registered", "timeframe_ms",
+    "Account",
+    "Bar",
+    "BarArrays",
+    "Broker",
+    "BrokerVenue",
+    "OrderSync",
+    "SyncReport",
+    "VirtualOrder",
+    "BrokerConfig",
+    "BrokerEvent",
+    "ConfigError",
+    "Context",
+    "DataError",
+    "Duration",
+    "ExchangeError",
+    "Field",
+    "Fill",
+    "FillEvent",
+    "FillModel",
+    "Instrument",
+    "KillSwitch",
+    "MarginBracket",
+    "MarginState",
+    "MarketKind",
+    "Order",
+    "OrderError",
+    "OrderPair",
+    "PairGrid",
+    "OrderEvent",
+    "OrderStatus",
+    "OrderType",
+    "PluginError",
+    "Position",
+    "PositionSide",
+    "QuantError",
+    "QuantModel",
+    "RiskCheck",
+    "RiskCheckConfig",
+    "RiskError",
+    "ReportSection",
+    "RiskState",
+    "RunResult",
+    "Runtime",
+    "Side",
+    "SignalStrategy",
+    "SimulatedBroker",
+    "Step",
+    "Store",
+    "StoreConfig",
+    "StoreError",
+    "CompiledDecisions",
+    "Strategy",
+    "StrategyConfig",
+    "StrategyError",
+    "PROB",
+    "QUEUE",
+    "THROUGH",
+    "TOUCH",
+    "Timestamp",
+    "hookimpl",
+    "parse_duration",
+    "registered",
+    "timeframe_ms",
 ]

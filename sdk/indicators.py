@@ -22,7 +22,8 @@ import math
 from collections import deque
 
 import numpy as np
-from numba import njit
+
+from ..core.compiled import njit
 
 
 @njit(cache=True)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from ..core.config import merge_layers, parse_assignments, resolve
 from ..core.data import BarArrays
-from ..core.engine import RunResult
 from ..core.model import Bar
 from ..core.plugins import PluginManager, load_plugins
+from ..core.results import RunResult
 from ..core.run import build_engine, build_runtime, run_engine
 from ..core.strategy import Strategy
 
@@ -18,7 +18,7 @@ from ..core.strategy import Strategy
 def bars_from(rows: Iterable[Sequence[float]], *, start_ms: int = 1_600_000_000_000, step_ms: int = 60_000) -> BarArrays:
     """Bars from ``(open, high, low, close)`` or ``(open, high, low, close, volume)`` rows, one minute apart."""
     rows = [tuple(r) + (0.0,) * (5 - len(r)) for r in rows]
-    columns = list(zip(*rows)) if rows else [[]] * 5
+    columns: list[Sequence[float]] = list(zip(*rows)) if rows else [[]] * 5
     ts = start_ms + step_ms * np.arange(len(rows), dtype=np.int64)
     bars = BarArrays(ts, *(np.asarray(c, dtype=np.float64) for c in columns))
     bars.validate("bars_from")
@@ -45,14 +45,13 @@ def run_strategy(
 ) -> RunResult:
     """Backtest a strategy (registered name or class) on given bars with ``key=value`` settings.
 
-    The strategy object the run used is ``result.extra["strategy"]``, so a test can look at its
+    The strategy object the run used is ``result.strategy_object``, so a test can look at its
     state after the run (a grid's open lots, an indicator's last value). ``compiled=True`` runs
     as ``quant run`` does (:func:`btc_quant.core.run.run_engine`): the strategy's compiled backtest
-    when it has one that applies (``result.extra["compiled"]``), else the event path; the default
+    when it has one that applies (``result.compiled``), else the event path; the default
     is always the event path.
     """
     plugins = plugins or load_plugins()
-    extra: dict[str, Strategy] = {}
     if isinstance(strategy, type):
         name = getattr(strategy, "name", strategy.__name__.lower())
         if name not in plugins.registry.names("strategy"):
@@ -68,7 +67,7 @@ def run_strategy(
             *(np.array([getattr(b, f) for b in bars], dtype=np.float64) for f in ("open", "high", "low", "close", "volume")),
         )
     result = run_engine(engine, bars) if compiled else engine.run_backtest(bars)
-    result.extra["strategy"] = engine.strategy
+    result.strategy_object = engine.strategy
     return result
 
 

@@ -48,10 +48,27 @@ from urllib.parse import parse_qsl, urlsplit
 
 #: URL parameters that steer the HTTP transport rather than the query.
 TRANSPORT_PARAMS = {
-    "query", "database", "user", "password", "quota_key", "query_id", "session_id", "session_timeout",
-    "session_check", "wait_end_of_query", "send_progress_in_http_headers", "http_headers_progress_interval_ms",
-    "enable_http_compression", "http_zlib_compression_level", "default_format", "client_protocol_version",
-    "buffer_size", "compress", "decompress", "cancel_http_readonly_queries_on_client_close", "role",
+    "query",
+    "database",
+    "user",
+    "password",
+    "quota_key",
+    "query_id",
+    "session_id",
+    "session_timeout",
+    "session_check",
+    "wait_end_of_query",
+    "send_progress_in_http_headers",
+    "http_headers_progress_interval_ms",
+    "enable_http_compression",
+    "http_zlib_compression_level",
+    "default_format",
+    "client_protocol_version",
+    "buffer_size",
+    "compress",
+    "decompress",
+    "cancel_http_readonly_queries_on_client_close",
+    "role",
 }
 _INSERT_RE = re.compile(rb"^\s*INSERT\s+INTO\s+.*?\bFORMAT\s+([A-Za-z0-9_]+)[ \t]*(\r?\n)?", re.IGNORECASE | re.DOTALL)
 _FORMAT_RE = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.IGNORECASE)
@@ -112,13 +129,15 @@ class Engine:
     def check_user(self, user: str, password: str) -> None:
         if user != self.user or password != self.password:
             raise ClickHouseError(
-                516, f"Code: 516. DB::Exception: {user}: Authentication failed: password is incorrect, "
-                "or there is no user with such name. (AUTHENTICATION_FAILED)", status=401,
+                516,
+                f"Code: 516. DB::Exception: {user}: Authentication failed: password is incorrect, "
+                "or there is no user with such name. (AUTHENTICATION_FAILED)",
+                status=401,
             )
 
     def execute(self, sql: bytes, data: bytes | None, params: dict[str, str]) -> tuple[bytes, str, dict]:
         """Run one request: returns (body, format, summary)."""
-        bind = {k[len("param_"):]: v for k, v in params.items() if k.startswith("param_")}
+        bind = {k[len("param_") :]: v for k, v in params.items() if k.startswith("param_")}
         settings = {k: v for k, v in params.items() if k not in TRANSPORT_PARAMS and not k.startswith("param_")}
         default_format = params.get("default_format", "TabSeparated")
         tmp = None
@@ -209,8 +228,11 @@ class Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
         query_id = params.get("query_id", query_id)
-        base = {"X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Server-Display-Name": "chdb-http",
-                "X-ClickHouse-Timezone": self.engine.timezone}
+        base = {
+            "X-ClickHouse-Query-Id": query_id,
+            "X-ClickHouse-Server-Display-Name": "chdb-http",
+            "X-ClickHouse-Timezone": self.engine.timezone,
+        }
         try:
             body = self._body()
             if parts.path in ("/ping", "/ping/"):
@@ -230,7 +252,7 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 match = _INSERT_RE.match(body)
                 if match:
-                    sql, data = body[: match.end()], body[match.end():]
+                    sql, data = body[: match.end()], body[match.end() :]
                 else:
                     sql, data = body, None
             if not sql.strip():
@@ -238,23 +260,37 @@ class Handler(BaseHTTPRequestHandler):
             if read_only and data is not None:
                 raise ClickHouseError(164, "Code: 164. DB::Exception: Cannot insert with a GET request. (READONLY)", 400)
             out, fmt, summary = self.engine.execute(sql, data, params)
-            self._send(200, out, {**base, "X-ClickHouse-Format": fmt, "X-ClickHouse-Summary": json.dumps(summary),
-                                  "Content-Type": "application/octet-stream"})
+            self._send(
+                200,
+                out,
+                {
+                    **base,
+                    "X-ClickHouse-Format": fmt,
+                    "X-ClickHouse-Summary": json.dumps(summary),
+                    "Content-Type": "application/octet-stream",
+                },
+            )
         except ClickHouseError as exc:
             text = str(exc)
             if not text.startswith("Code:"):
                 text = f"Code: {exc.code}. DB::Exception: {text}"
-            self._send(exc.status, (text + "\n").encode(), {**base, "X-ClickHouse-Exception-Code": str(exc.code),
-                                                             "Content-Type": "text/plain; charset=UTF-8"})
+            self._send(
+                exc.status,
+                (text + "\n").encode(),
+                {**base, "X-ClickHouse-Exception-Code": str(exc.code), "Content-Type": "text/plain; charset=UTF-8"},
+            )
         except Exception as exc:  # a bug here must still answer like a server
             import traceback
 
             traceback.print_exc()
-            self._send(500, f"Code: 1001. DB::Exception: {type(exc).__name__}: {exc}\n".encode(),
-                       {**base, "X-ClickHouse-Exception-Code": "1001"})
+            self._send(
+                500, f"Code: 1001. DB::Exception: {type(exc).__name__}: {exc}\n".encode(), {**base, "X-ClickHouse-Exception-Code": "1001"}
+            )
 
 
-def serve(path: str, host: str = "127.0.0.1", port: int = 0, user: str = "default", password: str = "") -> tuple[ThreadingHTTPServer, Engine]:
+def serve(
+    path: str, host: str = "127.0.0.1", port: int = 0, user: str = "default", password: str = ""
+) -> tuple[ThreadingHTTPServer, Engine]:
     """Build the server (not yet serving): ``server.serve_forever()`` in a thread, then ``shutdown()``."""
     engine = Engine(path, user, password)
     handler = type("BoundHandler", (Handler,), {"engine": engine})
@@ -269,8 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
     p.add_argument("--user", default="default")
-    p.add_argument("--password", default=os.environ.get("CLICKHOUSE_HTTP_PASSWORD", ""),
-                   help="default: $CLICKHOUSE_HTTP_PASSWORD (keeps it out of the process list)")
+    p.add_argument(
+        "--password",
+        default=os.environ.get("CLICKHOUSE_HTTP_PASSWORD", ""),
+        help="default: $CLICKHOUSE_HTTP_PASSWORD (keeps it out of the process list)",
+    )
     args = p.parse_args(argv)
     server, engine = serve(args.path, args.host, args.port, args.user, args.password)
     port = server.server_address[1]

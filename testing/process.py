@@ -37,11 +37,14 @@ class ServerProcess:
     def port(self) -> int:
         return int(self.info["port"])
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         env = dict(os.environ if self.env is None else self.env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module, *self.args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         threading.Thread(target=self._drain_stderr, args=(self.proc,), daemon=True).start()
         line = self._first_line(self.proc)
@@ -49,9 +52,7 @@ class ServerProcess:
             self.info = json.loads(line)
         except ValueError:
             self.kill()
-            raise RuntimeError(
-                f"{self.module} did not announce itself (got {line!r}); stderr:\n" + "".join(self.stderr_tail)
-            ) from None
+            raise RuntimeError(f"{self.module} did not announce itself (got {line!r}); stderr:\n" + "".join(self.stderr_tail)) from None
         return self
 
     def _first_line(self, proc: subprocess.Popen) -> str:
@@ -80,11 +81,11 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def restart(self) -> "ServerProcess":
+    def restart(self) -> ServerProcess:
         self.kill()
         return self.start()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -16,7 +16,7 @@ def test_sma_cross_gives_the_same_trades_and_equity_in_backtrader_and_sim(sample
     0.05% on both sides, no funding (Backtrader has none). The sim runs sma_cross on the event path
     and, as ``quant run`` does, in the compiled signal loop."""
     sim = run_strategy("sma_cross", sample_bars, "broker.funding=off", compiled=compiled)
-    assert sim.extra.get("compiled", False) is compiled
+    assert sim.compiled is compiled
     ref = run_backtrader(SmaCross(), sample_bars, instrument_for("binanceusdm", "BTC/USDT:USDT"))
     assert len(sim.fills) == len(ref.fills) > 1000
     cols = ["ts", "side", "quantity", "bar"]

@@ -1,11 +1,11 @@
 """The README's commands, run as a user would: the real `quant` script in a subprocess."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 SUMMARY_KEYS = {"strategy", "broker", "bars", "start", "end", "trades", "final_equity", "total_return", "max_drawdown", "sharpe", "fees"}
@@ -65,20 +65,51 @@ def test_plugins_json_lists_first_party_plugins(quant):
 
 
 @pytest.fixture(scope="module")
-def example_plugin_installed():
-    """pip-install the example third-party plugin into this environment, remove it afterwards."""
+def example_plugin_installed(tmp_path_factory):
+    """pip-install the example third-party plugin into a folder of its own (not into this venv, which
+    the other test workers share); the environment that puts it on the path is returned."""
+    target = tmp_path_factory.mktemp("example_plugin")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", "-e", str(REPO / "examples" / "quant-plugin-example")], check=True)
-    yield
-    subprocess.run([*pip, "uninstall", "-y", "quant-plugin-example"], check=True)
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--no-build-isolation", "--target", str(target), str(REPO / "examples" / "quant-plugin-example")],
+        check=True,
+    )
+    return {"PYTHONPATH": str(target)}
 
 
 def test_example_plugin_installs_and_its_strategy_runs(example_plugin_installed, quant):
-    infos = {p["name"]: p for p in json.loads(quant("plugins", "--json", check=True).stdout)}
+    env = example_plugin_installed
+    infos = {p["name"]: p for p in json.loads(quant("plugins", "--json", env=env, check=True).stdout)}
     assert infos["donchian"]["distribution"] == "quant-plugin-example"
     assert infos["donchian"]["registered"] == {"strategy": ["donchian"]}
-    proc = quant("run", "strategy=donchian", "strategy.period=120", "data.end=2022-01-08", "--json", check=True)
+    proc = quant("run", "strategy=donchian", "strategy.period=120", "data.end=2022-01-08", "--json", env=env, check=True)
     summary = json.loads(proc.stdout)
     assert summary["strategy"] == "donchian" and summary["trades"] > 0
-    bad = quant("run", "strategy=donchian", "strategy.perod=5")
+    bad = quant("run", "strategy=donchian", "strategy.perod=5", env=env)
     assert bad.returncode == 2 and "strategy.perod: unknown key for strategy 'donchian' (did you mean 'period'?)" in bad.stderr
+
+
+def test_help_and_plugins_come_from_the_cache_without_importing_numpy_pandas_numba_or_ccxt(quant, isolated_env):
+    first_help = quant("--help", check=True).stdout
+    first_plugins = quant("plugins", "--json", check=True).stdout
+    assert (isolated_env / "cache" / "plugins.json").is_file()  # written by the full load
+    probe = (
+        "import sys\n"
+        "from btc_quant.core.cli import main\n"
+        "for argv in (['--help'], ['plugins', '--json']):\n"
+        "    main(argv)\n"
+        "heavy = sorted(m for m in ('numpy', 'pandas', 'numba', 'ccxt', 'plotly', 'backtrader') if m in sys.modules)\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stderr
+    assert proc.stdout == first_help + first_plugins  # the same answers as a full load gives
+
+
+def test_plugin_cache_notices_a_newly_installed_plugin(example_plugin_installed, quant):
+    before = {p["name"] for p in json.loads(quant("plugins", "--json", check=True).stdout)}
+    assert "donchian" not in before
+    after = {p["name"] for p in json.loads(quant("plugins", "--json", env=example_plugin_installed, check=True).stdout)}
+    assert after == before | {"donchian"}
+    assert "donchian" not in {p["name"] for p in json.loads(quant("plugins", "--json", check=True).stdout)}

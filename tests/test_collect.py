@@ -23,15 +23,17 @@ START = 1618826400000  # 2021-04-19 10:00 UTC
 CLOCK = START + 30 * 60_000  # the exchange's clock starts at 10:30 and runs 60x: a bar a second
 
 
-def collect(url: str) -> subprocess.Popen:
+def quant_collect(*settings: str) -> subprocess.Popen:
+    """``quant collect`` with ``settings`` in a subprocess; its log lines gather in ``proc.lines``."""
     exe = os.path.join(os.path.dirname(sys.executable), "quant")
-    proc = subprocess.Popen(
-        [exe, "collect", "exchange=binance", f"exchange.url={url}", "symbol=BTC/USDT", "timeframe=1m", "start=2021-04-19 10:00"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
-    )
+    proc = subprocess.Popen([exe, "collect", *settings], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
     proc.lines = []
     threading.Thread(target=lambda: proc.lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
     return proc
+
+
+def collect(url: str) -> subprocess.Popen:
+    return quant_collect("exchange=binance", f"exchange.url={url}", "symbol=BTC/USDT", "timeframe=1m", "start=2021-04-19 10:00")
 
 
 def wait_for(proc: subprocess.Popen, text: str, timeout_s: float = 180) -> None:
@@ -88,8 +90,10 @@ def _collect_in_process(tmp_path, seconds: float, **settings):
     from btc_quant.testing.exchange import ExchangeServer, FaultPlan, binance_state
 
     faults = FaultPlan(seed=5, rates={"drop": 0.3}) if settings.pop("drops", False) else None
-    with ExchangeServer(binance_state(clock_start_ms=CLOCK, speed=60, faults=faults)) as server, \
-            ChdbStore(ChdbConfig(path=tmp_path / "chdb")) as store:
+    with (
+        ExchangeServer(binance_state(clock_start_ms=CLOCK, speed=60, faults=faults)) as server,
+        ChdbStore(ChdbConfig(path=tmp_path / "chdb")) as store,
+    ):
         source = CcxtSource(CcxtSourceConfig(url=server.url, timeout_ms=2000, backoff_s=0.05, **settings), exchange_id="binance")
         stop = threading.Event()
         threading.Timer(seconds, stop.set).start()

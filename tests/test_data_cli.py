@@ -25,7 +25,11 @@ SPOT_END = int(SPOT.ts[-1]) + 60_000
 def stored(home, exchange="binance", symbol="BTC/USDT", timeframe="1m"):
     with ChdbStore() as store:
         assert store.path == home / "chdb"
-        return store.read_bars(exchange, symbol, timeframe), store.count_rows(exchange, symbol, timeframe), store.gaps(exchange, symbol, timeframe)
+        return (
+            store.read_bars(exchange, symbol, timeframe),
+            store.count_rows(exchange, symbol, timeframe),
+            store.gaps(exchange, symbol, timeframe),
+        )
 
 
 def klines_answered(url: str) -> int:
@@ -63,8 +67,16 @@ def test_sigkilled_fetch_resumes_without_holes_or_duplicates(quant, isolated_env
         import sys
 
         exe = os.path.join(os.path.dirname(sys.executable), "quant")
-        args = [exe, "data", "fetch", "exchange=binance", f"exchange.url={slow.url}", "exchange.page_limit=100",
-                "symbol=BTC/USDT", "start=2021-04-19"]
+        args = [
+            exe,
+            "data",
+            "fetch",
+            "exchange=binance",
+            f"exchange.url={slow.url}",
+            "exchange.page_limit=100",
+            "symbol=BTC/USDT",
+            "start=2021-04-19",
+        ]
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
         deadline = time.monotonic() + 180  # ~0.3 s a page of 100 bars: kill once a few pages are in
         while klines_answered(slow.url) < 6 and time.monotonic() < deadline:
@@ -140,12 +152,22 @@ def test_missing_columns_is_one_line(quant, tmp_path):
 
 def test_data_commands_on_a_clickhouse_server_over_http(quant, tmp_path):
     password = "cli-pa55word"
-    server = ServerProcess("btc_quant.testing.clickhouse_http", "--path", str(tmp_path / "ch"), "--user", "ops",
-                           env={**os.environ, "CLICKHOUSE_HTTP_PASSWORD": password}).start()
+    server = ServerProcess(
+        "btc_quant.testing.clickhouse_http",
+        "--path",
+        str(tmp_path / "ch"),
+        "--user",
+        "ops",
+        env={**os.environ, "CLICKHOUSE_HTTP_PASSWORD": password},
+    ).start()
     try:
         # The way the README says to keep the password off the command line: the whole section in the environment.
-        env = {"QUANT_STORE__NAME": "clickhouse", "QUANT_STORE__URL": server.url, "QUANT_STORE__USER": "ops",
-               "QUANT_STORE__PASSWORD": password}
+        env = {
+            "QUANT_STORE__NAME": "clickhouse",
+            "QUANT_STORE__URL": server.url,
+            "QUANT_STORE__USER": "ops",
+            "QUANT_STORE__PASSWORD": password,
+        }
         quant("data", "import", str(SAMPLE.path), "exchange=binanceusdm", "symbol=BTC/USDT:USDT", env=env, check=True)
         listing = quant("data", "ls", env=env, check=True).stdout
         assert "45,031" in listing
@@ -154,7 +176,9 @@ def test_data_commands_on_a_clickhouse_server_over_http(quant, tmp_path):
         wrong = quant("data", "ls", env={**env, "QUANT_STORE__PASSWORD": "wrong-" + password})
         assert wrong.returncode == 2 and "refused user 'ops'" in wrong.stderr
         assert password not in wrong.stdout + wrong.stderr
-        inline = quant("data", "ls", "store=clickhouse", f"store.url={server.url}", "store.user=ops", f"store.password={password}", check=True)
+        inline = quant(
+            "data", "ls", "store=clickhouse", f"store.url={server.url}", "store.user=ops", f"store.password={password}", check=True
+        )
         assert "45,031" in inline.stdout
     finally:
         server.stop()

@@ -24,8 +24,20 @@ def exchange():
 
 
 def test_schedule_fetches_now_and_on_every_tick_resuming_each_time(quant, exchange, isolated_env):
-    done = quant("data", "schedule", "--every", "1s", "--runs", "2", "exchange=binance", f"exchange.url={exchange.url}",
-                 "symbol=BTC/USDT", "timeframe=1m", "start=2021-04-19", check=True)
+    done = quant(
+        "data",
+        "schedule",
+        "--every",
+        "1s",
+        "--runs",
+        "2",
+        "exchange=binance",
+        f"exchange.url={exchange.url}",
+        "symbol=BTC/USDT",
+        "timeframe=1m",
+        "start=2021-04-19",
+        check=True,
+    )
     lines = done.stdout.splitlines()
     assert any(line.startswith("schedule: fetch 1/2") for line in lines)
     assert any(line.startswith("schedule: fetch 2/2") for line in lines)

@@ -3,14 +3,13 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import registering
 
 from btc_quant.core.model import OrderStatus
 from btc_quant.core.plugins import load_plugins
 from btc_quant.plugins.strategies.sma_cross import SmaCross
 from btc_quant.sdk import RiskCheck, Strategy
 from btc_quant.sdk.testing import assert_causal, bars_from, run_strategy
-
-from conftest import registering
 
 
 class BuyOnce(Strategy):
@@ -37,10 +36,13 @@ class RejectAll(RiskCheck):
 
 
 def strategies(**named):
-    return load_plugins(env={"QUANT_LOAD_PLUGINS": "sim"}, extra={
-        "strategies": registering("quant_register_strategies", **named),
-        "checks": registering("quant_register_risk_checks", reject_all=RejectAll),
-    })
+    return load_plugins(
+        env={"QUANT_LOAD_PLUGINS": "sim"},
+        extra={
+            "strategies": registering("quant_register_strategies", **named),
+            "checks": registering("quant_register_risk_checks", reject_all=RejectAll),
+        },
+    )
 
 
 BARS = [(100, 101, 99, 100), (102, 103, 101, 102), (103, 104, 102, 103), (104, 105, 103, 104)]
@@ -68,7 +70,7 @@ def test_rejecting_risk_check_stops_the_order_and_the_strategy_is_told():
     assert seen[0] == ("placed", OrderStatus.REJECTED)
     assert seen[1][0:2] == ("order", OrderStatus.REJECTED)
     assert seen[1][2] == "risk reject_all: nothing allowed (equity 10000)"
-    assert result.fills.empty and result.extra["rejections"] == 1
+    assert result.fills.empty and result.rejections == 1
     assert result.orders.status.tolist() == ["rejected"]
 
 
@@ -131,12 +133,12 @@ def test_sma_cross_trades_match_an_independent_pandas_signal(plugins, sample_bar
     np.testing.assert_array_equal(sells.bar.to_numpy(), exits + 1)
     np.testing.assert_array_equal(buys.price.to_numpy(), frame.open.to_numpy()[entries + 1])
     # every sell closes the whole position: the run ends flat or long
-    assert result.extra["position"].iloc[-1] >= 0
+    assert result.position.iloc[-1] >= 0
     # equity identity: final equity = initial - sum(signed notional) - fees - funding + position * last close
     signed = np.where(fills.side == "buy", 1, -1) * fills.quantity * fills.price
-    funding = result.extra["funding"].amount.sum()
+    funding = result.funding.amount.sum()
     assert funding != 0 and result.metrics["funding"] == pytest.approx(funding)
-    expected = 10_000 - signed.sum() - fills.fee.sum() - funding + result.extra["position"].iloc[-1] * frame.close.iloc[-1]
+    expected = 10_000 - signed.sum() - fills.fee.sum() - funding + result.position.iloc[-1] * frame.close.iloc[-1]
     assert result.metrics["final_equity"] == pytest.approx(expected, rel=1e-12)
 
 
@@ -182,4 +184,4 @@ def test_strategy_diagnostics_are_kept_with_the_result():
             return {"events": len(self.seen)}
 
     result = run_strategy("counting", bars_from(BARS), "instrument.min_notional=0", plugins=strategies(counting=Counting))
-    assert result.extra["diagnostics"] == {"events": 3}  # placed, accepted, filled
+    assert result.diagnostics == {"events": 3}  # placed, accepted, filled

@@ -3,8 +3,8 @@
 import inspect
 from pathlib import Path
 
-import numpy as np
 import typer
+from conftest import make_plugin, registering
 from typer.testing import CliRunner
 
 from btc_quant.core import hookspecs
@@ -13,10 +13,8 @@ from btc_quant.core.fills import FillModel
 from btc_quant.core.plugins import load_plugins
 from btc_quant.core.run import backtest
 from btc_quant.plugins.brokers.sim import SimBroker
-from btc_quant.sdk import BarArrays, Field, Store, StoreConfig, Strategy, StrategyConfig
+from btc_quant.sdk import Field, Store, StoreConfig, Strategy, StrategyConfig
 from btc_quant.sdk.testing import bars_from, run_strategy
-
-from conftest import make_plugin, registering
 
 SPECS = sorted(n for n, f in vars(hookspecs).items() if n.startswith("quant_") and callable(f))
 
@@ -50,7 +48,9 @@ def test_hook_quant_register_brokers():
         """The sim under another name."""
 
     pm = load_plugins(env={"QUANT_LOAD_PLUGINS": "sim,sma_cross"}, extra={"b": registering("quant_register_brokers", other_sim=OtherSim)})
-    result = run_strategy("sma_cross", bars_from([(100 + i % 7, 101 + i % 7, 99 + i % 7, 100 + i % 7) for i in range(80)]), "broker=other_sim", plugins=pm)
+    result = run_strategy(
+        "sma_cross", bars_from([(100 + i % 7, 101 + i % 7, 99 + i % 7, 100 + i % 7) for i in range(80)]), "broker=other_sim", plugins=pm
+    )
     assert result.info.broker == "other_sim" and len(result.fills) > 0
 
 
@@ -119,7 +119,11 @@ def test_hook_quant_register_fill_models():
 
 
 def test_hook_quant_register_commands():
-    def quant_register_commands(cli):
+    got = []
+
+    def quant_register_commands(cli, plugins):
+        got.append(plugins)
+
         @cli.command("hello")
         def hello(name: str = typer.Argument("world")):
             typer.echo(f"hello {name}")
@@ -127,6 +131,7 @@ def test_hook_quant_register_commands():
     pm = load_plugins(env={"QUANT_LOAD_PLUGINS": ""}, extra={"c": make_plugin(quant_register_commands=quant_register_commands)})
     result = CliRunner().invoke(build_app(pm), ["hello", "btc"])
     assert result.exit_code == 0 and result.output == "hello btc\n"
+    assert got == [pm]  # commands that call other hooks get the plugin manager
 
 
 class Recorder:
@@ -179,8 +184,37 @@ def test_hook_quant_report_sections():
 
     pm = load_plugins(
         env={"QUANT_LOAD_PLUGINS": "sim"},
-        extra={"r": make_plugin(quant_report_sections=quant_report_sections), "s": registering("quant_register_strategies", limit_buyer=LimitBuyer)},
+        extra={
+            "r": make_plugin(quant_report_sections=quant_report_sections),
+            "s": registering("quant_register_strategies", limit_buyer=LimitBuyer),
+        },
     )
     result = run_strategy("limit_buyer", bars_from([(100, 101, 99.5, 100), (100, 101, 98, 100)]), plugins=pm)
     titles = [s.title for s in sections(result, pm)]
     assert titles[0] == "Summary" and titles[-1] == "Limit buyer"
+
+
+def test_hook_quant_on_alert(tmp_path):
+    """The watchdog of ``quant serve`` hands every alert to the hook; a failing hook does not stop it."""
+    import subprocess
+    import sys
+
+    from serve_helpers import write_bot
+
+    from btc_quant.plugins.serve.app import ServeSettings, create_app
+    from btc_quant.plugins.serve.bots import bot_view
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    write_bot(tmp_path, "gone", pid=proc.pid)  # its process has exited without a clean stop
+    seen = []
+
+    def quant_on_alert(alert):
+        seen.append((alert.key, alert.level))
+        raise RuntimeError("a broken observer")
+
+    pm = load_plugins(env={"QUANT_LOAD_PLUGINS": ""}, extra={"a": make_plugin(quant_on_alert=quant_on_alert)})
+    app = create_app(ServeSettings(home=tmp_path, token="t" * 32, studies_dir=tmp_path, plugins=pm))
+    assert bot_view(tmp_path, "gone")["status"] == "dead"
+    alerts = app.state.watchdog.check()
+    assert seen == [("gone:dead", "alert")] and [a.kind for a in alerts] == ["dead"]

@@ -18,7 +18,7 @@ def seeded_ewm(values: pd.Series, period: int, alpha: float) -> pd.Series:
     """pandas: first value = mean of the first ``period`` inputs, then ewm(adjust=False) (TA-Lib's seeding)."""
     s = values.copy().astype(float)
     s.iloc[period - 1] = values.iloc[:period].mean()
-    out = s.iloc[period - 1:].ewm(alpha=alpha, adjust=False).mean()
+    out = s.iloc[period - 1 :].ewm(alpha=alpha, adjust=False).mean()
     return out.reindex(values.index)
 
 

@@ -15,13 +15,19 @@ def test_nobody_imports_the_folders_directly():
             continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
             stripped = line.strip()
-            if stripped.startswith(("import core", "from core", "import sdk", "from sdk", "import plugins", "from plugins", "import testing", "from testing")):
+            if stripped.startswith(
+                ("import core", "from core", "import sdk", "from sdk", "import plugins", "from plugins", "import testing", "from testing")
+            ):
                 offenders.append(f"{path.relative_to(REPO)}:{n}")
     assert offenders == []
 
 
 def test_core_never_imports_a_plugin():
-    hits = [p for p in (REPO / "core").rglob("*.py") if "btc_quant.plugins" in p.read_text() or "from ..plugins" in p.read_text().replace("from ..plugins import", "")]
+    hits = [
+        p
+        for p in (REPO / "core").rglob("*.py")
+        if "btc_quant.plugins" in p.read_text() or "from ..plugins" in p.read_text().replace("from ..plugins import", "")
+    ]
     assert [h.name for h in hits] == []
 
 
@@ -39,6 +45,7 @@ def test_wheel_maps_folders_to_btc_quant_packages(tmp_path):
         "btc_quant/sdk/__init__.py",
         "btc_quant/plugins/strategies/sma_cross.py",
         "btc_quant/sample/btc_perp_1m_2022-01.parquet",
+        "btc_quant/sdk/py.typed",  # PEP 561: type checkers use the SDK's annotations
     ):
         assert expected in names, expected
     assert not any(n.startswith(("core/", "sdk/", "plugins/", "tests/")) for n in names)

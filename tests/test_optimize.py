@@ -16,10 +16,9 @@ import optuna
 import pandas as pd
 import pytest
 
-from btc_quant.core.config import load_run_config
+from btc_quant.core.config import gather, load_run_config
 from btc_quant.core.data import SAMPLE, read_bars_file
 from btc_quant.core.errors import ConfigError
-from btc_quant.core.config import gather
 from btc_quant.core.optimize import Constraint, SearchSpace, StopFlag, metric_names, optimize, plan_study
 from btc_quant.core.optimize.runner import BarsOnWorkers, _insert_trials, keep_freed_memory, local_cluster
 from btc_quant.core.optimize.space import parse_distribution
@@ -301,8 +300,18 @@ def _varied_trials(count: int) -> list[optuna.trial.FrozenTrial]:
 
 def _fields(trial: optuna.trial.FrozenTrial) -> tuple:
     nan_safe = {step: repr(v) for step, v in trial.intermediate_values.items()}
-    return (trial.number, trial.state, trial.values, trial.params, trial.distributions, trial.user_attrs,
-            trial.system_attrs, nan_safe, trial.datetime_start, trial.datetime_complete)
+    return (
+        trial.number,
+        trial.state,
+        trial.values,
+        trial.params,
+        trial.distributions,
+        trial.user_attrs,
+        trial.system_attrs,
+        nan_safe,
+        trial.datetime_start,
+        trial.datetime_complete,
+    )
 
 
 def test_bulk_saved_trials_read_back_as_optuna_itself_saves_them(tmp_path):
@@ -398,7 +407,11 @@ def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(tmp_path, qua
     args = ["--config", "study.toml", "--no-progress"]
     exe = Path(sys.executable).with_name("quant")
     proc = subprocess.Popen(
-        [str(exe), "optimize", *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [str(exe), "optimize", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
     db = tmp_path / "study" / "study.db"

@@ -35,7 +35,7 @@ def test_first_party_plugins_load_through_entry_points(plugins):
     assert FIRST_PARTY <= set(plugins.infos)
     sim = plugins.infos["sim"]
     assert sim.distribution == "btc-quant" and sim.version
-    assert sim.registered == {"broker": ["sim"], "fill_model": ["through", "touch"]}
+    assert sim.registered == {"broker": ["sim"], "fill_model": ["through", "touch", "prob", "queue"]}
     assert plugins.registry.get("strategy", "sma_cross").plugin == "sma_cross"
 
 

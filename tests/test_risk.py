@@ -1,7 +1,6 @@
 """Standard risk checks: each refuses with its rule and numbers; kill switches halt and flatten."""
 
 import numpy as np
-import pytest
 
 from btc_quant.core.instruments import instrument_for
 from btc_quant.core.model import Order, Position
@@ -89,9 +88,9 @@ class AlwaysLong(Strategy):
 
 
 def test_kill_switch_halts_new_orders_and_flattens(sample_bars):
-    from btc_quant.core.plugins import load_plugins
-
     from conftest import registering
+
+    from btc_quant.core.plugins import load_plugins
 
     box = {}
 
@@ -102,8 +101,14 @@ def test_kill_switch_halts_new_orders_and_flattens(sample_bars):
 
     pm = load_plugins(env={"QUANT_LOAD_PLUGINS": "sim,risk"}, extra={"s": registering("quant_register_strategies", spy=Spy)})
     # Jan 2022: BTC fell from ~47k to ~35k; a 0.2 BTC long on 10k equity loses > 3% quickly
-    result = run_strategy("spy", sample_bars[:20_000], "risk.checks=max_drawdown", "risk.max_drawdown.limit=0.03",
-                          "risk.max_drawdown.flatten=true", plugins=pm)
+    result = run_strategy(
+        "spy",
+        sample_bars[:20_000],
+        "risk.checks=max_drawdown",
+        "risk.max_drawdown.limit=0.03",
+        "risk.max_drawdown.flatten=true",
+        plugins=pm,
+    )
     fills = result.fills
     assert list(fills.side) == ["buy", "sell"]  # bought once, flattened once, never bought again
     assert fills.tag.iloc[-1] == "flatten"

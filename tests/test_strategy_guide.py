@@ -42,7 +42,7 @@ def test_guide_pair_grid_runs_compiled_with_the_event_path_fills():
     bars = read_bars_file(SAMPLE.path)[:12_000]
     fast = run_strategy(grid, bars, "exchange=binanceusdm", "symbol=BTC/USDT:USDT", compiled=True)
     event = run_strategy(grid, bars, "exchange=binanceusdm", "symbol=BTC/USDT:USDT")
-    assert fast.extra.get("compiled") is True and "compiled" not in event.extra
+    assert fast.compiled is True and not event.compiled
     assert len(fast.fills) > 10 and fast.fills.tag.iloc[0].endswith(":entry")
     cols = ["ts", "side", "price", "quantity", "fee", "tag"]
     assert fast.fills[cols].equals(event.fills[cols]) and fast.metrics == event.metrics
@@ -59,7 +59,7 @@ def test_guide_signal_strategy_runs_compiled_with_the_event_path_fills():
     fast = run_strategy(cross, bars, "exchange=binanceusdm", "symbol=BTC/USDT:USDT", compiled=True)
     event = run_strategy(cross, bars, "exchange=binanceusdm", "symbol=BTC/USDT:USDT")
     sma_cross = run_strategy("sma_cross", bars, "exchange=binanceusdm", "symbol=BTC/USDT:USDT")
-    assert fast.extra.get("compiled") is True and "compiled" not in event.extra
+    assert fast.compiled is True and not event.compiled
     cols = ["ts", "side", "price", "quantity", "fee"]
     assert len(fast.fills) > 100 and fast.fills[cols].equals(event.fills[cols]) and fast.metrics == event.metrics
     assert fast.fills[cols].equals(sma_cross.fills[cols])  # the guide's Cross is sma_cross 10/30

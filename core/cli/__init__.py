@@ -20,6 +20,7 @@ from rich.logging import RichHandler
 from .. import secrets
 from ..errors import QuantError
 from ..plugins import PluginManager, load_plugins
+from . import plugin_cache
 
 err_console = Console(stderr=True)
 
@@ -51,8 +52,20 @@ def build_app(plugins: PluginManager) -> typer.Typer:
     )
     for module in (run_cmd, plugins_cmd, config_cmd, data_cmd, collect_cmd, report_cmd, optimize_cmd):
         module.register(app, plugins)
-    plugins.hook.quant_register_commands(cli=app)
+    if isinstance(plugins, plugin_cache.CachedPlugins):
+        plugin_cache.add_stub_commands(app, plugins.commands)
+    else:
+        before = (len(app.registered_commands), len(app.registered_groups))
+        plugins.hook.quant_register_commands(cli=app, plugins=plugins)
+        app.plugin_commands = plugin_cache.added_commands(app, before)  # type: ignore[attr-defined]
     return app
+
+
+def _help_or_listing(argv: list[str]) -> bool:
+    """``quant``, ``quant --help`` and ``quant plugins [--json]``: answered from the plugin cache."""
+    if argv in ([], ["--help"], ["-h"]):
+        return True
+    return argv[:1] == ["plugins"] and all(a in ("--json", "--help", "-h") for a in argv[1:])
 
 
 def report_error(exc: QuantError) -> None:
@@ -67,8 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     setup_logging(debug)
     try:
-        plugins = load_plugins()
-        app = build_app(plugins)
+        env = dict(os.environ)
+        cached = plugin_cache.recall(env) if _help_or_listing(argv) or argv[:1] == ["run"] else None
+        if cached is not None and argv[:1] != ["run"]:
+            app = build_app(cached)
+        elif cached is not None:  # quant run: plugins that only register names load when one is used
+            app = build_app(load_plugins(env, known=cached.infos))
+        else:
+            plugins = load_plugins()
+            app = build_app(plugins)
+            plugin_cache.remember(plugins, app.plugin_commands, env)  # type: ignore[attr-defined]
         app(args=argv, prog_name="quant", standalone_mode=True)
     except QuantError as exc:
         if debug:

@@ -9,10 +9,9 @@ from typing import Optional
 
 import typer
 
-from ..config import load_run_config
 from ..errors import ConfigError
 from ..plugins import PluginManager
-from .data_cmd import _settings, open_source, open_store, start_of
+from .data_cmd import _settings, load_run_config, open_source, open_store, start_of
 
 
 def register(app: typer.Typer, plugins: PluginManager) -> None:
@@ -24,8 +23,20 @@ def register(app: typer.Typer, plugins: PluginManager) -> None:
         """Daemon: catch up over REST, then follow live klines (websocket via ccxt.pro, else REST polling).
 
         Stop it with Ctrl-C or SIGTERM: closed bars already seen are written first. After any
-        downtime (even SIGKILL) the next start fetches the missing range before going live."""
+        downtime (even SIGKILL) the next start fetches the missing range before going live.
+        kind=trades collects trade prints instead (websocket trades, REST catch-up after a drop)."""
+        from .trades_data import collect_tape, split_kind
+
+        kind, settings = split_kind(list(settings or []))
+        if kind in ("trades", "quotes"):
+            return collect_tape(kind, settings, plugins, config)
+
         cfg = load_run_config(_settings(settings or []), plugins.registry, config_path=config)
+        if cfg.data.price != "trade":  # live mark klines are not followed: say so rather than store trade klines as marks
+            raise ConfigError(
+                f"collect: price={cfg.data.price} is not supported (it follows trade klines)",
+                hint="keep mark klines current with quant data schedule --every 1h ... price=mark",
+            )
         runtime, store = open_store(cfg, plugins)
         source = open_source(cfg, plugins, runtime)
         collect_fn = getattr(source, "collect", None)
@@ -46,5 +57,4 @@ def register(app: typer.Typer, plugins: PluginManager) -> None:
         finally:
             source.close()
             store.close()
-        typer.echo(f"{ex} {sym} {tf}: {stats.rest:,} bars over REST, {stats.websocket:,} over websocket, "
-                   f"{stats.reconnects} reconnects")
+        typer.echo(f"{ex} {sym} {tf}: {stats.rest:,} bars over REST, {stats.websocket:,} over websocket, {stats.reconnects} reconnects")

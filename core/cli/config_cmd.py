@@ -8,8 +8,11 @@ from typing import Optional
 
 import typer
 
-from ..config import config_toml, load_run_config
 from ..plugins import PluginManager
+from .lazy import lazy
+
+config_toml = lazy("btc_quant.core.config", "config_toml")
+load_run_config = lazy("btc_quant.core.config", "load_run_config")
 
 
 def register(app: typer.Typer, plugins: PluginManager) -> None:

@@ -12,9 +12,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..config import gather
 from ..plugins import PluginManager
+from .lazy import lazy
 from .run_cmd import _fmt
+
+gather = lazy("btc_quant.core.config", "gather")
 
 out = Console()
 err = Console(stderr=True)
@@ -34,7 +36,7 @@ class ProgressDisplay:
         self.started = time.monotonic()
         self.last_line = -1
 
-    def __enter__(self) -> "ProgressDisplay":
+    def __enter__(self) -> ProgressDisplay:
         if self.live:
             self.progress = Progress(
                 TextColumn("{task.description}"),
@@ -94,7 +96,13 @@ def print_result(result) -> None:
     table.add_column(style="bold")
     table.add_column()
     summary = result.summary()
-    for key, label in (("study", "study"), ("objective", "objective"), ("direction", "direction"), ("trials", "trials run"), ("complete", "complete")):
+    for key, label in (
+        ("study", "study"),
+        ("objective", "objective"),
+        ("direction", "direction"),
+        ("trials", "trials run"),
+        ("complete", "complete"),
+    ):
         table.add_row(label, str(summary[key]))
     label = "out-of-sample " + result.objective if result.walk_forward is not None else "best " + result.objective
     table.add_row(label, _fmt(result.objective, result.best_value))
@@ -105,11 +113,24 @@ def print_result(result) -> None:
     out.print(table)
     frame = result.walk_forward
     if frame is not None and len(frame):
-        columns = ["window", "test_start", "in_sample", *[c for c in frame if c.startswith("param.")],
-                   "out_of_sample", "oos.total_return", "oos.trades"]
+        columns = [
+            "window",
+            "test_start",
+            "in_sample",
+            *[c for c in frame if c.startswith("param.")],
+            "out_of_sample",
+            "oos.total_return",
+            "oos.trades",
+        ]
         columns = [c for c in columns if c in frame]
-        headers = {"window": "#", "test_start": "test from", "in_sample": "IS", "out_of_sample": "OOS",
-                   "oos.total_return": "OOS return", "oos.trades": "OOS trades"}
+        headers = {
+            "window": "#",
+            "test_start": "test from",
+            "in_sample": "IS",
+            "out_of_sample": "OOS",
+            "oos.total_return": "OOS return",
+            "oos.trades": "OOS trades",
+        }
         windows = Table(title=f"walk-forward: {result.objective} in sample (IS) and out of sample (OOS)", box=None)
         for column in columns:
             windows.add_column(headers.get(column, column.removeprefix("param.")), no_wrap=True)

@@ -9,8 +9,13 @@ from typing import Optional
 import typer
 
 from ..plugins import PluginManager
-from ..report import write_html, write_png
-from ..results import list_runs, load_run, runs_dir
+from .lazy import lazy
+
+write_html = lazy("btc_quant.core.report", "write_html")
+write_png = lazy("btc_quant.core.report", "write_png")
+list_runs = lazy("btc_quant.core.results", "list_runs")
+load_run = lazy("btc_quant.core.results", "load_run")
+runs_dir = lazy("btc_quant.core.results", "runs_dir")
 
 
 def keep(result, plugins: PluginManager, report: Optional[Path], png: Optional[Path]) -> Path:
@@ -19,7 +24,7 @@ def keep(result, plugins: PluginManager, report: Optional[Path], png: Optional[P
 
     folder = save_run(result)
     if report is not None:
-        typer.echo(f"report: {write_html(result, report, plugins)}", err=True)
+        typer.echo(f"report: {write_html(result, report, plugins, data_folder=folder)}", err=True)
     if png is not None:
         typer.echo(f"png: {write_png(result, png)}", err=True)
     return folder
@@ -41,12 +46,15 @@ def register(app: typer.Typer, plugins: PluginManager) -> None:
                 typer.echo(json.dumps(runs, default=str))
                 return
             for s in runs:
-                typer.echo(f"{s['run_id']}  {s['start']} .. {s['end']}  {s['strategy']:<12} {s['broker']:<10} return {s.get('total_return') or 0:+.2%}  trades {s.get('trades')}")
+                typer.echo(
+                    f"{s['run_id']}  {s['start']} .. {s['end']}  {s['strategy']:<12} {s['broker']:<10} return {s.get('total_return') or 0:+.2%}  trades {s.get('trades')}"
+                )
             if not runs:
                 typer.echo(f"no saved runs in {runs_dir()}")
             return
         result = load_run(run_id)
-        path = write_html(result, out or runs_dir() / result.info.run_id / "report.html", plugins)
+        folder = runs_dir() / result.info.run_id
+        path = write_html(result, out or folder / "report.html", plugins, data_folder=folder)
         typer.echo(str(path))
         if png is not None:
             typer.echo(str(write_png(result, png)))

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
-def write_outputs(result: "OptimizeResult", space: "SearchSpace") -> None:
+def write_outputs(result: OptimizeResult, space: SearchSpace) -> None:
     out = result.out
     trials_path = out / "trials.csv"
     result.trials.to_csv(trials_path, index=False)
@@ -52,7 +52,7 @@ def write_outputs(result: "OptimizeResult", space: "SearchSpace") -> None:
     result.files["report"] = path
 
 
-def _figures(result: "OptimizeResult") -> list[tuple[str, go.Figure | str]]:
+def _figures(result: OptimizeResult) -> list[tuple[str, go.Figure | str]]:
     """(title, figure or a sentence why there is none) for the report."""
     figures: list[tuple[str, go.Figure | str]] = []
     if result.oos_equity is not None:
@@ -74,7 +74,7 @@ def _figures(result: "OptimizeResult") -> list[tuple[str, go.Figure | str]]:
     return figures
 
 
-def render_html(result: "OptimizeResult", space: "SearchSpace") -> str:
+def render_html(result: OptimizeResult, space: SearchSpace) -> str:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>btc-quant study {html.escape(result.study_name)}</title>",

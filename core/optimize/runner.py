@@ -27,11 +27,12 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import product
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import optuna
@@ -56,7 +57,7 @@ INTERRUPTED = "interrupted"
 
 _worker_plugins: PluginManager | None = None
 #: Bars installed on this worker process by :class:`BarsOnWorkers`, by token.
-_worker_bars: dict[str, "PreloadedStore"] = {}
+_worker_bars: dict[str, PreloadedStore] = {}
 
 
 class PreloadedStore(Store):
@@ -122,7 +123,9 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)) and bool(mallopt(_M_TRIM_THRESHOLD, 64 * 2**20))
 
 
-def evaluate(config: dict[str, Any], bars_token: str, start_ms: int | None, end_ms: int | None, keep_result: bool = False) -> dict[str, Any]:
+def evaluate(
+    config: dict[str, Any], bars_token: str, start_ms: int | None, end_ms: int | None, keep_result: bool = False
+) -> dict[str, Any]:
     """Run one backtest on a worker, on its installed bars; the plugins load once per process."""
     global _worker_plugins
     started = time.perf_counter()
@@ -153,7 +156,7 @@ def evaluate(config: dict[str, Any], bars_token: str, start_ms: int | None, end_
         out["equity"] = result.equity
         out["trades"] = result.trades
         out["fills"] = result.fills
-        out["position"] = result.extra.get("position")
+        out["position"] = result.position
     return out
 
 
@@ -161,7 +164,9 @@ def evaluate(config: dict[str, Any], bars_token: str, start_ms: int | None, end_
 _stopped_runs: set[str] = set()
 
 
-def evaluate_batch(configs: list[dict[str, Any]], bars_token: str, start_ms: int | None, end_ms: int | None, run: str) -> list[dict[str, Any]]:
+def evaluate_batch(
+    configs: list[dict[str, Any]], bars_token: str, start_ms: int | None, end_ms: int | None, run: str
+) -> list[dict[str, Any]]:
     """Run trials one after another on a worker; one answer per trial run, in order.
 
     Ends early, after the trial that is running, once the driver stopped ``run`` (:func:`stop_run`),
@@ -286,7 +291,7 @@ class StopFlag:
         self.set = False
 
     @contextmanager
-    def on_sigint(self) -> Iterator["StopFlag"]:
+    def on_sigint(self) -> Iterator[StopFlag]:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
@@ -306,19 +311,13 @@ class StopFlag:
 
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Trials that count towards the budget: finished and not interrupted."""
-    return [
-        t
-        for t in study.get_trials(deepcopy=False)
-        if t.state.is_finished() and not t.user_attrs.get(INTERRUPTED)
-    ]
+    return [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not t.user_attrs.get(INTERRUPTED)]
 
 
 def best_trial(study: optuna.Study, direction: str) -> optuna.trial.FrozenTrial | None:
     """Best complete trial that meets every constraint."""
     feasible = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get("run", {}).get("feasible", True)
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("run", {}).get("feasible", True)
     ]
     if not feasible:
         return None
@@ -418,7 +417,9 @@ def _insert_trials(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) 
         }
         for k, trial in enumerate(trials):
             trial_id = ids[first + k]
-            values = trial.values if trial.values is not None and len(trial.values) > 1 else ([trial.value] if trial.value is not None else [])
+            values = (
+                trial.values if trial.values is not None and len(trial.values) > 1 else ([trial.value] if trial.value is not None else [])
+            )
             for objective, value in enumerate(values):
                 stored, kind = models.TrialValueModel.value_to_stored_repr(value)
                 rows[models.TrialValueModel].append({"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind})
@@ -432,7 +433,10 @@ def _insert_trials(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) 
                         "distribution_json": optuna.distributions.distribution_to_json(distribution),
                     }
                 )
-            for model, attrs in ((models.TrialUserAttributeModel, trial.user_attrs), (models.TrialSystemAttributeModel, trial.system_attrs)):
+            for model, attrs in (
+                (models.TrialUserAttributeModel, trial.user_attrs),
+                (models.TrialSystemAttributeModel, trial.system_attrs),
+            ):
                 rows[model].extend({"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items())
             for step, value in trial.intermediate_values.items():
                 stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
@@ -468,7 +472,7 @@ def _check_stored_distributions(session: Any, study_id: int, trials: list[optuna
 
 def _naive_utc(moment: datetime | None) -> datetime | None:
     """Optuna's RDB storage keeps naive UTC times; a FrozenTrial holds naive local times."""
-    return None if moment is None else moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return None if moment is None else moment.astimezone(UTC).replace(tzinfo=None)
 
 
 @dataclass
@@ -673,9 +677,7 @@ class StudyRunner:
             study.tell(trial, state=TrialState.FAIL)
             return
         study.tell(trial, float(value))
-        if feasible and (
-            self._best is None or (value > self._best if self.direction == "maximize" else value < self._best)
-        ):
+        if feasible and (self._best is None or (value > self._best if self.direction == "maximize" else value < self._best)):
             self._best = float(value)
 
     def _report(self, label: str, done: int, total: int) -> None:

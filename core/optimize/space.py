@@ -157,9 +157,7 @@ def _is_int(text: str) -> bool:
 
 def _range(name: str, low: Any, high: Any, step: Any = None, log: bool = False):
     where = f"search.{name}"
-    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)) and (
-        step is None or isinstance(step, int)
-    )
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)) and (step is None or isinstance(step, int))
     try:
         low_f, high_f = float(low), float(high)
         step_f = None if step is None else float(step)
@@ -204,9 +202,7 @@ def parse_distribution(name: str, value: Any) -> optuna.distributions.BaseDistri
             step = None if third is None or log else third
             return _range(name, _number(low), _number(high), _number(step), log)
         if ":" in value and "," not in value:
-            raise ConfigError(
-                f"{where}: cannot read {value!r}; expected LOW:HIGH, LOW:HIGH:STEP, LOW:HIGH:log or a,b,c"
-            )
+            raise ConfigError(f"{where}: cannot read {value!r}; expected LOW:HIGH, LOW:HIGH:STEP, LOW:HIGH:log or a,b,c")
         choices = [_maybe_number(part.strip()) for part in value.split(",") if part.strip()]
     else:
         choices = [value]
@@ -263,8 +259,7 @@ def _check_key(name: str, key: str, base: RunConfig) -> None:
         owner = f"{section} {node.name!r}" if hasattr(node, "name") else section
         valid = sorted(fields)
         raise ConfigError(
-            f"search.{name}: {owner} has no setting {parts[1]!r}{did_you_mean(parts[1], valid)}; "
-            f"valid: {', '.join(valid) or 'none'}"
+            f"search.{name}: {owner} has no setting {parts[1]!r}{did_you_mean(parts[1], valid)}; valid: {', '.join(valid) or 'none'}"
         )
 
 
@@ -275,7 +270,7 @@ class SearchSpace:
         self.params = params
 
     @classmethod
-    def from_config(cls, search: dict[str, Any], base: RunConfig) -> "SearchSpace":
+    def from_config(cls, search: dict[str, Any], base: RunConfig) -> SearchSpace:
         flat = _flatten(search)
         if not flat:
             raise ConfigError(
@@ -327,7 +322,7 @@ class Constraint:
     bound: float
 
     @classmethod
-    def parse(cls, text: str, metrics: list[str]) -> "Constraint":
+    def parse(cls, text: str, metrics: list[str]) -> Constraint:
         match = _CONSTRAINT_RE.match(text)
         if not match:
             raise ConfigError(
@@ -361,8 +356,7 @@ def direction_for(settings: OptimizeConfig) -> str:
 def check_objective(settings: OptimizeConfig, metrics: list[str]) -> None:
     if settings.objective not in metrics:
         raise ConfigError(
-            f"objective: unknown metric {settings.objective!r}{did_you_mean(settings.objective, metrics)}; "
-            f"metrics: {', '.join(metrics)}"
+            f"objective: unknown metric {settings.objective!r}{did_you_mean(settings.objective, metrics)}; metrics: {', '.join(metrics)}"
         )
 
 

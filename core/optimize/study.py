@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -186,6 +187,8 @@ def optimize(
     base, opt, space, name, out = plan.base, plan.settings, plan.space, plan.name, plan.out
     out.mkdir(parents=True, exist_ok=True)
     storage = opt.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    if opt.storage:
+        check_storage(opt.storage)  # before the bars are read and the workers start
     runtime = build_runtime(base, plugins)
     try:
         loaded = load_bars(base, runtime)
@@ -211,8 +214,16 @@ def optimize(
         installed = BarsOnWorkers(token, bars, funding)
         client.register_plugin(installed)
         runner = StudyRunner(
-            client=client, bars=token, run_raw=split_settings(raw)[0], registry=plugins.registry, space=space,
-            settings=opt, constraints=plan.constraints, storage=storage, stop=stop, progress=progress,
+            client=client,
+            bars=token,
+            run_raw=split_settings(raw)[0],
+            registry=plugins.registry,
+            space=space,
+            settings=opt,
+            constraints=plan.constraints,
+            storage=storage,
+            stop=stop,
+            progress=progress,
         )
         if not windows:
             study = runner.run(name, None, None)
@@ -253,8 +264,16 @@ def _best_of(study, direction: str) -> tuple[dict | None, float | None, dict]:
 def _plain_result(runner: StudyRunner, study, base: RunConfig, name: str, out: Path, direction: str) -> OptimizeResult:
     params, value, metrics = _best_of(study, direction)
     result = OptimizeResult(
-        study_name=name, objective=runner.settings.objective, direction=direction, run_config=base,
-        best_params=params, best_value=value, best_metrics=metrics, trials=trials_frame(study), out=out, studies=[study],
+        study_name=name,
+        objective=runner.settings.objective,
+        direction=direction,
+        run_config=base,
+        best_params=params,
+        best_value=value,
+        best_metrics=metrics,
+        trials=trials_frame(study),
+        out=out,
+        studies=[study],
     )
     if params is None and finished_trials(study):
         result.notes.append("no complete trial met every constraint; no best parameters")
@@ -305,9 +324,53 @@ def _walk_forward(runner: StudyRunner, windows, base: RunConfig, name: str, out:
         oos_metrics = compute_metrics(equity, fills, trades, initial_equity=initial, position=position)
     trials = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     result = OptimizeResult(
-        study_name=name, objective=runner.settings.objective, direction=direction, run_config=base,
-        best_params=last_params, best_value=oos_metrics.get(runner.settings.objective) if oos_metrics else None,
-        best_metrics=oos_metrics or {}, trials=trials, out=out, walk_forward=table, oos_equity=oos_equity,
-        oos_metrics=oos_metrics, studies=studies, notes=notes,
+        study_name=name,
+        objective=runner.settings.objective,
+        direction=direction,
+        run_config=base,
+        best_params=last_params,
+        best_value=oos_metrics.get(runner.settings.objective) if oos_metrics else None,
+        best_metrics=oos_metrics or {},
+        trials=trials,
+        out=out,
+        walk_forward=table,
+        oos_equity=oos_equity,
+        oos_metrics=oos_metrics,
+        studies=studies,
+        notes=notes,
     )
     return result
+
+
+def check_storage(url: str) -> None:
+    """Open an Optuna RDB storage URL once, turning the three ways it fails (a string that is not
+    a database URL, a database whose driver is not installed, one that cannot be opened or reached)
+    into one line naming ``storage`` and the URL without its password."""
+    import optuna
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        raise ConfigError(
+            f"storage: {url!r} is not a database URL", hint="use an Optuna RDB URL such as sqlite:///study.db or postgresql://user@host/db"
+        ) from None
+    try:
+        optuna.storages.RDBStorage(url)
+    except ImportError as exc:
+        driver = make_url(url).get_backend_name()
+        raise ConfigError(
+            f"storage: {shown}: the {driver} database driver is not installed ({_first_line(exc)})",
+            hint=f"pip install the driver for {driver} (e.g. psycopg2-binary, pymysql), or use sqlite:///study.db",
+        ) from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise ConfigError(
+            f"storage: {shown}: cannot open it ({_first_line(exc)})",
+            hint="check that the database exists and is reachable, and the user's rights",
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -31,7 +31,8 @@ import pandas as pd
 from pydantic import Field
 
 from btc_quant.core.engine import Engine, RunInfo
-from btc_quant.core.metrics import compute_metrics, fills_frame, orders_frame, position_per_bar, trades_frame
+from btc_quant.core.metrics import fills_frame, orders_frame
+from btc_quant.core.results import assemble_result
 from btc_quant.sdk import (
     BarArrays,
     BrokerConfig,
@@ -54,7 +55,7 @@ class BacktraderConfig(BrokerConfig):
 class _Context:
     """The subset of :class:`~btc_quant.sdk.Context` a strategy uses, backed by Backtrader."""
 
-    def __init__(self, runner: "_Runner") -> None:
+    def __init__(self, runner: _Runner) -> None:
         self._r = runner
 
     instrument = property(lambda self: self._r.instrument)
@@ -71,6 +72,9 @@ class _Context:
     def bars(self, n: int | None = None) -> BarArrays:
         stop = self._r.index + 1
         return self._r.bars[0 if n is None else max(0, stop - n) : stop]
+
+    #: Backtrader keeps one net position: one-way mode (orders take no ``position_side``)
+    position_mode = "one_way"
 
     @property
     def position(self) -> Position:
@@ -123,7 +127,9 @@ class _Runner:
         self.ctx = _Context(self)
         self.bt: bt.Strategy | None = None
 
-    def submit(self, side: Side, quantity: float, price: float | None, *, post_only=False, reduce_only=False, client_id=None, tag=None) -> Order:
+    def submit(
+        self, side: Side, quantity: float, price: float | None, *, post_only=False, reduce_only=False, client_id=None, tag=None
+    ) -> Order:
         inst = self.instrument
         if post_only:
             raise OrderError("Backtrader has no post-only orders; use broker=sim")
@@ -136,7 +142,17 @@ class _Runner:
         if not reduce_only and ref_price * qty < inst.min_notional:
             raise OrderError(f"{side.value} {qty} at {ref_price:.2f} is below the minimum notional {inst.min_notional:g}")
         self.seq += 1
-        order = Order.create(inst, client_id or f"{self.prefix}-{self.seq}", side, qty, price, reduce_only=reduce_only, ts_ms=self.ctx.now_ms, tag=tag, check_notional=False)
+        order = Order.create(
+            inst,
+            client_id or f"{self.prefix}-{self.seq}",
+            side,
+            qty,
+            price,
+            reduce_only=reduce_only,
+            ts_ms=self.ctx.now_ms,
+            tag=tag,
+            check_notional=False,
+        )
         exectype = bt.Order.Market if price is None else bt.Order.Limit
         call = self.bt.buy if side is Side.BUY else self.bt.sell
         ref = call(size=qty, price=price, exectype=exectype)
@@ -155,9 +171,16 @@ class _Runner:
             ex = bt_order.executed
             index = len(self.bt.data) - 1  # the bar it filled on
             fill = Fill(
-                trade_id=f"bt-{bt_order.ref}", client_id=client_id, symbol=order.symbol, side=order.side,
-                price=float(ex.price), quantity=abs(float(ex.size)), fee=float(ex.comm),
-                ts_ms=int(self.bars.ts[index]), is_maker=order.price is not None, tag=order.tag,
+                trade_id=f"bt-{bt_order.ref}",
+                client_id=client_id,
+                symbol=order.symbol,
+                side=order.side,
+                price=float(ex.price),
+                quantity=abs(float(ex.size)),
+                fee=float(ex.comm),
+                ts_ms=int(self.bars.ts[index]),
+                is_maker=order.price is not None,
+                tag=order.tag,
             )
             self.fills.append(fill)
             self.fill_bars.append(index)
@@ -211,23 +234,21 @@ def run_backtrader(strategy, bars: BarArrays, instrument, *, initial_cash: float
     cerebro.addstrategy(_Adapter, runner=runner)
     cerebro.broker.setcash(initial_cash)
     cerebro.broker.set_checksubmit(False)
-    cerebro.broker.addcommissioninfo(bt.CommInfoBase(commission=instrument.taker_fee, commtype=bt.CommInfoBase.COMM_PERC, percabs=True, stocklike=True))
-    adapter = cerebro.run()[0]
-    index = pd.to_datetime(bars.ts, unit="ms", utc=True)
-    equity = pd.Series(np.asarray(adapter.equity, dtype=float), index=index, name="equity")
-    fills = fills_frame(runner.fills, np.asarray(runner.fill_bars))
-    trades = trades_frame(fills)
-    position = position_per_bar(len(bars), fills)
-    result = RunResult(
-        info=info, bars=len(bars), start_ms=bars.start_ms, end_ms=bars.end_ms, equity=equity, fills=fills,
-        orders=orders_frame(runner.orders), trades=trades,
-        metrics=compute_metrics(equity, fills, trades, initial_equity=initial_cash, position=position),
-        initial_equity=initial_cash,
+    cerebro.broker.addcommissioninfo(
+        bt.CommInfoBase(commission=instrument.taker_fee, commtype=bt.CommInfoBase.COMM_PERC, percabs=True, stocklike=True)
     )
-    result.extra["position"] = pd.Series(position, index=index, name="position")
-    result.extra["rejections"] = len(runner.rejections)
-    result.extra["bars"] = bars
-    result.extra["diagnostics"] = strategy.diagnostics()
+    adapter = cerebro.run()[0]
+    fills = fills_frame(runner.fills, np.asarray(runner.fill_bars))
+    result = assemble_result(
+        info,
+        bars,
+        np.asarray(adapter.equity, dtype=float),
+        fills,
+        orders_frame(runner.orders),
+        initial_equity=initial_cash,
+        rejections=len(runner.rejections),
+        diagnostics=strategy.diagnostics(),
+    )
     result.elapsed_s = time.perf_counter() - started
     return result
 

@@ -38,7 +38,7 @@ class MaxNotional(RiskCheck):
     Config = MaxNotionalConfig
 
     def check(self, order, state):
-        if order.reduce_only:
+        if order.closes_only:
             return None
         notional = abs(_position_after(order, state)) * _price(order, state)
         if notional > self.config.limit:
@@ -56,7 +56,7 @@ class MaxOpenOrders(RiskCheck):
     Config = MaxOpenOrdersConfig
 
     def check(self, order, state):
-        if not order.reduce_only and len(state.open_orders) >= self.config.limit:
+        if not order.closes_only and len(state.open_orders) >= self.config.limit:
             return f"{len(state.open_orders)} orders open >= limit {self.config.limit}"
         return None
 
@@ -71,7 +71,7 @@ class MaxLeverage(RiskCheck):
     Config = MaxLeverageConfig
 
     def check(self, order, state):
-        if order.reduce_only:
+        if order.closes_only:
             return None
         notional = abs(_position_after(order, state)) * _price(order, state)
         if state.equity <= 0:
@@ -118,7 +118,7 @@ class MaxOrderRate(RiskCheck):
         window_ms = int(self.config.window.total_seconds() * 1000)
         while self._times and self._times[0] <= state.now_ms - window_ms:
             self._times.popleft()
-        if len(self._times) >= self.config.limit and not order.reduce_only:
+        if len(self._times) >= self.config.limit and not order.closes_only:
             return f"{len(self._times)} orders in the last {self.config.window.total_seconds():g}s >= limit {self.config.limit}"
         self._times.append(state.now_ms)
         return None
