@@ -55,6 +55,14 @@ def test_compare_a_live_run_on_the_local_exchange(plugins, quant, isolated_env):
         for v in re.findall(r"^  (?:missed fills|extra fills|price/qty of matched fills|fees)\s+([+-][\d,.]+)$", text, re.M)
     ]
     assert len(parts) == 4 and sum(parts) == pytest.approx(gap, abs=5e-4)
+    # the journal holds the strategy settings the bot ran with: named alone, the bot is replayed
+    # with them (the same comparison), and a setting given here overrides its journalled value
+    alone = quant("compare", "cmp", env={"QUANT_HOME": str(isolated_env)}, check=True).stdout
+    assert "strategy settings from the journal: levels=6 step_pct=0.0005 quantity=0.01" in alone, alone
+    assert re.search(r"fills: .*", alone).group(0) == re.search(r"fills: .*", text).group(0)
+    wider = quant("compare", "cmp", "strategy.step_pct=0.01", env={"QUANT_HOME": str(isolated_env)}, check=True).stdout
+    assert "levels=6 quantity=0.01" in wider and "step_pct=0.0005" not in wider, wider
+    assert re.search(r"fills: .*", wider).group(0) != re.search(r"fills: .*", text).group(0)
 
 
 def test_compare_a_paper_run_on_the_local_exchange(plugins, quant, isolated_env):

@@ -1,11 +1,12 @@
 """``quant compare BOT``: a live (or paper) bot's fills against the sim's over the same period.
 
 The bot's journal (``$QUANT_HOME/live/BOT.db``, :mod:`.journal`) holds every fill it got from the
-exchange. The same strategy settings are backtested on the ``sim`` broker over the bot's period
-(from its first order to its last order update or fill; ``start=``/``end=`` override) on the stored
-bars (else the bundled sample), and the two fill lists are matched. A paper bot's journal also
-holds its sim settings (fill model, cash, margin), and the replay uses them; ``broker.*`` settings
-given to ``quant compare`` that the sim has override them. The period ends after the
+exchange, and the strategy, timeframe and strategy settings it ran with. The same strategy is
+backtested on the ``sim`` broker over the bot's period (from its first order to its last order
+update or fill; ``start=``/``end=`` override) on the stored bars (else the bundled sample), and the
+two fill lists are matched; ``strategy.*`` settings given to ``quant compare`` override the
+journalled ones. A paper bot's journal also holds its sim settings (fill model, cash, margin), and
+the replay uses them; ``broker.*`` settings given to ``quant compare`` that the sim has override them. The period ends after the
 last bar the bot saw (its last snapshot's bar count) or its last order update, whichever is later.
 
 Matching:
@@ -184,7 +185,12 @@ def register(app) -> None:
         if dropped:
             typer.echo(f"not used (not a setting of the sim broker the comparison runs): {' '.join(dropped)}", err=True)
         keys = {s.split("=", 1)[0] for s in given}
-        base = [f"{k}={run[k]}" for k in ("exchange", "symbol", "strategy") if k in run and k not in keys]
+        base = [f"{k}={run[k]}" for k in ("exchange", "symbol", "strategy", "timeframe") if k in run and k not in keys]
+        # the strategy's settings the bot ran with (journalled): those given here override them
+        # (a different strategy= takes none of them)
+        journalled = run.get("strategy_settings", {}) if run.get("strategy") == _given_strategy(given, run) else {}
+        journalled = {k: v for k, v in journalled.items() if f"strategy.{k}" not in keys}
+        base += [f"strategy.{k}={v}" for k, v in journalled.items()]
         # a paper bot ran the sim's rules with its own settings (journalled): the replay uses them
         base += [f"broker.{k}={v}" for k, v in run.get("sim", {}).items() if f"broker.{k}" not in keys]
         start, end = bot_period(orders, fills, run)
@@ -214,6 +220,8 @@ def register(app) -> None:
             f"bot {bot} ({run.get('mode', '?')} {cfg.exchange.name} {cfg.symbol} {cfg.strategy.name}) vs sim, "
             f"{ms_to_iso(result.start_ms)} .. {ms_to_iso(result.end_ms)} UTC, {result.bars} bars"
         )
+        if journalled:
+            typer.echo("strategy settings from the journal: " + " ".join(f"{k}={v}" for k, v in journalled.items()))
         if run.get("sim"):
             typer.echo("sim settings from the journal: " + " ".join(f"{k}={v}" for k, v in run["sim"].items()))
         typer.echo(
@@ -231,6 +239,12 @@ def register(app) -> None:
         typer.echo(f"  {'= gap':<28} {sum(c.parts.values()):+,.4f}")
         funding = result.metrics.get("funding")
         typer.echo(f"funding: sim {float(funding or 0.0):+,.4f}; the journal records the bot's fills, not its funding")
+
+
+def _given_strategy(given: list[str], run: dict) -> str | None:
+    """The strategy ``quant compare`` replays: ``strategy=`` given on its command line, else the bot's."""
+    named = [s.split("=", 1)[1] for s in given if s.split("=", 1)[0] == "strategy"]
+    return named[-1] if named else run.get("strategy")
 
 
 def _last_close(cfg, plugins) -> float:

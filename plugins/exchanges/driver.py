@@ -23,6 +23,7 @@ orders, leverage, margin modes, a sandbox for ``--testnet``) fails with one line
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -283,6 +284,10 @@ class LiveRun:
                     "exchange": cfg.exchange.name,
                     "symbol": cfg.symbol,
                     "strategy": cfg.strategy.name,
+                    "timeframe": cfg.timeframe,
+                    # the strategy's settings the user gave, so quant compare replays the same
+                    # strategy without being told them again
+                    "strategy_settings": _given_settings(cfg.strategy.config),
                     # a paper bot's sim settings (fill model, cash, margin: those not at their
                     # default), so quant compare replays it with the same rules
                     **({"sim": _sim_settings(cfg.broker.config)} if self.mode == "paper" else {}),
@@ -564,13 +569,28 @@ def _own_prefixes(broker_config, strategy_config, bot: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(prefixes))
 
 
+def _given_settings(config, keep=None) -> dict:
+    """The settings of a plugin's config the user gave (config file, environment, command line),
+    as ``quant run`` values (``key=value`` text), optionally only those named in ``keep``."""
+    if config is None:
+        return {}
+    given = config.model_dump(mode="json", include=set(config.model_fields_set))
+    return {k: _as_setting(v) for k, v in given.items() if v is not None and (keep is None or k in keep)}
+
+
+def _as_setting(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
 def _sim_settings(broker_config) -> dict:
-    """The paper broker's settings the user gave (config file, environment, command line) that the
-    sim has, as ``quant run`` values."""
+    """The paper broker's settings the user gave that the sim has."""
     from btc_quant.plugins.brokers.sim import SimConfig
 
-    given = broker_config.model_dump(mode="json", include=set(broker_config.model_fields_set))
-    return {k: v for k, v in given.items() if k in SimConfig.model_fields and v is not None}
+    return _given_settings(broker_config, SimConfig.model_fields)
 
 
 def _alive(pid: int) -> bool:
