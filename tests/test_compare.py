@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -13,6 +15,7 @@ from btc_quant.plugins.exchanges.driver import LiveRun
 from btc_quant.testing.exchange import ExchangeServer, binance_state
 
 START_MS = 1641772800000  # 2022-01-10 00:00 UTC, inside the bundled real perp sample
+PARTS = r"^  (?:missed fills|extra fills|price/qty of matched fills|fees|funding)\s+([+-][\d,.]+)$"
 GRID = ["strategy=grid", "strategy.levels=6", "strategy.step_pct=0.0005", "strategy.quantity=0.01"]
 
 
@@ -33,8 +36,11 @@ def test_gap_splits_into_missed_extra_matched_and_fees():
     assert c.time_to_fill_s == [-30.0] and c.price_diff == [-0.5]
 
 
-def test_compare_a_live_run_on_the_local_exchange(plugins, quant, isolated_env):
-    state = binance_state(clock_start_ms=START_MS, speed=60)  # a 1m bar a second
+def test_compare_a_live_run_on_the_local_exchange(plugins, quant, isolated_env, tmp_path):
+    # funding every minute (not every 8 h) so the 25-minute run pays some while the grid holds a position
+    funding = tmp_path / "funding.parquet"
+    pd.DataFrame({"ts": START_MS + 60_000 * np.arange(1, 120), "rate": 0.0001}).to_parquet(funding)
+    state = binance_state(clock_start_ms=START_MS, speed=60, funding_file=funding)  # a 1m bar a second
     with ExchangeServer(state) as server:
         cfg = load_run_config(
             [*GRID, "broker=live", "broker.api_key=local-test-key", "broker.secret=local-test-secret", "broker.bot=cmp"], plugins.registry
@@ -50,11 +56,21 @@ def test_compare_a_live_run_on_the_local_exchange(plugins, quant, isolated_env):
     assert matched + missed == n_bot == out["fills"] and matched + extra == n_sim
     assert n_bot >= 1 and n_sim >= 1, text  # a 0.05 % grid trades within 10+ real 1m bars
     gap = float(re.search(r"gap ([+-][\d,.]+)", text).group(1).replace(",", ""))
-    parts = [
-        float(v.replace(",", ""))
-        for v in re.findall(r"^  (?:missed fills|extra fills|price/qty of matched fills|fees)\s+([+-][\d,.]+)$", text, re.M)
-    ]
-    assert len(parts) == 4 and sum(parts) == pytest.approx(gap, abs=5e-4)
+    parts = [float(v.replace(",", "")) for v in re.findall(PARTS, text, re.M)]
+    assert len(parts) == 5 and sum(parts) == pytest.approx(gap, abs=5e-4)
+    # the bot journalled its account's funding payments as the exchange booked them (every one, at
+    # stop too), and the comparison puts them in the bot's PnL and in the split
+    account = state.trading.accounts["local-test-key"]
+    booked = {str(r["tranId"]): float(r["income"]) for r in account.income if r["incomeType"] == "FUNDING_FEE"}
+    db = sqlite3.connect(isolated_env / "live" / "cmp.db")
+    journalled = dict(db.execute("select id, amount from funding").fetchall())
+    db.close()
+    assert booked and journalled == booked  # the grid held a position at some of the 25 funding minutes
+    bot_funding = float(re.search(r"funding \(> 0 received\): bot ([+-][\d,.]+) \(journalled", text).group(1).replace(",", ""))
+    window = re.search(r"vs sim, (\S+ \S+) \.\. (\S+ \S+) UTC", text).groups()
+    start, end = (pd.Timestamp(t, tz="UTC").value // 10**6 for t in window)
+    in_window = sum(float(r["income"]) for r in account.income if r["incomeType"] == "FUNDING_FEE" and start <= r["time"] <= end)
+    assert bot_funding == pytest.approx(in_window, abs=5e-5) and bot_funding != 0
     # the journal holds the strategy settings the bot ran with: named alone, the bot is replayed
     # with them (the same comparison), and a setting given here overrides its journalled value
     alone = quant("compare", "cmp", env={"QUANT_HOME": str(isolated_env)}, check=True).stdout
@@ -95,8 +111,6 @@ def test_compare_a_paper_run_on_the_local_exchange(plugins, quant, isolated_env)
     pnl_sim = float(re.search(r"sim ([+-][\d,.]+), gap", text).group(1).replace(",", ""))
     gap = float(re.search(r"gap ([+-][\d,.]+)", text).group(1).replace(",", ""))
     assert gap == pytest.approx(pnl_bot - pnl_sim, abs=1e-3)
-    parts = [
-        float(v.replace(",", ""))
-        for v in re.findall(r"^  (?:missed fills|extra fills|price/qty of matched fills|fees)\s+([+-][\d,.]+)$", text, re.M)
-    ]
-    assert len(parts) == 4 and sum(parts) == pytest.approx(gap, abs=5e-4)
+    parts = [float(v.replace(",", "")) for v in re.findall(PARTS, text, re.M)]
+    assert len(parts) == 5 and sum(parts) == pytest.approx(gap, abs=5e-4)
+    assert "funding (> 0 received): bot +0.0000 (paper: none)" in text, text

@@ -19,8 +19,11 @@ Matching:
 The PnL of each side is its fills marked at the period's last close ``P`` (both start flat):
 ``sum(s * q * (P - price) - fee)`` with ``s`` +1 for a buy, -1 for a sell. So the gap splits exactly
 into: missed fills (their ``s*q*(P - price)``), extra fills (minus theirs), price and quantity
-differences of matched fills, and fees; the parts add up to the gap. Funding is shown beside it:
-the sim's from its run, the bot's where the journal has it (it records fills, not funding).
+differences of matched fills, and fees; the parts add up to the gap. Funding joins both PnLs and
+the split (``funding``: the bot's minus the sim's, > 0 received) where the bot's is known: a paper
+bot pays none, a live bot on Binance USD-M journals its account's funding payments
+(``fetch_funding_history``) while it runs. Elsewhere the bot's funding is unknown and both PnLs
+leave funding out; the sim's is shown beside them.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class Comparison:
     mark: float
     pnl_live: float
     pnl_sim: float
-    parts: dict[str, float]  # missed fills, extra fills, matched price/qty, fees: they add up to the gap
+    parts: dict[str, float]  # missed fills, extra fills, matched price/qty, fees (, funding): they add up to the gap
     time_to_fill_s: list[float] = field(default_factory=list)  # live minus sim, per matched pair
     price_diff: list[float] = field(default_factory=list)  # live minus sim, per matched pair
 
@@ -63,9 +66,19 @@ def _value(side: np.ndarray, qty: np.ndarray, price: np.ndarray, mark: float) ->
     return side * qty * (mark - price)
 
 
-def compare_fills(live: pd.DataFrame, sim: pd.DataFrame, mark: float, *, time_tol_ms: int, price_tol: float) -> Comparison:
+def compare_fills(
+    live: pd.DataFrame,
+    sim: pd.DataFrame,
+    mark: float,
+    *,
+    time_tol_ms: int,
+    price_tol: float,
+    funding_live: float | None = None,
+    funding_sim: float = 0.0,
+) -> Comparison:
     """Match two fill lists (columns ts_ms, side +1/-1, price, quantity, fee, tag) and split the
-    PnL gap (see module doc). Pure: no I/O."""
+    PnL gap (see module doc). With ``funding_live`` (the bot's funding payments are known, > 0
+    received) both PnLs include their funding and the gap gains a ``funding`` part. Pure: no I/O."""
     live = live.sort_values("ts_ms", kind="stable").reset_index(drop=True)
     sim = sim.sort_values("ts_ms", kind="stable").reset_index(drop=True)
     partner = np.full(len(live), -1)
@@ -90,6 +103,10 @@ def compare_fills(live: pd.DataFrame, sim: pd.DataFrame, mark: float, *, time_to
         "price/qty of matched fills": float(lv[m].sum() - sv[partner[m]].sum()),
         "fees": float(-(fees_live - fees_sim)),
     }
+    funded_live = funded_sim = 0.0
+    if funding_live is not None:
+        funded_live, funded_sim = float(funding_live), float(funding_sim)
+        parts["funding"] = funded_live - funded_sim
     return Comparison(
         live_fills=len(live),
         sim_fills=len(sim),
@@ -97,8 +114,8 @@ def compare_fills(live: pd.DataFrame, sim: pd.DataFrame, mark: float, *, time_to
         missed=int((~m).sum()),
         extra=int((~used).sum()),
         mark=mark,
-        pnl_live=float(lv.sum() - fees_live),
-        pnl_sim=float(sv.sum() - fees_sim),
+        pnl_live=float(lv.sum() - fees_live + funded_live),
+        pnl_sim=float(sv.sum() - fees_sim + funded_sim),
         parts=parts,
         time_to_fill_s=[(live["ts_ms"][i] - sim["ts_ms"][partner[i]]) / 1000 for i in np.flatnonzero(m)],
         price_diff=[float(live["price"][i] - sim["price"][partner[i]]) for i in np.flatnonzero(m)],
@@ -127,6 +144,22 @@ def read_journal(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     if "bars" in state:
         run["bars"] = int(state["bars"])  # live bars the bot saw (its last snapshot)
     return fills, orders, run
+
+
+def read_funding(path: Path, symbol: str, start_ms: int, end_ms: int) -> float | None:
+    """The funding a bot's account paid or got on ``symbol`` in ``[start_ms, end_ms]`` as its
+    journal holds it (> 0 received), or None for a journal that records none (older journals)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = db.execute(
+            "select count(*), coalesce(sum(amount), 0) from funding where symbol = ? and ts_ms between ? and ?",
+            (symbol, int(start_ms), int(end_ms)),
+        ).fetchone()
+    except sqlite3.OperationalError:  # a journal written before funding was journalled
+        return None
+    finally:
+        db.close()
+    return float(row[1])
 
 
 def bot_period(orders: pd.DataFrame, fills: pd.DataFrame, run: dict, step: int = MINUTE_MS) -> tuple[int, int]:
@@ -171,7 +204,8 @@ def register(app) -> None:
 
         from .journal import journal_path
 
-        fills, orders, run = read_journal(journal_path(data_dir(), bot))
+        path = journal_path(data_dir(), bot)
+        fills, orders, run = read_journal(path)
         if orders.empty:
             raise DataError(f"bot {bot!r}: its journal has no orders; nothing to compare")
         from btc_quant.plugins.brokers.sim import SimConfig
@@ -215,7 +249,16 @@ def register(app) -> None:
             }
         )
         mark = _last_close(cfg, plugins)
-        c = compare_fills(live, sim, mark, time_tol_ms=int(time_tol * 1000), price_tol=price_tol)
+        funding_sim = 0.0 - float(result.metrics.get("funding") or 0.0)  # the run's metric is > 0 paid
+        if run.get("mode") == "paper":
+            funding_bot = 0.0  # a paper bot pays no funding (the paper broker does not simulate it)
+        elif run.get("funding_journalled"):
+            funding_bot = read_funding(path, cfg.symbol, result.start_ms, result.end_ms)
+        else:
+            funding_bot = None
+        c = compare_fills(
+            live, sim, mark, time_tol_ms=int(time_tol * 1000), price_tol=price_tol, funding_live=funding_bot, funding_sim=funding_sim
+        )
         typer.echo(
             f"bot {bot} ({run.get('mode', '?')} {cfg.exchange.name} {cfg.symbol} {cfg.strategy.name}) vs sim, "
             f"{ms_to_iso(result.start_ms)} .. {ms_to_iso(result.end_ms)} UTC, {result.bars} bars"
@@ -237,8 +280,14 @@ def register(app) -> None:
         for name, value in c.parts.items():
             typer.echo(f"  {name:<28} {value:+,.4f}")
         typer.echo(f"  {'= gap':<28} {sum(c.parts.values()):+,.4f}")
-        funding = result.metrics.get("funding")
-        typer.echo(f"funding: sim {float(funding or 0.0):+,.4f}; the journal records the bot's fills, not its funding")
+        if funding_bot is None:
+            typer.echo(
+                f"funding (> 0 received): sim {funding_sim:+,.4f}; this bot's funding payments are not journalled ({run.get('exchange', '?')}), "
+                "so both PnLs leave funding out"
+            )
+        else:
+            whose = "paper: none" if run.get("mode") == "paper" else "journalled from the exchange"
+            typer.echo(f"funding (> 0 received): bot {funding_bot:+,.4f} ({whose}), sim {funding_sim:+,.4f}; both PnLs include it")
 
 
 def _given_strategy(given: list[str], run: dict) -> str | None:

@@ -292,10 +292,15 @@ class LiveRun:
                     # default), so quant compare replays it with the same rules
                     **({"sim": _sim_settings(cfg.broker.config)} if self.mode == "paper" else {}),
                     "testnet": self.testnet,
+                    # whether the account's funding payments are journalled (quant compare)
+                    "funding_journalled": isinstance(self.broker, LiveBroker) and journals_funding(exchange),
                     "started": time.time(),
                 },
             )
             await self._warm_up(exchange)
+            if self.journal.get("first_started_ms") is None:
+                # funding is journalled from the bar this journal's first start met (the exchange's clock)
+                self.journal.set("first_started_ms", int(self.last_bar_ts + self.tf_ms))
             if isinstance(self.broker, LiveBroker):
                 await self.broker.connect(exchange, self.journal)
                 # fills journalled from here on reach the strategy at once (fills found while
@@ -304,7 +309,11 @@ class LiveRun:
             self.engine.start()
             tasks = [asyncio.create_task(self._bars(exchange)), asyncio.create_task(self._pump())]
             if isinstance(self.broker, LiveBroker):
-                tasks += [asyncio.create_task(self.broker.watch()), asyncio.create_task(self._reconcile_loop())]
+                tasks += [
+                    asyncio.create_task(self.broker.watch()),
+                    asyncio.create_task(self._reconcile_loop()),
+                    asyncio.create_task(self._funding_loop(exchange)),
+                ]
             stopper = asyncio.create_task(self.stopping.wait())
             waiting = [stopper, *tasks]
             if self.max_seconds:
@@ -320,6 +329,11 @@ class LiveRun:
             if isinstance(self.broker, LiveBroker):
                 await asyncio.sleep(0)  # let cancels queued by on_stop leave
                 await self.broker.close()
+                if journals_funding(exchange):  # what was paid since the last turn of the loop
+                    try:
+                        await asyncio.wait_for(self._journal_funding(exchange), 10)
+                    except TimeoutError:
+                        log.info("funding history: no answer at stop; the next start journals it")
             self._snapshot()
         finally:
             await exchange.close()
@@ -437,6 +451,34 @@ class LiveRun:
     async def _reconcile_loop(self) -> None:
         """Reconcile every ``broker.reconcile_s`` seconds, sooner when a websocket failed."""
         await self.broker.reconcile_forever(after=self.engine.pump)
+
+    async def _funding_loop(self, exchange) -> None:
+        """Journal the account's funding payments every ``reconcile_s`` (:meth:`_journal_funding`)."""
+        if not journals_funding(exchange):
+            log.info("%s: funding payments are not journalled; quant compare shows the sim's funding only", exchange.id)
+            return
+        while True:
+            await asyncio.sleep(self.broker.config.reconcile_s)
+            if not await self._journal_funding(exchange):
+                return
+
+    async def _journal_funding(self, exchange) -> bool:
+        """Journal the account's funding payments on the bot's symbol since this journal's first
+        start (ccxt ``fetch_funding_history``: Binance USD-M ``GET /fapi/v1/income`` with
+        ``incomeType=FUNDING_FEE``), so ``quant compare`` puts the bot's funding beside the sim's.
+        False when the exchange cannot answer (said once: not asked again); a network fault is
+        retried at the next turn. Never ends the bot."""
+        since = max(self.journal.get("first_started_ms") or 0, (self.journal.last_funding_ms() or 0) + 1)
+        try:
+            rows = await exchange.fetch_funding_history(self.runtime.instrument.symbol, since=since, limit=1000)
+        except (ccxt.NetworkError, ccxt.InvalidNonce) as exc:
+            log.info("funding history: %s; asking again in %g s", type(exc).__name__, self.broker.config.reconcile_s)
+            return True
+        except ccxt.BaseError as exc:
+            log.warning("funding history: %s answered %s; this bot's funding is not journalled", exchange.id, _exchange_message(exc))
+            return False
+        self.journal.record_funding(rows)
+        return True
 
     # --- reporting ------------------------------------------------------------------------
     def state(self) -> dict:
@@ -601,10 +643,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def journals_funding(exchange) -> bool:
+    """Whether a live bot journals this exchange's funding payments: only where the sign of ccxt's
+    ``amount`` is known. Binance's income is "> 0 received" (USD-M "Get Income History"); other
+    venues' rows (Bybit's are execution fees) are not journalled rather than journalled with a
+    guessed sign."""
+    return exchange.id == "binanceusdm" and bool(exchange.has.get("fetchFundingHistory"))
+
+
 def _exchange_message(exc: BaseException) -> str:
     """The exchange's own words from a ccxt error (``binanceusdm {"code": -2015, "msg": "..."}``)."""
-    import json
-
     text = secrets.mask(str(exc))
     _, _, body = text.partition(" ")
     try:

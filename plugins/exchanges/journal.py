@@ -60,6 +60,7 @@ create table if not exists undelivered (trade_id text primary key);
 create table if not exists sent (client_id text primary key, unknown_until_ms integer not null default 0, inferred integer not null default 0);
 create table if not exists meta (key text primary key, value text);
 create table if not exists log (ts real, kind text, message text);
+create table if not exists funding (id text primary key, ts_ms integer, symbol text, amount real);
 """
 
 
@@ -263,10 +264,26 @@ class Journal:
         cols = ("trade_id", "client_id", "side", "price", "quantity", "fee", "ts_ms", "is_maker")
         return [dict(zip(cols, r)) for r in self.db.execute("select * from fills order by rowid")]
 
+    def record_funding(self, rows: list[dict[str, Any]]) -> int:
+        """Store the account's funding payments (ccxt funding-history rows: ``id``, ``timestamp``,
+        ``symbol``, ``amount``, > 0 received); the number that were new."""
+        new = 0
+        for row in rows:
+            cur = self.db.execute(
+                "insert or ignore into funding values (?,?,?,?)",
+                (str(row["id"]), int(row["timestamp"]), row.get("symbol"), float(row["amount"])),
+            )
+            new += cur.rowcount
+        return new
+
+    def last_funding_ms(self) -> int | None:
+        """The time of the newest funding payment journalled, if any."""
+        return self.db.execute("select max(ts_ms) from funding").fetchone()[0]
+
     def clear_trading(self) -> None:
         """Forget every order and fill (a paper bot's new run: it starts flat with nothing open)."""
         self.db.execute("begin immediate")
-        for table in ("orders", "fills", "undelivered", "sent"):
+        for table in ("orders", "fills", "undelivered", "sent", "funding"):
             self.db.execute(f"delete from {table}")
         self.db.execute("commit")
 
