@@ -516,6 +516,13 @@ class SimBroker(SimulatedBroker):
         if new_qty <= order.filled_qty + _EPS:
             raise OrderError(f"order {client_id}: amended quantity {new_qty} is not above the filled {order.filled_qty}")
         replace(order, price=order.price if price is None else price, quantity=new_qty)  # validates the new values
+        if self.tape and self.config.latency_ms:
+            # the amend reaches the exchange latency_ms later; the order can fill as it was until then (.tape)
+            tp, oi = self._tape_state(), self._oi[client_id]
+            tp.AMEND[oi] = self._now + int(self.config.latency_ms)
+            tp.AMEND_PRICE[oi] = order.price if price is None else price
+            tp.AMEND_QTY[oi] = new_qty
+            return
         if self.tape:
             tick, queue_qty, _ = self._tape_params()
             self._call(rejoin, self._tape_state(), self._oi[client_id], order.price if price is None else price, new_qty, tick, queue_qty)
