@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,16 @@ class Runtime:
             config = choice.config if choice.config is not None else reg.config_model()
             self._store = reg.factory(config, self)
         return self._store
+
+    @contextmanager
+    def store_session(self) -> Iterator[None]:
+        """The configured store's :meth:`~btc_quant.core.store.Store.session` over the block (a
+        run's loads); nothing when the run names no store plugin."""
+        if self.config.store.name not in self.registry.names("store"):
+            yield
+            return
+        with self.store().session():
+            yield
 
     def close(self) -> None:
         """Close the store if this runtime opened one.

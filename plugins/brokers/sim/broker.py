@@ -412,16 +412,17 @@ class SimBroker(SimulatedBroker):
         self._price = float(bars.open[0])
         self._now = int(bars.ts[0])
         self._wake_index: np.ndarray | None = None
-        ts, bar, rate = self._funding_arrays(bars)
-        self._fund_ts, self._fund_bar, self._fund_rate = (
-            np.array(ts, dtype=np.int64),
-            np.array(bar, dtype=np.int64),
-            np.array(rate, dtype=np.float64),
-        )
-        self._fk = 0
-        self._liq_bounds()
-        if self.tape:
-            self._load_tape(bars)
+        with self.runtime.store_session():  # funding, trades and best bid/offer over one connection
+            ts, bar, rate = self._funding_arrays(bars)
+            self._fund_ts, self._fund_bar, self._fund_rate = (
+                np.array(ts, dtype=np.int64),
+                np.array(bar, dtype=np.int64),
+                np.array(rate, dtype=np.float64),
+            )
+            self._fk = 0
+            self._liq_bounds()
+            if self.tape:
+                self._load_tape(bars)
 
     def _liq_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Per bar, how far a liquidation can be triggered (:func:`.venue.liquidation_bounds`)."""
@@ -791,7 +792,7 @@ class SimBroker(SimulatedBroker):
         quotes = store.read_quotes(inst.exchange, inst.symbol, start, end)
         queue_qty = self.config.queue_qty
         if queue_qty is None:
-            queue_qty = float(np.median(np.r_[quotes.bid_qty, quotes.ask_qty])) if len(quotes) else 1.0
+            queue_qty = float(np.median(np.concatenate((quotes.bid_qty, quotes.ask_qty)), overwrite_input=True)) if len(quotes) else 1.0
         self._tape = (
             trades.ts,
             trades.price,
