@@ -12,8 +12,8 @@ queue rules are :mod:`..sim_queue`'s (:func:`~..sim_queue.join_queue`,
 Timing (the bars still drive the strategy's clock):
 
 * bar ``i`` covers ``[ts_i, ts_i + timeframe)``. Its walk pays funding at its open (as on bars),
-  then takes the tape's events with ``ts < ts_i + timeframe`` in time order: order arrivals and
-  cancels first, then prints, then quotes of the same millisecond (a bookTicker stamped with a
+  then takes the tape's events with ``ts < ts_i + timeframe`` in time order: order arrivals,
+  amends and cancels first, then prints, then quotes of the same millisecond (a bookTicker stamped with a
   print's millisecond shows the book after it). The strategy's ``on_bar`` runs at the close,
   when the core's clock reads ``ts_i + timeframe``; orders placed then (or from ``on_fill`` /
   ``on_order`` during the walk, at the print's time) are stamped with that time.
