@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
-from .errors import ConfigError
+from .errors import ConfigError, QuantError
 from .model import Instrument
 from .plugins import PluginManager, Registry
 
@@ -45,10 +45,16 @@ class Runtime:
     def store_session(self) -> Iterator[None]:
         """The configured store's :meth:`~btc_quant.core.store.Store.session` over the block (a
         run's loads); nothing when the run names no store plugin."""
-        if self.config.store.name not in self.registry.names("store"):
+        store = None
+        if self.config.store.name in self.registry.names("store"):
+            try:
+                store = self.store()
+            except QuantError:  # unreachable or misconfigured: each read meets it as it did without a session
+                store = None
+        if store is None:
             yield
             return
-        with self.store().session():
+        with store.session():
             yield
 
     def close(self) -> None:

@@ -214,3 +214,25 @@ def test_a_session_keeps_the_chdb_store_open_between_reads_and_closes_it_after(t
         store.read_mark_bars(EX, SYM)
         assert store.client is not None
     assert len(opens) == 3 and store.client is None
+
+
+def test_a_run_on_a_file_still_runs_when_the_configured_store_is_unreachable():
+    """The loads' session must not turn a store that cannot be reached into an error: bars from a
+    file, and the mark prices and funding the store would have given fall back as without it."""
+    from conftest import REPO
+
+    from btc_quant.core.plugins import load_plugins
+    from btc_quant.core.run import backtest
+
+    sample = REPO / "examples" / "data" / "btc_perp_1m_2022-01.parquet"
+    settings = [
+        "strategy=sma_cross",
+        f"data.file={sample}",
+        "data.start=2022-01-20",
+        "data.end=2022-01-21",
+        "store=clickhouse",
+        "store.url=http://127.0.0.1:9",
+        "store.connect_timeout_s=1",
+    ]
+    result = backtest(settings, plugins=load_plugins(env={}))
+    assert result.bars == 1440 and result.funding_source != "store"
