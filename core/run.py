@@ -201,7 +201,8 @@ def backtest(
     notes: list[str] = []
     try:
         if bars is None:
-            loaded = load_bars(config, runtime)
+            with runtime.store_session():  # bars, trade bars, mark prices over one connection
+                loaded = load_bars(config, runtime)
             bars, notes = loaded.bars, loaded.notes
         engine = build_engine(config, runtime)
         result = run_engine(engine, bars)

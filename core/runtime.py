@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
-from .errors import ConfigError
+from .errors import ConfigError, QuantError
 from .model import Instrument
 from .plugins import PluginManager, Registry
 
@@ -38,6 +40,22 @@ class Runtime:
             config = choice.config if choice.config is not None else reg.config_model()
             self._store = reg.factory(config, self)
         return self._store
+
+    @contextmanager
+    def store_session(self) -> Iterator[None]:
+        """The configured store's :meth:`~btc_quant.core.store.Store.session` over the block (a
+        run's loads); nothing when the run names no store plugin."""
+        store = None
+        if self.config.store.name in self.registry.names("store"):
+            try:
+                store = self.store()
+            except QuantError:  # unreachable or misconfigured: each read meets it as it did without a session
+                store = None
+        if store is None:
+            yield
+            return
+        with store.session():
+            yield
 
     def close(self) -> None:
         """Close the store if this runtime opened one.

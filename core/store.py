@@ -8,6 +8,8 @@ documented there.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import ClassVar
 
 import numpy as np
@@ -24,6 +26,13 @@ class StoreConfig(QuantModel):
 
 class Store(ABC):
     Config: ClassVar[type[StoreConfig]] = StoreConfig
+
+    @contextmanager
+    def session(self) -> Iterator[Store]:
+        """Within the block, the reads share one connection: a run's loads (bars, mark prices,
+        funding, trades, best bid/offer) open the store once instead of once per read. Stores that
+        stay connected anyway keep this default (nothing to do)."""
+        yield self
 
     @abstractmethod
     def read_bars(self, exchange: str, symbol: str, timeframe: str, start_ms: int | None = None, end_ms: int | None = None) -> BarArrays:

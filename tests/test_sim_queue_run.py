@@ -172,6 +172,45 @@ def test_an_amended_order_joins_the_back_of_its_new_price_queue(tmp_path):
     assert fill_times(result) == [T0 + M + 20_000]
 
 
+def amend_to(price):
+    def amend(ctx):
+        for order in ctx.open_orders:
+            ctx.amend(order.client_id, price=price)
+
+    return amend
+
+
+def test_an_amend_takes_effect_after_the_latency_and_the_order_fills_at_its_old_price_until_then(tmp_path):
+    """Binance's modify order is a request like any other: asked at bar 1's close (99.0 -> 98.0),
+    it lands 5 s into bar 2. A print at 99.0 before that fills at the old price; the print through
+    98.0 after it fills the rest at the new one. Taking effect at once, only the second fills."""
+    prints = [
+        (T0 + 20_000, 100.2, 0.1, BUY),
+        (T0 + M + 30_000, 100.1, 0.1, BUY),
+        (T0 + 2 * M + 2_000, 99.0, 1.0, SELL),  # at the old price: 0.5 for the queue, 0.5 for us
+        (T0 + 2 * M + 8_000, 97.9, 0.1, SELL),  # through the new price, after the amend landed
+    ]
+    actions = {0: lambda ctx: limit(ctx, Side.BUY, 99.0, 1.0), 1: amend_to(98.0)}
+    result, log = run_queue(tmp_path, prints, (), actions, 3, "broker.latency_ms=5000", "broker.queue_qty=0.5")
+    assert [(f[1], f[2]) for f in fills_of(log)] == [(99.0, 0.5), (98.0, 0.5)]
+    assert fill_times(result) == [T0 + 2 * M + 2_000, T0 + 2 * M + 8_000]
+    instant, log0 = run_queue(tmp_path / "0", prints, (), actions, 3, "broker.queue_qty=0.5")
+    assert [(f[1], f[2]) for f in fills_of(log0)] == [(98.0, 1.0)]
+
+
+def test_an_amend_landing_after_the_order_filled_does_nothing(tmp_path):
+    prints = [
+        (T0 + 20_000, 100.2, 0.1, BUY),
+        (T0 + M + 30_000, 100.1, 0.1, BUY),
+        (T0 + 2 * M + 2_000, 98.9, 0.1, SELL),  # through 99.0 before the amend to 100.0 lands
+        (T0 + 2 * M + 8_000, 99.9, 0.1, SELL),
+    ]
+    actions = {0: lambda ctx: limit(ctx, Side.BUY, 99.0, 1.0), 1: amend_to(100.0)}
+    result, log = run_queue(tmp_path, prints, (), actions, 3, "broker.latency_ms=5000", "broker.queue_qty=0.5")
+    assert [(f[1], f[2]) for f in fills_of(log)] == [(99.0, 1.0)]
+    assert result.orders["status"].tolist() == ["filled"] and result.orders["price"].tolist() == [99.0]
+
+
 def test_an_order_canceled_as_it_is_placed_never_rests(tmp_path):
     """Placed and canceled in the same millisecond with latency: both requests reach the exchange
     together, the cancel wins, and the through print after it fills nothing."""

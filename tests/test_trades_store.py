@@ -190,3 +190,49 @@ def test_other_tapes_read_too():
     # snapshots without update ids (23 share a millisecond with another) are numbered within their
     # millisecond, so the store keeps them all
     assert len(set(zip(quotes.data.ts.tolist(), quotes.data.update_id.tolist()))) == 451
+
+
+def test_a_session_keeps_the_chdb_store_open_between_reads_and_closes_it_after(tmp_path):
+    """A run's loads (bars, mark prices, funding, trades, quotes) share one connection; outside a
+    session every read opens and closes the lazy store again (other processes may want it)."""
+    from btc_quant.plugins.storage.clickhouse import ChdbConfig, ChdbStore
+
+    store = ChdbStore(ChdbConfig(path=tmp_path / "chdb"))
+    store.write_trades(EX, SYM, TradeArrays.from_frame(tape(f"{PERP}_trades")))
+    store.close()
+    opens = []
+    open_store = store._open
+    store._open = lambda: (opens.append(1), open_store())
+    store.read_trades(EX, SYM)
+    store.read_quotes(EX, SYM)
+    assert len(opens) == 2 and store.client is None
+    with store.session():
+        assert len(store.read_trades(EX, SYM)) == 21_313
+        store.read_quotes(EX, SYM)
+        store.read_bars(EX, SYM, "1m")
+        store.read_funding(EX, SYM)
+        store.read_mark_bars(EX, SYM)
+        assert store.client is not None
+    assert len(opens) == 3 and store.client is None
+
+
+def test_a_run_on_a_file_still_runs_when_the_configured_store_is_unreachable():
+    """The loads' session must not turn a store that cannot be reached into an error: bars from a
+    file, and the mark prices and funding the store would have given fall back as without it."""
+    from conftest import REPO
+
+    from btc_quant.core.plugins import load_plugins
+    from btc_quant.core.run import backtest
+
+    sample = REPO / "examples" / "data" / "btc_perp_1m_2022-01.parquet"
+    settings = [
+        "strategy=sma_cross",
+        f"data.file={sample}",
+        "data.start=2022-01-20",
+        "data.end=2022-01-21",
+        "store=clickhouse",
+        "store.url=http://127.0.0.1:9",
+        "store.connect_timeout_s=1",
+    ]
+    result = backtest(settings, plugins=load_plugins(env={}))
+    assert result.bars == 1440 and result.funding_source != "store"

@@ -141,6 +141,7 @@ class ClickHouseStore(TradeTables, Store):
             raise DataError(f"store.database: {self.db!r} is not a plain identifier")
         self._lock = threading.RLock()
         self.client = None
+        self._sessions = 0  # open session() blocks: a lazy store stays open between their reads
         self.price = "trade"  # which klines the klines methods work on (see prices())
         if not self.lazy:
             self._open()
@@ -165,6 +166,21 @@ class ClickHouseStore(TradeTables, Store):
         client, self.client = getattr(self, "client", None), None
         if client is not None:
             client.close()
+
+    @contextmanager
+    def session(self):
+        """Within the block, a lazy store (chDB) opened by a read stays open for the next reads (one
+        connection and one migration check, not one per read), and is closed at its end unless it
+        was open before. Held only across a run's loads: ClickHouse lets one process at a time open
+        the directory, so other runs and ``quant collect`` wait only that long."""
+        was_open = self.client is not None
+        self._sessions += 1
+        try:
+            yield self
+        finally:
+            self._sessions -= 1
+            if self.lazy and not was_open and not self._sessions:
+                self.close()
 
     def __enter__(self) -> ClickHouseStore:
         return self
@@ -599,34 +615,17 @@ class ChdbStore(ClickHouseStore):
         return (self.path / "metadata").is_dir()
 
     def read_bars(self, exchange, symbol, timeframe, start_ms=None, end_ms=None) -> BarArrays:
-        if self.client is None and not self._exists():
-            return BarArrays(np.empty(0, dtype=np.int64), *(np.empty(0) for _ in range(5)))
-        held = self.client is not None
-        try:
-            return super().read_bars(exchange, symbol, timeframe, start_ms, end_ms)
-        finally:
-            if not held:
-                self.close()
+        read = super().read_bars
+        empty = BarArrays(np.empty(0, dtype=np.int64), *(np.empty(0) for _ in range(5)))
+        return self._read_once(lambda: read(exchange, symbol, timeframe, start_ms, end_ms), empty)
 
     def read_funding(self, exchange, symbol, start_ms=None, end_ms=None) -> pd.DataFrame:
-        if self.client is None and not self._exists():
-            return Store.read_funding(self, exchange, symbol, start_ms, end_ms)
-        held = self.client is not None
-        try:
-            return super().read_funding(exchange, symbol, start_ms, end_ms)
-        finally:
-            if not held:
-                self.close()
+        read = super().read_funding
+        return self._read_once(lambda: read(exchange, symbol, start_ms, end_ms), Store.read_funding(self, exchange, symbol))
 
     def read_mark_bars(self, exchange, symbol, start_ms=None, end_ms=None) -> list[tuple[str, BarArrays]]:
-        if self.client is None and not self._exists():
-            return []
-        held = self.client is not None
-        try:
-            return super().read_mark_bars(exchange, symbol, start_ms, end_ms)
-        finally:
-            if not held:
-                self.close()
+        read = super().read_mark_bars
+        return self._read_once(lambda: read(exchange, symbol, start_ms, end_ms), [])
 
     def where(self) -> str:
         return f"chdb store {self.path}"

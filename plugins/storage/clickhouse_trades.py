@@ -55,8 +55,9 @@ class TradeTables:
     """The trades half of :class:`~.clickhouse.ClickHouseStore` (it mixes this in)."""
 
     def _read_once(self, call, empty):
-        """Run a read; a lazy store (chDB) that was not open is closed again after it, and one
-        that was never created reads as empty (as :meth:`ChdbStore.read_bars` does)."""
+        """Run a read; a lazy store (chDB) that was not open is closed again after it (unless a
+        :meth:`~.clickhouse.ClickHouseStore.session` holds it), and one that was never created
+        reads as empty."""
         exists = getattr(self, "_exists", None)
         if self.client is None and exists is not None and not exists():
             return empty
@@ -64,7 +65,7 @@ class TradeTables:
         try:
             return call()
         finally:
-            if not held and self.lazy:
+            if not held and self.lazy and not self._sessions:
                 self.close()
 
     def migrate_trades(self) -> int:
@@ -193,12 +194,15 @@ class TradeTables:
         gives a partial bar; callers compare full buckets only.
         """
         step = timeframe_ms(timeframe)
+        # (ts, trade_id) ordered as one Int128, ts * 2^64 + trade_id (trade ids fit in Int64): the
+        # same order as the tuple, and ClickHouse's argMin/argMax compare it ~7x faster
+        key = "bitShiftLeft(toInt128(ts), 64) + trade_id"
 
         def read() -> BarArrays:
             table = self._arrow(
                 f"""
-                SELECT intDiv(ts, {step}) * {step} AS b, argMin(price, (ts, trade_id)) AS open, max(price) AS high,
-                       min(price) AS low, argMax(price, (ts, trade_id)) AS close, sum(qty) AS volume
+                SELECT intDiv(ts, {step}) * {step} AS b, argMin(price, {key}) AS open, max(price) AS high,
+                       min(price) AS low, argMax(price, {key}) AS close, sum(qty) AS volume
                 FROM {self.db}.trades FINAL
                 WHERE exchange = {{exchange:String}} AND symbol = {{symbol:String}}{self._range_filter(start_ms, end_ms)}
                 GROUP BY b ORDER BY b

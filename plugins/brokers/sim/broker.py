@@ -412,16 +412,17 @@ class SimBroker(SimulatedBroker):
         self._price = float(bars.open[0])
         self._now = int(bars.ts[0])
         self._wake_index: np.ndarray | None = None
-        ts, bar, rate = self._funding_arrays(bars)
-        self._fund_ts, self._fund_bar, self._fund_rate = (
-            np.array(ts, dtype=np.int64),
-            np.array(bar, dtype=np.int64),
-            np.array(rate, dtype=np.float64),
-        )
-        self._fk = 0
-        self._liq_bounds()
-        if self.tape:
-            self._load_tape(bars)
+        with self.runtime.store_session():  # funding, trades and best bid/offer over one connection
+            ts, bar, rate = self._funding_arrays(bars)
+            self._fund_ts, self._fund_bar, self._fund_rate = (
+                np.array(ts, dtype=np.int64),
+                np.array(bar, dtype=np.int64),
+                np.array(rate, dtype=np.float64),
+            )
+            self._fk = 0
+            self._liq_bounds()
+            if self.tape:
+                self._load_tape(bars)
 
     def _liq_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Per bar, how far a liquidation can be triggered (:func:`.venue.liquidation_bounds`)."""
@@ -516,6 +517,13 @@ class SimBroker(SimulatedBroker):
         if new_qty <= order.filled_qty + _EPS:
             raise OrderError(f"order {client_id}: amended quantity {new_qty} is not above the filled {order.filled_qty}")
         replace(order, price=order.price if price is None else price, quantity=new_qty)  # validates the new values
+        if self.tape and self.config.latency_ms:
+            # the amend reaches the exchange latency_ms later; the order can fill as it was until then (.tape)
+            tp, oi = self._tape_state(), self._oi[client_id]
+            tp.AMEND[oi] = self._now + int(self.config.latency_ms)
+            tp.AMEND_PRICE[oi] = order.price if price is None else price
+            tp.AMEND_QTY[oi] = new_qty
+            return
         if self.tape:
             tick, queue_qty, _ = self._tape_params()
             self._call(rejoin, self._tape_state(), self._oi[client_id], order.price if price is None else price, new_qty, tick, queue_qty)
@@ -784,7 +792,7 @@ class SimBroker(SimulatedBroker):
         quotes = store.read_quotes(inst.exchange, inst.symbol, start, end)
         queue_qty = self.config.queue_qty
         if queue_qty is None:
-            queue_qty = float(np.median(np.r_[quotes.bid_qty, quotes.ask_qty])) if len(quotes) else 1.0
+            queue_qty = float(np.median(np.concatenate((quotes.bid_qty, quotes.ask_qty)), overwrite_input=True)) if len(quotes) else 1.0
         self._tape = (
             trades.ts,
             trades.price,

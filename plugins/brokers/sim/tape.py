@@ -12,8 +12,8 @@ queue rules are :mod:`..sim_queue`'s (:func:`~..sim_queue.join_queue`,
 Timing (the bars still drive the strategy's clock):
 
 * bar ``i`` covers ``[ts_i, ts_i + timeframe)``. Its walk pays funding at its open (as on bars),
-  then takes the tape's events with ``ts < ts_i + timeframe`` in time order: order arrivals and
-  cancels first, then prints, then quotes of the same millisecond (a bookTicker stamped with a
+  then takes the tape's events with ``ts < ts_i + timeframe`` in time order: order arrivals,
+  amends and cancels first, then prints, then quotes of the same millisecond (a bookTicker stamped with a
   print's millisecond shows the book after it). The strategy's ``on_bar`` runs at the close,
   when the core's clock reads ``ts_i + timeframe``; orders placed then (or from ``on_fill`` /
   ``on_order`` during the walk, at the print's time) are stamped with that time.
@@ -27,14 +27,19 @@ Timing (the bars still drive the strategy's clock):
   fills the order by what is left of the print (partially if less than the order; fills are whole
   lots); a print through the price fills the rest. Quotes shorten the queue (``quote_advance``).
 * a cancel takes effect ``latency_ms`` after it was asked for; the order can fill until then. An
-  amend (cancel-replace) takes effect at once and the order joins the back of its new queue.
+  amend (cancel-replace, Binance PUT /fapi/v1/order) is a request like any other: it takes effect
+  ``latency_ms`` after it was asked for (the order can fill at its old price and quantity until
+  then), and the order joins the back of its new price's queue. An amend that arrives after the
+  order was filled or canceled, or for a quantity no longer above what has filled, does nothing
+  (the exchange refuses it); a second amend asked while one is on its way replaces it (its price
+  and quantity, at its own arrival time).
 * liquidation: a print that reaches a position's liquidation price (and, when the run has mark
   bars, a bar whose mark reached it, as on bars) liquidates it there by :func:`.venue.liquidate`,
   before the print's fills.
 
 The state of the replay beside the core's (:class:`TapeState`): the market (best bid/offer, last
 print; :func:`~..sim_queue.new_market`), the tape cursor, and per core order row its queue ahead,
-arrival time and cancel time, and the orders still on their way to the exchange.
+arrival time, cancel time and amend on its way, and the orders still on their way to the exchange.
 """
 
 from __future__ import annotations
@@ -49,8 +54,9 @@ from . import venue as vc
 
 #: ``M`` market (sim_queue.new_market's layout); ``CUR`` int64[2] next print, next quote; per core
 #: order row: ``QA`` queue ahead, ``LIVE`` when it reaches the exchange, ``DEAD`` when its cancel
-#: takes effect (NEVER: none asked); ``PEND[:NP[0]]`` the rows still on their way.
-TapeState = collections.namedtuple("TapeState", "M CUR QA LIVE DEAD PEND NP")
+#: takes effect (NEVER: none asked), ``AMEND`` when its amend takes effect (NEVER: none on its way)
+#: to ``AMEND_PRICE`` and ``AMEND_QTY``; ``PEND[:NP[0]]`` the rows still on their way.
+TapeState = collections.namedtuple("TapeState", "M CUR QA LIVE DEAD AMEND AMEND_PRICE AMEND_QTY PEND NP")
 #: :func:`walk_tape` needs room in the core's logs (grow, call again)
 WALK_ROOM = 9
 
@@ -64,6 +70,9 @@ def new_tape_state(orders: int) -> TapeState:
         np.zeros(orders),
         np.full(orders, NEVER, dtype=np.int64),
         np.full(orders, NEVER, dtype=np.int64),
+        np.full(orders, NEVER, dtype=np.int64),
+        np.zeros(orders),
+        np.zeros(orders),
         np.zeros(orders, dtype=np.int64),
         np.zeros(1, dtype=np.int64),
     )
@@ -80,7 +89,15 @@ def grow_tape(tp: TapeState, orders: int) -> TapeState:
         out[: len(a)] = a
         return out
 
-    return tp._replace(QA=grown(tp.QA, 0.0), LIVE=grown(tp.LIVE, NEVER), DEAD=grown(tp.DEAD, NEVER), PEND=grown(tp.PEND, 0))
+    return tp._replace(
+        QA=grown(tp.QA, 0.0),
+        LIVE=grown(tp.LIVE, NEVER),
+        DEAD=grown(tp.DEAD, NEVER),
+        AMEND=grown(tp.AMEND, NEVER),
+        AMEND_PRICE=grown(tp.AMEND_PRICE, 0.0),
+        AMEND_QTY=grown(tp.AMEND_QTY, 0.0),
+        PEND=grown(tp.PEND, 0),
+    )
 
 
 def start_market(tp: TapeState, trades, quotes, start_ms: int) -> None:
@@ -149,11 +166,48 @@ def rejoin(v, tp, oi, price, qty, tick, queue_qty):  # pragma: no cover - compil
 
 
 @njit(cache=True, nogil=True)
+def _next_arrival(tp):  # pragma: no cover - compiled
+    """(time, index in ``PEND``) of the next order to reach the exchange; (NEVER, -1): none."""
+    ta = NEVER
+    ka = -1
+    for j in range(tp.NP[0]):
+        if tp.LIVE[tp.PEND[j]] < ta:
+            ta = tp.LIVE[tp.PEND[j]]
+            ka = j
+    return ta, ka
+
+
+@njit(cache=True, nogil=True)
+def _next_request(v, tp):  # pragma: no cover - compiled
+    """(time, core order row, is an amend) of the next cancel or amend of an open order to reach
+    the exchange (a cancel first in a tie); (NEVER, -1, False): none."""
+    tc = NEVER
+    kc = -1
+    amend = False
+    if v.S[vc.NOPEN] > 0:
+        for k in range(int(v.S[vc.NSLOT])):
+            if v.BOOK[k, vc.B_STATE] != 0.0:
+                oi = v.BOOK_ORDER[k]
+                if tp.DEAD[oi] < tc:
+                    tc, kc, amend = tp.DEAD[oi], oi, False
+                if tp.AMEND[oi] < tc:
+                    tc, kc, amend = tp.AMEND[oi], oi, True
+    return tc, kc, amend
+
+
+@njit(cache=True, nogil=True)
 def walk_tape(v, tp, tape, bar_end, mark_open, fund_bar, fund_rate, tick, queue_qty, quote_advance):  # pragma: no cover - compiled
     """Walk the current bar (begun with :func:`.venue.begin_bar`) on the tape until one event
-    (``WALK_FILL``: fills, an arrival, a cancel; ``WALK_LIQ``), its end (``WALK_CLOSE``, the clock at
-    ``bar_end``) or ``WALK_ROOM`` (grow the core's logs and call again). ``tape``: (print ts, price,
-    quantity, taker side, quote ts, bid, bid quantity, ask, ask quantity). See the module doc."""
+    (``WALK_FILL``: fills, an arrival, an amend, a cancel; ``WALK_LIQ``), its end (``WALK_CLOSE``,
+    the clock at ``bar_end``) or ``WALK_ROOM`` (grow the core's logs and call again). ``tape``:
+    (print ts, price, quantity, taker side, quote ts, bid, bid quantity, ask, ask quantity). See
+    the module doc.
+
+    Speed: the book, the orders on their way and the requests pending change only where this
+    returns (or at an arrival without an event, after which they are read again), so the next
+    arrival, the next cancel or amend, and the book's bounds (:func:`.venue.book_bounds`: highest
+    resting buy, lowest resting sell) are read once per call; a print or quote that reaches no
+    resting order costs a few comparisons, as in :func:`~..sim_queue.replay`."""
     S, O, BOOK, M = v.S, v.O, v.BOOK, tp.M
     t_ts, t_px, t_qty, t_side, q_ts, q_bid, q_bid_qty, q_ask, q_ask_qty = tape
     if S[vc.SEG] == 0:  # the open: funding as on bars
@@ -163,6 +217,9 @@ def walk_tape(v, tp, tape, bar_end, mark_open, fund_bar, fund_rate, tick, queue_
     n_t = len(t_ts)
     n_q = len(q_ts)
     half = 0.5 * tick
+    ta, ka = _next_arrival(tp)
+    tc, kc, is_amend = _next_request(v, tp)
+    buy_max, sell_min, _ = vc.book_bounds(v)
     while True:
         if not vc.has_room(v, 0):
             return WALK_ROOM
@@ -171,35 +228,29 @@ def walk_tape(v, tp, tape, bar_end, mark_open, fund_bar, fund_rate, tick, queue_
         qi = tp.CUR[1]
         tt = t_ts[ti] if ti < n_t else NEVER
         tq = q_ts[qi] if qi < n_q else NEVER
-        ta = NEVER
-        ka = -1
-        for j in range(tp.NP[0]):
-            if tp.LIVE[tp.PEND[j]] < ta:
-                ta = tp.LIVE[tp.PEND[j]]
-                ka = j
-        tc = NEVER
-        kc = -1
-        if S[vc.NOPEN] > 0:
-            for k in range(BOOK.shape[0]):
-                if BOOK[k, vc.B_STATE] != 0.0 and tp.DEAD[v.BOOK_ORDER[k]] < tc:
-                    tc = tp.DEAD[v.BOOK_ORDER[k]]
-                    kc = v.BOOK_ORDER[k]
         t = min(min(ta, tc), min(tt, tq))
         if t >= bar_end:
             break
         if t > S[vc.NOW]:
             S[vc.NOW] = t
-        if ta == t:  # an order reaches the exchange (before the prints of its ms)
-            oi = tp.PEND[ka]
-            tp.NP[0] -= 1
-            tp.PEND[ka] = tp.PEND[tp.NP[0]]
-            arrive(v, tp, oi, tick, queue_qty)
+        if ta == t or tc == t:
+            if ta == t:  # an order reaches the exchange (before the prints of its ms)
+                oi = tp.PEND[ka]
+                tp.NP[0] -= 1
+                tp.PEND[ka] = tp.PEND[tp.NP[0]]
+                arrive(v, tp, oi, tick, queue_qty)
+            elif is_amend:  # an amend reaches the exchange: at the back of its new price's queue
+                tp.AMEND[kc] = NEVER
+                if tp.AMEND_QTY[kc] > O[kc, vc.O_FILLED] + 1e-12:  # else Binance refuses it; the order stays
+                    rejoin(v, tp, kc, tp.AMEND_PRICE[kc], tp.AMEND_QTY[kc], tick, queue_qty)
+            else:  # a cancel takes effect
+                vc.cancel(v, kc, vc.R_NONE)
             if S[vc.NEVT] > events:
                 return vc.WALK_FILL
+            ta, ka = _next_arrival(tp)
+            tc, kc, is_amend = _next_request(v, tp)
+            buy_max, sell_min, _ = vc.book_bounds(v)
             continue
-        if tc == t:  # a cancel takes effect
-            vc.cancel(v, kc, vc.R_NONE)
-            return vc.WALK_FILL
         if tt == t:  # a print (before a quote of the same ms)
             px = t_px[ti]
             tp.CUR[0] = ti + 1
@@ -216,8 +267,8 @@ def walk_tape(v, tp, tape, bar_end, mark_open, fund_bar, fund_rate, tick, queue_
                     vc.liquidate(v, r, liq)
                     S[vc.PRICE] = px
                     return vc.WALK_LIQ
-            if S[vc.NOPEN] > 0:
-                for k in range(BOOK.shape[0]):
+            if S[vc.NOPEN] > 0 and (px <= buy_max + half or px >= sell_min - half):
+                for k in range(int(S[vc.NSLOT])):
                     if BOOK[k, vc.B_STATE] != 1.0:
                         continue
                     price = BOOK[k, vc.B_PRICE]
@@ -240,8 +291,8 @@ def walk_tape(v, tp, tape, bar_end, mark_open, fund_bar, fund_rate, tick, queue_
         M[M_ASK] = q_ask[qi]
         M[M_ASK_QTY] = q_ask_qty[qi]
         tp.CUR[1] = qi + 1
-        if quote_advance and S[vc.NOPEN] > 0:
-            for k in range(BOOK.shape[0]):
+        if quote_advance and S[vc.NOPEN] > 0 and (M[M_BID] <= buy_max + half or M[M_ASK] >= sell_min - half):
+            for k in range(int(S[vc.NSLOT])):
                 if BOOK[k, vc.B_STATE] == 1.0 and BOOK[k, vc.B_PRICE] == BOOK[k, vc.B_PRICE]:
                     oi = v.BOOK_ORDER[k]
                     tp.QA[oi] = on_quote(
