@@ -402,13 +402,19 @@ def _figure_loader(figures_json: str) -> str:
 
 
 def render_html(
-    result: RunResult, plugins: PluginManager | None = None, *, data_folder: Path | None = None, page: Path | None = None
+    result: RunResult,
+    plugins: PluginManager | None = None,
+    *,
+    data_folder: Path | None = None,
+    page: Path | None = None,
+    extra: list[ReportSection] | tuple[ReportSection, ...] = (),
 ) -> str:
     """The report page; ``data_folder`` is the saved run's folder (linked from the page, relative
-    to ``page`` when the page is written to a file)."""
+    to ``page`` when the page is written to a file); ``extra`` sections are the caller's own (a
+    command's, e.g. ``quant compare``'s bot-vs-sim section), placed by their ``order``."""
     parts = []
     figures = []
-    found = sections(result, plugins)
+    found = sorted([*sections(result, plugins), *extra], key=lambda s: s.order)
     full = _full_data_section(result, data_folder, page)
     if full is not None:
         found = sorted([*found, full], key=lambda s: (s.order, s.title))
@@ -435,10 +441,17 @@ def render_html(
     )
 
 
-def write_html(result: RunResult, path: Path | str, plugins: PluginManager | None = None, *, data_folder: Path | None = None) -> Path:
+def write_html(
+    result: RunResult,
+    path: Path | str,
+    plugins: PluginManager | None = None,
+    *,
+    data_folder: Path | None = None,
+    extra: list[ReportSection] | tuple[ReportSection, ...] = (),
+) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(result, plugins, data_folder=data_folder, page=path.resolve()), encoding="utf-8")
+    path.write_text(render_html(result, plugins, data_folder=data_folder, page=path.resolve(), extra=extra), encoding="utf-8")
     return path
 
 

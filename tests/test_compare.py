@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import shutil
 import sqlite3
+import subprocess
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,7 @@ from btc_quant.plugins.exchanges.driver import LiveRun
 from btc_quant.testing.exchange import ExchangeServer, binance_state
 
 START_MS = 1641772800000  # 2022-01-10 00:00 UTC, inside the bundled real perp sample
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PARTS = r"^  (?:missed fills|extra fills|price/qty of matched fills|fees|funding)\s+([+-][\d,.]+)$"
 GRID = ["strategy=grid", "strategy.levels=6", "strategy.step_pct=0.0005", "strategy.quantity=0.01"]
 
@@ -114,3 +117,25 @@ def test_compare_a_paper_run_on_the_local_exchange(plugins, quant, isolated_env)
     parts = [float(v.replace(",", "")) for v in re.findall(PARTS, text, re.M)]
     assert len(parts) == 5 and sum(parts) == pytest.approx(gap, abs=5e-4)
     assert "funding (> 0 received): bot +0.0000 (paper: none)" in text, text
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (.ci/run installs it)")
+def test_compare_report_section_renders_in_chromium(plugins, quant, isolated_env, tmp_path):
+    """``quant compare BOT --report F``: the sim run's report with the bot-vs-sim table (the same
+    numbers as printed) and both fill lists, drawn by headless Chromium without a script error."""
+    state = binance_state(clock_start_ms=START_MS, speed=600)
+    with ExchangeServer(state) as server:
+        cfg = load_run_config([*GRID, "broker=paper", "broker.bot=prep"], plugins.registry)
+        LiveRun(cfg, plugins, url=server.url, max_seconds=60, max_bars=15, warmup=50).run()
+    page = tmp_path / "compare.html"
+    done = quant("compare", "prep", "--report", str(page), env={"QUANT_HOME": str(isolated_env)}, check=True)
+    gap = re.search(r"gap ([+-][\d,.]+)", done.stdout).group(1)
+    n_bot, n_sim = re.search(r"fills: bot (\d+), sim (\d+)", done.stdout).groups()
+    text = page.read_text()
+    assert "Bot prep vs sim" in text and f"<th>gap (bot - sim)</th><td>{gap}</td>" in text
+    assert f"<th>fills: bot / sim</th><td>{n_bot} / {n_sim}</td>" in text
+    base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000"]
+    dom = subprocess.run(base + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180)
+    html_tag = dom.stdout[dom.stdout.index("<html") : dom.stdout.index(">", dom.stdout.index("<html"))]
+    assert "data-report-errors" not in html_tag and "Uncaught" not in dom.stderr
+    assert "bot buys (" in dom.stdout and dom.stdout.count('class="main-svg"') >= 2  # the fills figure drew

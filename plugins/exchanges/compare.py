@@ -185,6 +185,47 @@ def _frame_of_sim(fills: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def comparison_sections(c: Comparison, live: pd.DataFrame, sim: pd.DataFrame, *, bot: str, funding_bot, funding_sim: float) -> list:
+    """The report's bot-vs-sim sections: the counts and the gap's split as a table, and both fill
+    lists over time (bot filled markers, sim open ones; buys up, sells down)."""
+    import html
+
+    import plotly.graph_objects as go
+
+    from btc_quant.core.report import ReportSection
+
+    rows = [
+        ("fills: bot / sim", f"{c.live_fills} / {c.sim_fills}"),
+        ("matched", str(c.matched)),
+        ("missed by the sim", str(c.missed)),
+        ("extra in the sim", str(c.extra)),
+        ("PnL marked at the last close: bot", f"{c.pnl_live:+,.4f}"),
+        ("PnL marked at the last close: sim", f"{c.pnl_sim:+,.4f}"),
+        ("gap (bot - sim)", f"{c.gap:+,.4f}"),
+        *((f"  {name}", f"{value:+,.4f}") for name, value in c.parts.items()),
+        ("funding (> 0 received): bot", "not journalled" if funding_bot is None else f"{funding_bot:+,.4f}"),
+        ("funding (> 0 received): sim", f"{funding_sim:+,.4f}"),
+    ]
+    table = "<table class='metrics compare'>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    table += f"</table><p class='note'>bot {html.escape(bot)}'s journalled fills against this run's; the gap's parts add up to it.</p>"
+    fig = go.Figure()
+    for name, frame, filled in (("bot", live, True), ("sim", sim, False)):
+        for side, symbol, colour in ((1, "triangle-up", "#2a7"), (-1, "triangle-down", "#c33")):
+            part = frame[frame["side"] == side]
+            fig.add_scatter(
+                x=pd.to_datetime(part["ts_ms"], unit="ms", utc=True),
+                y=part["price"],
+                mode="markers",
+                name=f"{name} {'buys' if side == 1 else 'sells'} ({len(part)})",
+                marker={"symbol": symbol if filled else f"{symbol}-open", "color": colour, "size": 9 if filled else 12},
+            )
+    fig.update_layout(xaxis_title="time (UTC)", yaxis_title="fill price", height=420)
+    return [
+        ReportSection(f"Bot {bot} vs sim", html=table, order=3),
+        ReportSection(f"Bot {bot} vs sim: fills", figure=fig, order=4),
+    ]
+
+
 def register(app) -> None:
     @app.command("compare")
     def compare_cmd(
@@ -194,6 +235,9 @@ def register(app) -> None:
         ),
         time_tol: float = typer.Option(180.0, "--time-tol", help="seconds between a live fill and its sim partner at most"),
         price_tol: float = typer.Option(1.0, "--price-tol", help="price difference at most when orders have no tag"),
+        report: Optional[Path] = typer.Option(
+            None, "--report", help="write the sim run's HTML report with a bot-vs-sim section (the split, both fill lists) here"
+        ),
     ) -> None:
         """Match a bot's fills against the sim's over its period; split the PnL gap into causes."""
         from btc_quant.core.config import load_run_config
@@ -280,6 +324,11 @@ def register(app) -> None:
         for name, value in c.parts.items():
             typer.echo(f"  {name:<28} {value:+,.4f}")
         typer.echo(f"  {'= gap':<28} {sum(c.parts.values()):+,.4f}")
+        if report is not None:
+            from btc_quant.core.report import write_html
+
+            extra = comparison_sections(c, live, sim, bot=bot, funding_bot=funding_bot, funding_sim=funding_sim)
+            typer.echo(f"report: {write_html(result, report, plugins, extra=extra)}", err=True)
         if funding_bot is None:
             typer.echo(
                 f"funding (> 0 received): sim {funding_sim:+,.4f}; this bot's funding payments are not journalled ({run.get('exchange', '?')}), "
