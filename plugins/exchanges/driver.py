@@ -309,11 +309,11 @@ class LiveRun:
             self.engine.start()
             tasks = [asyncio.create_task(self._bars(exchange)), asyncio.create_task(self._pump())]
             if isinstance(self.broker, LiveBroker):
-                tasks += [
-                    asyncio.create_task(self.broker.watch()),
-                    asyncio.create_task(self._reconcile_loop()),
-                    asyncio.create_task(self._funding_loop(exchange)),
-                ]
+                tasks += [asyncio.create_task(self.broker.watch()), asyncio.create_task(self._reconcile_loop())]
+                if journals_funding(exchange):
+                    tasks.append(asyncio.create_task(self._funding_loop(exchange)))
+                else:
+                    log.info("%s: funding payments are not journalled; quant compare shows the sim's funding only", exchange.id)
             stopper = asyncio.create_task(self.stopping.wait())
             waiting = [stopper, *tasks]
             if self.max_seconds:
@@ -331,7 +331,7 @@ class LiveRun:
                 await self.broker.close()
                 if journals_funding(exchange):  # what was paid since the last turn of the loop
                     try:
-                        await asyncio.wait_for(self._journal_funding(exchange), 10)
+                        await asyncio.wait_for(self._journal_funding(exchange), 5)
                     except TimeoutError:
                         log.info("funding history: no answer at stop; the next start journals it")
             self._snapshot()
@@ -453,32 +453,36 @@ class LiveRun:
         await self.broker.reconcile_forever(after=self.engine.pump)
 
     async def _funding_loop(self, exchange) -> None:
-        """Journal the account's funding payments every ``reconcile_s`` (:meth:`_journal_funding`)."""
-        if not journals_funding(exchange):
-            log.info("%s: funding payments are not journalled; quant compare shows the sim's funding only", exchange.id)
-            return
+        """Journal the account's funding payments every ``reconcile_s`` (:meth:`_journal_funding`).
+        Never returns (a task of the bot that ends would stop the bot): only cancelled at stop."""
+        said = False
         while True:
-            await asyncio.sleep(self.broker.config.reconcile_s)
-            if not await self._journal_funding(exchange):
-                return
+            await asyncio.sleep(self.funding_poll_s)
+            error = await self._journal_funding(exchange)
+            if error and not said:  # said once; asked again every turn (it may be a passing fault)
+                log.warning("funding history: %s answered %s; asking again every %g s", exchange.id, error, self.funding_poll_s)
+                said = True
 
-    async def _journal_funding(self, exchange) -> bool:
+    @property
+    def funding_poll_s(self) -> float:
+        """Funding is paid every few hours: a minute between asks is plenty (and at stop)."""
+        return max(60.0, self.broker.config.reconcile_s)
+
+    async def _journal_funding(self, exchange) -> str | None:
         """Journal the account's funding payments on the bot's symbol since this journal's first
         start (ccxt ``fetch_funding_history``: Binance USD-M ``GET /fapi/v1/income`` with
         ``incomeType=FUNDING_FEE``), so ``quant compare`` puts the bot's funding beside the sim's.
-        False when the exchange cannot answer (said once: not asked again); a network fault is
-        retried at the next turn. Never ends the bot."""
+        A network fault is logged and left to the next turn; the exchange's refusal is returned."""
         since = max(self.journal.get("first_started_ms") or 0, (self.journal.last_funding_ms() or 0) + 1)
         try:
             rows = await exchange.fetch_funding_history(self.runtime.instrument.symbol, since=since, limit=1000)
         except (ccxt.NetworkError, ccxt.InvalidNonce) as exc:
-            log.info("funding history: %s; asking again in %g s", type(exc).__name__, self.broker.config.reconcile_s)
-            return True
+            log.info("funding history: %s; asking again in %g s", type(exc).__name__, self.funding_poll_s)
+            return None
         except ccxt.BaseError as exc:
-            log.warning("funding history: %s answered %s; this bot's funding is not journalled", exchange.id, _exchange_message(exc))
-            return False
+            return _exchange_message(exc)
         self.journal.record_funding(rows)
-        return True
+        return None
 
     # --- reporting ------------------------------------------------------------------------
     def state(self) -> dict:
