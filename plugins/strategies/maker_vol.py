@@ -37,7 +37,6 @@ Design decisions where the spec leaves room (each is a parameter or documented h
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -56,9 +55,12 @@ from .maker_vol_grid import (
     GridBook,
     Ladder,
     Lot,
+    arming_price,
     bracket_table,
+    desired_levels,
+    entry_prices,
+    entry_sizes,
     first_entry_level,
-    level_sizes,
     lot_leverage,
     position_leverage,
     required_margin,
@@ -107,8 +109,10 @@ class Grid:
     entry_key: str  # "b" long entries, "s" short entries
     tp_key: str  # "t" long take-profits, "u" short take-profits
     book: GridBook
-    sizes: dict[int, tuple[float, float, float]] = field(default_factory=dict)  # level -> (qty, margin, leverage)
-    entry_prices: dict[int, float] = field(default_factory=dict)  # level -> price rounded to the tick
+    # per level (this sizing): the entry's price rounded to the tick, its quantity (0: none) and margin
+    entry_prices: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    entry_qty: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    entry_margin: np.ndarray = field(default_factory=lambda: np.zeros(0))
     entry_orders: dict[int, VirtualOrder] = field(default_factory=dict)  # level -> its virtual order (this sizing)
     first_entry: int = 0  # the first level that takes entries
 
@@ -232,28 +236,22 @@ class MakerVol(Strategy):
         for all levels at once."""
         inst = ctx.instrument
         ladder = grid.ladder
-        margin = self.config.order_pct * equity
         first = grid.first_entry = self._first_entry(ladder)
-        raw = ladder.prices[first:]
-        ticks = np.floor(raw / inst.tick_size + 1e-9) if grid.direction > 0 else np.ceil(raw / inst.tick_size - 1e-9)
-        prices = np.round(ticks * inst.tick_size, inst.price_decimals)
-        qty, lev = np.zeros(len(prices)), np.zeros(len(prices))
-        merged = level_sizes(
-            prices,
+        grid.entry_prices = entry_prices(ladder, inst.tick_size, inst.price_decimals)
+        grid.entry_qty, grid.entry_margin = np.zeros(len(ladder)), np.zeros(len(ladder))
+        self.counts["levels_merged_min_notional"] += entry_sizes(
+            grid.entry_prices,
+            first,
             ladder.bottom,
             grid.direction,
-            margin,
+            self.config.order_pct * equity,
             self._brackets(ctx),
             inst.lot_size,
             10.0**inst.qty_decimals,
             inst.min_notional,
-            qty,
-            lev,
+            grid.entry_qty,
+            grid.entry_margin,
         )
-        self.counts["levels_merged_min_notional"] += merged
-        # merged levels (quantity 0) hold no entry
-        grid.sizes = {first + i: (float(q), float(q * p / l), float(l)) for i, (q, p, l) in enumerate(zip(qty, prices, lev)) if q > 0}
-        grid.entry_prices = {first + i: float(p) for i, p in enumerate(prices)}
         grid.entry_orders = {}
 
     def _first_entry(self, ladder: Ladder) -> int:
@@ -616,6 +614,7 @@ class MakerVol(Strategy):
         reduce_only = self.config.side != "both"
         min_notional = ctx.instrument.min_notional
         n = self.config.max_live_orders
+        tp_out, entry_out = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
         for grid in self.grids:
             ladder, book = grid.ladder, grid.book
             tp_side = grid.entry_side.opposite
@@ -623,9 +622,12 @@ class MakerVol(Strategy):
             cache = self._tp_orders
             # Only the take-profits nearest the price can be among the live ones (OrderSync keeps
             # the nearest max_live_orders per side), so only they are handed over: sync stays O(n).
-            k = ladder.first_adverse(price)
-            for level in book.nearest_tp_levels(k, n):
-                lot = book.lots[book.tp_at[level]]
+            levels = (book.tp_lots, ladder.prices, 0, len(ladder), grid.first_entry, grid.entry_qty, grid.entry_margin)
+            ntp, nentry, armed, grid_paused, free = desired_levels(*levels, price, grid.direction, n, free, tp_out, entry_out)
+            armed_total += armed + len(book.lots)
+            paused = paused or grid_paused
+            for level in tp_out[:ntp].tolist():
+                lot = book.lots[int(book.tp_lots[level])]
                 if not lot.closing:
                     ident = (grid.direction, lot.lot_id, lot.tp_level, lot.quantity, book.ladder.top)
                     vo = cache.get(ident)
@@ -647,27 +649,17 @@ class MakerVol(Strategy):
                             position_side=pside,
                         )
                     orders.append(vo)
-            start = max(k, grid.first_entry)
-            armed_total += len(ladder) - start - (len(book.tp_levels) - bisect.bisect_left(book.tp_levels, start)) + len(book.lots)
-            placed = 0
-            for level in range(start, len(ladder)):
-                if placed >= n:
-                    break
-                size = grid.sizes.get(level)
-                if size is None or level in book.tp_at:  # merged into a level nearer top, or holds a take-profit
-                    continue
-                qty, margin, _ = size
-                if margin > free:
-                    paused = True
-                    break
-                free -= margin
+            for level in entry_out[:nentry].tolist():
                 vo = grid.entry_orders.get(level)
                 if vo is None:
                     vo = grid.entry_orders[level] = VirtualOrder(
-                        f"{grid.entry_key}{level}", grid.entry_side, grid.entry_prices[level], qty, position_side=pside
+                        f"{grid.entry_key}{level}",
+                        grid.entry_side,
+                        float(grid.entry_prices[level]),
+                        float(grid.entry_qty[level]),
+                        position_side=pside,
                     )
                 orders.append(vo)
-                placed += 1
         return orders, armed_total, paused
 
     def _refresh(self, ctx) -> None:
@@ -686,10 +678,9 @@ class MakerVol(Strategy):
         """Wake when the price passes the next level toward top (a new entry level is armed)."""
         low, high = None, None
         for grid in self.grids:
-            k = grid.ladder.first_adverse(price)
-            if k == 0:
+            nxt = float(arming_price(grid.ladder.prices, 0, len(grid.ladder), price, grid.direction))
+            if math.isnan(nxt):
                 continue
-            nxt = float(grid.ladder.prices[k - 1])  # the level the price must pass to arm it
             if grid.direction > 0:
                 high = nxt if high is None else min(high, nxt)
             else:
@@ -728,7 +719,7 @@ class MakerVol(Strategy):
             dist = grid.direction * (price - broker_liq) / price  # the position's, not the lot book's
         elif violation and not self._margin_calls:  # no isolated margin at the broker: the lot book's line
             self.counts["liq_line_breaches"] += 1
-        occupied = sum(len(g.book.tp_at) for g in self.grids)
+        occupied = sum(int(np.count_nonzero(g.book.tp_lots)) for g in self.grids)
         levels = sum(len(g.ladder) for g in self.grids)
         live = report.live if report is not None else self.sync.live_count
         virtual = getattr(self, "_armed", 0)  # armed entry levels + open lots' take-profits

@@ -13,7 +13,6 @@ and when none is free, saturation: close the lot whose take-profit is nearest to
 
 from __future__ import annotations
 
-import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -143,6 +142,21 @@ def level_sizes(prices, bottom, direction, margin, BB, lot, qscale, min_notional
 
 
 @njit(cache=True, nogil=True)
+def entry_sizes(prices, first, bottom, direction, margin, BB, lot, qscale, min_notional, QTY, MARGIN):  # pragma: no cover - compiled
+    """Quantity and margin of the entry at each level from ``first`` of a ladder whose entry prices
+    (rounded to the tick) are ``prices`` (from level 0): :func:`level_sizes`, written into
+    ``QTY[level]`` / ``MARGIN[level]`` (0 at a merged level: it holds no entry); returns the number
+    of levels merged."""
+    n = prices.shape[0]
+    LEV = np.empty(n - first)
+    merged = level_sizes(prices[first:], bottom, direction, margin, BB, lot, qscale, min_notional, QTY[first:n], LEV)
+    for level in range(first, n):
+        q = QTY[level]
+        MARGIN[level] = q * prices[level] / LEV[level - first] if q > 0 else 0.0
+    return merged
+
+
+@njit(cache=True, nogil=True)
 def required_margin(qty, entry, bottom, direction, BB):  # pragma: no cover - compiled
     """Isolated margin a position of ``qty`` (> 0) at ``entry`` must hold for its liquidation
     price to lie at or beyond ``bottom`` (long: at or below it).
@@ -187,6 +201,134 @@ def restore_share(required, held, available, qty, entry, price, direction, fee_r
     if room <= short:
         return 1.0
     return short / room
+
+
+# --- take-profit levels: compiled, over ``TPAT`` (level -> id of the lot whose take-profit it holds,
+# 0 = free; lot ids start at 1), called by GridBook (the event path) and by the compiled backtest.
+
+
+@njit(cache=True, nogil=True)
+def free_tp_level(TPAT, start, stop=0):  # pragma: no cover - compiled
+    """First level from ``start`` toward top (down to ``stop``) that holds no take-profit; -1 when none."""
+    for level in range(start, stop - 1, -1):
+        if TPAT[level] == 0:
+            return level
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def place_take_profit(TPAT, prices, off, length, entry, tp_pct, d, lot):  # pragma: no cover - compiled
+    """Give ``lot`` (entered at ``entry``) its take-profit level in ``TPAT``: the first free level
+    from its target (:func:`tp_level`) toward top. When none is free (*saturation*) the take-profit
+    nearest top is taken off its level (its lot is to be closed at market) and the new one placed
+    by the same rule (on the freed level or a nearer free one). Returns (level, the lot taken off
+    or 0, the level it held or -1)."""
+    target = tp_level(prices, off, length, entry, tp_pct, d)
+    level = free_tp_level(TPAT, target)
+    victim, victim_level = 0, -1
+    if level < 0:
+        for lv in range(length):
+            if TPAT[lv] != 0:
+                victim_level = lv
+                break
+        victim = TPAT[victim_level]
+        TPAT[victim_level] = 0
+        level = free_tp_level(TPAT, target)
+    TPAT[level] = lot
+    return level, victim, victim_level
+
+
+@njit(cache=True, nogil=True)
+def relay_take_profits(
+    TPAT, ENTRY_AT, prices, off, length, new_prices, noff, nlen, tp_pct, d, LOTS_OUT, LEVEL_OUT
+):  # pragma: no cover - compiled
+    """Move the take-profits in ``TPAT`` from the ladder ``prices[off:off + length]`` to the new one
+    ``new_prices[noff:noff + nlen]`` (top/bottom recomputed; ``ENTRY_AT[level]``: the entry of the
+    lot whose take-profit is at that old level; ``TPAT`` holds ``max(length, nlen)`` levels).
+
+    Nearest-top take-profits go first and keep the top-most levels. Each goes to the adverse-most
+    new level at or beyond its old price or its own target, whichever is further from the entry
+    (one capped by an earlier lower top goes back up when top rises again); beyond the new top it
+    is capped at top; conflicts shift toward top; one that finds no free level from top back to its
+    own target gets none (a market close: saturation). Returns how many were moved: lot
+    ``LOTS_OUT[k]`` now at level ``LEVEL_OUT[k]`` (-1: none), nearest top first."""
+    nrel = 0
+    for lv in range(length):
+        if TPAT[lv] != 0:
+            LOTS_OUT[nrel] = TPAT[lv]
+            LEVEL_OUT[nrel] = lv
+            nrel += 1
+            TPAT[lv] = 0
+    for k in range(nrel):
+        old = LEVEL_OUT[k]
+        target = tp_level(new_prices, noff, nlen, ENTRY_AT[old], tp_pct, d)
+        start = min(tp_level(new_prices, noff, nlen, prices[off + old], 0.0, d), target)
+        level = free_tp_level(TPAT, start)
+        if level < 0:  # capped at top and taken: any free level from top to its own target
+            for lv in range(0, target + 1):
+                if TPAT[lv] == 0:
+                    level = lv
+                    break
+        LEVEL_OUT[k] = level
+        if level >= 0:
+            TPAT[level] = LOTS_OUT[k]
+    return nrel
+
+
+@njit(cache=True, nogil=True)
+def desired_levels(TPAT, prices, off, length, first, QTY, MARGIN, price, d, n, free, TP_OUT, ENTRY_OUT):  # pragma: no cover - compiled
+    """One grid's desired set at ``price`` (spec: "virtual -> real mapping", "资金不足" pause): the
+    ``n`` take-profit levels nearest the price on its favourable side (``TP_OUT``, top-most first),
+    and the ``n`` entry levels nearest it on the adverse side, from ``first``, that hold no
+    take-profit and have a size (``QTY`` > 0), as long as the ``free`` margin funds each one's
+    ``MARGIN`` (``ENTRY_OUT``, nearest first; the first it cannot fund pauses the entries).
+    Returns (take-profits, entries, armed entry levels, paused, free margin left)."""
+    kk = levels_at_or_beyond(prices, off, length, price, d)
+    ntp = 0
+    level = min(kk, length) - 1
+    while level >= 0 and ntp < n:
+        if TPAT[level] != 0:
+            TP_OUT[ntp] = level
+            ntp += 1
+        level -= 1
+    for k in range(ntp // 2):
+        TP_OUT[k], TP_OUT[ntp - 1 - k] = TP_OUT[ntp - 1 - k], TP_OUT[k]
+    start = max(kk, first)
+    armed = length - start
+    for level in range(start, length):
+        if TPAT[level] != 0:
+            armed -= 1
+    placed = 0
+    paused = False
+    for level in range(start, length):
+        if placed >= n:
+            break
+        if TPAT[level] != 0 or QTY[level] <= 0:  # holds a take-profit, or merged into a level nearer top
+            continue
+        if MARGIN[level] > free:
+            paused = True
+            break
+        free -= MARGIN[level]
+        ENTRY_OUT[placed] = level
+        placed += 1
+    return ntp, placed, armed, paused, free
+
+
+@njit(cache=True, nogil=True)
+def arming_price(prices, off, length, price, d):  # pragma: no cover - compiled
+    """The wake-up condition of a grid: the level nearest ``price`` on its favourable side, which
+    the price must pass (toward top) to arm a new entry level; NaN when the price is beyond top."""
+    k = levels_at_or_beyond(prices, off, length, price, d)
+    return prices[off + k - 1] if k > 0 else np.nan
+
+
+def entry_prices(ladder: Ladder, tick_size: float, price_decimals: int) -> np.ndarray:
+    """The ladder's entry prices on the tick, rounded away from the market (long: down, short: up)."""
+    if ladder.direction > 0:
+        ticks = np.floor(ladder.prices / tick_size + 1e-9)
+    else:
+        ticks = np.ceil(ladder.prices / tick_size - 1e-9)
+    return np.round(ticks * tick_size, price_decimals)
 
 
 @dataclass(frozen=True)
@@ -246,19 +388,33 @@ class Lot:
 
 
 class GridBook:
-    """Open lots of one ladder and the take-profit level of each (one take-profit per level)."""
+    """Open lots of one ladder and the take-profit level of each (one take-profit per level).
+
+    Which level holds which lot's take-profit is the array ``tp_lots`` (level -> lot id, 0 = free),
+    changed only by the compiled rules above (:func:`place_take_profit`, :func:`relay_take_profits`)
+    that the compiled backtest runs on its own copy of the same array."""
 
     def __init__(self, ladder: Ladder, tp_pct: float) -> None:
         self.ladder = ladder
         self.tp_pct = tp_pct
         self.lots: dict[int, Lot] = {}
-        self.tp_at: dict[int, int] = {}  # level -> lot id (change it only through _set / _free)
-        self.tp_levels: list[int] = []  # the keys of tp_at, sorted
+        self.tp_lots = np.zeros(len(ladder) + 1, dtype=np.int64)
         self._next_lot = 0
         # running totals over open lots (the strategy reads them on every wake-up)
         self.quantity = 0.0
         self.margin = 0.0
         self._cost = 0.0  # sum of quantity x entry
+
+    @property
+    def tp_at(self) -> dict[int, int]:
+        """Level -> lot id of every take-profit (a view for reading; ``tp_lots`` is the state)."""
+        levels = np.flatnonzero(self.tp_lots)
+        return dict(zip(levels.tolist(), self.tp_lots[levels].tolist()))
+
+    @property
+    def tp_levels(self) -> list[int]:
+        """The levels holding a take-profit, nearest top first."""
+        return np.flatnonzero(self.tp_lots).tolist()
 
     def open_lot(self, entry_level: int, entry: float, quantity: float, margin: float, leverage: float) -> Lot:
         self._next_lot += 1
@@ -281,99 +437,75 @@ class GridBook:
         if not self.lots:  # no drift of float totals across an empty book
             self.quantity = self._cost = self.margin = 0.0
 
-    def _set(self, level: int, lot_id: int) -> None:
-        if level not in self.tp_at:
-            bisect.insort(self.tp_levels, level)
-        self.tp_at[level] = lot_id
-
-    def _free(self, level: int) -> int | None:
-        lot_id = self.tp_at.pop(level, None)
-        if lot_id is not None:
-            del self.tp_levels[bisect.bisect_left(self.tp_levels, level)]
-        return lot_id
-
     def nearest_tp_levels(self, first_adverse: int, n: int) -> list[int]:
         """Up to ``n`` take-profit levels on the favourable side of the price nearest to it
         (``first_adverse`` = ``ladder.first_adverse(price)``)."""
-        stop = bisect.bisect_left(self.tp_levels, first_adverse)
-        return self.tp_levels[max(0, stop - n) : stop]
-
-    def free_tp_level(self, start: int, stop: int = 0) -> int | None:
-        """First level from ``start`` toward top (down to ``stop``) that holds no take-profit."""
-        for level in range(start, stop - 1, -1):
-            if level not in self.tp_at:
-                return level
-        return None
+        return np.flatnonzero(self.tp_lots[:first_adverse])[-n:].tolist() if n > 0 else []
 
     def place_tp(self, lot: Lot) -> Lot | None:
-        """Give ``lot`` its take-profit level; returns the lot to close at market on saturation.
-
-        The level is the first free one from the lot's target toward top. When none is free, the
-        lot whose take-profit is nearest top (long: highest) is chosen for a market close, its
-        level freed, and the new take-profit placed by the same rule (it lands on the freed level
-        or a nearer free one).
-        """
-        target = self.ladder.tp_target(lot.entry, self.tp_pct)
-        level = self.free_tp_level(target)
-        victim = None
-        if level is None:
-            victim_level = self.tp_levels[0]  # nearest top
-            victim = self.lots[self._free(victim_level)]
-            victim.freed_tp = float(self.ladder.prices[victim_level])
-            victim.tp_level = -1
-            victim.closing = True
-            level = self.free_tp_level(target)
-        assert level is not None
-        self._assign(lot, level)
+        """Give ``lot`` its take-profit level (:func:`place_take_profit`); returns the lot to close
+        at market on saturation (its take-profit, the one nearest top, was taken off its level)."""
+        self.withdraw_tp(lot)
+        prices = self.ladder.prices
+        level, victim_id, victim_level = place_take_profit(
+            self.tp_lots, prices, 0, len(prices), lot.entry, self.tp_pct, self.ladder.direction, lot.lot_id
+        )
+        lot.tp_level = int(level)
+        if victim_id == 0:
+            return None
+        victim = self.lots[int(victim_id)]
+        victim.freed_tp = float(prices[victim_level])
+        victim.tp_level = -1
+        victim.closing = True
         return victim
-
-    def _assign(self, lot: Lot, level: int) -> None:
-        if lot.tp_level >= 0 and self.tp_at.get(lot.tp_level) == lot.lot_id:
-            self._free(lot.tp_level)
-        lot.tp_level = level
-        self._set(level, lot.lot_id)
 
     def close_lot(self, lot_id: int) -> Lot:
         lot = self.lots.pop(lot_id)
-        if lot.tp_level >= 0 and self.tp_at.get(lot.tp_level) == lot_id:
-            self._free(lot.tp_level)
+        self.withdraw_tp(lot)
         self._add(-lot.quantity, -lot.quantity * lot.entry, -lot.margin)
         return lot
 
     def withdraw_tp(self, lot: Lot) -> None:
         """Take ``lot``'s take-profit off its level (the lot is being closed another way)."""
-        if lot.tp_level >= 0 and self.tp_at.get(lot.tp_level) == lot.lot_id:
-            self._free(lot.tp_level)
+        if lot.tp_level >= 0 and self.tp_lots[lot.tp_level] == lot.lot_id:
+            self.tp_lots[lot.tp_level] = 0
         lot.tp_level = -1
 
     def relay(self, ladder: Ladder) -> list[Lot]:
-        """Move to a new ladder (top/bottom recomputed). Each take-profit goes to the adverse-most
-        new level at or beyond its old price or its own target, whichever is further from the
-        entry; one beyond the new top is capped at top; conflicts shift toward top, and capped
-        ones that find no free level from top back to their own target are returned for a market
-        close (saturation)."""
+        """Move to a new ladder (top/bottom recomputed): :func:`relay_take_profits`. Returns the
+        lots left without a take-profit level, to close at market (saturation)."""
         old = self.ladder
         self.ladder = ladder
-        old_price = {l.lot_id: float(old.prices[l.tp_level]) for l in self.lots.values() if l.tp_level >= 0}
-        lots = sorted((self.lots[i] for i in old_price), key=lambda l: -old.direction * old_price[l.lot_id])
-        self.tp_at.clear()
-        self.tp_levels.clear()
-        for lot in lots:
-            lot.tp_level = -1
+        size = max(len(old), len(ladder)) + 1
+        if len(self.tp_lots) < size:
+            self.tp_lots = np.concatenate([self.tp_lots, np.zeros(size - len(self.tp_lots), dtype=np.int64)])
+        entry_at = np.zeros(len(self.tp_lots))
+        for lot in self.lots.values():
+            if lot.tp_level >= 0:
+                entry_at[lot.tp_level] = lot.entry
+        lots_out = np.empty(len(self.tp_lots), dtype=np.int64)
+        level_out = np.empty(len(self.tp_lots), dtype=np.int64)
+        moved = relay_take_profits(
+            self.tp_lots,
+            entry_at,
+            old.prices,
+            0,
+            len(old),
+            ladder.prices,
+            0,
+            len(ladder),
+            self.tp_pct,
+            ladder.direction,
+            lots_out,
+            level_out,
+        )
         victims: list[Lot] = []
-        for lot in lots:  # nearest-top take-profits first: they keep the top-most levels
-            target = ladder.tp_target(lot.entry, self.tp_pct)
-            # where it was, or its own target if that is further (a take-profit capped by an earlier
-            # lower top goes back up when top rises again)
-            start = min(ladder.level_at_or_beyond(old_price[lot.lot_id]), target)
-            level = self.free_tp_level(start)
-            if level is None:  # capped at top and taken: any free level from top to its own target
-                level = next((lv for lv in range(0, target + 1) if lv not in self.tp_at), None)
-            if level is None:
+        for lot_id, level in zip(lots_out[:moved].tolist(), level_out[:moved].tolist()):
+            lot = self.lots[lot_id]
+            lot.tp_level = level
+            if level < 0:
                 lot.closing = True
                 victims.append(lot)
-            else:
-                self._assign(lot, level)
         return victims
 
     def tp_price(self, lot: Lot) -> float:

@@ -61,16 +61,19 @@ from ..brokers.sim.venue import (
     Q_QTY,
 )
 from .maker_vol_grid import (
+    arming_price,
     book_liquidation_price,
     bracket_table,
+    desired_levels,
+    entry_prices,
+    entry_sizes,
     first_entry_level,
-    level_sizes,
-    levels_at_or_beyond,
     lot_leverage,
+    place_take_profit,
     position_leverage,
+    relay_take_profits,
     required_margin,
     restore_share,
-    tp_level,
 )
 
 # --- the strategy's state M (float64): counters and running totals ----------------------------------
@@ -240,14 +243,6 @@ def _closed_at_market(v, M, MG, L, LOTS, TPAT, SAT, fi):  # pragma: no cover - c
 
 
 @njit(cache=True, nogil=True)
-def _free_from(TPAT, start):  # pragma: no cover - compiled
-    for level in range(start, -1, -1):
-        if TPAT[level] == 0:
-            return level
-    return -1
-
-
-@njit(cache=True, nogil=True)
 def _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, wake):  # pragma: no cover - compiled
     """MakerVol._fund_position for grid ``g``'s position row (its rules are maker_vol_grid's;
     leverage and margin calls are the venue's, as SimBroker.set_leverage / adjust_margin make them)."""
@@ -350,24 +345,12 @@ def _on_maker_fill(v, M, G, MG, SB, L, LOTS, TPAT, LADP, g, ENT, TPF, RT, fi):  
         ENT[e, 1] = price
         ENT[e, 2] = d
         M[NENTRY] = e + 1
-        # GridBook.place_tp
-        target = tp_level(LADP, off, length, price, G[G_TP], d)
-        level = _free_from(TPAT, target)
-        victim = 0
-        if level < 0:
-            victim_level = -1
-            for lv in range(length):
-                if TPAT[lv] != 0:
-                    victim_level = lv
-                    break
-            victim = TPAT[victim_level]
-            TPAT[victim_level] = 0
+        level, victim, victim_level = place_take_profit(TPAT, LADP, off, length, price, G[G_TP], d, lot)  # GridBook.place_tp
+        L[lot, L_TP] = level
+        if victim != 0:
             L[victim, L_FREED] = LADP[off + victim_level]
             L[victim, L_TP] = -1
             L[victim, L_CLOSING] = 1
-            level = _free_from(TPAT, target)
-        L[lot, L_TP] = level
-        TPAT[level] = lot
         if victim != 0:  # inside the bar: fills at once; its fill event is handled after this one
             _submit_close(v, M, MG, L, g, victim, K_CLOSE, False, True)
             if M[BAIL] != 0:
@@ -518,95 +501,61 @@ def _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid):  # pragma: no cover - compil
 @njit(cache=True, nogil=True)
 def _size(v, M, G, MG, SB, LAD_E, SQ, SM, equity):  # pragma: no cover - compiled
     """MakerVol._size: quantity and margin of an entry at each level of one grid
-    (maker_vol_grid.level_sizes); adds the levels merged for the exchange minimum."""
-    off, length, first = int(MG[G_OFF]), int(MG[G_LEN]), int(MG[G_FIRST])
+    (maker_vol_grid.entry_sizes); adds the levels merged for the exchange minimum."""
+    off, length, P = int(MG[G_OFF]), int(MG[G_LEN]), v.P
     margin = G[G_ORDER_PCT] * equity
-    LEVS = np.empty(length - first)
-    P = v.P
-    M[RAISED] += level_sizes(
-        LAD_E[off + first : off + length],
-        MG[G_BOTTOM],
-        MG[G_D],
-        margin,
-        SB,
-        P[vc.P_LOT],
-        P[vc.P_QSCALE],
-        P[vc.P_MINNOT],
-        SQ[first:length],
-        LEVS,
+    M[RAISED] += entry_sizes(
+        LAD_E[off : off + length], int(MG[G_FIRST]), MG[G_BOTTOM], MG[G_D], margin, SB, P[vc.P_LOT], P[vc.P_QSCALE], P[vc.P_MINNOT], SQ, SM
     )
-    for lv in range(first, length):
-        q = SQ[lv]
-        SM[lv] = q * LAD_E[off + lv] / LEVS[lv - first] if q > 0 else 0.0
 
 
 @njit(cache=True, nogil=True)
 def _desired(v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TS, TP_, TQ):  # pragma: no cover - compiled
-    """MakerVol.desired: per grid, the take-profits nearest the price, then the entries nearest the
-    price that the free margin (shared by the grids) funds. Returns the number of targets."""
+    """MakerVol.desired: per grid, its desired levels (maker_vol_grid.desired_levels, the free
+    margin shared by the grids) as OrderSync's targets. Returns the number of targets."""
     nlive = int(G[G_NLIVE])
     free = _equity(v)
     for g in range(int(G[G_NGRID])):
         free -= MG[g, G_BMARGIN]
+    TP_OUT = np.empty(nlive, dtype=np.int64)
+    ENTRY_OUT = np.empty(nlive, dtype=np.int64)
     nt = 0
     paused = False
     armed = 0.0
     for g in range(int(G[G_NGRID])):
         off, length, first = int(MG[g, G_OFF]), int(MG[g, G_LEN]), int(MG[g, G_FIRST])
         d = MG[g, G_D]
-        kk = levels_at_or_beyond(LADP, off, length, price, d)
-        got = 0
-        lv = min(kk, length) - 1
-        stack = 0
-        while lv >= 0 and got < nlive:  # the nearest nlive take-profit levels below kk
-            if TPAT[g, lv] != 0:
-                got += 1
-                stack = lv
-            lv -= 1
-        if got > 0:
-            for lv2 in range(stack, min(kk, length)):
-                lot = TPAT[g, lv2]
-                if lot == 0:
-                    continue
-                if L[g, lot, L_CLOSING] != 0:
-                    continue
-                tprice = LAD_TP[off + lv2]
-                if d * (tprice - price) <= 0:  # post-only take-profit that would cross: held back
-                    continue
-                TK[nt] = K_TP
-                TG[nt] = g
-                TR[nt] = lot
-                TS[nt] = -d
-                TP_[nt] = tprice
-                TQ[nt] = vc.round_qty(L[g, lot, L_QTY], v.P)
-                nt += 1
-        start = max(kk, first)
-        tp_from = 0
-        for lv2 in range(start, length):
-            if TPAT[g, lv2] != 0:
-                tp_from += 1
-        armed += length - start - tp_from + MG[g, G_NLOTS]
-        placed = 0
-        for lv2 in range(start, length):
-            if placed >= nlive:
-                break
-            if TPAT[g, lv2] != 0 or SQ[g, lv2] <= 0:  # holds a take-profit, or merged into a level nearer top
+        ntp, nentry, armed_g, paused_g, free = desired_levels(
+            TPAT[g], LADP, off, length, first, SQ[g], SM[g], price, d, nlive, free, TP_OUT, ENTRY_OUT
+        )
+        armed += armed_g + MG[g, G_NLOTS]
+        paused = paused or paused_g
+        for k in range(ntp):
+            level = TP_OUT[k]
+            lot = TPAT[g, level]
+            if L[g, lot, L_CLOSING] != 0:
                 continue
-            margin = SM[g, lv2]
-            if margin > free:
-                paused = True
-                break
-            free -= margin
-            eprice = LAD_ET[off + lv2]
-            placed += 1
-            if d * (eprice - price) >= 0:
+            tprice = LAD_TP[off + level]
+            if d * (tprice - price) <= 0:  # post-only take-profit that would cross: held back
+                continue
+            TK[nt] = K_TP
+            TG[nt] = g
+            TR[nt] = lot
+            TS[nt] = -d
+            TP_[nt] = tprice
+            TQ[nt] = vc.round_qty(L[g, lot, L_QTY], v.P)
+            nt += 1
+        for k in range(nentry):
+            level = ENTRY_OUT[k]
+            eprice = LAD_ET[off + level]
+            if d * (eprice - price) >= 0:  # post-only entry that would cross: held back
                 continue
             TK[nt] = K_ENTRY
             TG[nt] = g
-            TR[nt] = lv2
+            TR[nt] = level
             TS[nt] = d
             TP_[nt] = eprice
-            TQ[nt] = vc.round_qty(SQ[g, lv2], v.P)
+            TQ[nt] = vc.round_qty(SQ[g, level], v.P)
             nt += 1
     M[ARMED] = armed
     if paused and M[PAUSED] == 0:
@@ -721,39 +670,21 @@ def _sync(
 
 
 @njit(cache=True, nogil=True)
-def _relay(v, M, G, MG, L, TPAT, KEEPL, LADP, g, noff, nlen):  # pragma: no cover - compiled
-    """GridBook.relay of grid ``g`` onto the ladder at ``noff``/``nlen``: nearest-top take-profits
-    first keep the top-most levels; the ones left without a level are closed at market."""
-    d = MG[G_D]
+def _relay(v, M, G, MG, L, TPAT, KEEPL, LEVEL_OUT, ENTRY_AT, LADP, g, noff, nlen):  # pragma: no cover - compiled
+    """GridBook.relay of grid ``g`` onto the ladder at ``noff``/``nlen`` (maker_vol_grid.relay_take_profits);
+    the lots left without a level are closed at market, nearest top first."""
     off, length = int(MG[G_OFF]), int(MG[G_LEN])
-    nrel = 0
     for lv in range(length):
         if TPAT[lv] != 0:
-            KEEPL[nrel] = TPAT[lv]
-            nrel += 1
-            TPAT[lv] = 0
+            ENTRY_AT[lv] = L[TPAT[lv], L_ENTRY]
+    nrel = relay_take_profits(TPAT, ENTRY_AT, LADP, off, length, LADP, noff, nlen, G[G_TP], MG[G_D], KEEPL, LEVEL_OUT)
     for k in range(nrel):
-        lot = KEEPL[k]
-        old_price = LADP[off + int(L[lot, L_TP])]
-        L[lot, L_TP] = -1
-        target = tp_level(LADP, noff, nlen, L[lot, L_ENTRY], G[G_TP], d)
-        at_or_beyond = max(levels_at_or_beyond(LADP, noff, nlen, old_price * 1.0, d) - 1, 0)
-        start = min(at_or_beyond, target)
-        level = _free_from(TPAT, start)
-        if level < 0:
-            for lv in range(0, target + 1):
-                if TPAT[lv] == 0:
-                    level = lv
-                    break
-        if level < 0:
-            L[lot, L_CLOSING] = 1
-            KEEPL[k] = -lot  # a victim, closed below in this order
-        else:
-            L[lot, L_TP] = level
-            TPAT[level] = lot
+        L[KEEPL[k], L_TP] = LEVEL_OUT[k]
+        if LEVEL_OUT[k] < 0:
+            L[KEEPL[k], L_CLOSING] = 1
     for k in range(nrel):
-        if KEEPL[k] < 0:
-            _submit_close(v, M, MG, L, g, -KEEPL[k], K_CLOSE, False, False)
+        if LEVEL_OUT[k] < 0:
+            _submit_close(v, M, MG, L, g, KEEPL[k], K_CLOSE, False, False)
             if M[BAIL] != 0:
                 return
     M[RECOMPUTES] += 1
@@ -817,6 +748,8 @@ def kernel(
     SEQL = np.empty(BOOK.shape[0])
     KEEPL = np.empty(max(BOOK.shape[0], TPAT.shape[1]), dtype=np.int64)
     CDIST = np.empty(BOOK.shape[0])
+    LEVEL_OUT = np.empty(TPAT.shape[1], dtype=np.int64)  # relay: the new level of each take-profit
+    ENTRY_AT = np.zeros(TPAT.shape[1])  # relay: the entry of the lot whose take-profit is at each level
     T_BY_LEVEL = np.full((ngrid, TPAT.shape[1]), -1, dtype=np.int64)  # entry level -> its target this sync
     T_BY_LOT = np.full((ngrid, L.shape[1]), -1, dtype=np.int64)  # lot -> its take-profit target this sync
     S[vc.NOW] = ts[0]
@@ -883,7 +816,7 @@ def kernel(
             for g in range(ngrid):
                 noff, nlen = lad_off[g, lad], lad_len[g, lad]
                 if M[HAS_GRID] != 0:
-                    _relay(v, M, G, MG[g], L[g], TPAT[g], KEEPL, LADP, g, noff, nlen)
+                    _relay(v, M, G, MG[g], L[g], TPAT[g], KEEPL, LEVEL_OUT, ENTRY_AT, LADP, g, noff, nlen)
                     if M[BAIL] != 0:
                         return int(M[BAIL])
                 MG[g, G_OFF], MG[g, G_LEN], MG[g, G_FIRST], MG[g, G_BOTTOM] = noff, nlen, lad_first[g, lad], lad_bottom[g, lad]
@@ -907,11 +840,9 @@ def kernel(
         alo = np.nan
         ahi = np.nan
         for g in range(ngrid):
-            off, length = int(MG[g, G_OFF]), int(MG[g, G_LEN])
-            kk = levels_at_or_beyond(LADP, off, length, price, MG[g, G_D])
-            if kk == 0:
+            nxt = arming_price(LADP, int(MG[g, G_OFF]), int(MG[g, G_LEN]), price, MG[g, G_D])
+            if nxt != nxt:
                 continue
-            nxt = LADP[off + kk - 1]
             if MG[g, G_D] > 0:
                 ahi = nxt if ahi != ahi else min(ahi, nxt)
             else:
@@ -1166,7 +1097,7 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
             at_ += len(ladder)
             # MakerVol._size: entries rounded away from the market (long: down); OrderSync.targets:
             # buys down, sells up (long entries are buys and take-profits sells; short the other way round)
-            e = down(ladder.prices) if d > 0 else up(ladder.prices)
+            e = entry_prices(ladder, tick, pdec)
             raw.append(ladder.prices)
             entry.append(e)
             entry_t.append(down(e) if d > 0 else up(e))
@@ -1462,8 +1393,7 @@ def _restore_strategy(strategy, engine, k, fills):
                 bool(row[L_CLOSING]),
                 float(row[L_FREED]),
             )
-        for level in np.flatnonzero(k["TPAT"][g, : len(ladder)]).tolist():
-            book._set(level, int(k["TPAT"][g, level]))
+        book.tp_lots[:] = k["TPAT"][g, : len(book.tp_lots)]
         book._next_lot = int(MG[g, G_NEXTLOT])
         book.quantity, book.margin, book._cost = float(MG[g, G_BQ]), float(MG[g, G_BMARGIN]), float(MG[g, G_BCOST])
         grids.append(Grid(d, "b", "t", book) if d > 0 else Grid(d, "s", "u", book))
