@@ -531,7 +531,7 @@ class MakerVol(Strategy):
         if qty < 1e-12 or not grid.book.lots:
             return
         brackets = self._brackets(ctx)
-        wanted = position_leverage(max(lot.leverage for lot in grid.book.lots.values()), qty * ctx.price, brackets)
+        wanted = position_leverage(grid.book.max_leverage(), qty * ctx.price, brackets)
         if ctx.margin.leverage != wanted:
             try:
                 ctx.set_leverage(wanted)
@@ -567,18 +567,13 @@ class MakerVol(Strategy):
             grid.direction,
             ctx.instrument.taker_fee,
         )
-        closing = sum(lot.quantity for lot in grid.book.lots.values() if lot.closing)
-        todo = share * qty - closing
-        if todo <= 0:
+        lots = grid.book.restore_closes(share * qty)  # the most leveraged, marked closing
+        if not lots:
             return
         self.counts["liq_line_restores"] += 1
-        for lot in sorted((lot for lot in grid.book.lots.values() if not lot.closing), key=lambda lot: (-lot.leverage, lot.lot_id)):
-            if todo <= 0:
-                break
-            grid.book.withdraw_tp(lot)
+        for lot in lots:
             self._close_lot(ctx, grid, lot, "restore")
             self.counts["liq_line_restore_closes"] += 1
-            todo -= lot.quantity
 
     def _line_grid(self, ctx) -> Grid | None:
         """The grid whose bottom the position's liquidation price must respect: the one grid, or

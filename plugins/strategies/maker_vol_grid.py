@@ -203,6 +203,131 @@ def restore_share(required, held, available, qty, entry, price, direction, fee_r
     return short / room
 
 
+# --- the lot book: compiled, over arrays, called by GridBook (the event path) and by the compiled
+# backtest on its own copies. ``L`` holds one row per lot id (ids start at 1, never reused), ``LOTS``
+# the ids of the open lots in the order they opened, ``B`` the book's totals over them, ``TPAT`` its
+# take-profit levels (level -> lot id, 0 = free).
+L_LEVEL, L_ENTRY, L_QTY, L_MARGIN, L_LEV, L_TP, L_CLOSING, L_FREED = range(8)
+NL = 8  # L_CLOSING: 0 open, else a market close is under way (the kernel numbers its retries there)
+B_NLOTS, B_QTY, B_MARGIN, B_COST, B_NEXT = range(5)  # open lots, their quantity, margin, quantity x entry; the last id
+NB = 5
+
+
+@njit(cache=True, nogil=True)
+def _book_add(B, qty, cost, margin):  # pragma: no cover - compiled
+    B[B_QTY] += qty
+    B[B_COST] += cost
+    B[B_MARGIN] += margin
+    if B[B_NLOTS] == 0:  # no drift of float totals across an empty book
+        B[B_QTY] = 0.0
+        B[B_COST] = 0.0
+        B[B_MARGIN] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def book_open_lot(B, L, LOTS, level, entry, qty, margin, leverage):  # pragma: no cover - compiled
+    """A filled entry at ``level``: a new lot (no take-profit yet). Returns its id, or -1 when
+    ``L`` or ``LOTS`` has no room for it (nothing is changed)."""
+    lot = int(B[B_NEXT]) + 1
+    n = int(B[B_NLOTS])
+    if lot >= L.shape[0] or n >= LOTS.shape[0]:
+        return -1
+    B[B_NEXT] = lot
+    L[lot, L_LEVEL] = level
+    L[lot, L_ENTRY] = entry
+    L[lot, L_QTY] = qty
+    L[lot, L_MARGIN] = margin
+    L[lot, L_LEV] = leverage
+    L[lot, L_TP] = -1
+    L[lot, L_CLOSING] = 0
+    L[lot, L_FREED] = np.nan
+    LOTS[n] = lot
+    B[B_NLOTS] = n + 1
+    _book_add(B, qty, qty * entry, margin)
+    return lot
+
+
+@njit(cache=True, nogil=True)
+def book_reduce_lot(B, L, lot, quantity):  # pragma: no cover - compiled
+    """Part of ``lot`` closed (a partial take-profit or close): it and its margin shrink pro rata."""
+    q = L[lot, L_QTY]
+    share = min(quantity / q, 1.0)
+    _book_add(B, -q * share, -q * share * L[lot, L_ENTRY], -L[lot, L_MARGIN] * share)
+    L[lot, L_MARGIN] *= 1.0 - share
+    L[lot, L_QTY] = np.rint(q * (1.0 - share) * 1e12) / 1e12
+
+
+@njit(cache=True, nogil=True)
+def book_withdraw_tp(L, TPAT, lot):  # pragma: no cover - compiled
+    """Take ``lot``'s take-profit off its level (the lot is closed another way)."""
+    tp = int(L[lot, L_TP])
+    if tp >= 0 and TPAT[tp] == lot:
+        TPAT[tp] = 0
+    L[lot, L_TP] = -1
+
+
+@njit(cache=True, nogil=True)
+def book_close_lot(B, L, LOTS, TPAT, lot):  # pragma: no cover - compiled
+    """``lot`` is closed: it leaves the open lots, its take-profit level and the totals."""
+    n = int(B[B_NLOTS])
+    j = 0
+    for k in range(n):
+        if LOTS[k] != lot:
+            LOTS[j] = LOTS[k]
+            j += 1
+    B[B_NLOTS] = j
+    book_withdraw_tp(L, TPAT, lot)
+    q = L[lot, L_QTY]
+    _book_add(B, -q, -q * L[lot, L_ENTRY], -L[lot, L_MARGIN])
+
+
+@njit(cache=True, nogil=True)
+def book_is_open(B, LOTS, lot):  # pragma: no cover - compiled
+    for k in range(int(B[B_NLOTS])):
+        if LOTS[k] == lot:
+            return True
+    return False
+
+
+@njit(cache=True, nogil=True)
+def restore_closes(B, L, LOTS, TPAT, quantity, OUT):  # pragma: no cover - compiled
+    """The lots to close at market so that ``quantity`` of the position closes to restore its
+    liquidation line (:func:`restore_share`), less what closes already under way take: the most
+    leveraged first (the oldest on a tie). Their take-profits are withdrawn and they are marked
+    closing; their ids go to ``OUT``. Returns how many."""
+    n = int(B[B_NLOTS])
+    todo = quantity
+    for k in range(n):
+        if L[LOTS[k], L_CLOSING] != 0:
+            todo -= L[LOTS[k], L_QTY]
+    count = 0
+    while todo > 0:
+        best = -1
+        for k in range(n):
+            lot = LOTS[k]
+            if L[lot, L_CLOSING] != 0:
+                continue
+            if best < 0 or L[lot, L_LEV] > L[best, L_LEV] or (L[lot, L_LEV] == L[best, L_LEV] and lot < best):
+                best = lot
+        if best < 0:
+            break
+        book_withdraw_tp(L, TPAT, best)
+        L[best, L_CLOSING] = 1
+        OUT[count] = best
+        count += 1
+        todo -= L[best, L_QTY]
+    return count
+
+
+@njit(cache=True, nogil=True)
+def book_max_leverage(B, L, LOTS):  # pragma: no cover - compiled
+    """The leverage of the most leveraged open lot (-inf when none)."""
+    top = -np.inf
+    for k in range(int(B[B_NLOTS])):
+        top = max(top, L[LOTS[k], L_LEV])
+    return top
+
+
 # --- take-profit levels: compiled, over ``TPAT`` (level -> id of the lot whose take-profit it holds,
 # 0 = free; lot ids start at 1), called by GridBook (the event path) and by the compiled backtest.
 
@@ -217,61 +342,63 @@ def free_tp_level(TPAT, start, stop=0):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def place_take_profit(TPAT, prices, off, length, entry, tp_pct, d, lot):  # pragma: no cover - compiled
-    """Give ``lot`` (entered at ``entry``) its take-profit level in ``TPAT``: the first free level
-    from its target (:func:`tp_level`) toward top. When none is free (*saturation*) the take-profit
-    nearest top is taken off its level (its lot is to be closed at market) and the new one placed
-    by the same rule (on the freed level or a nearer free one). Returns (level, the lot taken off
-    or 0, the level it held or -1)."""
-    target = tp_level(prices, off, length, entry, tp_pct, d)
+def place_take_profit(L, TPAT, prices, off, length, tp_pct, d, lot):  # pragma: no cover - compiled
+    """Give ``lot`` its take-profit level: the first free level from its target (:func:`tp_level`
+    of its entry) toward top. When none is free (*saturation*) the take-profit nearest top is taken
+    off its level, its lot marked closing (to close at market, ``L_FREED`` the price it gave up),
+    and the new one placed by the same rule (on the freed level or a nearer free one). Returns the
+    lot to close, 0 when none."""
+    book_withdraw_tp(L, TPAT, lot)
+    target = tp_level(prices, off, length, L[lot, L_ENTRY], tp_pct, d)
     level = free_tp_level(TPAT, target)
-    victim, victim_level = 0, -1
+    victim = 0
     if level < 0:
         for lv in range(length):
             if TPAT[lv] != 0:
-                victim_level = lv
+                victim = TPAT[lv]
+                book_withdraw_tp(L, TPAT, victim)
+                L[victim, L_FREED] = prices[off + lv]
+                L[victim, L_CLOSING] = 1
                 break
-        victim = TPAT[victim_level]
-        TPAT[victim_level] = 0
         level = free_tp_level(TPAT, target)
     TPAT[level] = lot
-    return level, victim, victim_level
+    L[lot, L_TP] = level
+    return victim
 
 
 @njit(cache=True, nogil=True)
-def relay_take_profits(
-    TPAT, ENTRY_AT, prices, off, length, new_prices, noff, nlen, tp_pct, d, LOTS_OUT, LEVEL_OUT
-):  # pragma: no cover - compiled
+def relay_take_profits(L, TPAT, prices, off, length, new_prices, noff, nlen, tp_pct, d, LOTS_OUT):  # pragma: no cover - compiled
     """Move the take-profits in ``TPAT`` from the ladder ``prices[off:off + length]`` to the new one
-    ``new_prices[noff:noff + nlen]`` (top/bottom recomputed; ``ENTRY_AT[level]``: the entry of the
-    lot whose take-profit is at that old level; ``TPAT`` holds ``max(length, nlen)`` levels).
+    ``new_prices[noff:noff + nlen]`` (top/bottom recomputed; ``TPAT`` holds ``max(length, nlen)``
+    levels).
 
     Nearest-top take-profits go first and keep the top-most levels. Each goes to the adverse-most
     new level at or beyond its old price or its own target, whichever is further from the entry
     (one capped by an earlier lower top goes back up when top rises again); beyond the new top it
     is capped at top; conflicts shift toward top; one that finds no free level from top back to its
-    own target gets none (a market close: saturation). Returns how many were moved: lot
-    ``LOTS_OUT[k]`` now at level ``LEVEL_OUT[k]`` (-1: none), nearest top first."""
+    own target gets none and its lot is marked closing (a market close: saturation). Returns how
+    many were moved, their lots in ``LOTS_OUT``, nearest top first."""
     nrel = 0
     for lv in range(length):
         if TPAT[lv] != 0:
             LOTS_OUT[nrel] = TPAT[lv]
-            LEVEL_OUT[nrel] = lv
             nrel += 1
             TPAT[lv] = 0
     for k in range(nrel):
-        old = LEVEL_OUT[k]
-        target = tp_level(new_prices, noff, nlen, ENTRY_AT[old], tp_pct, d)
-        start = min(tp_level(new_prices, noff, nlen, prices[off + old], 0.0, d), target)
+        lot = LOTS_OUT[k]
+        target = tp_level(new_prices, noff, nlen, L[lot, L_ENTRY], tp_pct, d)
+        start = min(tp_level(new_prices, noff, nlen, prices[off + int(L[lot, L_TP])], 0.0, d), target)
         level = free_tp_level(TPAT, start)
         if level < 0:  # capped at top and taken: any free level from top to its own target
             for lv in range(0, target + 1):
                 if TPAT[lv] == 0:
                     level = lv
                     break
-        LEVEL_OUT[k] = level
+        L[lot, L_TP] = level
         if level >= 0:
-            TPAT[level] = LOTS_OUT[k]
+            TPAT[level] = lot
+        else:
+            L[lot, L_CLOSING] = 1
     return nrel
 
 
@@ -372,38 +499,62 @@ class Ladder:
         return self.tp_target(price, 0.0)
 
 
-@dataclass
-class Lot:
-    """One filled entry: its quantity, entry price, margin and leverage, and its take-profit level."""
+def _lot_column(column: int, kind: type, doc: str) -> property:
+    def get(self):
+        return kind(self._book.L[self.lot_id, column])
 
-    lot_id: int
-    entry_level: int
-    entry: float
-    quantity: float
-    margin: float
-    leverage: float
-    tp_level: int = -1
-    closing: bool = False  # a market close (saturation, stop) was sent
-    freed_tp: float = math.nan  # the take-profit price it gave up when chosen for a saturation close
+    def set_(self, value):
+        self._book.L[self.lot_id, column] = value
+
+    return property(get, set_, doc=doc)
+
+
+class Lot:
+    """One filled entry: a view of its row in its book's ``L`` (the arrays the compiled rules change)."""
+
+    __slots__ = ("_book", "lot_id")
+
+    def __init__(self, book: GridBook, lot_id: int) -> None:
+        self._book = book
+        self.lot_id = lot_id
+
+    entry_level = _lot_column(L_LEVEL, int, "the level of the entry order that opened it")
+    entry = _lot_column(L_ENTRY, float, "its entry price")
+    quantity = _lot_column(L_QTY, float, "its quantity")
+    margin = _lot_column(L_MARGIN, float, "its margin")
+    leverage = _lot_column(L_LEV, float, "its leverage")
+    tp_level = _lot_column(L_TP, int, "the level of its take-profit (-1: none)")
+    closing = _lot_column(L_CLOSING, bool, "a market close (saturation, restore, stop) was sent")
+    freed_tp = _lot_column(L_FREED, float, "the take-profit price it gave up when chosen for a saturation close")
+
+    def __repr__(self) -> str:
+        return f"Lot({self.lot_id}, entry={self.entry}, quantity={self.quantity}, tp_level={self.tp_level})"
 
 
 class GridBook:
     """Open lots of one ladder and the take-profit level of each (one take-profit per level).
 
-    Which level holds which lot's take-profit is the array ``tp_lots`` (level -> lot id, 0 = free),
-    changed only by the compiled rules above (:func:`place_take_profit`, :func:`relay_take_profits`)
-    that the compiled backtest runs on its own copy of the same array."""
+    Its state is arrays -- ``L`` (a row per lot id), ``open_ids`` (the open lots), ``totals``
+    (:data:`B_NLOTS` ...) and ``tp_lots`` (level -> lot id, 0 = free) -- changed only by the compiled
+    rules above, which the compiled backtest runs on its own arrays of the same layout. ``lots``
+    maps the open lots' ids to their :class:`Lot` views."""
 
     def __init__(self, ladder: Ladder, tp_pct: float) -> None:
         self.ladder = ladder
         self.tp_pct = tp_pct
         self.lots: dict[int, Lot] = {}
         self.tp_lots = np.zeros(len(ladder) + 1, dtype=np.int64)
-        self._next_lot = 0
-        # running totals over open lots (the strategy reads them on every wake-up)
-        self.quantity = 0.0
-        self.margin = 0.0
-        self._cost = 0.0  # sum of quantity x entry
+        self.L = np.zeros((64, NL))
+        self.open_ids = np.zeros(64, dtype=np.int64)
+        self.totals = np.zeros(NB)
+
+    @property
+    def quantity(self) -> float:
+        return float(self.totals[B_QTY])
+
+    @property
+    def margin(self) -> float:
+        return float(self.totals[B_MARGIN])
 
     @property
     def tp_at(self) -> dict[int, int]:
@@ -417,25 +568,17 @@ class GridBook:
         return np.flatnonzero(self.tp_lots).tolist()
 
     def open_lot(self, entry_level: int, entry: float, quantity: float, margin: float, leverage: float) -> Lot:
-        self._next_lot += 1
-        lot = Lot(self._next_lot, entry_level, entry, quantity, margin, leverage)
-        self.lots[lot.lot_id] = lot
-        self._add(quantity, quantity * entry, margin)
+        lot_id = book_open_lot(self.totals, self.L, self.open_ids, entry_level, entry, quantity, margin, leverage)
+        if lot_id < 0:  # no room: twice the arrays, and again
+            self.L = np.concatenate([self.L, np.zeros_like(self.L)])
+            self.open_ids = np.concatenate([self.open_ids, np.zeros_like(self.open_ids)])
+            return self.open_lot(entry_level, entry, quantity, margin, leverage)
+        lot = self.lots[int(lot_id)] = Lot(self, int(lot_id))
         return lot
 
     def reduce_lot(self, lot: Lot, quantity: float) -> None:
-        """Part of ``lot`` was closed (a partial take-profit): shrink it and its margin pro rata."""
-        share = min(quantity / lot.quantity, 1.0)
-        self._add(-lot.quantity * share, -lot.quantity * share * lot.entry, -lot.margin * share)
-        lot.margin *= 1.0 - share
-        lot.quantity = round(lot.quantity * (1.0 - share), 12)
-
-    def _add(self, quantity: float, cost: float, margin: float) -> None:
-        self.quantity += quantity
-        self._cost += cost
-        self.margin += margin
-        if not self.lots:  # no drift of float totals across an empty book
-            self.quantity = self._cost = self.margin = 0.0
+        """Part of ``lot`` was closed (a partial take-profit): :func:`book_reduce_lot`."""
+        book_reduce_lot(self.totals, self.L, lot.lot_id, quantity)
 
     def nearest_tp_levels(self, first_adverse: int, n: int) -> list[int]:
         """Up to ``n`` take-profit levels on the favourable side of the price nearest to it
@@ -445,31 +588,18 @@ class GridBook:
     def place_tp(self, lot: Lot) -> Lot | None:
         """Give ``lot`` its take-profit level (:func:`place_take_profit`); returns the lot to close
         at market on saturation (its take-profit, the one nearest top, was taken off its level)."""
-        self.withdraw_tp(lot)
         prices = self.ladder.prices
-        level, victim_id, victim_level = place_take_profit(
-            self.tp_lots, prices, 0, len(prices), lot.entry, self.tp_pct, self.ladder.direction, lot.lot_id
-        )
-        lot.tp_level = int(level)
-        if victim_id == 0:
-            return None
-        victim = self.lots[int(victim_id)]
-        victim.freed_tp = float(prices[victim_level])
-        victim.tp_level = -1
-        victim.closing = True
-        return victim
+        victim = place_take_profit(self.L, self.tp_lots, prices, 0, len(prices), self.tp_pct, self.ladder.direction, lot.lot_id)
+        return self.lots[int(victim)] if victim else None
 
     def close_lot(self, lot_id: int) -> Lot:
         lot = self.lots.pop(lot_id)
-        self.withdraw_tp(lot)
-        self._add(-lot.quantity, -lot.quantity * lot.entry, -lot.margin)
+        book_close_lot(self.totals, self.L, self.open_ids, self.tp_lots, lot_id)
         return lot
 
     def withdraw_tp(self, lot: Lot) -> None:
         """Take ``lot``'s take-profit off its level (the lot is being closed another way)."""
-        if lot.tp_level >= 0 and self.tp_lots[lot.tp_level] == lot.lot_id:
-            self.tp_lots[lot.tp_level] = 0
-        lot.tp_level = -1
+        book_withdraw_tp(self.L, self.tp_lots, lot.lot_id)
 
     def relay(self, ladder: Ladder) -> list[Lot]:
         """Move to a new ladder (top/bottom recomputed): :func:`relay_take_profits`. Returns the
@@ -479,34 +609,19 @@ class GridBook:
         size = max(len(old), len(ladder)) + 1
         if len(self.tp_lots) < size:
             self.tp_lots = np.concatenate([self.tp_lots, np.zeros(size - len(self.tp_lots), dtype=np.int64)])
-        entry_at = np.zeros(len(self.tp_lots))
-        for lot in self.lots.values():
-            if lot.tp_level >= 0:
-                entry_at[lot.tp_level] = lot.entry
-        lots_out = np.empty(len(self.tp_lots), dtype=np.int64)
-        level_out = np.empty(len(self.tp_lots), dtype=np.int64)
-        moved = relay_take_profits(
-            self.tp_lots,
-            entry_at,
-            old.prices,
-            0,
-            len(old),
-            ladder.prices,
-            0,
-            len(ladder),
-            self.tp_pct,
-            ladder.direction,
-            lots_out,
-            level_out,
-        )
-        victims: list[Lot] = []
-        for lot_id, level in zip(lots_out[:moved].tolist(), level_out[:moved].tolist()):
-            lot = self.lots[lot_id]
-            lot.tp_level = level
-            if level < 0:
-                lot.closing = True
-                victims.append(lot)
-        return victims
+        moved = np.empty(len(self.tp_lots), dtype=np.int64)
+        tp_pct, d = self.tp_pct, ladder.direction
+        count = relay_take_profits(self.L, self.tp_lots, old.prices, 0, len(old), ladder.prices, 0, len(ladder), tp_pct, d, moved)
+        return [self.lots[lot_id] for lot_id in moved[:count].tolist() if self.L[lot_id, L_TP] < 0]
+
+    def restore_closes(self, quantity: float) -> list[Lot]:
+        """The lots to close at market to restore the liquidation line (:func:`restore_closes`)."""
+        out = np.empty(len(self.lots), dtype=np.int64)
+        count = restore_closes(self.totals, self.L, self.open_ids, self.tp_lots, quantity, out)
+        return [self.lots[lot_id] for lot_id in out[:count].tolist()]
+
+    def max_leverage(self) -> float:
+        return float(book_max_leverage(self.totals, self.L, self.open_ids))
 
     def tp_price(self, lot: Lot) -> float:
         return float(self.ladder.prices[lot.tp_level])
@@ -514,4 +629,5 @@ class GridBook:
     def liquidation_price(self, BB: np.ndarray) -> float:
         """Liquidation price of all open lots as one isolated position holding their margins
         (``BB``: the bracket table, :func:`bracket_table`)."""
-        return float(book_liquidation_price(self.quantity, self._cost, self.margin, self.ladder.direction, BB))
+        t = self.totals
+        return float(book_liquidation_price(t[B_QTY], t[B_COST], t[B_MARGIN], self.ladder.direction, BB))

@@ -61,8 +61,25 @@ from ..brokers.sim.venue import (
     Q_QTY,
 )
 from .maker_vol_grid import (
+    B_COST,
+    B_MARGIN,
+    B_NEXT,
+    B_NLOTS,
+    B_QTY,
+    L_CLOSING,
+    L_ENTRY,
+    L_FREED,
+    L_QTY,
+    L_TP,
+    NB,
+    NL,
     arming_price,
+    book_close_lot,
+    book_is_open,
     book_liquidation_price,
+    book_max_leverage,
+    book_open_lot,
+    book_reduce_lot,
     bracket_table,
     desired_levels,
     entry_prices,
@@ -73,6 +90,7 @@ from .maker_vol_grid import (
     position_leverage,
     relay_take_profits,
     required_margin,
+    restore_closes,
     restore_share,
 )
 
@@ -89,8 +107,10 @@ NSTATE = 48
 # --- each grid's state MG[g] (float64): its book's totals, its ladder, its position row ---------------
 # G_RO / G_PSIDE: how its closing orders are flagged (one-way: reduce-only, position side BOTH;
 # hedge mode: no flag, position side LONG or SHORT)
-G_NLOTS, G_BQ, G_BMARGIN, G_BCOST, G_NEXTLOT, G_OFF, G_LEN, G_FIRST, G_BOTTOM, G_D, G_ROW, G_PSIDE, G_RO = range(13)
-NMG = 13
+# its first NB fields are its lot book's totals (maker_vol_grid's B_NLOTS ...: the row is the book's B)
+G_NLOTS, G_BQ, G_BMARGIN, G_BCOST, G_NEXTLOT = B_NLOTS, B_QTY, B_MARGIN, B_COST, B_NEXT
+G_OFF, G_LEN, G_FIRST, G_BOTTOM, G_D, G_ROW, G_PSIDE, G_RO = range(NB, NB + 8)
+NMG = NB + 8
 
 # --- the strategy's parameters G ---------------------------------------------------------------------
 G_TP, G_ORDER_PCT, G_NLIVE, G_RECOMPUTE, G_NGRID = 0, 1, 2, 3, 4
@@ -101,11 +121,9 @@ NPARAM = 5
 K_ENTRY, K_TP, K_CLOSE, K_LIQ, K_RESTORE = 0, 1, 2, 3, 4  # K_CLOSE: saturation; K_RESTORE: restores the liquidation line
 NKIND = 8
 
-# --- lots L (row = lot id) ------------------------------------------------------------------------
-# L_CLOSING: 0 open, 1 a close at market under way, >= 2 a close that ended without closing the lot
-# and is sent again at the next wake-up (2 + 2 x its place in that queue, + 1 for a restore close)
-L_LEVEL, L_ENTRY, L_QTY, L_MARGIN, L_LEV, L_TP, L_CLOSING, L_FREED = 0, 1, 2, 3, 4, 5, 6, 7
-NL = 8
+# --- lots L (row = lot id): maker_vol_grid's layout (L_LEVEL ...). L_CLOSING: 0 open, 1 a close at
+# market under way, >= 2 a close that ended without closing the lot and is sent again at the next
+# wake-up (2 + 2 x its place in that queue, + 1 for a restore close)
 
 # kernel exit codes
 OK, BAIL_CAPACITY, BAIL_NO_LADDER = 0, 4, 5
@@ -125,52 +143,6 @@ def _equity(v):  # pragma: no cover - compiled
         if abs(q) >= 1e-12:
             out += q * (v.S[vc.PRICE] - v.POS[r, Q_ENTRY])
     return out
-
-
-@njit(cache=True, nogil=True)
-def _book_add(MG, q, cost, margin):  # pragma: no cover - compiled
-    MG[G_BQ] += q
-    MG[G_BCOST] += cost
-    MG[G_BMARGIN] += margin
-    if MG[G_NLOTS] == 0:
-        MG[G_BQ] = 0.0
-        MG[G_BCOST] = 0.0
-        MG[G_BMARGIN] = 0.0
-
-
-@njit(cache=True, nogil=True)
-def _is_open(MG, LOTS, lot):  # pragma: no cover - compiled
-    for k in range(int(MG[G_NLOTS])):
-        if LOTS[k] == lot:
-            return True
-    return False
-
-
-@njit(cache=True, nogil=True)
-def _close_lot_book(MG, L, LOTS, TPAT, lot):  # pragma: no cover - compiled
-    """GridBook.close_lot."""
-    n = int(MG[G_NLOTS])
-    j = 0
-    for k in range(n):
-        if LOTS[k] != lot:
-            LOTS[j] = LOTS[k]
-            j += 1
-    MG[G_NLOTS] = j
-    tp = int(L[lot, L_TP])
-    if tp >= 0 and TPAT[tp] == lot:
-        TPAT[tp] = 0
-    q = L[lot, L_QTY]
-    _book_add(MG, -q, -q * L[lot, L_ENTRY], -L[lot, L_MARGIN])
-
-
-@njit(cache=True, nogil=True)
-def _reduce_lot(MG, L, lot, quantity):  # pragma: no cover - compiled
-    """GridBook.reduce_lot: part of the lot closed, its margin shrinks pro rata."""
-    q = L[lot, L_QTY]
-    share = min(quantity / q, 1.0)
-    _book_add(MG, -q * share, -q * share * L[lot, L_ENTRY], -L[lot, L_MARGIN] * share)
-    L[lot, L_MARGIN] *= 1.0 - share
-    L[lot, L_QTY] = np.rint(q * (1.0 - share) * 1e12) / 1e12
 
 
 @njit(cache=True, nogil=True)
@@ -222,11 +194,11 @@ def _closed_at_market(v, M, MG, L, LOTS, TPAT, SAT, fi):  # pragma: no cover - c
     qty = v.FL[fi, F_QTY]
     M[FEES_TAKER] += v.FL[fi, F_FEE]
     pnl = MG[G_D] * (price - L[lot, L_ENTRY]) * qty
-    if _is_open(MG, LOTS, lot):
+    if book_is_open(MG, LOTS, lot):
         if v.O[oi, O_STATUS] == vc.ST_PARTIAL:  # the close was cut to a smaller position
-            _reduce_lot(MG, L, lot, qty)
+            book_reduce_lot(MG, L, lot, qty)
         else:
-            _close_lot_book(MG, L, LOTS, TPAT, lot)
+            book_close_lot(MG, L, LOTS, TPAT, lot)
     if int(v.O[oi, O_TAG0]) % NKIND == K_RESTORE:
         M[RESTORE_PNL] += pnl
         return
@@ -255,12 +227,9 @@ def _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, wake):  # pragma: no cover - 
     if v.S[vc.NMARK] + 8 >= v.MARKS.shape[0]:
         M[BAIL] = BAIL_CAPACITY
         return
-    top = -np.inf
-    for k in range(n):
-        top = max(top, L[LOTS[k], L_LEV])
     d = MG[G_D]
     bottom = MG[G_BOTTOM]
-    wanted = position_leverage(top, qty * v.S[vc.PRICE], SB)
+    wanted = position_leverage(book_max_leverage(MG, L, LOTS), qty * v.S[vc.PRICE], SB)
     if v.P[vc.P_LEV] != wanted and not vc.set_leverage(v, wanted):
         M[MREFUSED] += 1
     required = required_margin(qty, POS[r, Q_ENTRY], bottom, d, SB)
@@ -278,33 +247,16 @@ def _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, wake):  # pragma: no cover - 
     if not wake or d * (v.S[vc.PRICE] - bottom) <= 0:
         return
     share = restore_share(required, POS[r, Q_ISO], available, qty, POS[r, Q_ENTRY], v.S[vc.PRICE], d, v.P[vc.P_TAKER])
-    closing = 0.0
-    for k in range(n):
-        if L[LOTS[k], L_CLOSING] != 0:
-            closing += L[LOTS[k], L_QTY]
-    todo = share * qty - closing
-    if todo <= 0:
+    OUT = np.empty(n, dtype=np.int64)
+    count = restore_closes(MG, L, LOTS, TPAT, share * qty, OUT)
+    if count == 0:
         return
     M[RESTORES] += 1
-    while todo > 0:  # the most leveraged lot not closing yet (the oldest first on a tie)
-        best = -1
-        for k in range(int(MG[G_NLOTS])):
-            lot = LOTS[k]
-            if L[lot, L_CLOSING] != 0:
-                continue
-            if best < 0 or L[lot, L_LEV] > L[best, L_LEV] or (L[lot, L_LEV] == L[best, L_LEV] and lot < best):
-                best = lot
-        if best < 0:
-            break
-        tp = int(L[best, L_TP])  # GridBook.withdraw_tp
-        if tp >= 0 and TPAT[tp] == best:
-            TPAT[tp] = 0
-        L[best, L_TP] = -1
-        _submit_close(v, M, MG, L, g, best, K_RESTORE, False, False)  # between bars: fills at the next open
+    for k in range(count):
+        _submit_close(v, M, MG, L, g, OUT[k], K_RESTORE, False, False)  # between bars: fills at the next open
         if M[BAIL] != 0:
             return
         M[RESTORE_CLOSES] += 1
-        todo -= L[best, L_QTY]
 
 
 @njit(cache=True, nogil=True)
@@ -320,37 +272,20 @@ def _on_maker_fill(v, M, G, MG, SB, L, LOTS, TPAT, LADP, g, ENT, TPF, RT, fi):  
     off = int(MG[G_OFF])
     length = int(MG[G_LEN])
     if int(v.O[oi, O_TAG0]) % NKIND == K_ENTRY:
-        # _open_lot
+        # MakerVol._open_lot
         lev = lot_leverage(price, bottom, d, qty * price, SB)
         if d * (price - bottom) <= 0:
             M[BEYOND] += 1
-        lot = int(MG[G_NEXTLOT]) + 1
-        if lot >= L.shape[0] or int(MG[G_NLOTS]) >= LOTS.shape[0]:
+        lot = book_open_lot(MG, L, LOTS, v.O[oi, O_TAG1], price, qty, qty * price / lev, lev)
+        if lot < 0:
             M[BAIL] = BAIL_CAPACITY
             return
-        MG[G_NEXTLOT] = lot
-        L[lot, L_LEVEL] = v.O[oi, O_TAG1]
-        L[lot, L_ENTRY] = price
-        L[lot, L_QTY] = qty
-        L[lot, L_MARGIN] = qty * price / lev
-        L[lot, L_LEV] = lev
-        L[lot, L_TP] = -1
-        L[lot, L_CLOSING] = 0
-        L[lot, L_FREED] = np.nan
-        LOTS[int(MG[G_NLOTS])] = lot
-        MG[G_NLOTS] += 1
-        _book_add(MG, qty, qty * price, L[lot, L_MARGIN])
         e = int(M[NENTRY])
         ENT[e, 0] = v.S[vc.NOW]
         ENT[e, 1] = price
         ENT[e, 2] = d
         M[NENTRY] = e + 1
-        level, victim, victim_level = place_take_profit(TPAT, LADP, off, length, price, G[G_TP], d, lot)  # GridBook.place_tp
-        L[lot, L_TP] = level
-        if victim != 0:
-            L[victim, L_FREED] = LADP[off + victim_level]
-            L[victim, L_TP] = -1
-            L[victim, L_CLOSING] = 1
+        victim = place_take_profit(L, TPAT, LADP, off, length, G[G_TP], d, lot)  # GridBook.place_tp
         if victim != 0:  # inside the bar: fills at once; its fill event is handled after this one
             _submit_close(v, M, MG, L, g, victim, K_CLOSE, False, True)
             if M[BAIL] != 0:
@@ -358,7 +293,7 @@ def _on_maker_fill(v, M, G, MG, SB, L, LOTS, TPAT, LADP, g, ENT, TPF, RT, fi):  
         _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, False)
     else:
         lot = int(v.O[oi, O_TAG1])
-        if _is_open(MG, LOTS, lot):
+        if book_is_open(MG, LOTS, lot):
             gross = d * (price - L[lot, L_ENTRY]) * qty
             M[GRID_PROFIT] += gross
             t = int(M[NTP])
@@ -366,9 +301,9 @@ def _on_maker_fill(v, M, G, MG, SB, L, LOTS, TPAT, LADP, g, ENT, TPF, RT, fi):  
             TPF[t, 1] = d
             M[NTP] = t + 1
             if qty < L[lot, L_QTY] - 1e-12:  # a take-profit cut to a smaller position
-                _reduce_lot(MG, L, lot, qty)
+                book_reduce_lot(MG, L, lot, qty)
             else:
-                _close_lot_book(MG, L, LOTS, TPAT, lot)
+                book_close_lot(MG, L, LOTS, TPAT, lot)
                 r = int(M[NRT])
                 RT[r, 0] = v.S[vc.NOW]
                 RT[r, 1] = L[lot, L_ENTRY]
@@ -406,7 +341,7 @@ def _liquidated(v, M, MG, L, LOTS, TPAT, fi, ngrid):  # pragma: no cover - compi
         while MG[g, G_NLOTS] > 0:
             lot = LOTS[g, 0]
             M[LIQ_LOSS] += d * (price - L[g, lot, L_ENTRY]) * L[g, lot, L_QTY]
-            _close_lot_book(MG[g], L[g], LOTS[g], TPAT[g], lot)
+            book_close_lot(MG[g], L[g], LOTS[g], TPAT[g], lot)
 
 
 @njit(cache=True, nogil=True)
@@ -440,7 +375,7 @@ def _drain(v, M, G, MG, SB, L, LOTS, TPAT, LADP, ENT, TPF, SAT, RT):  # pragma: 
             status = v.O[oi, O_STATUS]
             if tag == K_CLOSE or tag == K_RESTORE:
                 lot = int(v.O[oi, O_TAG1])
-                if status != vc.ST_FILLED and _is_open(MG[g], LOTS[g], lot):
+                if status != vc.ST_FILLED and book_is_open(MG[g], LOTS[g], lot):
                     _retry_later(M, L[g], lot, tag)
             elif tag == K_TP and status == vc.ST_EXPIRED and v.O[oi, O_REASON] == vc.R_RO_GONE:
                 M[REARMED] += 1  # OrderSync: a post-only order of ours expired, sent again later
@@ -670,20 +605,13 @@ def _sync(
 
 
 @njit(cache=True, nogil=True)
-def _relay(v, M, G, MG, L, TPAT, KEEPL, LEVEL_OUT, ENTRY_AT, LADP, g, noff, nlen):  # pragma: no cover - compiled
+def _relay(v, M, G, MG, L, TPAT, KEEPL, LADP, g, noff, nlen):  # pragma: no cover - compiled
     """GridBook.relay of grid ``g`` onto the ladder at ``noff``/``nlen`` (maker_vol_grid.relay_take_profits);
     the lots left without a level are closed at market, nearest top first."""
     off, length = int(MG[G_OFF]), int(MG[G_LEN])
-    for lv in range(length):
-        if TPAT[lv] != 0:
-            ENTRY_AT[lv] = L[TPAT[lv], L_ENTRY]
-    nrel = relay_take_profits(TPAT, ENTRY_AT, LADP, off, length, LADP, noff, nlen, G[G_TP], MG[G_D], KEEPL, LEVEL_OUT)
+    nrel = relay_take_profits(L, TPAT, LADP, off, length, LADP, noff, nlen, G[G_TP], MG[G_D], KEEPL)
     for k in range(nrel):
-        L[KEEPL[k], L_TP] = LEVEL_OUT[k]
-        if LEVEL_OUT[k] < 0:
-            L[KEEPL[k], L_CLOSING] = 1
-    for k in range(nrel):
-        if LEVEL_OUT[k] < 0:
+        if L[KEEPL[k], L_TP] < 0:
             _submit_close(v, M, MG, L, g, KEEPL[k], K_CLOSE, False, False)
             if M[BAIL] != 0:
                 return
@@ -748,8 +676,6 @@ def kernel(
     SEQL = np.empty(BOOK.shape[0])
     KEEPL = np.empty(max(BOOK.shape[0], TPAT.shape[1]), dtype=np.int64)
     CDIST = np.empty(BOOK.shape[0])
-    LEVEL_OUT = np.empty(TPAT.shape[1], dtype=np.int64)  # relay: the new level of each take-profit
-    ENTRY_AT = np.zeros(TPAT.shape[1])  # relay: the entry of the lot whose take-profit is at each level
     T_BY_LEVEL = np.full((ngrid, TPAT.shape[1]), -1, dtype=np.int64)  # entry level -> its target this sync
     T_BY_LOT = np.full((ngrid, L.shape[1]), -1, dtype=np.int64)  # lot -> its take-profit target this sync
     S[vc.NOW] = ts[0]
@@ -800,7 +726,7 @@ def kernel(
                         if O[oi, O_TAG0] == _tag(K_CLOSE, lg) or O[oi, O_TAG0] == _tag(K_RESTORE, lg):
                             held -= max(O[oi, O_QTY] - O[oi, O_FILLED], 0.0)
                 if not (held >= v.P[vc.P_LOT] - v.P[vc.P_LOT] / 2):  # the position holds none of it: the lot is gone
-                    _close_lot_book(MG[lg], L[lg], LOTS[lg], TPAT[lg], lot)
+                    book_close_lot(MG[lg], L[lg], LOTS[lg], TPAT[lg], lot)
                     M[LOTS_GONE] += 1
                 else:
                     _submit_close(v, M, MG[lg], L[lg], lg, lot, kind, True, False)
@@ -816,7 +742,7 @@ def kernel(
             for g in range(ngrid):
                 noff, nlen = lad_off[g, lad], lad_len[g, lad]
                 if M[HAS_GRID] != 0:
-                    _relay(v, M, G, MG[g], L[g], TPAT[g], KEEPL, LEVEL_OUT, ENTRY_AT, LADP, g, noff, nlen)
+                    _relay(v, M, G, MG[g], L[g], TPAT[g], KEEPL, LADP, g, noff, nlen)
                     if M[BAIL] != 0:
                         return int(M[BAIL])
                 MG[g, G_OFF], MG[g, G_LEN], MG[g, G_FIRST], MG[g, G_BOTTOM] = noff, nlen, lad_first[g, lad], lad_bottom[g, lad]
@@ -1379,23 +1305,12 @@ def _restore_strategy(strategy, engine, k, fills):
     grids = []
     for g, d in enumerate(tables["directions"]):
         ladder = Ladder(float(tables["lad_top"][g, lad]), float(tables["lad_bottom"][g, lad]), c.step_pct, d)
-        book = GridBook(ladder, c.tp_pct)
-        for lot_id in k["LOTS"][g, : int(MG[g, G_NLOTS])].tolist():
-            row = L[g, lot_id]
-            book.lots[lot_id] = Lot(
-                lot_id,
-                int(row[L_LEVEL]),
-                float(row[L_ENTRY]),
-                float(row[L_QTY]),
-                float(row[L_MARGIN]),
-                float(row[L_LEV]),
-                int(row[L_TP]),
-                bool(row[L_CLOSING]),
-                float(row[L_FREED]),
-            )
+        book = GridBook(ladder, c.tp_pct)  # the kernel's arrays of this grid are the book's state
+        book.L = L[g, : int(MG[g, G_NEXTLOT]) + 1].copy()
+        book.open_ids = k["LOTS"][g].copy()
+        book.totals = MG[g, :NB].copy()
         book.tp_lots[:] = k["TPAT"][g, : len(book.tp_lots)]
-        book._next_lot = int(MG[g, G_NEXTLOT])
-        book.quantity, book.margin, book._cost = float(MG[g, G_BQ]), float(MG[g, G_BMARGIN]), float(MG[g, G_BCOST])
+        book.lots = {lot_id: Lot(book, lot_id) for lot_id in book.open_ids[: int(MG[g, G_NLOTS])].tolist()}
         grids.append(Grid(d, "b", "t", book) if d > 0 else Grid(d, "s", "u", book))
     strategy.grids = grids
     strategy._margin_calls = True
