@@ -52,19 +52,23 @@ from btc_quant.sdk import Duration, ExchangeError, Field, OrderStatus, PositionS
 from btc_quant.sdk.ordersync import OrderSync, VirtualOrder
 
 from .maker_vol_grid import (
+    LINE_ADD,
+    LINE_CLOSE,
+    LINE_OK,
     GridBook,
     Ladder,
     Lot,
     arming_price,
+    beyond_line,
     bracket_table,
     desired_levels,
     entry_prices,
     entry_sizes,
     first_entry_level,
-    lot_leverage,
+    line_funding,
+    liquidated_above_bottom,
     position_leverage,
     required_margin,
-    restore_share,
 )
 
 #: Used when the instrument carries no maintenance brackets: Binance BTCUSDT's first tier
@@ -350,10 +354,9 @@ class MakerVol(Strategy):
         self._open_lot(ctx, grid, level, fill.price, got)
 
     def _open_lot(self, ctx, grid: Grid, level: int, price: float, quantity: float) -> None:
-        lev = lot_leverage(price, grid.ladder.bottom, grid.direction, quantity * price, self._brackets(ctx))
         if grid.direction * (price - grid.ladder.bottom) <= 0:  # an order of an older ladder filled beyond the new bottom: funded fully
             self.counts["entries_beyond_bottom"] += 1
-        lot = grid.book.open_lot(level, price, quantity, quantity * price / lev, lev)
+        lot = grid.book.open_entry(level, price, quantity, grid.ladder.bottom, self._brackets(ctx))
         self.entry_fills[(grid.direction, round(price, 1))] += 1
         self.entry_log.append((ctx.now_ms, grid.direction, price))
         victim = grid.book.place_tp(lot)
@@ -365,13 +368,10 @@ class MakerVol(Strategy):
         lot = grid.book.lots.get(lot_id)
         if lot is None:
             return
-        gross = grid.direction * (fill.price - lot.entry) * fill.quantity
+        gross, closed = grid.book.take_profit_fill(lot, fill.quantity, fill.price)
         self.pnl["grid_profit"] += gross
         self.tp_fills[(grid.direction, round(fill.price, 1))] += 1
-        if fill.quantity < lot.quantity - 1e-12:
-            grid.book.reduce_lot(lot, fill.quantity)
-        else:
-            grid.book.close_lot(lot_id)
+        if closed:
             self.round_trips.append(
                 {
                     "ts_ms": fill.ts_ms,
@@ -454,15 +454,10 @@ class MakerVol(Strategy):
 
     def _closed_at_market(self, ctx, fill, order) -> None:
         grid, lot, why = self._closing[fill.client_id]
-        pnl = grid.direction * (fill.price - lot.entry) * fill.quantity
-        if order is None or not order.is_open:
+        done = order is None or not order.is_open
+        if done:
             del self._closing[fill.client_id]
-            if lot.lot_id in grid.book.lots:
-                grid.book.close_lot(lot.lot_id)
-        elif lot.lot_id in grid.book.lots:
-            grid.book.reduce_lot(lot, fill.quantity)
-            if lot.quantity < ctx.instrument.lot_size / 2:
-                grid.book.close_lot(lot.lot_id)
+        pnl = grid.book.close_fill(lot, fill.quantity, fill.price, done, ctx.instrument.lot_size / 2)
         if why == "saturation":
             self.pnl["saturation_loss"] += pnl
             self.saturations.append(
@@ -490,15 +485,13 @@ class MakerVol(Strategy):
         self.counts["liquidations"] += 1
         held = -fill.side.sign  # the side of the liquidated position
         for grid in self.grids:
-            if grid.direction == held and grid.direction * (fill.price - grid.ladder.bottom) > 1e-9 * grid.ladder.bottom:
+            if grid.direction == held and liquidated_above_bottom(fill.price, grid.ladder.bottom, grid.direction):
                 self.counts["liquidations_above_bottom"] += 1
         hedge = ctx.position_mode == "hedge"
         for grid in self.grids:
             if hedge and grid.direction != held:  # hedge mode: the other grid's position is still there
                 continue
-            for lot in list(grid.book.lots.values()):
-                self.pnl["liquidation_loss"] += grid.direction * (fill.price - lot.entry) * lot.quantity
-                grid.book.close_lot(lot.lot_id)
+            self.pnl["liquidation_loss"] += grid.book.liquidate(fill.price)
 
     def _fund_position(self, ctx, wake: bool = False, grid: Grid | None = None) -> None:
         """Brokers with isolated margin, one side: keep the position's liquidation price at or
@@ -540,12 +533,23 @@ class MakerVol(Strategy):
                 self._last_margin_error = str(exc)
         state = ctx.margin_of(pside)
         required = required_margin(qty, position.entry_price, grid.ladder.bottom, grid.direction, brackets)
-        need = required - state.position_margin
-        if need <= 1e-6:
+        action, amount = line_funding(
+            required,
+            state.position_margin,
+            state.available_balance,
+            qty,
+            position.entry_price,
+            ctx.price,
+            grid.ladder.bottom,
+            grid.direction,
+            ctx.instrument.taker_fee,
+            wake,
+        )
+        if action == LINE_OK:
             return
-        if need <= state.available_balance + 1e-9:
+        if action == LINE_ADD:
             try:
-                ctx.adjust_margin(need, position_side=pside)
+                ctx.adjust_margin(amount, position_side=pside)
             except ExchangeError as exc:
                 self.counts["margin_call_refused"] += 1
                 self._last_margin_error = str(exc)
@@ -555,19 +559,9 @@ class MakerVol(Strategy):
                 self.counts["liq_line_restores"] += 1
             return
         self.counts["margin_call_refused"] += 1
-        if not wake or grid.direction * (ctx.price - grid.ladder.bottom) <= 0:
+        if action != LINE_CLOSE:
             return
-        share = restore_share(
-            required,
-            state.position_margin,
-            state.available_balance,
-            qty,
-            position.entry_price,
-            ctx.price,
-            grid.direction,
-            ctx.instrument.taker_fee,
-        )
-        lots = grid.book.restore_closes(share * qty)  # the most leveraged, marked closing
+        lots = grid.book.restore_closes(amount)  # the most leveraged, marked closing
         if not lots:
             return
         self.counts["liq_line_restores"] += 1
@@ -693,8 +687,7 @@ class MakerVol(Strategy):
                 continue
             liq = grid.book.liquidation_price(self._brackets(ctx))
             dist = grid.direction * (price - liq) / price
-            beyond_bottom = grid.direction * (price - grid.ladder.bottom) <= 0
-            if not beyond_bottom and grid.direction * (liq - grid.ladder.bottom) > 1e-6 * grid.ladder.bottom:
+            if beyond_line(price, liq, grid.ladder.bottom, grid.direction):
                 violation = True
         broker_liq = math.nan
         grid = self._line_grid(ctx) if self.grids else None
@@ -703,13 +696,12 @@ class MakerVol(Strategy):
         elif self._margin_calls and grid is not None and grid.book.lots:
             # the broker's own liquidation price of the position (Binance formula, its brackets)
             broker_liq = ctx.margin.liquidation_price or math.nan
-            above_bottom = grid.direction * (price - grid.ladder.bottom) > 0
             # a market close sent at this wake-up fills at the next open (the sim's market orders
             # placed between bars): a restore close, or a saturation close whose lot the restore
             # counts on (_fund_position sends no more when the lots already closing cover it); the
             # line they restore is not a breach
             restoring = any(why in ("restore", "saturation") for _, _, why in self._closing.values())
-            if above_bottom and grid.direction * (broker_liq - grid.ladder.bottom) > 1e-6 * grid.ladder.bottom and not restoring:
+            if beyond_line(price, broker_liq, grid.ladder.bottom, grid.direction) and not restoring:
                 self.counts["liq_line_breaches"] += 1
             dist = grid.direction * (price - broker_liq) / price  # the position's, not the lot book's
         elif violation and not self._margin_calls:  # no isolated margin at the broker: the lot book's line
@@ -734,7 +726,7 @@ class MakerVol(Strategy):
             g_broker = ctx.margin_of(grid.position_side(ctx)).liquidation_price
             g_broker = math.nan if g_broker is None else g_broker
             restoring = any(g is grid and why in ("restore", "saturation") for g, _, why in self._closing.values())
-            if d * (price - bottom) > 0 and d * (g_broker - bottom) > 1e-6 * bottom and not restoring:
+            if beyond_line(price, g_broker, bottom, d) and not restoring:
                 self.counts["liq_line_breaches"] += 1
             g_dist = d * (price - g_broker) / price
             if not dist <= g_dist:  # the first grid, or one nearer its liquidation

@@ -328,6 +328,87 @@ def book_max_leverage(B, L, LOTS):  # pragma: no cover - compiled
     return top
 
 
+@njit(cache=True, nogil=True)
+def book_open_entry(B, L, LOTS, level, price, qty, bottom, d, BB):  # pragma: no cover - compiled
+    """A filled entry of ``qty`` at ``price`` opens a lot with the leverage :func:`lot_leverage`
+    gives it and the margin notional / leverage. Returns its id, or -1 when there is no room."""
+    leverage = lot_leverage(price, bottom, d, qty * price, BB)
+    return book_open_lot(B, L, LOTS, level, price, qty, qty * price / leverage, leverage)
+
+
+@njit(cache=True, nogil=True)
+def book_take_profit_fill(B, L, LOTS, TPAT, lot, qty, price, d):  # pragma: no cover - compiled
+    """``qty`` of ``lot``'s take-profit filled at ``price``: the lot shrinks (a partial fill) or
+    closes. Returns (its gross profit d x (price - entry) x qty, closed)."""
+    gross = d * (price - L[lot, L_ENTRY]) * qty
+    if qty < L[lot, L_QTY] - 1e-12:
+        book_reduce_lot(B, L, lot, qty)
+        return gross, False
+    book_close_lot(B, L, LOTS, TPAT, lot)
+    return gross, True
+
+
+@njit(cache=True, nogil=True)
+def book_close_fill(B, L, LOTS, TPAT, lot, qty, price, d, done, min_qty):  # pragma: no cover - compiled
+    """``qty`` of a market close of ``lot`` filled at ``price``: when its order is ``done`` the lot
+    closes, else it shrinks by ``qty`` and closes when less than ``min_qty`` is left (a lot that is
+    no longer open is left alone). Returns the PnL d x (price - entry) x qty."""
+    pnl = d * (price - L[lot, L_ENTRY]) * qty
+    if book_is_open(B, LOTS, lot):
+        if done:
+            book_close_lot(B, L, LOTS, TPAT, lot)
+        else:
+            book_reduce_lot(B, L, lot, qty)
+            if L[lot, L_QTY] < min_qty:
+                book_close_lot(B, L, LOTS, TPAT, lot)
+    return pnl
+
+
+@njit(cache=True, nogil=True)
+def book_liquidate(B, L, LOTS, TPAT, price, d):  # pragma: no cover - compiled
+    """The position was liquidated at ``price``: every lot leaves the book. Returns their PnL."""
+    pnl = 0.0
+    while B[B_NLOTS] > 0:
+        lot = LOTS[0]
+        pnl += d * (price - L[lot, L_ENTRY]) * L[lot, L_QTY]
+        book_close_lot(B, L, LOTS, TPAT, lot)
+    return pnl
+
+
+@njit(cache=True, nogil=True)
+def beyond_line(price, line, bottom, d):  # pragma: no cover - compiled
+    """Is ``price`` on the safe side of ``bottom`` while ``line`` (a liquidation price) lies beyond
+    it (long: above bottom, by more than a millionth)? The breach the strategy must never show."""
+    return d * (price - bottom) > 0 and d * (line - bottom) > 1e-6 * bottom
+
+
+@njit(cache=True, nogil=True)
+def liquidated_above_bottom(price, bottom, d):  # pragma: no cover - compiled
+    """A liquidation at ``price`` on the safe side of ``bottom`` (the spec promises none)."""
+    return d * (price - bottom) > 1e-9 * bottom
+
+
+LINE_OK, LINE_ADD, LINE_REFUSED, LINE_CLOSE = 0, 1, 2, 3
+
+
+@njit(cache=True, nogil=True)
+def line_funding(required, held, available, qty, entry, price, bottom, d, fee_rate, wake):  # pragma: no cover - compiled
+    """What keeps a position (``qty`` > 0 at ``entry``, isolated margin ``held``) liquidated at
+    ``bottom`` (spec "动态杠杆"; ``required``: :func:`required_margin`). Returns (action, amount):
+    LINE_OK, nothing to do; LINE_ADD, add ``amount`` of margin from the ``available`` balance;
+    LINE_REFUSED, the balance cannot fund it and nothing more is done (not at a wake-up, or the
+    price at or beyond bottom); LINE_CLOSE, it cannot, and ``amount`` of the position is to close
+    at market (:func:`restore_share`; :func:`restore_closes` picks the lots)."""
+    need = required - held
+    if need <= 1e-6:
+        return LINE_OK, 0.0
+    if need <= available + 1e-9:
+        return LINE_ADD, need
+    if not wake or d * (price - bottom) <= 0:
+        return LINE_REFUSED, 0.0
+    return LINE_CLOSE, restore_share(required, held, available, qty, entry, price, d, fee_rate) * qty
+
+
 # --- take-profit levels: compiled, over ``TPAT`` (level -> id of the lot whose take-profit it holds,
 # 0 = free; lot ids start at 1), called by GridBook (the event path) and by the compiled backtest.
 
@@ -568,13 +649,46 @@ class GridBook:
         return np.flatnonzero(self.tp_lots).tolist()
 
     def open_lot(self, entry_level: int, entry: float, quantity: float, margin: float, leverage: float) -> Lot:
-        lot_id = book_open_lot(self.totals, self.L, self.open_ids, entry_level, entry, quantity, margin, leverage)
-        if lot_id < 0:  # no room: twice the arrays, and again
+        """A lot of the given margin and leverage (:func:`book_open_lot`)."""
+        args = (entry_level, entry, quantity, margin, leverage)
+        return self._opened(lambda: book_open_lot(self.totals, self.L, self.open_ids, *args))
+
+    def open_entry(self, level: int, price: float, quantity: float, bottom: float, BB: np.ndarray) -> Lot:
+        """A filled entry: a lot with its own leverage (:func:`book_open_entry`)."""
+        d = self.ladder.direction
+        return self._opened(lambda: book_open_entry(self.totals, self.L, self.open_ids, level, price, quantity, bottom, d, BB))
+
+    def _opened(self, open_) -> Lot:
+        lot_id = open_()
+        while lot_id < 0:  # no room: twice the arrays, and again
             self.L = np.concatenate([self.L, np.zeros_like(self.L)])
             self.open_ids = np.concatenate([self.open_ids, np.zeros_like(self.open_ids)])
-            return self.open_lot(entry_level, entry, quantity, margin, leverage)
+            lot_id = open_()
         lot = self.lots[int(lot_id)] = Lot(self, int(lot_id))
         return lot
+
+    def take_profit_fill(self, lot: Lot, quantity: float, price: float) -> tuple[float, bool]:
+        """:func:`book_take_profit_fill`: (gross profit, closed)."""
+        gross, closed = book_take_profit_fill(
+            self.totals, self.L, self.open_ids, self.tp_lots, lot.lot_id, quantity, price, self.ladder.direction
+        )
+        if closed:
+            del self.lots[lot.lot_id]
+        return gross, closed
+
+    def close_fill(self, lot: Lot, quantity: float, price: float, done: bool, min_qty: float) -> float:
+        """:func:`book_close_fill`: the PnL of a market close's fill."""
+        args = (self.totals, self.L, self.open_ids, self.tp_lots, lot.lot_id, quantity, price, self.ladder.direction, done, min_qty)
+        pnl = book_close_fill(*args)
+        if lot.lot_id in self.lots and not book_is_open(self.totals, self.open_ids, lot.lot_id):
+            del self.lots[lot.lot_id]
+        return float(pnl)
+
+    def liquidate(self, price: float) -> float:
+        """:func:`book_liquidate`: every lot leaves; their PnL at ``price``."""
+        pnl = book_liquidate(self.totals, self.L, self.open_ids, self.tp_lots, price, self.ladder.direction)
+        self.lots.clear()
+        return float(pnl)
 
     def reduce_lot(self, lot: Lot, quantity: float) -> None:
         """Part of ``lot`` was closed (a partial take-profit): :func:`book_reduce_lot`."""

@@ -71,27 +71,33 @@ from .maker_vol_grid import (
     L_FREED,
     L_QTY,
     L_TP,
+    LINE_ADD,
+    LINE_CLOSE,
+    LINE_OK,
     NB,
     NL,
     arming_price,
+    beyond_line,
+    book_close_fill,
     book_close_lot,
     book_is_open,
+    book_liquidate,
     book_liquidation_price,
     book_max_leverage,
-    book_open_lot,
-    book_reduce_lot,
+    book_open_entry,
+    book_take_profit_fill,
     bracket_table,
     desired_levels,
     entry_prices,
     entry_sizes,
     first_entry_level,
-    lot_leverage,
+    line_funding,
+    liquidated_above_bottom,
     place_take_profit,
     position_leverage,
     relay_take_profits,
     required_margin,
     restore_closes,
-    restore_share,
 )
 
 # --- the strategy's state M (float64): counters and running totals ----------------------------------
@@ -193,12 +199,8 @@ def _closed_at_market(v, M, MG, L, LOTS, TPAT, SAT, fi):  # pragma: no cover - c
     price = v.FL[fi, F_PRICE]
     qty = v.FL[fi, F_QTY]
     M[FEES_TAKER] += v.FL[fi, F_FEE]
-    pnl = MG[G_D] * (price - L[lot, L_ENTRY]) * qty
-    if book_is_open(MG, LOTS, lot):
-        if v.O[oi, O_STATUS] == vc.ST_PARTIAL:  # the close was cut to a smaller position
-            book_reduce_lot(MG, L, lot, qty)
-        else:
-            book_close_lot(MG, L, LOTS, TPAT, lot)
+    done = v.O[oi, O_STATUS] != vc.ST_PARTIAL  # else the close was cut to a smaller position
+    pnl = book_close_fill(MG, L, LOTS, TPAT, lot, qty, price, MG[G_D], done, v.P[vc.P_LOT] / 2)
     if int(v.O[oi, O_TAG0]) % NKIND == K_RESTORE:
         M[RESTORE_PNL] += pnl
         return
@@ -233,22 +235,21 @@ def _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, wake):  # pragma: no cover - 
     if v.P[vc.P_LEV] != wanted and not vc.set_leverage(v, wanted):
         M[MREFUSED] += 1
     required = required_margin(qty, POS[r, Q_ENTRY], bottom, d, SB)
-    need = required - POS[r, Q_ISO]
-    if need <= 1e-6:
-        return
     available = max(vc.available(v), 0.0)
-    if need <= available + 1e-9:
-        vc.add_isolated_margin(v, r, need)
+    action, amount = line_funding(required, POS[r, Q_ISO], available, qty, POS[r, Q_ENTRY], v.S[vc.PRICE], bottom, d, v.P[vc.P_TAKER], wake)
+    if action == LINE_OK:
+        return
+    if action == LINE_ADD:
+        vc.add_isolated_margin(v, r, amount)
         M[MADDED] += 1
         if wake:
             M[RESTORES] += 1
         return
     M[MREFUSED] += 1
-    if not wake or d * (v.S[vc.PRICE] - bottom) <= 0:
+    if action != LINE_CLOSE:
         return
-    share = restore_share(required, POS[r, Q_ISO], available, qty, POS[r, Q_ENTRY], v.S[vc.PRICE], d, v.P[vc.P_TAKER])
     OUT = np.empty(n, dtype=np.int64)
-    count = restore_closes(MG, L, LOTS, TPAT, share * qty, OUT)
+    count = restore_closes(MG, L, LOTS, TPAT, amount, OUT)
     if count == 0:
         return
     M[RESTORES] += 1
@@ -273,10 +274,9 @@ def _on_maker_fill(v, M, G, MG, SB, L, LOTS, TPAT, LADP, g, ENT, TPF, RT, fi):  
     length = int(MG[G_LEN])
     if int(v.O[oi, O_TAG0]) % NKIND == K_ENTRY:
         # MakerVol._open_lot
-        lev = lot_leverage(price, bottom, d, qty * price, SB)
         if d * (price - bottom) <= 0:
             M[BEYOND] += 1
-        lot = book_open_lot(MG, L, LOTS, v.O[oi, O_TAG1], price, qty, qty * price / lev, lev)
+        lot = book_open_entry(MG, L, LOTS, v.O[oi, O_TAG1], price, qty, bottom, d, SB)
         if lot < 0:
             M[BAIL] = BAIL_CAPACITY
             return
@@ -294,16 +294,13 @@ def _on_maker_fill(v, M, G, MG, SB, L, LOTS, TPAT, LADP, g, ENT, TPF, RT, fi):  
     else:
         lot = int(v.O[oi, O_TAG1])
         if book_is_open(MG, LOTS, lot):
-            gross = d * (price - L[lot, L_ENTRY]) * qty
+            gross, closed = book_take_profit_fill(MG, L, LOTS, TPAT, lot, qty, price, d)
             M[GRID_PROFIT] += gross
             t = int(M[NTP])
             TPF[t, 0] = price
             TPF[t, 1] = d
             M[NTP] = t + 1
-            if qty < L[lot, L_QTY] - 1e-12:  # a take-profit cut to a smaller position
-                book_reduce_lot(MG, L, lot, qty)
-            else:
-                book_close_lot(MG, L, LOTS, TPAT, lot)
+            if closed:
                 r = int(M[NRT])
                 RT[r, 0] = v.S[vc.NOW]
                 RT[r, 1] = L[lot, L_ENTRY]
@@ -336,12 +333,9 @@ def _liquidated(v, M, MG, L, LOTS, TPAT, fi, ngrid):  # pragma: no cover - compi
             continue
         d = MG[g, G_D]
         bottom = MG[g, G_BOTTOM]
-        if d * (price - bottom) > 1e-9 * bottom:
+        if liquidated_above_bottom(price, bottom, d):
             M[LIQ_ABOVE] += 1
-        while MG[g, G_NLOTS] > 0:
-            lot = LOTS[g, 0]
-            M[LIQ_LOSS] += d * (price - L[g, lot, L_ENTRY]) * L[g, lot, L_QTY]
-            book_close_lot(MG[g], L[g], LOTS[g], TPAT[g], lot)
+        M[LIQ_LOSS] += book_liquidate(MG[g], L[g], LOTS[g], TPAT[g], price, d)
 
 
 @njit(cache=True, nogil=True)
@@ -411,7 +405,7 @@ def _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid):  # pragma: no cover - compil
                 tag = v.O[v.BOOK_ORDER[k], O_TAG0]
                 if tag == _tag(K_RESTORE, g) or tag == _tag(K_CLOSE, g):
                     restoring = True
-        if d * (price - bottom) > 0 and d * (g_broker - bottom) > 1e-6 * bottom and not restoring:
+        if beyond_line(price, g_broker, bottom, d) and not restoring:
             M[BRK_VIOL] += 1
         g_dist = d * (price - g_broker) / price
         if not (dist <= g_dist):  # the first grid, or one nearer its liquidation
