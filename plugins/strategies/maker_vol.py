@@ -67,6 +67,7 @@ from .maker_vol_grid import (
     first_entry_level,
     line_funding,
     liquidated_above_bottom,
+    lookback_range,
     position_leverage,
     required_margin,
 )
@@ -213,9 +214,11 @@ class MakerVol(Strategy):
     def _recompute(self, ctx) -> None:
         c = self.config
         now = ctx.now_ms
-        window = ctx.bars(int(c.lookback.total_seconds() // 60) + 1)
-        keep = window.ts > (window.ts[-1] - int(c.lookback.total_seconds() * 1000))
-        high, low = float(window.high[keep].max()), float(window.low[keep].min())
+        n_window = int(c.lookback.total_seconds() // 60) + 1
+        window = ctx.bars(n_window)
+        last = np.array([len(window.ts) - 1])
+        highs, lows = lookback_range(window.ts, window.high, window.low, last, n_window, int(c.lookback.total_seconds() * 1000))
+        high, low = float(highs[0]), float(lows[0])
         equity = ctx.equity
         new = self.levels_from(high, low)
         grids: list[Grid] = []
@@ -611,33 +614,32 @@ class MakerVol(Strategy):
             cache = self._tp_orders
             # Only the take-profits nearest the price can be among the live ones (OrderSync keeps
             # the nearest max_live_orders per side), so only they are handed over: sync stays O(n).
-            levels = (book.tp_lots, ladder.prices, 0, len(ladder), grid.first_entry, grid.entry_qty, grid.entry_margin)
+            levels = (book.totals, book.L, book.tp_lots, ladder.prices, 0, len(ladder), grid.first_entry, grid.entry_qty, grid.entry_margin)
             ntp, nentry, armed, grid_paused, free = desired_levels(*levels, price, grid.direction, n, free, tp_out, entry_out)
-            armed_total += armed + len(book.lots)
+            armed_total += armed
             paused = paused or grid_paused
             for level in tp_out[:ntp].tolist():
                 lot = book.lots[int(book.tp_lots[level])]
-                if not lot.closing:
-                    ident = (grid.direction, lot.lot_id, lot.tp_level, lot.quantity, book.ladder.top)
-                    vo = cache.get(ident)
-                    if vo is None:
-                        if len(cache) > 50_000:
-                            cache.clear()
-                        tp_price = book.tp_price(lot)
-                        # side=both: a take-profit under the minimum notional (a lot left small by
-                        # partial fills) can rest only reduce-only (Binance -4164); while the net
-                        # position is on the other side the exchange refuses it (-2022) and the
-                        # next sync sends it again
-                        small = lot.quantity * tp_price < min_notional
-                        vo = cache[ident] = VirtualOrder(
-                            f"{grid.tp_key}{lot.lot_id}",
-                            tp_side,
-                            tp_price,
-                            lot.quantity,
-                            reduce_only=(reduce_only or small) and pside is PositionSide.BOTH,
-                            position_side=pside,
-                        )
-                    orders.append(vo)
+                ident = (grid.direction, lot.lot_id, lot.tp_level, lot.quantity, book.ladder.top)
+                vo = cache.get(ident)
+                if vo is None:
+                    if len(cache) > 50_000:
+                        cache.clear()
+                    tp_price = book.tp_price(lot)
+                    # side=both: a take-profit under the minimum notional (a lot left small by
+                    # partial fills) can rest only reduce-only (Binance -4164); while the net
+                    # position is on the other side the exchange refuses it (-2022) and the
+                    # next sync sends it again
+                    small = lot.quantity * tp_price < min_notional
+                    vo = cache[ident] = VirtualOrder(
+                        f"{grid.tp_key}{lot.lot_id}",
+                        tp_side,
+                        tp_price,
+                        lot.quantity,
+                        reduce_only=(reduce_only or small) and pside is PositionSide.BOTH,
+                        position_side=pside,
+                    )
+                orders.append(vo)
             for level in entry_out[:nentry].tolist():
                 vo = grid.entry_orders.get(level)
                 if vo is None:

@@ -49,6 +49,39 @@ def order_leverage(price: float, bottom: float, mmr: float, direction: int = 1) 
 # notional cap, maintenance rate, maintenance amount, maximum leverage), as the sim's.
 
 
+@njit(cache=True, nogil=True)
+def lookback_highs(ts, high, at, n_bars, lookback_ms):  # pragma: no cover - compiled
+    """For each bar in ``at`` (ascending): the highest high of the last ``n_bars`` bars up to it
+    whose ``ts`` lies within ``lookback_ms`` of its own (the spec's "recent high")."""
+    out = np.empty(len(at))
+    dq = np.empty(len(ts), dtype=np.int64)
+    head = 0
+    tail = 0
+    k = 0
+    for i in range(len(ts)):
+        while tail > head and high[dq[tail - 1]] <= high[i]:
+            tail -= 1
+        dq[tail] = i
+        tail += 1
+        if k < len(at) and at[k] == i:
+            left = max(0, i + 1 - n_bars)
+            while head < tail and (dq[head] < left or not (ts[dq[head]] > ts[i] - lookback_ms)):
+                head += 1
+            out[k] = high[dq[head]]
+            k += 1
+    return out
+
+
+def lookback_range(ts, high, low, at, n_bars: int, lookback_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """The highest high and the lowest low of the lookback window ending at each bar in ``at``
+    (:func:`lookback_highs`): what top and bottom are recomputed from, in both paths."""
+    ts = np.asarray(ts, dtype=np.int64)
+    at = np.asarray(at, dtype=np.int64)
+    highs = lookback_highs(ts, np.asarray(high, dtype=np.float64), at, n_bars, lookback_ms)
+    lows = -lookback_highs(ts, -np.asarray(low, dtype=np.float64), at, n_bars, lookback_ms)
+    return highs, lows
+
+
 def bracket_table(brackets, default_mmr: float) -> np.ndarray:
     """The ``BB`` table of an instrument's maintenance brackets (one open-ended row of
     ``default_mmr`` and leverage 125 when it has none)."""
@@ -484,25 +517,32 @@ def relay_take_profits(L, TPAT, prices, off, length, new_prices, noff, nlen, tp_
 
 
 @njit(cache=True, nogil=True)
-def desired_levels(TPAT, prices, off, length, first, QTY, MARGIN, price, d, n, free, TP_OUT, ENTRY_OUT):  # pragma: no cover - compiled
+def desired_levels(
+    B, L, TPAT, prices, off, length, first, QTY, MARGIN, price, d, n, free, TP_OUT, ENTRY_OUT
+):  # pragma: no cover - compiled
     """One grid's desired set at ``price`` (spec: "virtual -> real mapping", "资金不足" pause): the
-    ``n`` take-profit levels nearest the price on its favourable side (``TP_OUT``, top-most first),
+    ``n`` take-profit levels nearest the price on its favourable side, less those of lots being
+    closed at market (``TP_OUT``, top-most first),
     and the ``n`` entry levels nearest it on the adverse side, from ``first``, that hold no
     take-profit and have a size (``QTY`` > 0), as long as the ``free`` margin funds each one's
     ``MARGIN`` (``ENTRY_OUT``, nearest first; the first it cannot fund pauses the entries).
-    Returns (take-profits, entries, armed entry levels, paused, free margin left)."""
+    Returns (take-profits, entries, virtual orders: armed entry levels and open lots, paused,
+    free margin left)."""
     kk = levels_at_or_beyond(prices, off, length, price, d)
     ntp = 0
     level = min(kk, length) - 1
-    while level >= 0 and ntp < n:
+    seen = 0
+    while level >= 0 and seen < n:
         if TPAT[level] != 0:
-            TP_OUT[ntp] = level
-            ntp += 1
+            seen += 1
+            if L[TPAT[level], L_CLOSING] == 0:
+                TP_OUT[ntp] = level
+                ntp += 1
         level -= 1
     for k in range(ntp // 2):
         TP_OUT[k], TP_OUT[ntp - 1 - k] = TP_OUT[ntp - 1 - k], TP_OUT[k]
     start = max(kk, first)
-    armed = length - start
+    armed = length - start + int(B[B_NLOTS])
     for level in range(start, length):
         if TPAT[level] != 0:
             armed -= 1

@@ -93,6 +93,7 @@ from .maker_vol_grid import (
     first_entry_level,
     line_funding,
     liquidated_above_bottom,
+    lookback_range,
     place_take_profit,
     position_leverage,
     relay_take_profits,
@@ -455,15 +456,13 @@ def _desired(v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, 
         off, length, first = int(MG[g, G_OFF]), int(MG[g, G_LEN]), int(MG[g, G_FIRST])
         d = MG[g, G_D]
         ntp, nentry, armed_g, paused_g, free = desired_levels(
-            TPAT[g], LADP, off, length, first, SQ[g], SM[g], price, d, nlive, free, TP_OUT, ENTRY_OUT
+            MG[g], L[g], TPAT[g], LADP, off, length, first, SQ[g], SM[g], price, d, nlive, free, TP_OUT, ENTRY_OUT
         )
-        armed += armed_g + MG[g, G_NLOTS]
+        armed += armed_g
         paused = paused or paused_g
         for k in range(ntp):
             level = TP_OUT[k]
             lot = TPAT[g, level]
-            if L[g, lot, L_CLOSING] != 0:
-                continue
             tprice = LAD_TP[off + level]
             if d * (tprice - price) <= 0:  # post-only take-profit that would cross: held back
                 continue
@@ -784,29 +783,6 @@ def kernel(
     return OK
 
 
-@njit(cache=True, nogil=True)
-def lookback_highs(ts, high, at, n_bars, lookback_ms):  # pragma: no cover - compiled
-    """For each bar in ``at`` (ascending): the highest high of the last ``n_bars`` bars up to it
-    whose ``ts`` lies within ``lookback_ms`` of its own (MakerVol._recompute's window)."""
-    out = np.empty(len(at))
-    dq = np.empty(len(ts), dtype=np.int64)
-    head = 0
-    tail = 0
-    k = 0
-    for i in range(len(ts)):
-        while tail > head and high[dq[tail - 1]] <= high[i]:
-            tail -= 1
-        dq[tail] = i
-        tail += 1
-        if k < len(at) and at[k] == i:
-            left = max(0, i + 1 - n_bars)
-            while head < tail and (dq[head] < left or not (ts[dq[head]] > ts[i] - lookback_ms)):
-                head += 1
-            out[k] = high[dq[head]]
-            k += 1
-    return out
-
-
 # --- the Python side: conditions, inputs, and the RunResult -----------------------------------------
 
 
@@ -973,8 +949,7 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
     n_window = int(c.lookback.total_seconds() // 60) + 1
     ts = np.array(bars.ts, dtype=np.int64)
     at = wake_idx.astype(np.int64)
-    highs = lookback_highs(ts, np.array(bars.high, dtype=np.float64), at, n_window, lookback_ms)
-    lows = -lookback_highs(ts, -np.array(bars.low, dtype=np.float64), at, n_window, lookback_ms)  # the lowest low
+    highs, lows = lookback_range(ts, bars.high, bars.low, at, n_window, lookback_ms)
     # only what the ladders depend on tells sets apart (long: the high; short: the low)
     key = np.stack([highs if c.side != "short" else np.zeros_like(highs), lows if c.side != "long" else np.zeros_like(lows)], axis=1)
     if len(key):
