@@ -58,6 +58,7 @@ from .maker_vol_grid import (
     GridBook,
     Ladder,
     Lot,
+    arming_band,
     arming_price,
     beyond_line,
     bracket_table,
@@ -68,6 +69,8 @@ from .maker_vol_grid import (
     line_funding,
     liquidated_above_bottom,
     lookback_range,
+    next_recompute_ms,
+    position_holds,
     position_leverage,
     required_margin,
 )
@@ -236,7 +239,7 @@ class MakerVol(Strategy):
             self._size(ctx, grid, equity)
             grids.append(grid)
         self.grids = grids
-        self._next_recompute = (now // self._recompute_ms + 1) * self._recompute_ms
+        self._next_recompute = int(next_recompute_ms(now, self._recompute_ms))
 
     def _size(self, ctx, grid: Grid, equity: float) -> None:
         """Quantity, margin and leverage of an entry at each level (spec: margin = order_pct x equity),
@@ -446,7 +449,7 @@ class MakerVol(Strategy):
             order = ctx.order(cid) if grid.direction == direction else None
             if order is not None and order.is_open:
                 held -= order.remaining_qty
-        return held >= quantity - ctx.instrument.lot_size / 2
+        return bool(position_holds(held, quantity, ctx.instrument.lot_size))
 
     def _retry_closes(self, ctx) -> None:
         """Send again the closes that waited or ended without closing their lot."""
@@ -667,16 +670,10 @@ class MakerVol(Strategy):
 
     def _set_alert(self, ctx, price: float) -> None:
         """Wake when the price passes the next level toward top (a new entry level is armed)."""
-        low, high = None, None
+        low, high = math.nan, math.nan
         for grid in self.grids:
-            nxt = float(arming_price(grid.ladder.prices, 0, len(grid.ladder), price, grid.direction))
-            if math.isnan(nxt):
-                continue
-            if grid.direction > 0:
-                high = nxt if high is None else min(high, nxt)
-            else:
-                low = nxt if low is None else max(low, nxt)
-        ctx.wake_when_price_outside(low, high)
+            low, high = arming_band(low, high, arming_price(grid.ladder.prices, 0, len(grid.ladder), price, grid.direction), grid.direction)
+        ctx.wake_when_price_outside(None if math.isnan(low) else float(low), None if math.isnan(high) else float(high))
 
     # --- diagnostics --------------------------------------------------------------------------------
     def _sample(self, ctx, report=None) -> None:

@@ -570,6 +570,31 @@ def arming_price(prices, off, length, price, d):  # pragma: no cover - compiled
     return prices[off + k - 1] if k > 0 else np.nan
 
 
+@njit(cache=True, nogil=True)
+def arming_band(low, high, level_price, d):  # pragma: no cover - compiled
+    """The price band to wake outside of, widened by one grid's :func:`arming_price` (NaN: no
+    bound): a long grid's wakes the strategy above it (the nearest such level of all long grids),
+    a short grid's below it."""
+    if level_price != level_price:
+        return low, high
+    if d > 0:
+        return low, (level_price if high != high else min(high, level_price))
+    return (level_price if low != low else max(low, level_price)), high
+
+
+@njit(cache=True, nogil=True)
+def next_recompute_ms(now_ms, period_ms):  # pragma: no cover - compiled
+    """When top and bottom are next recomputed: the start of the next ``recompute`` period."""
+    return (now_ms // period_ms + 1) * period_ms
+
+
+@njit(cache=True, nogil=True)
+def position_holds(held, quantity, lot_size):  # pragma: no cover - compiled
+    """Does a position holding ``held`` (on a grid's side, less the closes under way) still hold
+    ``quantity`` of it, to half a lot? A retried close of a lot it no longer holds drops the lot."""
+    return held >= quantity - lot_size / 2
+
+
 def entry_prices(ladder: Ladder, tick_size: float, price_decimals: int) -> np.ndarray:
     """The ladder's entry prices on the tick, rounded away from the market (long: down, short: up)."""
     if ladder.direction > 0:

@@ -76,6 +76,7 @@ from .maker_vol_grid import (
     LINE_OK,
     NB,
     NL,
+    arming_band,
     arming_price,
     beyond_line,
     book_close_fill,
@@ -94,7 +95,9 @@ from .maker_vol_grid import (
     line_funding,
     liquidated_above_bottom,
     lookback_range,
+    next_recompute_ms,
     place_take_profit,
+    position_holds,
     position_leverage,
     relay_take_profits,
     required_margin,
@@ -718,7 +721,7 @@ def kernel(
                         oi = v.BOOK_ORDER[k]
                         if O[oi, O_TAG0] == _tag(K_CLOSE, lg) or O[oi, O_TAG0] == _tag(K_RESTORE, lg):
                             held -= max(O[oi, O_QTY] - O[oi, O_FILLED], 0.0)
-                if not (held >= v.P[vc.P_LOT] - v.P[vc.P_LOT] / 2):  # the position holds none of it: the lot is gone
+                if not position_holds(held, v.P[vc.P_LOT], v.P[vc.P_LOT]):  # the position holds none of it: the lot is gone
                     book_close_lot(MG[lg], L[lg], LOTS[lg], TPAT[lg], lot)
                     M[LOTS_GONE] += 1
                 else:
@@ -742,7 +745,7 @@ def kernel(
                 _size(v, M, G, MG[g], SB, LAD_E, SQ[g], SM[g], equity)
             M[LAD] = lad
             M[HAS_GRID] = 1
-            M[NEXT_RC] = (S[vc.NOW] // G[G_RECOMPUTE] + 1) * G[G_RECOMPUTE]
+            M[NEXT_RC] = next_recompute_ms(S[vc.NOW], G[G_RECOMPUTE])
         for g in range(ngrid):
             _fund_position(v, M, MG[g], SB, L[g], LOTS[g], TPAT[g], g, True)
             if M[BAIL] != 0:
@@ -759,13 +762,7 @@ def kernel(
         alo = np.nan
         ahi = np.nan
         for g in range(ngrid):
-            nxt = arming_price(LADP, int(MG[g, G_OFF]), int(MG[g, G_LEN]), price, MG[g, G_D])
-            if nxt != nxt:
-                continue
-            if MG[g, G_D] > 0:
-                ahi = nxt if ahi != ahi else min(ahi, nxt)
-            else:
-                alo = nxt if alo != alo else max(alo, nxt)
+            alo, ahi = arming_band(alo, ahi, arming_price(LADP, int(MG[g, G_OFF]), int(MG[g, G_LEN]), price, MG[g, G_D]), MG[g, G_D])
         if alo != alo and ahi != ahi:
             M[ALERT_ON] = 0
         else:
