@@ -443,15 +443,15 @@ def _size(v, M, G, MG, SB, LAD_E, SQ, SM, equity):  # pragma: no cover - compile
 
 
 @njit(cache=True, nogil=True)
-def _desired(v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TS, TP_, TQ):  # pragma: no cover - compiled
+def _desired(
+    v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TS, TP_, TQ, TP_OUT, ENTRY_OUT
+):  # pragma: no cover - compiled
     """MakerVol.desired: per grid, its desired levels (maker_vol_grid.desired_levels, the free
     margin shared by the grids) as OrderSync's targets. Returns the number of targets."""
     nlive = int(G[G_NLIVE])
     free = _equity(v)
     for g in range(int(G[G_NGRID])):
         free -= MG[g, G_BMARGIN]
-    TP_OUT = np.empty(nlive, dtype=np.int64)
-    ENTRY_OUT = np.empty(nlive, dtype=np.int64)
     nt = 0
     paused = False
     armed = 0.0
@@ -667,6 +667,8 @@ def kernel(
     TP_ = np.empty(size)
     TQ = np.empty(size)
     TKEEP = np.zeros(size, dtype=np.bool_)
+    TP_OUT = np.empty(nlive, dtype=np.int64)  # one grid's desired take-profit levels
+    ENTRY_OUT = np.empty(nlive, dtype=np.int64)  # and entry levels
     ORDER = np.empty(size, dtype=np.int64)
     OPENL = np.empty(BOOK.shape[0], dtype=np.int64)
     SEQL = np.empty(BOOK.shape[0])
@@ -751,7 +753,7 @@ def kernel(
             if M[BAIL] != 0:
                 return int(M[BAIL])
         price = S[vc.PRICE]
-        nt = _desired(v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TS, TP_, TQ)
+        nt = _desired(v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TS, TP_, TQ, TP_OUT, ENTRY_OUT)
         live = _sync(v, M, MG, nt, TK, TG, TR, TS, TP_, TQ, TKEEP, ORDER, OPENL, SEQL, KEEPL, CDIST, T_BY_LEVEL, T_BY_LOT, GENS, price)
         if live < 0:
             return BAIL_CAPACITY
