@@ -8,8 +8,9 @@ market: *saturation*). Each lot's leverage puts its isolated liquidation at bott
 is the mirror image (ladder rising from ``short_top_ratio`` x the lookback low), ``side=both``
 runs a long ladder below the mid of the lookback range and a short ladder above it.
 
-The rules themselves are pure functions and small classes in ``maker_vol_grid`` (tested with
-hand-made numbers); this module turns them into virtual orders, hands those to
+The rules themselves are the compiled functions of ``maker_vol_grid`` (tested with hand-made
+numbers), the same ones the compiled backtest (``maker_vol_kernel``) calls; this module calls them
+over its :class:`~.maker_vol_grid.GridBook`, turns their answers into virtual orders, hands those to
 :class:`~btc_quant.sdk.ordersync.OrderSync` (only ``max_live_orders`` per side nearest the price
 are real orders) and keeps the diagnostics the report shows.
 

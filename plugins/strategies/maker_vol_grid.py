@@ -1,14 +1,23 @@
-"""The pure rules of ``maker_vol`` (see ``STRATEGY_MAKER_VOL.md``): numbers in, numbers out, no I/O.
+"""The rules of ``maker_vol`` (see ``STRATEGY_MAKER_VOL.md``), written once: numbers and arrays in,
+numbers out, no I/O.
+
+Each rule is a compiled function over the strategy's state as arrays, and both paths call the same
+function: the event path (:class:`~.maker_vol.MakerVol`, for paper, live and event backtests,
+through :class:`GridBook`) and the compiled backtest (:mod:`.maker_vol_kernel`, on its own arrays
+of the same layout). The state: ``L``, one row per lot (``L_*`` columns); ``LOTS``, the open lots'
+ids; ``B``, the book's totals (``B_*``); ``TPAT``, level -> id of the lot whose take-profit it holds
+(0 = free); the ladder's prices and the entry sizes per level. The rules: the ladder and the
+lookback range (recompute of top/bottom), sizing and leverage (:func:`level_sizes`,
+:func:`lot_leverage`, :func:`required_margin`), take-profit placement with no shared level and
+saturation (:func:`place_take_profit`), their move when the ladder moves
+(:func:`relay_take_profits`), the desired set and cash pauses (:func:`desired_levels`), the lot book
+on fills (``book_*``), keeping the liquidation line (:func:`line_funding`, :func:`restore_closes`)
+and the wake-up band (:func:`arming_price`, :func:`arming_band`).
 
 One :class:`Ladder` is a geometric grid for one direction. Index 0 is the *top* (where entries
 start: for a long grid the highest buy, for a short grid the lowest sell) and indexes grow toward
 the *bottom* (the liquidation line: lower for a long grid, higher for a short one). ``direction``
 is +1 for long and -1 for short; everything short is the mirror image of long through it.
-
-A :class:`GridBook` holds the open lots of one ladder (a lot = one filled entry order) and which
-level holds which lot's take-profit, and applies the take-profit rules: first free level at or
-beyond ``entry x (1 + tp_pct)`` toward top, never two take-profits on one level, never beyond top,
-and when none is free, saturation: close the lot whose take-profit is nearest top.
 """
 
 from __future__ import annotations
