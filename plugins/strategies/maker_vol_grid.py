@@ -105,7 +105,7 @@ def bracket_table(brackets, default_mmr: float) -> np.ndarray:
 def levels_at_or_beyond(prices, off, length, x, d):  # pragma: no cover - compiled
     """Number of ladder levels (``prices[off:off + length]``, from top) at or beyond ``x`` toward
     top -- long (prices descending): at or above it; short (ascending): at or below it. It is the
-    index of the first level strictly adverse of ``x`` (:meth:`Ladder.first_adverse`)."""
+    index of the first level strictly adverse of ``x``."""
     lo, hi = 0, length
     while lo < hi:
         mid = (lo + hi) // 2
@@ -637,22 +637,6 @@ class Ladder:
     def __len__(self) -> int:
         return len(self.prices)
 
-    def beyond_top(self, price: float) -> bool:
-        """True when ``price`` is on the favourable side of top (long: above it)."""
-        return self.direction * (price - self.top) > 0
-
-    def first_adverse(self, price: float) -> int:
-        """Index of the first level strictly adverse of ``price`` (long: strictly below it)."""
-        return int(levels_at_or_beyond(self.prices, 0, len(self.prices), float(price), self.direction))
-
-    def tp_target(self, entry: float, tp_pct: float) -> int:
-        """Level of the take-profit of a lot entered at ``entry`` (:func:`tp_level`)."""
-        return int(tp_level(self.prices, 0, len(self.prices), float(entry), float(tp_pct), self.direction))
-
-    def level_at_or_beyond(self, price: float) -> int:
-        """The adverse-most level at or beyond ``price`` toward top (0 when none)."""
-        return self.tp_target(price, 0.0)
-
 
 def _lot_column(column: int, kind: type, doc: str) -> property:
     def get(self):
@@ -767,11 +751,6 @@ class GridBook:
     def reduce_lot(self, lot: Lot, quantity: float) -> None:
         """Part of ``lot`` was closed (a partial take-profit): :func:`book_reduce_lot`."""
         book_reduce_lot(self.totals, self.L, lot.lot_id, quantity)
-
-    def nearest_tp_levels(self, first_adverse: int, n: int) -> list[int]:
-        """Up to ``n`` take-profit levels on the favourable side of the price nearest to it
-        (``first_adverse`` = ``ladder.first_adverse(price)``)."""
-        return np.flatnonzero(self.tp_lots[:first_adverse])[-n:].tolist() if n > 0 else []
 
     def place_tp(self, lot: Lot) -> Lot | None:
         """Give ``lot`` its take-profit level (:func:`place_take_profit`); returns the lot to close
