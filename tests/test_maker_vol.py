@@ -119,6 +119,79 @@ def test_relay_keeps_take_profits_and_caps_them_at_the_new_top():
     assert book.tp_price(lots[1]) >= old_prices[1] - 1e-9  # kept (never nearer its entry)
 
 
+# --- the compiled rules both paths call (maker_vol_grid), on hand-made arrays -----------------
+def test_desired_levels_skip_closing_lots_and_pause_when_free_margin_runs_out():
+    from btc_quant.plugins.strategies.maker_vol_grid import desired_levels
+
+    ladder, book = make_book(10)
+    held = book.open_lot(6, float(ladder.prices[6]), 1.0, 1.0, 2.0)
+    closing = book.open_lot(7, float(ladder.prices[7]), 1.0, 1.0, 2.0)
+    book.place_tp(held), book.place_tp(closing)  # take-profits at levels 5 and 6
+    closing.closing = True
+    qty, margin = np.ones(len(ladder)), np.full(len(ladder), 10.0)
+    qty[8] = 0.0  # merged into level 7
+    tp_out, entry_out = np.empty(5, dtype=np.int64), np.empty(5, dtype=np.int64)
+    price = float(ladder.prices[6]) * 0.999  # just under level 6: levels 7 .. 9 are adverse of it
+    args = (book.totals, book.L, book.tp_lots, ladder.prices, 0, len(ladder), 1, qty, margin, price, 1, 5)
+    assert len(ladder) == 11
+    ntp, nentry, armed, paused, free = desired_levels(*args, 30.0, tp_out, entry_out)
+    assert tp_out[:ntp].tolist() == [held.tp_level]  # the closing lot's take-profit is held back
+    assert entry_out[:nentry].tolist() == [7, 9, 10] and not paused and free == pytest.approx(0.0)
+    assert armed == (len(ladder) - 7) + 2  # levels 7 .. 10 (none holds a take-profit) and the two lots
+    ntp, nentry, armed, paused, free = desired_levels(*args, 15.0, tp_out, entry_out)
+    assert entry_out[:nentry].tolist() == [7] and paused  # the next one cannot be funded
+
+
+def test_line_funding_adds_margin_refuses_or_closes_a_share():
+    from btc_quant.plugins.strategies.maker_vol_grid import LINE_ADD, LINE_CLOSE, LINE_OK, LINE_REFUSED, line_funding, restore_share
+
+    common = (1.0, 100.0, 90.0, 50.0, 1, 0.0005)  # qty, entry, price, bottom, long, taker fee
+    assert line_funding(60.0, 60.0, 0.0, *common, True) == (LINE_OK, 0.0)
+    assert line_funding(60.0, 50.0, 20.0, *common, True) == (LINE_ADD, pytest.approx(10.0))
+    assert line_funding(60.0, 50.0, 5.0, *common, False)[0] == LINE_REFUSED  # not at a wake-up: no close
+    assert line_funding(60.0, 50.0, 5.0, 1.0, 100.0, 49.0, 50.0, 1, 0.0005, True)[0] == LINE_REFUSED  # price beyond bottom
+    action, amount = line_funding(60.0, 50.0, 5.0, *common, True)
+    assert action == LINE_CLOSE and amount == pytest.approx(restore_share(60.0, 50.0, 5.0, 1.0, 100.0, 90.0, 1, 0.0005))
+    assert 0 < amount < 1
+
+
+def test_restore_closes_pick_the_most_leveraged_lots_first():
+    ladder, book = make_book(10)
+    lots = [book.open_lot(lv, float(ladder.prices[lv]), 1.0, 1.0, lev) for lv, lev in ((3, 2.0), (6, 5.0), (8, 5.0), (9, 3.0))]
+    for lot in lots:
+        book.place_tp(lot)
+    chosen = book.restore_closes(1.5)
+    assert chosen == [lots[1], lots[2]]  # leverage 5 twice, the older first; 2 lots cover 1.5
+    assert all(l.closing and l.tp_level == -1 for l in chosen)
+    assert book.restore_closes(1.5) == []  # the closes under way already cover it
+
+
+def test_a_partial_close_that_leaves_less_than_half_a_lot_closes_the_lot():
+    ladder, book = make_book(10)
+    lot = book.open_lot(5, float(ladder.prices[5]), 0.010, 1.0, 2.0)
+    pnl = book.close_fill(lot, 0.006, float(ladder.prices[4]), False, 0.0005)
+    assert pnl == pytest.approx(0.006 * (ladder.prices[4] - ladder.prices[5]))
+    assert lot.lot_id in book.lots and lot.quantity == pytest.approx(0.004) and book.margin == pytest.approx(0.4)
+    book.close_fill(lot, 0.0036, float(ladder.prices[4]), False, 0.0005)  # 0.0004 left: under half a lot
+    assert lot.lot_id not in book.lots and book.quantity == 0.0 and book.margin == 0.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(1.0, 100.0), min_size=1, max_size=60), st.integers(1, 20), st.integers(1, 5))
+def test_lookback_range_is_the_window_max_and_min(highs, n_bars, step):
+    from btc_quant.plugins.strategies.maker_vol_grid import lookback_range
+
+    ts = np.arange(len(highs), dtype=np.int64) * 60_000 * step
+    high = np.array(highs)
+    low = high - 0.5
+    lookback_ms = 60_000 * 7
+    at = np.arange(len(highs))
+    got_high, got_low = lookback_range(ts, high, low, at, n_bars, lookback_ms)
+    for i in at:
+        window = [j for j in range(max(0, i + 1 - n_bars), i + 1) if ts[j] > ts[i] - lookback_ms]
+        assert got_high[i] == max(high[window]) and got_low[i] == min(low[window])
+
+
 # --- in the simulated broker ----------------------------------------------------------------
 # Bars near real January-2022 prices; the first bar's high (42,000) sets top = 39,900, bottom = 21,000.
 TOP = 39_900.0

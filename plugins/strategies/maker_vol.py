@@ -8,8 +8,9 @@ market: *saturation*). Each lot's leverage puts its isolated liquidation at bott
 is the mirror image (ladder rising from ``short_top_ratio`` x the lookback low), ``side=both``
 runs a long ladder below the mid of the lookback range and a short ladder above it.
 
-The rules themselves are pure functions and small classes in ``maker_vol_grid`` (tested with
-hand-made numbers); this module turns them into virtual orders, hands those to
+The rules themselves are the compiled functions of ``maker_vol_grid`` (tested with hand-made
+numbers), the same ones the compiled backtest (``maker_vol_kernel``) calls; this module calls them
+over its :class:`~.maker_vol_grid.GridBook`, turns their answers into virtual orders, hands those to
 :class:`~btc_quant.sdk.ordersync.OrderSync` (only ``max_live_orders`` per side nearest the price
 are real orders) and keeps the diagnostics the report shows.
 
@@ -37,7 +38,6 @@ Design decisions where the spec leaves room (each is a parameter or documented h
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -53,16 +53,27 @@ from btc_quant.sdk import Duration, ExchangeError, Field, OrderStatus, PositionS
 from btc_quant.sdk.ordersync import OrderSync, VirtualOrder
 
 from .maker_vol_grid import (
+    LINE_ADD,
+    LINE_CLOSE,
+    LINE_OK,
     GridBook,
     Ladder,
     Lot,
+    arming_band,
+    arming_price,
+    beyond_line,
     bracket_table,
+    desired_levels,
+    entry_prices,
+    entry_sizes,
     first_entry_level,
-    level_sizes,
-    lot_leverage,
+    line_funding,
+    liquidated_above_bottom,
+    lookback_range,
+    next_recompute_ms,
+    position_holds,
     position_leverage,
     required_margin,
-    restore_share,
 )
 
 #: Used when the instrument carries no maintenance brackets: Binance BTCUSDT's first tier
@@ -107,8 +118,10 @@ class Grid:
     entry_key: str  # "b" long entries, "s" short entries
     tp_key: str  # "t" long take-profits, "u" short take-profits
     book: GridBook
-    sizes: dict[int, tuple[float, float, float]] = field(default_factory=dict)  # level -> (qty, margin, leverage)
-    entry_prices: dict[int, float] = field(default_factory=dict)  # level -> price rounded to the tick
+    # per level (this sizing): the entry's price rounded to the tick, its quantity (0: none) and margin
+    entry_prices: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    entry_qty: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    entry_margin: np.ndarray = field(default_factory=lambda: np.zeros(0))
     entry_orders: dict[int, VirtualOrder] = field(default_factory=dict)  # level -> its virtual order (this sizing)
     first_entry: int = 0  # the first level that takes entries
 
@@ -205,9 +218,11 @@ class MakerVol(Strategy):
     def _recompute(self, ctx) -> None:
         c = self.config
         now = ctx.now_ms
-        window = ctx.bars(int(c.lookback.total_seconds() // 60) + 1)
-        keep = window.ts > (window.ts[-1] - int(c.lookback.total_seconds() * 1000))
-        high, low = float(window.high[keep].max()), float(window.low[keep].min())
+        n_window = int(c.lookback.total_seconds() // 60) + 1
+        window = ctx.bars(n_window)
+        last = np.array([len(window.ts) - 1])
+        highs, lows = lookback_range(window.ts, window.high, window.low, last, n_window, int(c.lookback.total_seconds() * 1000))
+        high, low = float(highs[0]), float(lows[0])
         equity = ctx.equity
         new = self.levels_from(high, low)
         grids: list[Grid] = []
@@ -225,35 +240,29 @@ class MakerVol(Strategy):
             self._size(ctx, grid, equity)
             grids.append(grid)
         self.grids = grids
-        self._next_recompute = (now // self._recompute_ms + 1) * self._recompute_ms
+        self._next_recompute = int(next_recompute_ms(now, self._recompute_ms))
 
     def _size(self, ctx, grid: Grid, equity: float) -> None:
         """Quantity, margin and leverage of an entry at each level (spec: margin = order_pct x equity),
         for all levels at once."""
         inst = ctx.instrument
         ladder = grid.ladder
-        margin = self.config.order_pct * equity
         first = grid.first_entry = self._first_entry(ladder)
-        raw = ladder.prices[first:]
-        ticks = np.floor(raw / inst.tick_size + 1e-9) if grid.direction > 0 else np.ceil(raw / inst.tick_size - 1e-9)
-        prices = np.round(ticks * inst.tick_size, inst.price_decimals)
-        qty, lev = np.zeros(len(prices)), np.zeros(len(prices))
-        merged = level_sizes(
-            prices,
+        grid.entry_prices = entry_prices(ladder, inst.tick_size, inst.price_decimals)
+        grid.entry_qty, grid.entry_margin = np.zeros(len(ladder)), np.zeros(len(ladder))
+        self.counts["levels_merged_min_notional"] += entry_sizes(
+            grid.entry_prices,
+            first,
             ladder.bottom,
             grid.direction,
-            margin,
+            self.config.order_pct * equity,
             self._brackets(ctx),
             inst.lot_size,
             10.0**inst.qty_decimals,
             inst.min_notional,
-            qty,
-            lev,
+            grid.entry_qty,
+            grid.entry_margin,
         )
-        self.counts["levels_merged_min_notional"] += merged
-        # merged levels (quantity 0) hold no entry
-        grid.sizes = {first + i: (float(q), float(q * p / l), float(l)) for i, (q, p, l) in enumerate(zip(qty, prices, lev)) if q > 0}
-        grid.entry_prices = {first + i: float(p) for i, p in enumerate(prices)}
         grid.entry_orders = {}
 
     def _first_entry(self, ladder: Ladder) -> int:
@@ -352,10 +361,9 @@ class MakerVol(Strategy):
         self._open_lot(ctx, grid, level, fill.price, got)
 
     def _open_lot(self, ctx, grid: Grid, level: int, price: float, quantity: float) -> None:
-        lev = lot_leverage(price, grid.ladder.bottom, grid.direction, quantity * price, self._brackets(ctx))
         if grid.direction * (price - grid.ladder.bottom) <= 0:  # an order of an older ladder filled beyond the new bottom: funded fully
             self.counts["entries_beyond_bottom"] += 1
-        lot = grid.book.open_lot(level, price, quantity, quantity * price / lev, lev)
+        lot = grid.book.open_entry(level, price, quantity, grid.ladder.bottom, self._brackets(ctx))
         self.entry_fills[(grid.direction, round(price, 1))] += 1
         self.entry_log.append((ctx.now_ms, grid.direction, price))
         victim = grid.book.place_tp(lot)
@@ -367,13 +375,10 @@ class MakerVol(Strategy):
         lot = grid.book.lots.get(lot_id)
         if lot is None:
             return
-        gross = grid.direction * (fill.price - lot.entry) * fill.quantity
+        gross, closed = grid.book.take_profit_fill(lot, fill.quantity, fill.price)
         self.pnl["grid_profit"] += gross
         self.tp_fills[(grid.direction, round(fill.price, 1))] += 1
-        if fill.quantity < lot.quantity - 1e-12:
-            grid.book.reduce_lot(lot, fill.quantity)
-        else:
-            grid.book.close_lot(lot_id)
+        if closed:
             self.round_trips.append(
                 {
                     "ts_ms": fill.ts_ms,
@@ -445,7 +450,7 @@ class MakerVol(Strategy):
             order = ctx.order(cid) if grid.direction == direction else None
             if order is not None and order.is_open:
                 held -= order.remaining_qty
-        return held >= quantity - ctx.instrument.lot_size / 2
+        return bool(position_holds(held, quantity, ctx.instrument.lot_size))
 
     def _retry_closes(self, ctx) -> None:
         """Send again the closes that waited or ended without closing their lot."""
@@ -456,15 +461,10 @@ class MakerVol(Strategy):
 
     def _closed_at_market(self, ctx, fill, order) -> None:
         grid, lot, why = self._closing[fill.client_id]
-        pnl = grid.direction * (fill.price - lot.entry) * fill.quantity
-        if order is None or not order.is_open:
+        done = order is None or not order.is_open
+        if done:
             del self._closing[fill.client_id]
-            if lot.lot_id in grid.book.lots:
-                grid.book.close_lot(lot.lot_id)
-        elif lot.lot_id in grid.book.lots:
-            grid.book.reduce_lot(lot, fill.quantity)
-            if lot.quantity < ctx.instrument.lot_size / 2:
-                grid.book.close_lot(lot.lot_id)
+        pnl = grid.book.close_fill(lot, fill.quantity, fill.price, done, ctx.instrument.lot_size / 2)
         if why == "saturation":
             self.pnl["saturation_loss"] += pnl
             self.saturations.append(
@@ -492,15 +492,13 @@ class MakerVol(Strategy):
         self.counts["liquidations"] += 1
         held = -fill.side.sign  # the side of the liquidated position
         for grid in self.grids:
-            if grid.direction == held and grid.direction * (fill.price - grid.ladder.bottom) > 1e-9 * grid.ladder.bottom:
+            if grid.direction == held and liquidated_above_bottom(fill.price, grid.ladder.bottom, grid.direction):
                 self.counts["liquidations_above_bottom"] += 1
         hedge = ctx.position_mode == "hedge"
         for grid in self.grids:
             if hedge and grid.direction != held:  # hedge mode: the other grid's position is still there
                 continue
-            for lot in list(grid.book.lots.values()):
-                self.pnl["liquidation_loss"] += grid.direction * (fill.price - lot.entry) * lot.quantity
-                grid.book.close_lot(lot.lot_id)
+            self.pnl["liquidation_loss"] += grid.book.liquidate(fill.price)
 
     def _fund_position(self, ctx, wake: bool = False, grid: Grid | None = None) -> None:
         """Brokers with isolated margin, one side: keep the position's liquidation price at or
@@ -533,7 +531,7 @@ class MakerVol(Strategy):
         if qty < 1e-12 or not grid.book.lots:
             return
         brackets = self._brackets(ctx)
-        wanted = position_leverage(max(lot.leverage for lot in grid.book.lots.values()), qty * ctx.price, brackets)
+        wanted = position_leverage(grid.book.max_leverage(), qty * ctx.price, brackets)
         if ctx.margin.leverage != wanted:
             try:
                 ctx.set_leverage(wanted)
@@ -542,12 +540,23 @@ class MakerVol(Strategy):
                 self._last_margin_error = str(exc)
         state = ctx.margin_of(pside)
         required = required_margin(qty, position.entry_price, grid.ladder.bottom, grid.direction, brackets)
-        need = required - state.position_margin
-        if need <= 1e-6:
+        action, amount = line_funding(
+            required,
+            state.position_margin,
+            state.available_balance,
+            qty,
+            position.entry_price,
+            ctx.price,
+            grid.ladder.bottom,
+            grid.direction,
+            ctx.instrument.taker_fee,
+            wake,
+        )
+        if action == LINE_OK:
             return
-        if need <= state.available_balance + 1e-9:
+        if action == LINE_ADD:
             try:
-                ctx.adjust_margin(need, position_side=pside)
+                ctx.adjust_margin(amount, position_side=pside)
             except ExchangeError as exc:
                 self.counts["margin_call_refused"] += 1
                 self._last_margin_error = str(exc)
@@ -557,30 +566,15 @@ class MakerVol(Strategy):
                 self.counts["liq_line_restores"] += 1
             return
         self.counts["margin_call_refused"] += 1
-        if not wake or grid.direction * (ctx.price - grid.ladder.bottom) <= 0:
+        if action != LINE_CLOSE:
             return
-        share = restore_share(
-            required,
-            state.position_margin,
-            state.available_balance,
-            qty,
-            position.entry_price,
-            ctx.price,
-            grid.direction,
-            ctx.instrument.taker_fee,
-        )
-        closing = sum(lot.quantity for lot in grid.book.lots.values() if lot.closing)
-        todo = share * qty - closing
-        if todo <= 0:
+        lots = grid.book.restore_closes(amount)  # the most leveraged, marked closing
+        if not lots:
             return
         self.counts["liq_line_restores"] += 1
-        for lot in sorted((lot for lot in grid.book.lots.values() if not lot.closing), key=lambda lot: (-lot.leverage, lot.lot_id)):
-            if todo <= 0:
-                break
-            grid.book.withdraw_tp(lot)
+        for lot in lots:
             self._close_lot(ctx, grid, lot, "restore")
             self.counts["liq_line_restore_closes"] += 1
-            todo -= lot.quantity
 
     def _line_grid(self, ctx) -> Grid | None:
         """The grid whose bottom the position's liquidation price must respect: the one grid, or
@@ -616,6 +610,7 @@ class MakerVol(Strategy):
         reduce_only = self.config.side != "both"
         min_notional = ctx.instrument.min_notional
         n = self.config.max_live_orders
+        tp_out, entry_out = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
         for grid in self.grids:
             ladder, book = grid.ladder, grid.book
             tp_side = grid.entry_side.opposite
@@ -623,51 +618,43 @@ class MakerVol(Strategy):
             cache = self._tp_orders
             # Only the take-profits nearest the price can be among the live ones (OrderSync keeps
             # the nearest max_live_orders per side), so only they are handed over: sync stays O(n).
-            k = ladder.first_adverse(price)
-            for level in book.nearest_tp_levels(k, n):
-                lot = book.lots[book.tp_at[level]]
-                if not lot.closing:
-                    ident = (grid.direction, lot.lot_id, lot.tp_level, lot.quantity, book.ladder.top)
-                    vo = cache.get(ident)
-                    if vo is None:
-                        if len(cache) > 50_000:
-                            cache.clear()
-                        tp_price = book.tp_price(lot)
-                        # side=both: a take-profit under the minimum notional (a lot left small by
-                        # partial fills) can rest only reduce-only (Binance -4164); while the net
-                        # position is on the other side the exchange refuses it (-2022) and the
-                        # next sync sends it again
-                        small = lot.quantity * tp_price < min_notional
-                        vo = cache[ident] = VirtualOrder(
-                            f"{grid.tp_key}{lot.lot_id}",
-                            tp_side,
-                            tp_price,
-                            lot.quantity,
-                            reduce_only=(reduce_only or small) and pside is PositionSide.BOTH,
-                            position_side=pside,
-                        )
-                    orders.append(vo)
-            start = max(k, grid.first_entry)
-            armed_total += len(ladder) - start - (len(book.tp_levels) - bisect.bisect_left(book.tp_levels, start)) + len(book.lots)
-            placed = 0
-            for level in range(start, len(ladder)):
-                if placed >= n:
-                    break
-                size = grid.sizes.get(level)
-                if size is None or level in book.tp_at:  # merged into a level nearer top, or holds a take-profit
-                    continue
-                qty, margin, _ = size
-                if margin > free:
-                    paused = True
-                    break
-                free -= margin
+            levels = (book.totals, book.L, book.tp_lots, ladder.prices, 0, len(ladder), grid.first_entry, grid.entry_qty, grid.entry_margin)
+            ntp, nentry, armed, grid_paused, free = desired_levels(*levels, price, grid.direction, n, free, tp_out, entry_out)
+            armed_total += armed
+            paused = paused or grid_paused
+            for level in tp_out[:ntp].tolist():
+                lot = book.lots[int(book.tp_lots[level])]
+                ident = (grid.direction, lot.lot_id, lot.tp_level, lot.quantity, book.ladder.top)
+                vo = cache.get(ident)
+                if vo is None:
+                    if len(cache) > 50_000:
+                        cache.clear()
+                    tp_price = book.tp_price(lot)
+                    # side=both: a take-profit under the minimum notional (a lot left small by
+                    # partial fills) can rest only reduce-only (Binance -4164); while the net
+                    # position is on the other side the exchange refuses it (-2022) and the
+                    # next sync sends it again
+                    small = lot.quantity * tp_price < min_notional
+                    vo = cache[ident] = VirtualOrder(
+                        f"{grid.tp_key}{lot.lot_id}",
+                        tp_side,
+                        tp_price,
+                        lot.quantity,
+                        reduce_only=(reduce_only or small) and pside is PositionSide.BOTH,
+                        position_side=pside,
+                    )
+                orders.append(vo)
+            for level in entry_out[:nentry].tolist():
                 vo = grid.entry_orders.get(level)
                 if vo is None:
                     vo = grid.entry_orders[level] = VirtualOrder(
-                        f"{grid.entry_key}{level}", grid.entry_side, grid.entry_prices[level], qty, position_side=pside
+                        f"{grid.entry_key}{level}",
+                        grid.entry_side,
+                        float(grid.entry_prices[level]),
+                        float(grid.entry_qty[level]),
+                        position_side=pside,
                     )
                 orders.append(vo)
-                placed += 1
         return orders, armed_total, paused
 
     def _refresh(self, ctx) -> None:
@@ -684,17 +671,10 @@ class MakerVol(Strategy):
 
     def _set_alert(self, ctx, price: float) -> None:
         """Wake when the price passes the next level toward top (a new entry level is armed)."""
-        low, high = None, None
+        low, high = math.nan, math.nan
         for grid in self.grids:
-            k = grid.ladder.first_adverse(price)
-            if k == 0:
-                continue
-            nxt = float(grid.ladder.prices[k - 1])  # the level the price must pass to arm it
-            if grid.direction > 0:
-                high = nxt if high is None else min(high, nxt)
-            else:
-                low = nxt if low is None else max(low, nxt)
-        ctx.wake_when_price_outside(low, high)
+            low, high = arming_band(low, high, arming_price(grid.ladder.prices, 0, len(grid.ladder), price, grid.direction), grid.direction)
+        ctx.wake_when_price_outside(None if math.isnan(low) else float(low), None if math.isnan(high) else float(high))
 
     # --- diagnostics --------------------------------------------------------------------------------
     def _sample(self, ctx, report=None) -> None:
@@ -707,8 +687,7 @@ class MakerVol(Strategy):
                 continue
             liq = grid.book.liquidation_price(self._brackets(ctx))
             dist = grid.direction * (price - liq) / price
-            beyond_bottom = grid.direction * (price - grid.ladder.bottom) <= 0
-            if not beyond_bottom and grid.direction * (liq - grid.ladder.bottom) > 1e-6 * grid.ladder.bottom:
+            if beyond_line(price, liq, grid.ladder.bottom, grid.direction):
                 violation = True
         broker_liq = math.nan
         grid = self._line_grid(ctx) if self.grids else None
@@ -717,18 +696,17 @@ class MakerVol(Strategy):
         elif self._margin_calls and grid is not None and grid.book.lots:
             # the broker's own liquidation price of the position (Binance formula, its brackets)
             broker_liq = ctx.margin.liquidation_price or math.nan
-            above_bottom = grid.direction * (price - grid.ladder.bottom) > 0
             # a market close sent at this wake-up fills at the next open (the sim's market orders
             # placed between bars): a restore close, or a saturation close whose lot the restore
             # counts on (_fund_position sends no more when the lots already closing cover it); the
             # line they restore is not a breach
             restoring = any(why in ("restore", "saturation") for _, _, why in self._closing.values())
-            if above_bottom and grid.direction * (broker_liq - grid.ladder.bottom) > 1e-6 * grid.ladder.bottom and not restoring:
+            if beyond_line(price, broker_liq, grid.ladder.bottom, grid.direction) and not restoring:
                 self.counts["liq_line_breaches"] += 1
             dist = grid.direction * (price - broker_liq) / price  # the position's, not the lot book's
         elif violation and not self._margin_calls:  # no isolated margin at the broker: the lot book's line
             self.counts["liq_line_breaches"] += 1
-        occupied = sum(len(g.book.tp_at) for g in self.grids)
+        occupied = sum(int(np.count_nonzero(g.book.tp_lots)) for g in self.grids)
         levels = sum(len(g.ladder) for g in self.grids)
         live = report.live if report is not None else self.sync.live_count
         virtual = getattr(self, "_armed", 0)  # armed entry levels + open lots' take-profits
@@ -748,7 +726,7 @@ class MakerVol(Strategy):
             g_broker = ctx.margin_of(grid.position_side(ctx)).liquidation_price
             g_broker = math.nan if g_broker is None else g_broker
             restoring = any(g is grid and why in ("restore", "saturation") for g, _, why in self._closing.values())
-            if d * (price - bottom) > 0 and d * (g_broker - bottom) > 1e-6 * bottom and not restoring:
+            if beyond_line(price, g_broker, bottom, d) and not restoring:
                 self.counts["liq_line_breaches"] += 1
             g_dist = d * (price - g_broker) / price
             if not dist <= g_dist:  # the first grid, or one nearer its liquidation

@@ -1,19 +1,27 @@
-"""The pure rules of ``maker_vol`` (see ``STRATEGY_MAKER_VOL.md``): numbers in, numbers out, no I/O.
+"""The rules of ``maker_vol`` (see ``STRATEGY_MAKER_VOL.md``), written once: numbers and arrays in,
+numbers out, no I/O.
+
+Each rule is a compiled function over the strategy's state as arrays, and both paths call the same
+function: the event path (:class:`~.maker_vol.MakerVol`, for paper, live and event backtests,
+through :class:`GridBook`) and the compiled backtest (:mod:`.maker_vol_kernel`, on its own arrays
+of the same layout). The state: ``L``, one row per lot (``L_*`` columns); ``LOTS``, the open lots'
+ids; ``B``, the book's totals (``B_*``); ``TPAT``, level -> id of the lot whose take-profit it holds
+(0 = free); the ladder's prices and the entry sizes per level. The rules: the ladder and the
+lookback range (recompute of top/bottom), sizing and leverage (:func:`level_sizes`,
+:func:`lot_leverage`, :func:`required_margin`), take-profit placement with no shared level and
+saturation (:func:`place_take_profit`), their move when the ladder moves
+(:func:`relay_take_profits`), the desired set and cash pauses (:func:`desired_levels`), the lot book
+on fills (``book_*``), keeping the liquidation line (:func:`line_funding`, :func:`restore_closes`)
+and the wake-up band (:func:`arming_price`, :func:`arming_band`).
 
 One :class:`Ladder` is a geometric grid for one direction. Index 0 is the *top* (where entries
 start: for a long grid the highest buy, for a short grid the lowest sell) and indexes grow toward
 the *bottom* (the liquidation line: lower for a long grid, higher for a short one). ``direction``
 is +1 for long and -1 for short; everything short is the mirror image of long through it.
-
-A :class:`GridBook` holds the open lots of one ladder (a lot = one filled entry order) and which
-level holds which lot's take-profit, and applies the take-profit rules: first free level at or
-beyond ``entry x (1 + tp_pct)`` toward top, never two take-profits on one level, never beyond top,
-and when none is free, saturation: close the lot whose take-profit is nearest top.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -50,6 +58,39 @@ def order_leverage(price: float, bottom: float, mmr: float, direction: int = 1) 
 # notional cap, maintenance rate, maintenance amount, maximum leverage), as the sim's.
 
 
+@njit(cache=True, nogil=True)
+def lookback_highs(ts, high, at, n_bars, lookback_ms):  # pragma: no cover - compiled
+    """For each bar in ``at`` (ascending): the highest high of the last ``n_bars`` bars up to it
+    whose ``ts`` lies within ``lookback_ms`` of its own (the spec's "recent high")."""
+    out = np.empty(len(at))
+    dq = np.empty(len(ts), dtype=np.int64)
+    head = 0
+    tail = 0
+    k = 0
+    for i in range(len(ts)):
+        while tail > head and high[dq[tail - 1]] <= high[i]:
+            tail -= 1
+        dq[tail] = i
+        tail += 1
+        if k < len(at) and at[k] == i:
+            left = max(0, i + 1 - n_bars)
+            while head < tail and (dq[head] < left or not (ts[dq[head]] > ts[i] - lookback_ms)):
+                head += 1
+            out[k] = high[dq[head]]
+            k += 1
+    return out
+
+
+def lookback_range(ts, high, low, at, n_bars: int, lookback_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """The highest high and the lowest low of the lookback window ending at each bar in ``at``
+    (:func:`lookback_highs`): what top and bottom are recomputed from, in both paths."""
+    ts = np.asarray(ts, dtype=np.int64)
+    at = np.asarray(at, dtype=np.int64)
+    highs = lookback_highs(ts, np.asarray(high, dtype=np.float64), at, n_bars, lookback_ms)
+    lows = -lookback_highs(ts, -np.asarray(low, dtype=np.float64), at, n_bars, lookback_ms)
+    return highs, lows
+
+
 def bracket_table(brackets, default_mmr: float) -> np.ndarray:
     """The ``BB`` table of an instrument's maintenance brackets (one open-ended row of
     ``default_mmr`` and leverage 125 when it has none)."""
@@ -64,7 +105,7 @@ def bracket_table(brackets, default_mmr: float) -> np.ndarray:
 def levels_at_or_beyond(prices, off, length, x, d):  # pragma: no cover - compiled
     """Number of ladder levels (``prices[off:off + length]``, from top) at or beyond ``x`` toward
     top -- long (prices descending): at or above it; short (ascending): at or below it. It is the
-    index of the first level strictly adverse of ``x`` (:meth:`Ladder.first_adverse`)."""
+    index of the first level strictly adverse of ``x``."""
     lo, hi = 0, length
     while lo < hi:
         mid = (lo + hi) // 2
@@ -143,6 +184,21 @@ def level_sizes(prices, bottom, direction, margin, BB, lot, qscale, min_notional
 
 
 @njit(cache=True, nogil=True)
+def entry_sizes(prices, first, bottom, direction, margin, BB, lot, qscale, min_notional, QTY, MARGIN):  # pragma: no cover - compiled
+    """Quantity and margin of the entry at each level from ``first`` of a ladder whose entry prices
+    (rounded to the tick) are ``prices`` (from level 0): :func:`level_sizes`, written into
+    ``QTY[level]`` / ``MARGIN[level]`` (0 at a merged level: it holds no entry); returns the number
+    of levels merged."""
+    n = prices.shape[0]
+    LEV = np.empty(n - first)
+    merged = level_sizes(prices[first:], bottom, direction, margin, BB, lot, qscale, min_notional, QTY[first:n], LEV)
+    for level in range(first, n):
+        q = QTY[level]
+        MARGIN[level] = q * prices[level] / LEV[level - first] if q > 0 else 0.0
+    return merged
+
+
+@njit(cache=True, nogil=True)
 def required_margin(qty, entry, bottom, direction, BB):  # pragma: no cover - compiled
     """Isolated margin a position of ``qty`` (> 0) at ``entry`` must hold for its liquidation
     price to lie at or beyond ``bottom`` (long: at or below it).
@@ -189,6 +245,374 @@ def restore_share(required, held, available, qty, entry, price, direction, fee_r
     return short / room
 
 
+# --- the lot book: compiled, over arrays, called by GridBook (the event path) and by the compiled
+# backtest on its own copies. ``L`` holds one row per lot id (ids start at 1, never reused), ``LOTS``
+# the ids of the open lots in the order they opened, ``B`` the book's totals over them, ``TPAT`` its
+# take-profit levels (level -> lot id, 0 = free).
+L_LEVEL, L_ENTRY, L_QTY, L_MARGIN, L_LEV, L_TP, L_CLOSING, L_FREED = range(8)
+NL = 8  # L_CLOSING: 0 open, else a market close is under way (the kernel numbers its retries there)
+B_NLOTS, B_QTY, B_MARGIN, B_COST, B_NEXT = range(5)  # open lots, their quantity, margin, quantity x entry; the last id
+NB = 5
+
+
+@njit(cache=True, nogil=True)
+def _book_add(B, qty, cost, margin):  # pragma: no cover - compiled
+    B[B_QTY] += qty
+    B[B_COST] += cost
+    B[B_MARGIN] += margin
+    if B[B_NLOTS] == 0:  # no drift of float totals across an empty book
+        B[B_QTY] = 0.0
+        B[B_COST] = 0.0
+        B[B_MARGIN] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def book_open_lot(B, L, LOTS, level, entry, qty, margin, leverage):  # pragma: no cover - compiled
+    """A filled entry at ``level``: a new lot (no take-profit yet). Returns its id, or -1 when
+    ``L`` or ``LOTS`` has no room for it (nothing is changed)."""
+    lot = int(B[B_NEXT]) + 1
+    n = int(B[B_NLOTS])
+    if lot >= L.shape[0] or n >= LOTS.shape[0]:
+        return -1
+    B[B_NEXT] = lot
+    L[lot, L_LEVEL] = level
+    L[lot, L_ENTRY] = entry
+    L[lot, L_QTY] = qty
+    L[lot, L_MARGIN] = margin
+    L[lot, L_LEV] = leverage
+    L[lot, L_TP] = -1
+    L[lot, L_CLOSING] = 0
+    L[lot, L_FREED] = np.nan
+    LOTS[n] = lot
+    B[B_NLOTS] = n + 1
+    _book_add(B, qty, qty * entry, margin)
+    return lot
+
+
+@njit(cache=True, nogil=True)
+def book_reduce_lot(B, L, lot, quantity):  # pragma: no cover - compiled
+    """Part of ``lot`` closed (a partial take-profit or close): it and its margin shrink pro rata."""
+    q = L[lot, L_QTY]
+    share = min(quantity / q, 1.0)
+    _book_add(B, -q * share, -q * share * L[lot, L_ENTRY], -L[lot, L_MARGIN] * share)
+    L[lot, L_MARGIN] *= 1.0 - share
+    L[lot, L_QTY] = np.rint(q * (1.0 - share) * 1e12) / 1e12
+
+
+@njit(cache=True, nogil=True)
+def book_withdraw_tp(L, TPAT, lot):  # pragma: no cover - compiled
+    """Take ``lot``'s take-profit off its level (the lot is closed another way)."""
+    tp = int(L[lot, L_TP])
+    if tp >= 0 and TPAT[tp] == lot:
+        TPAT[tp] = 0
+    L[lot, L_TP] = -1
+
+
+@njit(cache=True, nogil=True)
+def book_close_lot(B, L, LOTS, TPAT, lot):  # pragma: no cover - compiled
+    """``lot`` is closed: it leaves the open lots, its take-profit level and the totals."""
+    n = int(B[B_NLOTS])
+    j = 0
+    for k in range(n):
+        if LOTS[k] != lot:
+            LOTS[j] = LOTS[k]
+            j += 1
+    B[B_NLOTS] = j
+    book_withdraw_tp(L, TPAT, lot)
+    q = L[lot, L_QTY]
+    _book_add(B, -q, -q * L[lot, L_ENTRY], -L[lot, L_MARGIN])
+
+
+@njit(cache=True, nogil=True)
+def book_is_open(B, LOTS, lot):  # pragma: no cover - compiled
+    for k in range(int(B[B_NLOTS])):
+        if LOTS[k] == lot:
+            return True
+    return False
+
+
+@njit(cache=True, nogil=True)
+def restore_closes(B, L, LOTS, TPAT, quantity, OUT):  # pragma: no cover - compiled
+    """The lots to close at market so that ``quantity`` of the position closes to restore its
+    liquidation line (:func:`restore_share`), less what closes already under way take: the most
+    leveraged first (the oldest on a tie). Their take-profits are withdrawn and they are marked
+    closing; their ids go to ``OUT``. Returns how many."""
+    n = int(B[B_NLOTS])
+    todo = quantity
+    for k in range(n):
+        if L[LOTS[k], L_CLOSING] != 0:
+            todo -= L[LOTS[k], L_QTY]
+    count = 0
+    while todo > 0:
+        best = -1
+        for k in range(n):
+            lot = LOTS[k]
+            if L[lot, L_CLOSING] != 0:
+                continue
+            if best < 0 or L[lot, L_LEV] > L[best, L_LEV] or (L[lot, L_LEV] == L[best, L_LEV] and lot < best):
+                best = lot
+        if best < 0:
+            break
+        book_withdraw_tp(L, TPAT, best)
+        L[best, L_CLOSING] = 1
+        OUT[count] = best
+        count += 1
+        todo -= L[best, L_QTY]
+    return count
+
+
+@njit(cache=True, nogil=True)
+def book_max_leverage(B, L, LOTS):  # pragma: no cover - compiled
+    """The leverage of the most leveraged open lot (-inf when none)."""
+    top = -np.inf
+    for k in range(int(B[B_NLOTS])):
+        top = max(top, L[LOTS[k], L_LEV])
+    return top
+
+
+@njit(cache=True, nogil=True)
+def book_open_entry(B, L, LOTS, level, price, qty, bottom, d, BB):  # pragma: no cover - compiled
+    """A filled entry of ``qty`` at ``price`` opens a lot with the leverage :func:`lot_leverage`
+    gives it and the margin notional / leverage. Returns its id, or -1 when there is no room."""
+    leverage = lot_leverage(price, bottom, d, qty * price, BB)
+    return book_open_lot(B, L, LOTS, level, price, qty, qty * price / leverage, leverage)
+
+
+@njit(cache=True, nogil=True)
+def book_take_profit_fill(B, L, LOTS, TPAT, lot, qty, price, d):  # pragma: no cover - compiled
+    """``qty`` of ``lot``'s take-profit filled at ``price``: the lot shrinks (a partial fill) or
+    closes. Returns (its gross profit d x (price - entry) x qty, closed)."""
+    gross = d * (price - L[lot, L_ENTRY]) * qty
+    if qty < L[lot, L_QTY] - 1e-12:
+        book_reduce_lot(B, L, lot, qty)
+        return gross, False
+    book_close_lot(B, L, LOTS, TPAT, lot)
+    return gross, True
+
+
+@njit(cache=True, nogil=True)
+def book_close_fill(B, L, LOTS, TPAT, lot, qty, price, d, done, min_qty):  # pragma: no cover - compiled
+    """``qty`` of a market close of ``lot`` filled at ``price``: when its order is ``done`` the lot
+    closes, else it shrinks by ``qty`` and closes when less than ``min_qty`` is left (a lot that is
+    no longer open is left alone). Returns the PnL d x (price - entry) x qty."""
+    pnl = d * (price - L[lot, L_ENTRY]) * qty
+    if book_is_open(B, LOTS, lot):
+        if done:
+            book_close_lot(B, L, LOTS, TPAT, lot)
+        else:
+            book_reduce_lot(B, L, lot, qty)
+            if L[lot, L_QTY] < min_qty:
+                book_close_lot(B, L, LOTS, TPAT, lot)
+    return pnl
+
+
+@njit(cache=True, nogil=True)
+def book_liquidate(B, L, LOTS, TPAT, price, d):  # pragma: no cover - compiled
+    """The position was liquidated at ``price``: every lot leaves the book. Returns their PnL."""
+    pnl = 0.0
+    while B[B_NLOTS] > 0:
+        lot = LOTS[0]
+        pnl += d * (price - L[lot, L_ENTRY]) * L[lot, L_QTY]
+        book_close_lot(B, L, LOTS, TPAT, lot)
+    return pnl
+
+
+@njit(cache=True, nogil=True)
+def beyond_line(price, line, bottom, d):  # pragma: no cover - compiled
+    """Is ``price`` on the safe side of ``bottom`` while ``line`` (a liquidation price) lies beyond
+    it (long: above bottom, by more than a millionth)? The breach the strategy must never show."""
+    return d * (price - bottom) > 0 and d * (line - bottom) > 1e-6 * bottom
+
+
+@njit(cache=True, nogil=True)
+def liquidated_above_bottom(price, bottom, d):  # pragma: no cover - compiled
+    """A liquidation at ``price`` on the safe side of ``bottom`` (the spec promises none)."""
+    return d * (price - bottom) > 1e-9 * bottom
+
+
+LINE_OK, LINE_ADD, LINE_REFUSED, LINE_CLOSE = 0, 1, 2, 3
+
+
+@njit(cache=True, nogil=True)
+def line_funding(required, held, available, qty, entry, price, bottom, d, fee_rate, wake):  # pragma: no cover - compiled
+    """What keeps a position (``qty`` > 0 at ``entry``, isolated margin ``held``) liquidated at
+    ``bottom`` (spec "动态杠杆"; ``required``: :func:`required_margin`). Returns (action, amount):
+    LINE_OK, nothing to do; LINE_ADD, add ``amount`` of margin from the ``available`` balance;
+    LINE_REFUSED, the balance cannot fund it and nothing more is done (not at a wake-up, or the
+    price at or beyond bottom); LINE_CLOSE, it cannot, and ``amount`` of the position is to close
+    at market (:func:`restore_share`; :func:`restore_closes` picks the lots)."""
+    need = required - held
+    if need <= 1e-6:
+        return LINE_OK, 0.0
+    if need <= available + 1e-9:
+        return LINE_ADD, need
+    if not wake or d * (price - bottom) <= 0:
+        return LINE_REFUSED, 0.0
+    return LINE_CLOSE, restore_share(required, held, available, qty, entry, price, d, fee_rate) * qty
+
+
+# --- take-profit levels: compiled, over ``TPAT`` (level -> id of the lot whose take-profit it holds,
+# 0 = free; lot ids start at 1), called by GridBook (the event path) and by the compiled backtest.
+
+
+@njit(cache=True, nogil=True)
+def free_tp_level(TPAT, start, stop=0):  # pragma: no cover - compiled
+    """First level from ``start`` toward top (down to ``stop``) that holds no take-profit; -1 when none."""
+    for level in range(start, stop - 1, -1):
+        if TPAT[level] == 0:
+            return level
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def place_take_profit(L, TPAT, prices, off, length, tp_pct, d, lot):  # pragma: no cover - compiled
+    """Give ``lot`` its take-profit level: the first free level from its target (:func:`tp_level`
+    of its entry) toward top. When none is free (*saturation*) the take-profit nearest top is taken
+    off its level, its lot marked closing (to close at market, ``L_FREED`` the price it gave up),
+    and the new one placed by the same rule (on the freed level or a nearer free one). Returns the
+    lot to close, 0 when none."""
+    book_withdraw_tp(L, TPAT, lot)
+    target = tp_level(prices, off, length, L[lot, L_ENTRY], tp_pct, d)
+    level = free_tp_level(TPAT, target)
+    victim = 0
+    if level < 0:
+        for lv in range(length):
+            if TPAT[lv] != 0:
+                victim = TPAT[lv]
+                book_withdraw_tp(L, TPAT, victim)
+                L[victim, L_FREED] = prices[off + lv]
+                L[victim, L_CLOSING] = 1
+                break
+        level = free_tp_level(TPAT, target)
+    TPAT[level] = lot
+    L[lot, L_TP] = level
+    return victim
+
+
+@njit(cache=True, nogil=True)
+def relay_take_profits(L, TPAT, prices, off, length, new_prices, noff, nlen, tp_pct, d, LOTS_OUT):  # pragma: no cover - compiled
+    """Move the take-profits in ``TPAT`` from the ladder ``prices[off:off + length]`` to the new one
+    ``new_prices[noff:noff + nlen]`` (top/bottom recomputed; ``TPAT`` holds ``max(length, nlen)``
+    levels).
+
+    Nearest-top take-profits go first and keep the top-most levels. Each goes to the adverse-most
+    new level at or beyond its old price or its own target, whichever is further from the entry
+    (one capped by an earlier lower top goes back up when top rises again); beyond the new top it
+    is capped at top; conflicts shift toward top; one that finds no free level from top back to its
+    own target gets none and its lot is marked closing (a market close: saturation). Returns how
+    many were moved, their lots in ``LOTS_OUT``, nearest top first."""
+    nrel = 0
+    for lv in range(length):
+        if TPAT[lv] != 0:
+            LOTS_OUT[nrel] = TPAT[lv]
+            nrel += 1
+            TPAT[lv] = 0
+    for k in range(nrel):
+        lot = LOTS_OUT[k]
+        target = tp_level(new_prices, noff, nlen, L[lot, L_ENTRY], tp_pct, d)
+        start = min(tp_level(new_prices, noff, nlen, prices[off + int(L[lot, L_TP])], 0.0, d), target)
+        level = free_tp_level(TPAT, start)
+        if level < 0:  # capped at top and taken: any free level from top to its own target
+            for lv in range(0, target + 1):
+                if TPAT[lv] == 0:
+                    level = lv
+                    break
+        L[lot, L_TP] = level
+        if level >= 0:
+            TPAT[level] = lot
+        else:
+            L[lot, L_CLOSING] = 1
+    return nrel
+
+
+@njit(cache=True, nogil=True)
+def desired_levels(
+    B, L, TPAT, prices, off, length, first, QTY, MARGIN, price, d, n, free, TP_OUT, ENTRY_OUT
+):  # pragma: no cover - compiled
+    """One grid's desired set at ``price`` (spec: "virtual -> real mapping", "资金不足" pause): the
+    ``n`` take-profit levels nearest the price on its favourable side, less those of lots being
+    closed at market (``TP_OUT``, top-most first),
+    and the ``n`` entry levels nearest it on the adverse side, from ``first``, that hold no
+    take-profit and have a size (``QTY`` > 0), as long as the ``free`` margin funds each one's
+    ``MARGIN`` (``ENTRY_OUT``, nearest first; the first it cannot fund pauses the entries).
+    Returns (take-profits, entries, virtual orders: armed entry levels and open lots, paused,
+    free margin left)."""
+    kk = levels_at_or_beyond(prices, off, length, price, d)
+    ntp = 0
+    level = min(kk, length) - 1
+    seen = 0
+    while level >= 0 and seen < n:
+        if TPAT[level] != 0:
+            seen += 1
+            if L[TPAT[level], L_CLOSING] == 0:
+                TP_OUT[ntp] = level
+                ntp += 1
+        level -= 1
+    for k in range(ntp // 2):
+        TP_OUT[k], TP_OUT[ntp - 1 - k] = TP_OUT[ntp - 1 - k], TP_OUT[k]
+    start = max(kk, first)
+    armed = length - start + int(B[B_NLOTS])
+    for level in range(start, length):
+        if TPAT[level] != 0:
+            armed -= 1
+    placed = 0
+    paused = False
+    for level in range(start, length):
+        if placed >= n:
+            break
+        if TPAT[level] != 0 or QTY[level] <= 0:  # holds a take-profit, or merged into a level nearer top
+            continue
+        if MARGIN[level] > free:
+            paused = True
+            break
+        free -= MARGIN[level]
+        ENTRY_OUT[placed] = level
+        placed += 1
+    return ntp, placed, armed, paused, free
+
+
+@njit(cache=True, nogil=True)
+def arming_price(prices, off, length, price, d):  # pragma: no cover - compiled
+    """The wake-up condition of a grid: the level nearest ``price`` on its favourable side, which
+    the price must pass (toward top) to arm a new entry level; NaN when the price is beyond top."""
+    k = levels_at_or_beyond(prices, off, length, price, d)
+    return prices[off + k - 1] if k > 0 else np.nan
+
+
+@njit(cache=True, nogil=True)
+def arming_band(low, high, level_price, d):  # pragma: no cover - compiled
+    """The price band to wake outside of, widened by one grid's :func:`arming_price` (NaN: no
+    bound): a long grid's wakes the strategy above it (the nearest such level of all long grids),
+    a short grid's below it."""
+    if level_price != level_price:
+        return low, high
+    if d > 0:
+        return low, (level_price if high != high else min(high, level_price))
+    return (level_price if low != low else max(low, level_price)), high
+
+
+@njit(cache=True, nogil=True)
+def next_recompute_ms(now_ms, period_ms):  # pragma: no cover - compiled
+    """When top and bottom are next recomputed: the start of the next ``recompute`` period."""
+    return (now_ms // period_ms + 1) * period_ms
+
+
+@njit(cache=True, nogil=True)
+def position_holds(held, quantity, lot_size):  # pragma: no cover - compiled
+    """Does a position holding ``held`` (on a grid's side, less the closes under way) still hold
+    ``quantity`` of it, to half a lot? A retried close of a lot it no longer holds drops the lot."""
+    return held >= quantity - lot_size / 2
+
+
+def entry_prices(ladder: Ladder, tick_size: float, price_decimals: int) -> np.ndarray:
+    """The ladder's entry prices on the tick, rounded away from the market (long: down, short: up)."""
+    if ladder.direction > 0:
+        ticks = np.floor(ladder.prices / tick_size + 1e-9)
+    else:
+        ticks = np.ceil(ladder.prices / tick_size - 1e-9)
+    return np.round(ticks * tick_size, price_decimals)
+
+
 @dataclass(frozen=True)
 class Ladder:
     """Geometric grid levels from ``top`` toward ``bottom`` with spacing ``step_pct``."""
@@ -213,168 +637,158 @@ class Ladder:
     def __len__(self) -> int:
         return len(self.prices)
 
-    def beyond_top(self, price: float) -> bool:
-        """True when ``price`` is on the favourable side of top (long: above it)."""
-        return self.direction * (price - self.top) > 0
 
-    def first_adverse(self, price: float) -> int:
-        """Index of the first level strictly adverse of ``price`` (long: strictly below it)."""
-        return int(levels_at_or_beyond(self.prices, 0, len(self.prices), float(price), self.direction))
+def _lot_column(column: int, kind: type, doc: str) -> property:
+    def get(self):
+        return kind(self._book.L[self.lot_id, column])
 
-    def tp_target(self, entry: float, tp_pct: float) -> int:
-        """Level of the take-profit of a lot entered at ``entry`` (:func:`tp_level`)."""
-        return int(tp_level(self.prices, 0, len(self.prices), float(entry), float(tp_pct), self.direction))
+    def set_(self, value):
+        self._book.L[self.lot_id, column] = value
 
-    def level_at_or_beyond(self, price: float) -> int:
-        """The adverse-most level at or beyond ``price`` toward top (0 when none)."""
-        return self.tp_target(price, 0.0)
+    return property(get, set_, doc=doc)
 
 
-@dataclass
 class Lot:
-    """One filled entry: its quantity, entry price, margin and leverage, and its take-profit level."""
+    """One filled entry: a view of its row in its book's ``L`` (the arrays the compiled rules change)."""
 
-    lot_id: int
-    entry_level: int
-    entry: float
-    quantity: float
-    margin: float
-    leverage: float
-    tp_level: int = -1
-    closing: bool = False  # a market close (saturation, stop) was sent
-    freed_tp: float = math.nan  # the take-profit price it gave up when chosen for a saturation close
+    __slots__ = ("_book", "lot_id")
+
+    def __init__(self, book: GridBook, lot_id: int) -> None:
+        self._book = book
+        self.lot_id = lot_id
+
+    entry_level = _lot_column(L_LEVEL, int, "the level of the entry order that opened it")
+    entry = _lot_column(L_ENTRY, float, "its entry price")
+    quantity = _lot_column(L_QTY, float, "its quantity")
+    margin = _lot_column(L_MARGIN, float, "its margin")
+    leverage = _lot_column(L_LEV, float, "its leverage")
+    tp_level = _lot_column(L_TP, int, "the level of its take-profit (-1: none)")
+    closing = _lot_column(L_CLOSING, bool, "a market close (saturation, restore, stop) was sent")
+    freed_tp = _lot_column(L_FREED, float, "the take-profit price it gave up when chosen for a saturation close")
+
+    def __repr__(self) -> str:
+        return f"Lot({self.lot_id}, entry={self.entry}, quantity={self.quantity}, tp_level={self.tp_level})"
 
 
 class GridBook:
-    """Open lots of one ladder and the take-profit level of each (one take-profit per level)."""
+    """Open lots of one ladder and the take-profit level of each (one take-profit per level).
+
+    Its state is arrays -- ``L`` (a row per lot id), ``open_ids`` (the open lots), ``totals``
+    (:data:`B_NLOTS` ...) and ``tp_lots`` (level -> lot id, 0 = free) -- changed only by the compiled
+    rules above, which the compiled backtest runs on its own arrays of the same layout. ``lots``
+    maps the open lots' ids to their :class:`Lot` views."""
 
     def __init__(self, ladder: Ladder, tp_pct: float) -> None:
         self.ladder = ladder
         self.tp_pct = tp_pct
         self.lots: dict[int, Lot] = {}
-        self.tp_at: dict[int, int] = {}  # level -> lot id (change it only through _set / _free)
-        self.tp_levels: list[int] = []  # the keys of tp_at, sorted
-        self._next_lot = 0
-        # running totals over open lots (the strategy reads them on every wake-up)
-        self.quantity = 0.0
-        self.margin = 0.0
-        self._cost = 0.0  # sum of quantity x entry
+        self.tp_lots = np.zeros(len(ladder) + 1, dtype=np.int64)
+        self.L = np.zeros((64, NL))
+        self.open_ids = np.zeros(64, dtype=np.int64)
+        self.totals = np.zeros(NB)
+
+    @property
+    def quantity(self) -> float:
+        return float(self.totals[B_QTY])
+
+    @property
+    def margin(self) -> float:
+        return float(self.totals[B_MARGIN])
+
+    @property
+    def tp_at(self) -> dict[int, int]:
+        """Level -> lot id of every take-profit (a view for reading; ``tp_lots`` is the state)."""
+        levels = np.flatnonzero(self.tp_lots)
+        return dict(zip(levels.tolist(), self.tp_lots[levels].tolist()))
+
+    @property
+    def tp_levels(self) -> list[int]:
+        """The levels holding a take-profit, nearest top first."""
+        return np.flatnonzero(self.tp_lots).tolist()
 
     def open_lot(self, entry_level: int, entry: float, quantity: float, margin: float, leverage: float) -> Lot:
-        self._next_lot += 1
-        lot = Lot(self._next_lot, entry_level, entry, quantity, margin, leverage)
-        self.lots[lot.lot_id] = lot
-        self._add(quantity, quantity * entry, margin)
+        """A lot of the given margin and leverage (:func:`book_open_lot`)."""
+        args = (entry_level, entry, quantity, margin, leverage)
+        return self._opened(lambda: book_open_lot(self.totals, self.L, self.open_ids, *args))
+
+    def open_entry(self, level: int, price: float, quantity: float, bottom: float, BB: np.ndarray) -> Lot:
+        """A filled entry: a lot with its own leverage (:func:`book_open_entry`)."""
+        d = self.ladder.direction
+        return self._opened(lambda: book_open_entry(self.totals, self.L, self.open_ids, level, price, quantity, bottom, d, BB))
+
+    def _opened(self, open_) -> Lot:
+        lot_id = open_()
+        while lot_id < 0:  # no room: twice the arrays, and again
+            self.L = np.concatenate([self.L, np.zeros_like(self.L)])
+            self.open_ids = np.concatenate([self.open_ids, np.zeros_like(self.open_ids)])
+            lot_id = open_()
+        lot = self.lots[int(lot_id)] = Lot(self, int(lot_id))
         return lot
 
+    def take_profit_fill(self, lot: Lot, quantity: float, price: float) -> tuple[float, bool]:
+        """:func:`book_take_profit_fill`: (gross profit, closed)."""
+        gross, closed = book_take_profit_fill(
+            self.totals, self.L, self.open_ids, self.tp_lots, lot.lot_id, quantity, price, self.ladder.direction
+        )
+        if closed:
+            del self.lots[lot.lot_id]
+        return gross, closed
+
+    def close_fill(self, lot: Lot, quantity: float, price: float, done: bool, min_qty: float) -> float:
+        """:func:`book_close_fill`: the PnL of a market close's fill."""
+        args = (self.totals, self.L, self.open_ids, self.tp_lots, lot.lot_id, quantity, price, self.ladder.direction, done, min_qty)
+        pnl = book_close_fill(*args)
+        if lot.lot_id in self.lots and not book_is_open(self.totals, self.open_ids, lot.lot_id):
+            del self.lots[lot.lot_id]
+        return float(pnl)
+
+    def liquidate(self, price: float) -> float:
+        """:func:`book_liquidate`: every lot leaves; their PnL at ``price``."""
+        pnl = book_liquidate(self.totals, self.L, self.open_ids, self.tp_lots, price, self.ladder.direction)
+        self.lots.clear()
+        return float(pnl)
+
     def reduce_lot(self, lot: Lot, quantity: float) -> None:
-        """Part of ``lot`` was closed (a partial take-profit): shrink it and its margin pro rata."""
-        share = min(quantity / lot.quantity, 1.0)
-        self._add(-lot.quantity * share, -lot.quantity * share * lot.entry, -lot.margin * share)
-        lot.margin *= 1.0 - share
-        lot.quantity = round(lot.quantity * (1.0 - share), 12)
-
-    def _add(self, quantity: float, cost: float, margin: float) -> None:
-        self.quantity += quantity
-        self._cost += cost
-        self.margin += margin
-        if not self.lots:  # no drift of float totals across an empty book
-            self.quantity = self._cost = self.margin = 0.0
-
-    def _set(self, level: int, lot_id: int) -> None:
-        if level not in self.tp_at:
-            bisect.insort(self.tp_levels, level)
-        self.tp_at[level] = lot_id
-
-    def _free(self, level: int) -> int | None:
-        lot_id = self.tp_at.pop(level, None)
-        if lot_id is not None:
-            del self.tp_levels[bisect.bisect_left(self.tp_levels, level)]
-        return lot_id
-
-    def nearest_tp_levels(self, first_adverse: int, n: int) -> list[int]:
-        """Up to ``n`` take-profit levels on the favourable side of the price nearest to it
-        (``first_adverse`` = ``ladder.first_adverse(price)``)."""
-        stop = bisect.bisect_left(self.tp_levels, first_adverse)
-        return self.tp_levels[max(0, stop - n) : stop]
-
-    def free_tp_level(self, start: int, stop: int = 0) -> int | None:
-        """First level from ``start`` toward top (down to ``stop``) that holds no take-profit."""
-        for level in range(start, stop - 1, -1):
-            if level not in self.tp_at:
-                return level
-        return None
+        """Part of ``lot`` was closed (a partial take-profit): :func:`book_reduce_lot`."""
+        book_reduce_lot(self.totals, self.L, lot.lot_id, quantity)
 
     def place_tp(self, lot: Lot) -> Lot | None:
-        """Give ``lot`` its take-profit level; returns the lot to close at market on saturation.
-
-        The level is the first free one from the lot's target toward top. When none is free, the
-        lot whose take-profit is nearest top (long: highest) is chosen for a market close, its
-        level freed, and the new take-profit placed by the same rule (it lands on the freed level
-        or a nearer free one).
-        """
-        target = self.ladder.tp_target(lot.entry, self.tp_pct)
-        level = self.free_tp_level(target)
-        victim = None
-        if level is None:
-            victim_level = self.tp_levels[0]  # nearest top
-            victim = self.lots[self._free(victim_level)]
-            victim.freed_tp = float(self.ladder.prices[victim_level])
-            victim.tp_level = -1
-            victim.closing = True
-            level = self.free_tp_level(target)
-        assert level is not None
-        self._assign(lot, level)
-        return victim
-
-    def _assign(self, lot: Lot, level: int) -> None:
-        if lot.tp_level >= 0 and self.tp_at.get(lot.tp_level) == lot.lot_id:
-            self._free(lot.tp_level)
-        lot.tp_level = level
-        self._set(level, lot.lot_id)
+        """Give ``lot`` its take-profit level (:func:`place_take_profit`); returns the lot to close
+        at market on saturation (its take-profit, the one nearest top, was taken off its level)."""
+        prices = self.ladder.prices
+        victim = place_take_profit(self.L, self.tp_lots, prices, 0, len(prices), self.tp_pct, self.ladder.direction, lot.lot_id)
+        return self.lots[int(victim)] if victim else None
 
     def close_lot(self, lot_id: int) -> Lot:
         lot = self.lots.pop(lot_id)
-        if lot.tp_level >= 0 and self.tp_at.get(lot.tp_level) == lot_id:
-            self._free(lot.tp_level)
-        self._add(-lot.quantity, -lot.quantity * lot.entry, -lot.margin)
+        book_close_lot(self.totals, self.L, self.open_ids, self.tp_lots, lot_id)
         return lot
 
     def withdraw_tp(self, lot: Lot) -> None:
         """Take ``lot``'s take-profit off its level (the lot is being closed another way)."""
-        if lot.tp_level >= 0 and self.tp_at.get(lot.tp_level) == lot.lot_id:
-            self._free(lot.tp_level)
-        lot.tp_level = -1
+        book_withdraw_tp(self.L, self.tp_lots, lot.lot_id)
 
     def relay(self, ladder: Ladder) -> list[Lot]:
-        """Move to a new ladder (top/bottom recomputed). Each take-profit goes to the adverse-most
-        new level at or beyond its old price or its own target, whichever is further from the
-        entry; one beyond the new top is capped at top; conflicts shift toward top, and capped
-        ones that find no free level from top back to their own target are returned for a market
-        close (saturation)."""
+        """Move to a new ladder (top/bottom recomputed): :func:`relay_take_profits`. Returns the
+        lots left without a take-profit level, to close at market (saturation)."""
         old = self.ladder
         self.ladder = ladder
-        old_price = {l.lot_id: float(old.prices[l.tp_level]) for l in self.lots.values() if l.tp_level >= 0}
-        lots = sorted((self.lots[i] for i in old_price), key=lambda l: -old.direction * old_price[l.lot_id])
-        self.tp_at.clear()
-        self.tp_levels.clear()
-        for lot in lots:
-            lot.tp_level = -1
-        victims: list[Lot] = []
-        for lot in lots:  # nearest-top take-profits first: they keep the top-most levels
-            target = ladder.tp_target(lot.entry, self.tp_pct)
-            # where it was, or its own target if that is further (a take-profit capped by an earlier
-            # lower top goes back up when top rises again)
-            start = min(ladder.level_at_or_beyond(old_price[lot.lot_id]), target)
-            level = self.free_tp_level(start)
-            if level is None:  # capped at top and taken: any free level from top to its own target
-                level = next((lv for lv in range(0, target + 1) if lv not in self.tp_at), None)
-            if level is None:
-                lot.closing = True
-                victims.append(lot)
-            else:
-                self._assign(lot, level)
-        return victims
+        size = max(len(old), len(ladder)) + 1
+        if len(self.tp_lots) < size:
+            self.tp_lots = np.concatenate([self.tp_lots, np.zeros(size - len(self.tp_lots), dtype=np.int64)])
+        moved = np.empty(len(self.tp_lots), dtype=np.int64)
+        tp_pct, d = self.tp_pct, ladder.direction
+        count = relay_take_profits(self.L, self.tp_lots, old.prices, 0, len(old), ladder.prices, 0, len(ladder), tp_pct, d, moved)
+        return [self.lots[lot_id] for lot_id in moved[:count].tolist() if self.L[lot_id, L_TP] < 0]
+
+    def restore_closes(self, quantity: float) -> list[Lot]:
+        """The lots to close at market to restore the liquidation line (:func:`restore_closes`)."""
+        out = np.empty(len(self.lots), dtype=np.int64)
+        count = restore_closes(self.totals, self.L, self.open_ids, self.tp_lots, quantity, out)
+        return [self.lots[lot_id] for lot_id in out[:count].tolist()]
+
+    def max_leverage(self) -> float:
+        return float(book_max_leverage(self.totals, self.L, self.open_ids))
 
     def tp_price(self, lot: Lot) -> float:
         return float(self.ladder.prices[lot.tp_level])
@@ -382,4 +796,5 @@ class GridBook:
     def liquidation_price(self, BB: np.ndarray) -> float:
         """Liquidation price of all open lots as one isolated position holding their margins
         (``BB``: the bracket table, :func:`bracket_table`)."""
-        return float(book_liquidation_price(self.quantity, self._cost, self.margin, self.ladder.direction, BB))
+        t = self.totals
+        return float(book_liquidation_price(t[B_QTY], t[B_COST], t[B_MARGIN], self.ladder.direction, BB))

@@ -61,16 +61,47 @@ from ..brokers.sim.venue import (
     Q_QTY,
 )
 from .maker_vol_grid import (
+    B_COST,
+    B_MARGIN,
+    B_NEXT,
+    B_NLOTS,
+    B_QTY,
+    L_CLOSING,
+    L_ENTRY,
+    L_FREED,
+    L_QTY,
+    L_TP,
+    LINE_ADD,
+    LINE_CLOSE,
+    LINE_OK,
+    NB,
+    NL,
+    arming_band,
+    arming_price,
+    beyond_line,
+    book_close_fill,
+    book_close_lot,
+    book_is_open,
+    book_liquidate,
     book_liquidation_price,
+    book_max_leverage,
+    book_open_entry,
+    book_take_profit_fill,
     bracket_table,
+    desired_levels,
+    entry_prices,
+    entry_sizes,
     first_entry_level,
-    level_sizes,
-    levels_at_or_beyond,
-    lot_leverage,
+    line_funding,
+    liquidated_above_bottom,
+    lookback_range,
+    next_recompute_ms,
+    place_take_profit,
+    position_holds,
     position_leverage,
+    relay_take_profits,
     required_margin,
-    restore_share,
-    tp_level,
+    restore_closes,
 )
 
 # --- the strategy's state M (float64): counters and running totals ----------------------------------
@@ -86,8 +117,10 @@ NSTATE = 48
 # --- each grid's state MG[g] (float64): its book's totals, its ladder, its position row ---------------
 # G_RO / G_PSIDE: how its closing orders are flagged (one-way: reduce-only, position side BOTH;
 # hedge mode: no flag, position side LONG or SHORT)
-G_NLOTS, G_BQ, G_BMARGIN, G_BCOST, G_NEXTLOT, G_OFF, G_LEN, G_FIRST, G_BOTTOM, G_D, G_ROW, G_PSIDE, G_RO = range(13)
-NMG = 13
+# its first NB fields are its lot book's totals (maker_vol_grid's B_NLOTS ...: the row is the book's B)
+G_NLOTS, G_BQ, G_BMARGIN, G_BCOST, G_NEXTLOT = B_NLOTS, B_QTY, B_MARGIN, B_COST, B_NEXT
+G_OFF, G_LEN, G_FIRST, G_BOTTOM, G_D, G_ROW, G_PSIDE, G_RO = range(NB, NB + 8)
+NMG = NB + 8
 
 # --- the strategy's parameters G ---------------------------------------------------------------------
 G_TP, G_ORDER_PCT, G_NLIVE, G_RECOMPUTE, G_NGRID = 0, 1, 2, 3, 4
@@ -98,11 +131,9 @@ NPARAM = 5
 K_ENTRY, K_TP, K_CLOSE, K_LIQ, K_RESTORE = 0, 1, 2, 3, 4  # K_CLOSE: saturation; K_RESTORE: restores the liquidation line
 NKIND = 8
 
-# --- lots L (row = lot id) ------------------------------------------------------------------------
-# L_CLOSING: 0 open, 1 a close at market under way, >= 2 a close that ended without closing the lot
-# and is sent again at the next wake-up (2 + 2 x its place in that queue, + 1 for a restore close)
-L_LEVEL, L_ENTRY, L_QTY, L_MARGIN, L_LEV, L_TP, L_CLOSING, L_FREED = 0, 1, 2, 3, 4, 5, 6, 7
-NL = 8
+# --- lots L (row = lot id): maker_vol_grid's layout (L_LEVEL ...). L_CLOSING: 0 open, 1 a close at
+# market under way, >= 2 a close that ended without closing the lot and is sent again at the next
+# wake-up (2 + 2 x its place in that queue, + 1 for a restore close)
 
 # kernel exit codes
 OK, BAIL_CAPACITY, BAIL_NO_LADDER = 0, 4, 5
@@ -122,52 +153,6 @@ def _equity(v):  # pragma: no cover - compiled
         if abs(q) >= 1e-12:
             out += q * (v.S[vc.PRICE] - v.POS[r, Q_ENTRY])
     return out
-
-
-@njit(cache=True, nogil=True)
-def _book_add(MG, q, cost, margin):  # pragma: no cover - compiled
-    MG[G_BQ] += q
-    MG[G_BCOST] += cost
-    MG[G_BMARGIN] += margin
-    if MG[G_NLOTS] == 0:
-        MG[G_BQ] = 0.0
-        MG[G_BCOST] = 0.0
-        MG[G_BMARGIN] = 0.0
-
-
-@njit(cache=True, nogil=True)
-def _is_open(MG, LOTS, lot):  # pragma: no cover - compiled
-    for k in range(int(MG[G_NLOTS])):
-        if LOTS[k] == lot:
-            return True
-    return False
-
-
-@njit(cache=True, nogil=True)
-def _close_lot_book(MG, L, LOTS, TPAT, lot):  # pragma: no cover - compiled
-    """GridBook.close_lot."""
-    n = int(MG[G_NLOTS])
-    j = 0
-    for k in range(n):
-        if LOTS[k] != lot:
-            LOTS[j] = LOTS[k]
-            j += 1
-    MG[G_NLOTS] = j
-    tp = int(L[lot, L_TP])
-    if tp >= 0 and TPAT[tp] == lot:
-        TPAT[tp] = 0
-    q = L[lot, L_QTY]
-    _book_add(MG, -q, -q * L[lot, L_ENTRY], -L[lot, L_MARGIN])
-
-
-@njit(cache=True, nogil=True)
-def _reduce_lot(MG, L, lot, quantity):  # pragma: no cover - compiled
-    """GridBook.reduce_lot: part of the lot closed, its margin shrinks pro rata."""
-    q = L[lot, L_QTY]
-    share = min(quantity / q, 1.0)
-    _book_add(MG, -q * share, -q * share * L[lot, L_ENTRY], -L[lot, L_MARGIN] * share)
-    L[lot, L_MARGIN] *= 1.0 - share
-    L[lot, L_QTY] = np.rint(q * (1.0 - share) * 1e12) / 1e12
 
 
 @njit(cache=True, nogil=True)
@@ -218,12 +203,8 @@ def _closed_at_market(v, M, MG, L, LOTS, TPAT, SAT, fi):  # pragma: no cover - c
     price = v.FL[fi, F_PRICE]
     qty = v.FL[fi, F_QTY]
     M[FEES_TAKER] += v.FL[fi, F_FEE]
-    pnl = MG[G_D] * (price - L[lot, L_ENTRY]) * qty
-    if _is_open(MG, LOTS, lot):
-        if v.O[oi, O_STATUS] == vc.ST_PARTIAL:  # the close was cut to a smaller position
-            _reduce_lot(MG, L, lot, qty)
-        else:
-            _close_lot_book(MG, L, LOTS, TPAT, lot)
+    done = v.O[oi, O_STATUS] != vc.ST_PARTIAL  # else the close was cut to a smaller position
+    pnl = book_close_fill(MG, L, LOTS, TPAT, lot, qty, price, MG[G_D], done, v.P[vc.P_LOT] / 2)
     if int(v.O[oi, O_TAG0]) % NKIND == K_RESTORE:
         M[RESTORE_PNL] += pnl
         return
@@ -240,14 +221,6 @@ def _closed_at_market(v, M, MG, L, LOTS, TPAT, SAT, fi):  # pragma: no cover - c
 
 
 @njit(cache=True, nogil=True)
-def _free_from(TPAT, start):  # pragma: no cover - compiled
-    for level in range(start, -1, -1):
-        if TPAT[level] == 0:
-            return level
-    return -1
-
-
-@njit(cache=True, nogil=True)
 def _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, wake):  # pragma: no cover - compiled
     """MakerVol._fund_position for grid ``g``'s position row (its rules are maker_vol_grid's;
     leverage and margin calls are the venue's, as SimBroker.set_leverage / adjust_margin make them)."""
@@ -260,56 +233,35 @@ def _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, wake):  # pragma: no cover - 
     if v.S[vc.NMARK] + 8 >= v.MARKS.shape[0]:
         M[BAIL] = BAIL_CAPACITY
         return
-    top = -np.inf
-    for k in range(n):
-        top = max(top, L[LOTS[k], L_LEV])
     d = MG[G_D]
     bottom = MG[G_BOTTOM]
-    wanted = position_leverage(top, qty * v.S[vc.PRICE], SB)
+    wanted = position_leverage(book_max_leverage(MG, L, LOTS), qty * v.S[vc.PRICE], SB)
     if v.P[vc.P_LEV] != wanted and not vc.set_leverage(v, wanted):
         M[MREFUSED] += 1
     required = required_margin(qty, POS[r, Q_ENTRY], bottom, d, SB)
-    need = required - POS[r, Q_ISO]
-    if need <= 1e-6:
-        return
     available = max(vc.available(v), 0.0)
-    if need <= available + 1e-9:
-        vc.add_isolated_margin(v, r, need)
+    action, amount = line_funding(required, POS[r, Q_ISO], available, qty, POS[r, Q_ENTRY], v.S[vc.PRICE], bottom, d, v.P[vc.P_TAKER], wake)
+    if action == LINE_OK:
+        return
+    if action == LINE_ADD:
+        vc.add_isolated_margin(v, r, amount)
         M[MADDED] += 1
         if wake:
             M[RESTORES] += 1
         return
     M[MREFUSED] += 1
-    if not wake or d * (v.S[vc.PRICE] - bottom) <= 0:
+    if action != LINE_CLOSE:
         return
-    share = restore_share(required, POS[r, Q_ISO], available, qty, POS[r, Q_ENTRY], v.S[vc.PRICE], d, v.P[vc.P_TAKER])
-    closing = 0.0
-    for k in range(n):
-        if L[LOTS[k], L_CLOSING] != 0:
-            closing += L[LOTS[k], L_QTY]
-    todo = share * qty - closing
-    if todo <= 0:
+    OUT = np.empty(n, dtype=np.int64)
+    count = restore_closes(MG, L, LOTS, TPAT, amount, OUT)
+    if count == 0:
         return
     M[RESTORES] += 1
-    while todo > 0:  # the most leveraged lot not closing yet (the oldest first on a tie)
-        best = -1
-        for k in range(int(MG[G_NLOTS])):
-            lot = LOTS[k]
-            if L[lot, L_CLOSING] != 0:
-                continue
-            if best < 0 or L[lot, L_LEV] > L[best, L_LEV] or (L[lot, L_LEV] == L[best, L_LEV] and lot < best):
-                best = lot
-        if best < 0:
-            break
-        tp = int(L[best, L_TP])  # GridBook.withdraw_tp
-        if tp >= 0 and TPAT[tp] == best:
-            TPAT[tp] = 0
-        L[best, L_TP] = -1
-        _submit_close(v, M, MG, L, g, best, K_RESTORE, False, False)  # between bars: fills at the next open
+    for k in range(count):
+        _submit_close(v, M, MG, L, g, OUT[k], K_RESTORE, False, False)  # between bars: fills at the next open
         if M[BAIL] != 0:
             return
         M[RESTORE_CLOSES] += 1
-        todo -= L[best, L_QTY]
 
 
 @njit(cache=True, nogil=True)
@@ -325,49 +277,19 @@ def _on_maker_fill(v, M, G, MG, SB, L, LOTS, TPAT, LADP, g, ENT, TPF, RT, fi):  
     off = int(MG[G_OFF])
     length = int(MG[G_LEN])
     if int(v.O[oi, O_TAG0]) % NKIND == K_ENTRY:
-        # _open_lot
-        lev = lot_leverage(price, bottom, d, qty * price, SB)
+        # MakerVol._open_lot
         if d * (price - bottom) <= 0:
             M[BEYOND] += 1
-        lot = int(MG[G_NEXTLOT]) + 1
-        if lot >= L.shape[0] or int(MG[G_NLOTS]) >= LOTS.shape[0]:
+        lot = book_open_entry(MG, L, LOTS, v.O[oi, O_TAG1], price, qty, bottom, d, SB)
+        if lot < 0:
             M[BAIL] = BAIL_CAPACITY
             return
-        MG[G_NEXTLOT] = lot
-        L[lot, L_LEVEL] = v.O[oi, O_TAG1]
-        L[lot, L_ENTRY] = price
-        L[lot, L_QTY] = qty
-        L[lot, L_MARGIN] = qty * price / lev
-        L[lot, L_LEV] = lev
-        L[lot, L_TP] = -1
-        L[lot, L_CLOSING] = 0
-        L[lot, L_FREED] = np.nan
-        LOTS[int(MG[G_NLOTS])] = lot
-        MG[G_NLOTS] += 1
-        _book_add(MG, qty, qty * price, L[lot, L_MARGIN])
         e = int(M[NENTRY])
         ENT[e, 0] = v.S[vc.NOW]
         ENT[e, 1] = price
         ENT[e, 2] = d
         M[NENTRY] = e + 1
-        # GridBook.place_tp
-        target = tp_level(LADP, off, length, price, G[G_TP], d)
-        level = _free_from(TPAT, target)
-        victim = 0
-        if level < 0:
-            victim_level = -1
-            for lv in range(length):
-                if TPAT[lv] != 0:
-                    victim_level = lv
-                    break
-            victim = TPAT[victim_level]
-            TPAT[victim_level] = 0
-            L[victim, L_FREED] = LADP[off + victim_level]
-            L[victim, L_TP] = -1
-            L[victim, L_CLOSING] = 1
-            level = _free_from(TPAT, target)
-        L[lot, L_TP] = level
-        TPAT[level] = lot
+        victim = place_take_profit(L, TPAT, LADP, off, length, G[G_TP], d, lot)  # GridBook.place_tp
         if victim != 0:  # inside the bar: fills at once; its fill event is handled after this one
             _submit_close(v, M, MG, L, g, victim, K_CLOSE, False, True)
             if M[BAIL] != 0:
@@ -375,17 +297,14 @@ def _on_maker_fill(v, M, G, MG, SB, L, LOTS, TPAT, LADP, g, ENT, TPF, RT, fi):  
         _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, False)
     else:
         lot = int(v.O[oi, O_TAG1])
-        if _is_open(MG, LOTS, lot):
-            gross = d * (price - L[lot, L_ENTRY]) * qty
+        if book_is_open(MG, LOTS, lot):
+            gross, closed = book_take_profit_fill(MG, L, LOTS, TPAT, lot, qty, price, d)
             M[GRID_PROFIT] += gross
             t = int(M[NTP])
             TPF[t, 0] = price
             TPF[t, 1] = d
             M[NTP] = t + 1
-            if qty < L[lot, L_QTY] - 1e-12:  # a take-profit cut to a smaller position
-                _reduce_lot(MG, L, lot, qty)
-            else:
-                _close_lot_book(MG, L, LOTS, TPAT, lot)
+            if closed:
                 r = int(M[NRT])
                 RT[r, 0] = v.S[vc.NOW]
                 RT[r, 1] = L[lot, L_ENTRY]
@@ -418,12 +337,9 @@ def _liquidated(v, M, MG, L, LOTS, TPAT, fi, ngrid):  # pragma: no cover - compi
             continue
         d = MG[g, G_D]
         bottom = MG[g, G_BOTTOM]
-        if d * (price - bottom) > 1e-9 * bottom:
+        if liquidated_above_bottom(price, bottom, d):
             M[LIQ_ABOVE] += 1
-        while MG[g, G_NLOTS] > 0:
-            lot = LOTS[g, 0]
-            M[LIQ_LOSS] += d * (price - L[g, lot, L_ENTRY]) * L[g, lot, L_QTY]
-            _close_lot_book(MG[g], L[g], LOTS[g], TPAT[g], lot)
+        M[LIQ_LOSS] += book_liquidate(MG[g], L[g], LOTS[g], TPAT[g], price, d)
 
 
 @njit(cache=True, nogil=True)
@@ -457,7 +373,7 @@ def _drain(v, M, G, MG, SB, L, LOTS, TPAT, LADP, ENT, TPF, SAT, RT):  # pragma: 
             status = v.O[oi, O_STATUS]
             if tag == K_CLOSE or tag == K_RESTORE:
                 lot = int(v.O[oi, O_TAG1])
-                if status != vc.ST_FILLED and _is_open(MG[g], LOTS[g], lot):
+                if status != vc.ST_FILLED and book_is_open(MG[g], LOTS[g], lot):
                     _retry_later(M, L[g], lot, tag)
             elif tag == K_TP and status == vc.ST_EXPIRED and v.O[oi, O_REASON] == vc.R_RO_GONE:
                 M[REARMED] += 1  # OrderSync: a post-only order of ours expired, sent again later
@@ -493,7 +409,7 @@ def _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid):  # pragma: no cover - compil
                 tag = v.O[v.BOOK_ORDER[k], O_TAG0]
                 if tag == _tag(K_RESTORE, g) or tag == _tag(K_CLOSE, g):
                     restoring = True
-        if d * (price - bottom) > 0 and d * (g_broker - bottom) > 1e-6 * bottom and not restoring:
+        if beyond_line(price, g_broker, bottom, d) and not restoring:
             M[BRK_VIOL] += 1
         g_dist = d * (price - g_broker) / price
         if not (dist <= g_dist):  # the first grid, or one nearer its liquidation
@@ -518,32 +434,20 @@ def _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid):  # pragma: no cover - compil
 @njit(cache=True, nogil=True)
 def _size(v, M, G, MG, SB, LAD_E, SQ, SM, equity):  # pragma: no cover - compiled
     """MakerVol._size: quantity and margin of an entry at each level of one grid
-    (maker_vol_grid.level_sizes); adds the levels merged for the exchange minimum."""
-    off, length, first = int(MG[G_OFF]), int(MG[G_LEN]), int(MG[G_FIRST])
+    (maker_vol_grid.entry_sizes); adds the levels merged for the exchange minimum."""
+    off, length, P = int(MG[G_OFF]), int(MG[G_LEN]), v.P
     margin = G[G_ORDER_PCT] * equity
-    LEVS = np.empty(length - first)
-    P = v.P
-    M[RAISED] += level_sizes(
-        LAD_E[off + first : off + length],
-        MG[G_BOTTOM],
-        MG[G_D],
-        margin,
-        SB,
-        P[vc.P_LOT],
-        P[vc.P_QSCALE],
-        P[vc.P_MINNOT],
-        SQ[first:length],
-        LEVS,
+    M[RAISED] += entry_sizes(
+        LAD_E[off : off + length], int(MG[G_FIRST]), MG[G_BOTTOM], MG[G_D], margin, SB, P[vc.P_LOT], P[vc.P_QSCALE], P[vc.P_MINNOT], SQ, SM
     )
-    for lv in range(first, length):
-        q = SQ[lv]
-        SM[lv] = q * LAD_E[off + lv] / LEVS[lv - first] if q > 0 else 0.0
 
 
 @njit(cache=True, nogil=True)
-def _desired(v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TS, TP_, TQ):  # pragma: no cover - compiled
-    """MakerVol.desired: per grid, the take-profits nearest the price, then the entries nearest the
-    price that the free margin (shared by the grids) funds. Returns the number of targets."""
+def _desired(
+    v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TS, TP_, TQ, TP_OUT, ENTRY_OUT
+):  # pragma: no cover - compiled
+    """MakerVol.desired: per grid, its desired levels (maker_vol_grid.desired_levels, the free
+    margin shared by the grids) as OrderSync's targets. Returns the number of targets."""
     nlive = int(G[G_NLIVE])
     free = _equity(v)
     for g in range(int(G[G_NGRID])):
@@ -554,59 +458,35 @@ def _desired(v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, 
     for g in range(int(G[G_NGRID])):
         off, length, first = int(MG[g, G_OFF]), int(MG[g, G_LEN]), int(MG[g, G_FIRST])
         d = MG[g, G_D]
-        kk = levels_at_or_beyond(LADP, off, length, price, d)
-        got = 0
-        lv = min(kk, length) - 1
-        stack = 0
-        while lv >= 0 and got < nlive:  # the nearest nlive take-profit levels below kk
-            if TPAT[g, lv] != 0:
-                got += 1
-                stack = lv
-            lv -= 1
-        if got > 0:
-            for lv2 in range(stack, min(kk, length)):
-                lot = TPAT[g, lv2]
-                if lot == 0:
-                    continue
-                if L[g, lot, L_CLOSING] != 0:
-                    continue
-                tprice = LAD_TP[off + lv2]
-                if d * (tprice - price) <= 0:  # post-only take-profit that would cross: held back
-                    continue
-                TK[nt] = K_TP
-                TG[nt] = g
-                TR[nt] = lot
-                TS[nt] = -d
-                TP_[nt] = tprice
-                TQ[nt] = vc.round_qty(L[g, lot, L_QTY], v.P)
-                nt += 1
-        start = max(kk, first)
-        tp_from = 0
-        for lv2 in range(start, length):
-            if TPAT[g, lv2] != 0:
-                tp_from += 1
-        armed += length - start - tp_from + MG[g, G_NLOTS]
-        placed = 0
-        for lv2 in range(start, length):
-            if placed >= nlive:
-                break
-            if TPAT[g, lv2] != 0 or SQ[g, lv2] <= 0:  # holds a take-profit, or merged into a level nearer top
+        ntp, nentry, armed_g, paused_g, free = desired_levels(
+            MG[g], L[g], TPAT[g], LADP, off, length, first, SQ[g], SM[g], price, d, nlive, free, TP_OUT, ENTRY_OUT
+        )
+        armed += armed_g
+        paused = paused or paused_g
+        for k in range(ntp):
+            level = TP_OUT[k]
+            lot = TPAT[g, level]
+            tprice = LAD_TP[off + level]
+            if d * (tprice - price) <= 0:  # post-only take-profit that would cross: held back
                 continue
-            margin = SM[g, lv2]
-            if margin > free:
-                paused = True
-                break
-            free -= margin
-            eprice = LAD_ET[off + lv2]
-            placed += 1
-            if d * (eprice - price) >= 0:
+            TK[nt] = K_TP
+            TG[nt] = g
+            TR[nt] = lot
+            TS[nt] = -d
+            TP_[nt] = tprice
+            TQ[nt] = vc.round_qty(L[g, lot, L_QTY], v.P)
+            nt += 1
+        for k in range(nentry):
+            level = ENTRY_OUT[k]
+            eprice = LAD_ET[off + level]
+            if d * (eprice - price) >= 0:  # post-only entry that would cross: held back
                 continue
             TK[nt] = K_ENTRY
             TG[nt] = g
-            TR[nt] = lv2
+            TR[nt] = level
             TS[nt] = d
             TP_[nt] = eprice
-            TQ[nt] = vc.round_qty(SQ[g, lv2], v.P)
+            TQ[nt] = vc.round_qty(SQ[g, level], v.P)
             nt += 1
     M[ARMED] = armed
     if paused and M[PAUSED] == 0:
@@ -722,38 +602,13 @@ def _sync(
 
 @njit(cache=True, nogil=True)
 def _relay(v, M, G, MG, L, TPAT, KEEPL, LADP, g, noff, nlen):  # pragma: no cover - compiled
-    """GridBook.relay of grid ``g`` onto the ladder at ``noff``/``nlen``: nearest-top take-profits
-    first keep the top-most levels; the ones left without a level are closed at market."""
-    d = MG[G_D]
+    """GridBook.relay of grid ``g`` onto the ladder at ``noff``/``nlen`` (maker_vol_grid.relay_take_profits);
+    the lots left without a level are closed at market, nearest top first."""
     off, length = int(MG[G_OFF]), int(MG[G_LEN])
-    nrel = 0
-    for lv in range(length):
-        if TPAT[lv] != 0:
-            KEEPL[nrel] = TPAT[lv]
-            nrel += 1
-            TPAT[lv] = 0
+    nrel = relay_take_profits(L, TPAT, LADP, off, length, LADP, noff, nlen, G[G_TP], MG[G_D], KEEPL)
     for k in range(nrel):
-        lot = KEEPL[k]
-        old_price = LADP[off + int(L[lot, L_TP])]
-        L[lot, L_TP] = -1
-        target = tp_level(LADP, noff, nlen, L[lot, L_ENTRY], G[G_TP], d)
-        at_or_beyond = max(levels_at_or_beyond(LADP, noff, nlen, old_price * 1.0, d) - 1, 0)
-        start = min(at_or_beyond, target)
-        level = _free_from(TPAT, start)
-        if level < 0:
-            for lv in range(0, target + 1):
-                if TPAT[lv] == 0:
-                    level = lv
-                    break
-        if level < 0:
-            L[lot, L_CLOSING] = 1
-            KEEPL[k] = -lot  # a victim, closed below in this order
-        else:
-            L[lot, L_TP] = level
-            TPAT[level] = lot
-    for k in range(nrel):
-        if KEEPL[k] < 0:
-            _submit_close(v, M, MG, L, g, -KEEPL[k], K_CLOSE, False, False)
+        if L[KEEPL[k], L_TP] < 0:
+            _submit_close(v, M, MG, L, g, KEEPL[k], K_CLOSE, False, False)
             if M[BAIL] != 0:
                 return
     M[RECOMPUTES] += 1
@@ -812,6 +667,8 @@ def kernel(
     TP_ = np.empty(size)
     TQ = np.empty(size)
     TKEEP = np.zeros(size, dtype=np.bool_)
+    TP_OUT = np.empty(nlive, dtype=np.int64)  # one grid's desired take-profit levels
+    ENTRY_OUT = np.empty(nlive, dtype=np.int64)  # and entry levels
     ORDER = np.empty(size, dtype=np.int64)
     OPENL = np.empty(BOOK.shape[0], dtype=np.int64)
     SEQL = np.empty(BOOK.shape[0])
@@ -866,8 +723,8 @@ def kernel(
                         oi = v.BOOK_ORDER[k]
                         if O[oi, O_TAG0] == _tag(K_CLOSE, lg) or O[oi, O_TAG0] == _tag(K_RESTORE, lg):
                             held -= max(O[oi, O_QTY] - O[oi, O_FILLED], 0.0)
-                if not (held >= v.P[vc.P_LOT] - v.P[vc.P_LOT] / 2):  # the position holds none of it: the lot is gone
-                    _close_lot_book(MG[lg], L[lg], LOTS[lg], TPAT[lg], lot)
+                if not position_holds(held, v.P[vc.P_LOT], v.P[vc.P_LOT]):  # the position holds none of it: the lot is gone
+                    book_close_lot(MG[lg], L[lg], LOTS[lg], TPAT[lg], lot)
                     M[LOTS_GONE] += 1
                 else:
                     _submit_close(v, M, MG[lg], L[lg], lg, lot, kind, True, False)
@@ -890,13 +747,13 @@ def kernel(
                 _size(v, M, G, MG[g], SB, LAD_E, SQ[g], SM[g], equity)
             M[LAD] = lad
             M[HAS_GRID] = 1
-            M[NEXT_RC] = (S[vc.NOW] // G[G_RECOMPUTE] + 1) * G[G_RECOMPUTE]
+            M[NEXT_RC] = next_recompute_ms(S[vc.NOW], G[G_RECOMPUTE])
         for g in range(ngrid):
             _fund_position(v, M, MG[g], SB, L[g], LOTS[g], TPAT[g], g, True)
             if M[BAIL] != 0:
                 return int(M[BAIL])
         price = S[vc.PRICE]
-        nt = _desired(v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TS, TP_, TQ)
+        nt = _desired(v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TS, TP_, TQ, TP_OUT, ENTRY_OUT)
         live = _sync(v, M, MG, nt, TK, TG, TR, TS, TP_, TQ, TKEEP, ORDER, OPENL, SEQL, KEEPL, CDIST, T_BY_LEVEL, T_BY_LOT, GENS, price)
         if live < 0:
             return BAIL_CAPACITY
@@ -907,15 +764,7 @@ def kernel(
         alo = np.nan
         ahi = np.nan
         for g in range(ngrid):
-            off, length = int(MG[g, G_OFF]), int(MG[g, G_LEN])
-            kk = levels_at_or_beyond(LADP, off, length, price, MG[g, G_D])
-            if kk == 0:
-                continue
-            nxt = LADP[off + kk - 1]
-            if MG[g, G_D] > 0:
-                ahi = nxt if ahi != ahi else min(ahi, nxt)
-            else:
-                alo = nxt if alo != alo else max(alo, nxt)
+            alo, ahi = arming_band(alo, ahi, arming_price(LADP, int(MG[g, G_OFF]), int(MG[g, G_LEN]), price, MG[g, G_D]), MG[g, G_D])
         if alo != alo and ahi != ahi:
             M[ALERT_ON] = 0
         else:
@@ -931,29 +780,6 @@ def kernel(
                 live += 1
     _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid)
     return OK
-
-
-@njit(cache=True, nogil=True)
-def lookback_highs(ts, high, at, n_bars, lookback_ms):  # pragma: no cover - compiled
-    """For each bar in ``at`` (ascending): the highest high of the last ``n_bars`` bars up to it
-    whose ``ts`` lies within ``lookback_ms`` of its own (MakerVol._recompute's window)."""
-    out = np.empty(len(at))
-    dq = np.empty(len(ts), dtype=np.int64)
-    head = 0
-    tail = 0
-    k = 0
-    for i in range(len(ts)):
-        while tail > head and high[dq[tail - 1]] <= high[i]:
-            tail -= 1
-        dq[tail] = i
-        tail += 1
-        if k < len(at) and at[k] == i:
-            left = max(0, i + 1 - n_bars)
-            while head < tail and (dq[head] < left or not (ts[dq[head]] > ts[i] - lookback_ms)):
-                head += 1
-            out[k] = high[dq[head]]
-            k += 1
-    return out
 
 
 # --- the Python side: conditions, inputs, and the RunResult -----------------------------------------
@@ -1122,8 +948,7 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
     n_window = int(c.lookback.total_seconds() // 60) + 1
     ts = np.array(bars.ts, dtype=np.int64)
     at = wake_idx.astype(np.int64)
-    highs = lookback_highs(ts, np.array(bars.high, dtype=np.float64), at, n_window, lookback_ms)
-    lows = -lookback_highs(ts, -np.array(bars.low, dtype=np.float64), at, n_window, lookback_ms)  # the lowest low
+    highs, lows = lookback_range(ts, bars.high, bars.low, at, n_window, lookback_ms)
     # only what the ladders depend on tells sets apart (long: the high; short: the low)
     key = np.stack([highs if c.side != "short" else np.zeros_like(highs), lows if c.side != "long" else np.zeros_like(lows)], axis=1)
     if len(key):
@@ -1166,7 +991,7 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
             at_ += len(ladder)
             # MakerVol._size: entries rounded away from the market (long: down); OrderSync.targets:
             # buys down, sells up (long entries are buys and take-profits sells; short the other way round)
-            e = down(ladder.prices) if d > 0 else up(ladder.prices)
+            e = entry_prices(ladder, tick, pdec)
             raw.append(ladder.prices)
             entry.append(e)
             entry_t.append(down(e) if d > 0 else up(e))
@@ -1448,24 +1273,12 @@ def _restore_strategy(strategy, engine, k, fills):
     grids = []
     for g, d in enumerate(tables["directions"]):
         ladder = Ladder(float(tables["lad_top"][g, lad]), float(tables["lad_bottom"][g, lad]), c.step_pct, d)
-        book = GridBook(ladder, c.tp_pct)
-        for lot_id in k["LOTS"][g, : int(MG[g, G_NLOTS])].tolist():
-            row = L[g, lot_id]
-            book.lots[lot_id] = Lot(
-                lot_id,
-                int(row[L_LEVEL]),
-                float(row[L_ENTRY]),
-                float(row[L_QTY]),
-                float(row[L_MARGIN]),
-                float(row[L_LEV]),
-                int(row[L_TP]),
-                bool(row[L_CLOSING]),
-                float(row[L_FREED]),
-            )
-        for level in np.flatnonzero(k["TPAT"][g, : len(ladder)]).tolist():
-            book._set(level, int(k["TPAT"][g, level]))
-        book._next_lot = int(MG[g, G_NEXTLOT])
-        book.quantity, book.margin, book._cost = float(MG[g, G_BQ]), float(MG[g, G_BMARGIN]), float(MG[g, G_BCOST])
+        book = GridBook(ladder, c.tp_pct)  # the kernel's arrays of this grid are the book's state
+        book.L = L[g, : int(MG[g, G_NEXTLOT]) + 1].copy()
+        book.open_ids = k["LOTS"][g].copy()
+        book.totals = MG[g, :NB].copy()
+        book.tp_lots[:] = k["TPAT"][g, : len(book.tp_lots)]
+        book.lots = {lot_id: Lot(book, lot_id) for lot_id in book.open_ids[: int(MG[g, G_NLOTS])].tolist()}
         grids.append(Grid(d, "b", "t", book) if d > 0 else Grid(d, "s", "u", book))
     strategy.grids = grids
     strategy._margin_calls = True
