@@ -76,8 +76,10 @@ def registering(kind_hook: str, **named):
 
 
 #: Modules whose tests run longest (minutes, mostly waiting on subprocesses and servers), longest
-#: first (from `pytest --durations=30` on 4 workers, bench/RESULTS.md).
+#: first (from `pytest --durations=30` on 4 workers, bench/RESULTS.md). The fault sweep leads: it
+#: keeps both cores busy for a minute and a half, so started late it is the run's tail.
 LONG_FIRST = (
+    "test_live_sweep",
     "test_live_soak",
     "test_live_paper",
     "test_data_schedule",
