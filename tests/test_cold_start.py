@@ -1,4 +1,5 @@
-"""The first run after an install says why it takes longer (numba compiling the kernels, once)."""
+"""The first run after an install says why it takes longer (numba compiling the kernels, once), and
+the install writes the plugin listing the first `quant --help` reads."""
 
 from __future__ import annotations
 
@@ -11,22 +12,13 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
+from conftest import HELP_PROBE
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
 #: imported by a full plugin load when installed, never needed: ``numba.core.config`` tries yaml,
 #: urllib3 tries backports.zstd, pyarrow tries cloudpickle
 OPTIONAL_IMPORTS = {"pyyaml", "backports-zstd", "cloudpickle"}
-#: answers ``quant --help`` and ``quant plugins --json`` in one process and says which heavy
-#: libraries that imported (none when the plugin listing came from the cache)
-PROBE = (
-    "import sys\n"
-    "from btc_quant.core.cli import main\n"
-    "for argv in (['--help'], ['plugins', '--json']):\n"
-    "    main(argv)\n"
-    "heavy = sorted(m for m in ('numpy', 'pandas', 'numba', 'ccxt', 'plotly', 'backtrader') if m in sys.modules)\n"
-    "print('HEAVY', heavy, file=sys.stderr)\n"
-)
 
 
 def test_first_run_says_it_compiles_and_the_next_one_uses_the_cache(quant, tmp_path):
@@ -52,7 +44,7 @@ def test_the_install_compiles_what_the_main_command_needs_and_lists_the_plugins(
     runpy.run_path(str(REPO / "setup.py"), run_name="btc_quant_setup")["precompile_kernels"]()
     assert any(cache.rglob("*.nbi"))
     assert (isolated_env / "cache" / "plugins.json").is_file()
-    probe = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    probe = subprocess.run([sys.executable, "-c", HELP_PROBE], capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert probe.returncode == 0 and "HEAVY []" in probe.stderr, probe.stderr
     full_home = {"QUANT_HOME": str(tmp_path / "full_load_home")}  # no cache there: every plugin loads
     full = quant("--help", env=full_home, check=True).stdout + quant("plugins", "--json", env=full_home, check=True).stdout
