@@ -10,7 +10,10 @@ it runs ``btc_quant.core.precompile`` from these sources in the build environmen
 libraries the backtest imports are build requirements in pyproject.toml), which fills numba's cache
 (``~/.cache/btc-quant/numba/src-<digest>`` or under ``$NUMBA_CACHE_DIR``) with the main command's
 kernels, so the first `quant run strategy=maker_vol broker=sim` does not spend ~19 s compiling.
-A failure there is a warning, never a failed install. `BTC_QUANT_PRECOMPILE=0` skips it.
+The same step loads the plugins once and writes the plugin listing `quant --help` and `quant
+plugins` read (``core/cli/plugin_cache.py``), so their first call does not import every plugin
+(the libraries the plugins import are build requirements too). A failure there is a warning,
+never a failed install. `BTC_QUANT_PRECOMPILE=0` skips both.
 """
 
 import os
@@ -46,7 +49,13 @@ class SourceFolders(importlib.abc.MetaPathFinder):
         return None
 sys.meta_path.insert(0, SourceFolders())
 from btc_quant.core.precompile import main
-sys.exit(main(modules))
+compiled = main(modules)
+try:
+    from btc_quant.core.cli.plugin_cache import remember_install
+    remember_install(modules, {distribution!r}, {version!r})
+except Exception as exc:  # the first quant --help then loads every plugin, as without this step
+    print(f"btc-quant: the plugin listing was not cached at install ({{type(exc).__name__}}: {{exc}})", file=sys.stderr)
+sys.exit(compiled)
 """
 
 
@@ -57,7 +66,8 @@ def precompile_kernels() -> None:
     package_dir = pyproject["tool"]["setuptools"]["package-dir"]
     folders = {package: str(HERE / folder) for package, folder in package_dir.items()}
     modules = dict(pyproject["project"]["entry-points"]["btc_quant"])
-    code = _BOOTSTRAP.format(folders=folders, modules=modules)
+    project = pyproject["project"]
+    code = _BOOTSTRAP.format(folders=folders, modules=modules, distribution=project["name"], version=project["version"])
     print("btc-quant: compiling the backtest kernels for this machine (about 20 s of CPU, once)...", file=sys.stderr, flush=True)
     done = subprocess.run([sys.executable, "-c", code], cwd=HERE)
     if done.returncode != 0:

@@ -1,8 +1,8 @@
 """A new user's first minutes, timed: the first `quant run strategy=maker_vol broker=sim` after an
 install (whose build step compiled the kernels: setup.py, core/precompile.py), the next one, the
 same run with an empty numba cache (what the first run costs without that step), and how long
-`quant --help` and `quant plugins` take to start (the first call loads every plugin and writes the
-plugin cache; later calls read it).
+`quant --help` and `quant plugins` take to start (they read the plugin listing the install's build
+step wrote; without it, as in a home where it is missing, the call loads every plugin and writes it).
 
     python bench/bench_start.py                 # with the quant of this checkout's .venv
     python bench/bench_start.py --fresh         # clone this checkout into a temp dir, make a venv
@@ -58,7 +58,9 @@ def main() -> None:
                 print(f"{'':4s}| {line.strip()}")
     quant = str(repo / ".venv" / "bin" / "quant")
     rows = [
-        ("quant --help (first: loads plugins)", [quant, "--help"]),
+        # --fresh: the install's build step wrote the plugin listing; else the first call loads every plugin
+        ("quant --help (first call)", [quant, "--help"]),
+        ("quant --help (no listing: loads plugins)", [quant, "--help"], {"QUANT_HOME": str(work / "home_without_listing")}),
         ("quant --help (plugin cache)", [quant, "--help"]),
         ("quant plugins (plugin cache)", [quant, "plugins"]),
         ("quant run maker_vol sim (first run)", [quant, "run", "strategy=maker_vol", "broker=sim"]),

@@ -28,6 +28,18 @@ def isolated_env(tmp_path_factory, monkeypatch):
     return home
 
 
+#: Answers ``quant --help`` and ``quant plugins --json`` in one process and prints which heavy
+#: libraries that imported (``HEAVY []`` when the plugin listing came from the plugin cache).
+HELP_PROBE = (
+    "import sys\n"
+    "from btc_quant.core.cli import main\n"
+    "for argv in (['--help'], ['plugins', '--json']):\n"
+    "    main(argv)\n"
+    "heavy = sorted(m for m in ('numpy', 'pandas', 'numba', 'ccxt', 'plotly', 'backtrader') if m in sys.modules)\n"
+    "print('HEAVY', heavy, file=sys.stderr)\n"
+)
+
+
 @pytest.fixture
 def plugins():
     """A fresh plugin manager per test: tests register their own strategies into it, and with
@@ -76,8 +88,10 @@ def registering(kind_hook: str, **named):
 
 
 #: Modules whose tests run longest (minutes, mostly waiting on subprocesses and servers), longest
-#: first (from `pytest --durations=30` on 4 workers, bench/RESULTS.md).
+#: first (from `pytest --durations=30` on 4 workers, bench/RESULTS.md). The fault sweep leads: it
+#: keeps both cores busy for a minute and a half, so started late it is the run's tail.
 LONG_FIRST = (
+    "test_live_sweep",
     "test_live_soak",
     "test_live_paper",
     "test_data_schedule",

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import HELP_PROBE, REPO
 
 SUMMARY_KEYS = {"strategy", "broker", "bars", "start", "end", "trades", "final_equity", "total_return", "max_drawdown", "sharpe", "fees"}
 
@@ -93,15 +93,7 @@ def test_help_and_plugins_come_from_the_cache_without_importing_numpy_pandas_num
     first_help = quant("--help", check=True).stdout
     first_plugins = quant("plugins", "--json", check=True).stdout
     assert (isolated_env / "cache" / "plugins.json").is_file()  # written by the full load
-    probe = (
-        "import sys\n"
-        "from btc_quant.core.cli import main\n"
-        "for argv in (['--help'], ['plugins', '--json']):\n"
-        "    main(argv)\n"
-        "heavy = sorted(m for m in ('numpy', 'pandas', 'numba', 'ccxt', 'plotly', 'backtrader') if m in sys.modules)\n"
-        "print('HEAVY', heavy, file=sys.stderr)\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    proc = subprocess.run([sys.executable, "-c", HELP_PROBE], capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stderr
     assert proc.stdout == first_help + first_plugins  # the same answers as a full load gives

@@ -174,3 +174,33 @@ def test_control_api_replaces_the_fault_plan_with_trading_faults():
         with pytest.raises(ccxt.OperationFailed):
             client.fetch_open_orders(SYMBOL)
         assert server.state.faults.counts() == {"accepted_error": 1, "server_error": 1}
+
+
+def test_paused_faults_inject_nothing_and_go_on_with_the_same_sequence():
+    """``POST /_control/faults/paused`` holds every fault off, scripted ones included (they wait),
+    and the seeded stream goes on drawing, so after the pause the faults are those the seed gives
+    for those events, as if the paused events had drawn "no fault"."""
+    import urllib.request
+
+    def post(path: str, body: dict) -> dict:
+        request = urllib.request.Request(server.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request) as answer:
+            return json.load(answer)
+
+    rates = {"server_error": 0.5}
+    reference = FaultPlan(seed=5, rates=rates, paths=TRADING_PATHS)
+    expected = [reference.decide("/fapi/v1/openOrders") for _ in range(30)][10:]
+    assert any(expected)
+    plan = FaultPlan(seed=5, rates=rates, paths=TRADING_PATHS).script("openOrders", "accepted_error")
+    plan.decide("/fapi/v1/openOrders")  # the scripted fault is used up first, then the pause
+    plan.script("openOrders", "timeout")
+    with trading_server(plan) as server:
+        assert post("/_control/faults/paused", {"paused": True}) == {"paused": True}
+        client = client_for(server)
+        for _ in range(9):  # through the exchange: nine requests in a row, not one faulted
+            client.fetch_open_orders(SYMBOL)
+        assert plan.counts() == {"accepted_error": 1}
+        post("/_control/faults/paused", {"paused": False})
+        assert plan.decide("/fapi/v1/openOrders") == "timeout"  # the script waited for the pause to end
+        # events 11..30 of the seed's stream (the scripted one drew its number too)
+        assert [plan.decide("/fapi/v1/openOrders") for _ in range(19)] == expected[1:]

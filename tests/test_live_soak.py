@@ -5,10 +5,11 @@ with seeded faults on every trading endpoint, the user-data stream and the match
 :data:`FAULTS`). The bot (``tests/live_bot.py`` running the real ``maker_vol`` strategy, set up
 to trade often: :data:`MAKER_VOL`, ``side=long`` and ``side=both`` in turn) lives six times: five
 lives end with SIGKILL at a random point, the last with ``quant stop``'s command. In every life
-the exchange clock is frozen once (no bar closes, nothing matches), the test waits for a
-reconciliation that began after the freeze with no place or cancel of the bot under way from its
-start to its end (a request under way, or one that gave up, leaves its order to the next pass by
-design) and for no request to be under way, and then checks:
+the exchange clock is frozen once (no bar closes, nothing matches) and the faults are held off
+(their seeded streams go on after), the test waits for a reconciliation that began after the
+freeze with no place or cancel of the bot under way from its start to its end (a request under
+way, or one that gave up, leaves its order to the next pass by design) and for no request to be
+under way, and then checks:
 
 * no orphans: every open order on the exchange with the bot's prefixes is one the journal knows,
   and the bot's mirror shows exactly the exchange's open orders;
@@ -179,7 +180,7 @@ class Bot:
                 journal.close()
                 if state and state["pid"] == self.proc.pid:
                     return
-            time.sleep(0.3)
+            time.sleep(0.1)
         raise AssertionError("the bot did not start within 90 s")
 
     def kill(self) -> None:
@@ -233,8 +234,21 @@ def _all_bybit_orders(client) -> list[dict]:
 
 
 def _check(exchange_url: str, bot: Bot, client) -> dict:
-    """Freeze the exchange, wait for a settled reconciliation that began after it, compare bot and exchange."""
+    """Freeze the exchange and hold its faults off, wait for a settled reconciliation that began
+    after it, compare bot and exchange.
+
+    Why the faults stop while it settles: a settled pass needs every place and cancel the freeze
+    caught in flight to have ended, then a whole pass (positions twice, open orders, balance, a
+    look-up per order it lost track of) with none started meanwhile. Under these fault rates a
+    failed place waits out its recvWindow (3.25 s) after every try, a pass's reads retry through
+    timeouts and back-offs (a settled pass took 8 s here: 4-20 s from freeze to settled, load
+    5-10), and the strategy answers fills that arrive late with new orders, each a request that
+    makes the pass under way unsettled. All of it stretches on a slower machine, so the wait had a
+    long tail. Without faults it is bounded: the in-flight orders' waits, then one clean pass
+    (2-5 s). The faults still hit every request of the trading, of each start and of its first
+    reconciliation; :func:`_trade` keeps each life trading until its share of them is in."""
     _post(exchange_url + "/_control/clock", {"speed": 0})
+    _post(exchange_url + "/_control/faults/paused", {"paused": True})
     frozen = time.time() * 1000
     journal = bot.journal()
     try:
@@ -247,7 +261,7 @@ def _check(exchange_url: str, bot: Bot, client) -> dict:
             # it ran, has finished, and no request is under way
             if state and (state["last_settled_reconcile"] or 0) > frozen and state["requests_in_flight"] == 0:
                 break
-            time.sleep(0.3)
+            time.sleep(0.1)
         settle_s = time.time() - frozen / 1000
         assert state and (state["last_settled_reconcile"] or 0) > frozen and state["requests_in_flight"] == 0, (
             f"the bot did not settle within 60 s of the freeze: {state and {k: state[k] for k in ('stats', 'in_flight', 'open_orders_live', 'last_reconcile', 'last_settled_reconcile', 'updated')}}\n"
@@ -294,7 +308,21 @@ def _check(exchange_url: str, bot: Bot, client) -> dict:
         return {"orders": len(orders), "fills": len(seen_fills), "settle_s": settle_s, "check_s": time.time() - frozen / 1000 - settle_s}
     finally:
         journal.close()
+        _post(exchange_url + "/_control/faults/paused", {"paused": False})
         _post(exchange_url + "/_control/clock", {"speed": SPEED})
+
+
+def _faults(exchange_url: str) -> int:
+    return sum(_get(exchange_url + "/_control/state")["faults"].values())
+
+
+def _trade(exchange_url: str, least_s: float, faults: float, most_s: float = 90.0) -> None:
+    """Let the bot trade at least ``least_s`` seconds and until ``faults`` faults in all were
+    injected (at most ``most_s``: the count is asserted at the end)."""
+    started = time.monotonic()
+    time.sleep(least_s)
+    while _faults(exchange_url) < faults and time.monotonic() - started < most_s:
+        time.sleep(0.2)
 
 
 #: the same soak on each dialect the live broker trades: case -> (exchange id, exchange process
@@ -356,7 +384,9 @@ def test_soak_faults_and_kills(tmp_path, case):
                 start_s = time.monotonic() - t0
                 if life < lives - 1:
                     bot.prepare([*MAKER_VOL, f"strategy.side={sides[(life + 1) % len(sides)]}", *settings])
-                time.sleep(rng.uniform(4, 7))
+                # trades a random while, and on until this life's share of the faults has been
+                # injected (they are held off while each check settles)
+                _trade(exchange.url, rng.uniform(4, 7), least_faults * (life + 1) / lives)
                 checks.append({**_check(exchange.url, bot, client), "start_s": start_s})
                 if life < lives - 1:
                     time.sleep(rng.uniform(0.2, 2.5))  # killed at a random point of the trading after the check

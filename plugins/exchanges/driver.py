@@ -414,12 +414,12 @@ class LiveRun:
         turn = 0
         while True:
             self.engine.pump()
-            turn += 1
-            if turn % 20 == 0:
+            if turn % 20 == 0:  # at once on start (quant status sees the bot up), then every second or so
                 command = self.journal.take_command()
                 if command:
                     await self._command(command)
                 self._snapshot()
+            turn += 1
             await asyncio.sleep(0.05)
 
     async def _command(self, command: str) -> None:
@@ -449,8 +449,14 @@ class LiveRun:
         self.stopping.set()
 
     async def _reconcile_loop(self) -> None:
-        """Reconcile every ``broker.reconcile_s`` seconds, sooner when a websocket failed."""
-        await self.broker.reconcile_forever(after=self.engine.pump)
+        """Reconcile every ``broker.reconcile_s`` seconds, sooner when a websocket failed; the state
+        is written after each pass, so what it found shows without waiting for the next snapshot."""
+
+        def after() -> None:
+            self.engine.pump()
+            self._snapshot()
+
+        await self.broker.reconcile_forever(after=after)
 
     async def _funding_loop(self, exchange) -> None:
         """Journal the account's funding payments every ``reconcile_s`` (:meth:`_journal_funding`).

@@ -6,6 +6,8 @@
 replaces the fault plan (other :class:`~.faults.FaultPlan` fields may be given too).
 ``POST /_control/inject`` ``{"script": [["order", "accepted_timeout"], ["ws", "drop"]]}`` queues
 scripted faults on the current plan (its seeded streams and counts carry on).
+``POST /_control/faults/paused`` ``{"paused": true}`` holds every fault plan's faults off (its
+seeded streams and counts carry on) until ``{"paused": false}``.
 
 Trading (``api_key`` defaults to the test account ``local-test-key``; answers are JSON):
 
@@ -43,6 +45,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/_control/state", get_state),
         web.post("/_control/clock", set_clock),
         web.post("/_control/faults", set_faults),
+        web.post("/_control/faults/paused", pause_faults),
         web.post("/_control/inject", inject),
         web.get("/_control/truth", truth),
         web.post("/_control/advance", advance),
@@ -93,6 +96,18 @@ async def set_faults(request: web.Request) -> web.Response:
         return web.json_response({"error": str(exc)}, status=400)
     state_of(request).faults = plan
     return web.json_response({"ok": True})
+
+
+async def pause_faults(request: web.Request) -> web.Response:
+    paused = (await request.json()).get("paused")
+    if not isinstance(paused, bool):
+        return web.json_response({"error": "paused: true or false"}, status=400)
+    state = state_of(request)
+    with state.trading.lock:
+        plans = [state.faults, *state.trading.plans.values()]
+    for plan in plans:
+        plan.paused = paused
+    return web.json_response({"paused": paused})
 
 
 def _answer(call):

@@ -153,6 +153,9 @@ class FaultPlan:
     skew_max_ms: int = 6000
     #: current offset of the exchange's recvWindow clock from the real one (``clock_skew`` moves it)
     skew_ms: int = 0
+    #: no seeded or scripted fault while set (``POST /_control/faults/paused``): a test holds the
+    #: faults off while it measures, then lets them go on from where they were
+    paused: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.rates) - set(KINDS)
@@ -198,6 +201,9 @@ class FaultPlan:
         with self._lock:
             n = self._n[channel]
             self._n[channel] += 1
+            if self.paused:  # the draw is made all the same, so the sequence does not shift
+                self._rngs[channel].random()
+                return None
             kind = None
             for entry in self._scripts:
                 suffix, kinds = entry
