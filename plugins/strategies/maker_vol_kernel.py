@@ -403,14 +403,15 @@ def _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid):  # pragma: no cover - compil
         bottom = MG[g, G_BOTTOM]
         g_liq = book_liquidation_price(MG[g, G_BQ], MG[g, G_BCOST], MG[g, G_BMARGIN], d, SB)
         g_broker = v.POS[int(MG[g, G_ROW]), Q_LIQ]
-        restoring = False  # a restore or saturation close of this grid waiting for the next open
-        for k in range(v.BOOK.shape[0]):
-            if v.BOOK[k, vc.B_STATE] != 0.0:
-                tag = v.O[v.BOOK_ORDER[k], O_TAG0]
-                if tag == _tag(K_RESTORE, g) or tag == _tag(K_CLOSE, g):
-                    restoring = True
-        if beyond_line(price, g_broker, bottom, d) and not restoring:
-            M[BRK_VIOL] += 1
+        if beyond_line(price, g_broker, bottom, d):
+            restoring = False  # a restore or saturation close of this grid waiting for the next open
+            for k in range(int(v.S[vc.NSLOT])):  # (slots past NSLOT were never used)
+                if v.BOOK[k, vc.B_STATE] != 0.0:
+                    tag = v.O[v.BOOK_ORDER[k], O_TAG0]
+                    if tag == _tag(K_RESTORE, g) or tag == _tag(K_CLOSE, g):
+                        restoring = True
+            if not restoring:
+                M[BRK_VIOL] += 1
         g_dist = d * (price - g_broker) / price
         if not (dist <= g_dist):  # the first grid, or one nearer its liquidation
             liq, broker_liq, dist = g_liq, g_broker, g_dist
@@ -497,10 +498,15 @@ def _desired(
 
 @njit(cache=True, nogil=True)
 def _sync(
-    v, M, MG, nt, TK, TG, TR, TS, TP_, TQ, TKEEP, ORDER, OPENL, SEQL, KEEPL, CDIST, T_BY_LEVEL, T_BY_LOT, GENS, price
+    v, M, MG, nt, TK, TG, TR, TS, TP_, TQ, TKEEP, ORDER, KEEPER, CSEQ, KEEPL, CDIST, T_BY_LEVEL, T_BY_LOT, GENS, price
 ):  # pragma: no cover - compiled
     """OrderSync.sync: keep the open orders that match a target, cancel the rest (nearest the price
-    first), submit the missing ones nearest the price first. Returns the live count, or -1 (room)."""
+    first), submit the missing ones nearest the price first. Returns the live count, or -1 (room).
+
+    OrderSync visits the open orders oldest first: of two that match one target the older is kept,
+    and the cancels go nearest first, the older first on a tie. The slots are read in their own
+    order and those two ties are settled by the orders' queue numbers (``B_SEQ``) instead, which
+    gives the same keeps and cancels without sorting the whole book at every wake-up."""
     S, O, BOOK = v.S, v.O, v.BOOK
     if M[FIRST_SYNC] == 0:
         M[FIRST_SYNC] = 1
@@ -511,21 +517,13 @@ def _sync(
             T_BY_LEVEL[TG[t], TR[t]] = t
         else:
             T_BY_LOT[TG[t], TR[t]] = t
-    nopen = 0
-    for k in range(int(S[vc.NSLOT])):  # the open orders, oldest first (slots past NSLOT were never used)
-        if BOOK[k, vc.B_STATE] != 0.0:
-            x = nopen
-            while x > 0 and SEQL[x - 1] > BOOK[k, vc.B_SEQ]:
-                SEQL[x] = SEQL[x - 1]
-                OPENL[x] = OPENL[x - 1]
-                x -= 1
-            SEQL[x] = BOOK[k, vc.B_SEQ]
-            OPENL[x] = v.BOOK_ORDER[k]
-            nopen += 1
     nkeep = 0
     ncancel = 0
-    for k in range(nopen):
-        oi = OPENL[k]
+    for k in range(int(S[vc.NSLOT])):  # the open orders (slots past NSLOT were never used)
+        if BOOK[k, vc.B_STATE] == 0.0:
+            continue
+        oi = v.BOOK_ORDER[k]
+        seq = BOOK[k, vc.B_SEQ]
         kind = int(O[oi, O_TAG0]) % NKIND
         g = int(O[oi, O_TAG0]) // NKIND
         if O[oi, O_LIQ] != 0 or (kind != K_ENTRY and kind != K_TP):
@@ -535,20 +533,29 @@ def _sync(
             match = T_BY_LEVEL[g, ref] if ref < T_BY_LEVEL.shape[1] else -1
         else:
             match = T_BY_LOT[g, ref]
-        if match >= 0 and not TKEEP[match]:
+        if match >= 0:
             t = match
             rem = max(O[oi, O_QTY] - O[oi, O_FILLED], 0.0)
             if O[oi, O_SIDE] == TS[t] and O[oi, vc.O_PRICE] == TP_[t] and (O[oi, O_QTY] == TQ[t] or abs(rem - TQ[t]) < 1e-12):
-                TKEEP[t] = True
-                nkeep += 1
-                continue
-        x = ncancel  # to cancel, nearest the price first (stable)
+                if not TKEEP[t]:
+                    TKEEP[t] = True
+                    KEEPER[t] = oi
+                    nkeep += 1
+                    continue
+                kept = KEEPER[t]  # two orders match the target: the older one stays
+                kept_seq = BOOK[int(O[kept, vc.O_SLOT]), vc.B_SEQ]
+                if kept_seq > seq:
+                    KEEPER[t] = oi
+                    oi, seq = kept, kept_seq
+        x = ncancel  # to cancel, nearest the price first, the older first on a tie
         dist = abs(O[oi, vc.O_PRICE] - price)
-        while x > 0 and CDIST[x - 1] > dist:
+        while x > 0 and (CDIST[x - 1] > dist or (CDIST[x - 1] == dist and CSEQ[x - 1] > seq)):
             CDIST[x] = CDIST[x - 1]
+            CSEQ[x] = CSEQ[x - 1]
             KEEPL[x] = KEEPL[x - 1]
             x -= 1
         CDIST[x] = dist
+        CSEQ[x] = seq
         KEEPL[x] = oi
         ncancel += 1
     for k in range(ncancel):
@@ -670,8 +677,8 @@ def kernel(
     TP_OUT = np.empty(nlive, dtype=np.int64)  # one grid's desired take-profit levels
     ENTRY_OUT = np.empty(nlive, dtype=np.int64)  # and entry levels
     ORDER = np.empty(size, dtype=np.int64)
-    OPENL = np.empty(BOOK.shape[0], dtype=np.int64)
-    SEQL = np.empty(BOOK.shape[0])
+    KEEPER = np.empty(size, dtype=np.int64)  # target -> the open order kept for it
+    CSEQ = np.empty(BOOK.shape[0])
     KEEPL = np.empty(max(BOOK.shape[0], TPAT.shape[1]), dtype=np.int64)
     CDIST = np.empty(BOOK.shape[0])
     T_BY_LEVEL = np.full((ngrid, TPAT.shape[1]), -1, dtype=np.int64)  # entry level -> its target this sync
@@ -754,7 +761,7 @@ def kernel(
                 return int(M[BAIL])
         price = S[vc.PRICE]
         nt = _desired(v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TS, TP_, TQ, TP_OUT, ENTRY_OUT)
-        live = _sync(v, M, MG, nt, TK, TG, TR, TS, TP_, TQ, TKEEP, ORDER, OPENL, SEQL, KEEPL, CDIST, T_BY_LEVEL, T_BY_LOT, GENS, price)
+        live = _sync(v, M, MG, nt, TK, TG, TR, TS, TP_, TQ, TKEEP, ORDER, KEEPER, CSEQ, KEEPL, CDIST, T_BY_LEVEL, T_BY_LOT, GENS, price)
         if live < 0:
             return BAIL_CAPACITY
         _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid)
