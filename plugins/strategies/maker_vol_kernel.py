@@ -957,11 +957,11 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
     at = wake_idx.astype(np.int64)
     highs, lows = lookback_range(ts, bars.high, bars.low, at, n_window, lookback_ms)
     # only what the ladders depend on tells sets apart (long: the high; short: the low)
-    key = np.stack([highs if c.side != "short" else np.zeros_like(highs), lows if c.side != "long" else np.zeros_like(lows)], axis=1)
-    if len(key):
-        distinct, first_use, set_of_wake = np.unique(key, axis=0, return_index=True, return_inverse=True)
-    else:
-        distinct, first_use, set_of_wake = np.empty((0, 2)), np.empty(0, np.int64), np.empty(0, np.int64)
+    # (high, low) as one complex number: np.unique of a 1-d array (complex numbers sort by real
+    # part, then imaginary) instead of np.unique(axis=0), which sorts rows as structured records
+    key = (highs if c.side != "short" else np.zeros_like(highs)) + 1j * (lows if c.side != "long" else np.zeros_like(lows))
+    distinct_key, first_use, set_of_wake = np.unique(key, return_index=True, return_inverse=True)
+    distinct = np.stack([distinct_key.real, distinct_key.imag], axis=1)
     set_of_wake = np.asarray(set_of_wake).reshape(-1)
     by_first_use = np.argsort(first_use, kind="stable")
     number = np.empty(len(distinct), dtype=np.int64)
@@ -987,7 +987,7 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
     lad_first = np.zeros((ngrid, len(sets)), dtype=np.int64)
     lad_top = np.zeros((ngrid, len(sets)))
     lad_bottom = np.zeros((ngrid, len(sets)))
-    raw, entry, entry_t, tp = [], [], [], []
+    raw, entry, dirs, sizes = [], [], [], []
     at_ = 0
     for s, ladders in enumerate(sets):
         for g, ladder in enumerate(ladders):
@@ -998,14 +998,17 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
             at_ += len(ladder)
             # MakerVol._size: entries rounded away from the market (long: down); OrderSync.targets:
             # buys down, sells up (long entries are buys and take-profits sells; short the other way round)
-            e = entry_prices(ladder, tick, pdec)
             raw.append(ladder.prices)
-            entry.append(e)
-            entry_t.append(down(e) if d > 0 else up(e))
-            tp.append(up(ladder.prices) if d > 0 else down(ladder.prices))
+            entry.append(entry_prices(ladder, tick, pdec))
+            dirs.append(d)
+            sizes.append(len(ladder))
 
     def flat(parts):
         return np.concatenate(parts) if parts else np.empty(0)
+
+    # rounded for OrderSync once over the flat tables (elementwise: the same as ladder by ladder)
+    LADP, LAD_E = flat(raw), flat(entry)
+    longs = np.repeat(np.array(dirs, dtype=np.int64), sizes) > 0
 
     return dict(
         ngrid=ngrid,
@@ -1016,10 +1019,10 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
         lad_first=lad_first,
         lad_top=lad_top,
         lad_bottom=lad_bottom,
-        LADP=flat(raw),
-        LAD_E=flat(entry),
-        LAD_ET=flat(entry_t),
-        LAD_TP=flat(tp),
+        LADP=LADP,
+        LAD_E=LAD_E,
+        LAD_ET=np.where(longs, down(LAD_E), up(LAD_E)),
+        LAD_TP=np.where(longs, up(LADP), down(LADP)),
     )
 
 
@@ -1380,9 +1383,8 @@ def _restore_strategy(strategy, engine, k, fills):
 def _level_counts(prices: np.ndarray, directions: np.ndarray) -> Counter:
     """Counter of (direction, round(price, 1)), built from the distinct (direction, price) pairs."""
     counts: Counter = Counter()
-    if not len(prices):
-        return counts
-    pairs, times = np.unique(np.stack([directions, prices], axis=1), axis=0, return_counts=True)
-    for (d, value), count in zip(pairs.tolist(), times.tolist()):
-        counts[(int(d), round(value, 1))] += count
+    for d in np.unique(directions).tolist():  # per direction, ascending: a 1-d unique of its prices
+        values, times = np.unique(prices[directions == d], return_counts=True)
+        for value, count in zip(values.tolist(), times.tolist()):
+            counts[(int(d), round(value, 1))] += count
     return counts
