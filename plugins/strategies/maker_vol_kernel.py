@@ -92,6 +92,7 @@ from .maker_vol_grid import (
     entry_prices,
     entry_sizes,
     first_entry_level,
+    levels_at_or_beyond,
     line_funding,
     liquidated_above_bottom,
     lookback_range,
@@ -111,7 +112,7 @@ SATS, LIQS, CASH_PAUSES, PAUSED, BRK_VIOL, RAISED, MREFUSED = 16, 17, 18, 19, 20
 MADDED, SUBMITTED, CANCELED, REJECTED, RECOMPUTES, BEYOND, NENTRY, NTP = 23, 24, 25, 26, 27, 28, 29, 30
 NSAT, NRT, NSAMP, ARMED, NEXT_RC, HAS_GRID = 31, 32, 33, 34, 35, 36
 FIRST_SYNC, REARMED, SYNC_FILLS, RESTORES, LIQ_ABOVE, RESTORE_CLOSES, RESTORE_PNL = 37, 38, 39, 40, 41, 42, 43
-NRETRY, CLOSES_RETRIED, LOTS_GONE = 44, 45, 46
+NRETRY, CLOSES_RETRIED, LOTS_GONE, OCCUPIED = 44, 45, 46, 47
 NSTATE = 48
 
 # --- each grid's state MG[g] (float64): its book's totals, its ladder, its position row ---------------
@@ -381,22 +382,25 @@ def _drain(v, M, G, MG, SB, L, LOTS, TPAT, LADP, ENT, TPF, SAT, RT):  # pragma: 
 
 
 @njit(cache=True, nogil=True)
-def _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid):  # pragma: no cover - compiled
+def _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid, occupied):  # pragma: no cover - compiled
     """MakerVol._sample: per grid, its lot book's and its position's liquidation price; with two
     grids the columns show the grid nearest its liquidation. A breach: a position's line beyond
-    its bottom while the price is on the safe side (no restore close under way)."""
+    its bottom while the price is on the safe side (no restore close under way). ``occupied``: the
+    levels holding a take-profit, as :func:`_desired` counted them at this wake-up (-1: count them)."""
     price = v.S[vc.PRICE]
     liq = np.nan
     dist = np.nan
     broker_liq = np.nan
-    occupied = 0
+    count = occupied < 0
+    occupied = max(occupied, 0)
     levels = 0
     for g in range(ngrid):
         length = int(MG[g, G_LEN])
         levels += length
-        for lv in range(length):
-            if TPAT[g, lv] != 0:
-                occupied += 1
+        if count:
+            for lv in range(length):
+                if TPAT[g, lv] != 0:
+                    occupied += 1
         if MG[g, G_NLOTS] == 0:
             continue
         d = MG[g, G_D]
@@ -456,6 +460,7 @@ def _desired(
     nt = 0
     paused = False
     armed = 0.0
+    occupied = 0
     for g in range(int(G[G_NGRID])):
         off, length, first = int(MG[g, G_OFF]), int(MG[g, G_LEN]), int(MG[g, G_FIRST])
         d = MG[g, G_D]
@@ -463,6 +468,14 @@ def _desired(
             MG[g], L[g], TPAT[g], LADP, off, length, first, SQ[g], SM[g], price, d, nlive, free, TP_OUT, ENTRY_OUT
         )
         armed += armed_g
+        # the levels holding a take-profit, for _sample: desired_levels counted those from its
+        # first entry level on (armed = levels there free of one + open lots); the levels above it
+        # are counted here, so the ladder is read once per wake-up instead of twice
+        start = max(levels_at_or_beyond(LADP, off, length, price, d), first)
+        occupied += length - start + int(MG[g, G_NLOTS]) - armed_g
+        for level in range(min(start, length)):
+            if TPAT[g, level] != 0:
+                occupied += 1
         paused = paused or paused_g
         for k in range(ntp):
             level = TP_OUT[k]
@@ -490,6 +503,7 @@ def _desired(
             TQ[nt] = vc.round_qty(SQ[g, level], v.P)
             nt += 1
     M[ARMED] = armed
+    M[OCCUPIED] = occupied
     if paused and M[PAUSED] == 0:
         M[CASH_PAUSES] += 1
     M[PAUSED] = 1 if paused else 0
@@ -764,7 +778,7 @@ def kernel(
         live = _sync(v, M, MG, nt, TK, TG, TR, TS, TP_, TQ, TKEEP, ORDER, KEEPER, CSEQ, KEEPL, CDIST, T_BY_LEVEL, T_BY_LOT, GENS, price)
         if live < 0:
             return BAIL_CAPACITY
-        _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid)
+        _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid, M[OCCUPIED])
         # the engine's pump after on_bar: closes refused or expired go to the retry queue
         _drain(v, M, G, MG, SB, L, LOTS, TPAT, LADP, ENT, TPF, SAT, RT)
         # -- _set_alert: wake when the price passes the next level toward top (a new level is armed)
@@ -785,7 +799,7 @@ def kernel(
             kind = int(O[v.BOOK_ORDER[k], O_TAG0]) % NKIND
             if (kind == K_ENTRY or kind == K_TP) and O[v.BOOK_ORDER[k], O_LIQ] == 0:
                 live += 1
-    _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid)
+    _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid, -1.0)
     return OK
 
 
