@@ -121,7 +121,11 @@ NSTATE = 48
 # its first NB fields are its lot book's totals (maker_vol_grid's B_NLOTS ...: the row is the book's B)
 G_NLOTS, G_BQ, G_BMARGIN, G_BCOST, G_NEXTLOT = B_NLOTS, B_QTY, B_MARGIN, B_COST, B_NEXT
 G_OFF, G_LEN, G_FIRST, G_BOTTOM, G_D, G_ROW, G_PSIDE, G_RO = range(NB, NB + 8)
-NMG = NB + 8
+# G_MAXLEV: book_max_leverage of its open lots, read again only when the set of open lots changed:
+# a lot's leverage is fixed when it opens, and (B_NEXT, B_NLOTS) -- kept in G_MAXLEV_NEXT /
+# G_MAXLEV_N -- changes with every open (B_NEXT grows) and every close (B_NLOTS falls)
+G_MAXLEV, G_MAXLEV_NEXT, G_MAXLEV_N = range(NB + 8, NB + 11)
+NMG = NB + 11
 
 # --- the strategy's parameters G ---------------------------------------------------------------------
 G_TP, G_ORDER_PCT, G_NLIVE, G_RECOMPUTE, G_NGRID = 0, 1, 2, 3, 4
@@ -236,7 +240,11 @@ def _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, wake):  # pragma: no cover - 
         return
     d = MG[G_D]
     bottom = MG[G_BOTTOM]
-    wanted = position_leverage(book_max_leverage(MG, L, LOTS), qty * v.S[vc.PRICE], SB)
+    if MG[G_MAXLEV_NEXT] != MG[G_NEXTLOT] or MG[G_MAXLEV_N] != n:
+        MG[G_MAXLEV] = book_max_leverage(MG, L, LOTS)
+        MG[G_MAXLEV_NEXT] = MG[G_NEXTLOT]
+        MG[G_MAXLEV_N] = n
+    wanted = position_leverage(MG[G_MAXLEV], qty * v.S[vc.PRICE], SB)
     if v.P[vc.P_LEV] != wanted and not vc.set_leverage(v, wanted):
         M[MREFUSED] += 1
     required = required_margin(qty, POS[r, Q_ENTRY], bottom, d, SB)
