@@ -149,7 +149,7 @@ BAIL_REASONS = {
 EPS = vc.EPS
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _equity(v):  # pragma: no cover - compiled
     """Wallet balance plus the unrealised PnL of both position rows at the current price."""
     out = v.S[vc.WALLET]
@@ -225,7 +225,7 @@ def _closed_at_market(v, M, MG, L, LOTS, TPAT, SAT, fi):  # pragma: no cover - c
     M[NSAT] = k + 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, wake):  # pragma: no cover - compiled
     """MakerVol._fund_position for grid ``g``'s position row (its rules are maker_vol_grid's;
     leverage and margin calls are the venue's, as SimBroker.set_leverage / adjust_margin make them)."""
@@ -273,7 +273,7 @@ def _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, wake):  # pragma: no cover - 
         M[RESTORE_CLOSES] += 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _on_maker_fill(v, M, G, MG, SB, L, LOTS, TPAT, LADP, g, ENT, TPF, RT, fi):  # pragma: no cover - compiled
     """MakerVol.on_fill for an entry or a take-profit of grid ``g`` (and the saturation close it may cause)."""
     oi = int(v.FL[fi, F_ORDER])
@@ -351,7 +351,7 @@ def _liquidated(v, M, MG, L, LOTS, TPAT, fi, ngrid):  # pragma: no cover - compi
         M[LIQ_LOSS] += book_liquidate(MG[g], L[g], LOTS[g], TPAT[g], price, d)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _drain(v, M, G, MG, SB, L, LOTS, TPAT, LADP, ENT, TPF, SAT, RT):  # pragma: no cover - compiled
     """The engine's pump: every event the core logged, in order, to the strategy's handlers
     (which may add more: a close that fills at once is handled after the fill that caused it)."""
@@ -389,7 +389,7 @@ def _drain(v, M, G, MG, SB, L, LOTS, TPAT, LADP, ENT, TPF, SAT, RT):  # pragma: 
     v.S[NEV] = 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid, occupied):  # pragma: no cover - compiled
     """MakerVol._sample: per grid, its lot book's and its position's liquidation price; with two
     grids the columns show the grid nearest its liquidation. A breach: a position's line beyond
@@ -455,7 +455,7 @@ def _size(v, M, G, MG, SB, LAD_E, SQ, SM, equity):  # pragma: no cover - compile
     )
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _desired(
     v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TS, TP_, TQ, TP_OUT, ENTRY_OUT
 ):  # pragma: no cover - compiled
@@ -518,7 +518,7 @@ def _desired(
     return nt
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _sync(
     v, M, MG, nt, TK, TG, TR, TS, TP_, TQ, TKEEP, ORDER, KEEPER, CSEQ, KEEPL, CDIST, T_BY_LEVEL, T_BY_LOT, GENS, price
 ):  # pragma: no cover - compiled
