@@ -92,6 +92,7 @@ from .maker_vol_grid import (
     entry_prices,
     entry_sizes,
     first_entry_level,
+    levels_at_or_beyond,
     line_funding,
     liquidated_above_bottom,
     lookback_range,
@@ -111,7 +112,7 @@ SATS, LIQS, CASH_PAUSES, PAUSED, BRK_VIOL, RAISED, MREFUSED = 16, 17, 18, 19, 20
 MADDED, SUBMITTED, CANCELED, REJECTED, RECOMPUTES, BEYOND, NENTRY, NTP = 23, 24, 25, 26, 27, 28, 29, 30
 NSAT, NRT, NSAMP, ARMED, NEXT_RC, HAS_GRID = 31, 32, 33, 34, 35, 36
 FIRST_SYNC, REARMED, SYNC_FILLS, RESTORES, LIQ_ABOVE, RESTORE_CLOSES, RESTORE_PNL = 37, 38, 39, 40, 41, 42, 43
-NRETRY, CLOSES_RETRIED, LOTS_GONE = 44, 45, 46
+NRETRY, CLOSES_RETRIED, LOTS_GONE, OCCUPIED = 44, 45, 46, 47
 NSTATE = 48
 
 # --- each grid's state MG[g] (float64): its book's totals, its ladder, its position row ---------------
@@ -120,7 +121,11 @@ NSTATE = 48
 # its first NB fields are its lot book's totals (maker_vol_grid's B_NLOTS ...: the row is the book's B)
 G_NLOTS, G_BQ, G_BMARGIN, G_BCOST, G_NEXTLOT = B_NLOTS, B_QTY, B_MARGIN, B_COST, B_NEXT
 G_OFF, G_LEN, G_FIRST, G_BOTTOM, G_D, G_ROW, G_PSIDE, G_RO = range(NB, NB + 8)
-NMG = NB + 8
+# G_MAXLEV: book_max_leverage of its open lots, read again only when the set of open lots changed:
+# a lot's leverage is fixed when it opens, and (B_NEXT, B_NLOTS) -- kept in G_MAXLEV_NEXT /
+# G_MAXLEV_N -- changes with every open (B_NEXT grows) and every close (B_NLOTS falls)
+G_MAXLEV, G_MAXLEV_NEXT, G_MAXLEV_N = range(NB + 8, NB + 11)
+NMG = NB + 11
 
 # --- the strategy's parameters G ---------------------------------------------------------------------
 G_TP, G_ORDER_PCT, G_NLIVE, G_RECOMPUTE, G_NGRID = 0, 1, 2, 3, 4
@@ -144,7 +149,7 @@ BAIL_REASONS = {
 EPS = vc.EPS
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _equity(v):  # pragma: no cover - compiled
     """Wallet balance plus the unrealised PnL of both position rows at the current price."""
     out = v.S[vc.WALLET]
@@ -220,7 +225,7 @@ def _closed_at_market(v, M, MG, L, LOTS, TPAT, SAT, fi):  # pragma: no cover - c
     M[NSAT] = k + 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, wake):  # pragma: no cover - compiled
     """MakerVol._fund_position for grid ``g``'s position row (its rules are maker_vol_grid's;
     leverage and margin calls are the venue's, as SimBroker.set_leverage / adjust_margin make them)."""
@@ -235,7 +240,11 @@ def _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, wake):  # pragma: no cover - 
         return
     d = MG[G_D]
     bottom = MG[G_BOTTOM]
-    wanted = position_leverage(book_max_leverage(MG, L, LOTS), qty * v.S[vc.PRICE], SB)
+    if MG[G_MAXLEV_NEXT] != MG[G_NEXTLOT] or MG[G_MAXLEV_N] != n:
+        MG[G_MAXLEV] = book_max_leverage(MG, L, LOTS)
+        MG[G_MAXLEV_NEXT] = MG[G_NEXTLOT]
+        MG[G_MAXLEV_N] = n
+    wanted = position_leverage(MG[G_MAXLEV], qty * v.S[vc.PRICE], SB)
     if v.P[vc.P_LEV] != wanted and not vc.set_leverage(v, wanted):
         M[MREFUSED] += 1
     required = required_margin(qty, POS[r, Q_ENTRY], bottom, d, SB)
@@ -264,7 +273,7 @@ def _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, wake):  # pragma: no cover - 
         M[RESTORE_CLOSES] += 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _on_maker_fill(v, M, G, MG, SB, L, LOTS, TPAT, LADP, g, ENT, TPF, RT, fi):  # pragma: no cover - compiled
     """MakerVol.on_fill for an entry or a take-profit of grid ``g`` (and the saturation close it may cause)."""
     oi = int(v.FL[fi, F_ORDER])
@@ -342,7 +351,7 @@ def _liquidated(v, M, MG, L, LOTS, TPAT, fi, ngrid):  # pragma: no cover - compi
         M[LIQ_LOSS] += book_liquidate(MG[g], L[g], LOTS[g], TPAT[g], price, d)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _drain(v, M, G, MG, SB, L, LOTS, TPAT, LADP, ENT, TPF, SAT, RT):  # pragma: no cover - compiled
     """The engine's pump: every event the core logged, in order, to the strategy's handlers
     (which may add more: a close that fills at once is handled after the fill that caused it)."""
@@ -380,37 +389,41 @@ def _drain(v, M, G, MG, SB, L, LOTS, TPAT, LADP, ENT, TPF, SAT, RT):  # pragma: 
     v.S[NEV] = 0
 
 
-@njit(cache=True, nogil=True)
-def _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid):  # pragma: no cover - compiled
+@njit(cache=True, nogil=True, inline="always")
+def _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid, occupied):  # pragma: no cover - compiled
     """MakerVol._sample: per grid, its lot book's and its position's liquidation price; with two
     grids the columns show the grid nearest its liquidation. A breach: a position's line beyond
-    its bottom while the price is on the safe side (no restore close under way)."""
+    its bottom while the price is on the safe side (no restore close under way). ``occupied``: the
+    levels holding a take-profit, as :func:`_desired` counted them at this wake-up (-1: count them)."""
     price = v.S[vc.PRICE]
     liq = np.nan
     dist = np.nan
     broker_liq = np.nan
-    occupied = 0
+    count = occupied < 0
+    occupied = max(occupied, 0)
     levels = 0
     for g in range(ngrid):
         length = int(MG[g, G_LEN])
         levels += length
-        for lv in range(length):
-            if TPAT[g, lv] != 0:
-                occupied += 1
+        if count:
+            for lv in range(length):
+                if TPAT[g, lv] != 0:
+                    occupied += 1
         if MG[g, G_NLOTS] == 0:
             continue
         d = MG[g, G_D]
         bottom = MG[g, G_BOTTOM]
         g_liq = book_liquidation_price(MG[g, G_BQ], MG[g, G_BCOST], MG[g, G_BMARGIN], d, SB)
         g_broker = v.POS[int(MG[g, G_ROW]), Q_LIQ]
-        restoring = False  # a restore or saturation close of this grid waiting for the next open
-        for k in range(v.BOOK.shape[0]):
-            if v.BOOK[k, vc.B_STATE] != 0.0:
-                tag = v.O[v.BOOK_ORDER[k], O_TAG0]
-                if tag == _tag(K_RESTORE, g) or tag == _tag(K_CLOSE, g):
-                    restoring = True
-        if beyond_line(price, g_broker, bottom, d) and not restoring:
-            M[BRK_VIOL] += 1
+        if beyond_line(price, g_broker, bottom, d):
+            restoring = False  # a restore or saturation close of this grid waiting for the next open
+            for k in range(int(v.S[vc.NSLOT])):  # (slots past NSLOT were never used)
+                if v.BOOK[k, vc.B_STATE] != 0.0:
+                    tag = v.O[v.BOOK_ORDER[k], O_TAG0]
+                    if tag == _tag(K_RESTORE, g) or tag == _tag(K_CLOSE, g):
+                        restoring = True
+            if not restoring:
+                M[BRK_VIOL] += 1
         g_dist = d * (price - g_broker) / price
         if not (dist <= g_dist):  # the first grid, or one nearer its liquidation
             liq, broker_liq, dist = g_liq, g_broker, g_dist
@@ -442,7 +455,7 @@ def _size(v, M, G, MG, SB, LAD_E, SQ, SM, equity):  # pragma: no cover - compile
     )
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _desired(
     v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TS, TP_, TQ, TP_OUT, ENTRY_OUT
 ):  # pragma: no cover - compiled
@@ -455,6 +468,7 @@ def _desired(
     nt = 0
     paused = False
     armed = 0.0
+    occupied = 0
     for g in range(int(G[G_NGRID])):
         off, length, first = int(MG[g, G_OFF]), int(MG[g, G_LEN]), int(MG[g, G_FIRST])
         d = MG[g, G_D]
@@ -462,6 +476,14 @@ def _desired(
             MG[g], L[g], TPAT[g], LADP, off, length, first, SQ[g], SM[g], price, d, nlive, free, TP_OUT, ENTRY_OUT
         )
         armed += armed_g
+        # the levels holding a take-profit, for _sample: desired_levels counted those from its
+        # first entry level on (armed = levels there free of one + open lots); the levels above it
+        # are counted here, so the ladder is read once per wake-up instead of twice
+        start = max(levels_at_or_beyond(LADP, off, length, price, d), first)
+        occupied += length - start + int(MG[g, G_NLOTS]) - armed_g
+        for level in range(min(start, length)):
+            if TPAT[g, level] != 0:
+                occupied += 1
         paused = paused or paused_g
         for k in range(ntp):
             level = TP_OUT[k]
@@ -489,18 +511,24 @@ def _desired(
             TQ[nt] = vc.round_qty(SQ[g, level], v.P)
             nt += 1
     M[ARMED] = armed
+    M[OCCUPIED] = occupied
     if paused and M[PAUSED] == 0:
         M[CASH_PAUSES] += 1
     M[PAUSED] = 1 if paused else 0
     return nt
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _sync(
-    v, M, MG, nt, TK, TG, TR, TS, TP_, TQ, TKEEP, ORDER, OPENL, SEQL, KEEPL, CDIST, T_BY_LEVEL, T_BY_LOT, GENS, price
+    v, M, MG, nt, TK, TG, TR, TS, TP_, TQ, TKEEP, ORDER, KEEPER, CSEQ, KEEPL, CDIST, T_BY_LEVEL, T_BY_LOT, GENS, price
 ):  # pragma: no cover - compiled
     """OrderSync.sync: keep the open orders that match a target, cancel the rest (nearest the price
-    first), submit the missing ones nearest the price first. Returns the live count, or -1 (room)."""
+    first), submit the missing ones nearest the price first. Returns the live count, or -1 (room).
+
+    OrderSync visits the open orders oldest first: of two that match one target the older is kept,
+    and the cancels go nearest first, the older first on a tie. The slots are read in their own
+    order and those two ties are settled by the orders' queue numbers (``B_SEQ``) instead, which
+    gives the same keeps and cancels without sorting the whole book at every wake-up."""
     S, O, BOOK = v.S, v.O, v.BOOK
     if M[FIRST_SYNC] == 0:
         M[FIRST_SYNC] = 1
@@ -511,21 +539,13 @@ def _sync(
             T_BY_LEVEL[TG[t], TR[t]] = t
         else:
             T_BY_LOT[TG[t], TR[t]] = t
-    nopen = 0
-    for k in range(int(S[vc.NSLOT])):  # the open orders, oldest first (slots past NSLOT were never used)
-        if BOOK[k, vc.B_STATE] != 0.0:
-            x = nopen
-            while x > 0 and SEQL[x - 1] > BOOK[k, vc.B_SEQ]:
-                SEQL[x] = SEQL[x - 1]
-                OPENL[x] = OPENL[x - 1]
-                x -= 1
-            SEQL[x] = BOOK[k, vc.B_SEQ]
-            OPENL[x] = v.BOOK_ORDER[k]
-            nopen += 1
     nkeep = 0
     ncancel = 0
-    for k in range(nopen):
-        oi = OPENL[k]
+    for k in range(int(S[vc.NSLOT])):  # the open orders (slots past NSLOT were never used)
+        if BOOK[k, vc.B_STATE] == 0.0:
+            continue
+        oi = v.BOOK_ORDER[k]
+        seq = BOOK[k, vc.B_SEQ]
         kind = int(O[oi, O_TAG0]) % NKIND
         g = int(O[oi, O_TAG0]) // NKIND
         if O[oi, O_LIQ] != 0 or (kind != K_ENTRY and kind != K_TP):
@@ -535,20 +555,29 @@ def _sync(
             match = T_BY_LEVEL[g, ref] if ref < T_BY_LEVEL.shape[1] else -1
         else:
             match = T_BY_LOT[g, ref]
-        if match >= 0 and not TKEEP[match]:
+        if match >= 0:
             t = match
             rem = max(O[oi, O_QTY] - O[oi, O_FILLED], 0.0)
             if O[oi, O_SIDE] == TS[t] and O[oi, vc.O_PRICE] == TP_[t] and (O[oi, O_QTY] == TQ[t] or abs(rem - TQ[t]) < 1e-12):
-                TKEEP[t] = True
-                nkeep += 1
-                continue
-        x = ncancel  # to cancel, nearest the price first (stable)
+                if not TKEEP[t]:
+                    TKEEP[t] = True
+                    KEEPER[t] = oi
+                    nkeep += 1
+                    continue
+                kept = KEEPER[t]  # two orders match the target: the older one stays
+                kept_seq = BOOK[int(O[kept, vc.O_SLOT]), vc.B_SEQ]
+                if kept_seq > seq:
+                    KEEPER[t] = oi
+                    oi, seq = kept, kept_seq
+        x = ncancel  # to cancel, nearest the price first, the older first on a tie
         dist = abs(O[oi, vc.O_PRICE] - price)
-        while x > 0 and CDIST[x - 1] > dist:
+        while x > 0 and (CDIST[x - 1] > dist or (CDIST[x - 1] == dist and CSEQ[x - 1] > seq)):
             CDIST[x] = CDIST[x - 1]
+            CSEQ[x] = CSEQ[x - 1]
             KEEPL[x] = KEEPL[x - 1]
             x -= 1
         CDIST[x] = dist
+        CSEQ[x] = seq
         KEEPL[x] = oi
         ncancel += 1
     for k in range(ncancel):
@@ -670,8 +699,8 @@ def kernel(
     TP_OUT = np.empty(nlive, dtype=np.int64)  # one grid's desired take-profit levels
     ENTRY_OUT = np.empty(nlive, dtype=np.int64)  # and entry levels
     ORDER = np.empty(size, dtype=np.int64)
-    OPENL = np.empty(BOOK.shape[0], dtype=np.int64)
-    SEQL = np.empty(BOOK.shape[0])
+    KEEPER = np.empty(size, dtype=np.int64)  # target -> the open order kept for it
+    CSEQ = np.empty(BOOK.shape[0])
     KEEPL = np.empty(max(BOOK.shape[0], TPAT.shape[1]), dtype=np.int64)
     CDIST = np.empty(BOOK.shape[0])
     T_BY_LEVEL = np.full((ngrid, TPAT.shape[1]), -1, dtype=np.int64)  # entry level -> its target this sync
@@ -754,10 +783,10 @@ def kernel(
                 return int(M[BAIL])
         price = S[vc.PRICE]
         nt = _desired(v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TS, TP_, TQ, TP_OUT, ENTRY_OUT)
-        live = _sync(v, M, MG, nt, TK, TG, TR, TS, TP_, TQ, TKEEP, ORDER, OPENL, SEQL, KEEPL, CDIST, T_BY_LEVEL, T_BY_LOT, GENS, price)
+        live = _sync(v, M, MG, nt, TK, TG, TR, TS, TP_, TQ, TKEEP, ORDER, KEEPER, CSEQ, KEEPL, CDIST, T_BY_LEVEL, T_BY_LOT, GENS, price)
         if live < 0:
             return BAIL_CAPACITY
-        _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid)
+        _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid, M[OCCUPIED])
         # the engine's pump after on_bar: closes refused or expired go to the retry queue
         _drain(v, M, G, MG, SB, L, LOTS, TPAT, LADP, ENT, TPF, SAT, RT)
         # -- _set_alert: wake when the price passes the next level toward top (a new level is armed)
@@ -778,7 +807,7 @@ def kernel(
             kind = int(O[v.BOOK_ORDER[k], O_TAG0]) % NKIND
             if (kind == K_ENTRY or kind == K_TP) and O[v.BOOK_ORDER[k], O_LIQ] == 0:
                 live += 1
-    _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid)
+    _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid, -1.0)
     return OK
 
 
@@ -950,11 +979,11 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
     at = wake_idx.astype(np.int64)
     highs, lows = lookback_range(ts, bars.high, bars.low, at, n_window, lookback_ms)
     # only what the ladders depend on tells sets apart (long: the high; short: the low)
-    key = np.stack([highs if c.side != "short" else np.zeros_like(highs), lows if c.side != "long" else np.zeros_like(lows)], axis=1)
-    if len(key):
-        distinct, first_use, set_of_wake = np.unique(key, axis=0, return_index=True, return_inverse=True)
-    else:
-        distinct, first_use, set_of_wake = np.empty((0, 2)), np.empty(0, np.int64), np.empty(0, np.int64)
+    # (high, low) as one complex number: np.unique of a 1-d array (complex numbers sort by real
+    # part, then imaginary) instead of np.unique(axis=0), which sorts rows as structured records
+    key = (highs if c.side != "short" else np.zeros_like(highs)) + 1j * (lows if c.side != "long" else np.zeros_like(lows))
+    distinct_key, first_use, set_of_wake = np.unique(key, return_index=True, return_inverse=True)
+    distinct = np.stack([distinct_key.real, distinct_key.imag], axis=1)
     set_of_wake = np.asarray(set_of_wake).reshape(-1)
     by_first_use = np.argsort(first_use, kind="stable")
     number = np.empty(len(distinct), dtype=np.int64)
@@ -980,7 +1009,7 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
     lad_first = np.zeros((ngrid, len(sets)), dtype=np.int64)
     lad_top = np.zeros((ngrid, len(sets)))
     lad_bottom = np.zeros((ngrid, len(sets)))
-    raw, entry, entry_t, tp = [], [], [], []
+    raw, entry, dirs, sizes = [], [], [], []
     at_ = 0
     for s, ladders in enumerate(sets):
         for g, ladder in enumerate(ladders):
@@ -991,14 +1020,17 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
             at_ += len(ladder)
             # MakerVol._size: entries rounded away from the market (long: down); OrderSync.targets:
             # buys down, sells up (long entries are buys and take-profits sells; short the other way round)
-            e = entry_prices(ladder, tick, pdec)
             raw.append(ladder.prices)
-            entry.append(e)
-            entry_t.append(down(e) if d > 0 else up(e))
-            tp.append(up(ladder.prices) if d > 0 else down(ladder.prices))
+            entry.append(entry_prices(ladder, tick, pdec))
+            dirs.append(d)
+            sizes.append(len(ladder))
 
     def flat(parts):
         return np.concatenate(parts) if parts else np.empty(0)
+
+    # rounded for OrderSync once over the flat tables (elementwise: the same as ladder by ladder)
+    LADP, LAD_E = flat(raw), flat(entry)
+    longs = np.repeat(np.array(dirs, dtype=np.int64), sizes) > 0
 
     return dict(
         ngrid=ngrid,
@@ -1009,10 +1041,10 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
         lad_first=lad_first,
         lad_top=lad_top,
         lad_bottom=lad_bottom,
-        LADP=flat(raw),
-        LAD_E=flat(entry),
-        LAD_ET=flat(entry_t),
-        LAD_TP=flat(tp),
+        LADP=LADP,
+        LAD_E=LAD_E,
+        LAD_ET=np.where(longs, down(LAD_E), up(LAD_E)),
+        LAD_TP=np.where(longs, up(LADP), down(LADP)),
     )
 
 
@@ -1373,9 +1405,8 @@ def _restore_strategy(strategy, engine, k, fills):
 def _level_counts(prices: np.ndarray, directions: np.ndarray) -> Counter:
     """Counter of (direction, round(price, 1)), built from the distinct (direction, price) pairs."""
     counts: Counter = Counter()
-    if not len(prices):
-        return counts
-    pairs, times = np.unique(np.stack([directions, prices], axis=1), axis=0, return_counts=True)
-    for (d, value), count in zip(pairs.tolist(), times.tolist()):
-        counts[(int(d), round(value, 1))] += count
+    for d in np.unique(directions).tolist():  # per direction, ascending: a 1-d unique of its prices
+        values, times = np.unique(prices[directions == d], return_counts=True)
+        for value, count in zip(values.tolist(), times.tolist()):
+            counts[(int(d), round(value, 1))] += count
     return counts
