@@ -106,7 +106,7 @@ def downsampled(index: Any, values: Any, buckets: int = BUCKETS) -> tuple[np.nda
     return as_ms(index)[keep], y[keep]
 
 
-def _bucket_ranges(ts_ms: np.ndarray, buckets: int = BUCKETS) -> tuple[np.ndarray, np.ndarray] | None:
+def bucket_ranges(ts_ms: np.ndarray, buckets: int = BUCKETS) -> tuple[np.ndarray, np.ndarray] | None:
     """``(starts, start times)`` of the runs of bars :func:`minmax_indices` uses, or None when the
     series is short enough to draw whole."""
     n = len(ts_ms)
@@ -116,7 +116,7 @@ def _bucket_ranges(ts_ms: np.ndarray, buckets: int = BUCKETS) -> tuple[np.ndarra
     return starts, np.asarray(ts_ms, dtype=np.int64)[starts]
 
 
-def _fill_markers(part: pd.DataFrame, edges_ms: np.ndarray | None) -> tuple[Any, np.ndarray, list[str]]:
+def fill_markers(part: pd.DataFrame, edges_ms: np.ndarray | None) -> tuple[Any, np.ndarray, list[str]]:
     """One marker per fill, or, for many fills, one per time bucket at the bucket's volume-weighted
     price with the exact number of fills, quantity, price range and fees in its hover text."""
     if len(part) <= MAX_FILL_MARKERS or edges_ms is None:
@@ -169,7 +169,7 @@ def _price_section(result: RunResult) -> ReportSection | None:
         return None
     index = np.asarray(bars.ts, dtype=np.int64)
     fig = go.Figure()
-    ranges = _bucket_ranges(np.asarray(bars.ts))
+    ranges = bucket_ranges(np.asarray(bars.ts))
     if ranges is not None:  # many bars: each bucket's full high-low range behind the close line
         starts, edges_ms = ranges
         fig.add_trace(
@@ -207,7 +207,7 @@ def _price_section(result: RunResult) -> ReportSection | None:
     for side, symbol, color in (("buy", "triangle-up", "#1a9850"), ("sell", "triangle-down", "#d73027")):
         part = fills[(fills.side == side) & ~fills.is_liquidation] if len(fills) else fills
         if len(part):
-            x, y, text = _fill_markers(part, edges_ms)
+            x, y, text = fill_markers(part, edges_ms)
             fig.add_trace(
                 go.Scatter(
                     x=x,

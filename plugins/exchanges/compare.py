@@ -185,14 +185,15 @@ def _frame_of_sim(fills: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def comparison_sections(c: Comparison, live: pd.DataFrame, sim: pd.DataFrame, *, bot: str, funding_bot, funding_sim: float) -> list:
+def comparison_sections(c: Comparison, live: pd.DataFrame, sim: pd.DataFrame, result, *, bot: str, funding_bot, funding_sim: float) -> list:
     """The report's bot-vs-sim sections: the counts and the gap's split as a table, and both fill
-    lists over time (bot filled markers, sim open ones; buys up, sells down)."""
+    lists over time (bot filled markers, sim open ones; buys up, sells down), drawn as the run's
+    own fills are (:func:`~btc_quant.core.report.fill_markers`: many fills grouped per time bucket)."""
     import html
 
     import plotly.graph_objects as go
 
-    from btc_quant.core.report import ReportSection
+    from btc_quant.core.report import ReportSection, bucket_ranges, fill_markers
 
     rows = [
         ("fills: bot / sim", f"{c.live_fills} / {c.sim_fills}"),
@@ -208,17 +209,23 @@ def comparison_sections(c: Comparison, live: pd.DataFrame, sim: pd.DataFrame, *,
     ]
     table = "<table class='metrics compare'>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     table += f"</table><p class='note'>bot {html.escape(bot)}'s journalled fills against this run's; the gap's parts add up to it.</p>"
+    bars = result.bar_arrays
+    ranges = bucket_ranges(np.asarray(bars.ts)) if bars is not None else None
+    edges_ms = None if ranges is None else ranges[1]
     fig = go.Figure()
     for name, frame, filled in (("bot", live, True), ("sim", sim, False)):
         for side, symbol, colour in ((1, "triangle-up", "#2a7"), (-1, "triangle-down", "#c33")):
-            part = frame[frame["side"] == side]
+            part = frame[frame["side"] == side].rename(columns={"ts_ms": "ts"})
+            x, y, text = fill_markers(part, edges_ms)
             fig.add_scatter(
-                x=pd.to_datetime(part["ts_ms"], unit="ms", utc=True),
-                y=part["price"],
+                x=x,
+                y=y,
+                text=text,
                 mode="markers",
                 name=f"{name} {'buys' if side == 1 else 'sells'} ({len(part)})",
                 marker={"symbol": symbol if filled else f"{symbol}-open", "color": colour, "size": 9 if filled else 12},
             )
+    fig.update_xaxes(type="date")
     fig.update_layout(xaxis_title="time (UTC)", yaxis_title="fill price", height=420)
     return [
         ReportSection(f"Bot {bot} vs sim", html=table, order=3),
@@ -292,7 +299,7 @@ def register(app) -> None:
                 "tag": fills["tag"].fillna("").astype(str),
             }
         )
-        mark = _last_close(cfg, plugins)
+        mark = float(result.bar_arrays.close[-1])  # the close of the period's last bar: the mark for both PnLs
         funding_sim = 0.0 - float(result.metrics.get("funding") or 0.0)  # the run's metric is > 0 paid
         if run.get("mode") == "paper":
             funding_bot = 0.0  # a paper bot pays no funding (the paper broker does not simulate it)
@@ -327,7 +334,7 @@ def register(app) -> None:
         if report is not None:
             from btc_quant.core.report import write_html
 
-            extra = comparison_sections(c, live, sim, bot=bot, funding_bot=funding_bot, funding_sim=funding_sim)
+            extra = comparison_sections(c, live, sim, result, bot=bot, funding_bot=funding_bot, funding_sim=funding_sim)
             typer.echo(f"report: {write_html(result, report, plugins, extra=extra)}", err=True)
         if funding_bot is None:
             typer.echo(
@@ -343,18 +350,6 @@ def _given_strategy(given: list[str], run: dict) -> str | None:
     """The strategy ``quant compare`` replays: ``strategy=`` given on its command line, else the bot's."""
     named = [s.split("=", 1)[1] for s in given if s.split("=", 1)[0] == "strategy"]
     return named[-1] if named else run.get("strategy")
-
-
-def _last_close(cfg, plugins) -> float:
-    """The close of the period's last bar (the mark for both PnLs)."""
-    from btc_quant.core.run import build_runtime, load_bars
-
-    runtime = build_runtime(cfg, plugins, mode="data")
-    try:
-        bars = load_bars(cfg, runtime).bars
-    finally:
-        runtime.close()
-    return float(bars.close[-1])
 
 
 @hookimpl
