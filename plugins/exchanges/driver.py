@@ -459,7 +459,7 @@ class LiveRun:
         await self.broker.reconcile_forever(after=after)
 
     async def _funding_loop(self, exchange) -> None:
-        """Journal the account's funding payments every ``reconcile_s`` (:meth:`_journal_funding`).
+        """Journal the account's funding payments every :attr:`funding_poll_s` (:meth:`_journal_funding`).
         Never returns (a task of the bot that ends would stop the bot): only cancelled at stop."""
         said = False
         while True:
