@@ -188,13 +188,13 @@ def entry_sizes(prices, first, bottom, direction, margin, BB, lot, qscale, min_n
     """Quantity and margin of the entry at each level from ``first`` of a ladder whose entry prices
     (rounded to the tick) are ``prices`` (from level 0): :func:`level_sizes`, written into
     ``QTY[level]`` / ``MARGIN[level]`` (0 at a merged level: it holds no entry); returns the number
-    of levels merged."""
+    of levels merged. Allocates nothing (the compiled backtest's loop runs without numba's
+    reference counting): each level's leverage is held in ``MARGIN`` until its margin replaces it."""
     n = prices.shape[0]
-    LEV = np.empty(n - first)
-    merged = level_sizes(prices[first:], bottom, direction, margin, BB, lot, qscale, min_notional, QTY[first:n], LEV)
+    merged = level_sizes(prices[first:], bottom, direction, margin, BB, lot, qscale, min_notional, QTY[first:n], MARGIN[first:n])
     for level in range(first, n):
         q = QTY[level]
-        MARGIN[level] = q * prices[level] / LEV[level - first] if q > 0 else 0.0
+        MARGIN[level] = q * prices[level] / MARGIN[level] if q > 0 else 0.0
     return merged
 
 

@@ -148,6 +148,12 @@ BAIL_REASONS = {
 }
 EPS = vc.EPS
 
+#: How the bar loop is compiled: without numba's reference counting, as the venue core
+#: (``venue.compiled``). Each call between compiled functions otherwise counts every array it
+#: passes (the venue state's 14, a grid's row views) up and down with atomic operations; the loop
+#: therefore allocates nothing itself (its work arrays come from :func:`work_arrays`).
+loop = njit(cache=True, nogil=True, _nrt=False)
+
 
 @njit(cache=True, nogil=True, inline="always")
 def _equity(v):  # pragma: no cover - compiled
@@ -226,9 +232,10 @@ def _closed_at_market(v, M, MG, L, LOTS, TPAT, SAT, fi):  # pragma: no cover - c
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, wake):  # pragma: no cover - compiled
+def _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, wake, OUT):  # pragma: no cover - compiled
     """MakerVol._fund_position for grid ``g``'s position row (its rules are maker_vol_grid's;
-    leverage and margin calls are the venue's, as SimBroker.set_leverage / adjust_margin make them)."""
+    leverage and margin calls are the venue's, as SimBroker.set_leverage / adjust_margin make them).
+    ``OUT``: room for the lots a restore closes (as many as ``LOTS`` holds)."""
     n = int(MG[G_NLOTS])
     POS = v.POS
     r = int(MG[G_ROW])
@@ -261,7 +268,6 @@ def _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, wake):  # pragma: no cover - 
     M[MREFUSED] += 1
     if action != LINE_CLOSE:
         return
-    OUT = np.empty(n, dtype=np.int64)
     count = restore_closes(MG, L, LOTS, TPAT, amount, OUT)
     if count == 0:
         return
@@ -274,7 +280,7 @@ def _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, wake):  # pragma: no cover - 
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _on_maker_fill(v, M, G, MG, SB, L, LOTS, TPAT, LADP, g, ENT, TPF, RT, fi):  # pragma: no cover - compiled
+def _on_maker_fill(v, M, G, MG, SB, L, LOTS, TPAT, LADP, g, ENT, TPF, RT, fi, OUT):  # pragma: no cover - compiled
     """MakerVol.on_fill for an entry or a take-profit of grid ``g`` (and the saturation close it may cause)."""
     oi = int(v.FL[fi, F_ORDER])
     M[SYNC_FILLS] += 1
@@ -303,7 +309,7 @@ def _on_maker_fill(v, M, G, MG, SB, L, LOTS, TPAT, LADP, g, ENT, TPF, RT, fi):  
             _submit_close(v, M, MG, L, g, victim, K_CLOSE, False, True)
             if M[BAIL] != 0:
                 return
-        _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, False)
+        _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, False, OUT)
     else:
         lot = int(v.O[oi, O_TAG1])
         if book_is_open(MG, LOTS, lot):
@@ -352,7 +358,7 @@ def _liquidated(v, M, MG, L, LOTS, TPAT, fi, ngrid):  # pragma: no cover - compi
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _drain(v, M, G, MG, SB, L, LOTS, TPAT, LADP, ENT, TPF, SAT, RT):  # pragma: no cover - compiled
+def _drain(v, M, G, MG, SB, L, LOTS, TPAT, LADP, ENT, TPF, SAT, RT, OUT):  # pragma: no cover - compiled
     """The engine's pump: every event the core logged, in order, to the strategy's handlers
     (which may add more: a close that fills at once is handled after the fill that caused it)."""
     ngrid = int(G[G_NGRID])
@@ -372,11 +378,11 @@ def _drain(v, M, G, MG, SB, L, LOTS, TPAT, LADP, ENT, TPF, SAT, RT):  # pragma: 
         g = int(v.O[oi, O_TAG0]) // NKIND
         if kind == EV_FILL:
             if tag == K_ENTRY or tag == K_TP:
-                _on_maker_fill(v, M, G, MG[g], SB, L[g], LOTS[g], TPAT[g], LADP, g, ENT, TPF, RT, fi)
+                _on_maker_fill(v, M, G, MG[g], SB, L[g], LOTS[g], TPAT[g], LADP, g, ENT, TPF, RT, fi, OUT)
             else:
                 _closed_at_market(v, M, MG[g], L[g], LOTS[g], TPAT[g], SAT, fi)
                 if tag == K_RESTORE:
-                    _fund_position(v, M, MG[g], SB, L[g], LOTS[g], TPAT[g], g, False)  # the released margin funds the rest
+                    _fund_position(v, M, MG[g], SB, L[g], LOTS[g], TPAT[g], g, False, OUT)  # the released margin funds the rest
                     _wake_at_close(M)  # and the line is looked at again at this bar's close
         elif kind == EV_STATUS:
             status = v.O[oi, O_STATUS]
@@ -643,7 +649,7 @@ def _relay(v, M, G, MG, L, TPAT, KEEPL, LADP, g, noff, nlen):  # pragma: no cove
     M[RECOMPUTES] += 1
 
 
-@njit(cache=True, nogil=True)
+@loop
 def kernel(
     ts,
     op,
@@ -681,30 +687,14 @@ def kernel(
     SAT,
     RT,
     SAMP,
+    W,
 ):  # pragma: no cover - compiled
     """The run (see the module docstring): the venue core's bar loop, the strategy's decisions at
-    each event and wake-up. Returns an exit code (0 = done)."""
+    each event and wake-up. Returns an exit code (0 = done). ``W``: the loop's work arrays
+    (:func:`work_arrays`; it allocates nothing itself, see :data:`loop`)."""
     ngrid = int(G[G_NGRID])
-    nlive = int(G[G_NLIVE])
     S, O, BOOK = v.S, v.O, v.BOOK
-    # targets of one sync: kind, grid, ref, side, price, qty
-    size = 2 * ngrid * nlive + 4
-    TK = np.empty(size, dtype=np.int64)
-    TG = np.empty(size, dtype=np.int64)
-    TR = np.empty(size, dtype=np.int64)
-    TS = np.empty(size)
-    TP_ = np.empty(size)
-    TQ = np.empty(size)
-    TKEEP = np.zeros(size, dtype=np.bool_)
-    TP_OUT = np.empty(nlive, dtype=np.int64)  # one grid's desired take-profit levels
-    ENTRY_OUT = np.empty(nlive, dtype=np.int64)  # and entry levels
-    ORDER = np.empty(size, dtype=np.int64)
-    KEEPER = np.empty(size, dtype=np.int64)  # target -> the open order kept for it
-    CSEQ = np.empty(BOOK.shape[0])
-    KEEPL = np.empty(max(BOOK.shape[0], TPAT.shape[1]), dtype=np.int64)
-    CDIST = np.empty(BOOK.shape[0])
-    T_BY_LEVEL = np.full((ngrid, TPAT.shape[1]), -1, dtype=np.int64)  # entry level -> its target this sync
-    T_BY_LOT = np.full((ngrid, L.shape[1]), -1, dtype=np.int64)  # lot -> its take-profit target this sync
+    TK, TG, TR, TS, TP_, TQ, TKEEP, TP_OUT, ENTRY_OUT, ORDER, KEEPER, CSEQ, KEEPL, CDIST, T_BY_LEVEL, T_BY_LOT, RESTORE_OUT = W
     S[vc.NOW] = ts[0]
     S[vc.PRICE] = op[0]
     i = 0
@@ -719,7 +709,7 @@ def kernel(
             return BAIL_CAPACITY
         if code == vc.ADV_END:
             break
-        _drain(v, M, G, MG, SB, L, LOTS, TPAT, LADP, ENT, TPF, SAT, RT)
+        _drain(v, M, G, MG, SB, L, LOTS, TPAT, LADP, ENT, TPF, SAT, RT, RESTORE_OUT)
         if M[BAIL] != 0:
             return int(M[BAIL])
         if code == vc.ADV_EVENT:
@@ -778,7 +768,7 @@ def kernel(
             M[HAS_GRID] = 1
             M[NEXT_RC] = next_recompute_ms(S[vc.NOW], G[G_RECOMPUTE])
         for g in range(ngrid):
-            _fund_position(v, M, MG[g], SB, L[g], LOTS[g], TPAT[g], g, True)
+            _fund_position(v, M, MG[g], SB, L[g], LOTS[g], TPAT[g], g, True, RESTORE_OUT)
             if M[BAIL] != 0:
                 return int(M[BAIL])
         price = S[vc.PRICE]
@@ -788,7 +778,7 @@ def kernel(
             return BAIL_CAPACITY
         _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid, M[OCCUPIED])
         # the engine's pump after on_bar: closes refused or expired go to the retry queue
-        _drain(v, M, G, MG, SB, L, LOTS, TPAT, LADP, ENT, TPF, SAT, RT)
+        _drain(v, M, G, MG, SB, L, LOTS, TPAT, LADP, ENT, TPF, SAT, RT, RESTORE_OUT)
         # -- _set_alert: wake when the price passes the next level toward top (a new level is armed)
         alo = np.nan
         ahi = np.nan
@@ -812,6 +802,31 @@ def kernel(
 
 
 # --- the Python side: conditions, inputs, and the RunResult -----------------------------------------
+
+
+def work_arrays(ngrid: int, nlive: int, book_rows: int, levels: int, lots: int, lot_rows: int) -> tuple:
+    """The kernel's work arrays for one run: the targets of one sync (kind, grid, ref, side, price,
+    qty, kept), one grid's desired take-profit and entry levels, OrderSync's orderings, each grid's
+    entry level -> its target and lot -> its take-profit target (-1: none this sync), and the lots
+    a restore closes."""
+    size = 2 * ngrid * nlive + 4
+    ints = [np.empty(size, dtype=np.int64) for _ in range(3)]
+    floats = [np.empty(size) for _ in range(3)]
+    return (
+        *ints,
+        *floats,
+        np.zeros(size, dtype=np.bool_),
+        np.empty(nlive, dtype=np.int64),
+        np.empty(nlive, dtype=np.int64),
+        np.empty(size, dtype=np.int64),
+        np.empty(size, dtype=np.int64),
+        np.empty(book_rows),
+        np.empty(max(book_rows, levels), dtype=np.int64),
+        np.empty(book_rows),
+        np.full((ngrid, levels), -1, dtype=np.int64),
+        np.full((ngrid, lot_rows), -1, dtype=np.int64),
+        np.empty(lots, dtype=np.int64),
+    )
 
 
 def strategy_reason(strategy, engine) -> str | None:
@@ -1118,6 +1133,7 @@ def run_kernel(strategy, engine, bars):
         ENT, TPF = np.empty((capacity, 3)), np.empty((capacity, 2))
         SAT, RT = np.empty((capacity, 7)), np.empty((capacity, 6))
         SAMP = np.empty((capacity, 10))
+        W = work_arrays(ngrid, c.max_live_orders, v.BOOK.shape[0], TPAT.shape[1], LOTS.shape[1], L.shape[1])
         kernel_started = time.perf_counter()
         code = kernel(
             *arrays,
@@ -1151,6 +1167,7 @@ def run_kernel(strategy, engine, bars):
             SAT,
             RT,
             SAMP,
+            W,
         )
         kernel_s = time.perf_counter() - kernel_started
         if code == BAIL_CAPACITY and capacity < 16 * n + 65536:
