@@ -81,13 +81,15 @@ def lookback_highs(ts, high, at, n_bars, lookback_ms):  # pragma: no cover - com
     return out
 
 
-def lookback_range(ts, high, low, at, n_bars: int, lookback_ms: int) -> tuple[np.ndarray, np.ndarray]:
+def lookback_range(ts, high, low, at, n_bars: int, lookback_ms: int, side: str = "both") -> tuple[np.ndarray, np.ndarray]:
     """The highest high and the lowest low of the lookback window ending at each bar in ``at``
-    (:func:`lookback_highs`): what top and bottom are recomputed from, in both paths."""
+    (:func:`lookback_highs`): what top and bottom are recomputed from, in both paths. ``side``:
+    the grids they serve; a long grid reads only the high and a short one only the low, so with
+    ``side="long"`` (``"short"``) the lows (highs) are not computed and come back as zeros."""
     ts = np.asarray(ts, dtype=np.int64)
     at = np.asarray(at, dtype=np.int64)
-    highs = lookback_highs(ts, np.asarray(high, dtype=np.float64), at, n_bars, lookback_ms)
-    lows = -lookback_highs(ts, -np.asarray(low, dtype=np.float64), at, n_bars, lookback_ms)
+    highs = lookback_highs(ts, np.asarray(high, dtype=np.float64), at, n_bars, lookback_ms) if side != "short" else np.zeros(len(at))
+    lows = -lookback_highs(ts, -np.asarray(low, dtype=np.float64), at, n_bars, lookback_ms) if side != "long" else np.zeros(len(at))
     return highs, lows
 
 
@@ -606,10 +608,14 @@ def position_holds(held, quantity, lot_size):  # pragma: no cover - compiled
 
 def entry_prices(ladder: Ladder, tick_size: float, price_decimals: int) -> np.ndarray:
     """The ladder's entry prices on the tick, rounded away from the market (long: down, short: up)."""
-    if ladder.direction > 0:
-        ticks = np.floor(ladder.prices / tick_size + 1e-9)
-    else:
-        ticks = np.ceil(ladder.prices / tick_size - 1e-9)
+    return prices_on_tick(ladder.prices, ladder.direction, tick_size, price_decimals)
+
+
+def prices_on_tick(prices: np.ndarray, direction, tick_size: float, price_decimals: int) -> np.ndarray:
+    """``prices`` on the tick: down where ``direction`` (a number, or one per price) is > 0, else
+    up -- an entry's price rounded away from the market, and OrderSync's rounding of a buy (down)
+    and a sell (up)."""
+    ticks = np.where(np.asarray(direction) > 0, np.floor(prices / tick_size + 1e-9), np.ceil(prices / tick_size - 1e-9))
     return np.round(ticks * tick_size, price_decimals)
 
 

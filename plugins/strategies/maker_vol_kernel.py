@@ -89,7 +89,6 @@ from .maker_vol_grid import (
     book_take_profit_fill,
     bracket_table,
     desired_levels,
-    entry_prices,
     entry_sizes,
     first_entry_level,
     levels_at_or_beyond,
@@ -100,6 +99,7 @@ from .maker_vol_grid import (
     place_take_profit,
     position_holds,
     position_leverage,
+    prices_on_tick,
     relay_take_profits,
     required_margin,
     restore_closes,
@@ -992,11 +992,12 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
     n_window = int(c.lookback.total_seconds() // 60) + 1
     ts = np.array(bars.ts, dtype=np.int64)
     at = wake_idx.astype(np.int64)
-    highs, lows = lookback_range(ts, bars.high, bars.low, at, n_window, lookback_ms)
-    # only what the ladders depend on tells sets apart (long: the high; short: the low)
-    # (high, low) as one complex number: np.unique of a 1-d array (complex numbers sort by real
-    # part, then imaginary) instead of np.unique(axis=0), which sorts rows as structured records
-    key = (highs if c.side != "short" else np.zeros_like(highs)) + 1j * (lows if c.side != "long" else np.zeros_like(lows))
+    # only what the ladders depend on tells sets apart (long: the high; short: the low; the
+    # other comes back as zeros), as one complex number (high, low): np.unique of a 1-d array
+    # (complex numbers sort by real part, then imaginary) instead of np.unique(axis=0), which
+    # sorts rows as structured records
+    highs, lows = lookback_range(ts, bars.high, bars.low, at, n_window, lookback_ms, side=c.side)
+    key = highs + 1j * lows
     distinct_key, first_use, set_of_wake = np.unique(key, return_index=True, return_inverse=True)
     distinct = np.stack([distinct_key.real, distinct_key.imag], axis=1)
     set_of_wake = np.asarray(set_of_wake).reshape(-1)
@@ -1011,20 +1012,13 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
         high, low = (high, high) if c.side == "long" else (low, low) if c.side == "short" else (high, low)
         sets.append([Ladder(top, bottom, c.step_pct, d) for d, top, bottom in strategy.levels_from(high, low)])
     ngrid = 2 if c.side == "both" else 1
-    tick, pdec = inst.tick_size, inst.price_decimals
-
-    def down(x):
-        return np.round(np.floor(x / tick + 1e-9) * tick, pdec)
-
-    def up(x):
-        return np.round(np.ceil(x / tick - 1e-9) * tick, pdec)
 
     lad_off = np.zeros((ngrid, len(sets)), dtype=np.int64)
     lad_len = np.zeros((ngrid, len(sets)), dtype=np.int64)
     lad_first = np.zeros((ngrid, len(sets)), dtype=np.int64)
     lad_top = np.zeros((ngrid, len(sets)))
     lad_bottom = np.zeros((ngrid, len(sets)))
-    raw, entry, dirs, sizes = [], [], [], []
+    raw, dirs, sizes = [], [], []
     at_ = 0
     for s, ladders in enumerate(sets):
         for g, ladder in enumerate(ladders):
@@ -1033,19 +1027,20 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
             lad_first[g, s] = first_entry_level(ladder.prices, c.tp_pct, d)  # MakerVol._first_entry
             lad_top[g, s], lad_bottom[g, s] = ladder.top, ladder.bottom
             at_ += len(ladder)
-            # MakerVol._size: entries rounded away from the market (long: down); OrderSync.targets:
-            # buys down, sells up (long entries are buys and take-profits sells; short the other way round)
             raw.append(ladder.prices)
-            entry.append(entry_prices(ladder, tick, pdec))
             dirs.append(d)
             sizes.append(len(ladder))
 
     def flat(parts):
         return np.concatenate(parts) if parts else np.empty(0)
 
-    # rounded for OrderSync once over the flat tables (elementwise: the same as ladder by ladder)
-    LADP, LAD_E = flat(raw), flat(entry)
-    longs = np.repeat(np.array(dirs, dtype=np.int64), sizes) > 0
+    # rounded once over the flat tables (elementwise: the same as ladder by ladder). MakerVol._size:
+    # entries rounded away from the market (entry_prices: long down); OrderSync.targets: buys down,
+    # sells up (long entries are buys and take-profits sells; short the other way round)
+    LADP = flat(raw)
+    direction = np.repeat(np.array(dirs, dtype=np.int64), sizes)
+    tick, pdec = inst.tick_size, inst.price_decimals
+    LAD_E = prices_on_tick(LADP, direction, tick, pdec)
 
     return dict(
         ngrid=ngrid,
@@ -1058,8 +1053,8 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
         lad_bottom=lad_bottom,
         LADP=LADP,
         LAD_E=LAD_E,
-        LAD_ET=np.where(longs, down(LAD_E), up(LAD_E)),
-        LAD_TP=np.where(longs, up(LADP), down(LADP)),
+        LAD_ET=prices_on_tick(LAD_E, direction, tick, pdec),
+        LAD_TP=prices_on_tick(LADP, -direction, tick, pdec),
     )
 
 
