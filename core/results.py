@@ -181,7 +181,7 @@ def assemble_result(
     metrics = compute_metrics(equity, fills, trades, initial_equity=initial_equity, position=position, funding=paid)
     liq = liq_short = distance = None
     if liquidation_price is not None:
-        liq = pd.Series(liquidation_price, index=index, name="liquidation_price")
+        shown = liquidation_price
         with np.errstate(invalid="ignore"):
             if liquidation_price_short is None:  # one position: its side is the sign of the net position
                 side = np.sign(position)
@@ -195,7 +195,8 @@ def assemble_result(
                     np.where(side != 0, side * (bars.close - liquidation_price) / bars.close, np.nan),
                     np.fmin((bars.close - liquidation_price) / bars.close, (liquidation_price_short - bars.close) / bars.close),
                 )  # isolated: each position its own price, the nearer one counts
-                liq = liq.where(liq.notna(), liq_short)
+                shown = np.where(np.isnan(liquidation_price), liquidation_price_short, liquidation_price)
+        liq = pd.Series(shown, index=index, name="liquidation_price")
         distance = pd.Series(values, index=index, name="liquidation_distance")
     return RunResult(
         info=info,
