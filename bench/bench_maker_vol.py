@@ -242,7 +242,7 @@ def main() -> None:
             (f"{args.bootstrap:,} bars BLOCK-BOOTSTRAPPED from the real 1m bars (not a real history)", [bootstrap(pieces, args.bootstrap)])
         )
     print(
-        "| series | side | bars | fills | maker_vol (compiled path, as quant run) | of which the compiled loop | numba grid loop | ratio | ratio, loop alone | CPU: maker_vol / numba loop |"
+        "| series | side | bars | fills | maker_vol (compiled path, as quant run) | of which the compiled loop | numba grid loop | end to end / numba loop | compiled loop / numba loop | CPU, end to end: maker_vol / numba loop |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, series in rows:
