@@ -902,9 +902,9 @@ class SimBroker(SimulatedBroker):
         if not len(rows):  # most runs: a copy of the one empty frame built per process
             return _no_funding().copy()
         fk = rows[:, 0].astype(np.int64)
-        frame = pd.DataFrame(
+        return pd.DataFrame(
             {
-                "ts": self._fund_ts[fk],
+                "ts": pd.to_datetime(self._fund_ts[fk], unit="ms", utc=True),
                 "bar": rows[:, 1].astype(np.int64),
                 "rate": self._fund_rate[fk],
                 "mark": rows[:, 2],
@@ -912,8 +912,6 @@ class SimBroker(SimulatedBroker):
                 "amount": rows[:, 4],
             }
         )
-        frame["ts"] = pd.to_datetime(frame["ts"].astype("int64"), unit="ms", utc=True)
-        return frame
 
 
 _PS = {PositionSide.BOTH: vc.PS_BOTH, PositionSide.LONG: vc.PS_LONG, PositionSide.SHORT: vc.PS_SHORT}
