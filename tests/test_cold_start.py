@@ -24,11 +24,11 @@ OPTIONAL_IMPORTS = {"pyyaml", "backports-zstd", "cloudpickle"}
 def test_first_run_says_it_compiles_and_the_next_one_uses_the_cache(quant, tmp_path):
     env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba_cache")}  # an empty cache: as right after pip install
     args = ("run", "strategy=sma_cross", "data.end=2022-01-02")
-    first = quant(*args, env=env, check=True)
+    first = quant(*args, env=env, check=True, process=True)
     assert "compiling the backtest kernels with numba (once: the result is cached" in first.stderr
     assert "kernel(s) in" in first.stderr
     assert any((tmp_path / "numba_cache").rglob("*.nbi"))  # the compiled code was cached
-    second = quant(*args, env=env, check=True)
+    second = quant(*args, env=env, check=True, process=True)
     assert "compiling" not in second.stderr
     assert re.search(r"^strategy\s+sma_cross\s*$", second.stdout, re.M)
 
@@ -49,7 +49,7 @@ def test_the_install_compiles_what_the_main_command_needs_and_lists_the_plugins(
     full_home = {"QUANT_HOME": str(tmp_path / "full_load_home")}  # no cache there: every plugin loads
     full = quant("--help", env=full_home, check=True).stdout + quant("plugins", "--json", env=full_home, check=True).stdout
     assert probe.stdout == full
-    first = quant("run", "strategy=maker_vol", "broker=sim", "--json", env={"NUMBA_CACHE_DIR": str(cache)}, check=True)
+    first = quant("run", "strategy=maker_vol", "broker=sim", "--json", env={"NUMBA_CACHE_DIR": str(cache)}, check=True, process=True)
     assert "compil" not in first.stderr
     assert '"strategy": "maker_vol"' in first.stdout
 
