@@ -180,6 +180,11 @@ LONG_FIRST = (
 )
 
 
+#: Modules whose tests share a session fixture made under a lock (test_cold_start: the install's
+#: compile from an empty cache): dealt to one worker together, so no worker waits on another's.
+TOGETHER = ("test_cold_start",)
+
+
 def _module(item) -> str:
     return item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
 
@@ -215,9 +220,15 @@ def pytest_collection_modifyitems(config, items):
     for i in range(workers):  # the shares worksteal hands out: len(pending) // workers left
         sizes.append(remaining // (workers - i))
         remaining -= sizes[-1]
+    units: list[list] = []  # dealt one per worker in turn: a test, or a TOGETHER module's tests
+    for item in long:
+        if units and _module(item) in TOGETHER and _module(units[-1][0]) == _module(item):
+            units[-1].append(item)
+        else:
+            units.append([item])
     shares: list[list] = [[] for _ in range(workers)]
-    for i, item in enumerate(long):
-        shares[i % workers].append(item)
+    for i, unit in enumerate(units):
+        shares[i % workers].extend(unit)
     for share, size in zip(shares, sizes):
         while len(share) < size and rest:
             share.append(rest.pop(0))
