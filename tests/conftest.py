@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import subprocess
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
 import pytest
@@ -53,20 +57,91 @@ def sample_bars():
     return read_bars_file(SAMPLE.path)
 
 
+#: Environment read once, when Python or numba starts: a command run in this process would not see it.
+STARTUP_ENV = ("NUMBA_", "PYTHON")
+
+
 @pytest.fixture
 def quant(tmp_path):
-    """Run the real ``quant`` console script in a subprocess; returns CompletedProcess."""
+    """Run ``quant``; returns a CompletedProcess (args, returncode, stdout, stderr).
 
-    def run(*args: str, env: dict | None = None, cwd: Path | None = None, check: bool = False):
+    By default in this process: the same ``main`` the console script calls, with the command's
+    environment, working directory and file descriptors 1 and 2 (so output from C libraries is
+    captured too), all restored afterwards. A fresh Python spends ~1.5 s of CPU importing numpy,
+    pandas, numba and chdb before the command starts, and the suite runs the CLI a few hundred
+    times. ``process=True`` runs the real console script in a subprocess, for what only a new
+    process shows: what it imports at start-up, numba's settings (``NUMBA_*`` are read at import),
+    the exit status of an uncaught exception, a store another process holds."""
+
+    def run(*args: str, env: dict | None = None, cwd: Path | None = None, check: bool = False, process: bool = False):
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("QUANT_") or k == "QUANT_HOME"}
         full_env.update(env or {})
-        exe = Path(sys.executable).with_name("quant")
-        proc = subprocess.run([str(exe), *args], capture_output=True, text=True, env=full_env, cwd=cwd or tmp_path, timeout=600)
+        if process:
+            exe = Path(sys.executable).with_name("quant")
+            proc = subprocess.run([str(exe), *args], capture_output=True, text=True, env=full_env, cwd=cwd or tmp_path, timeout=600)
+        else:
+            at_start = sorted(
+                k for k in set(full_env) | set(os.environ) if k.startswith(STARTUP_ENV) and full_env.get(k) != os.environ.get(k)
+            )
+            if at_start:  # this process started with other values: the command would not see these
+                raise ValueError(f"{', '.join(at_start)} take effect when Python starts: quant(..., process=True)")
+            proc = _quant_in_process(list(args), full_env, cwd or tmp_path)
         if check and proc.returncode != 0:
             raise AssertionError(f"quant {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         return proc
 
     return run
+
+
+def _quant_in_process(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    """``quant *args`` through :func:`btc_quant.core.cli.main` here, as the console script would
+    run it: ``env`` as the whole environment, ``cwd``, stdout and stderr (Python's and the file
+    descriptors') into files; an uncaught exception prints its traceback and exits 1, as Python
+    does. The environment, directory, streams, root logger and the secret registry come back after."""
+    from btc_quant.core import secrets
+    from btc_quant.core.cli import main
+
+    saved_env, saved_cwd, saved_streams = dict(os.environ), os.getcwd(), (sys.stdout, sys.stderr)
+    root = logging.getLogger()
+    saved_log = (root.handlers[:], root.level)
+    saved_secrets = (set(secrets._values), dict(secrets.insecure_files))
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        for stream in saved_streams:
+            stream.flush()
+        saved_fds = (os.dup(1), os.dup(2))
+        try:
+            os.environ.clear()
+            os.environ.update(env)
+            os.chdir(cwd)
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            sys.stdout, sys.stderr = (io.TextIOWrapper(io.FileIO(os.dup(fd), "w"), encoding="utf-8", write_through=True) for fd in (1, 2))
+            try:
+                code = main(args)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.close()
+            sys.stdout, sys.stderr = saved_streams
+            for fd, saved in zip((1, 2), saved_fds):
+                os.dup2(saved, fd)
+                os.close(saved)
+            os.chdir(saved_cwd)
+            os.environ.clear()
+            os.environ.update(saved_env)
+            root.handlers[:], root.level = saved_log
+            secrets._values.clear()
+            secrets._values.update(saved_secrets[0])
+            secrets.insecure_files.clear()
+            secrets.insecure_files.update(saved_secrets[1])
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = (f.read().decode("utf-8", "replace") for f in (out, err))
+    return subprocess.CompletedProcess(["quant", *args], code, stdout, stderr)
 
 
 def make_plugin(**hooks):
@@ -105,6 +180,11 @@ LONG_FIRST = (
 )
 
 
+#: Modules whose tests share a session fixture made under a lock (test_cold_start: the install's
+#: compile from an empty cache): dealt to one worker together, so no worker waits on another's.
+TOGETHER = ("test_cold_start",)
+
+
 def _module(item) -> str:
     return item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
 
@@ -140,9 +220,15 @@ def pytest_collection_modifyitems(config, items):
     for i in range(workers):  # the shares worksteal hands out: len(pending) // workers left
         sizes.append(remaining // (workers - i))
         remaining -= sizes[-1]
+    units: list[list] = []  # dealt one per worker in turn: a test, or a TOGETHER module's tests
+    for item in long:
+        if units and _module(item) in TOGETHER and _module(units[-1][0]) == _module(item):
+            units[-1].append(item)
+        else:
+            units.append([item])
     shares: list[list] = [[] for _ in range(workers)]
-    for i, item in enumerate(long):
-        shares[i % workers].append(item)
+    for i, unit in enumerate(units):
+        shares[i % workers].extend(unit)
     for share, size in zip(shares, sizes):
         while len(share) < size and rest:
             share.append(rest.pop(0))

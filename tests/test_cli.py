@@ -78,14 +78,14 @@ def example_plugin_installed(tmp_path_factory):
 
 
 def test_example_plugin_installs_and_its_strategy_runs(example_plugin_installed, quant):
-    env = example_plugin_installed
-    infos = {p["name"]: p for p in json.loads(quant("plugins", "--json", env=env, check=True).stdout)}
+    env = example_plugin_installed  # PYTHONPATH: read when a Python starts, so each call is a process
+    infos = {p["name"]: p for p in json.loads(quant("plugins", "--json", env=env, check=True, process=True).stdout)}
     assert infos["donchian"]["distribution"] == "quant-plugin-example"
     assert infos["donchian"]["registered"] == {"strategy": ["donchian"]}
-    proc = quant("run", "strategy=donchian", "strategy.period=120", "data.end=2022-01-08", "--json", env=env, check=True)
+    proc = quant("run", "strategy=donchian", "strategy.period=120", "data.end=2022-01-08", "--json", env=env, check=True, process=True)
     summary = json.loads(proc.stdout)
     assert summary["strategy"] == "donchian" and summary["trades"] > 0
-    bad = quant("run", "strategy=donchian", "strategy.perod=5", env=env)
+    bad = quant("run", "strategy=donchian", "strategy.perod=5", env=env, process=True)
     assert bad.returncode == 2 and "strategy.perod: unknown key for strategy 'donchian' (did you mean 'period'?)" in bad.stderr
 
 
@@ -102,6 +102,6 @@ def test_help_and_plugins_come_from_the_cache_without_importing_numpy_pandas_num
 def test_plugin_cache_notices_a_newly_installed_plugin(example_plugin_installed, quant):
     before = {p["name"] for p in json.loads(quant("plugins", "--json", check=True).stdout)}
     assert "donchian" not in before
-    after = {p["name"] for p in json.loads(quant("plugins", "--json", env=example_plugin_installed, check=True).stdout)}
+    after = {p["name"] for p in json.loads(quant("plugins", "--json", env=example_plugin_installed, check=True, process=True).stdout)}
     assert after == before | {"donchian"}
     assert "donchian" not in {p["name"] for p in json.loads(quant("plugins", "--json", check=True).stdout)}

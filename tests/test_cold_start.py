@@ -3,15 +3,18 @@ the install writes the plugin listing the first `quant --help` reads."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import runpy
+import shutil
 import subprocess
 import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 from conftest import HELP_PROBE
 from packaging.requirements import Requirement
 
@@ -21,35 +24,59 @@ REPO = Path(__file__).resolve().parents[1]
 OPTIONAL_IMPORTS = {"pyyaml", "backports-zstd", "cloudpickle"}
 
 
-def test_first_run_says_it_compiles_and_the_next_one_uses_the_cache(quant, tmp_path):
-    env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba_cache")}  # an empty cache: as right after pip install
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory, worker_id):
+    """What ``pip install -e``'s build step leaves: setup.py's EditableWheelCompiling step (run here as
+    the build runs it: btc_quant imported from the source folders, plugins from pyproject's
+    entry-point table) with an empty numba cache and an empty QUANT_HOME; returns (cache, home).
+
+    Both tests below start from it, and it is the suite's one compile from an empty cache (~40 s of
+    CPU): made once per run, by whichever xdist worker asks first while the other waits on a lock."""
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    cache, home = shared / "installed" / "numba_cache", shared / "installed" / "quant_home"
+    with open(shared / "installed.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "installed" / "done").exists():
+            with pytest.MonkeyPatch.context() as env:
+                for name in [n for n in os.environ if n.startswith("QUANT_")]:
+                    env.delenv(name)
+                env.setenv("NUMBA_CACHE_DIR", str(cache))
+                env.setenv("QUANT_HOME", str(home))
+                runpy.run_path(str(REPO / "setup.py"), run_name="btc_quant_setup")["precompile_kernels"]()
+            (shared / "installed" / "done").touch()
+    return cache, home
+
+
+def test_first_run_says_it_compiles_and_the_next_one_uses_the_cache(quant, tmp_path, installed):
+    """Right after the install the cache holds the main command's kernels, not sma_cross's loops."""
+    cache = tmp_path / "numba_cache"
+    shutil.copytree(installed[0], cache)
+    env = {"NUMBA_CACHE_DIR": str(cache)}
     args = ("run", "strategy=sma_cross", "data.end=2022-01-02")
-    first = quant(*args, env=env, check=True)
+    compiled_before = set(cache.rglob("*.nbc"))
+    first = quant(*args, env=env, check=True, process=True)
     assert "compiling the backtest kernels with numba (once: the result is cached" in first.stderr
     assert "kernel(s) in" in first.stderr
-    assert any((tmp_path / "numba_cache").rglob("*.nbi"))  # the compiled code was cached
-    second = quant(*args, env=env, check=True)
+    assert set(cache.rglob("*.nbc")) > compiled_before  # what it compiled was cached
+    second = quant(*args, env=env, check=True, process=True)
     assert "compiling" not in second.stderr
     assert re.search(r"^strategy\s+sma_cross\s*$", second.stdout, re.M)
 
 
-def test_the_install_compiles_what_the_main_command_needs_and_lists_the_plugins(quant, tmp_path, monkeypatch, isolated_env):
-    """``pip install -e``'s build step (setup.py's EditableWheelCompiling, run here as the build runs
-    it: btc_quant imported from the source folders, plugins from pyproject's entry-point table)
-    compiles the main command's kernels, so its first run compiles nothing, and writes the plugin
-    listing, so the first ``quant --help`` and ``quant plugins`` import no plugin (and answer what
-    a full load answers)."""
-    cache = tmp_path / "numba_cache"
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(cache))
-    runpy.run_path(str(REPO / "setup.py"), run_name="btc_quant_setup")["precompile_kernels"]()
+def test_the_install_compiles_what_the_main_command_needs_and_lists_the_plugins(quant, tmp_path, monkeypatch, installed):
+    """``pip install -e``'s build step (the ``installed`` fixture) compiles the main command's
+    kernels, so its first run compiles nothing, and writes the plugin listing, so the first ``quant
+    --help`` and ``quant plugins`` import no plugin (and answer what a full load answers)."""
+    cache, home = installed
     assert any(cache.rglob("*.nbi"))
-    assert (isolated_env / "cache" / "plugins.json").is_file()
+    assert (home / "cache" / "plugins.json").is_file()
+    monkeypatch.setenv("QUANT_HOME", str(home))
     probe = subprocess.run([sys.executable, "-c", HELP_PROBE], capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert probe.returncode == 0 and "HEAVY []" in probe.stderr, probe.stderr
     full_home = {"QUANT_HOME": str(tmp_path / "full_load_home")}  # no cache there: every plugin loads
     full = quant("--help", env=full_home, check=True).stdout + quant("plugins", "--json", env=full_home, check=True).stdout
     assert probe.stdout == full
-    first = quant("run", "strategy=maker_vol", "broker=sim", "--json", env={"NUMBA_CACHE_DIR": str(cache)}, check=True)
+    first = quant("run", "strategy=maker_vol", "broker=sim", "--json", env={"NUMBA_CACHE_DIR": str(cache)}, check=True, process=True)
     assert "compil" not in first.stderr
     assert '"strategy": "maker_vol"' in first.stdout
 

@@ -85,8 +85,8 @@ def test_testnet_flag_is_for_live_only(quant):
     assert proc.returncode == 2 and "for broker=live" in proc.stderr
 
 
-def test_quant_run_paper_status_and_stop_through_the_cli(fast_exchange, tmp_path):
-    """`quant run broker=paper` in the background, `quant status` reads it, `quant stop` ends it."""
+def test_quant_run_paper_status_and_stop_through_the_cli(fast_exchange, tmp_path, quant):
+    """`quant run broker=paper` in the background (a process), `quant status` reads it, `quant stop` ends it."""
     import json
     import os
     import subprocess
@@ -117,7 +117,7 @@ def test_quant_run_paper_status_and_stop_through_the_cli(fast_exchange, tmp_path
         deadline = time.time() + 60
         status = None
         while time.time() < deadline:
-            proc = subprocess.run([str(exe), "status", "--bot", "paper", "--json"], capture_output=True, text=True, env=env, cwd=tmp_path)
+            proc = quant("status", "--bot", "paper", "--json")
             if proc.returncode == 0:
                 status = json.loads(proc.stdout)
                 if status["running"] and status["bars"] >= 5:
@@ -125,9 +125,9 @@ def test_quant_run_paper_status_and_stop_through_the_cli(fast_exchange, tmp_path
             time.sleep(0.5)
         assert status and status["running"] and status["bars"] >= 5, status
         assert status["mode"] == "paper" and status["symbol"] == "BTC/USDT:USDT"
-        text = subprocess.run([str(exe), "status", "--bot", "paper"], capture_output=True, text=True, env=env, cwd=tmp_path).stdout
+        text = quant("status", "--bot", "paper").stdout
         assert "bot paper (paper, sma_cross on binanceusdm BTC/USDT:USDT): running" in text and "open orders:" in text
-        stop = subprocess.run([str(exe), "stop", "--bot", "paper"], capture_output=True, text=True, env=env, cwd=tmp_path)
+        stop = quant("stop", "--bot", "paper")
         assert stop.returncode == 0 and "stop done" in stop.stdout, stop.stderr
         out, err = bot.communicate(timeout=30)
         assert bot.returncode == 0, err

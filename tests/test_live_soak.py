@@ -479,7 +479,9 @@ def test_quant_flatten_cancels_the_bots_orders_and_closes_its_position(tmp_path,
             _post(exchange.url + "/_control/clock", {"speed": 0})  # hold the market still: what is open now must go
             truth = _get(exchange.url + "/_control/truth")
             assert truth["positions"]["BTCUSDT"]["amt"] != 0 and len(truth["open_orders"]) > 1, truth
-            proc = quant("flatten", "--bot", "soak", env={"QUANT_HOME": str(tmp_path), "QUANT_LOAD_PLUGINS": "live_cli"})
+            proc = quant(
+                "flatten", "--bot", "soak", env={"QUANT_HOME": str(tmp_path), "QUANT_LOAD_PLUGINS": "live_cli"}, process=True
+            )  # as a user would, beside the bot
             assert proc.returncode == 0 and "bot soak: flatten done" in proc.stdout, proc.stdout + proc.stderr
             assert bot.proc.wait(30) == 0
         finally:

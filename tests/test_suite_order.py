@@ -35,6 +35,21 @@ def test_the_sweep_and_the_soaks_start_first_each_on_its_own_worker():
     assert LONG_FIRST[:2] == ("test_live_sweep", "test_live_soak")
 
 
+def test_the_cold_start_tests_share_one_worker_and_the_other_long_tests_are_dealt_around_them():
+    cold = [f"tests/test_cold_start.py::test_{i}" for i in range(3)]
+    ids = [f"tests/test_a{i}.py::test_{i}" for i in range(40)] + [
+        *cold,
+        "tests/test_data_safety.py::test_x",
+        "tests/test_data_safety.py::test_y",
+    ]
+    items = [SimpleNamespace(nodeid=i) for i in ids]
+    pytest_collection_modifyitems(SimpleNamespace(workerinput={"workercount": 4}), items)
+    assert sorted(it.nodeid for it in items) == sorted(ids)
+    shares = [[it.nodeid for it in share] for share in _shares(items, 4)]
+    assert shares[0][:3] == cold  # in a row: the first builds the install's cache, the next reuse it
+    assert [share[0] for share in shares[1:3]] == ["tests/test_data_safety.py::test_x", "tests/test_data_safety.py::test_y"]
+
+
 def test_one_process_keeps_the_collected_order():
     items = [SimpleNamespace(nodeid=f"tests/test_{name}.py::t") for name in ("a", "live_soak", "live_sweep")]
     pytest_collection_modifyitems(SimpleNamespace(), items)
