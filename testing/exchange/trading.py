@@ -194,6 +194,8 @@ class Account:
     events: list[tuple[int, dict]] = field(default_factory=list)
     #: funding and other income rows (GET /fapi/v1/income)
     income: list[dict] = field(default_factory=list)
+    #: the exchange clock when GET /fapi/v1/income last answered (rows booked later were not in it)
+    income_read_ms: int | None = None
     update_time: int = 0
     #: hedge mode (Binance ``dualSidePosition``), for every symbol of the account
     dual_side: bool = False

@@ -453,6 +453,7 @@ def _leverage_bracket(trading: Trading, account: Account, params: dict) -> list:
 
 
 def _income(trading: Trading, account: Account, params: dict) -> list:
+    account.income_read_ms = trading.last_ms  # the reader synced the book to now just before
     rows = [r for r in account.income if not params.get("incomeType") or r["incomeType"] == params["incomeType"]]
     if params.get("symbol"):
         rows = [r for r in rows if r["symbol"] == params["symbol"]]
