@@ -282,6 +282,49 @@ def test_an_order_taken_as_ended_that_the_exchange_shows_is_adopted_in_the_next_
     life(faulty, tmp_path, plugins, second)
 
 
+def test_not_found_read_late_on_a_stalled_machine_does_not_end_an_order_that_executes_late(faulty, tmp_path, plugins):
+    """The sweep's seed 612 under load: a placement reaches the book late (within its recvWindow);
+    the next life's look-up is answered "no such order" before that, but the machine stalls and the
+    answer is read only after the placement's last moment. The look-up was asked while the order
+    could still execute, so it proves nothing: the order stays unknown, a later pass finds it
+    filled, and the fill reaches the strategy."""
+    plan = faulty.state.faults
+    plan.late_s = 2.0  # executed 2 s after it arrived: within the 3 s recvWindow
+
+    async def first(broker):
+        plan.script("order", "late_execution")
+        market(broker, "t-1-1", Side.BUY)
+        await asyncio.sleep(0.3)  # the request is at the exchange, held; this life ends (killed)
+
+    async def second(broker):
+        assert fills_of(broker.events(), "t-1-1") == []  # not executed yet when this life started
+        original = broker.exchange.fetch_order
+        stalled = []
+
+        async def stalling_lookup(*args, **kwargs):
+            answer = asyncio.ensure_future(original(*args, **kwargs))
+            if not stalled:  # once: the answer is in, the machine stalls past the order's last moment
+                stalled.append(True)
+                await asyncio.sleep(0.3)
+                time.sleep(max(0.0, broker._unknown_until["t-1-1"] / 1000 - time.time()) + 0.3)
+            return await answer
+
+        broker.exchange.fetch_order = stalling_lookup
+        try:
+            await broker.reconcile()
+        finally:
+            broker.exchange.fetch_order = original
+        assert stalled and plan.counts().get("late_executed") == 1
+        await broker.reconcile()
+        await settled(broker)
+        assert len(on_exchange(faulty, "t-1-1")) == 1
+        assert fills_of(broker.events(), "t-1-1") == [pytest.approx(0.003)]
+        assert broker.position().quantity == pytest.approx(0.003)
+
+    life(faulty, tmp_path, plugins, first)
+    life(faulty, tmp_path, plugins, second)
+
+
 # --- the local exchange's new fault classes ---------------------------------------------------
 
 
@@ -339,9 +382,9 @@ def test_an_exchange_clock_set_back_moves_the_moment_not_found_becomes_final(fau
         broker._set_unknown_until("t-9-1", now + 5000)
         broker._window_ms()  # the clock as measured now
         broker.exchange._quant_clock_offset_ms -= 400  # within the Date header's noise
-        assert broker._still_unknown("t-9-1") and broker._unknown_until["t-9-1"] == now + 5000
+        assert broker._still_unknown("t-9-1", time.time() * 1000) and broker._unknown_until["t-9-1"] == now + 5000
         broker.exchange._quant_clock_offset_ms -= 3000  # set back 3 s
-        assert broker._still_unknown("t-9-1")
+        assert broker._still_unknown("t-9-1", time.time() * 1000)
         assert broker._unknown_until["t-9-1"] == now + 5000 + 3400
         assert broker.journal.unknown_until()["t-9-1"] == now + 8400
 

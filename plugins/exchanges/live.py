@@ -542,10 +542,14 @@ class LiveBroker(Broker):
         self._unknown_until[cid] = until
         self.journal.set_unknown_until(cid, until)
 
-    def _still_unknown(self, cid: str) -> bool:
-        """A look-up that does not find ``cid`` proves nothing yet: a request may still execute."""
+    def _still_unknown(self, cid: str, asked_ms: float) -> bool:
+        """A look-up asked at ``asked_ms`` (our clock) that did not find ``cid`` proves nothing
+        while a request placing it could still execute after that moment. The moment the look-up
+        was *sent* is what counts, not when its answer is read: on a stalled machine "no such
+        order" can be read after the placement's last moment although the exchange answered before
+        a late execution of it (the sweep's seed 612 under load lost a fill that way)."""
         self._window_ms()  # a clock that moved since moves the moment first
-        return time.time() * 1000 < self._unknown_until.get(cid, 0)
+        return asked_ms < self._unknown_until.get(cid, 0)
 
     async def _wait_out(self, cid: str) -> None:
         self._window_ms()  # a clock that moved since moves the moment first
@@ -621,8 +625,9 @@ class LiveBroker(Broker):
                 if attempt:
                     # the last request may have reached the exchange: never send again before
                     # looking, and "not found" counts only once no request sent can still execute
+                    asked = time.time() * 1000
                     found = await self._lookup(cid)
-                    if found is None and self._still_unknown(cid):
+                    if found is None and self._still_unknown(cid, asked):
                         await self._wait_out(cid)
                         found = await self._lookup(cid)
                     if found is not None:
@@ -710,10 +715,11 @@ class LiveBroker(Broker):
                     delay = await self._backoff(exc, delay)
                 except ccxt.ExchangeError:
                     break  # already final (or never arrived): the lookup says which
+            asked = time.time() * 1000
             found = await self._lookup(cid)
             if found is not None:
                 self.on_exchange_order(found)
-            elif cid not in self._placing and not self._still_unknown(cid):
+            elif cid not in self._placing and not self._still_unknown(cid, asked):
                 self._final(cid, OrderStatus.CANCELED, "not on the exchange", inferred=True)
             elif cid not in self._placing:
                 # its placement may still execute: it stays wanted canceled, and the next
@@ -1039,12 +1045,13 @@ class LiveBroker(Broker):
         # leave a canceled order open with nothing under way to correct it).
         busy = self._placing.keys() | self._canceling.keys()
         missing = [cid for cid in self._orders if cid not in live_ids and cid not in busy]
+        asked = time.time() * 1000  # each look-up below is sent at or after this moment
         found = await asyncio.gather(*(self._lookup(cid) for cid in missing))
         unknown = False
         for cid, data in zip(missing, found):
             if data is not None:
                 self.on_exchange_order(data)
-            elif cid in self._orders and self._still_unknown(cid):
+            elif cid in self._orders and self._still_unknown(cid, asked):
                 # not found, but a request placing it may still execute: it stays as it is (no
                 # replacement is sent for an open order) and a later pass looks again
                 self.stats["unknown_waits"] += 1
