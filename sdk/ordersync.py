@@ -65,12 +65,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, cast
 
+import numpy as np
+
+from ..core.compiled import njit
 from ..core.errors import OrderError
 from ..core.model import Fill, Instrument, Order, OrderStatus, PositionSide, Side
 
 _STRATEGY_ID = re.compile(r"^[A-Za-z0-9_-]{1,12}$")
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,14}$")
 _MAX_ID = 36
+_SIGN = {Side.BUY: 1.0, Side.SELL: -1.0}
+_PSIDE = {PositionSide.BOTH: 0.0, PositionSide.LONG: 1.0, PositionSide.SHORT: 2.0}  # the venue core's PS_*
 
 
 def base36(n: int) -> str:
@@ -185,6 +190,91 @@ class BrokerVenue:
 def _open_orders(venue) -> list[Order]:
     orders = venue.open_orders
     return orders() if callable(orders) else orders
+
+
+# --- the diff, compiled: OrderSync.sync and maker_vol's compiled backtest both call sync_plan -----------
+# An open order is a row of OPEN: the target its key names (-1: none), side (+1 buy, -1 sell), price
+# (0: a market order), quantity, the quantity still open, post-only, reduce-only (1/0), position
+# side (0 BOTH, 1 LONG, 2 SHORT) and its age (smaller = older: the order the venue got first). A
+# target (an order that should be live) is a row of TARGETS: side, price, quantity, post-only,
+# reduce-only, position side, and its rank among targets at the same distance from the price
+# (OrderSync: its key's place in sorted order).
+OP_TARGET, OP_SIDE, OP_PRICE, OP_QTY, OP_REM, OP_PO, OP_RO, OP_PSIDE, OP_AGE = range(9)
+NOP = 9
+TG_SIDE, TG_PRICE, TG_QTY, TG_PO, TG_RO, TG_PSIDE, TG_TIE = range(7)
+NTG = 7
+
+
+@njit(cache=True, nogil=True)
+def sync_plan(price, OPEN, n_open, TARGETS, n_target, KEEPER, CANCEL, CDIST, CAGE, PLACE):  # pragma: no cover - compiled
+    """OrderSync's diff: which open orders stay, which are canceled and which targets are placed.
+
+    An open order stays when it matches the target its key names: same side, price, post-only,
+    reduce-only and position side, and the same quantity (or its open rest equals the target's, so
+    a partly filled order is not replaced); of two that match one target the older stays. Every other open order is canceled,
+    nearest ``price`` first, the older first on a tie. Targets no order stays for are placed,
+    nearest ``price`` first, then by their tie rank, then in their order.
+
+    Writes KEEPER[t] (the row of OPEN kept for target t, -1: none), CANCEL[:ncancel] (rows of OPEN)
+    and PLACE[:nplace] (targets); CDIST and CAGE are scratch (``n_open`` long). Returns
+    ``(nkeep, ncancel, nplace)``."""
+    for t in range(n_target):
+        KEEPER[t] = -1
+    nkeep = 0
+    ncancel = 0
+    for i in range(n_open):
+        o = i
+        age = OPEN[i, OP_AGE]
+        t = int(OPEN[i, OP_TARGET])
+        if t >= 0:
+            want_qty = TARGETS[t, TG_QTY]
+            if (
+                OPEN[i, OP_SIDE] == TARGETS[t, TG_SIDE]
+                and OPEN[i, OP_PRICE] == TARGETS[t, TG_PRICE]
+                and OPEN[i, OP_PO] == TARGETS[t, TG_PO]
+                and OPEN[i, OP_RO] == TARGETS[t, TG_RO]
+                and OPEN[i, OP_PSIDE] == TARGETS[t, TG_PSIDE]
+                and (OPEN[i, OP_QTY] == want_qty or abs(OPEN[i, OP_REM] - want_qty) < 1e-12)
+            ):
+                kept = KEEPER[t]
+                if kept < 0:
+                    KEEPER[t] = i
+                    nkeep += 1
+                    continue
+                if OPEN[kept, OP_AGE] > age:  # two orders match the target: the older one stays
+                    KEEPER[t] = i
+                    o = kept
+                    age = OPEN[kept, OP_AGE]
+        p = OPEN[o, OP_PRICE]
+        dist = abs(p - price) if p > 0 else 0.0
+        x = ncancel  # insert: nearest the price first, the older first on a tie
+        while x > 0 and (CDIST[x - 1] > dist or (CDIST[x - 1] == dist and CAGE[x - 1] > age)):
+            CDIST[x] = CDIST[x - 1]
+            CAGE[x] = CAGE[x - 1]
+            CANCEL[x] = CANCEL[x - 1]
+            x -= 1
+        CDIST[x] = dist
+        CAGE[x] = age
+        CANCEL[x] = o
+        ncancel += 1
+    nplace = 0
+    for t in range(n_target):
+        if KEEPER[t] >= 0:
+            continue
+        dist = abs(TARGETS[t, TG_PRICE] - price)
+        tie = TARGETS[t, TG_TIE]
+        x = nplace  # insert after the equal ones: nearest first, then the tie rank, then the order
+        while x > 0:
+            w = PLACE[x - 1]
+            dw = abs(TARGETS[w, TG_PRICE] - price)
+            if dw > dist or (dw == dist and TARGETS[w, TG_TIE] > tie):
+                PLACE[x] = w
+                x -= 1
+            else:
+                break
+        PLACE[x] = t
+        nplace += 1
+    return nkeep, ncancel, nplace
 
 
 @dataclass
@@ -375,17 +465,6 @@ class OrderSync:
                 chosen[key] = Target(vo.side, p, qty, vo.post_only, vo.reduce_only, vo.position_side)
         return chosen, held
 
-    @staticmethod
-    def _matches(order: Order, want: Target) -> bool:
-        return (
-            order.side is want.side
-            and order.price == want.price
-            and order.post_only == want.post_only
-            and order.reduce_only == want.reduce_only
-            and order.position_side is want.position_side
-            and (order.quantity == want.quantity or abs(order.remaining_qty - want.quantity) < 1e-12)
-        )
-
     def _refresh(self, venue) -> None:
         """Merge the venue's open orders of ours into the in-flight book (adopting on first sync)."""
         open_now = {o.client_id: o for o in _open_orders(venue) if self.owns(o.client_id)}
@@ -417,22 +496,49 @@ class OrderSync:
         price = float(venue.price)
         targets, held = self.targets(price, instrument)
 
-        keep: dict[str, str] = {}  # key -> client id of the live order kept for it
-        cancels: list[tuple[float, str]] = []
-        for cid, live in self._live.items():
-            if live.canceling:
-                continue
-            want = targets.get(live.key)
-            if want is not None and live.key not in keep and self._matches(live.order, want):
-                keep[live.key] = cid
-            else:
-                cancels.append((abs(live.order.price - price) if live.order.price else 0.0, cid))
-        submits = sorted(((abs(o.price - price), key) for key, o in targets.items() if key not in keep))
-        cancels.sort()
+        # the diff itself is sync_plan's (compiled, shared with maker_vol's compiled backtest); here
+        # only its input as arrays (the live orders in the order we got them: oldest first) and its
+        # output back to client ids and keys
+        keys = list(targets)
+        index = {key: t for t, key in enumerate(keys)}
+        tie = {key: rank for rank, key in enumerate(sorted(keys))}
+        TARGETS = np.array(
+            [
+                (_SIGN[w.side], w.price, w.quantity, w.post_only, w.reduce_only, _PSIDE[w.position_side], tie[key])
+                for key, w in targets.items()
+            ],
+            dtype=np.float64,
+        ).reshape(-1, NTG)
+        lives = [(cid, live) for cid, live in self._live.items() if not live.canceling]
+        rows = []
+        for age, (_, live) in enumerate(lives):
+            o = live.order
+            rows.append(
+                (
+                    index.get(live.key, -1),
+                    _SIGN[o.side],
+                    o.price or 0.0,
+                    o.quantity,
+                    o.remaining_qty,
+                    o.post_only,
+                    o.reduce_only,
+                    _PSIDE[o.position_side],
+                    age,
+                )
+            )
+        OPEN = np.array(rows, dtype=np.float64).reshape(-1, NOP)
+        n_open, n_target = len(lives), len(keys)
+        KEEPER, PLACE = np.empty(n_target, dtype=np.int64), np.empty(n_target, dtype=np.int64)
+        CANCEL = np.empty(n_open, dtype=np.int64)
+        nkeep, ncancel, nplace = sync_plan(
+            price, OPEN, n_open, TARGETS, n_target, KEEPER, CANCEL, np.empty(n_open), np.empty(n_open), PLACE
+        )
+        cancels = [lives[i][0] for i in CANCEL[:ncancel].tolist()]
+        submits = [keys[t] for t in PLACE[:nplace].tolist()]
 
         budget = self._budget_left(now_ms)
         sent_cancels = sent_submits = 0
-        for _, cid in cancels:
+        for cid in cancels:
             if budget <= 0:
                 break
             self._live[cid].canceling = True
@@ -442,7 +548,7 @@ class OrderSync:
             sent_cancels += 1
         # A key whose old order could not be canceled yet gets no new order: never two per key.
         blocked = {live.key for live in self._live.values() if not live.canceling}
-        for _, key in submits:
+        for key in submits:
             if budget <= 0 or key in blocked:
                 continue
             template = targets[key]
@@ -473,7 +579,7 @@ class OrderSync:
         return SyncReport(
             submitted=sent_submits,
             canceled=sent_cancels,
-            kept=len(keep),
+            kept=nkeep,
             deferred=deferred,
             held=held,
             live=self.live_count,
