@@ -16,12 +16,14 @@ decisions, in the order the engine would:
   close of every bar with a fill): re-send closes that ended without closing their lot, recompute
   the ladder and re-lay take-profits, size the entries (``maker_vol_grid.level_sizes``), restore
   the liquidation line (``restore_share``), then the desired set (take-profits nearest the price,
-  entries nearest the price that free margin funds) and :class:`OrderSync`'s diff: per key, an open
-  order whose side, price and quantity match is kept, any other is canceled (nearest first); new
-  orders go nearest the price first, under client ids ``f"{strategy_id}:{key}.{base36(generation)}"``
+  entries nearest the price that free margin funds) and :class:`OrderSync`'s diff
+  (``sdk.ordersync.sync_plan``, the function OrderSync calls: per key, an open order whose side,
+  price, quantity and flags match is kept, any other is canceled, nearest first; new orders go
+  nearest the price first), under client ids ``f"{strategy_id}:{key}.{base36(generation)}"``
   with the generation counter seeded by the first sync's clock.
 
-The grid's rules are ``maker_vol_grid``'s compiled functions, which the event path calls too.
+The grid's rules are ``maker_vol_grid``'s compiled functions, which the event path calls too, and
+so is what a lot's market close is (``maker_vol_grid.lot_close``).
 When the loop runs out of room it re-runs with larger arrays; :func:`compiled_backtest` returns
 None (the event path runs) for a run :func:`why_not` refuses. Fill for fill equality with the
 event path is what ``tests/test_maker_vol_kernel.py`` checks.
