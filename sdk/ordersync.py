@@ -67,6 +67,7 @@ import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, NamedTuple, Protocol, cast
 
 import numpy as np
@@ -285,11 +286,14 @@ def sync_plan(price, OPEN, n_open, TARGETS, n_target, KEEPER, CANCEL, CDIST, CAG
 
 @dataclass
 class _Live:
-    """One order of ours that is open or in flight."""
+    """One order of ours that is open or in flight; ``age`` orders them by when we learnt of them."""
 
     order: Order
     key: str
+    age: float
     canceling: bool = False
+    row_of: Order | None = None  # the order ``row`` was made from
+    row: tuple = ()  # its row of sync_plan's OPEN (the target column is filled in per sync)
 
 
 class OrderSync:
@@ -321,7 +325,8 @@ class OrderSync:
         self._requests: deque[int] = deque()  # send times within the current budget window
         self._adopted = False
         self._parsed: dict[str, tuple[str, int] | None] = {}
-        self._rounded: dict[int, tuple[VirtualOrder, tuple[float, float]]] = {}  # desired orders come back each sync: round once
+        self._rounded: dict[int, tuple[VirtualOrder, Target, tuple]] = {}  # desired orders come back each sync: round once
+        self._ages = 0  # _Live.age of the last one made
 
     # --- the desired set ---------------------------------------------------------------------
     def set_desired(self, orders: Iterable[VirtualOrder]) -> None:
@@ -437,17 +442,21 @@ class OrderSync:
         """The orders that should be live now, by key: per side the ``max_live_orders`` desired
         orders nearest ``price``, leaving out post-only ones that would cross it (their number is
         the second value). Prices and quantities are rounded as the order will be."""
+        chosen, _, held = self._choose(price, instrument)
+        return chosen, held
+
+    def _choose(self, price: float, instrument: Instrument) -> tuple[dict[str, Target], dict[str, tuple], int]:
+        """:meth:`targets`, with each target's row of ``sync_plan``'s TARGETS."""
         tick, lot = instrument.tick_size, instrument.lot_size
         pdec, qdec = instrument.price_decimals, instrument.qty_decimals
-        per_side: dict[Side, list[tuple[float, str, tuple[float, float], VirtualOrder]]] = {Side.BUY: [], Side.SELL: []}
+        per_side: dict[Side, list[tuple[float, str, tuple]]] = {Side.BUY: [], Side.SELL: []}
         held = 0
         rounded = self._rounded
         if len(rounded) > 100_000:
             rounded.clear()
         for vo in self.desired.values():
             hit = rounded.get(id(vo))  # by identity: hashing a dataclass each sync costs more than rounding
-            pq = hit[1] if hit is not None and hit[0] is vo else None
-            if pq is None:
+            if hit is None or hit[0] is not vo:
                 # Instrument.round_price (buys down, sells up) and round_qty, inlined
                 if vo.side is Side.BUY:
                     p = round(math.floor(vo.price / tick + 1e-9) * tick, pdec)
@@ -456,20 +465,48 @@ class OrderSync:
                 qty = round(math.floor(vo.quantity / lot + 1e-9) * lot, qdec)
                 if qty <= 0:
                     raise OrderError(f"virtual order {vo.key}: quantity {vo.quantity!r} rounds to 0 at lot size {lot}")
-                pq = (p, qty)
-                rounded[id(vo)] = (vo, pq)
-            p = pq[0]
+                target = Target(vo.side, p, qty, vo.post_only, vo.reduce_only, vo.position_side)
+                # tie rank 0: sync hands the targets over in key order
+                row = (_SIGN[vo.side], p, qty, float(vo.post_only), float(vo.reduce_only), _PSIDE[vo.position_side], 0.0)
+                hit = rounded[id(vo)] = (vo, target, row)
+            p = hit[1].price
             if vo.post_only and (p >= price if vo.side is Side.BUY else p <= price):
                 held += 1
                 continue
-            per_side[vo.side].append((abs(p - price), vo.key, pq, vo))
+            per_side[vo.side].append((abs(p - price), vo.key, hit))
         chosen: dict[str, Target] = {}
-        for rows in per_side.values():
-            if len(rows) > self.max_live_orders:
-                rows = heapq.nsmallest(self.max_live_orders, rows, key=lambda r: (r[0], r[1]))
-            for _, key, (p, qty), vo in rows:
-                chosen[key] = Target(vo.side, p, qty, vo.post_only, vo.reduce_only, vo.position_side)
-        return chosen, held
+        rows: dict[str, tuple] = {}
+        for side_rows in per_side.values():
+            if len(side_rows) > self.max_live_orders:
+                side_rows = heapq.nsmallest(self.max_live_orders, side_rows, key=lambda r: (r[0], r[1]))
+            for _, key, (_, target, row) in side_rows:
+                chosen[key] = target
+                rows[key] = row
+        return chosen, rows, held
+
+    def _new_age(self) -> float:
+        self._ages += 1
+        return float(self._ages)
+
+    @staticmethod
+    def _open_row(live: _Live) -> tuple:
+        """``live``'s row of ``sync_plan``'s OPEN, target -1 (orders are immutable: made once per
+        order object)."""
+        order = live.order
+        if live.row_of is not order:
+            live.row_of = order
+            live.row = (
+                -1.0,
+                _SIGN[order.side],
+                order.price or 0.0,
+                order.quantity,
+                order.remaining_qty,
+                float(order.post_only),
+                float(order.reduce_only),
+                _PSIDE[order.position_side],
+                live.age,
+            )
+        return live.row
 
     def _refresh(self, venue) -> None:
         """Merge the venue's open orders of ours into the in-flight book (adopting on first sync)."""
@@ -484,7 +521,7 @@ class OrderSync:
             self._generation = max(self._generation, gen)
             live = self._live.get(cid)
             if live is None:
-                self._live[cid] = _Live(order, key)
+                self._live[cid] = _Live(order, key, self._new_age())
                 if not self._adopted:
                     self.stats.adopted += 1
             elif not live.canceling:
@@ -500,44 +537,34 @@ class OrderSync:
         instrument, now_ms = venue.instrument, int(venue.now_ms)
         self._refresh(venue)
         price = float(venue.price)
-        targets, held = self.targets(price, instrument)
+        targets, target_rows, held = self._choose(price, instrument)
 
         # the diff itself is sync_plan's (compiled, shared with maker_vol's compiled backtest); here
-        # only its input as arrays (the live orders in the order we got them: oldest first) and its
-        # output back to client ids and keys
-        keys = list(targets)
-        index = {key: t for t, key in enumerate(keys)}
-        tie = {key: rank for rank, key in enumerate(sorted(keys))}
-        TARGETS = np.array(
-            [
-                (_SIGN[w.side], w.price, w.quantity, w.post_only, w.reduce_only, _PSIDE[w.position_side], tie[key])
-                for key, w in targets.items()
-            ],
-            dtype=np.float64,
-        ).reshape(-1, NTG)
+        # only its input as arrays (the live orders aged by when we learnt of them; the targets in
+        # key order, so that on equal distance they go by key) and its output back to client ids
+        # and keys
+        keys = sorted(targets)
+        index = {key: float(t) for t, key in enumerate(keys)}  # floats: fromiter takes them fastest
+        n_target = len(keys)
+        TARGETS = np.fromiter(chain.from_iterable(map(target_rows.__getitem__, keys)), np.float64, n_target * NTG)
         lives = [(cid, live) for cid, live in self._live.items() if not live.canceling]
-        rows = []
-        for age, (_, live) in enumerate(lives):
-            o = live.order
-            rows.append(
-                (
-                    index.get(live.key, -1),
-                    _SIGN[o.side],
-                    o.price or 0.0,
-                    o.quantity,
-                    o.remaining_qty,
-                    o.post_only,
-                    o.reduce_only,
-                    _PSIDE[o.position_side],
-                    age,
-                )
-            )
-        OPEN = np.array(rows, dtype=np.float64).reshape(-1, NOP)
-        n_open, n_target = len(lives), len(keys)
+        n_open = len(lives)
+        open_row = self._open_row
+        OPEN = np.fromiter(chain.from_iterable(open_row(live) for _, live in lives), np.float64, n_open * NOP).reshape(n_open, NOP)
+        OPEN[:, OP_TARGET] = [index.get(live.key, -1.0) for _, live in lives]
         KEEPER, PLACE = np.empty(n_target, dtype=np.int64), np.empty(n_target, dtype=np.int64)
         CANCEL = np.empty(n_open, dtype=np.int64)
         nkeep, ncancel, nplace = sync_plan(
-            price, OPEN, n_open, TARGETS, n_target, KEEPER, CANCEL, np.empty(n_open), np.empty(n_open), PLACE
+            price,
+            OPEN,
+            n_open,
+            TARGETS.reshape(n_target, NTG),
+            n_target,
+            KEEPER,
+            CANCEL,
+            np.empty(n_open),
+            np.empty(n_open),
+            PLACE,
         )
         cancels = [lives[i][0] for i in CANCEL[:ncancel].tolist()]
         submits = [keys[t] for t in PLACE[:nplace].tolist()]
@@ -571,7 +598,7 @@ class OrderSync:
                 check_notional=False,
                 position_side=template.position_side,
             )
-            self._live[order.client_id] = _Live(order, key)
+            self._live[order.client_id] = _Live(order, key, self._new_age())
             self._spend(now_ms)
             budget -= 1
             sent_submits += 1
