@@ -8,14 +8,18 @@ Sync compares the desired set with the orders that are really open and sends the
 * per side, only the ``max_live_orders`` desired orders nearest the reference price are live
   (a post-only order that would cross the price is held back until the price moves away);
 * an open order of ours whose key is no longer wanted, or whose price, quantity or flags differ
-  from the desired order under its key, is canceled; a wanted key without a matching open order
-  gets a new order;
+  from the desired order under its key, is canceled (of two that match one key, the newer); a
+  wanted key without a matching open order gets a new order;
 * cancels go first (they free margin and the exchange's open-order slots), then new orders,
-  nearest the price first; at most ``max_requests`` submits + cancels are sent per
+  nearest the price first (cancels: the older first on a tie; new orders: by key); at most ``max_requests`` submits + cancels are sent per
   ``interval_ms`` of the venue's clock, and what does not fit waits for the next sync
   (``SyncReport.deferred``);
 * a post-only order the venue expires or rejects because it would have crossed is simply not
   open any more, so the next sync sends it again under a new id (counted as ``rearmed``).
+
+The decision of the two middle points (keep, cancel and in what order, place and in what order) is
+one compiled function, :func:`sync_plan`, over plain arrays: :meth:`OrderSync.sync` builds them
+from its dicts, and maker_vol's compiled backtest calls the same function on its own arrays.
 
 Client order ids
     ``f"{strategy_id}:{key}.{generation}"``, e.g. ``mv:b123.lk2f9x3a``. ``strategy_id`` (1-12 of
@@ -63,14 +67,20 @@ import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, NamedTuple, Protocol, cast
 
+import numpy as np
+
+from ..core.compiled import njit
 from ..core.errors import OrderError
 from ..core.model import Fill, Instrument, Order, OrderStatus, PositionSide, Side
 
 _STRATEGY_ID = re.compile(r"^[A-Za-z0-9_-]{1,12}$")
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,14}$")
 _MAX_ID = 36
+_SIGN = {Side.BUY: 1.0, Side.SELL: -1.0}
+_PSIDE = {PositionSide.BOTH: 0.0, PositionSide.LONG: 1.0, PositionSide.SHORT: 2.0}  # the venue core's PS_*
 
 
 def base36(n: int) -> str:
@@ -187,13 +197,103 @@ def _open_orders(venue) -> list[Order]:
     return orders() if callable(orders) else orders
 
 
+# --- the diff, compiled: OrderSync.sync and maker_vol's compiled backtest both call sync_plan -----------
+# An open order is a row of OPEN: the target its key names (-1: none), side (+1 buy, -1 sell), price
+# (0: a market order), quantity, the quantity still open, post-only, reduce-only (1/0), position
+# side (0 BOTH, 1 LONG, 2 SHORT) and its age (smaller = older: the order the venue got first). A
+# target (an order that should be live) is a row of TARGETS: side, price, quantity, post-only,
+# reduce-only, position side, and its rank among targets at the same distance from the price
+# (OrderSync: its key's place in sorted order).
+OP_TARGET, OP_SIDE, OP_PRICE, OP_QTY, OP_REM, OP_PO, OP_RO, OP_PSIDE, OP_AGE = range(9)
+NOP = 9
+TG_SIDE, TG_PRICE, TG_QTY, TG_PO, TG_RO, TG_PSIDE, TG_TIE = range(7)
+NTG = 7
+
+
+# inline="always": compiled into the kernel's wake-up rather than called (measured: 3-5 % of the
+# both-sided backtest's CPU otherwise, bench/RESULTS.md); called from Python it compiles as usual
+@njit(cache=True, nogil=True, inline="always")
+def sync_plan(price, OPEN, n_open, TARGETS, n_target, KEEPER, CANCEL, CDIST, CAGE, PLACE):  # pragma: no cover - compiled
+    """OrderSync's diff: which open orders stay, which are canceled and which targets are placed.
+
+    An open order stays when it matches the target its key names: same side, price, post-only,
+    reduce-only and position side, and the same quantity (or its open rest equals the target's, so
+    a partly filled order is not replaced); of two that match one target the older stays. Every other open order is canceled,
+    nearest ``price`` first, the older first on a tie. Targets no order stays for are placed,
+    nearest ``price`` first, then by their tie rank, then in their order.
+
+    Writes KEEPER[t] (the row of OPEN kept for target t, -1: none), CANCEL[:ncancel] (rows of OPEN)
+    and PLACE[:nplace] (targets); CDIST and CAGE are scratch (``n_open`` long). Returns
+    ``(nkeep, ncancel, nplace)``."""
+    for t in range(n_target):
+        KEEPER[t] = -1
+    nkeep = 0
+    ncancel = 0
+    for i in range(n_open):
+        o = i
+        age = OPEN[i, OP_AGE]
+        t = int(OPEN[i, OP_TARGET])
+        if t >= 0:
+            want_qty = TARGETS[t, TG_QTY]
+            if (
+                OPEN[i, OP_SIDE] == TARGETS[t, TG_SIDE]
+                and OPEN[i, OP_PRICE] == TARGETS[t, TG_PRICE]
+                and OPEN[i, OP_PO] == TARGETS[t, TG_PO]
+                and OPEN[i, OP_RO] == TARGETS[t, TG_RO]
+                and OPEN[i, OP_PSIDE] == TARGETS[t, TG_PSIDE]
+                and (OPEN[i, OP_QTY] == want_qty or abs(OPEN[i, OP_REM] - want_qty) < 1e-12)
+            ):
+                kept = KEEPER[t]
+                if kept < 0:
+                    KEEPER[t] = i
+                    nkeep += 1
+                    continue
+                if OPEN[kept, OP_AGE] > age:  # two orders match the target: the older one stays
+                    KEEPER[t] = i
+                    o = kept
+                    age = OPEN[kept, OP_AGE]
+        p = OPEN[o, OP_PRICE]
+        dist = abs(p - price) if p > 0 else 0.0
+        x = ncancel  # insert: nearest the price first, the older first on a tie
+        while x > 0 and (CDIST[x - 1] > dist or (CDIST[x - 1] == dist and CAGE[x - 1] > age)):
+            CDIST[x] = CDIST[x - 1]
+            CAGE[x] = CAGE[x - 1]
+            CANCEL[x] = CANCEL[x - 1]
+            x -= 1
+        CDIST[x] = dist
+        CAGE[x] = age
+        CANCEL[x] = o
+        ncancel += 1
+    nplace = 0
+    for t in range(n_target):
+        if KEEPER[t] >= 0:
+            continue
+        dist = abs(TARGETS[t, TG_PRICE] - price)
+        tie = TARGETS[t, TG_TIE]
+        x = nplace  # insert after the equal ones: nearest first, then the tie rank, then the order
+        while x > 0:
+            w = PLACE[x - 1]
+            dw = abs(TARGETS[w, TG_PRICE] - price)
+            if dw > dist or (dw == dist and TARGETS[w, TG_TIE] > tie):
+                PLACE[x] = w
+                x -= 1
+            else:
+                break
+        PLACE[x] = t
+        nplace += 1
+    return nkeep, ncancel, nplace
+
+
 @dataclass
 class _Live:
-    """One order of ours that is open or in flight."""
+    """One order of ours that is open or in flight; ``age`` orders them by when we learnt of them."""
 
     order: Order
     key: str
+    age: float
     canceling: bool = False
+    row_of: Order | None = None  # the order ``row`` was made from
+    row: tuple = ()  # its row of sync_plan's OPEN (the target column is filled in per sync)
 
 
 class OrderSync:
@@ -225,7 +325,8 @@ class OrderSync:
         self._requests: deque[int] = deque()  # send times within the current budget window
         self._adopted = False
         self._parsed: dict[str, tuple[str, int] | None] = {}
-        self._rounded: dict[int, tuple[VirtualOrder, tuple[float, float]]] = {}  # desired orders come back each sync: round once
+        self._rounded: dict[int, tuple[VirtualOrder, Target, tuple]] = {}  # desired orders come back each sync: round once
+        self._ages = 0  # _Live.age of the last one made
 
     # --- the desired set ---------------------------------------------------------------------
     def set_desired(self, orders: Iterable[VirtualOrder]) -> None:
@@ -341,17 +442,21 @@ class OrderSync:
         """The orders that should be live now, by key: per side the ``max_live_orders`` desired
         orders nearest ``price``, leaving out post-only ones that would cross it (their number is
         the second value). Prices and quantities are rounded as the order will be."""
+        chosen, _, held = self._choose(price, instrument)
+        return chosen, held
+
+    def _choose(self, price: float, instrument: Instrument) -> tuple[dict[str, Target], dict[str, tuple], int]:
+        """:meth:`targets`, with each target's row of ``sync_plan``'s TARGETS."""
         tick, lot = instrument.tick_size, instrument.lot_size
         pdec, qdec = instrument.price_decimals, instrument.qty_decimals
-        per_side: dict[Side, list[tuple[float, str, tuple[float, float], VirtualOrder]]] = {Side.BUY: [], Side.SELL: []}
+        per_side: dict[Side, list[tuple[float, str, tuple]]] = {Side.BUY: [], Side.SELL: []}
         held = 0
         rounded = self._rounded
         if len(rounded) > 100_000:
             rounded.clear()
         for vo in self.desired.values():
             hit = rounded.get(id(vo))  # by identity: hashing a dataclass each sync costs more than rounding
-            pq = hit[1] if hit is not None and hit[0] is vo else None
-            if pq is None:
+            if hit is None or hit[0] is not vo:
                 # Instrument.round_price (buys down, sells up) and round_qty, inlined
                 if vo.side is Side.BUY:
                     p = round(math.floor(vo.price / tick + 1e-9) * tick, pdec)
@@ -360,31 +465,48 @@ class OrderSync:
                 qty = round(math.floor(vo.quantity / lot + 1e-9) * lot, qdec)
                 if qty <= 0:
                     raise OrderError(f"virtual order {vo.key}: quantity {vo.quantity!r} rounds to 0 at lot size {lot}")
-                pq = (p, qty)
-                rounded[id(vo)] = (vo, pq)
-            p = pq[0]
+                target = Target(vo.side, p, qty, vo.post_only, vo.reduce_only, vo.position_side)
+                # tie rank 0: sync hands the targets over in key order
+                row = (_SIGN[vo.side], p, qty, float(vo.post_only), float(vo.reduce_only), _PSIDE[vo.position_side], 0.0)
+                hit = rounded[id(vo)] = (vo, target, row)
+            p = hit[1].price
             if vo.post_only and (p >= price if vo.side is Side.BUY else p <= price):
                 held += 1
                 continue
-            per_side[vo.side].append((abs(p - price), vo.key, pq, vo))
+            per_side[vo.side].append((abs(p - price), vo.key, hit))
         chosen: dict[str, Target] = {}
-        for rows in per_side.values():
-            if len(rows) > self.max_live_orders:
-                rows = heapq.nsmallest(self.max_live_orders, rows, key=lambda r: (r[0], r[1]))
-            for _, key, (p, qty), vo in rows:
-                chosen[key] = Target(vo.side, p, qty, vo.post_only, vo.reduce_only, vo.position_side)
-        return chosen, held
+        rows: dict[str, tuple] = {}
+        for side_rows in per_side.values():
+            if len(side_rows) > self.max_live_orders:
+                side_rows = heapq.nsmallest(self.max_live_orders, side_rows, key=lambda r: (r[0], r[1]))
+            for _, key, (_, target, row) in side_rows:
+                chosen[key] = target
+                rows[key] = row
+        return chosen, rows, held
+
+    def _new_age(self) -> float:
+        self._ages += 1
+        return float(self._ages)
 
     @staticmethod
-    def _matches(order: Order, want: Target) -> bool:
-        return (
-            order.side is want.side
-            and order.price == want.price
-            and order.post_only == want.post_only
-            and order.reduce_only == want.reduce_only
-            and order.position_side is want.position_side
-            and (order.quantity == want.quantity or abs(order.remaining_qty - want.quantity) < 1e-12)
-        )
+    def _open_row(live: _Live) -> tuple:
+        """``live``'s row of ``sync_plan``'s OPEN, target -1 (orders are immutable: made once per
+        order object)."""
+        order = live.order
+        if live.row_of is not order:
+            live.row_of = order
+            live.row = (
+                -1.0,
+                _SIGN[order.side],
+                order.price or 0.0,
+                order.quantity,
+                order.remaining_qty,
+                float(order.post_only),
+                float(order.reduce_only),
+                _PSIDE[order.position_side],
+                live.age,
+            )
+        return live.row
 
     def _refresh(self, venue) -> None:
         """Merge the venue's open orders of ours into the in-flight book (adopting on first sync)."""
@@ -399,7 +521,7 @@ class OrderSync:
             self._generation = max(self._generation, gen)
             live = self._live.get(cid)
             if live is None:
-                self._live[cid] = _Live(order, key)
+                self._live[cid] = _Live(order, key, self._new_age())
                 if not self._adopted:
                     self.stats.adopted += 1
             elif not live.canceling:
@@ -415,24 +537,41 @@ class OrderSync:
         instrument, now_ms = venue.instrument, int(venue.now_ms)
         self._refresh(venue)
         price = float(venue.price)
-        targets, held = self.targets(price, instrument)
+        targets, target_rows, held = self._choose(price, instrument)
 
-        keep: dict[str, str] = {}  # key -> client id of the live order kept for it
-        cancels: list[tuple[float, str]] = []
-        for cid, live in self._live.items():
-            if live.canceling:
-                continue
-            want = targets.get(live.key)
-            if want is not None and live.key not in keep and self._matches(live.order, want):
-                keep[live.key] = cid
-            else:
-                cancels.append((abs(live.order.price - price) if live.order.price else 0.0, cid))
-        submits = sorted(((abs(o.price - price), key) for key, o in targets.items() if key not in keep))
-        cancels.sort()
+        # the diff itself is sync_plan's (compiled, shared with maker_vol's compiled backtest); here
+        # only its input as arrays (the live orders aged by when we learnt of them; the targets in
+        # key order, so that on equal distance they go by key) and its output back to client ids
+        # and keys
+        keys = sorted(targets)
+        index = {key: float(t) for t, key in enumerate(keys)}  # floats: fromiter takes them fastest
+        n_target = len(keys)
+        TARGETS = np.fromiter(chain.from_iterable(map(target_rows.__getitem__, keys)), np.float64, n_target * NTG)
+        lives = [(cid, live) for cid, live in self._live.items() if not live.canceling]
+        n_open = len(lives)
+        open_row = self._open_row
+        OPEN = np.fromiter(chain.from_iterable(open_row(live) for _, live in lives), np.float64, n_open * NOP).reshape(n_open, NOP)
+        OPEN[:, OP_TARGET] = [index.get(live.key, -1.0) for _, live in lives]
+        KEEPER, PLACE = np.empty(n_target, dtype=np.int64), np.empty(n_target, dtype=np.int64)
+        CANCEL = np.empty(n_open, dtype=np.int64)
+        nkeep, ncancel, nplace = sync_plan(
+            price,
+            OPEN,
+            n_open,
+            TARGETS.reshape(n_target, NTG),
+            n_target,
+            KEEPER,
+            CANCEL,
+            np.empty(n_open),
+            np.empty(n_open),
+            PLACE,
+        )
+        cancels = [lives[i][0] for i in CANCEL[:ncancel].tolist()]
+        submits = [keys[t] for t in PLACE[:nplace].tolist()]
 
         budget = self._budget_left(now_ms)
         sent_cancels = sent_submits = 0
-        for _, cid in cancels:
+        for cid in cancels:
             if budget <= 0:
                 break
             self._live[cid].canceling = True
@@ -442,7 +581,7 @@ class OrderSync:
             sent_cancels += 1
         # A key whose old order could not be canceled yet gets no new order: never two per key.
         blocked = {live.key for live in self._live.values() if not live.canceling}
-        for _, key in submits:
+        for key in submits:
             if budget <= 0 or key in blocked:
                 continue
             template = targets[key]
@@ -459,7 +598,7 @@ class OrderSync:
                 check_notional=False,
                 position_side=template.position_side,
             )
-            self._live[order.client_id] = _Live(order, key)
+            self._live[order.client_id] = _Live(order, key, self._new_age())
             self._spend(now_ms)
             budget -= 1
             sent_submits += 1
@@ -473,7 +612,7 @@ class OrderSync:
         return SyncReport(
             submitted=sent_submits,
             canceled=sent_cancels,
-            kept=len(keep),
+            kept=nkeep,
             deferred=deferred,
             held=held,
             live=self.live_count,

@@ -53,6 +53,8 @@ from btc_quant.sdk import Duration, ExchangeError, Field, OrderStatus, PositionS
 from btc_quant.sdk.ordersync import OrderSync, VirtualOrder
 
 from .maker_vol_grid import (
+    CLOSE_GONE,
+    CLOSE_WAIT,
     LINE_ADD,
     LINE_CLOSE,
     LINE_OK,
@@ -70,11 +72,14 @@ from .maker_vol_grid import (
     line_funding,
     liquidated_above_bottom,
     lookback_range,
+    lot_close,
     next_recompute_ms,
-    position_holds,
     position_leverage,
     required_margin,
 )
+
+#: the venue core's PS_* (what lot_close returns) as the broker's position sides
+_POSITION_SIDES = (PositionSide.BOTH, PositionSide.LONG, PositionSide.SHORT)
 
 #: Used when the instrument carries no maintenance brackets: Binance BTCUSDT's first tier
 #: (maintenance margin rate 0.40%, maintenance amount 0), from Binance's leverage-bracket table.
@@ -398,50 +403,42 @@ class MakerVol(Strategy):
         lot.closing = True
         if why == "saturation":
             self.counts["saturations"] += 1
-        # its take-profit order stays live until the next sync: canceled now, it cannot close the
-        # lot a second time when the price reaches it on the same bar
-        self.sync.cancel_now(ctx, f"{grid.tp_key}{lot.lot_id}")
         self._send_close(ctx, grid, lot, why)
 
     def _send_close(self, ctx, grid: Grid, lot: Lot, why: str, again: bool = False) -> None:
-        """The market order that closes ``lot``, reduce-only whenever it reduces the position.
-
-        Binance exempts reduce-only orders from MIN_NOTIONAL (-4164 "Order's notional must be no
-        smaller than 100 (unless you choose reduce only)"), so a lot left small by partial fills
-        can be closed. One side: every close reduces. ``side=both`` runs both grids on one net
-        position, so a close reduces only while the position, less what closes of the same
-        side under way will take off it, still holds the lot on its side; otherwise it opens the
-        other way, must meet the minimum notional, and below it waits for the next bar
-        (``closes_waiting``). ``again``: a retry of a close that ended without closing the lot;
-        on one side, when the position no longer holds any of it, the lot is gone (liquidated or
-        closed outside the strategy) and leaves the book (``lots_gone``)."""
-        pside = grid.position_side(ctx)
-        if pside is not PositionSide.BOTH:  # hedge mode: each grid closes its own position
-            if again and not self._covered(ctx, grid.direction, ctx.instrument.lot_size):
-                grid.book.close_lot(lot.lot_id)  # its position holds none of it: gone
-                self.counts["lots_gone"] += 1
-                return
-            order = (ctx.sell if grid.direction > 0 else ctx.buy)(lot.quantity, position_side=pside, tag=f"{why}:{lot.lot_id}")
-            self._closing[order.client_id] = (grid, lot, why)
-            return
-        one_side = self.config.side != "both"
-        if again and one_side and not self._covered(ctx, grid.direction, ctx.instrument.lot_size):
+        """The market order that closes ``lot``, as ``maker_vol_grid.lot_close`` decides it (the
+        compiled backtest calls it too); here only the broker calls. ``again``: a retry of a close
+        that waited or ended without closing the lot."""
+        action, side, reduce_only, pside, cancel_tp = lot_close(
+            grid.direction,
+            lot.quantity,
+            self._held(ctx, grid.direction),
+            again,
+            ctx.position_mode == "hedge",
+            self.config.side != "both",
+            ctx.price,
+            ctx.instrument.lot_size,
+            ctx.instrument.min_notional,
+        )
+        if cancel_tp:  # OrderSync would cancel it only at the next sync
+            self.sync.cancel_now(ctx, f"{grid.tp_key}{lot.lot_id}")
+        if action == CLOSE_GONE:
             grid.book.close_lot(lot.lot_id)
             self.counts["lots_gone"] += 1
             return
-        reduce_only = one_side or self._covered(ctx, grid.direction, lot.quantity)
-        if not reduce_only and lot.quantity * ctx.price < ctx.instrument.min_notional:
+        if action == CLOSE_WAIT:
             if not again:
                 self.counts["closes_waiting"] += 1
             self._close_later.append((grid, lot, why))
             return
-        side = Side.SELL if grid.direction > 0 else Side.BUY
-        order = (ctx.sell if side is Side.SELL else ctx.buy)(lot.quantity, reduce_only=reduce_only, tag=f"{why}:{lot.lot_id}")
+        order = (ctx.buy if side > 0 else ctx.sell)(
+            lot.quantity, reduce_only=bool(reduce_only), position_side=_POSITION_SIDES[pside], tag=f"{why}:{lot.lot_id}"
+        )
         self._closing[order.client_id] = (grid, lot, why)
 
-    def _covered(self, ctx, direction: int, quantity: float) -> bool:
-        """Does the position, less the rest of the closes of ``direction``'s lots under way, hold
-        ``quantity`` on that side?"""
+    def _held(self, ctx, direction: int) -> float:
+        """The position on ``direction``'s side (hedge mode: the grid's own position) less the
+        rest of the closes of ``direction``'s lots under way."""
         if ctx.position_mode == "hedge":  # the grid's own position (LONG: quantity >= 0, SHORT: <= 0)
             held = direction * ctx.position_of(PositionSide.LONG if direction > 0 else PositionSide.SHORT).quantity
         else:
@@ -450,7 +447,7 @@ class MakerVol(Strategy):
             order = ctx.order(cid) if grid.direction == direction else None
             if order is not None and order.is_open:
                 held -= order.remaining_qty
-        return bool(position_holds(held, quantity, ctx.instrument.lot_size))
+        return held
 
     def _retry_closes(self, ctx) -> None:
         """Send again the closes that waited or ended without closing their lot."""

@@ -29,7 +29,7 @@ import numpy as np
 
 from btc_quant.core.compiled import njit
 
-from ..brokers.sim.venue import bracket_index, liquidation_price, maintenance_margin
+from ..brokers.sim.venue import PS_BOTH, PS_LONG, PS_SHORT, bracket_index, liquidation_price, maintenance_margin
 
 
 def order_leverage(price: float, bottom: float, mmr: float, direction: int = 1) -> float:
@@ -604,6 +604,45 @@ def position_holds(held, quantity, lot_size):  # pragma: no cover - compiled
     """Does a position holding ``held`` (on a grid's side, less the closes under way) still hold
     ``quantity`` of it, to half a lot? A retried close of a lot it no longer holds drops the lot."""
     return held >= quantity - lot_size / 2
+
+
+# what lot_close decides for a lot's market close
+CLOSE_SEND, CLOSE_WAIT, CLOSE_GONE = 0, 1, 2
+
+
+@njit(cache=True, nogil=True)
+def lot_close(direction, quantity, held, again, hedge, one_side, price, lot_size, min_notional):  # pragma: no cover - compiled
+    """The market order that closes a lot of ``quantity`` of the grid of ``direction``: what both
+    paths send (MakerVol through its broker calls, the compiled backtest through the venue core).
+    ``held``: the grid's position on its side less the closes of its lots under way; ``again``: a
+    retry of a close that ended without closing the lot (at the next wake-up).
+
+    Returns ``(action, side, reduce_only, position_side, cancel_tp)``: ``CLOSE_SEND`` a market
+    order of ``side`` (+1 buy, -1 sell: always against the grid), reduce-only or not, on
+    ``position_side`` (the venue's ``PS_*``); ``CLOSE_WAIT`` nothing now, again at the next bar;
+    ``CLOSE_GONE`` the position holds none of the lot any more (liquidated, or closed outside the
+    strategy): the lot leaves the book. ``cancel_tp``: the lot's take-profit is canceled at once
+    (the first time only), so it cannot close the lot a second time when the price reaches it
+    before the next sync.
+
+    Hedge mode: each grid closes its own position, SELL LONG / BUY SHORT, never reduce-only. One
+    way, one grid: every close reduces, reduce-only. One way, both grids (``side=both`` on one net
+    position): a close reduces only while ``held`` still holds the lot; otherwise it opens the
+    other way and must meet the minimum notional, below which it waits. Binance exempts
+    reduce-only orders from MIN_NOTIONAL (-4164 "Order's notional must be no smaller than 100
+    (unless you choose reduce only)"), so a lot left small by partial fills can be closed."""
+    side = -1.0 if direction > 0 else 1.0
+    cancel_tp = not again
+    if hedge:
+        if again and not position_holds(held, lot_size, lot_size):
+            return CLOSE_GONE, side, False, PS_BOTH, cancel_tp
+        return CLOSE_SEND, side, False, PS_LONG if direction > 0 else PS_SHORT, cancel_tp
+    if again and one_side and not position_holds(held, lot_size, lot_size):
+        return CLOSE_GONE, side, False, PS_BOTH, cancel_tp
+    reduce_only = one_side or position_holds(held, quantity, lot_size)
+    if not reduce_only and quantity * price < min_notional:
+        return CLOSE_WAIT, side, False, PS_BOTH, cancel_tp
+    return CLOSE_SEND, side, reduce_only, PS_BOTH, cancel_tp
 
 
 def entry_prices(ladder: Ladder, tick_size: float, price_decimals: int) -> np.ndarray:

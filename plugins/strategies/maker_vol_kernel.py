@@ -16,12 +16,14 @@ decisions, in the order the engine would:
   close of every bar with a fill): re-send closes that ended without closing their lot, recompute
   the ladder and re-lay take-profits, size the entries (``maker_vol_grid.level_sizes``), restore
   the liquidation line (``restore_share``), then the desired set (take-profits nearest the price,
-  entries nearest the price that free margin funds) and :class:`OrderSync`'s diff: per key, an open
-  order whose side, price and quantity match is kept, any other is canceled (nearest first); new
-  orders go nearest the price first, under client ids ``f"{strategy_id}:{key}.{base36(generation)}"``
+  entries nearest the price that free margin funds) and :class:`OrderSync`'s diff
+  (``sdk.ordersync.sync_plan``, the function OrderSync calls: per key, an open order whose side,
+  price, quantity and flags match is kept, any other is canceled, nearest first; new orders go
+  nearest the price first), under client ids ``f"{strategy_id}:{key}.{base36(generation)}"``
   with the generation counter seeded by the first sync's clock.
 
-The grid's rules are ``maker_vol_grid``'s compiled functions, which the event path calls too.
+The grid's rules are ``maker_vol_grid``'s compiled functions, which the event path calls too, and
+so is what a lot's market close is (``maker_vol_grid.lot_close``).
 When the loop runs out of room it re-runs with larger arrays; :func:`compiled_backtest` returns
 None (the event path runs) for a run :func:`why_not` refuses. Fill for fill equality with the
 event path is what ``tests/test_maker_vol_kernel.py`` checks.
@@ -37,6 +39,27 @@ import pandas as pd
 import pyarrow as pa
 
 from btc_quant.core.compiled import njit
+from btc_quant.sdk.ordersync import (
+    NOP,
+    NTG,
+    OP_AGE,
+    OP_PO,
+    OP_PRICE,
+    OP_PSIDE,
+    OP_QTY,
+    OP_REM,
+    OP_RO,
+    OP_SIDE,
+    OP_TARGET,
+    TG_PO,
+    TG_PRICE,
+    TG_PSIDE,
+    TG_QTY,
+    TG_RO,
+    TG_SIDE,
+    TG_TIE,
+    sync_plan,
+)
 
 from ..brokers.sim import venue as vc
 from ..brokers.sim.venue import (
@@ -66,6 +89,8 @@ from .maker_vol_grid import (
     B_NEXT,
     B_NLOTS,
     B_QTY,
+    CLOSE_GONE,
+    CLOSE_WAIT,
     L_CLOSING,
     L_ENTRY,
     L_FREED,
@@ -95,9 +120,9 @@ from .maker_vol_grid import (
     line_funding,
     liquidated_above_bottom,
     lookback_range,
+    lot_close,
     next_recompute_ms,
     place_take_profit,
-    position_holds,
     position_leverage,
     prices_on_tick,
     relay_take_profits,
@@ -125,7 +150,8 @@ G_OFF, G_LEN, G_FIRST, G_BOTTOM, G_D, G_ROW, G_PSIDE, G_RO = range(NB, NB + 8)
 # a lot's leverage is fixed when it opens, and (B_NEXT, B_NLOTS) -- kept in G_MAXLEV_NEXT /
 # G_MAXLEV_N -- changes with every open (B_NEXT grows) and every close (B_NLOTS falls)
 G_MAXLEV, G_MAXLEV_NEXT, G_MAXLEV_N = range(NB + 8, NB + 11)
-NMG = NB + 11
+G_ALONE = NB + 11  # 1: the only grid (side=long or short), 0: one of two (side=both)
+NMG = NB + 12
 
 # --- the strategy's parameters G ---------------------------------------------------------------------
 G_TP, G_ORDER_PCT, G_NLIVE, G_RECOMPUTE, G_NGRID = 0, 1, 2, 3, 4
@@ -182,21 +208,44 @@ def _tag(kind, g):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _submit_close(v, M, MG, L, g, lot, kind, again, inside):  # pragma: no cover - compiled
-    """MakerVol._close_lot: a market order through the venue that closes ``lot`` of grid ``g``
-    (one-way: reduce-only; hedge mode: a SELL LONG / BUY SHORT); inside a bar's walk it fills at
-    once, between bars at the next open."""
+def _held(v, MG, g):  # pragma: no cover - compiled
+    """MakerVol._held: grid ``g``'s position on its side less the rest of its closes under way."""
+    held = MG[G_D] * v.POS[int(MG[G_ROW]), Q_QTY]
+    for k in range(int(v.S[vc.NSLOT])):
+        if v.BOOK[k, vc.B_STATE] != 0.0:
+            oi = v.BOOK_ORDER[k]
+            if v.O[oi, O_TAG0] == _tag(K_CLOSE, g) or v.O[oi, O_TAG0] == _tag(K_RESTORE, g):
+                held -= max(v.O[oi, O_QTY] - v.O[oi, O_FILLED], 0.0)
+    return held
+
+
+@njit(cache=True, nogil=True)
+def _submit_close(v, M, MG, L, LOTS, TPAT, g, lot, kind, again, inside):  # pragma: no cover - compiled
+    """MakerVol._close_lot / _send_close: the market order ``maker_vol_grid.lot_close`` decides for
+    ``lot`` of grid ``g``, through the venue; inside a bar's walk it fills at once, between bars at
+    the next open. ``again``: a retry (MakerVol._retry_closes)."""
     L[lot, L_CLOSING] = 1.0
     if kind == K_CLOSE and not again:
         M[SATS] += 1
-    if not again:  # OrderSync.cancel_now: its take-profit order goes at once (it would close the lot twice)
+    P = v.P
+    action, side, reduce_only, pside, cancel_tp = lot_close(
+        MG[G_D], L[lot, L_QTY], _held(v, MG, g), again, P[vc.P_HEDGE] != 0, MG[G_ALONE] != 0, v.S[vc.PRICE], P[vc.P_LOT], P[vc.P_MINNOT]
+    )
+    if cancel_tp:  # OrderSync.cancel_now
         for k in range(v.BOOK.shape[0]):
             if v.BOOK[k, vc.B_STATE] != 0.0:
                 oi = v.BOOK_ORDER[k]
                 if v.O[oi, O_TAG0] == _tag(K_TP, g) and v.O[oi, O_TAG1] == lot and v.O[oi, O_LIQ] == 0:
                     vc.cancel(v, oi, vc.R_NONE)
                     M[CANCELED] += 1
-    oi = vc.new_order(v, -MG[G_D], np.nan, vc.round_qty(L[lot, L_QTY], v.P), 0.0, MG[G_RO], MG[G_PSIDE])
+    if action == CLOSE_GONE:
+        book_close_lot(MG, L, LOTS, TPAT, lot)
+        M[LOTS_GONE] += 1
+        return
+    if action == CLOSE_WAIT:  # side=both one-way: strategy_reason leaves it to the event path
+        _retry_later(M, L, lot, kind)
+        return
+    oi = vc.new_order(v, side, np.nan, vc.round_qty(L[lot, L_QTY], P), 0.0, 1.0 if reduce_only else 0.0, pside)
     if oi < 0:
         M[BAIL] = BAIL_CAPACITY
         return
@@ -273,7 +322,7 @@ def _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, wake, OUT):  # pragma: no cov
         return
     M[RESTORES] += 1
     for k in range(count):
-        _submit_close(v, M, MG, L, g, OUT[k], K_RESTORE, False, False)  # between bars: fills at the next open
+        _submit_close(v, M, MG, L, LOTS, TPAT, g, OUT[k], K_RESTORE, False, False)  # between bars: fills at the next open
         if M[BAIL] != 0:
             return
         M[RESTORE_CLOSES] += 1
@@ -306,7 +355,7 @@ def _on_maker_fill(v, M, G, MG, SB, L, LOTS, TPAT, LADP, g, ENT, TPF, RT, fi, OU
         M[NENTRY] = e + 1
         victim = place_take_profit(L, TPAT, LADP, off, length, G[G_TP], d, lot)  # GridBook.place_tp
         if victim != 0:  # inside the bar: fills at once; its fill event is handled after this one
-            _submit_close(v, M, MG, L, g, victim, K_CLOSE, False, True)
+            _submit_close(v, M, MG, L, LOTS, TPAT, g, victim, K_CLOSE, False, True)
             if M[BAIL] != 0:
                 return
         _fund_position(v, M, MG, SB, L, LOTS, TPAT, g, False, OUT)
@@ -462,11 +511,10 @@ def _size(v, M, G, MG, SB, LAD_E, SQ, SM, equity):  # pragma: no cover - compile
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _desired(
-    v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TS, TP_, TQ, TP_OUT, ENTRY_OUT
-):  # pragma: no cover - compiled
+def _desired(v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TGT, TP_OUT, ENTRY_OUT):  # pragma: no cover - compiled
     """MakerVol.desired: per grid, its desired levels (maker_vol_grid.desired_levels, the free
-    margin shared by the grids) as OrderSync's targets. Returns the number of targets."""
+    margin shared by the grids) as OrderSync's targets (rows of ``TGT``, as ``sync_plan`` takes
+    them; TK/TG/TR: each one's kind, grid and level or lot). Returns the number of targets."""
     nlive = int(G[G_NLIVE])
     free = _equity(v)
     for g in range(int(G[G_NGRID])):
@@ -500,9 +548,7 @@ def _desired(
             TK[nt] = K_TP
             TG[nt] = g
             TR[nt] = lot
-            TS[nt] = -d
-            TP_[nt] = tprice
-            TQ[nt] = vc.round_qty(L[g, lot, L_QTY], v.P)
+            _target(TGT, nt, K_TP, -d, tprice, vc.round_qty(L[g, lot, L_QTY], v.P), MG[g])
             nt += 1
         for k in range(nentry):
             level = ENTRY_OUT[k]
@@ -512,9 +558,7 @@ def _desired(
             TK[nt] = K_ENTRY
             TG[nt] = g
             TR[nt] = level
-            TS[nt] = d
-            TP_[nt] = eprice
-            TQ[nt] = vc.round_qty(SQ[g, level], v.P)
+            _target(TGT, nt, K_ENTRY, d, eprice, vc.round_qty(SQ[g, level], v.P), MG[g])
             nt += 1
     M[ARMED] = armed
     M[OCCUPIED] = occupied
@@ -525,94 +569,69 @@ def _desired(
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _sync(
-    v, M, MG, nt, TK, TG, TR, TS, TP_, TQ, TKEEP, ORDER, KEEPER, CSEQ, KEEPL, CDIST, T_BY_LEVEL, T_BY_LOT, GENS, price
-):  # pragma: no cover - compiled
-    """OrderSync.sync: keep the open orders that match a target, cancel the rest (nearest the price
-    first), submit the missing ones nearest the price first. Returns the live count, or -1 (room).
+def _target(TGT, t, kind, side, price, qty, MG):  # pragma: no cover - compiled
+    """Row ``t`` of the targets: a post-only order of grid ``MG``, with the flags MakerVol.desired
+    gives it (a take-profit closes: reduce-only one-way, its position side in hedge mode). Its tie
+    rank is its key's place in sorted order among keys at the same distance (MakerVol's keys: entries
+    "b" long, "s" short, take-profits "t" long, "u" short; one grid's keys never tie: no two of its
+    targets share a price)."""
+    TGT[t, TG_SIDE] = side
+    TGT[t, TG_PRICE] = price
+    TGT[t, TG_QTY] = qty
+    TGT[t, TG_PO] = 1.0
+    TGT[t, TG_RO] = MG[G_RO] if kind == K_TP else 0.0
+    TGT[t, TG_PSIDE] = MG[G_PSIDE]
+    TGT[t, TG_TIE] = (2.0 if kind == K_TP else 0.0) + (1.0 if MG[G_D] < 0 else 0.0)
 
-    OrderSync visits the open orders oldest first: of two that match one target the older is kept,
-    and the cancels go nearest first, the older first on a tie. The slots are read in their own
-    order and those two ties are settled by the orders' queue numbers (``B_SEQ``) instead, which
-    gives the same keeps and cancels without sorting the whole book at every wake-up."""
+
+@njit(cache=True, nogil=True, inline="always")
+def _sync(
+    v, M, nt, TK, TG, TR, TGT, OPEN, OIS, KEEPER, CANCEL, CDIST, CAGE, PLACE, T_BY_LEVEL, T_BY_LOT, GENS, price
+):  # pragma: no cover - compiled
+    """OrderSync.sync: the open entries and take-profits as ``sync_plan`` takes them (each with the
+    target its key names, aged by its queue number ``B_SEQ``), then its decision: cancel, and submit
+    under client ids ``f"{strategy_id}:{key}.{base36(generation)}"``. Returns the live count, or -1 (room)."""
     S, O, BOOK = v.S, v.O, v.BOOK
     if M[FIRST_SYNC] == 0:
         M[FIRST_SYNC] = 1
         M[GEN] = S[vc.NOW]
     for t in range(nt):
-        TKEEP[t] = False
         if TK[t] == K_ENTRY:
             T_BY_LEVEL[TG[t], TR[t]] = t
         else:
             T_BY_LOT[TG[t], TR[t]] = t
-    nkeep = 0
-    ncancel = 0
+    n = 0
     for k in range(int(S[vc.NSLOT])):  # the open orders (slots past NSLOT were never used)
         if BOOK[k, vc.B_STATE] == 0.0:
             continue
         oi = v.BOOK_ORDER[k]
-        seq = BOOK[k, vc.B_SEQ]
         kind = int(O[oi, O_TAG0]) % NKIND
         g = int(O[oi, O_TAG0]) // NKIND
         if O[oi, O_LIQ] != 0 or (kind != K_ENTRY and kind != K_TP):
             continue
         ref = int(O[oi, O_TAG1])
         if kind == K_ENTRY:
-            match = T_BY_LEVEL[g, ref] if ref < T_BY_LEVEL.shape[1] else -1
+            OPEN[n, OP_TARGET] = T_BY_LEVEL[g, ref] if ref < T_BY_LEVEL.shape[1] else -1
         else:
-            match = T_BY_LOT[g, ref]
-        if match >= 0:
-            t = match
-            rem = max(O[oi, O_QTY] - O[oi, O_FILLED], 0.0)
-            if O[oi, O_SIDE] == TS[t] and O[oi, vc.O_PRICE] == TP_[t] and (O[oi, O_QTY] == TQ[t] or abs(rem - TQ[t]) < 1e-12):
-                if not TKEEP[t]:
-                    TKEEP[t] = True
-                    KEEPER[t] = oi
-                    nkeep += 1
-                    continue
-                kept = KEEPER[t]  # two orders match the target: the older one stays
-                kept_seq = BOOK[int(O[kept, vc.O_SLOT]), vc.B_SEQ]
-                if kept_seq > seq:
-                    KEEPER[t] = oi
-                    oi, seq = kept, kept_seq
-        x = ncancel  # to cancel, nearest the price first, the older first on a tie
-        dist = abs(O[oi, vc.O_PRICE] - price)
-        while x > 0 and (CDIST[x - 1] > dist or (CDIST[x - 1] == dist and CSEQ[x - 1] > seq)):
-            CDIST[x] = CDIST[x - 1]
-            CSEQ[x] = CSEQ[x - 1]
-            KEEPL[x] = KEEPL[x - 1]
-            x -= 1
-        CDIST[x] = dist
-        CSEQ[x] = seq
-        KEEPL[x] = oi
-        ncancel += 1
+            OPEN[n, OP_TARGET] = T_BY_LOT[g, ref]
+        OPEN[n, OP_SIDE] = O[oi, O_SIDE]
+        OPEN[n, OP_PRICE] = O[oi, vc.O_PRICE]
+        OPEN[n, OP_QTY] = O[oi, O_QTY]
+        OPEN[n, OP_REM] = max(O[oi, O_QTY] - O[oi, O_FILLED], 0.0)
+        OPEN[n, OP_PO] = O[oi, vc.O_PO]
+        OPEN[n, OP_RO] = O[oi, vc.O_RO]
+        OPEN[n, OP_PSIDE] = O[oi, vc.O_PSIDE]
+        OPEN[n, OP_AGE] = BOOK[k, vc.B_SEQ]
+        OIS[n] = oi
+        n += 1
+    nkeep, ncancel, nplace = sync_plan(price, OPEN, n, TGT, nt, KEEPER, CANCEL, CDIST, CAGE, PLACE)
     for k in range(ncancel):
-        vc.cancel(v, KEEPL[k], vc.R_NONE)
-    # submits sorted by (distance, key): on equal distance an entry ("b..." / "s...") before a
-    # take-profit ("t..." / "u...")
-    ns = 0
-    for t in range(nt):
-        if not TKEEP[t]:
-            ORDER[ns] = t
-            ns += 1
-    for x in range(1, ns):
-        y = ORDER[x]
-        dy = abs(TP_[y] - price)
-        z = x - 1
-        while z >= 0:
-            w = ORDER[z]
-            dw = abs(TP_[w] - price)
-            if dw > dy or (dw == dy and TK[w] > TK[y]):
-                ORDER[z + 1] = w
-                z -= 1
-            else:
-                break
-        ORDER[z + 1] = y
-    for x in range(ns):
-        t = ORDER[x]
+        vc.cancel(v, OIS[CANCEL[k]], vc.R_NONE)
+    for x in range(nplace):
+        t = PLACE[x]
         g = TG[t]
         M[GEN] += 1
-        oi = vc.new_order(v, TS[t], TP_[t], TQ[t], 1.0, MG[g, G_RO] if TK[t] == K_TP else 0.0, MG[g, G_PSIDE])
+        oi = vc.new_order(v, TGT[t, TG_SIDE], TGT[t, TG_PRICE], TGT[t, TG_QTY], TGT[t, TG_PO], TGT[t, TG_RO], TGT[t, TG_PSIDE])
         if oi < 0:
             return -1
         O[oi, O_TAG0] = _tag(TK[t], g)
@@ -625,25 +644,25 @@ def _sync(
             M[REJECTED] += 1
         elif out == vc.SUB_EXPIRED:
             M[REARMED] += 1
-    M[SUBMITTED] += ns
+    M[SUBMITTED] += nplace
     M[CANCELED] += ncancel
     for t in range(nt):
         if TK[t] == K_ENTRY:
             T_BY_LEVEL[TG[t], TR[t]] = -1
         else:
             T_BY_LOT[TG[t], TR[t]] = -1
-    return nkeep + ns
+    return nkeep + nplace
 
 
 @njit(cache=True, nogil=True)
-def _relay(v, M, G, MG, L, TPAT, KEEPL, LADP, g, noff, nlen):  # pragma: no cover - compiled
+def _relay(v, M, G, MG, L, LOTS, TPAT, KEEPL, LADP, g, noff, nlen):  # pragma: no cover - compiled
     """GridBook.relay of grid ``g`` onto the ladder at ``noff``/``nlen`` (maker_vol_grid.relay_take_profits);
     the lots left without a level are closed at market, nearest top first."""
     off, length = int(MG[G_OFF]), int(MG[G_LEN])
     nrel = relay_take_profits(L, TPAT, LADP, off, length, LADP, noff, nlen, G[G_TP], MG[G_D], KEEPL)
     for k in range(nrel):
         if L[KEEPL[k], L_TP] < 0:
-            _submit_close(v, M, MG, L, g, KEEPL[k], K_CLOSE, False, False)
+            _submit_close(v, M, MG, L, LOTS, TPAT, g, KEEPL[k], K_CLOSE, False, False)
             if M[BAIL] != 0:
                 return
     M[RECOMPUTES] += 1
@@ -694,7 +713,7 @@ def kernel(
     (:func:`work_arrays`; it allocates nothing itself, see :data:`loop`)."""
     ngrid = int(G[G_NGRID])
     S, O, BOOK = v.S, v.O, v.BOOK
-    TK, TG, TR, TS, TP_, TQ, TKEEP, TP_OUT, ENTRY_OUT, ORDER, KEEPER, CSEQ, KEEPL, CDIST, T_BY_LEVEL, T_BY_LOT, RESTORE_OUT = W
+    TK, TG, TR, TGT, TP_OUT, ENTRY_OUT, OPEN, OIS, KEEPER, CANCEL, CDIST, CAGE, PLACE, KEEPL, T_BY_LEVEL, T_BY_LOT, RESTORE_OUT = W
     S[vc.NOW] = ts[0]
     S[vc.PRICE] = op[0]
     i = 0
@@ -735,20 +754,9 @@ def kernel(
                 if lot < 0:
                     break
                 kind = K_RESTORE if int(L[lg, lot, L_CLOSING]) % 2 == 1 else K_CLOSE
-                L[lg, lot, L_CLOSING] = 1.0
-                held = MG[lg, G_D] * v.POS[int(MG[lg, G_ROW]), Q_QTY]  # MakerVol._covered: the position less the closes under way
-                for k in range(int(S[vc.NSLOT])):
-                    if BOOK[k, vc.B_STATE] != 0.0:
-                        oi = v.BOOK_ORDER[k]
-                        if O[oi, O_TAG0] == _tag(K_CLOSE, lg) or O[oi, O_TAG0] == _tag(K_RESTORE, lg):
-                            held -= max(O[oi, O_QTY] - O[oi, O_FILLED], 0.0)
-                if not position_holds(held, v.P[vc.P_LOT], v.P[vc.P_LOT]):  # the position holds none of it: the lot is gone
-                    book_close_lot(MG[lg], L[lg], LOTS[lg], TPAT[lg], lot)
-                    M[LOTS_GONE] += 1
-                else:
-                    _submit_close(v, M, MG[lg], L[lg], lg, lot, kind, True, False)
-                    if M[BAIL] != 0:
-                        return int(M[BAIL])
+                _submit_close(v, M, MG[lg], L[lg], LOTS[lg], TPAT[lg], lg, lot, kind, True, False)  # or the lot is gone
+                if M[BAIL] != 0:
+                    return int(M[BAIL])
             M[NRETRY] = 0
         equity = _equity(v)
         if M[HAS_GRID] == 0 or S[vc.NOW] >= M[NEXT_RC]:
@@ -759,7 +767,7 @@ def kernel(
             for g in range(ngrid):
                 noff, nlen = lad_off[g, lad], lad_len[g, lad]
                 if M[HAS_GRID] != 0:
-                    _relay(v, M, G, MG[g], L[g], TPAT[g], KEEPL, LADP, g, noff, nlen)
+                    _relay(v, M, G, MG[g], L[g], LOTS[g], TPAT[g], KEEPL, LADP, g, noff, nlen)
                     if M[BAIL] != 0:
                         return int(M[BAIL])
                 MG[g, G_OFF], MG[g, G_LEN], MG[g, G_FIRST], MG[g, G_BOTTOM] = noff, nlen, lad_first[g, lad], lad_bottom[g, lad]
@@ -772,8 +780,8 @@ def kernel(
             if M[BAIL] != 0:
                 return int(M[BAIL])
         price = S[vc.PRICE]
-        nt = _desired(v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TS, TP_, TQ, TP_OUT, ENTRY_OUT)
-        live = _sync(v, M, MG, nt, TK, TG, TR, TS, TP_, TQ, TKEEP, ORDER, KEEPER, CSEQ, KEEPL, CDIST, T_BY_LEVEL, T_BY_LOT, GENS, price)
+        nt = _desired(v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TGT, TP_OUT, ENTRY_OUT)
+        live = _sync(v, M, nt, TK, TG, TR, TGT, OPEN, OIS, KEEPER, CANCEL, CDIST, CAGE, PLACE, T_BY_LEVEL, T_BY_LOT, GENS, price)
         if live < 0:
             return BAIL_CAPACITY
         _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid, M[OCCUPIED])
@@ -805,24 +813,27 @@ def kernel(
 
 
 def work_arrays(ngrid: int, nlive: int, book_rows: int, levels: int, lots: int, lot_rows: int) -> tuple:
-    """The kernel's work arrays for one run: the targets of one sync (kind, grid, ref, side, price,
-    qty, kept), one grid's desired take-profit and entry levels, OrderSync's orderings, each grid's
-    entry level -> its target and lot -> its take-profit target (-1: none this sync), and the lots
-    a restore closes."""
+    """The kernel's work arrays for one run: the targets of one sync (kind, grid, ref, and their
+    orders as ``sync_plan`` takes them), one grid's desired take-profit and entry levels,
+    ``sync_plan``'s input and output (the open orders and each one's row in O, kept, canceled,
+    its scratch, placed), the lots ``_relay`` leaves without a level, each grid's entry level -> its
+    target and lot -> its take-profit target (-1: none this sync), and the lots a restore closes."""
     size = 2 * ngrid * nlive + 4
-    ints = [np.empty(size, dtype=np.int64) for _ in range(3)]
-    floats = [np.empty(size) for _ in range(3)]
     return (
-        *ints,
-        *floats,
-        np.zeros(size, dtype=np.bool_),
-        np.empty(nlive, dtype=np.int64),
-        np.empty(nlive, dtype=np.int64),
         np.empty(size, dtype=np.int64),
         np.empty(size, dtype=np.int64),
+        np.empty(size, dtype=np.int64),
+        np.empty((size, NTG)),
+        np.empty(nlive, dtype=np.int64),
+        np.empty(nlive, dtype=np.int64),
+        np.empty((book_rows, NOP)),
+        np.empty(book_rows, dtype=np.int64),
+        np.empty(size, dtype=np.int64),
+        np.empty(book_rows, dtype=np.int64),
         np.empty(book_rows),
+        np.empty(book_rows),
+        np.empty(size, dtype=np.int64),
         np.empty(max(book_rows, levels), dtype=np.int64),
-        np.empty(book_rows),
         np.full((ngrid, levels), -1, dtype=np.int64),
         np.full((ngrid, lot_rows), -1, dtype=np.int64),
         np.empty(lots, dtype=np.int64),
@@ -1120,6 +1131,7 @@ def run_kernel(strategy, engine, bars):
             MG[g, G_ROW] = (0 if d > 0 else 1) if hedge else 0
             MG[g, G_PSIDE] = (vc.PS_LONG if d > 0 else vc.PS_SHORT) if hedge else vc.PS_BOTH
             MG[g, G_RO] = 0.0 if hedge else 1.0
+            MG[g, G_ALONE] = 1.0 if ngrid == 1 else 0.0
         GENS = np.zeros(capacity)
         L = np.empty((ngrid, capacity + 1, NL))
         LOTS = np.zeros((ngrid, max_len + 64), dtype=np.int64)
