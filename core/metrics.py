@@ -289,15 +289,17 @@ def count_trades(result: RunResult, strategy) -> None:
         result.metrics["trades"] = int(trips)
 
 
-def position_per_bar(n_bars: int, fills: pd.DataFrame) -> np.ndarray:
-    """Net position at each bar's close, from the fills and the bars they happened on."""
-    delta = np.zeros(n_bars)
+def position_per_bar(n_bars: int, fills: pd.DataFrame, buy: np.ndarray | None = None) -> np.ndarray:
+    """Net position at each bar's close, from the fills and the bars they happened on. ``buy``:
+    whether each fill is a buy, when the caller has it (else read from ``fills.side``)."""
+    from .bar_series import position_per_bar as walk
+
+    position = np.zeros(n_bars)
     if len(fills):
         # compare as a column: an arrow-backed str column to_numpy() is one Python object per fill
-        signed = np.where((fills["side"] == "buy").to_numpy(), 1.0, -1.0) * fills["quantity"].to_numpy()
-        np.add.at(delta, fills["bar"].to_numpy(), signed)
-    position = np.cumsum(delta)
-    position[np.abs(position) < 1e-12] = 0.0
+        buy = (fills["side"] == "buy").to_numpy() if buy is None else buy
+        signed = np.where(buy, 1.0, -1.0) * fills["quantity"].to_numpy(dtype=np.float64)
+        walk(np.require(fills["bar"].to_numpy(), np.int64, "C"), signed, position)
     return position
 
 
