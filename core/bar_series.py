@@ -43,3 +43,51 @@ def liquidation_distance(position, close, liq, liq_short, hedge, shown, out):  #
             out[i] = below if below <= above or np.isnan(above) else above
             if np.isnan(long_line):
                 shown[i] = liq_short[i]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def drawdown_extremes(values, times):  # pragma: no cover - compiled
+    """One pass over an equity curve: the deepest fall from its running peak, as a fraction (NaN
+    when no point has one), the longest time (in ``times``' unit) from a peak to the point that
+    regained it, or to the end if never regained, and whether a value is NaN. The running peak is
+    numpy's ``maximum.accumulate`` (NaN from a NaN on); a point at or above it is a peak point."""
+    n = len(values)
+    deepest, peak = np.nan, np.nan
+    longest, spans, last, nan_seen = 0, 0, -1, False  # spans: how many peak-to-peak spans so far
+    for i in range(n):
+        v = values[i]
+        nan_seen = nan_seen or np.isnan(v)
+        peak = v if i == 0 else (np.nan if np.isnan(peak) or np.isnan(v) else max(peak, v))
+        fall = 1.0 - v / peak
+        if not np.isnan(fall) and (np.isnan(deepest) or fall > deepest):
+            deepest = fall
+        if v >= peak:
+            if last >= 0 and i - last > 1:  # underwater between two peak points
+                span = times[i] - times[last]
+                longest = span if spans == 0 else max(longest, span)
+                spans += 1
+            last = i
+    if 0 <= last < n - 1:  # still underwater at the end
+        longest = max(longest, times[n - 1] - times[last])
+    return deepest, longest, nan_seen
+
+
+@njit(cache=True, nogil=True)
+def day_ends(times, per_day, out):  # pragma: no cover - compiled
+    """The index of the last point of each day (day number ``times // per_day``) into ``out``;
+    returns how many, or -1 when the days are not in order. Divides only when the day changes:
+    the next point is in the same day when it lies in [start, end) of this one."""
+    n, k = len(times), 0
+    if n == 0:
+        return 0
+    start = (times[0] // per_day) * per_day
+    for i in range(n - 1):
+        following = times[i + 1]
+        if following < start:  # an earlier day
+            return -1
+        if following >= start + per_day:  # a later day: this point ends its day
+            out[k] = i
+            k += 1
+            start = (following // per_day) * per_day
+    out[k] = n - 1
+    return k + 1

@@ -172,8 +172,7 @@ def trades_frame(fills: pd.DataFrame, buy: np.ndarray | None = None) -> pd.DataF
             "exit_price": np.where(long_, sell_px, buy_px),
             "pnl": (exit_value - entry_cost) - fees,
             "fees": fees,
-        },
-        columns=_TRADES_COLUMNS,
+        }  # in the order of _TRADES_COLUMNS: passing columns= as well would reindex the frame (slow)
     )
 
 
@@ -187,16 +186,19 @@ def max_drawdown_duration(equity: pd.Series) -> pd.Timedelta:
     """Longest time from a peak to the point that regained it (or to the end)."""
     if equity.empty:
         return pd.Timedelta(0)
-    values = equity.to_numpy()
-    times = equity.index.asi8 if isinstance(equity.index, pd.DatetimeIndex) else np.asarray(equity.index, dtype=np.int64)
-    peaks = np.flatnonzero(values >= np.maximum.accumulate(values))  # the peak or back at it
-    gaps = np.diff(peaks) > 1  # underwater between two peak points
-    spans = times[peaks[1:]][gaps] - times[peaks[:-1]][gaps]
-    longest = int(spans.max()) if len(spans) else 0
-    if peaks[-1] < len(values) - 1:  # still underwater at the end
-        longest = max(longest, int(times[-1] - times[peaks[-1]]))
-    unit = getattr(equity.index, "unit", "ns") if isinstance(equity.index, pd.DatetimeIndex) else "ns"
-    return pd.Timedelta(longest, unit=unit)
+    return _drawdown(equity)[1]
+
+
+def _drawdown(equity: pd.Series) -> tuple[float, pd.Timedelta, bool]:
+    """The deepest fall from the running peak (NaN values left out), the longest time underwater
+    and whether a value is NaN, in one compiled pass (:func:`btc_quant.core.bar_series.drawdown_extremes`)."""
+    from .bar_series import drawdown_extremes
+
+    index = equity.index
+    times = index.asi8 if isinstance(index, pd.DatetimeIndex) else np.asarray(index, dtype=np.int64)
+    deepest, longest, nan_seen = drawdown_extremes(np.require(equity.to_numpy(), np.float64, "C"), np.require(times, np.int64, "C"))
+    unit = getattr(index, "unit", "ns") if isinstance(index, pd.DatetimeIndex) else "ns"
+    return float(deepest), pd.Timedelta(int(longest), unit=unit), bool(nan_seen)
 
 
 def daily_returns(equity: pd.Series) -> pd.Series:
@@ -210,15 +212,17 @@ _UNIT_PER_DAY = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_4
 def _daily_returns(equity: pd.Series) -> pd.Series:
     """:func:`daily_returns` without resampling: for an equity curve with no missing value on a
     UTC time index, the last value of each day is the last point before the day number changes."""
+    from .bar_series import day_ends
+
     index = equity.index
     values = equity.to_numpy()
     if not (isinstance(index, pd.DatetimeIndex) and str(index.tz) == "UTC" and index.unit in _UNIT_PER_DAY) or np.isnan(values).any():
         return daily_returns(equity)
-    day = index.asi8 // _UNIT_PER_DAY[index.unit]
-    if len(day) > 1 and np.any(day[1:] < day[:-1]):
+    last = np.empty(len(values), dtype=np.int64)
+    count = day_ends(np.require(index.asi8, np.int64, "C"), _UNIT_PER_DAY[index.unit], last)
+    if count < 0:  # days out of order
         return daily_returns(equity)
-    last = np.flatnonzero(np.r_[day[1:] != day[:-1], True])
-    closes = values[last]
+    closes = values[last[:count]]
     with np.errstate(divide="ignore", invalid="ignore"):
         rets = closes[1:] / closes[:-1] - 1.0
     return pd.Series(rets[~np.isnan(rets)])
@@ -238,13 +242,8 @@ def compute_metrics(
     total_return = final / initial_equity - 1.0
     span_days = (equity.index[-1] - equity.index[0]).total_seconds() / 86400 if len(equity) > 1 else 0.0
     cagr = _cagr(final / initial_equity, span_days)
-    values = equity.to_numpy()
-    if len(values) and not np.isnan(values).any():  # drawdown(equity).max() in numpy
-        with np.errstate(divide="ignore", invalid="ignore"):
-            dd = 1.0 - values / np.maximum.accumulate(values)
-        dd = dd[~np.isnan(dd)]
-        max_dd = float(dd.max()) if len(dd) else float("nan")
-    else:
+    max_dd, duration, nan_seen = _drawdown(equity) if len(equity) else (0.0, pd.Timedelta(0), False)
+    if nan_seen:  # pandas' running peak skips NaN
         dd = drawdown(equity)
         max_dd = float(dd.max()) if len(dd) else 0.0
     rets = _daily_returns(equity)
@@ -268,7 +267,7 @@ def compute_metrics(
         "sortino": _clean(sortino),
         "calmar": _clean(calmar),
         "max_drawdown": _clean(max_dd),
-        "max_drawdown_days": _clean(max_drawdown_duration(equity).total_seconds() / 86400),
+        "max_drawdown_days": _clean(duration.total_seconds() / 86400),
         "trades": int(len(trades)),
         "fills": int(len(fills)),
         "win_rate": _clean(len(wins) / len(pnl)) if len(pnl) else None,
