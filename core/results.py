@@ -190,8 +190,9 @@ def assemble_result(
         liquidation_distance(position, np.require(bars.close, np.float64, "C"), line, short_line, hedge, shown, values)
         if hedge:
             liq_short = pd.Series(liquidation_price_short, index=index, name="liquidation_price_short")
-        liq = pd.Series(shown, index=index, name="liquidation_price")
-        distance = pd.Series(values, index=index, name="liquidation_distance")
+        # shown, values and position are this function's own arrays: the series take them as they are
+        liq = pd.Series(shown, index=index, name="liquidation_price", copy=False)
+        distance = pd.Series(values, index=index, name="liquidation_distance", copy=False)
     return RunResult(
         info=info,
         bars=len(bars),
@@ -204,7 +205,7 @@ def assemble_result(
         metrics=metrics,
         initial_equity=initial_equity,
         bar_arrays=bars,
-        position=pd.Series(position, index=index, name="position"),
+        position=pd.Series(position, index=index, name="position", copy=False),
         liquidation_price=liq,
         liquidation_price_short=liq_short,
         liquidation_distance=distance,

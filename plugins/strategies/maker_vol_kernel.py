@@ -1238,14 +1238,14 @@ def _reasons(v, O):
 
 
 def _result(strategy, engine, broker, bars, k):
-    from btc_quant.core.metrics import count_trades, fills_frame, orders_frame
+    from btc_quant.core.metrics import columns_frame, count_trades, fills_frame, orders_frame
     from btc_quant.core.results import assemble_result
 
     v = k["v"]
     O, FL = v.O[: int(v.S[vc.NORD])], v.FL[: int(v.S[vc.NFILL])]
     ids, tags = _client_ids(strategy, engine, O, k["GENS"], k["tables"]["directions"])
     side = _labels(["sell", "buy"], O[:, O_SIDE] > 0)
-    orders = pd.DataFrame(
+    orders = columns_frame(  # each column already has the dtype pd.DataFrame would give it
         {
             "client_id": _text(ids),
             "side": _text(side),
@@ -1265,7 +1265,7 @@ def _result(strategy, engine, broker, bars, k):
     )
     fo = FL[:, F_ORDER].astype(np.int64)
     fbar = FL[:, vc.F_BAR].astype(np.int64)
-    fills = pd.DataFrame(
+    fills = columns_frame(
         {
             "ts": _times(np.asarray(bars.ts, dtype=np.int64)[fbar]),
             "trade_id": _text(numbered_text([("sim-", 10)], np.zeros(len(FL), dtype=np.int64), FL[:, vc.F_SEQ])),
@@ -1307,6 +1307,8 @@ def _result(strategy, engine, broker, bars, k):
 
 def _restore_strategy(strategy, engine, k, fills):
     """Leave the strategy object as the event path would: its book, counters and diagnostics."""
+    from btc_quant.core.metrics import columns_frame
+
     from .maker_vol import Grid
     from .maker_vol_grid import GridBook, Ladder, Lot
 
@@ -1332,9 +1334,9 @@ def _restore_strategy(strategy, engine, k, fills):
     ENT, TPF = k["ENT"], k["TPF"]
     strategy.entry_fills = _level_counts(ENT[:, 1], ENT[:, 2])
     strategy.tp_fills = _level_counts(TPF[:, 0], TPF[:, 1])
-    strategy.entry_log = pd.DataFrame({"ts_ms": ENT[:, 0].astype(np.int64), "direction": ENT[:, 2].astype(np.int64), "price": ENT[:, 1]})
+    strategy.entry_log = columns_frame({"ts_ms": ENT[:, 0].astype(np.int64), "direction": ENT[:, 2].astype(np.int64), "price": ENT[:, 1]})
     SAT = k["SAT"]
-    strategy.saturations = pd.DataFrame(
+    strategy.saturations = columns_frame(
         {
             "ts_ms": SAT[:, 0].astype(np.int64),
             "entry": SAT[:, 1],
@@ -1346,7 +1348,7 @@ def _restore_strategy(strategy, engine, k, fills):
         }
     )
     RT = k["RT"]
-    strategy.round_trips = pd.DataFrame(
+    strategy.round_trips = columns_frame(
         {
             "ts_ms": RT[:, 0].astype(np.int64),
             "direction": RT[:, 5].astype(np.int64),
@@ -1357,7 +1359,7 @@ def _restore_strategy(strategy, engine, k, fills):
         }
     )
     SAMP = k["SAMP"]
-    strategy.samples = pd.DataFrame(
+    strategy.samples = columns_frame(
         {
             "ts_ms": SAMP[:, 0].astype(np.int64),
             "price": SAMP[:, 1],
