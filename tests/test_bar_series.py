@@ -103,3 +103,6 @@ def test_columns_frame_is_the_frame_pandas_builds_from_the_same_columns():
     assert list(got.dtypes) == list(want.dtypes)
     assert not np.shares_memory(got["price"].to_numpy(), block)  # copied, as pd.DataFrame copies
     assert columns_frame({}).shape == pd.DataFrame({}).shape
+    again = columns_frame(columns)
+    again.columns.name = "renamed"  # the labels are built once per set of names: each frame its own view
+    assert got.columns.name is None and columns_frame(columns).columns.name is None
