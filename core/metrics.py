@@ -181,11 +181,12 @@ def trades_frame(fills: pd.DataFrame, buy: np.ndarray | None = None) -> pd.DataF
         buy_px = np.where(bought != 0, entry_cost / bought, np.nan)
         sell_px = np.where(sold != 0, exit_value / sold, np.nan)
     times = fills["ts"].array
+    side = pd.Series(np.where(long_, "long", "short").astype(object))  # the dtype pandas gives strings
     return columns_frame(
         {
             "entry_time": times.take(start),
             "exit_time": times.take(end),
-            "side": pd.Series(np.where(long_, "long", "short").astype(object)).array,  # pandas' column of strings
+            "side": side.to_numpy() if side.dtype == object else side.array,
             "max_quantity": max_qty,
             "entry_price": np.where(long_, buy_px, sell_px),
             "exit_price": np.where(long_, sell_px, buy_px),
