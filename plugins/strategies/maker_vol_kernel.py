@@ -1058,6 +1058,21 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
     )
 
 
+@njit(cache=True, nogil=True)
+def _next_wake(wake_idx, out):  # pragma: no cover - compiled
+    """``out[i]``: the first bar of ``wake_idx`` (ascending) at or after bar ``i``, else
+    ``len(out) - 1`` (none); one backward pass (numpy's reversed minimum.accumulate took ~12 ns a bar)."""
+    n = len(out) - 1
+    k = len(wake_idx) - 1
+    following = n
+    for i in range(n, -1, -1):
+        while k >= 0 and wake_idx[k] >= i:
+            if wake_idx[k] == i:
+                following = i
+            k -= 1
+        out[i] = following
+
+
 def run_kernel(strategy, engine, bars):
     """Run ``strategy`` (a MakerVol) over ``bars`` in compiled code, once the broker accepted the
     offer (:meth:`MakerVol.compiled_decisions`); the RunResult, or None when the loop could not
@@ -1078,9 +1093,8 @@ def run_kernel(strategy, engine, bars):
     llo, lhi = np.require(llo, np.float64, "C"), np.require(lhi, np.float64, "C")
     wake = np.array(strategy.wake_bars(bars), dtype=np.bool_)
     wake_idx = np.flatnonzero(wake)
-    next_wake = np.full(n + 1, n, dtype=np.int64)  # the first wake bar at or after each bar (n: none)
-    next_wake[wake_idx] = wake_idx
-    next_wake = np.minimum.accumulate(next_wake[::-1])[::-1].copy()
+    next_wake = np.empty(n + 1, dtype=np.int64)  # the first wake bar at or after each bar (n: none)
+    _next_wake(wake_idx, next_wake)
     tables = _ladder_tables(strategy, bars, wake_idx, inst)
     fund_bar, fund_rate = broker.funding_arrays()
     G = np.zeros(NPARAM)
