@@ -89,6 +89,25 @@ def _empty_frame(kind: str) -> pd.DataFrame:
     return frame
 
 
+def columns_frame(columns: dict[str, Any]) -> pd.DataFrame:
+    """``pd.DataFrame(columns)`` for columns that already have the dtypes pandas would give them
+    (numpy int64 / float64 / bool arrays, pandas extension arrays such as str or UTC times) and one
+    length: the same frame, without pandas' per-column checks and inference (~60 us of fixed cost a
+    frame, paid some ten times a run). Numpy columns are copied into the frame's blocks, as
+    ``pd.DataFrame`` copies them; ``tests/test_metrics.py`` holds it to ``pd.DataFrame``."""
+    arrays = list(columns.values())
+    index = pd.RangeIndex(len(arrays[0]) if arrays else 0)
+    # the column labels as pandas infers them, built once per set of names (~25 us each time); each
+    # frame gets its own view, so that renaming one frame's columns leaves the others alone
+    names = _column_names(tuple(columns))._view()
+    return pd.DataFrame._from_arrays(arrays, columns=names, index=index, verify_integrity=False)
+
+
+@cache
+def _column_names(names: tuple[str, ...]) -> pd.Index:
+    return pd.Index(list(names))
+
+
 def fills_frame(fills: list, bar_index: np.ndarray | None = None) -> pd.DataFrame:
     if fills:  # column by column: the same dtypes as from rows, without the row-to-column pass
         frame = pd.DataFrame(
@@ -162,18 +181,18 @@ def trades_frame(fills: pd.DataFrame, buy: np.ndarray | None = None) -> pd.DataF
         buy_px = np.where(bought != 0, entry_cost / bought, np.nan)
         sell_px = np.where(sold != 0, exit_value / sold, np.nan)
     times = fills["ts"].array
-    return pd.DataFrame(
+    side = pd.Series(np.where(long_, "long", "short").astype(object))  # the dtype pandas gives strings
+    return columns_frame(
         {
             "entry_time": times.take(start),
             "exit_time": times.take(end),
-            "side": pd.Series(np.where(long_, "long", "short").astype(object)).to_numpy(),
+            "side": side.to_numpy() if side.dtype == object else side.array,
             "max_quantity": max_qty,
             "entry_price": np.where(long_, buy_px, sell_px),
             "exit_price": np.where(long_, sell_px, buy_px),
             "pnl": (exit_value - entry_cost) - fees,
             "fees": fees,
-        },
-        columns=_TRADES_COLUMNS,
+        }  # in the order of _TRADES_COLUMNS
     )
 
 
@@ -187,16 +206,19 @@ def max_drawdown_duration(equity: pd.Series) -> pd.Timedelta:
     """Longest time from a peak to the point that regained it (or to the end)."""
     if equity.empty:
         return pd.Timedelta(0)
-    values = equity.to_numpy()
-    times = equity.index.asi8 if isinstance(equity.index, pd.DatetimeIndex) else np.asarray(equity.index, dtype=np.int64)
-    peaks = np.flatnonzero(values >= np.maximum.accumulate(values))  # the peak or back at it
-    gaps = np.diff(peaks) > 1  # underwater between two peak points
-    spans = times[peaks[1:]][gaps] - times[peaks[:-1]][gaps]
-    longest = int(spans.max()) if len(spans) else 0
-    if peaks[-1] < len(values) - 1:  # still underwater at the end
-        longest = max(longest, int(times[-1] - times[peaks[-1]]))
-    unit = getattr(equity.index, "unit", "ns") if isinstance(equity.index, pd.DatetimeIndex) else "ns"
-    return pd.Timedelta(longest, unit=unit)
+    return _drawdown(equity)[1]
+
+
+def _drawdown(equity: pd.Series) -> tuple[float, pd.Timedelta, bool]:
+    """The deepest fall from the running peak (NaN values left out), the longest time underwater
+    and whether a value is NaN, in one compiled pass (:func:`btc_quant.core.bar_series.drawdown_extremes`)."""
+    from .bar_series import drawdown_extremes
+
+    index = equity.index
+    times = index.asi8 if isinstance(index, pd.DatetimeIndex) else np.asarray(index, dtype=np.int64)
+    deepest, longest, nan_seen = drawdown_extremes(np.require(equity.to_numpy(), np.float64, "C"), np.require(times, np.int64, "C"))
+    unit = getattr(index, "unit", "ns") if isinstance(index, pd.DatetimeIndex) else "ns"
+    return float(deepest), pd.Timedelta(int(longest), unit=unit), bool(nan_seen)
 
 
 def daily_returns(equity: pd.Series) -> pd.Series:
@@ -210,15 +232,17 @@ _UNIT_PER_DAY = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_4
 def _daily_returns(equity: pd.Series) -> pd.Series:
     """:func:`daily_returns` without resampling: for an equity curve with no missing value on a
     UTC time index, the last value of each day is the last point before the day number changes."""
+    from .bar_series import day_ends
+
     index = equity.index
     values = equity.to_numpy()
     if not (isinstance(index, pd.DatetimeIndex) and str(index.tz) == "UTC" and index.unit in _UNIT_PER_DAY) or np.isnan(values).any():
         return daily_returns(equity)
-    day = index.asi8 // _UNIT_PER_DAY[index.unit]
-    if len(day) > 1 and np.any(day[1:] < day[:-1]):
+    last = np.empty(len(values), dtype=np.int64)
+    count = day_ends(np.require(index.asi8, np.int64, "C"), _UNIT_PER_DAY[index.unit], last)
+    if count < 0:  # days out of order
         return daily_returns(equity)
-    last = np.flatnonzero(np.r_[day[1:] != day[:-1], True])
-    closes = values[last]
+    closes = values[last[:count]]
     with np.errstate(divide="ignore", invalid="ignore"):
         rets = closes[1:] / closes[:-1] - 1.0
     return pd.Series(rets[~np.isnan(rets)])
@@ -238,13 +262,8 @@ def compute_metrics(
     total_return = final / initial_equity - 1.0
     span_days = (equity.index[-1] - equity.index[0]).total_seconds() / 86400 if len(equity) > 1 else 0.0
     cagr = _cagr(final / initial_equity, span_days)
-    values = equity.to_numpy()
-    if len(values) and not np.isnan(values).any():  # drawdown(equity).max() in numpy
-        with np.errstate(divide="ignore", invalid="ignore"):
-            dd = 1.0 - values / np.maximum.accumulate(values)
-        dd = dd[~np.isnan(dd)]
-        max_dd = float(dd.max()) if len(dd) else float("nan")
-    else:
+    max_dd, duration, nan_seen = _drawdown(equity) if len(equity) else (0.0, pd.Timedelta(0), False)
+    if nan_seen:  # pandas' running peak skips NaN
         dd = drawdown(equity)
         max_dd = float(dd.max()) if len(dd) else 0.0
     rets = _daily_returns(equity)
@@ -268,7 +287,7 @@ def compute_metrics(
         "sortino": _clean(sortino),
         "calmar": _clean(calmar),
         "max_drawdown": _clean(max_dd),
-        "max_drawdown_days": _clean(max_drawdown_duration(equity).total_seconds() / 86400),
+        "max_drawdown_days": _clean(duration.total_seconds() / 86400),
         "trades": int(len(trades)),
         "fills": int(len(fills)),
         "win_rate": _clean(len(wins) / len(pnl)) if len(pnl) else None,
@@ -289,15 +308,17 @@ def count_trades(result: RunResult, strategy) -> None:
         result.metrics["trades"] = int(trips)
 
 
-def position_per_bar(n_bars: int, fills: pd.DataFrame) -> np.ndarray:
-    """Net position at each bar's close, from the fills and the bars they happened on."""
-    delta = np.zeros(n_bars)
+def position_per_bar(n_bars: int, fills: pd.DataFrame, buy: np.ndarray | None = None) -> np.ndarray:
+    """Net position at each bar's close, from the fills and the bars they happened on. ``buy``:
+    whether each fill is a buy, when the caller has it (else read from ``fills.side``)."""
+    from .bar_series import position_per_bar as walk
+
+    position = np.zeros(n_bars)
     if len(fills):
         # compare as a column: an arrow-backed str column to_numpy() is one Python object per fill
-        signed = np.where((fills["side"] == "buy").to_numpy(), 1.0, -1.0) * fills["quantity"].to_numpy()
-        np.add.at(delta, fills["bar"].to_numpy(), signed)
-    position = np.cumsum(delta)
-    position[np.abs(position) < 1e-12] = 0.0
+        buy = (fills["side"] == "buy").to_numpy() if buy is None else buy
+        signed = np.where(buy, 1.0, -1.0) * fills["quantity"].to_numpy(dtype=np.float64)
+        walk(np.require(fills["bar"].to_numpy(), np.int64, "C"), signed, position)
     return position
 
 

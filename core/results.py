@@ -171,33 +171,28 @@ def assemble_result(
     open, else the SHORT's) and the strategy's diagnostics. Trades, the position
     per bar, the metrics and the distance to liquidation are derived here, the same way for every
     path."""
+    from .bar_series import liquidation_distance
     from .metrics import compute_metrics, position_per_bar, trades_frame
 
     index = pd.to_datetime(bars.ts, unit="ms", utc=True)
     equity = pd.Series(equity, index=index, name="equity")
-    trades = trades_frame(fills)
-    position = position_per_bar(len(bars), fills)
+    buy = (fills["side"] == "buy").to_numpy() if len(fills) else None  # read once: trades and position
+    trades = trades_frame(fills, buy)
+    position = position_per_bar(len(bars), fills, buy)
     paid = float(funding["amount"].sum()) if funding is not None and len(funding) else 0.0
     metrics = compute_metrics(equity, fills, trades, initial_equity=initial_equity, position=position, funding=paid)
     liq = liq_short = distance = None
     if liquidation_price is not None:
-        shown = liquidation_price
-        with np.errstate(invalid="ignore"):
-            if liquidation_price_short is None:  # one position: its side is the sign of the net position
-                side = np.sign(position)
-                values = np.where(side != 0, side * (bars.close - liquidation_price) / bars.close, np.nan)
-            else:  # hedge mode: a LONG and a SHORT position, each NaN while flat
-                liq_short = pd.Series(liquidation_price_short, index=index, name="liquidation_price_short")
-                side = np.sign(position)
-                one = liquidation_price == liquidation_price_short  # cross margin: both at the account's one price
-                values = np.where(
-                    one,
-                    np.where(side != 0, side * (bars.close - liquidation_price) / bars.close, np.nan),
-                    np.fmin((bars.close - liquidation_price) / bars.close, (liquidation_price_short - bars.close) / bars.close),
-                )  # isolated: each position its own price, the nearer one counts
-                shown = np.where(np.isnan(liquidation_price), liquidation_price_short, liquidation_price)
-        liq = pd.Series(shown, index=index, name="liquidation_price")
-        distance = pd.Series(values, index=index, name="liquidation_distance")
+        hedge = liquidation_price_short is not None  # hedge mode: a LONG and a SHORT line, each NaN while flat
+        shown, values = np.empty(len(bars)), np.empty(len(bars))
+        line = np.require(liquidation_price, np.float64, "C")
+        short_line = np.require(liquidation_price_short, np.float64, "C") if hedge else line
+        liquidation_distance(position, np.require(bars.close, np.float64, "C"), line, short_line, hedge, shown, values)
+        if hedge:
+            liq_short = pd.Series(liquidation_price_short, index=index, name="liquidation_price_short")
+        # shown, values and position are this function's own arrays: the series take them as they are
+        liq = pd.Series(shown, index=index, name="liquidation_price", copy=False)
+        distance = pd.Series(values, index=index, name="liquidation_distance", copy=False)
     return RunResult(
         info=info,
         bars=len(bars),
@@ -210,7 +205,7 @@ def assemble_result(
         metrics=metrics,
         initial_equity=initial_equity,
         bar_arrays=bars,
-        position=pd.Series(position, index=index, name="position"),
+        position=pd.Series(position, index=index, name="position", copy=False),
         liquidation_price=liq,
         liquidation_price_short=liq_short,
         liquidation_distance=distance,

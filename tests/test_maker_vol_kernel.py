@@ -24,7 +24,7 @@ from btc_quant.core.config import merge_layers, parse_assignments, resolve
 from btc_quant.core.data import SAMPLE, read_bars_file
 from btc_quant.core.plugins import load_plugins
 from btc_quant.core.run import backtest, build_engine, build_runtime
-from btc_quant.plugins.strategies.maker_vol_kernel import base36_array, numbered_text, why_not
+from btc_quant.plugins.strategies.maker_vol_kernel import _next_wake, base36_array, numbered_text, why_not
 from btc_quant.sdk.ordersync import base36
 from btc_quant.sdk.testing import bars_from
 
@@ -354,3 +354,14 @@ def test_both_sides_in_hedge_mode_fill_for_fill(plugins, settings):
     pdt.assert_series_equal(fast.liquidation_price, long_line.where(long_line.notna(), fast.liquidation_price_short))
     assert_books_hold_the_position(event_engine)
     assert_books_hold_the_position(engine)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.5, 1.0])
+def test_next_wake_is_the_first_wake_bar_at_or_after_each_bar(density):
+    rng = np.random.default_rng(3)
+    n = 700
+    wake = np.flatnonzero(rng.random(n) < density)
+    want = np.array([next((int(w) for w in wake if w >= i), n) for i in range(n + 1)])
+    got = np.empty(n + 1, dtype=np.int64)
+    _next_wake(wake, got)
+    assert np.array_equal(got, want)

@@ -61,7 +61,27 @@ def order_leverage(price: float, bottom: float, mmr: float, direction: int = 1) 
 @njit(cache=True, nogil=True)
 def lookback_highs(ts, high, at, n_bars, lookback_ms):  # pragma: no cover - compiled
     """For each bar in ``at`` (ascending): the highest high of the last ``n_bars`` bars up to it
-    whose ``ts`` lies within ``lookback_ms`` of its own (the spec's "recent high")."""
+    whose ``ts`` lies within ``lookback_ms`` of its own (the spec's "recent high").
+
+    Bars in time order without a missing high (every real run): :func:`_window_highs`, which
+    reads each bar about twice; otherwise the general walk of :func:`_deque_highs`."""
+    ordered = lookback_ms > 0 and n_bars >= 1 and len(high) == len(ts)
+    missing = False
+    earlier = 0  # bars whose time is before the previous bar's
+    for j in range(len(ts) if ordered else 0):
+        missing |= np.isnan(high[j])
+        earlier += j > 0 and ts[j] < ts[j - 1]
+    ordered = ordered and not missing and earlier == 0
+    for k in range(len(at)):
+        if not ordered:
+            break
+        ordered = 0 <= at[k] < len(ts) and (k == 0 or at[k] > at[k - 1])
+    return _window_highs(ts, high, at, n_bars, lookback_ms) if ordered else _deque_highs(ts, high, at, n_bars, lookback_ms)
+
+
+@njit(cache=True, nogil=True)
+def _deque_highs(ts, high, at, n_bars, lookback_ms):  # pragma: no cover - compiled
+    """:func:`lookback_highs` by a monotonic deque over every bar."""
     out = np.empty(len(at))
     dq = np.empty(len(ts), dtype=np.int64)
     head = 0
@@ -78,6 +98,49 @@ def lookback_highs(ts, high, at, n_bars, lookback_ms):  # pragma: no cover - com
                 head += 1
             out[k] = high[dq[head]]
             k += 1
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _window_highs(ts, high, at, n_bars, lookback_ms):  # pragma: no cover - compiled
+    """:func:`lookback_highs` for bars in time order with no NaN high and ``at`` strictly rising.
+    Each window ends at its bar ``at[k]`` and starts at the first bar ``p`` inside both limits, so
+    it is the tail of the segment ``(at[s - 1], at[s]]`` holding ``p`` (the segment's maxima from
+    each bar to its end, ``tail_high``, one backward pass) and the whole segments ``s + 1 .. k``
+    (their highs through a monotonic deque of segments, both ends moving forward only): the same
+    bars as the walk over every bar, so the same highest high."""
+    m = len(at)
+    out = np.empty(m)
+    if m == 0:
+        return out
+    first = np.empty(m, dtype=np.int64)  # each segment's first bar
+    tail_high = np.empty(at[m - 1] + 1)
+    for k in range(m - 1, -1, -1):
+        first[k] = at[k - 1] + 1 if k > 0 else 0
+        best = high[at[k]]
+        for j in range(at[k], first[k] - 1, -1):
+            best = max(best, high[j])
+            tail_high[j] = best
+    dq = np.empty(m, dtype=np.int64)  # segments, their highs falling from head to tail
+    head = tail = 0
+    p = s = 0
+    for k in range(m):
+        i = at[k]
+        while tail > head and tail_high[first[dq[tail - 1]]] <= tail_high[first[k]]:
+            tail -= 1
+        dq[tail] = k
+        tail += 1
+        p = max(p, i + 1 - n_bars)  # the window's first bar: within n_bars ...
+        while not (ts[p] > ts[i] - lookback_ms):  # ... and within lookback_ms
+            p += 1
+        while at[s] < p:
+            s += 1
+        while head < tail and dq[head] <= s:
+            head += 1
+        best = tail_high[p]
+        if head < tail:
+            best = max(best, tail_high[first[dq[head]]])
+        out[k] = best
     return out
 
 

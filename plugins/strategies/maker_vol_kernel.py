@@ -1069,6 +1069,21 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
     )
 
 
+@njit(cache=True, nogil=True)
+def _next_wake(wake_idx, out):  # pragma: no cover - compiled
+    """``out[i]``: the first bar of ``wake_idx`` (ascending) at or after bar ``i``, else
+    ``len(out) - 1`` (none); one backward pass (numpy's reversed minimum.accumulate took ~12 ns a bar)."""
+    n = len(out) - 1
+    k = len(wake_idx) - 1
+    following = n
+    for i in range(n, -1, -1):
+        while k >= 0 and wake_idx[k] >= i:
+            if wake_idx[k] == i:
+                following = i
+            k -= 1
+        out[i] = following
+
+
 def run_kernel(strategy, engine, bars):
     """Run ``strategy`` (a MakerVol) over ``bars`` in compiled code, once the broker accepted the
     offer (:meth:`MakerVol.compiled_decisions`); the RunResult, or None when the loop could not
@@ -1089,9 +1104,8 @@ def run_kernel(strategy, engine, bars):
     llo, lhi = np.require(llo, np.float64, "C"), np.require(lhi, np.float64, "C")
     wake = np.array(strategy.wake_bars(bars), dtype=np.bool_)
     wake_idx = np.flatnonzero(wake)
-    next_wake = np.full(n + 1, n, dtype=np.int64)  # the first wake bar at or after each bar (n: none)
-    next_wake[wake_idx] = wake_idx
-    next_wake = np.minimum.accumulate(next_wake[::-1])[::-1].copy()
+    next_wake = np.empty(n + 1, dtype=np.int64)  # the first wake bar at or after each bar (n: none)
+    _next_wake(wake_idx, next_wake)
     tables = _ladder_tables(strategy, bars, wake_idx, inst)
     fund_bar, fund_rate = broker.funding_arrays()
     G = np.zeros(NPARAM)
@@ -1250,14 +1264,14 @@ def _reasons(v, O):
 
 
 def _result(strategy, engine, broker, bars, k):
-    from btc_quant.core.metrics import count_trades, fills_frame, orders_frame
+    from btc_quant.core.metrics import columns_frame, count_trades, fills_frame, orders_frame
     from btc_quant.core.results import assemble_result
 
     v = k["v"]
     O, FL = v.O[: int(v.S[vc.NORD])], v.FL[: int(v.S[vc.NFILL])]
     ids, tags = _client_ids(strategy, engine, O, k["GENS"], k["tables"]["directions"])
     side = _labels(["sell", "buy"], O[:, O_SIDE] > 0)
-    orders = pd.DataFrame(
+    orders = columns_frame(  # each column already has the dtype pd.DataFrame would give it
         {
             "client_id": _text(ids),
             "side": _text(side),
@@ -1277,7 +1291,7 @@ def _result(strategy, engine, broker, bars, k):
     )
     fo = FL[:, F_ORDER].astype(np.int64)
     fbar = FL[:, vc.F_BAR].astype(np.int64)
-    fills = pd.DataFrame(
+    fills = columns_frame(
         {
             "ts": _times(np.asarray(bars.ts, dtype=np.int64)[fbar]),
             "trade_id": _text(numbered_text([("sim-", 10)], np.zeros(len(FL), dtype=np.int64), FL[:, vc.F_SEQ])),
@@ -1319,6 +1333,8 @@ def _result(strategy, engine, broker, bars, k):
 
 def _restore_strategy(strategy, engine, k, fills):
     """Leave the strategy object as the event path would: its book, counters and diagnostics."""
+    from btc_quant.core.metrics import columns_frame
+
     from .maker_vol import Grid
     from .maker_vol_grid import GridBook, Ladder, Lot
 
@@ -1344,9 +1360,9 @@ def _restore_strategy(strategy, engine, k, fills):
     ENT, TPF = k["ENT"], k["TPF"]
     strategy.entry_fills = _level_counts(ENT[:, 1], ENT[:, 2])
     strategy.tp_fills = _level_counts(TPF[:, 0], TPF[:, 1])
-    strategy.entry_log = pd.DataFrame({"ts_ms": ENT[:, 0].astype(np.int64), "direction": ENT[:, 2].astype(np.int64), "price": ENT[:, 1]})
+    strategy.entry_log = columns_frame({"ts_ms": ENT[:, 0].astype(np.int64), "direction": ENT[:, 2].astype(np.int64), "price": ENT[:, 1]})
     SAT = k["SAT"]
-    strategy.saturations = pd.DataFrame(
+    strategy.saturations = columns_frame(
         {
             "ts_ms": SAT[:, 0].astype(np.int64),
             "entry": SAT[:, 1],
@@ -1358,7 +1374,7 @@ def _restore_strategy(strategy, engine, k, fills):
         }
     )
     RT = k["RT"]
-    strategy.round_trips = pd.DataFrame(
+    strategy.round_trips = columns_frame(
         {
             "ts_ms": RT[:, 0].astype(np.int64),
             "direction": RT[:, 5].astype(np.int64),
@@ -1369,7 +1385,7 @@ def _restore_strategy(strategy, engine, k, fills):
         }
     )
     SAMP = k["SAMP"]
-    strategy.samples = pd.DataFrame(
+    strategy.samples = columns_frame(
         {
             "ts_ms": SAMP[:, 0].astype(np.int64),
             "price": SAMP[:, 1],

@@ -72,6 +72,7 @@ from pydantic import Field, model_validator
 
 from btc_quant.core import margin as mm
 from btc_quant.core.data import bundled_funding
+from btc_quant.core.metrics import columns_frame
 from btc_quant.sdk import (
     PROB,
     QUEUE,
@@ -902,9 +903,9 @@ class SimBroker(SimulatedBroker):
         if not len(rows):  # most runs: a copy of the one empty frame built per process
             return _no_funding().copy()
         fk = rows[:, 0].astype(np.int64)
-        return pd.DataFrame(
+        return columns_frame(  # each column already has its dtype
             {
-                "ts": pd.to_datetime(self._fund_ts[fk], unit="ms", utc=True),
+                "ts": pd.to_datetime(self._fund_ts[fk], unit="ms", utc=True).array,
                 "bar": rows[:, 1].astype(np.int64),
                 "rate": self._fund_rate[fk],
                 "mark": rows[:, 2],

@@ -1415,29 +1415,47 @@ def advance(
 def equity_curve(v: VenueState, close: np.ndarray, initial_cash: float) -> np.ndarray:
     """Equity at every bar's close: wallet plus the position at the close, from the ledger."""
     n = len(close)
-    cash = np.zeros(n)
-    qty = np.zeros(n)
-    rows = v.LEDGER[: int(v.S[NLEDGER])]
-    if len(rows):
-        bars = rows[:, 0].astype(np.int64)
-        np.add.at(cash, bars, rows[:, 1])
-        np.add.at(qty, bars, rows[:, 2])
-    return initial_cash + np.cumsum(cash) + np.cumsum(qty) * close
+    out = np.empty(n)
+    _equity_per_bar(v.LEDGER[: int(v.S[NLEDGER])], np.asarray(close, dtype=np.float64), float(initial_cash), np.zeros(n), np.zeros(n), out)
+    return out
+
+
+@compiled
+def _equity_per_bar(rows, close, initial_cash, cash, qty, out):  # pragma: no cover - compiled
+    """:func:`equity_curve` in one pass: each bar's ledger rows summed in order, then the running
+    wallet plus the running position at the close (the sums of ``np.add.at`` and ``np.cumsum``,
+    in their order, so the same floats)."""
+    for r in range(rows.shape[0]):
+        b = int(rows[r, 0])
+        cash[b] += rows[r, 1]
+        qty[b] += rows[r, 2]
+    wallet = 0.0
+    held = 0.0
+    for i in range(len(close)):
+        wallet += cash[i]
+        held += qty[i]
+        out[i] = initial_cash + wallet + held * close[i]
 
 
 def liquidation_marks(v: VenueState, n: int, row: int = 0) -> np.ndarray:
     """Per-bar liquidation price of position ``row`` at each bar's close (NaN when none)."""
-    liq = np.full(n, np.nan)
-    marks = v.MARKS[: int(v.S[NMARK])]
-    if len(marks):
-        bars = marks[:, 0].astype(np.int64)
-        last = np.r_[bars[1:] != bars[:-1], True]  # the last mark of each bar holds at its close
-        idx = np.full(n, -1, dtype=np.int64)
-        idx[bars[last]] = np.flatnonzero(last)
-        idx = np.maximum.accumulate(idx)
-        have = idx >= 0
-        liq[have] = marks[idx[have], 1 + row]
+    liq = np.empty(n)
+    _marks_per_bar(v.MARKS[: int(v.S[NMARK])], 1 + row, np.full(n, -1, dtype=np.int64), liq)
     return liq
+
+
+@compiled
+def _marks_per_bar(marks, col, at, liq):  # pragma: no cover - compiled
+    """:func:`liquidation_marks`: the last mark of each bar (``at``: its row) holds at its close
+    and after, until a later mark's."""
+    m = marks.shape[0]
+    for r in range(m):
+        if r == m - 1 or marks[r + 1, 0] != marks[r, 0]:
+            at[int(marks[r, 0])] = r
+    latest = -1
+    for i in range(len(liq)):
+        latest = max(latest, at[i])
+        liq[i] = marks[latest, col] if latest >= 0 else np.nan
 
 
 def reason_text(v: VenueState, oi: int) -> str | None:
