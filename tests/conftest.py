@@ -105,6 +105,10 @@ def _quant_in_process(args: list[str], env: dict, cwd: Path) -> subprocess.Compl
     root = logging.getLogger()
     saved_log = (root.handlers[:], root.level)
     saved_secrets = (set(secrets._values), dict(secrets.insecure_files))
+    # a new process starts with none: what this process read before (another test's world-readable
+    # config, its secrets) must not reach the command
+    secrets._values.clear()
+    secrets.insecure_files.clear()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         for stream in saved_streams:
             stream.flush()

@@ -23,7 +23,8 @@ def test_env_secrets_are_registered(tmp_path):
     assert secrets.mask("boom envsecretvalue123 boom") == "boom *** boom"
 
 
-def test_world_readable_config_with_secrets_is_flagged(tmp_path, caplog):
+def test_world_readable_config_with_secrets_is_flagged(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(secrets, "insecure_files", {})  # this process's registry, left as it was after
     path = tmp_path / "quant.toml"
     path.write_text('[exchange]\nname = "binanceusdm"\napi_key = "filekeyvalue999"\n')
     os.chmod(path, 0o644)
