@@ -17,6 +17,12 @@ from btc_quant.core.data import SAMPLE, read_bars_file
 from btc_quant.core.plugins import load_plugins
 
 REPO = Path(__file__).resolve().parents[1]
+# ``python -m pytest`` run in the checkout puts its root on sys.path; an installed ``quant`` never
+# has it. Tests that build the checkout (test_layout's ``pip wheel``) rewrite its
+# btc_quant.egg-info, and a metadata lookup scanning the root meanwhile (plugin entry points, a
+# command run in process) met it half-written: "No package metadata was found". The installed
+# distribution is the venv's.
+sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != REPO]
 #: The shared real data (../shared/data next to the checkout; BTC_QUANT_SHARED_DATA overrides it).
 SHARED_DATA = Path(os.environ.get("BTC_QUANT_SHARED_DATA") or REPO.parent / "shared" / "data")
 

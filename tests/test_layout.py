@@ -1,5 +1,6 @@
 """The folder -> package mapping works for a normal (non-editable) install too."""
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -52,3 +53,9 @@ def test_wheel_maps_folders_to_btc_quant_packages(tmp_path):
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[btc_quant]" in text and "sma_cross = btc_quant.plugins.strategies.sma_cross" in text
+
+
+def test_the_checkout_root_is_not_on_the_tests_path():
+    """As for an installed ``quant``: metadata comes from the venv's distribution, never from the
+    btc_quant.egg-info that a build of the checkout (the test above) rewrites while others run."""
+    assert [p for p in sys.path if Path(p or os.getcwd()).resolve() == REPO] == []
