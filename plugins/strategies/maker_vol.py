@@ -52,6 +52,7 @@ from btc_quant import sdk
 from btc_quant.sdk import Duration, ExchangeError, Field, OrderStatus, PositionSide, Side, Strategy, StrategyConfig, StrategyError, hookimpl
 from btc_quant.sdk.ordersync import OrderSync, VirtualOrder
 
+from ..brokers.sim.venue import POSITION_SIDES  # lot_close answers in the venue core's PS_* codes
 from .maker_vol_grid import (
     CLOSE_GONE,
     CLOSE_WAIT,
@@ -77,9 +78,6 @@ from .maker_vol_grid import (
     position_leverage,
     required_margin,
 )
-
-#: the venue core's PS_* (what lot_close returns) as the broker's position sides
-_POSITION_SIDES = (PositionSide.BOTH, PositionSide.LONG, PositionSide.SHORT)
 
 #: Used when the instrument carries no maintenance brackets: Binance BTCUSDT's first tier
 #: (maintenance margin rate 0.40%, maintenance amount 0), from Binance's leverage-bracket table.
@@ -432,7 +430,7 @@ class MakerVol(Strategy):
             self._close_later.append((grid, lot, why))
             return
         order = (ctx.buy if side > 0 else ctx.sell)(
-            lot.quantity, reduce_only=bool(reduce_only), position_side=_POSITION_SIDES[pside], tag=f"{why}:{lot.lot_id}"
+            lot.quantity, reduce_only=bool(reduce_only), position_side=POSITION_SIDES[pside], tag=f"{why}:{lot.lot_id}"
         )
         self._closing[order.client_id] = (grid, lot, why)
 

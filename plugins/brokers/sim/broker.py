@@ -393,7 +393,7 @@ class SimBroker(SimulatedBroker):
             created_ms=int(O[oi, vc.O_CREATED]),
             updated_ms=int(O[oi, vc.O_CREATED]),
             tag="liquidation",
-            position_side=_PSIDE[int(O[oi, vc.O_PSIDE])],
+            position_side=vc.POSITION_SIDES[int(O[oi, vc.O_PSIDE])],
         )
         self._known.extend([None] * (oi + 1 - len(self._known)))
         self._known[oi] = order
@@ -495,7 +495,7 @@ class SimBroker(SimulatedBroker):
             return
         price = np.nan if order.price is None else order.price
         side = 1.0 if order.side is Side.BUY else -1.0
-        pside = _PS[order.position_side]
+        pside = vc.PS_OF[order.position_side]
         while (oi := vc.new_order(self.venue, side, price, order.quantity, float(order.post_only), float(order.reduce_only), pside)) < 0:
             self.venue = vc.grow(self.venue, funding_rows=len(self._fund_bar))
         self._known.extend([None] * (oi + 1 - len(self._known)))
@@ -913,10 +913,6 @@ class SimBroker(SimulatedBroker):
                 "amount": rows[:, 4],
             }
         )
-
-
-_PS = {PositionSide.BOTH: vc.PS_BOTH, PositionSide.LONG: vc.PS_LONG, PositionSide.SHORT: vc.PS_SHORT}
-_PSIDE = {vc.PS_BOTH: PositionSide.BOTH, vc.PS_LONG: PositionSide.LONG, vc.PS_SHORT: PositionSide.SHORT}
 
 
 def position_side_refusal(position_mode: str, order: Order) -> str | None:

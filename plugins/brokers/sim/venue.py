@@ -107,6 +107,7 @@ import math
 import numpy as np
 
 from btc_quant.core.compiled import njit
+from btc_quant.core.model import PositionSide
 
 EPS = 1e-12
 
@@ -213,6 +214,9 @@ ST_NEW, ST_FILLED, ST_CANCELED, ST_REJECTED, ST_EXPIRED, ST_PARTIAL = 0, 1, 2, 3
 STATUS_NAMES = np.array(["new", "filled", "canceled", "rejected", "expired", "partially_filled"], dtype=object)
 R_NONE, R_MARGIN, R_SPOT, R_CROSS, R_LIQ, R_REDUCE, R_RO_GONE, R_MIN_NOTIONAL = range(8)
 PS_BOTH, PS_LONG, PS_SHORT = 0, 1, 2
+#: the PositionSide of each PS_* code (what brokers and strategies pass), and each one's code
+POSITION_SIDES = (PositionSide.BOTH, PositionSide.LONG, PositionSide.SHORT)
+PS_OF = {side: code for code, side in enumerate(POSITION_SIDES)}
 # --- FL: fills -------------------------------------------------------------------------------------
 F_ORDER, F_PRICE, F_QTY, F_FEE, F_BAR, F_MAKER, F_LIQ, F_SEQ, F_CASH, F_SQ, F_ROW, F_REALIZED = range(12)
 NF = 12
