@@ -209,9 +209,12 @@ def trades_frame(fills: pd.DataFrame, columns: FillColumns | None = None) -> pd.
         return _empty_frame("trades").copy()
     from .round_trips import flat_to_flat
 
-    columns = FillColumns.read(fills) if columns is None else columns
-    signs = np.where(columns.buy, 1.0, -1.0)
-    rows = flat_to_flat(signs, columns.price, columns.quantity, columns.fee)
+    if columns is None:  # a frame of its own: only the columns the walk reads
+        buy = (fills["side"] == "buy").to_numpy()
+        price, quantity, fee = (np.require(fills[c].to_numpy(), np.float64, "C") for c in ("price", "quantity", "fee"))
+    else:
+        buy, price, quantity, fee = columns.buy, columns.price, columns.quantity, columns.fee
+    rows = flat_to_flat(np.where(buy, 1.0, -1.0), price, quantity, fee)
     if len(rows) == 0:  # never flat again after the first fill
         return pd.DataFrame([], columns=_TRADES_COLUMNS)
     start, end, long_ = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64), rows[:, 2] != 0
@@ -360,9 +363,11 @@ def position_per_bar(n_bars: int, fills: pd.DataFrame, columns: FillColumns | No
 
     position = np.zeros(n_bars)
     if len(fills):
-        columns = FillColumns.read(fills) if columns is None else columns
-        signed = np.where(columns.buy, 1.0, -1.0) * columns.quantity
-        walk(columns.bar, signed, position)
+        if columns is None:  # a frame of its own: only the columns the walk reads
+            buy, quantity, bar = (fills["side"] == "buy").to_numpy(), fills["quantity"].to_numpy(np.float64), fills["bar"].to_numpy()
+        else:
+            buy, quantity, bar = columns.buy, columns.quantity, columns.bar
+        walk(np.require(bar, np.int64, "C"), np.where(buy, 1.0, -1.0) * quantity, position)
     return position
 
 
