@@ -824,7 +824,7 @@ def _fills_per_level(entry_fills: Counter, tp_fills: Counter) -> pd.DataFrame:
 def _frame(rows, columns: list[str]) -> pd.DataFrame:
     """``rows`` as a frame with ``columns``: the event path's list of tuples, or the compiled path's
     frame with these columns already (copied: rebuilding it with ``columns=`` is a slow reindex)."""
-    if isinstance(rows, pd.DataFrame) and list(rows.columns) == columns:
+    if isinstance(rows, pd.DataFrame) and rows.columns.tolist() == columns:
         return rows.copy()
     return pd.DataFrame(rows, columns=columns)
 

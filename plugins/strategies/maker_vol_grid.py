@@ -593,7 +593,10 @@ def relay_take_profits(B, L, TPAT, prices, off, length, new_prices, noff, nlen, 
     own target gets none and its lot is marked closing (a market close: saturation). Returns how
     many were moved, their lots in ``LOTS_OUT``, nearest top first."""
     nrel = 0
+    held = int(B[B_NTP])
     for lv in range(length):
+        if nrel == held:  # the rest hold none (the take-profits sit near top: seldom a long read)
+            break
         if TPAT[lv] != 0:
             LOTS_OUT[nrel] = TPAT[lv]
             nrel += 1
