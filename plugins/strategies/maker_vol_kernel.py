@@ -14,7 +14,9 @@ decisions, in the order the engine would:
   puts its liquidation price at bottom (``maker_vol_grid.required_margin``);
 * at a wake-up (the first bar, each ``recompute`` period, a price alert on the next level up, the
   close of every bar with a fill): re-send closes that ended without closing their lot, recompute
-  the ladder and re-lay take-profits, size the entries (``maker_vol_grid.level_sizes``), restore
+  the ladder and re-lay take-profits, size the entries (``maker_vol_grid.entry_sizes_from``: as
+  far down the ladder as the desired set reaches; the event path sizes the whole ladder at once,
+  the same sizes), restore
   the liquidation line (``restore_share``), then the desired set (take-profits nearest the price,
   entries nearest the price that free margin funds) and :class:`OrderSync`'s diff
   (``sdk.ordersync.sync_plan``, the function OrderSync calls: per key, an open order whose side,
