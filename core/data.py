@@ -263,18 +263,31 @@ SAMPLE_FUNDING = Sample(
 
 
 @lru_cache(maxsize=1)
-def _bundled_funding_frame() -> pd.DataFrame:
-    return pd.read_parquet(SAMPLE_FUNDING.path, columns=["ts", "rate"])
+def _bundled_funding_columns() -> tuple[np.ndarray, np.ndarray]:
+    frame = pd.read_parquet(SAMPLE_FUNDING.path, columns=["ts", "rate"])
+    ts, rate = frame["ts"].to_numpy(np.int64), frame["rate"].to_numpy(np.float64)
+    ts.flags.writeable = rate.flags.writeable = False  # shared by every run of the process
+    return ts, rate
+
+
+def bundled_funding_arrays(
+    exchange: str, symbol: str, start_ms: int | None = None, end_ms: int | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`bundled_funding` as read-only arrays ``(ts, rate)``: what a run reads, without a
+    frame built per run (a sweep over many stretches reads it once per stretch)."""
+    if (exchange, symbol) != (SAMPLE_FUNDING.exchange, SAMPLE_FUNDING.symbol):
+        return None
+    ts, rate = _bundled_funding_columns()
+    lo = 0 if start_ms is None else int(np.searchsorted(ts, start_ms, "left"))
+    hi = len(ts) if end_ms is None else int(np.searchsorted(ts, end_ms, "left"))
+    return ts[lo:hi], rate[lo:hi]
 
 
 def bundled_funding(exchange: str, symbol: str, start_ms: int | None = None, end_ms: int | None = None) -> pd.DataFrame | None:
     """The bundled funding history (columns ``ts``, ``rate``, as ``Store.read_funding``) with
     ``start_ms <= ts < end_ms``, for the market it is of (Binance USDⓈ-M BTC/USDT:USDT); None for
     any other market."""
-    if (exchange, symbol) != (SAMPLE_FUNDING.exchange, SAMPLE_FUNDING.symbol):
+    arrays = bundled_funding_arrays(exchange, symbol, start_ms, end_ms)
+    if arrays is None:
         return None
-    frame = _bundled_funding_frame()
-    ts = frame["ts"].to_numpy(np.int64)
-    lo = 0 if start_ms is None else int(np.searchsorted(ts, start_ms, "left"))
-    hi = len(ts) if end_ms is None else int(np.searchsorted(ts, end_ms, "left"))
-    return frame.iloc[lo:hi].reset_index(drop=True)
+    return pd.DataFrame({"ts": arrays[0].copy(), "rate": arrays[1].copy()})

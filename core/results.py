@@ -30,6 +30,7 @@ from .paths import data_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import RunConfig
+    from .metrics import FillColumns
 
 _FRAMES = ("fills", "orders", "trades")
 #: the per-bar series of a RunResult, as its fields and as columns of series.parquet
@@ -163,6 +164,7 @@ def assemble_result(
     diagnostics: dict[str, Any] | None = None,
     compiled: bool = False,
     compiled_kernel_s: float | None = None,
+    fill_columns: FillColumns | None = None,
 ) -> RunResult:
     """The RunResult of a backtest from what every path has: the equity at each bar's close, the
     fills (with their ``bar``) and orders frames, the funding payments, the rejection count, the
@@ -170,17 +172,19 @@ def assemble_result(
     ``liquidation_price_short``: the result's ``liquidation_price`` is then the LONG's while it is
     open, else the SHORT's) and the strategy's diagnostics. Trades, the position
     per bar, the metrics and the distance to liquidation are derived here, the same way for every
-    path."""
+    path. ``fill_columns``: the fills' columns as arrays, from a path that built ``fills`` from them
+    (else read from ``fills`` once)."""
     from .bar_series import liquidation_distance
-    from .metrics import compute_metrics, position_per_bar, trades_frame
+    from .metrics import FillColumns, compute_metrics, position_per_bar, trades_frame
 
     index = pd.to_datetime(bars.ts, unit="ms", utc=True)
     equity = pd.Series(equity, index=index, name="equity")
-    buy = (fills["side"] == "buy").to_numpy() if len(fills) else None  # read once: trades and position
-    trades = trades_frame(fills, buy)
-    position = position_per_bar(len(bars), fills, buy)
+    if len(fills) and fill_columns is None:
+        fill_columns = FillColumns.read(fills)  # read once: trades, position and metrics
+    trades = trades_frame(fills, fill_columns)
+    position = position_per_bar(len(bars), fills, fill_columns)
     paid = float(funding["amount"].sum()) if funding is not None and len(funding) else 0.0
-    metrics = compute_metrics(equity, fills, trades, initial_equity=initial_equity, position=position, funding=paid)
+    metrics = compute_metrics(equity, fills, trades, initial_equity=initial_equity, position=position, funding=paid, columns=fill_columns)
     liq = liq_short = distance = None
     if liquidation_price is not None:
         hedge = liquidation_price_short is not None  # hedge mode: a LONG and a SHORT line, each NaN while flat

@@ -42,7 +42,9 @@ class Store(ABC):
         """Funding rates of a perpetual with ``start_ms <= ts < end_ms``: columns ``ts`` (int64 ms,
         the funding time) and ``rate`` (float64, e.g. 0.0001 = 0.01% paid by longs to shorts),
         sorted, de-duplicated; empty if none are stored. Stores without funding data keep this default."""
-        return pd.DataFrame({"ts": np.empty(0, dtype=np.int64), "rate": np.empty(0, dtype=np.float64)})
+        from .metrics import columns_frame  # pd.DataFrame of typed columns, without its checks (asked once per run)
+
+        return columns_frame({"ts": np.empty(0, dtype=np.int64), "rate": np.empty(0, dtype=np.float64)})
 
     def read_mark_bars(
         self, exchange: str, symbol: str, start_ms: int | None = None, end_ms: int | None = None

@@ -73,6 +73,31 @@ def make_book(levels=10):
     return ladder, GridBook(ladder, 0.01)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["open", "withdraw", "close", "relay", "restore"]), st.integers(0, 40)), max_size=60))
+def test_the_book_counts_the_levels_holding_a_take_profit(ops):
+    """``totals[B_NTP]`` (read at every wake-up instead of the whole ladder) is the number of levels
+    holding a take-profit, whatever the book went through: fills and saturations, withdrawals,
+    closes, re-lays onto longer and shorter ladders, restore closes."""
+    from btc_quant.plugins.strategies.maker_vol_grid import B_NTP
+
+    ladder, book = make_book(12)
+    for op, k in ops:
+        lots = sorted(book.lots)
+        if op == "open":
+            level = k % len(book.ladder)
+            book.place_tp(book.open_lot(level, float(book.ladder.prices[level]), 1.0, 1.0, 2.0 + k % 3))
+        elif op == "withdraw" and lots:
+            book.withdraw_tp(book.lots[lots[k % len(lots)]])
+        elif op == "close" and lots:
+            book.close_lot(lots[k % len(lots)])
+        elif op == "relay":
+            book.relay(Ladder(100.0 * (0.97 + k / 400), 100.0 * 0.99 ** (5 + k % 15), 0.01))
+        elif op == "restore" and lots:
+            book.restore_closes(float(k % 4))
+        assert book.totals[B_NTP] == np.count_nonzero(book.tp_lots)
+
+
 def test_take_profit_goes_to_first_level_at_or_above_fill_plus_tp():
     ladder, book = make_book()
     lot = book.open_lot(5, float(ladder.prices[5]), 1.0, 1.0, 2.0)
@@ -132,14 +157,18 @@ def test_desired_levels_skip_closing_lots_and_pause_when_free_margin_runs_out():
     qty[8] = 0.0  # merged into level 7
     tp_out, entry_out = np.empty(5, dtype=np.int64), np.empty(5, dtype=np.int64)
     price = float(ladder.prices[6]) * 0.999  # just under level 6: levels 7 .. 9 are adverse of it
-    args = (book.totals, book.L, book.tp_lots, ladder.prices, 0, len(ladder), 1, qty, margin, price, 1, 5)
+    args = (book.totals, book.L, book.tp_lots, ladder.prices, 0, len(ladder), 1, qty, margin, len(ladder), price, 1, 5)
     assert len(ladder) == 11
-    ntp, nentry, armed, paused, free = desired_levels(*args, 30.0, tp_out, entry_out)
+    ntp, nentry, armed, paused, free, more = desired_levels(*args, 30.0, tp_out, entry_out)
     assert tp_out[:ntp].tolist() == [held.tp_level]  # the closing lot's take-profit is held back
-    assert entry_out[:nentry].tolist() == [7, 9, 10] and not paused and free == pytest.approx(0.0)
+    assert entry_out[:nentry].tolist() == [7, 9, 10] and not paused and free == pytest.approx(0.0) and more == -1
     assert armed == (len(ladder) - 7) + 2  # levels 7 .. 10 (none holds a take-profit) and the two lots
-    ntp, nentry, armed, paused, free = desired_levels(*args, 15.0, tp_out, entry_out)
+    ntp, nentry, armed, paused, free, more = desired_levels(*args, 15.0, tp_out, entry_out)
     assert entry_out[:nentry].tolist() == [7] and paused  # the next one cannot be funded
+    # levels sized only up to 9: it stops at level 9 and asks for its size
+    sized_to_9 = (*args[:9], 9, *args[10:])
+    *_, more = desired_levels(*sized_to_9, 30.0, tp_out, entry_out)
+    assert more == 9
 
 
 def test_line_funding_adds_margin_refuses_or_closes_a_share():

@@ -226,12 +226,12 @@ def test_conditions_send_other_runs_to_the_event_path(plugins, setting, reason):
 
 
 def test_base36_array_matches_base36():
-    values = np.array([0, 1, 35, 36, 1295, 1296, 1_764_000_000_000, 2**40 + 12345])
+    values = np.array([0, 1, 35, 36, 1295, 1296, 1_764_000_000_000, 2**40 + 12345, 36**12 - 1, 36**12, 2**63 - 1])
     assert base36_array(values).to_pylist() == [base36(int(v)) for v in values]
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2**53), st.integers(0, 2**53)), max_size=40))
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1)), max_size=40))
 def test_numbered_text_matches_fstrings(rows):
     forms = [("mv:b", 10, ".", 36), ("sim-", 10), ("", 36, "x", 10), ("liquidation", 0)]
     expected = [

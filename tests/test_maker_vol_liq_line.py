@@ -24,6 +24,8 @@ from btc_quant.core.instruments import instrument_for
 from btc_quant.plugins.strategies.maker_vol import DEFAULT_MMR, MakerVol
 from btc_quant.plugins.strategies.maker_vol_grid import (
     bracket_table,
+    entry_sizes,
+    entry_sizes_from,
     level_sizes,
     lot_leverage,
     position_leverage,
@@ -80,6 +82,29 @@ def test_orders_under_the_minimum_notional_merge_levels_instead_of_being_raised(
     group = np.diff(np.r_[np.flatnonzero(placed), len(prices)])
     order_margin = qty[placed] * prices[placed] / lev[placed]
     assert (order_margin <= group * margin + 1e-9).all() and (order_margin > (group - 1) * margin).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=12), st.floats(5.0, 400.0), st.sampled_from([1, -1]))
+def test_a_ladder_sized_in_pieces_gets_the_sizes_of_one_go(steps, margin, direction):
+    """The compiled backtest sizes entries as far as its desired set reaches (entry_sizes_from,
+    piece by piece); the event path sizes the whole ladder at each recompute (entry_sizes): the
+    same quantities, margins and merged count, merges across the pieces' ends included."""
+    top, bottom = (39_900.0, 21_000.0) if direction > 0 else (39_900.0, 75_000.0)
+    prices = np.round(top * (1 - direction * 0.002) ** np.arange(1, 320), 1)
+    prices = prices[direction * (prices - bottom) > 0]
+    first = 2
+    args = (bottom, direction, margin, BB, 0.001, 1000.0, 100.0)
+    whole_qty, whole_margin = np.zeros(len(prices)), np.zeros(len(prices))
+    whole = entry_sizes(prices, first, *args, whole_qty, whole_margin)
+    qty, mar = np.zeros(len(prices)), np.zeros(len(prices))
+    at, merged = first, 0
+    for step in [*steps, len(prices)]:  # the last piece sizes the rest
+        at, more = entry_sizes_from(prices, at, min(at + step, len(prices)), *args, qty, mar)
+        merged += more
+    assert merged == whole
+    np.testing.assert_array_equal(qty, whole_qty)
+    np.testing.assert_array_equal(mar, whole_margin)
 
 
 def test_restore_share_funds_the_rest_of_the_position():

@@ -621,7 +621,7 @@ class ChdbStore(ClickHouseStore):
 
     def read_funding(self, exchange, symbol, start_ms=None, end_ms=None) -> pd.DataFrame:
         read = super().read_funding
-        return self._read_once(lambda: read(exchange, symbol, start_ms, end_ms), Store.read_funding(self, exchange, symbol))
+        return self._read_once(lambda: read(exchange, symbol, start_ms, end_ms), lambda: Store.read_funding(self, exchange, symbol))
 
     def read_mark_bars(self, exchange, symbol, start_ms=None, end_ms=None) -> list[tuple[str, BarArrays]]:
         read = super().read_mark_bars

@@ -57,10 +57,10 @@ class TradeTables:
     def _read_once(self, call, empty):
         """Run a read; a lazy store (chDB) that was not open is closed again after it (unless a
         :meth:`~.clickhouse.ClickHouseStore.session` holds it), and one that was never created
-        reads as empty."""
+        reads as empty (``empty``, or what it returns when it is a function: built only then)."""
         exists = getattr(self, "_exists", None)
         if self.client is None and exists is not None and not exists():
-            return empty
+            return empty() if callable(empty) else empty
         held = self.client is not None
         try:
             return call()

@@ -614,7 +614,10 @@ class MakerVol(Strategy):
             # Only the take-profits nearest the price can be among the live ones (OrderSync keeps
             # the nearest max_live_orders per side), so only they are handed over: sync stays O(n).
             levels = (book.totals, book.L, book.tp_lots, ladder.prices, 0, len(ladder), grid.first_entry, grid.entry_qty, grid.entry_margin)
-            ntp, nentry, armed, grid_paused, free = desired_levels(*levels, price, grid.direction, n, free, tp_out, entry_out)
+            # every level was sized at the recompute (_size): none is left to size
+            ntp, nentry, armed, grid_paused, free, _ = desired_levels(
+                *levels, len(ladder), price, grid.direction, n, free, tp_out, entry_out
+            )
             armed_total += armed
             paused = paused or grid_paused
             for level in tp_out[:ntp].tolist():
@@ -750,11 +753,7 @@ class MakerVol(Strategy):
         )
         live = samples["live_orders"].to_numpy()
         distance = samples["distance_to_liquidation"].to_numpy(dtype=np.float64)
-        levels = sorted(set(self.entry_fills) | set(self.tp_fills))
-        fills_per_level = pd.DataFrame(
-            [(d, p, self.entry_fills[(d, p)], self.tp_fills[(d, p)]) for d, p in levels],
-            columns=["direction", "price", "entry_fills", "tp_fills"],
-        )
+        fills_per_level = _fills_per_level(self.entry_fills, self.tp_fills)
         attribution = {
             "grid_profit": self.pnl["grid_profit"],
             "maker_fees": -self.pnl["fees_maker"],
@@ -803,10 +802,29 @@ class MakerVol(Strategy):
         }
 
 
+def _fills_per_level(entry_fills: Counter, tp_fills: Counter) -> pd.DataFrame:
+    """Entry and take-profit fills per (direction, price) level, in order of the level."""
+    from btc_quant.core.metrics import columns_frame
+
+    levels = sorted(set(entry_fills) | set(tp_fills))
+    columns = ["direction", "price", "entry_fills", "tp_fills"]
+    if not levels:
+        return pd.DataFrame([], columns=columns)
+    n = len(levels)
+    return columns_frame(  # the dtypes pd.DataFrame gives these rows, column by column (a grid has hundreds of levels)
+        {
+            "direction": np.fromiter((d for d, _ in levels), np.int64, n),
+            "price": np.fromiter((p for _, p in levels), np.float64, n),
+            "entry_fills": np.fromiter((entry_fills[level] for level in levels), np.int64, n),
+            "tp_fills": np.fromiter((tp_fills[level] for level in levels), np.int64, n),
+        }
+    )
+
+
 def _frame(rows, columns: list[str]) -> pd.DataFrame:
     """``rows`` as a frame with ``columns``: the event path's list of tuples, or the compiled path's
     frame with these columns already (copied: rebuilding it with ``columns=`` is a slow reindex)."""
-    if isinstance(rows, pd.DataFrame) and list(rows.columns) == columns:
+    if isinstance(rows, pd.DataFrame) and rows.columns.tolist() == columns:
         return rows.copy()
     return pd.DataFrame(rows, columns=columns)
 

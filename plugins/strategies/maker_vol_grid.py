@@ -227,10 +227,21 @@ def level_sizes(prices, bottom, direction, margin, BB, lot, qscale, min_notional
     takes the margin of as many levels as the minimum needs (itself and the next ones toward
     bottom, which then hold no entry: quantity 0) -- the same capital over the same stretch of
     the ladder, in fewer, larger orders."""
+    return level_sizes_from(prices, 0, prices.shape[0], bottom, direction, margin, BB, lot, qscale, min_notional, QTY, LEV)[1]
+
+
+@njit(cache=True, nogil=True)
+def level_sizes_from(
+    prices, start, stop, bottom, direction, margin, BB, lot, qscale, min_notional, QTY, LEV
+):  # pragma: no cover - compiled
+    """:func:`level_sizes` from level ``start`` (0, or where an earlier call over the same ladder
+    and margin stopped) until every level before ``stop`` has its size: the levels are sized in
+    order, and a merge decides the levels after it, so a ladder sized in pieces gets the sizes it
+    gets in one go. Returns (the level to go on from, levels merged by this call)."""
     n = prices.shape[0]
     merged = 0
-    i = 0
-    while i < n:
+    i = start
+    while i < stop:
         p = prices[i]
         lev = lot_leverage(p, bottom, direction, margin * _leverage_for(p, bottom, direction, BB[0, 2]), BB)
         k = 1
@@ -245,7 +256,7 @@ def level_sizes(prices, bottom, direction, margin, BB, lot, qscale, min_notional
             LEV[j] = lev
             merged += 1
         i += k
-    return merged
+    return i, merged
 
 
 @njit(cache=True, nogil=True)
@@ -256,11 +267,23 @@ def entry_sizes(prices, first, bottom, direction, margin, BB, lot, qscale, min_n
     of levels merged. Allocates nothing (the compiled backtest's loop runs without numba's
     reference counting): each level's leverage is held in ``MARGIN`` until its margin replaces it."""
     n = prices.shape[0]
-    merged = level_sizes(prices[first:], bottom, direction, margin, BB, lot, qscale, min_notional, QTY[first:n], MARGIN[first:n])
-    for level in range(first, n):
+    return entry_sizes_from(prices, first, n, bottom, direction, margin, BB, lot, qscale, min_notional, QTY, MARGIN)[1]
+
+
+@njit(cache=True, nogil=True)
+def entry_sizes_from(
+    prices, start, stop, bottom, direction, margin, BB, lot, qscale, min_notional, QTY, MARGIN
+):  # pragma: no cover - compiled
+    """:func:`entry_sizes` from level ``start`` (the first entry level, or where an earlier call
+    stopped) until every level before ``stop`` has its size (:func:`level_sizes_from`): the
+    compiled backtest sizes a ladder as far as its entries reach, which is seldom far below the
+    price in an hour. Returns (the level to go on from, levels merged by this call)."""
+    n = prices.shape[0]
+    at, merged = level_sizes_from(prices, start, stop, bottom, direction, margin, BB, lot, qscale, min_notional, QTY, MARGIN)
+    for level in range(start, min(at, n)):
         q = QTY[level]
         MARGIN[level] = q * prices[level] / MARGIN[level] if q > 0 else 0.0
-    return merged
+    return at, merged
 
 
 @njit(cache=True, nogil=True)
@@ -317,7 +340,8 @@ def restore_share(required, held, available, qty, entry, price, direction, fee_r
 L_LEVEL, L_ENTRY, L_QTY, L_MARGIN, L_LEV, L_TP, L_CLOSING, L_FREED = range(8)
 NL = 8  # L_CLOSING: 0 open, else a market close is under way (the kernel numbers its retries there)
 B_NLOTS, B_QTY, B_MARGIN, B_COST, B_NEXT = range(5)  # open lots, their quantity, margin, quantity x entry; the last id
-NB = 5
+B_NTP = 5  # the levels holding a take-profit (TPAT != 0), kept by the three rules that write TPAT
+NB = 6
 
 
 @njit(cache=True, nogil=True)
@@ -365,11 +389,12 @@ def book_reduce_lot(B, L, lot, quantity):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def book_withdraw_tp(L, TPAT, lot):  # pragma: no cover - compiled
+def book_withdraw_tp(B, L, TPAT, lot):  # pragma: no cover - compiled
     """Take ``lot``'s take-profit off its level (the lot is closed another way)."""
     tp = int(L[lot, L_TP])
     if tp >= 0 and TPAT[tp] == lot:
         TPAT[tp] = 0
+        B[B_NTP] -= 1
     L[lot, L_TP] = -1
 
 
@@ -383,7 +408,7 @@ def book_close_lot(B, L, LOTS, TPAT, lot):  # pragma: no cover - compiled
             LOTS[j] = LOTS[k]
             j += 1
     B[B_NLOTS] = j
-    book_withdraw_tp(L, TPAT, lot)
+    book_withdraw_tp(B, L, TPAT, lot)
     q = L[lot, L_QTY]
     _book_add(B, -q, -q * L[lot, L_ENTRY], -L[lot, L_MARGIN])
 
@@ -418,7 +443,7 @@ def restore_closes(B, L, LOTS, TPAT, quantity, OUT):  # pragma: no cover - compi
                 best = lot
         if best < 0:
             break
-        book_withdraw_tp(L, TPAT, best)
+        book_withdraw_tp(B, L, TPAT, best)
         L[best, L_CLOSING] = 1
         OUT[count] = best
         count += 1
@@ -530,13 +555,13 @@ def free_tp_level(TPAT, start, stop=0):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def place_take_profit(L, TPAT, prices, off, length, tp_pct, d, lot):  # pragma: no cover - compiled
+def place_take_profit(B, L, TPAT, prices, off, length, tp_pct, d, lot):  # pragma: no cover - compiled
     """Give ``lot`` its take-profit level: the first free level from its target (:func:`tp_level`
     of its entry) toward top. When none is free (*saturation*) the take-profit nearest top is taken
     off its level, its lot marked closing (to close at market, ``L_FREED`` the price it gave up),
     and the new one placed by the same rule (on the freed level or a nearer free one). Returns the
     lot to close, 0 when none."""
-    book_withdraw_tp(L, TPAT, lot)
+    book_withdraw_tp(B, L, TPAT, lot)
     target = tp_level(prices, off, length, L[lot, L_ENTRY], tp_pct, d)
     level = free_tp_level(TPAT, target)
     victim = 0
@@ -544,18 +569,19 @@ def place_take_profit(L, TPAT, prices, off, length, tp_pct, d, lot):  # pragma: 
         for lv in range(length):
             if TPAT[lv] != 0:
                 victim = TPAT[lv]
-                book_withdraw_tp(L, TPAT, victim)
+                book_withdraw_tp(B, L, TPAT, victim)
                 L[victim, L_FREED] = prices[off + lv]
                 L[victim, L_CLOSING] = 1
                 break
         level = free_tp_level(TPAT, target)
     TPAT[level] = lot
+    B[B_NTP] += 1
     L[lot, L_TP] = level
     return victim
 
 
 @njit(cache=True, nogil=True)
-def relay_take_profits(L, TPAT, prices, off, length, new_prices, noff, nlen, tp_pct, d, LOTS_OUT):  # pragma: no cover - compiled
+def relay_take_profits(B, L, TPAT, prices, off, length, new_prices, noff, nlen, tp_pct, d, LOTS_OUT):  # pragma: no cover - compiled
     """Move the take-profits in ``TPAT`` from the ladder ``prices[off:off + length]`` to the new one
     ``new_prices[noff:noff + nlen]`` (top/bottom recomputed; ``TPAT`` holds ``max(length, nlen)``
     levels).
@@ -567,11 +593,15 @@ def relay_take_profits(L, TPAT, prices, off, length, new_prices, noff, nlen, tp_
     own target gets none and its lot is marked closing (a market close: saturation). Returns how
     many were moved, their lots in ``LOTS_OUT``, nearest top first."""
     nrel = 0
+    held = int(B[B_NTP])
     for lv in range(length):
+        if nrel == held:  # the rest hold none (the take-profits sit near top: seldom a long read)
+            break
         if TPAT[lv] != 0:
             LOTS_OUT[nrel] = TPAT[lv]
             nrel += 1
             TPAT[lv] = 0
+    B[B_NTP] -= nrel
     for k in range(nrel):
         lot = LOTS_OUT[k]
         target = tp_level(new_prices, noff, nlen, L[lot, L_ENTRY], tp_pct, d)
@@ -585,14 +615,26 @@ def relay_take_profits(L, TPAT, prices, off, length, new_prices, noff, nlen, tp_
         L[lot, L_TP] = level
         if level >= 0:
             TPAT[level] = lot
+            B[B_NTP] += 1
         else:
             L[lot, L_CLOSING] = 1
     return nrel
 
 
 @njit(cache=True, nogil=True)
+def levels_holding(TPAT, start, stop):  # pragma: no cover - compiled
+    """How many levels of ``start:stop`` hold a take-profit (``TPAT`` != 0). Read at every wake-up:
+    the loop runs over the slice's elements, which compiles to vector compares (an indexed loop
+    does not), about twice as fast over a ladder of hundreds of levels."""
+    count = 0
+    for lot in TPAT[start:stop]:
+        count += lot != 0
+    return count
+
+
+@njit(cache=True, nogil=True)
 def desired_levels(
-    B, L, TPAT, prices, off, length, first, QTY, MARGIN, price, d, n, free, TP_OUT, ENTRY_OUT
+    B, L, TPAT, prices, off, length, first, QTY, MARGIN, sized, price, d, n, free, TP_OUT, ENTRY_OUT
 ):  # pragma: no cover - compiled
     """One grid's desired set at ``price`` (spec: "virtual -> real mapping", "资金不足" pause): the
     ``n`` take-profit levels nearest the price on its favourable side, less those of lots being
@@ -601,7 +643,9 @@ def desired_levels(
     take-profit and have a size (``QTY`` > 0), as long as the ``free`` margin funds each one's
     ``MARGIN`` (``ENTRY_OUT``, nearest first; the first it cannot fund pauses the entries).
     Returns (take-profits, entries, virtual orders: armed entry levels and open lots, paused,
-    free margin left)."""
+    free margin left, -1); or, when it reaches a level at or after ``sized`` (the levels before
+    it have their sizes: :func:`entry_sizes_from`), that level last: the caller sizes it and asks
+    again."""
     kk = levels_at_or_beyond(prices, off, length, price, d)
     ntp = 0
     level = min(kk, length) - 1
@@ -616,15 +660,16 @@ def desired_levels(
     for k in range(ntp // 2):
         TP_OUT[k], TP_OUT[ntp - 1 - k] = TP_OUT[ntp - 1 - k], TP_OUT[k]
     start = max(kk, first)
-    armed = length - start + int(B[B_NLOTS])
-    for level in range(start, length):
-        if TPAT[level] != 0:
-            armed -= 1
+    # the levels from start on that hold a take-profit: all of them (B_NTP) less those before start
+    # (the price is seldom far below top: few levels to read)
+    armed = length - start + int(B[B_NLOTS]) - (int(B[B_NTP]) - levels_holding(TPAT, 0, min(start, length)))
     placed = 0
     paused = False
     for level in range(start, length):
         if placed >= n:
             break
+        if level >= sized:
+            return ntp, placed, armed, paused, free, level
         if TPAT[level] != 0 or QTY[level] <= 0:  # holds a take-profit, or merged into a level nearer top
             continue
         if MARGIN[level] > free:
@@ -633,7 +678,7 @@ def desired_levels(
         free -= MARGIN[level]
         ENTRY_OUT[placed] = level
         placed += 1
-    return ntp, placed, armed, paused, free
+    return ntp, placed, armed, paused, free, -1
 
 
 @njit(cache=True, nogil=True)
@@ -721,9 +766,40 @@ def prices_on_tick(prices: np.ndarray, direction, tick_size: float, price_decima
     return np.round(ticks * tick_size, price_decimals)
 
 
+def ladder_prices(top: float, bottom: float, step_pct: float, direction: int = 1) -> np.ndarray:
+    """Geometric grid levels from ``top`` toward ``bottom`` with spacing ``step_pct`` (``direction``
+    +1: falling from top, -1: rising), each strictly before bottom: an order at bottom would be
+    liquidated at once. :class:`Ladder`'s prices; the compiled path's ladder tables call it for
+    every ladder of a run."""
+    if not (top > 0 and bottom > 0 and 0 < step_pct < 1):
+        raise ValueError(f"bad ladder top={top} bottom={bottom} step_pct={step_pct}")
+    if direction * (top - bottom) <= 0:
+        raise ValueError(f"ladder top {top} must be on the far side of bottom {bottom} for direction {direction}")
+    factor = 1.0 - step_pct if direction > 0 else 1.0 + step_pct
+    count = max(int(math.floor(math.log(bottom / top) / math.log(factor) - 1e-9)) + 1, 0)
+    prices = top * _powers(factor, count)
+    return prices[direction * (prices - bottom) > 0]
+
+
+_POWERS: dict[float, np.ndarray] = {}
+
+
+def _powers(factor: float, count: int) -> np.ndarray:
+    """``factor ** np.arange(count)``, from one table per factor kept for the process (a run
+    builds a ladder at every new lookback high; a sweep, thousands). numpy's power is elementwise,
+    so a prefix of the table holds the same floats as a shorter call (``tests/test_maker_vol_grid.py``)."""
+    table = _POWERS.get(factor)
+    if table is None or len(table) < count:
+        if len(_POWERS) > 64:  # a sweep over step_pct: keep the table small
+            _POWERS.clear()
+        table = _POWERS[factor] = factor ** np.arange(max(count, 512), dtype=np.float64)
+        table.flags.writeable = False
+    return table[:count]
+
+
 @dataclass(frozen=True)
 class Ladder:
-    """Geometric grid levels from ``top`` toward ``bottom`` with spacing ``step_pct``."""
+    """Geometric grid levels from ``top`` toward ``bottom`` with spacing ``step_pct`` (:func:`ladder_prices`)."""
 
     top: float
     bottom: float
@@ -732,15 +808,7 @@ class Ladder:
     prices: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not (self.top > 0 and self.bottom > 0 and 0 < self.step_pct < 1):
-            raise ValueError(f"bad ladder top={self.top} bottom={self.bottom} step_pct={self.step_pct}")
-        if self.direction * (self.top - self.bottom) <= 0:
-            raise ValueError(f"ladder top {self.top} must be on the far side of bottom {self.bottom} for direction {self.direction}")
-        factor = 1.0 - self.step_pct if self.direction > 0 else 1.0 + self.step_pct
-        # levels strictly before bottom: an order at bottom would be liquidated at once
-        count = int(math.floor(math.log(self.bottom / self.top) / math.log(factor) - 1e-9)) + 1
-        prices = self.top * factor ** np.arange(max(count, 0), dtype=np.float64)
-        object.__setattr__(self, "prices", prices[self.direction * (prices - self.bottom) > 0])
+        object.__setattr__(self, "prices", ladder_prices(self.top, self.bottom, self.step_pct, self.direction))
 
     def __len__(self) -> int:
         return len(self.prices)
@@ -864,7 +932,9 @@ class GridBook:
         """Give ``lot`` its take-profit level (:func:`place_take_profit`); returns the lot to close
         at market on saturation (its take-profit, the one nearest top, was taken off its level)."""
         prices = self.ladder.prices
-        victim = place_take_profit(self.L, self.tp_lots, prices, 0, len(prices), self.tp_pct, self.ladder.direction, lot.lot_id)
+        victim = place_take_profit(
+            self.totals, self.L, self.tp_lots, prices, 0, len(prices), self.tp_pct, self.ladder.direction, lot.lot_id
+        )
         return self.lots[int(victim)] if victim else None
 
     def close_lot(self, lot_id: int) -> Lot:
@@ -874,7 +944,7 @@ class GridBook:
 
     def withdraw_tp(self, lot: Lot) -> None:
         """Take ``lot``'s take-profit off its level (the lot is being closed another way)."""
-        book_withdraw_tp(self.L, self.tp_lots, lot.lot_id)
+        book_withdraw_tp(self.totals, self.L, self.tp_lots, lot.lot_id)
 
     def relay(self, ladder: Ladder) -> list[Lot]:
         """Move to a new ladder (top/bottom recomputed): :func:`relay_take_profits`. Returns the
@@ -886,7 +956,9 @@ class GridBook:
             self.tp_lots = np.concatenate([self.tp_lots, np.zeros(size - len(self.tp_lots), dtype=np.int64)])
         moved = np.empty(len(self.tp_lots), dtype=np.int64)
         tp_pct, d = self.tp_pct, ladder.direction
-        count = relay_take_profits(self.L, self.tp_lots, old.prices, 0, len(old), ladder.prices, 0, len(ladder), tp_pct, d, moved)
+        count = relay_take_profits(
+            self.totals, self.L, self.tp_lots, old.prices, 0, len(old), ladder.prices, 0, len(ladder), tp_pct, d, moved
+        )
         return [self.lots[lot_id] for lot_id in moved[:count].tolist() if self.L[lot_id, L_TP] < 0]
 
     def restore_closes(self, quantity: float) -> list[Lot]:

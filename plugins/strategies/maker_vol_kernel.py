@@ -14,7 +14,9 @@ decisions, in the order the engine would:
   puts its liquidation price at bottom (``maker_vol_grid.required_margin``);
 * at a wake-up (the first bar, each ``recompute`` period, a price alert on the next level up, the
   close of every bar with a fill): re-send closes that ended without closing their lot, recompute
-  the ladder and re-lay take-profits, size the entries (``maker_vol_grid.level_sizes``), restore
+  the ladder and re-lay take-profits, size the entries (``maker_vol_grid.entry_sizes_from``: as
+  far down the ladder as the desired set reaches; the event path sizes the whole ladder at once,
+  the same sizes), restore
   the liquidation line (``restore_share``), then the desired set (take-profits nearest the price,
   entries nearest the price that free margin funds) and :class:`OrderSync`'s diff
   (``sdk.ordersync.sync_plan``, the function OrderSync calls: per key, an open order whose side,
@@ -88,6 +90,7 @@ from .maker_vol_grid import (
     B_MARGIN,
     B_NEXT,
     B_NLOTS,
+    B_NTP,
     B_QTY,
     CLOSE_GONE,
     CLOSE_WAIT,
@@ -114,9 +117,8 @@ from .maker_vol_grid import (
     book_take_profit_fill,
     bracket_table,
     desired_levels,
-    entry_sizes,
+    entry_sizes_from,
     first_entry_level,
-    levels_at_or_beyond,
     line_funding,
     liquidated_above_bottom,
     lookback_range,
@@ -151,7 +153,11 @@ G_OFF, G_LEN, G_FIRST, G_BOTTOM, G_D, G_ROW, G_PSIDE, G_RO = range(NB, NB + 8)
 # G_MAXLEV_N -- changes with every open (B_NEXT grows) and every close (B_NLOTS falls)
 G_MAXLEV, G_MAXLEV_NEXT, G_MAXLEV_N = range(NB + 8, NB + 11)
 G_ALONE = NB + 11  # 1: the only grid (side=long or short), 0: one of two (side=both)
-NMG = NB + 12
+# the entries are sized as far down the ladder as the desired set reaches (entry_sizes_from):
+# G_SIZED the level to go on from, G_SIZE_MARGIN the margin of an entry at the recompute,
+# G_MERGED the levels merged so far
+G_SIZED, G_SIZE_MARGIN, G_MERGED = NB + 12, NB + 13, NB + 14
+NMG = NB + 15
 
 # --- the strategy's parameters G ---------------------------------------------------------------------
 G_TP, G_ORDER_PCT, G_NLIVE, G_RECOMPUTE, G_NGRID = 0, 1, 2, 3, 4
@@ -353,7 +359,7 @@ def _on_maker_fill(v, M, G, MG, SB, L, LOTS, TPAT, LADP, g, ENT, TPF, RT, fi, OU
         ENT[e, 1] = price
         ENT[e, 2] = d
         M[NENTRY] = e + 1
-        victim = place_take_profit(L, TPAT, LADP, off, length, G[G_TP], d, lot)  # GridBook.place_tp
+        victim = place_take_profit(MG, L, TPAT, LADP, off, length, G[G_TP], d, lot)  # GridBook.place_tp
         if victim != 0:  # inside the bar: fills at once; its fill event is handled after this one
             _submit_close(v, M, MG, L, LOTS, TPAT, g, victim, K_CLOSE, False, True)
             if M[BAIL] != 0:
@@ -500,18 +506,44 @@ def _sample(v, M, MG, SB, TPAT, SAMP, live, ngrid, occupied):  # pragma: no cove
 
 
 @njit(cache=True, nogil=True)
-def _size(v, M, G, MG, SB, LAD_E, SQ, SM, equity):  # pragma: no cover - compiled
-    """MakerVol._size: quantity and margin of an entry at each level of one grid
-    (maker_vol_grid.entry_sizes); adds the levels merged for the exchange minimum."""
+def _size(G, MG, equity):  # pragma: no cover - compiled
+    """MakerVol._size at a recompute: an entry's margin (``order_pct`` of equity); the levels are
+    sized from the first entry level on as the desired set reaches them (:func:`_size_to`)."""
+    MG[G_SIZED] = MG[G_FIRST]
+    MG[G_SIZE_MARGIN] = G[G_ORDER_PCT] * equity
+    MG[G_MERGED] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def _size_to(v, MG, SB, LAD_E, SQ, SM, stop):  # pragma: no cover - compiled
+    """Size one grid's entries (maker_vol_grid.entry_sizes_from) until the levels before ``stop``
+    have theirs, with the margin of the recompute; counts the levels merged for the exchange minimum."""
     off, length, P = int(MG[G_OFF]), int(MG[G_LEN]), v.P
-    margin = G[G_ORDER_PCT] * equity
-    M[RAISED] += entry_sizes(
-        LAD_E[off : off + length], int(MG[G_FIRST]), MG[G_BOTTOM], MG[G_D], margin, SB, P[vc.P_LOT], P[vc.P_QSCALE], P[vc.P_MINNOT], SQ, SM
+    stop = min(stop, length)
+    if stop <= MG[G_SIZED]:
+        return
+    at, merged = entry_sizes_from(
+        LAD_E[off : off + length],
+        int(MG[G_SIZED]),
+        stop,
+        MG[G_BOTTOM],
+        MG[G_D],
+        MG[G_SIZE_MARGIN],
+        SB,
+        P[vc.P_LOT],
+        P[vc.P_QSCALE],
+        P[vc.P_MINNOT],
+        SQ,
+        SM,
     )
+    MG[G_SIZED] = at
+    MG[G_MERGED] += merged
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _desired(v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TGT, TP_OUT, ENTRY_OUT):  # pragma: no cover - compiled
+def _desired(
+    v, M, G, MG, SB, L, TPAT, SQ, SM, LADP, LAD_E, LAD_ET, LAD_TP, price, TK, TG, TR, TGT, TP_OUT, ENTRY_OUT
+):  # pragma: no cover - compiled
     """MakerVol.desired: per grid, its desired levels (maker_vol_grid.desired_levels, the free
     margin shared by the grids) as OrderSync's targets (rows of ``TGT``, as ``sync_plan`` takes
     them; TK/TG/TR: each one's kind, grid and level or lot). Returns the number of targets."""
@@ -526,18 +558,16 @@ def _desired(v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, 
     for g in range(int(G[G_NGRID])):
         off, length, first = int(MG[g, G_OFF]), int(MG[g, G_LEN]), int(MG[g, G_FIRST])
         d = MG[g, G_D]
-        ntp, nentry, armed_g, paused_g, free = desired_levels(
-            MG[g], L[g], TPAT[g], LADP, off, length, first, SQ[g], SM[g], price, d, nlive, free, TP_OUT, ENTRY_OUT
-        )
+        while True:  # sizing the entries as far as the desired set reaches (a few levels past it)
+            ntp, nentry, armed_g, paused_g, left, more = desired_levels(
+                MG[g], L[g], TPAT[g], LADP, off, length, first, SQ[g], SM[g], int(MG[g, G_SIZED]), price, d, nlive, free, TP_OUT, ENTRY_OUT
+            )
+            if more < 0:
+                break
+            _size_to(v, MG[g], SB, LAD_E, SQ[g], SM[g], more + 2 * nlive + 8)
+        free = left
         armed += armed_g
-        # the levels holding a take-profit, for _sample: desired_levels counted those from its
-        # first entry level on (armed = levels there free of one + open lots); the levels above it
-        # are counted here, so the ladder is read once per wake-up instead of twice
-        start = max(levels_at_or_beyond(LADP, off, length, price, d), first)
-        occupied += length - start + int(MG[g, G_NLOTS]) - armed_g
-        for level in range(min(start, length)):
-            if TPAT[g, level] != 0:
-                occupied += 1
+        occupied += int(MG[g, B_NTP])  # the levels holding a take-profit, for _sample
         paused = paused or paused_g
         for k in range(ntp):
             level = TP_OUT[k]
@@ -659,7 +689,7 @@ def _relay(v, M, G, MG, L, LOTS, TPAT, KEEPL, LADP, g, noff, nlen):  # pragma: n
     """GridBook.relay of grid ``g`` onto the ladder at ``noff``/``nlen`` (maker_vol_grid.relay_take_profits);
     the lots left without a level are closed at market, nearest top first."""
     off, length = int(MG[G_OFF]), int(MG[G_LEN])
-    nrel = relay_take_profits(L, TPAT, LADP, off, length, LADP, noff, nlen, G[G_TP], MG[G_D], KEEPL)
+    nrel = relay_take_profits(MG, L, TPAT, LADP, off, length, LADP, noff, nlen, G[G_TP], MG[G_D], KEEPL)
     for k in range(nrel):
         if L[KEEPL[k], L_TP] < 0:
             _submit_close(v, M, MG, L, LOTS, TPAT, g, KEEPL[k], K_CLOSE, False, False)
@@ -771,7 +801,7 @@ def kernel(
                     if M[BAIL] != 0:
                         return int(M[BAIL])
                 MG[g, G_OFF], MG[g, G_LEN], MG[g, G_FIRST], MG[g, G_BOTTOM] = noff, nlen, lad_first[g, lad], lad_bottom[g, lad]
-                _size(v, M, G, MG[g], SB, LAD_E, SQ[g], SM[g], equity)
+                _size(G, MG[g], equity)
             M[LAD] = lad
             M[HAS_GRID] = 1
             M[NEXT_RC] = next_recompute_ms(S[vc.NOW], G[G_RECOMPUTE])
@@ -780,7 +810,7 @@ def kernel(
             if M[BAIL] != 0:
                 return int(M[BAIL])
         price = S[vc.PRICE]
-        nt = _desired(v, M, G, MG, L, TPAT, SQ, SM, LADP, LAD_ET, LAD_TP, price, TK, TG, TR, TGT, TP_OUT, ENTRY_OUT)
+        nt = _desired(v, M, G, MG, SB, L, TPAT, SQ, SM, LADP, LAD_E, LAD_ET, LAD_TP, price, TK, TG, TR, TGT, TP_OUT, ENTRY_OUT)
         live = _sync(v, M, nt, TK, TG, TR, TGT, OPEN, OIS, KEEPER, CANCEL, CDIST, CAGE, PLACE, T_BY_LEVEL, T_BY_LOT, GENS, price)
         if live < 0:
             return BAIL_CAPACITY
@@ -799,6 +829,11 @@ def kernel(
             M[ALERT_LO] = -np.inf if alo != alo else alo
             M[ALERT_HI] = np.inf if ahi != ahi else ahi
     # ---- on_stop
+    # levels_merged_min_notional: the last recompute's ladders, sized to the end (as MakerVol._size does at once)
+    M[RAISED] = 0
+    for g in range(ngrid):
+        _size_to(v, MG[g], SB, LAD_E, SQ[g], SM[g], int(MG[g, G_LEN]))
+        M[RAISED] += MG[g, G_MERGED]
     live = 0
     for k in range(BOOK.shape[0]):
         if BOOK[k, vc.B_STATE] != 0.0:
@@ -909,14 +944,18 @@ def _digit_split(rest, base):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True, inline="always")
 def _digit_count(number, base):  # pragma: no cover - compiled
-    """How many digits ``number`` has in ``base`` (none when the base is 0)."""
+    """How many digits ``number`` (< 2**63) has in ``base`` (none when the base is 0): compared
+    with the powers of the base, no division."""
     if base == 0:
         return 0
+    most = 19 if base == 10 else 13  # the digits of 2**63 - 1: its power of the base would not fit
     count = 1
-    rest, _ = _digit_split(number, base)
-    while rest:
+    limit = base
+    while number >= limit:
         count += 1
-        rest, _ = _digit_split(rest, base)
+        if count == most:
+            break
+        limit *= base
     return count
 
 
@@ -948,18 +987,20 @@ def numbered_utf8(text, bounds, bases, form_of_row, first, second, digits):  # p
     base 10 or 36 written with ``digits``, or 0: no number)."""
     n = len(form_of_row)
     offsets = np.empty(n + 1, dtype=np.int64)
+    sizes = np.empty((n, 2), dtype=np.int64)  # the digits of each row's two numbers
     offsets[0] = 0
     for i in range(n):
         f = form_of_row[i]
-        size = bounds[2 * f + 2] - bounds[2 * f]
-        offsets[i + 1] = offsets[i] + size + _digit_count(first[i], bases[f, 0]) + _digit_count(second[i], bases[f, 1])
+        sizes[i, 0] = _digit_count(first[i], bases[f, 0])
+        sizes[i, 1] = _digit_count(second[i], bases[f, 1])
+        offsets[i + 1] = offsets[i] + bounds[2 * f + 2] - bounds[2 * f] + sizes[i, 0] + sizes[i, 1]
     data = np.empty(offsets[n], dtype=np.uint8)
     for i in range(n):
         f = form_of_row[i]
         at = _copy(data, offsets[i], text, bounds[2 * f], bounds[2 * f + 1])
-        at = _put(data, at, first[i], bases[f, 0], _digit_count(first[i], bases[f, 0]), digits)
+        at = _put(data, at, first[i], bases[f, 0], sizes[i, 0], digits)
         at = _copy(data, at, text, bounds[2 * f + 1], bounds[2 * f + 2])
-        _put(data, at, second[i], bases[f, 1], offsets[i + 1] - at, digits)
+        _put(data, at, second[i], bases[f, 1], sizes[i, 1], digits)
     return offsets, data
 
 
@@ -996,7 +1037,7 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
     numbered in order of first use; a set is one ladder per grid: ``strategy.levels_from``),
     flattened for the kernel: ``lad_off[g, s]`` etc. locate grid ``g``'s ladder of set ``s`` in
     the flat price tables."""
-    from .maker_vol_grid import Ladder
+    from .maker_vol_grid import ladder_prices
 
     c = strategy.config
     lookback_ms = int(c.lookback.total_seconds() * 1000)
@@ -1021,7 +1062,7 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
     for high, low in distinct[by_first_use].tolist():
         # the long side reads only the high, the short side only the low (levels_from)
         high, low = (high, high) if c.side == "long" else (low, low) if c.side == "short" else (high, low)
-        sets.append([Ladder(top, bottom, c.step_pct, d) for d, top, bottom in strategy.levels_from(high, low)])
+        sets.append(strategy.levels_from(high, low))
     ngrid = 2 if c.side == "both" else 1
 
     lad_off = np.zeros((ngrid, len(sets)), dtype=np.int64)
@@ -1032,15 +1073,15 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
     raw, dirs, sizes = [], [], []
     at_ = 0
     for s, ladders in enumerate(sets):
-        for g, ladder in enumerate(ladders):
-            d = ladder.direction
-            lad_off[g, s], lad_len[g, s] = at_, len(ladder)
-            lad_first[g, s] = first_entry_level(ladder.prices, c.tp_pct, d)  # MakerVol._first_entry
-            lad_top[g, s], lad_bottom[g, s] = ladder.top, ladder.bottom
-            at_ += len(ladder)
-            raw.append(ladder.prices)
+        for g, (d, top, bottom) in enumerate(ladders):
+            prices = ladder_prices(top, bottom, c.step_pct, d)  # Ladder(top, bottom, c.step_pct, d).prices
+            lad_off[g, s], lad_len[g, s] = at_, len(prices)
+            lad_first[g, s] = first_entry_level(prices, c.tp_pct, d)  # MakerVol._first_entry
+            lad_top[g, s], lad_bottom[g, s] = top, bottom
+            at_ += len(prices)
+            raw.append(prices)
             dirs.append(d)
-            sizes.append(len(ladder))
+            sizes.append(len(prices))
 
     def flat(parts):
         return np.concatenate(parts) if parts else np.empty(0)
@@ -1055,7 +1096,7 @@ def _ladder_tables(strategy, bars, wake_idx, inst):
 
     return dict(
         ngrid=ngrid,
-        directions=[ladder.direction for ladder in sets[0]] if sets else [],
+        directions=[d for d, _, _ in sets[0]] if sets else [],
         lad_at=lad_at,
         lad_off=lad_off,
         lad_len=lad_len,
@@ -1264,7 +1305,7 @@ def _reasons(v, O):
 
 
 def _result(strategy, engine, broker, bars, k):
-    from btc_quant.core.metrics import columns_frame, count_trades, fills_frame, orders_frame
+    from btc_quant.core.metrics import FillColumns, columns_frame, count_trades, fills_frame, orders_frame
     from btc_quant.core.results import assemble_result
 
     v = k["v"]
@@ -1306,8 +1347,13 @@ def _result(strategy, engine, broker, bars, k):
             "bar": fbar,
         }
     )
+    # the columns the result builders read, from the arrays the frame was built of
+    columns = FillColumns.of(
+        buy=O[fo, O_SIDE] > 0, price=FL[:, F_PRICE], quantity=FL[:, F_QTY], fee=FL[:, F_FEE], liquidation=FL[:, vc.F_LIQ] != 0, bar=fbar
+    )
     if len(fills) == 0:  # the engine's builders give these their dtypes
         fills = fills_frame([], np.empty(0, dtype=np.int64))
+        columns = None
     if len(orders) == 0:
         orders = orders_frame({})
     # the one result builder (position, trades, metrics, liquidation distance), as every path;
@@ -1322,6 +1368,7 @@ def _result(strategy, engine, broker, bars, k):
         funding=broker.funding_payments(),
         rejections=int(v.S[vc.NREJ]),
         compiled=True,
+        fill_columns=columns,
         **broker.bar_series(),
     )
     k["last_close"] = float(bars.close[-1])
@@ -1444,9 +1491,13 @@ def _restore_strategy(strategy, engine, k, fills):
 
 def _level_counts(prices: np.ndarray, directions: np.ndarray) -> Counter:
     """Counter of (direction, round(price, 1)), built from the distinct (direction, price) pairs."""
-    counts: Counter = Counter()
+    counts: dict = {}
     for d in np.unique(directions).tolist():  # per direction, ascending: a 1-d unique of its prices
         values, times = np.unique(prices[directions == d], return_counts=True)
-        for value, count in zip(values.tolist(), times.tolist()):
-            counts[(int(d), round(value, 1))] += count
-    return counts
+        keys = [(int(d), round(value, 1)) for value in values.tolist()]
+        if len(set(keys)) == len(keys):  # the usual case: no two prices of one direction round alike
+            counts.update(zip(keys, times.tolist()))
+            continue
+        for key, count in zip(keys, times.tolist()):
+            counts[key] = counts.get(key, 0) + count
+    return Counter(counts)

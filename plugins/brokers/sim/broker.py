@@ -71,7 +71,7 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from btc_quant.core import margin as mm
-from btc_quant.core.data import bundled_funding
+from btc_quant.core.data import bundled_funding_arrays
 from btc_quant.core.metrics import columns_frame
 from btc_quant.sdk import (
     PROB,
@@ -455,14 +455,13 @@ class SimBroker(SimulatedBroker):
             ts = np.arange(first, end + 1, period, dtype=np.int64)
             rates = np.full(len(ts), cfg.funding_rate)
         else:
-            ts = history["ts"].to_numpy(np.int64)
-            rates = history["rate"].to_numpy(np.float64)
+            ts, rates = history
         bar = np.searchsorted(bars.ts, ts, side="left")
         keep = bar < len(bars)
         return ts[keep], bar[keep].astype(np.int64), rates[keep]
 
-    def _funding_history(self, start: int, end: int, period: int) -> tuple[pd.DataFrame | None, str]:
-        """(rates, source) for ``broker.funding=auto``: the store's history if it covers
+    def _funding_history(self, start: int, end: int, period: int) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
+        """((ts, rate), source) for ``broker.funding=auto``: the store's history if it covers
         ``[start, end]``, else the bundled one if it does, else (None, "constant")."""
         inst, cfg = self.instrument, self.config
         if self.runtime.config.store.name in self.runtime.registry.names("store"):
@@ -471,13 +470,14 @@ class SimBroker(SimulatedBroker):
             except StoreError as exc:  # the bars may come from a file: a broken store must not stop the run
                 log.warning("funding history unavailable from the store (%s)", exc)
                 frame = None
-            if frame is not None and len(frame) and _covers(frame["ts"].to_numpy(np.int64), start, end, period):
-                return frame, "store"
             if frame is not None and len(frame):
+                stored = frame["ts"].to_numpy(np.int64), frame["rate"].to_numpy(np.float64)
+                if _covers(stored[0], start, end, period):
+                    return stored, "store"
                 log.warning("the store's funding history of %s %s does not cover the run; not using it", inst.exchange, inst.symbol)
-        frame = bundled_funding(inst.exchange, inst.symbol, start, end + 1)
-        if frame is not None and len(frame) and _covers(frame["ts"].to_numpy(np.int64), start, end, period):
-            return frame, "bundled"
+        bundled = bundled_funding_arrays(inst.exchange, inst.symbol, start, end + 1)
+        if bundled is not None and len(bundled[0]) and _covers(bundled[0], start, end, period):
+            return bundled, "bundled"
         log.info(
             "no funding history covers %s %s over the run: constant broker.funding_rate=%g every %s",
             inst.exchange,
