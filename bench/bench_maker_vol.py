@@ -273,6 +273,9 @@ def main() -> None:
                 break
             joined.append(piece[:need])
             need -= len(joined[-1])
+        # the event path's own compiled rules (maker_vol_grid, OrderSync's plan, the venue core as the
+        # sim broker calls it): compiled or loaded from the cache here, not inside the timed run
+        run_maker_vol([joined[0][:3000]], plugins, args.settings, event=True)
         t_event, _, fills, bars, event_frames = run_maker_vol(joined, plugins, args.settings, event=True)
         t_fast, _, _, _, fast_frames = run_maker_vol(joined, plugins, args.settings)
         t_numba, _ = run_numba(joined)
