@@ -447,8 +447,6 @@ class OrderSync:
 
     def _choose(self, price: float, instrument: Instrument) -> tuple[dict[str, Target], dict[str, tuple], int]:
         """:meth:`targets`, with each target's row of ``sync_plan``'s TARGETS."""
-        tick, lot = instrument.tick_size, instrument.lot_size
-        pdec, qdec = instrument.price_decimals, instrument.qty_decimals
         per_side: dict[Side, list[tuple[float, str, tuple]]] = {Side.BUY: [], Side.SELL: []}
         held = 0
         rounded = self._rounded
@@ -457,14 +455,11 @@ class OrderSync:
         for vo in self.desired.values():
             hit = rounded.get(id(vo))  # by identity: hashing a dataclass each sync costs more than rounding
             if hit is None or hit[0] is not vo:
-                # Instrument.round_price (buys down, sells up) and round_qty, inlined
-                if vo.side is Side.BUY:
-                    p = round(math.floor(vo.price / tick + 1e-9) * tick, pdec)
-                else:
-                    p = round(math.ceil(vo.price / tick - 1e-9) * tick, pdec)
-                qty = round(math.floor(vo.quantity / lot + 1e-9) * lot, qdec)
+                # on the instrument: buys down, sells up (once per virtual order: the cache above)
+                p = instrument.round_price(vo.price, "down" if vo.side is Side.BUY else "up")
+                qty = instrument.round_qty(vo.quantity)
                 if qty <= 0:
-                    raise OrderError(f"virtual order {vo.key}: quantity {vo.quantity!r} rounds to 0 at lot size {lot}")
+                    raise OrderError(f"virtual order {vo.key}: quantity {vo.quantity!r} rounds to 0 at lot size {instrument.lot_size}")
                 target = Target(vo.side, p, qty, vo.post_only, vo.reduce_only, vo.position_side)
                 # tie rank 0: sync hands the targets over in key order
                 row = (_SIGN[vo.side], p, qty, float(vo.post_only), float(vo.reduce_only), _PSIDE[vo.position_side], 0.0)
