@@ -20,7 +20,7 @@ from btc_quant.core.config import gather, load_run_config
 from btc_quant.core.data import SAMPLE, read_bars_file
 from btc_quant.core.errors import ConfigError
 from btc_quant.core.optimize import Constraint, SearchSpace, StopFlag, metric_names, optimize, plan_study
-from btc_quant.core.optimize.runner import BarsOnWorkers, _insert_trials, keep_freed_memory, local_cluster
+from btc_quant.core.optimize.runner import BarsOnWorkers, QuietClose, _insert_trials, keep_freed_memory, local_cluster
 from btc_quant.core.optimize.space import parse_distribution
 
 # Real bars: the bundled BTCUSDT perpetual 1m sample (January 2022); a few days keep trials short.
@@ -151,6 +151,39 @@ def test_workers_with_the_bars_reuse_freed_memory_instead_of_faulting_pages_in(c
         client.register_plugin(BarsOnWorkers("fault-test", bars))
         faults = [client.submit(_page_faults_of_new_arrays, pure=False, workers=[w]).result() for w in client.nthreads()]
     assert len(faults) == 2 and max(faults) < 40 * 16, faults
+
+
+def _worker_log_at_close() -> list[str]:
+    """What a handler on this worker's ``distributed.worker`` logger receives when a heartbeat fails
+    (as distributed logs it: with the traceback) and when anything else goes wrong."""
+    import logging
+
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    worker_log = logging.getLogger("distributed.worker")
+    worker_log.addHandler(handler)
+    try:
+        try:
+            raise OSError("Stream is closed")
+        except OSError:
+            worker_log.exception("Failed to communicate with scheduler during heartbeat.")
+        worker_log.error("Worker stream died during communication")
+    finally:
+        worker_log.removeHandler(handler)
+    return seen
+
+
+def test_a_heartbeat_failing_as_the_study_closes_its_cluster_prints_nothing(cluster):
+    """Ctrl-C (or the end of a study) closes the optimiser's own cluster; a worker's heartbeat in
+    flight then fails and distributed logs it with a traceback, which a loaded CI machine once
+    printed under "interrupted:". The optimiser's workers leave that one line out, nothing else."""
+    from distributed import Client
+
+    with Client(cluster) as client:
+        client.register_plugin(QuietClose())
+        logs = [client.submit(_worker_log_at_close, pure=False, workers=[w]).result() for w in client.nthreads()]
+    assert logs == [["Worker stream died during communication"]] * 2
 
 
 def test_grid_study_on_two_workers_writes_trials_report_and_a_runnable_best_config(cluster, tmp_path, plugins, quant):

@@ -99,6 +99,27 @@ class BarsOnWorkers(WorkerPlugin):
         _worker_bars.pop(self.token, None)
 
 
+class HeartbeatAtClose(logging.Filter):
+    """Leaves out a worker's "Failed to communicate with scheduler during heartbeat." (logged with its
+    traceback, at ERROR). In a cluster the optimiser starts, the scheduler goes away only when the
+    optimiser closes it -- at the end of a study, or after Ctrl-C -- and a heartbeat in flight at
+    that moment fails: an expected end, not an error to print under "interrupted"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to communicate with scheduler during heartbeat")
+
+
+class QuietClose(WorkerPlugin):
+    """Dask worker plugin: :class:`HeartbeatAtClose` on the worker's logger (local clusters only)."""
+
+    name = "btc-quant-quiet-close"
+
+    def setup(self, worker=None) -> None:
+        worker_log = logging.getLogger("distributed.worker")
+        if not any(isinstance(f, HeartbeatAtClose) for f in worker_log.filters):
+            worker_log.addFilter(HeartbeatAtClose())
+
+
 #: glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -259,6 +280,7 @@ def dask_client(settings: OptimizeConfig) -> Iterator[Any]:
             yield client
         return
     with local_cluster(settings.workers or os.cpu_count() or 1) as cluster, Client(cluster) as client:
+        client.register_plugin(QuietClose())  # the cluster closes with the study: its heartbeats may fail then
         yield client
 
 
