@@ -167,7 +167,7 @@ class FillColumns:
     price: np.ndarray  # float64, C-contiguous (as the compiled walks take them)
     quantity: np.ndarray
     fee: np.ndarray
-    liquidation: np.ndarray  # bool: is_liquidation
+    liquidation: np.ndarray | None = None  # bool: is_liquidation, when the frame has it
     bar: np.ndarray | None = None  # int64: the bar of each fill, when the frame has it
 
     @classmethod
@@ -178,12 +178,12 @@ class FillColumns:
             price=fills["price"].to_numpy(),
             quantity=fills["quantity"].to_numpy(),
             fee=fills["fee"].to_numpy(),
-            liquidation=fills["is_liquidation"].to_numpy(),
+            liquidation=fills["is_liquidation"].to_numpy() if "is_liquidation" in fills.columns else None,
             bar=fills["bar"].to_numpy() if "bar" in fills.columns else None,
         )
 
     @classmethod
-    def of(cls, *, buy, price, quantity, fee, liquidation, bar=None) -> FillColumns:
+    def of(cls, *, buy, price, quantity, fee, liquidation=None, bar=None) -> FillColumns:
         """From arrays of the fills in frame order (copied only where a type or layout differs)."""
 
         def floats(values):
@@ -194,7 +194,7 @@ class FillColumns:
             floats(price),
             floats(quantity),
             floats(fee),
-            np.asarray(liquidation, dtype=np.bool_),
+            None if liquidation is None else np.asarray(liquidation, dtype=np.bool_),
             None if bar is None else np.require(bar, np.int64, "C"),
         )
 
@@ -209,12 +209,8 @@ def trades_frame(fills: pd.DataFrame, columns: FillColumns | None = None) -> pd.
         return _empty_frame("trades").copy()
     from .round_trips import flat_to_flat
 
-    if columns is None:  # a frame of its own: only the columns the walk reads
-        buy = (fills["side"] == "buy").to_numpy()
-        price, quantity, fee = (np.require(fills[c].to_numpy(), np.float64, "C") for c in ("price", "quantity", "fee"))
-    else:
-        buy, price, quantity, fee = columns.buy, columns.price, columns.quantity, columns.fee
-    rows = flat_to_flat(np.where(buy, 1.0, -1.0), price, quantity, fee)
+    columns = FillColumns.read(fills) if columns is None else columns
+    rows = flat_to_flat(np.where(columns.buy, 1.0, -1.0), columns.price, columns.quantity, columns.fee)
     if len(rows) == 0:  # never flat again after the first fill
         return pd.DataFrame([], columns=_TRADES_COLUMNS)
     start, end, long_ = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64), rows[:, 2] != 0
@@ -363,11 +359,8 @@ def position_per_bar(n_bars: int, fills: pd.DataFrame, columns: FillColumns | No
 
     position = np.zeros(n_bars)
     if len(fills):
-        if columns is None:  # a frame of its own: only the columns the walk reads
-            buy, quantity, bar = (fills["side"] == "buy").to_numpy(), fills["quantity"].to_numpy(np.float64), fills["bar"].to_numpy()
-        else:
-            buy, quantity, bar = columns.buy, columns.quantity, columns.bar
-        walk(np.require(bar, np.int64, "C"), np.where(buy, 1.0, -1.0) * quantity, position)
+        columns = FillColumns.read(fills) if columns is None else columns
+        walk(columns.bar, np.where(columns.buy, 1.0, -1.0) * columns.quantity, position)
     return position
 
 
