@@ -1491,13 +1491,9 @@ def _restore_strategy(strategy, engine, k, fills):
 
 def _level_counts(prices: np.ndarray, directions: np.ndarray) -> Counter:
     """Counter of (direction, round(price, 1)), built from the distinct (direction, price) pairs."""
-    counts: dict = {}
+    counts: Counter = Counter()
     for d in np.unique(directions).tolist():  # per direction, ascending: a 1-d unique of its prices
         values, times = np.unique(prices[directions == d], return_counts=True)
-        keys = [(int(d), round(value, 1)) for value in values.tolist()]
-        if len(set(keys)) == len(keys):  # the usual case: no two prices of one direction round alike
-            counts.update(zip(keys, times.tolist()))
-            continue
-        for key, count in zip(keys, times.tolist()):
-            counts[key] = counts.get(key, 0) + count
-    return Counter(counts)
+        for value, count in zip(values.tolist(), times.tolist()):
+            counts[(int(d), round(value, 1))] += count
+    return counts
