@@ -137,34 +137,16 @@ def test_ordersync_and_the_compiled_backtest_make_the_same_diff(plugins):
     ev0, nord = int(v.S[vc.NEV]), int(v.S[vc.NORD])
     MG = np.zeros(mk.NMG)
     MG[mk.G_D], MG[mk.G_ALONE] = 1.0, 1.0  # a long grid, one-way, its take-profits not reduce-only (as above)
-    size = 8
-    TK, TG, TR = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
-    TGT = np.empty((size, NTG))
+    # the kernel's own work arrays, as run_kernel makes them (one grid, 2 live orders a side)
+    W = mk.work_arrays(1, 2, v.BOOK.shape[0], 16, 16, 16)
+    TK, TG, TR, TGT, _, _, OPEN, OIS, KEEPER, CANCEL, CDIST, CAGE, PLACE, _, T_BY_LEVEL, T_BY_LOT, _ = W
+    TG[:] = 0
     for t, (_, kind, ref, side, p) in enumerate(wanted):
         TK[t], TR[t] = kind, ref
         mk._target(TGT, t, kind, 1.0 if side is Side.BUY else -1.0, p, 0.01, MG)
-    slots = v.BOOK.shape[0]
     M = np.zeros(mk.NSTATE)
-    live = mk._sync(
-        v,
-        M,
-        len(wanted),
-        TK,
-        TG,
-        TR,
-        TGT,
-        np.empty((slots, NOP)),
-        np.empty(slots, dtype=np.int64),
-        np.empty(size, dtype=np.int64),
-        np.empty(slots, dtype=np.int64),
-        np.empty(slots),
-        np.empty(slots),
-        np.empty(size, dtype=np.int64),
-        np.full((1, 16), -1, dtype=np.int64),
-        np.full((1, 16), -1, dtype=np.int64),
-        np.zeros(v.O.shape[0]),
-        price,
-    )
+    GENS = np.zeros(v.O.shape[0])
+    live = mk._sync(v, M, len(wanted), TK, TG, TR, TGT, OPEN, OIS, KEEPER, CANCEL, CDIST, CAGE, PLACE, T_BY_LEVEL, T_BY_LOT, GENS, price)
     kernel_cancels = [
         int(v.EV[e, 1]) - first
         for e in range(ev0, int(v.S[vc.NEV]))
